@@ -1,0 +1,135 @@
+"""Write-behind checkpoints of published ticks to the store, off the hot path.
+
+The feed calls :meth:`Checkpointer.add` for every published batch (an O(1) append); a background
+task flushes everything buffered every ``interval_s`` in one pipelined round trip. The buffer is
+bounded: when the store is slow or away, the oldest ticks are dropped and counted (a subscriber
+that needs them sees them as lost), live publishing never waits for the store.
+
+The checkpointer also keeps each stream's sequence reservation ahead of the feed (see
+``bus.store``): :meth:`reserved` is the highest sequence the store has confirmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import deque
+from dataclasses import dataclass
+
+from protocols.backoff import Backoff
+from protocols.errors import StoreError
+from protocols.messages import Row
+
+from .store import CheckpointRun, TickStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class CheckpointStats:
+    buffered: int = 0
+    written: int = 0
+    flushes: int = 0
+    failures: int = 0
+    dropped: int = 0  # ticks dropped because the buffer was full
+    last_error: str = ""
+
+
+class Checkpointer:
+    def __init__(self, store: TickStore, *, interval_s: float, capacity: int,
+                 stream_cap: int, reserve_block: int, reserved: dict[str, int]) -> None:
+        self._store = store
+        self._interval = interval_s
+        self._capacity = capacity
+        self._stream_cap = stream_cap
+        self._block = reserve_block
+        self._reserved = dict(reserved)
+        self._chunks: deque[tuple[str, int, int, list[Row]]] = deque()
+        self._backoff = Backoff(base_s=interval_s, cap_s=1.0)
+        self._failures = 0
+        self._wake = asyncio.Event()
+        self.stats = CheckpointStats()
+
+    def reserved(self, stream: str) -> int:
+        return self._reserved.get(stream, 0)
+
+    def add(self, stream: str, session: int, first_seq: int, rows: list[Row]) -> None:
+        """Buffer a published batch (hot path: no I/O)."""
+        self._chunks.append((stream, session, first_seq, rows))
+        self.stats.buffered += len(rows)
+        while self.stats.buffered > self._capacity:
+            _s, _ses, _f, old = self._chunks.popleft()
+            self.stats.buffered -= len(old)
+            self.stats.dropped += len(old)
+
+    def _runs(self, chunks: list[tuple[str, int, int, list[Row]]]) -> list[CheckpointRun]:
+        """Merge consecutive chunks of each stream into runs (one store entry each)."""
+        merged: dict[str, list[tuple[int, int, list[Row]]]] = {}
+        for stream, session, first, rows in chunks:
+            runs = merged.setdefault(stream, [])
+            if runs and runs[-1][0] == session and runs[-1][1] + len(runs[-1][2]) == first:
+                runs[-1][2].extend(rows)
+            else:
+                runs.append((session, first, list(rows)))
+        out = []
+        for stream, runs in merged.items():
+            for i, (session, first, rows) in enumerate(runs):
+                last = first + len(rows) - 1
+                reserve = 0
+                if i == len(runs) - 1 and last + self._block // 2 > self._reserved.get(stream, 0):
+                    reserve = last + self._block
+                out.append(CheckpointRun(stream, session, first, rows, reserve))
+        return out
+
+    async def flush(self) -> bool:
+        """Write everything buffered; on failure put it back (bounded) and return False."""
+        if not self._chunks:
+            return True
+        chunks = list(self._chunks)
+        self._chunks.clear()
+        count = self.stats.buffered
+        self.stats.buffered = 0
+        runs = self._runs(chunks)
+        try:
+            await self._store.write(runs, self._stream_cap)
+        except StoreError as exc:
+            self.stats.failures += 1
+            self.stats.last_error = str(exc)
+            # Older chunks go back in front of anything added meanwhile, then the bound holds.
+            newer = list(self._chunks)
+            self._chunks.clear()
+            self.stats.buffered = 0
+            for chunk in chunks + newer:
+                self.add(*chunk)
+            return False
+        for run in runs:
+            if run.reserve_to:
+                self._reserved[run.stream] = run.reserve_to
+        self.stats.written += count
+        self.stats.flushes += 1
+        return True
+
+    async def run(self) -> None:
+        """Flush every interval until cancelled; back off while the store fails."""
+        while True:
+            ok = await self.flush()
+            if ok:
+                if self._failures:
+                    log.info("checkpoints resumed after %d failures", self._failures)
+                self._failures = 0
+                delay = self._interval
+            else:
+                if self._failures == 0:
+                    log.warning("checkpoint write failed, buffering: %s",
+                                self.stats.last_error)
+                self._failures += 1
+                delay = self._backoff.compute(self._failures, random.random())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+            self._wake.clear()
+
+    def kick(self) -> None:
+        """Flush now rather than at the next interval (e.g. a reservation runs short)."""
+        self._wake.set()

@@ -1,0 +1,332 @@
+"""The mesh file: one TOML document describing every node, endpoint and store of a mesh.
+
+``load_config(path)`` reads and validates it; ``default_config()`` is the local mesh that runs
+with no file at all. Every mistake raises :class:`ConfigError` naming the key and the fix, e.g.
+``config key 'feeds[0].rate': must be > 0, got -5 (fix: ticks per second, e.g. rate = 1000)``.
+
+Example (all keys optional; these are the defaults)::
+
+    [mesh]
+    name = "local"
+    key_prefix = "tm"                       # namespace of every Redis key
+
+    [redis]
+    url = "redis://127.0.0.1:6379/0"
+
+    [[feeds]]
+    name = "sim"
+    source = "simulator"                    # simulator | replay | ea
+    symbols = ["EURUSD", "GBPUSD", "USDJPY", "XAUUSD"]
+    pub = "tcp://127.0.0.1:7100"            # ZeroMQ PUB endpoint the feed binds
+    udp_targets = ["127.0.0.1:7200"]        # where UDP copies go (unicast or multicast group)
+    rate = 1000                             # simulator: ticks per second over all symbols
+
+    [[recovery]]
+    name = "recovery"
+    bind = "tcp://127.0.0.1:7300"
+
+    [subscriber]
+    udp_bind = "127.0.0.1:7200"
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import tomllib
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from protocols.errors import ConfigError
+from protocols.messages import check_stream
+
+SourceKind = Literal["simulator", "replay", "ea"]
+SlowMode = Literal["drop", "conflate"]
+
+
+def parse_hostport(key: str, value: str) -> tuple[str, int]:
+    """Parse ``"host:port"`` (an IPv4 address or ``localhost``) into a tuple."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(key, f"{value!r} is not host:port", 'e.g. "127.0.0.1:7200"')
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        raise ConfigError(key, f"{host!r} is not an IPv4 address", 'e.g. "127.0.0.1:7200"') \
+            from None
+    return host, int(port)
+
+
+def _check_endpoint(key: str, value: str) -> None:
+    if not value.startswith(("tcp://", "ipc://", "inproc://")):
+        raise ConfigError(key, f"{value!r} is not a ZeroMQ endpoint",
+                          'use "tcp://127.0.0.1:PORT" or "ipc:///path"')
+    if value.startswith("tcp://"):
+        parse_hostport(key, value[len("tcp://"):].replace("*", "0.0.0.0"))
+
+
+@dataclass(frozen=True, slots=True)
+class MeshSection:
+    name: str = "local"
+    key_prefix: str = "tm"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSection:
+    url: str = "redis://127.0.0.1:6379/0"
+    socket_timeout_ms: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class FeedSection:
+    name: str = "sim"
+    source: SourceKind = "simulator"
+    symbols: tuple[str, ...] = ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD")
+    pub: str = "tcp://127.0.0.1:7100"
+    udp_targets: tuple[str, ...] = ("127.0.0.1:7200",)
+    udp_max_datagram: int = 1472
+    multicast_ttl: int = 1
+    rate: float = 1000.0
+    seed: int = 0
+    file: str = ""  # replay: CSV path
+    speed: float = 1.0  # replay: 1.0 = recorded pace, 0 = as fast as possible
+    loop: bool = False  # replay: start over at the end
+    pull: str = "tcp://127.0.0.1:7150"  # ea: PULL endpoint the EA pushes to
+    heartbeat_ms: int = 250
+    checkpoint_ms: int = 5
+    checkpoint_buffer: int = 500_000  # ticks waiting for Redis; overflow drops oldest (counted)
+    stream_cap: int = 1_000_000  # ticks kept per symbol in Redis for gap fills
+    reserve_block: int = 100_000  # sequence numbers reserved ahead in Redis (restart safety)
+    max_batch: int = 1024  # ticks per published batch
+
+    def validate(self, key: str) -> None:
+        if not self.symbols:
+            raise ConfigError(f"{key}.symbols", "is empty", 'list the symbols, e.g. ["EURUSD"]')
+        for i, s in enumerate(self.symbols):
+            try:
+                check_stream(s)
+            except ValueError as exc:
+                raise ConfigError(f"{key}.symbols[{i}]", str(exc)) from None
+        if len(set(self.symbols)) != len(self.symbols):
+            raise ConfigError(f"{key}.symbols", "lists a symbol twice", "remove the duplicate")
+        _check_endpoint(f"{key}.pub", self.pub)
+        for i, t in enumerate(self.udp_targets):
+            parse_hostport(f"{key}.udp_targets[{i}]", t)
+        _positive(f"{key}.rate", self.rate, "ticks per second, e.g. rate = 1000")
+        _positive(f"{key}.heartbeat_ms", self.heartbeat_ms, "e.g. heartbeat_ms = 250")
+        _positive(f"{key}.checkpoint_ms", self.checkpoint_ms, "e.g. checkpoint_ms = 5")
+        _positive(f"{key}.checkpoint_buffer", self.checkpoint_buffer, "e.g. 500000")
+        _positive(f"{key}.stream_cap", self.stream_cap, "e.g. 1000000")
+        _positive(f"{key}.reserve_block", self.reserve_block, "e.g. 100000")
+        if not 1 <= self.max_batch <= 65534:
+            raise ConfigError(f"{key}.max_batch", f"must be in 1..65534, got {self.max_batch}")
+        if not 128 <= self.udp_max_datagram <= 65507:
+            raise ConfigError(f"{key}.udp_max_datagram", "must be in 128..65507",
+                              "1472 fits an Ethernet MTU")
+        if self.speed < 0:
+            raise ConfigError(f"{key}.speed", "must be >= 0", "1.0 = recorded pace, 0 = max")
+        if self.source == "replay" and not self.file:
+            raise ConfigError(f"{key}.file", "is required for source = \"replay\"",
+                              'file = "ticks.csv"')
+        if self.source == "ea":
+            _check_endpoint(f"{key}.pull", self.pull)
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverySection:
+    name: str = "recovery"
+    bind: str = "tcp://127.0.0.1:7300"
+    max_fill: int = 50_000
+
+    def validate(self, key: str) -> None:
+        _check_endpoint(f"{key}.bind", self.bind)
+        _positive(f"{key}.max_fill", self.max_fill, "e.g. 50000")
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberSection:
+    symbols: tuple[str, ...] = ("",)  # prefixes; "" = everything
+    udp_bind: str = "127.0.0.1:7200"  # "" disables the UDP path
+    multicast_group: str = ""
+    snapshot: bool = True
+    queue: int = 100_000
+    slow_mode: SlowMode = "drop"
+    grace_ms: float = 3.0
+    fill_timeout_ms: float = 250.0
+    give_up_ms: float = 3000.0
+    recovery_timeout_ms: float = 500.0
+
+    def validate(self, key: str) -> None:
+        if self.udp_bind:
+            parse_hostport(f"{key}.udp_bind", self.udp_bind)
+        _positive(f"{key}.queue", self.queue, "e.g. queue = 100000")
+        for name in ("grace_ms", "fill_timeout_ms", "give_up_ms", "recovery_timeout_ms"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{key}.{name}", "must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class MeshConfig:
+    mesh: MeshSection = field(default_factory=MeshSection)
+    redis: RedisSection = field(default_factory=RedisSection)
+    feeds: tuple[FeedSection, ...] = (FeedSection(),)
+    recovery: tuple[RecoverySection, ...] = (RecoverySection(),)
+    subscriber: SubscriberSection = field(default_factory=SubscriberSection)
+
+    def validate(self) -> MeshConfig:
+        if not self.redis.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("redis.url", f"{self.redis.url!r} is not a Redis URL",
+                              'e.g. "redis://127.0.0.1:6379/0"')
+        names: set[str] = set()
+        owner: dict[str, str] = {}
+        for i, f in enumerate(self.feeds):
+            key = f"feeds[{i}]"
+            f.validate(key)
+            if f.name in names:
+                raise ConfigError(f"{key}.name", f"{f.name!r} is used twice", "name each node")
+            names.add(f.name)
+            for s in f.symbols:
+                if s in owner:
+                    raise ConfigError(f"{key}.symbols", f"{s!r} is already published by feed "
+                                      f"{owner[s]!r}", "each symbol belongs to one feed")
+                owner[s] = f.name
+        for i, r in enumerate(self.recovery):
+            r.validate(f"recovery[{i}]")
+        self.subscriber.validate("subscriber")
+        return self
+
+    def feed(self, name: str) -> FeedSection:
+        for f in self.feeds:
+            if f.name == name:
+                return f
+        raise ConfigError("feeds", f"no feed named {name!r}",
+                          f"choose one of {[f.name for f in self.feeds]}")
+
+    def recovery_node(self, name: str) -> RecoverySection:
+        for r in self.recovery:
+            if r.name == name:
+                return r
+        raise ConfigError("recovery", f"no recovery node named {name!r}",
+                          f"choose one of {[r.name for r in self.recovery]}")
+
+    @property
+    def recovery_endpoints(self) -> tuple[str, ...]:
+        return tuple(r.bind.replace("*", "127.0.0.1") for r in self.recovery)
+
+    @property
+    def feed_endpoints(self) -> tuple[str, ...]:
+        return tuple(f.pub.replace("*", "127.0.0.1") for f in self.feeds)
+
+
+def _positive(key: str, value: float, fix: str) -> None:
+    if not value > 0:
+        raise ConfigError(key, f"must be > 0, got {value!r}", fix)
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    origin = get_origin(tp)
+    if origin is Literal:
+        if value not in get_args(tp):
+            choices = " | ".join(repr(a) for a in get_args(tp))
+            raise ConfigError(key, f"{value!r} is not allowed", f"use one of {choices}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(key, f"must be a list, got {type(value).__name__}")
+        return tuple(_coerce(f"{key}[{i}]", get_args(tp)[0], v) for i, v in enumerate(value))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(key, f"must be {_TYPE_NAMES.get(tp, tp.__name__)}, "
+                          f"got {type(value).__name__} {value!r}")
+    return value
+
+
+def _section(cls: type[Any], key: str, data: Any) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(key, "must be a table", f"write it as [{key}]")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for k in data:
+        if k not in known:
+            close = difflib.get_close_matches(k, known, n=1)
+            raise ConfigError(f"{key}.{k}", "unknown key",
+                              f"did you mean {close[0]!r}?" if close
+                              else f"known keys: {', '.join(sorted(known))}")
+    values = {k: _coerce(f"{key}.{k}", hints[k], v) for k, v in data.items()}
+    return cls(**values)
+
+
+_SECTIONS: dict[str, tuple[type[Any], bool]] = {
+    "mesh": (MeshSection, False), "redis": (RedisSection, False),
+    "feeds": (FeedSection, True), "recovery": (RecoverySection, True),
+    "subscriber": (SubscriberSection, False),
+}
+
+
+def parse_config(data: dict[str, Any]) -> MeshConfig:
+    """Build and validate a :class:`MeshConfig` from a parsed TOML document."""
+    values: dict[str, Any] = {}
+    for k, v in data.items():
+        if k not in _SECTIONS:
+            close = difflib.get_close_matches(k, _SECTIONS, n=1)
+            raise ConfigError(k, "unknown section", f"did you mean [{close[0]}]?" if close
+                              else f"sections: {', '.join(_SECTIONS)}")
+        cls, many = _SECTIONS[k]
+        if many:
+            if not isinstance(v, list) or not v:
+                raise ConfigError(k, "must be a non-empty array of tables",
+                                  f"write each entry as [[{k}]]")
+            values[k] = tuple(_section(cls, f"{k}[{i}]", item) for i, item in enumerate(v))
+        else:
+            values[k] = _section(cls, k, v)
+    return MeshConfig(**values).validate()
+
+
+def load_config(path: str | Path | None) -> MeshConfig:
+    """Read a mesh file; ``None`` gives :func:`default_config`."""
+    if path is None:
+        return default_config()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(p), f"cannot read the mesh file: {exc.strerror}",
+                          "check the path given with --config") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(p), f"is not valid TOML: {exc}") from None
+    return parse_config(data)
+
+
+def default_config() -> MeshConfig:
+    """The local mesh: one simulated feed, one recovery service, Redis on 6379."""
+    return MeshConfig().validate()
+
+
+def with_overrides(cfg: MeshConfig, **sections: Any) -> MeshConfig:
+    """A copy of ``cfg`` with whole sections replaced, validated again."""
+    return replace(cfg, **sections).validate()
+
+
+__all__ = [
+    "MISSING",
+    "FeedSection",
+    "MeshConfig",
+    "MeshSection",
+    "RecoverySection",
+    "RedisSection",
+    "SubscriberSection",
+    "default_config",
+    "load_config",
+    "parse_config",
+    "parse_hostport",
+    "with_overrides",
+]

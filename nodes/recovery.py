@@ -1,0 +1,135 @@
+"""The recovery service node: a ZeroMQ ROUTER answering snapshot and gap-fill requests.
+
+Stateless: every answer is read from the store, so any number of recovery nodes can run and a
+client uses whichever answers. A malformed request gets an ``ErrorReply(BAD_REQUEST)``; a store
+that cannot be reached gets ``ErrorReply(STORE_UNAVAILABLE)``; the node keeps serving.
+Requests are served concurrently up to ``MAX_IN_FLIGHT`` (each is one pipelined Redis call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from bus.config import MeshConfig, RecoverySection
+from bus.logutil import RateLimitedLog
+from bus.store import RedisTickStore, TickStore
+from protocols.codec import decode_request, encode_recovery, request_id_of
+from protocols.errors import RemoteProtocolError, StoreError, StoreUnavailable
+from protocols.messages import (
+    ErrorCode,
+    ErrorReply,
+    GapFillReply,
+    GapFillRequest,
+    RecoveryReply,
+    RecoveryRequest,
+    SnapshotReply,
+    SnapshotRequest,
+)
+
+from .common import stats_writer
+
+log = logging.getLogger(__name__)
+
+MAX_IN_FLIGHT = 64
+
+
+@dataclass(slots=True)
+class RecoveryStats:
+    snapshots: int = 0
+    fills: int = 0
+    ticks_served: int = 0
+    bad_requests: int = 0
+    store_errors: int = 0
+
+
+class RecoveryNode:
+    def __init__(self, cfg: MeshConfig, section: RecoverySection, *,
+                 store: TickStore | None = None, stats_path: Path | None = None) -> None:
+        self.section = section
+        self.store: TickStore = store or RedisTickStore(
+            cfg.redis.url, cfg.mesh.key_prefix, cfg.redis.socket_timeout_ms / 1000)
+        self.ctx = zmq.asyncio.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a client gone: drop its reply
+        self.sock.bind(section.bind)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.stats_path = stats_path
+        self.stats = RecoveryStats()
+        self._bad = RateLimitedLog(log, f"recovery {section.name}: bad request")
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def answer(self, req: RecoveryRequest) -> RecoveryReply:
+        """Answer one decoded request from the store (never raises for store trouble)."""
+        try:
+            match req:
+                case SnapshotRequest(rid, prefixes):
+                    entries = await self.store.snapshot(prefixes)
+                    self.stats.snapshots += 1
+                    return SnapshotReply(rid, tuple(entries))
+                case GapFillRequest(rid, stream, lo, hi):
+                    res = await self.store.fill(stream, lo, hi, self.section.max_fill)
+                    self.stats.fills += 1
+                    self.stats.ticks_served += sum(len(b.rows) for b in res.batches)
+                    return GapFillReply(rid, stream, lo, res.settled_to, res.batches, res.void)
+        except StoreError as exc:
+            self.stats.store_errors += 1
+            code = (ErrorCode.STORE_UNAVAILABLE if isinstance(exc, StoreUnavailable)
+                    else ErrorCode.INTERNAL)
+            log.warning("recovery %s: %s", self.section.name, exc)
+            return ErrorReply(req.request_id, code, str(exc))
+        raise AssertionError(f"unhandled request {req!r}")
+
+    async def _serve_one(self, identity: bytes, frames: list[bytes]) -> None:
+        try:
+            try:
+                reply = await self.answer(decode_request(frames))
+            except RemoteProtocolError as exc:
+                self.stats.bad_requests += 1
+                self._bad.warning("%s", exc.reason)
+                reply = ErrorReply(request_id_of(frames), ErrorCode.BAD_REQUEST, exc.reason)
+            await self.sock.send_multipart([identity, *encode_recovery(reply)])
+        finally:
+            self._slots.release()
+
+    async def serve(self) -> None:
+        while True:
+            msg = await self.sock.recv_multipart()
+            if len(msg) < 2:
+                continue  # ROUTER always prefixes an identity; nothing to answer
+            await self._slots.acquire()
+            task = asyncio.create_task(self._serve_one(msg[0], msg[1:]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def run(self, stop: asyncio.Event) -> int:
+        log.info("recovery %s serving on %s", self.section.name, self.endpoint)
+        tasks = [asyncio.create_task(self.serve(), name="serve"),
+                 asyncio.create_task(stats_writer(self.stats_path, 0.5, self.collect),
+                                     name="stats")]
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for t in tasks:
+                if t.done() and t.exception() is not None:
+                    log.error("recovery task %s failed", t.get_name(), exc_info=t.exception())
+                    return 1
+            return 0
+        finally:
+            for t in [stopper, *tasks, *self._tasks]:
+                t.cancel()
+            await asyncio.gather(stopper, *tasks, *self._tasks, return_exceptions=True)
+            self.sock.close(linger=0)
+            await self.store.close()
+            self.ctx.term()
+
+    def collect(self) -> dict[str, Any]:
+        return {"node": "recovery", "name": self.section.name, **asdict(self.stats)}

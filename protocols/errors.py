@@ -1,0 +1,95 @@
+"""The one exception tree of tickmesh.
+
+Every error tickmesh raises on purpose derives from :class:`TickmeshError`, and mixes in the
+builtin it resembles so callers can catch either::
+
+    TickmeshError
+    ├── ConfigError(ValueError)            a mesh file or option is wrong; names key and fix
+    ├── ProtocolError                      a message broke the wire protocol
+    │   ├── LocalProtocolError             ... and *we* were about to send it (a bug here)
+    │   └── RemoteProtocolError(ValueError) ... and a *peer* sent it (bad bytes, unknown kind)
+    ├── InvalidTick(ValueError)            a tick from a source failed validation
+    ├── StoreError                         the state store misbehaved
+    │   └── StoreUnavailable(ConnectionError)  ... it cannot be reached right now
+    ├── RecoveryError                      the recovery service could not serve a request
+    │   └── RecoveryTimeout(TimeoutError)  ... no recovery service answered in time
+    ├── SlowConsumer                       a bounded buffer overflowed (carries the counts)
+    └── ServerError(RuntimeError)          a helper server process (redis, ...) failed to run
+
+Split by fault as h11 does: a ``RemoteProtocolError`` is counted and logged by the receiving node,
+which carries on; a ``LocalProtocolError`` means our own code is wrong.
+"""
+
+from __future__ import annotations
+
+
+class TickmeshError(Exception):
+    """Root of every tickmesh error."""
+
+
+class ConfigError(TickmeshError, ValueError):
+    """A configuration value is wrong. The message names the key and how to fix it."""
+
+    def __init__(self, key: str, problem: str, fix: str = "") -> None:
+        self.key = key
+        self.problem = problem
+        self.fix = fix
+        text = f"config key {key!r}: {problem}"
+        if fix:
+            text += f" (fix: {fix})"
+        super().__init__(text)
+
+
+class ProtocolError(TickmeshError):
+    """A message violates the tickmesh wire protocol."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We were about to send something the protocol forbids: a bug on this side."""
+
+
+class RemoteProtocolError(ProtocolError, ValueError):
+    """A peer sent bytes that do not decode; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class InvalidTick(TickmeshError, ValueError):
+    """A tick offered by a source is not acceptable (unknown symbol, bad price, ...)."""
+
+
+class StoreError(TickmeshError):
+    """The state store returned an error."""
+
+
+class StoreUnavailable(StoreError, ConnectionError):
+    """The state store cannot be reached."""
+
+
+class RecoveryError(TickmeshError):
+    """The recovery service answered with an error."""
+
+
+class RecoveryTimeout(RecoveryError, TimeoutError):
+    """No recovery service answered within the deadline."""
+
+    def __init__(self, what: str, attempts: int, timeout_s: float) -> None:
+        self.attempts = attempts
+        self.timeout_s = timeout_s
+        super().__init__(f"{what}: no recovery service answered after {attempts} attempts "
+                         f"of {timeout_s:.3f} s")
+
+
+class SlowConsumer(TickmeshError):
+    """A bounded buffer overflowed because its consumer is too slow."""
+
+    def __init__(self, what: str, capacity: int, dropped: int) -> None:
+        self.capacity = capacity
+        self.dropped = dropped
+        super().__init__(f"{what}: buffer of {capacity} full, {dropped} dropped so far")
+
+
+class ServerError(TickmeshError, RuntimeError):
+    """A server process that tickmesh manages (redis-server, ...) failed to start or run."""
