@@ -1,0 +1,445 @@
+"""Start and stop real redis-server and redis-sentinel processes.
+
+Tests, the launcher and failure drills use these to run the state store for real on loopback:
+each process gets a generated config in its own data directory, is started in its own session
+(a Ctrl-C meant for the test run does not reach it), and is ready once it answers ``PING``.
+``kill()`` is a crash (SIGKILL), ``stop()`` a clean shutdown, ``restart()`` brings the same
+server back on the same port and data directory. An ``atexit`` guard kills whatever is still
+running when Python exits, so a failed test never leaves a server behind.
+
+Starting blocks until the server is ready: asyncio code calls it through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+from urllib.parse import quote
+
+from protocols.errors import ServerError
+
+__all__ = ["RedisProcess", "SentinelProcess", "ServerError", "free_port"]
+
+log = logging.getLogger(__name__)
+
+# Where Debian installs the servers; searched after PATH because a non-login root shell may
+# not have /usr/sbin on PATH. Tests replace this to simulate a machine without the binaries.
+_FALLBACK_DIRS: tuple[Path, ...] = (Path("/usr/bin"), Path("/usr/sbin"))
+
+_LOG_TAIL_LINES = 20
+_PING_INTERVAL_S = 0.02
+# A port picked by free_port() can be taken by someone else before the server binds it.
+_PORT_RACE_RETRIES = 3
+
+_live: set[subprocess.Popen[bytes]] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for proc in list(_live):
+        if proc.poll() is None:
+            log.warning("killing leftover server pid %d at exit", proc.pid)
+            _killpg(proc, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        _live.discard(proc)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port on ``host`` that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _find_binary(name: str, package: str) -> str:
+    found = shutil.which(name)
+    if found is not None:
+        return found
+    for directory in _FALLBACK_DIRS:
+        candidate = directory / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise ServerError(f"{name} not found on PATH: install it with `apt-get install {package}`")
+
+
+def _quote(value: str) -> str:
+    """Quote a value for a redis config file, which splits lines on spaces."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _killpg(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    # The server leads its own session, so its process group also holds any child it forked
+    # (an AOF rewrite, say). Only called before the leader is reaped, so the group id is still
+    # ours and cannot have been reused.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def _resp(*args: str) -> bytes:
+    out = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        raw = arg.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+    return b"".join(out)
+
+
+def _ping(host: str, port: int, password: str | None, timeout: float) -> bool:
+    """True when the server at host:port answers PONG (after AUTH when a password is set)."""
+    request = (_resp("AUTH", password) if password is not None else b"") + _resp("PING")
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(request)
+            buffer = b""
+            replies_expected = 2 if password is not None else 1
+            while buffer.count(b"\r\n") < replies_expected:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return False
+                buffer += chunk
+    except OSError:
+        return False
+    # A server still loading its AOF answers -LOADING: not ready yet.
+    return buffer.split(b"\r\n")[replies_expected - 1] == b"+PONG"
+
+
+class _ServerProcess:
+    """A server binary run from a config file in ``data_dir``; ready when it answers PING."""
+
+    _binary = ""
+    _package = ""
+    _stem = ""
+
+    def __init__(self, *, port: int | None, host: str, data_dir: Path) -> None:
+        self._host = host
+        self._port_was_given = port is not None
+        self._port = port if port is not None else free_port(host)
+        self._data_dir = Path(data_dir).resolve()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._started_once = False
+
+    # -- subclass hooks ------------------------------------------------------------------
+
+    def _config(self) -> list[tuple[str, str]]:
+        raise NotImplementedError
+
+    def _write_config(self) -> None:
+        lines = [f"{key} {value}" for key, value in self._config()]
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    @property
+    def _ping_password(self) -> str | None:
+        return None
+
+    # -- public API ----------------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self._host, self._port)
+
+    @property
+    def data_dir(self) -> Path:
+        return self._data_dir
+
+    @property
+    def config_path(self) -> Path:
+        return self._data_dir / f"{self._stem}.conf"
+
+    @property
+    def log_path(self) -> Path:
+        return self._data_dir / f"{self._stem}.log"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs, else None."""
+        if self._proc is None or self._proc.poll() is not None:
+            return None
+        return self._proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the server and return once it answers PING; raise ServerError otherwise."""
+        if self.running:
+            raise ServerError(f"{self._binary} on port {self._port} is already running")
+        binary = _find_binary(self._binary, self._package)
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(_PORT_RACE_RETRIES):
+            try:
+                self._launch(binary, timeout)
+            except ServerError:
+                # Only a port we picked ourselves, and never served on, may move: a restart
+                # must come back where clients expect it.
+                if (
+                    self._port_was_given
+                    or self._started_once
+                    or attempt == _PORT_RACE_RETRIES - 1
+                    or "Address already in use" not in self._log_tail()
+                ):
+                    raise
+                log.info(
+                    "port %d was taken before %s bound it; picking another",
+                    self._port,
+                    self._binary,
+                )
+                self._port = free_port(self._host)
+            else:
+                self._started_once = True
+                return
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Shut the server down with SIGTERM, SIGKILL if it is not gone within ``timeout``."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log.warning(
+                    "%s pid %d ignored SIGTERM for %.1f s; killing it",
+                    self._binary,
+                    proc.pid,
+                    timeout,
+                )
+                _killpg(proc, signal.SIGKILL)
+                proc.wait()
+        self._forget(proc)
+        log.info("%s on port %d stopped", self._binary, self._port)
+
+    def kill(self) -> None:
+        """Crash the server: SIGKILL its process group and wait for it to die."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            _killpg(proc, signal.SIGKILL)
+            proc.wait()
+        self._forget(proc)
+        log.info("%s on port %d killed", self._binary, self._port)
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """Start the server again on the same port and data directory (stopping it first)."""
+        self.stop()
+        self.start(timeout=timeout)
+
+    def __enter__(self) -> Self:
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = f"pid={self.pid}" if self.running else "stopped"
+        return f"<{type(self).__name__} {self._host}:{self._port} {state}>"
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _launch(self, binary: str, timeout: float) -> None:
+        self._write_config()
+        with self.log_path.open("ab") as log_file:
+            proc = subprocess.Popen(
+                [binary, str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=self._data_dir,
+                start_new_session=True,
+            )
+        self._proc = proc
+        _live.add(proc)
+        log.info("started %s pid %d on %s:%d", self._binary, proc.pid, self._host, self._port)
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                self._forget(proc)
+                raise ServerError(
+                    f"{self._binary} on port {self._port} exited with code {proc.returncode} "
+                    f"while starting; end of {self.log_path}:\n{self._log_tail()}"
+                )
+            if _ping(self._host, self._port, self._ping_password, timeout=0.5):
+                return
+            if time.monotonic() >= deadline:
+                self.kill()
+                raise ServerError(
+                    f"{self._binary} on port {self._port} did not answer PING within "
+                    f"{timeout:.1f} s; end of {self.log_path}:\n{self._log_tail()}"
+                )
+            time.sleep(_PING_INTERVAL_S)
+
+    def _forget(self, proc: subprocess.Popen[bytes]) -> None:
+        _live.discard(proc)
+        if self._proc is proc:
+            self._proc = None
+
+    def _log_tail(self) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return "(no log written)"
+        return "\n".join(lines[-_LOG_TAIL_LINES:])
+
+
+class RedisProcess(_ServerProcess):
+    """A redis-server on loopback, persisted to an append-only file in ``data_dir``."""
+
+    _binary = "redis-server"
+    _package = "redis-server"
+    _stem = "redis"
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        data_dir: Path,
+        maxmemory_policy: str = "noeviction",
+        maxmemory: str | None = None,
+        appendonly: bool = True,
+        password: str | None = None,
+        replica_of: tuple[str, int] | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(port=port, host=host, data_dir=data_dir)
+        self._maxmemory_policy = maxmemory_policy
+        self._maxmemory = maxmemory
+        self._appendonly = appendonly
+        self._password = password
+        self._replica_of = replica_of
+        self._extra = dict(extra or {})
+
+    @property
+    def password(self) -> str | None:
+        return self._password
+
+    @property
+    def url(self) -> str:
+        """``redis://[:password@]host:port/0``, ready for ``redis.Redis.from_url``."""
+        auth = f":{quote(self._password, safe='')}@" if self._password is not None else ""
+        return f"redis://{auth}{self._host}:{self._port}/0"
+
+    @property
+    def _ping_password(self) -> str | None:
+        return self._password
+
+    def _config(self) -> list[tuple[str, str]]:
+        config: dict[str, str] = {
+            "bind": self._host,
+            "port": str(self._port),
+            "daemonize": "no",
+            "protected-mode": "no",
+            "dir": _quote(str(self._data_dir)),
+            "logfile": _quote(str(self.log_path)),
+            # No RDB snapshots: persistence under test is the AOF, and a fork per snapshot
+            # would only slow tests down.
+            "save": '""',
+            "appendonly": "yes" if self._appendonly else "no",
+            "maxmemory-policy": self._maxmemory_policy,
+        }
+        if self._appendonly:
+            config["appendfsync"] = "everysec"
+        if self._maxmemory is not None:
+            config["maxmemory"] = self._maxmemory
+        if self._password is not None:
+            config["requirepass"] = _quote(self._password)
+            # A replica in a password-protected group authenticates to its master with the
+            # same password.
+            config["masterauth"] = _quote(self._password)
+        if self._replica_of is not None:
+            replica_host, replica_port = self._replica_of
+            config["replicaof"] = f"{replica_host} {replica_port}"
+        config.update(self._extra)
+        return list(config.items())
+
+
+class SentinelProcess(_ServerProcess):
+    """A redis-sentinel on loopback that monitors one master under ``master_name``."""
+
+    _binary = "redis-sentinel"
+    _package = "redis-sentinel"
+    _stem = "sentinel"
+
+    def __init__(
+        self,
+        *,
+        master_host: str,
+        master_port: int,
+        data_dir: Path,
+        master_name: str = "tickmesh",
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        quorum: int = 1,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 10_000,
+        password: str | None = None,
+    ) -> None:
+        super().__init__(port=port, host=host, data_dir=data_dir)
+        self._master_name = master_name
+        self._master_host = master_host
+        self._master_port = master_port
+        self._quorum = quorum
+        self._down_after_ms = down_after_ms
+        self._failover_timeout_ms = failover_timeout_ms
+        self._password = password
+
+    @property
+    def master_name(self) -> str:
+        return self._master_name
+
+    def _config(self) -> list[tuple[str, str]]:
+        name = self._master_name
+        config = [
+            ("bind", self._host),
+            ("port", str(self._port)),
+            ("daemonize", "no"),
+            ("protected-mode", "no"),
+            ("dir", _quote(str(self._data_dir))),
+            ("logfile", _quote(str(self.log_path))),
+            # Before `monitor`: addresses are taken as given, never looked up.
+            ("sentinel", "resolve-hostnames no"),
+            ("sentinel", f"monitor {name} {self._master_host} {self._master_port} {self._quorum}"),
+            ("sentinel", f"down-after-milliseconds {name} {self._down_after_ms}"),
+            ("sentinel", f"failover-timeout {name} {self._failover_timeout_ms}"),
+            ("sentinel", f"parallel-syncs {name} 1"),
+        ]
+        if self._password is not None:
+            config.append(("sentinel", f"auth-pass {name} {_quote(self._password)}"))
+        return config
+
+    def _write_config(self) -> None:
+        # Sentinel rewrites its config with what it learnt (current master after a failover,
+        # replicas, its own id); a restart must keep that, as a real sentinel would.
+        if self._started_once and self.config_path.exists():
+            return
+        super()._write_config()
