@@ -41,7 +41,6 @@ class StreamState(Enum):
 class Event(Enum):
     """The inputs of the machine; the transition table is drawn over them."""
 
-    BATCH_IN_SEQUENCE = "batch_in_sequence"
     BATCH_AHEAD = "batch_ahead"
     HEARTBEAT_AHEAD = "heartbeat_ahead"
     HOLE_FILLED = "hole_filled"
@@ -56,11 +55,11 @@ class Event(Enum):
 
 S = StreamState
 E = Event
-# state -> event -> next state. Inputs not listed for a state leave it unchanged (a duplicate,
-# a stale batch, a late reply) and are handled without a transition.
+# state -> event -> next state. Inputs not listed for a state leave it unchanged (a batch in
+# sequence, a duplicate, a stale batch, a late reply) and are handled without a transition.
 TRANSITIONS: dict[StreamState, dict[Event, StreamState]] = {
     S.AWAIT_SNAPSHOT: {E.SNAPSHOT: S.LIVE, E.RESET: S.LIVE},
-    S.LIVE: {E.BATCH_IN_SEQUENCE: S.LIVE, E.BATCH_AHEAD: S.GAP_WAIT,
+    S.LIVE: {E.BATCH_AHEAD: S.GAP_WAIT,
              E.HEARTBEAT_AHEAD: S.GAP_WAIT, E.CONSUMER_OVERFLOW: S.GAP_WAIT, E.RESET: S.LIVE},
     S.GAP_WAIT: {E.HOLE_FILLED: S.LIVE, E.GRACE_EXPIRED: S.RECOVERING, E.RESET: S.LIVE},
     S.RECOVERING: {E.HOLE_FILLED: S.LIVE, E.REPLY_PARTIAL: S.RECOVERING,
@@ -230,9 +229,10 @@ class StreamArbiter:
             self._store(session, first_seq, rows)
             self._open_gap(now, Event.BATCH_AHEAD)
             return eff
-        self._store(session, first_seq, rows)
-        if self.state is not StreamState.AWAIT_SNAPSHOT:
-            self._drain(eff)
+        if self.state is StreamState.AWAIT_SNAPSHOT:
+            self._store(session, first_seq, rows)
+        else:
+            self._take(session, first_seq, rows, eff)
             self._maybe_close(now)
         return eff
 
@@ -275,14 +275,16 @@ class StreamArbiter:
         eff: list[Effect] = []
         if self.state not in (StreamState.GAP_WAIT, StreamState.RECOVERING):
             return eff  # late or duplicate reply: everything it could fill is delivered
-        for session, first, rows in batches:
-            self._store(session, first, rows)
+        limit = settled_to
+        for session, first, rows in sorted(batches, key=lambda b: b[1]):
             if first + len(rows) - 1 > self.known_end:
                 self.known_end = first + len(rows) - 1
-        self._drain(eff)
-        while self.next_seq <= settled_to:
+            dropped = self._take(session, first, rows, eff)
+            if dropped is not None:  # carried but not kept (queue full): ask again, not lost
+                limit = min(limit, dropped - 1)
+        while self.next_seq <= limit:
             above = [s for s in self.pending if s > self.next_seq]
-            stop = min(settled_to, min(above) - 1) if above else settled_to
+            stop = min(limit, min(above) - 1) if above else limit
             self._settle_missing(self.next_seq, stop, void, eff)
             self.next_seq = stop + 1
             self._drain(eff)
@@ -348,7 +350,8 @@ class StreamArbiter:
         if session < self.session:
             self.stats.stale += 1
             return False
-        if self.next_seq and seq < self.next_seq:  # newer session, sequence went backwards
+        ref = self.next_seq or (min(self.pending) if self.pending else 0)
+        if ref and seq < ref:  # newer session, sequence went backwards
             eff.append(Reset(self.stream, self.session, session, seq))
             self.stats.resets += 1
             self.pending.clear()
@@ -357,7 +360,28 @@ class StreamArbiter:
         self.session = session  # a newer session continuing the sequence: the feed restarted
         return True
 
-    def _store(self, session: int, first_seq: int, rows: tuple[Row, ...]) -> None:
+    def _take(self, session: int, first_seq: int, rows: tuple[Row, ...],
+              eff: list[Effect]) -> int | None:
+        """Deliver a batch that reaches the next sequence at once, else queue it.
+
+        Delivering the front directly means a full queue can never block the very ticks that
+        would drain it. Returns the first sequence that could not be kept, if any.
+        """
+        nxt = self.next_seq
+        if first_seq <= nxt <= first_seq + len(rows) - 1:
+            off = nxt - first_seq
+            eff.append(Deliver(self.stream, session, nxt, rows[off:] if off else rows))
+            self.next_seq = first_seq + len(rows)
+            for seq in [s for s in self.pending if s < self.next_seq]:
+                del self.pending[seq]  # superseded: the same sequences just went out
+            self._drain(eff)
+            return None
+        dropped = self._store(session, first_seq, rows)
+        self._drain(eff)
+        return dropped
+
+    def _store(self, session: int, first_seq: int, rows: tuple[Row, ...]) -> int | None:
+        """Queue rows at or above the next sequence; return the first one dropped, if any."""
         pending, base = self.pending, self.next_seq
         room = self.config.max_pending - len(pending)
         for i, row in enumerate(rows):
@@ -367,9 +391,10 @@ class StreamArbiter:
                     # Dropping the newest keeps the queue bounded; the hole it leaves is
                     # fetched from the recovery service like any other.
                     self.stats.pending_overflow += len(rows) - i
-                    return
+                    return seq
                 pending[seq] = (session, row)
                 room -= 1
+        return None
 
     def _drain(self, eff: list[Effect]) -> None:
         pending, seq = self.pending, self.next_seq
