@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 
@@ -12,11 +11,11 @@ import zmq
 import zmq.asyncio
 
 from bus.faults import TcpProxy, UdpRelay
+from tests.support import TIME_SCALE
 
 pytestmark = pytest.mark.timeout(10)
 
-# Slow CI stretches every deadline by this factor.
-TIME_SCALE = float(os.environ.get("TICKMESH_TIME_SCALE", "1"))
+
 DEADLINE_S = 2.0 * TIME_SCALE
 LOOPBACK = "127.0.0.1"
 
