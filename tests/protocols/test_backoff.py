@@ -1,0 +1,67 @@
+"""Backoff.compute: exponential growth, the cap, the jitter share, parameter checks."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocols.backoff import Backoff
+
+ALMOST_1 = 1 - 2**-53  # the largest value random.random() can return
+
+# (id, policy, failures, rand, expected delay)
+CASES: list[tuple[str, Backoff, int, float, float]] = [
+    ("first-retry-is-base", Backoff(0.01, 1.0, 0.0), 0, 0.0, 0.01),
+    ("doubles-1", Backoff(0.01, 1.0, 0.0), 1, 0.0, 0.02),
+    ("doubles-2", Backoff(0.01, 1.0, 0.0), 2, 0.0, 0.04),
+    ("doubles-6", Backoff(0.01, 1.0, 0.0), 6, 0.0, 0.64),
+    ("capped-7", Backoff(0.01, 1.0, 0.0), 7, 0.0, 1.0),
+    ("capped-huge-count", Backoff(0.01, 1.0, 0.0), 10_000, 0.0, 1.0),
+    ("base-equals-cap", Backoff(0.5, 0.5, 0.0), 3, 0.0, 0.5),
+    ("no-jitter-ignores-rand", Backoff(0.01, 1.0, 0.0), 2, 0.9, 0.04),
+    ("jitter-rand-0-is-full-delay", Backoff(0.01, 1.0, 0.5), 3, 0.0, 0.08),
+    ("jitter-rand-1-is-half-delay", Backoff(0.01, 1.0, 0.5), 3, ALMOST_1, 0.04),
+    ("jitter-rand-half", Backoff(0.01, 1.0, 0.5), 3, 0.5, 0.06),
+    ("jitter-on-the-cap", Backoff(0.01, 1.0, 0.5), 20, ALMOST_1, 0.5),
+    ("full-jitter-rand-1-is-0", Backoff(0.01, 1.0, 1.0), 4, ALMOST_1, 0.0),
+    ("full-jitter-rand-0", Backoff(0.01, 1.0, 1.0), 4, 0.0, 0.16),
+    ("defaults", Backoff(), 0, 0.0, 0.01),
+    ("feed-store-wait", Backoff(base_s=0.05, cap_s=2.0), 5, 0.0, 1.6),
+]
+
+
+@pytest.mark.parametrize("policy, failures, rand, expected",
+                         [pytest.param(p, f, r, e, id=i) for i, p, f, r, e in CASES])
+def test_compute(policy: Backoff, failures: int, rand: float, expected: float) -> None:
+    assert policy.compute(failures, rand) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    pytest.param({"base_s": 0.0}, "0 < base_s <= cap_s", id="base-0"),
+    pytest.param({"base_s": -0.1}, "0 < base_s <= cap_s", id="base-negative"),
+    pytest.param({"base_s": 2.0, "cap_s": 1.0}, "0 < base_s <= cap_s", id="base-above-cap"),
+    pytest.param({"base_s": float("nan")}, "0 < base_s <= cap_s", id="base-nan"),
+    pytest.param({"jitter": -0.1}, "jitter must be in [0, 1]", id="jitter-negative"),
+    pytest.param({"jitter": 1.5}, "jitter must be in [0, 1]", id="jitter-above-1"),
+    pytest.param({"jitter": float("nan")}, "jitter must be in [0, 1]", id="jitter-nan"),
+])
+def test_invalid_parameters_raise(kwargs: dict[str, float], fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        Backoff(**kwargs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(1e-6, 10), st.floats(1, 100), st.floats(0, 1), st.integers(0, 200),
+       st.floats(0, 1, exclude_max=True))
+def test_delay_is_within_jitter_bounds_and_never_above_cap(base: float, cap_factor: float,
+                                                           jitter: float, failures: int,
+                                                           rand: float) -> None:
+    policy = Backoff(base, base * cap_factor, jitter)
+    raw = min(policy.cap_s, base * 2.0**failures)
+    delay = policy.compute(failures, rand)
+    assert raw * (1 - jitter) - 1e-12 <= delay <= raw + 1e-12
+    assert delay <= policy.cap_s
+    # Without jitter the delay never shrinks as failures pile up.
+    assert Backoff(base, base * cap_factor, 0).compute(failures + 1, rand) >= \
+        Backoff(base, base * cap_factor, 0).compute(failures, rand)
