@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 import struct
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -632,3 +633,39 @@ def test_recovery_decoders_never_raise_anything_but_remote_protocol_error(
             decoder(frames)
     rid = request_id_of(frames)
     assert isinstance(rid, int) and 0 <= rid < 2**63
+
+
+# --- docs/PROTOCOL.md ----------------------------------------------------------------------
+
+PROTOCOL_MD = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
+
+
+def _hex_after(heading: str) -> list[bytes]:
+    """The bytes in the first code block after ``heading``: one entry per dump or frame."""
+    text = PROTOCOL_MD.read_text(encoding="utf-8")
+    block = text.split(heading, 1)[1].split("```", 2)[1]
+    out: list[bytes] = []
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        if line.startswith("frame"):  # "frame 0:  54 4d 01 12"
+            out.append(bytes.fromhex(line.split(":", 1)[1]))
+        elif line.startswith(" "):  # continuation of the frame above
+            out[-1] += bytes.fromhex(line)
+        else:  # "0010  54 4d ...": an offset, then 16 bytes of one dump
+            offset, data = line.split(maxsplit=1)
+            if int(offset, 16) == 0:
+                out.append(b"")
+            assert int(offset, 16) == len(out[-1]), f"offset {offset} is wrong"
+            out[-1] += bytes.fromhex(data)
+    return out
+
+
+def test_protocol_md_examples_are_what_the_codec_produces() -> None:
+    tick = TickBatch("EURUSD", 1732450000123456, 42, (
+        (1.0841, 1.0842, 0.0, 1.0, 1732450000123000000, 1732450000123250000),))
+    assert _hex_after("### One TICKS datagram with one tick") == encode_datagrams(tick)
+    assert _hex_after("### The heartbeat that follows it") == encode_datagrams(
+        Heartbeat("EURUSD", 1732450000123456, 43))
+    assert _hex_after("### A gap-fill request") == encode_recovery(
+        GapFillRequest(7, "EURUSD", 40, 42))
