@@ -12,7 +12,6 @@ The checkpointer also keeps each stream's sequence reservation ahead of the feed
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections import deque
@@ -22,6 +21,7 @@ from protocols.backoff import Backoff
 from protocols.errors import StoreError
 from protocols.messages import Row
 
+from .aio import wait_event
 from .store import CheckpointRun, TickStore
 
 log = logging.getLogger(__name__)
@@ -126,8 +126,7 @@ class Checkpointer:
                                 self.stats.last_error)
                 self._failures += 1
                 delay = self._backoff.compute(self._failures, random.random())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+            await wait_event(self._wake, delay)
             self._wake.clear()
 
     def kick(self) -> None:

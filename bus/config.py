@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import tomllib
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
@@ -65,7 +66,11 @@ def _check_endpoint(key: str, value: str) -> None:
         raise ConfigError(key, f"{value!r} is not a ZeroMQ endpoint",
                           'use "tcp://127.0.0.1:PORT" or "ipc:///path"')
     if value.startswith("tcp://"):
-        parse_hostport(key, value[len("tcp://"):].replace("*", "0.0.0.0"))
+        host, sep, port = value[len("tcp://"):].rpartition(":")
+        if port == "*":
+            raise ConfigError(key, "a wildcard port cannot be published to peers",
+                              "give a port number, e.g. tcp://127.0.0.1:7100")
+        parse_hostport(key, ("0.0.0.0" if host == "*" else host) + sep + port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +131,10 @@ class FeedSection:
         if not 128 <= self.udp_max_datagram <= 65507:
             raise ConfigError(f"{key}.udp_max_datagram", "must be in 128..65507",
                               "1472 fits an Ethernet MTU")
-        if self.speed < 0:
-            raise ConfigError(f"{key}.speed", "must be >= 0", "1.0 = recorded pace, 0 = max")
+        _non_negative(f"{key}.speed", self.speed, "1.0 = recorded pace, 0 = max")
+        if not 0 <= self.multicast_ttl <= 255:
+            raise ConfigError(f"{key}.multicast_ttl", f"must be in 0..255, got "
+                              f"{self.multicast_ttl}", "1 keeps multicast on the local subnet")
         if self.source == "replay" and not self.file:
             raise ConfigError(f"{key}.file", "is required for source = \"replay\"",
                               'file = "ticks.csv"')
@@ -164,8 +171,7 @@ class SubscriberSection:
             parse_hostport(f"{key}.udp_bind", self.udp_bind)
         _positive(f"{key}.queue", self.queue, "e.g. queue = 100000")
         for name in ("grace_ms", "fill_timeout_ms", "give_up_ms", "recovery_timeout_ms"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{key}.{name}", "must be >= 0")
+            _non_negative(f"{key}.{name}", getattr(self, name))
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +183,8 @@ class MeshConfig:
     subscriber: SubscriberSection = field(default_factory=SubscriberSection)
 
     def validate(self) -> MeshConfig:
+        _positive("redis.socket_timeout_ms", self.redis.socket_timeout_ms,
+                  "e.g. socket_timeout_ms = 1000")
         if not self.redis.url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("redis.url", f"{self.redis.url!r} is not a Redis URL",
                               'e.g. "redis://127.0.0.1:6379/0"')
@@ -222,8 +230,13 @@ class MeshConfig:
 
 
 def _positive(key: str, value: float, fix: str) -> None:
-    if not value > 0:
-        raise ConfigError(key, f"must be > 0, got {value!r}", fix)
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(key, f"must be a finite number > 0, got {value!r}", fix)
+
+
+def _non_negative(key: str, value: float, fix: str = "") -> None:
+    if not (value >= 0 and math.isfinite(value)):  # `not >=` also catches NaN
+        raise ConfigError(key, f"must be a finite number >= 0, got {value!r}", fix)
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}

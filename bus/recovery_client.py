@@ -85,7 +85,8 @@ class RecoveryClient:
                     await asyncio.sleep(CONNECT_POLL_S)
                     continue
                 tried += 1
-                reply = await asyncio.wait_for(fut, timeout_s)
+                async with asyncio.timeout(timeout_s):  # not wait_for: see bus.aio
+                    reply = await fut
                 if isinstance(reply, ErrorReply):
                     raise RecoveryError(f"snapshot refused: {reply.message}")
                 assert isinstance(reply, SnapshotReply)

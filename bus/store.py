@@ -10,7 +10,8 @@ Redis. Keys, under the mesh's ``key_prefix`` ``P``::
     P:last             hash stream -> msgpack [session, seq, row]: the last value (snapshots)
     P:seq              hash stream -> last checkpointed sequence (everything <= it is settled)
     P:reserved         hash stream -> highest sequence a feed may have published
-    P:feeds            hash feed -> msgpack {session, started_ns, streams}
+    P:feeds            hash feed -> msgpack {session, streams} (who publishes what; session is
+                       the start time in microseconds)
 
 Why reservations: checkpoints trail the live stream by a few milliseconds. A feed killed with
 SIGKILL may have published ticks its checkpoint never saw; restarting at the checkpointed

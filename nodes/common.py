@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ def run_node(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         return await main(stop)
 
     try:
@@ -37,17 +39,44 @@ def run_node(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
     return uvloop.run(runner())
 
 
+async def supervise_tasks(name: str, stop: asyncio.Event,
+                          tasks: list[asyncio.Task[None]]) -> int:
+    """Run ``tasks`` until ``stop`` is set; a task that ends first is a failure of the node.
+
+    Every task is cancelled and awaited before this returns. Returns the exit code: 0 after an
+    orderly stop, 1 if any task ended on its own (with its exception logged).
+    """
+    stopper = asyncio.create_task(stop.wait(), name="stop")
+    try:
+        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        failed = [t for t in done if t is not stopper]
+        for t in failed:
+            exc = None if t.cancelled() else t.exception()
+            log.error("%s: task %s ended unexpectedly", name, t.get_name(), exc_info=exc)
+        return 1 if failed else 0
+    finally:
+        for t in [stopper, *tasks]:
+            t.cancel()
+        await asyncio.gather(stopper, *tasks, return_exceptions=True)
+
+
+def dump_tasks() -> None:
+    """Log the stack of every asyncio task (``kill -USR1 <pid>``): where is a node waiting?"""
+    for task in asyncio.all_tasks():
+        out = io.StringIO()
+        task.print_stack(limit=8, file=out)
+        log.warning("task %s:\n%s", task.get_name(), out.getvalue())
+
+
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, default=str))
     os.replace(tmp, path)
 
 
-async def stats_writer(path: Path | None, interval_s: float,
+async def stats_writer(path: Path, interval_s: float,
                        collect: Callable[[], dict[str, Any]]) -> None:
     """Write ``collect()`` to ``path`` every ``interval_s`` (for the launcher's status line)."""
-    if path is None:
-        return
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         await asyncio.to_thread(write_json_atomic, path, collect())

@@ -10,7 +10,6 @@ SIGTERM the feed sends end-of-session, flushes its checkpoints and releases its 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -21,6 +20,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from bus.aio import wait_event
 from bus.checkpoint import Checkpointer
 from bus.config import FeedSection, MeshConfig, parse_hostport
 from bus.publisher import Publisher
@@ -29,7 +29,7 @@ from protocols.backoff import Backoff
 from protocols.errors import StoreError
 from protocols.messages import EndOfSession, Heartbeat, Row
 
-from .common import stats_writer
+from .common import stats_writer, supervise_tasks
 from .sources import EaBridge, RawTick, Replay, Simulator, Source
 
 log = logging.getLogger(__name__)
@@ -74,10 +74,7 @@ class FeedNode:
                     log.warning("feed %s: waiting for the store to learn where sequences "
                                 "resume: %s", self.feed.name, exc)
                 failures += 1
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff.compute(failures,
-                                                                        random.random()))
-                if stop.is_set():
+                if await wait_event(stop, backoff.compute(failures, random.random())):
                     raise
 
     async def run(self, stop: asyncio.Event) -> int:
@@ -103,23 +100,15 @@ class FeedNode:
         self.last_sent = {s: now - 1.0 for s in self.feed.symbols}
         tasks = [asyncio.create_task(self.checkpointer.run(), name="checkpoint"),
                  asyncio.create_task(self._heartbeats(), name="heartbeat"),
-                 asyncio.create_task(self._pump(), name="pump"),
-                 asyncio.create_task(stats_writer(self.stats_path, 0.5, self.stats),
-                                     name="stats")]
+                 asyncio.create_task(self._pump(), name="pump")]
+        if self.stats_path is not None:
+            tasks.append(asyncio.create_task(stats_writer(self.stats_path, 0.5, self.stats),
+                                             name="stats"))
         self.ready.set()
-        stopper = asyncio.create_task(stop.wait())
         try:
-            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            failed = [t for t in done if t is not stopper and t.exception() is not None]
-            for t in failed:
-                log.error("feed %s: task %s failed", self.feed.name, t.get_name(),
-                          exc_info=t.exception())
+            return await supervise_tasks(f"feed {self.feed.name}", stop, tasks)
         finally:
-            for t in [stopper, *tasks]:
-                t.cancel()
-            await asyncio.gather(stopper, *tasks, return_exceptions=True)
             await self._shutdown()
-        return 1 if failed else 0
 
     def _publish(self, raw: list[RawTick], now: float) -> None:
         assert self.publisher is not None and self.checkpointer is not None

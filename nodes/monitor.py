@@ -14,7 +14,7 @@ from typing import Any
 from bus.config import MeshConfig
 from bus.subscriber import Subscriber, SubscriberOptions
 
-from .common import stats_writer
+from .common import stats_writer, supervise_tasks
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +42,15 @@ class MonitorNode:
 
     async def run(self, stop: asyncio.Event) -> int:
         await self.sub.start()
-        tasks = [asyncio.create_task(self._consume(), name="consume"),
-                 asyncio.create_task(stats_writer(self.stats_path, 0.5, self.collect),
-                                     name="stats")]
+        tasks = [asyncio.create_task(self._consume(), name="consume")]
+        if self.stats_path is not None:
+            tasks.append(asyncio.create_task(stats_writer(self.stats_path, 0.5, self.collect),
+                                             name="stats"))
         try:
-            await stop.wait()
+            code = await supervise_tasks("monitor", stop, tasks)
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             await self.sub.close()
             if self.stats_path is not None:
                 from .common import write_json_atomic
                 write_json_atomic(self.stats_path, self.collect())
-        return 0
+        return code

@@ -33,7 +33,7 @@ from protocols.messages import (
     SnapshotRequest,
 )
 
-from .common import stats_writer
+from .common import stats_writer, supervise_tasks
 
 log = logging.getLogger(__name__)
 
@@ -112,21 +112,16 @@ class RecoveryNode:
 
     async def run(self, stop: asyncio.Event) -> int:
         log.info("recovery %s serving on %s", self.section.name, self.endpoint)
-        tasks = [asyncio.create_task(self.serve(), name="serve"),
-                 asyncio.create_task(stats_writer(self.stats_path, 0.5, self.collect),
-                                     name="stats")]
-        stopper = asyncio.create_task(stop.wait())
+        tasks = [asyncio.create_task(self.serve(), name="serve")]
+        if self.stats_path is not None:
+            tasks.append(asyncio.create_task(stats_writer(self.stats_path, 0.5, self.collect),
+                                             name="stats"))
         try:
-            await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            for t in tasks:
-                if t.done() and t.exception() is not None:
-                    log.error("recovery task %s failed", t.get_name(), exc_info=t.exception())
-                    return 1
-            return 0
+            return await supervise_tasks(f"recovery {self.section.name}", stop, tasks)
         finally:
-            for t in [stopper, *tasks, *self._tasks]:
+            for t in self._tasks:
                 t.cancel()
-            await asyncio.gather(stopper, *tasks, *self._tasks, return_exceptions=True)
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             self.sock.close(linger=0)
             await self.store.close()
             self.ctx.term()

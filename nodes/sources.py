@@ -70,8 +70,8 @@ class _Validator:
 
     def check(self, symbol: object, bid: object, ask: object, last: object, volume: object,
               time_ns: object) -> RawTick:
-        if symbol not in self.symbols:
-            raise InvalidTick(f"unknown symbol {symbol!r}")
+        if not isinstance(symbol, str) or symbol not in self.symbols:
+            raise InvalidTick(f"unknown symbol {symbol!r:.40}")
         try:
             row = check_row((bid, ask, last, volume, time_ns, 0))
         except ValueError as exc:
@@ -257,9 +257,10 @@ class EaBridge:
             return []
         data = frames[0]
         try:
-            doc: Any = (json.loads(data) if data[:1] in (b"{", b"[", b" ", b"\n")
+            doc: Any = (json.loads(data) if data.lstrip()[:1] in (b"{", b"[")
                         else msgpack.unpackb(data, raw=False))
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        except (ValueError, TypeError, RecursionError, msgpack.ExtraData, msgpack.FormatError,
+                msgpack.StackError) as exc:
             self._v.reject(InvalidTick(f"undecodable message: {exc}"))
             return []
         items = doc if isinstance(doc, list) else [doc]

@@ -261,7 +261,8 @@ def request_id_of(frames: list[bytes] | tuple[bytes, ...]) -> int:
     try:
         _kind, data = _decode_body(frames)
         rid = data.get("id", 0)
-        return rid if isinstance(rid, int) and 0 <= rid < 2**63 else 0
+        ok = isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid < 2**63
+        return rid if ok else 0
     except RemoteProtocolError:
         return 0
 
@@ -271,6 +272,8 @@ def decode_request(frames: list[bytes] | tuple[bytes, ...]) -> RecoveryRequest:
     kind, d = _decode_body(frames)
     try:
         if kind == Kind.SNAPSHOT_REQUEST:
+            if not isinstance(d["prefixes"], list):
+                raise TypeError("prefixes must be an array of strings")
             return SnapshotRequest(d["id"], tuple(d["prefixes"]))
         if kind == Kind.GAP_FILL_REQUEST:
             return GapFillRequest(d["id"], d["stream"], d["from"], d["to"])

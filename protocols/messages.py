@@ -90,8 +90,8 @@ class Tick:
     def __post_init__(self) -> None:
         check_stream(self.symbol)
         check_row(self.row())
-        if not 0 <= self.seq <= MAX_SEQ:
-            raise ValueError(f"seq out of range: {self.seq}")
+        _check_seq("seq", self.seq)
+        _check_session(self.session)
 
     def row(self) -> Row:
         """The wire row of this tick (the symbol and sequence travel in the batch header)."""
@@ -124,7 +124,8 @@ def _check_seq(name: str, value: int) -> None:
 
 
 def _check_session(session: int) -> None:
-    if not isinstance(session, int) or not 0 <= session <= 2**64 - 1:
+    if (not isinstance(session, int) or isinstance(session, bool)
+            or not 0 <= session <= 2**64 - 1):
         raise ValueError(f"session must be a u64, got {session!r}")
 
 
@@ -190,7 +191,8 @@ FeedMessage = TickBatch | Heartbeat | EndOfSession
 
 
 def _check_request_id(request_id: int) -> None:
-    if not isinstance(request_id, int) or not 0 <= request_id < 2**63:
+    if (not isinstance(request_id, int) or isinstance(request_id, bool)
+            or not 0 <= request_id < 2**63):
         raise ValueError(f"request id must be an integer in [0, 2**63), got {request_id!r}")
 
 
@@ -295,7 +297,8 @@ class GapFillReply:
         _check_request_id(self.request_id)
         check_stream(self.stream)
         _check_seq("from_seq", self.from_seq)
-        if not 0 <= self.settled_to <= MAX_SEQ or self.settled_to < self.from_seq - 1:
+        _check_seq("settled_to", self.settled_to)
+        if self.settled_to < self.from_seq - 1:
             raise ValueError(f"settled_to {self.settled_to} below from_seq {self.from_seq} - 1")
         for b in self.batches:
             if b.stream != self.stream:

@@ -68,8 +68,8 @@ INVALID: list[tuple[str, Callable[[], Any], str]] = [
     ("tick-negative-time", tick(source_time_ns=-1), "source_time_ns"),
     ("tick-float-time", tick(feed_time_ns=1.0), "feed_time_ns"),
     ("tick-time-above-u64", tick(source_time_ns=2**64), "source_time_ns"),
-    ("tick-negative-seq", tick(seq=-1), "seq out of range"),
-    ("tick-seq-above-max", tick(seq=MAX_SEQ + 1), "seq out of range"),
+    ("tick-negative-seq", tick(seq=-1), "seq must be an integer in"),
+    ("tick-seq-above-max", tick(seq=MAX_SEQ + 1), "seq must be an integer in"),
     # TickBatch
     ("batch-no-rows", tb(rows=()), "holds 1..65534 ticks"),
     ("batch-too-many-rows", tb(rows=(ROW,) * (MAX_BATCH + 1)), "holds 1..65534 ticks"),
@@ -99,7 +99,7 @@ INVALID: list[tuple[str, Callable[[], Any], str]] = [
     ("fill-bad-stream", lambda: GapFillRequest(1, "E" * 65, 1, 5), "longer than 64"),
     # GapFillReply
     ("reply-settled-below-from-1", fill_reply(settled_to=8), "below from_seq"),
-    ("reply-negative-settled", fill_reply(from_seq=0, settled_to=-1), "below from_seq"),
+    ("reply-negative-settled", fill_reply(from_seq=0, settled_to=-1), "settled_to must be an integer"),
     ("reply-settled-above-max", fill_reply(settled_to=MAX_SEQ + 1), "settled_to"),
     ("reply-negative-from", fill_reply(from_seq=-1), "from_seq"),
     ("reply-bad-id", fill_reply(request_id=-1), "request id"),

@@ -1,0 +1,230 @@
+"""End to end: feed -> both paths -> subscriber, with faults injected by wrappers we control.
+
+Each test ends with the same check (tests/nodes/harness.py ``Mesh.verify``): every tick the
+feed published after the subscriber joined is delivered exactly once, in order, with the bytes
+that the store holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+import zmq.asyncio
+
+from bus.config import MeshConfig
+from bus.store import RedisTickStore
+from nodes.servers import RedisProcess
+from protocols.codec import encode_recovery
+from protocols.messages import GapFillRequest
+from tests.nodes.harness import mesh
+from tests.support import scaled, wait_until
+
+pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(coro)
+
+
+def last_seqs(feed_next: dict[str, int]) -> dict[str, int]:
+    return {s: n - 1 for s, n in feed_next.items()}
+
+
+def test_clean_paths_deliver_everything(redis_server: RedisProcess) -> None:
+    async def main() -> None:
+        async with mesh(redis_server) as m:
+            await m.wait_for_ticks(3000)
+            assert m.feed is not None
+            m.feed.source.close()
+            await m.verify(last_seqs(m.feed.next_seq))
+            s = m.sub.stats()
+            assert s["lost"] == 0 and s["gaps"] == 0
+            # Both paths carried the ticks (TCP misses the first few: the slow joiner); one
+            # copy won, the other was dropped by its header.
+            for path in ("tcp", "udp"):
+                assert s[path]["ticks"] >= 0.9 * s["delivered"] and s[path]["errors"] == 0
+            assert s["tcp"]["duplicates"] + s["udp"]["duplicates"] >= 0.9 * s["delivered"]
+    run(main())
+
+
+def test_udp_drops_are_covered_by_tcp(redis_server: RedisProcess) -> None:
+    async def main() -> None:
+        async with mesh(redis_server, udp_relay=True, udp_drop=0.3) as m:
+            await m.wait_for_ticks(4000)
+            assert m.feed is not None and m.relay is not None
+            m.feed.source.close()  # stop producing; heartbeats go on
+            await asyncio.sleep(scaled(0.1))
+            await m.verify(last_seqs(m.feed.next_seq))
+            s = m.sub.stats()
+            assert m.relay.dropped > 100
+            assert s["udp"]["gaps"] > 10
+            assert s["lost"] == 0
+    run(main())
+
+
+def test_tcp_cut_is_covered_by_udp(redis_server: RedisProcess) -> None:
+    async def main() -> None:
+        async with mesh(redis_server, tcp_proxy=True) as m:
+            assert m.proxy is not None and m.feed is not None
+            await m.wait_for_ticks(1500)
+            m.proxy.cut()
+            await m.wait_for_ticks(1500)
+            tcp_before = m.sub.tcp.ticks
+            m.proxy.restore()
+            await wait_until(lambda: m.sub.tcp.ticks > tcp_before + 100, 5, "TCP reconnect")
+            m.feed.source.close()
+            await m.verify(last_seqs(m.feed.next_seq))
+            s = m.sub.stats()
+            assert s["tcp"]["gaps"] >= 1
+            assert s["lost"] == 0
+    run(main())
+
+
+def test_both_paths_lose_the_same_ticks_recovery_fills(redis_server: RedisProcess) -> None:
+    async def main() -> None:
+        async with mesh(redis_server, tcp_proxy=True, udp_relay=True, udp_drop=0.2) as m:
+            assert m.proxy is not None and m.relay is not None and m.feed is not None
+            for _ in range(3):
+                await m.wait_for_ticks(1000)
+                m.proxy.cut()
+                m.relay.blackout(True)
+                await asyncio.sleep(scaled(0.3))  # a blackout of known length on both paths
+                m.relay.blackout(False)
+                m.proxy.restore()
+            await m.wait_for_ticks(1000)
+            m.feed.source.close()
+            await m.verify(last_seqs(m.feed.next_seq))
+            s = m.sub.stats()
+            assert s["filled_by_recovery"] >= 3, s
+            assert s["fill_requests"] >= 3
+            assert s["lost"] == 0
+    run(main())
+
+
+def test_tail_loss_is_found_by_heartbeat(redis_server: RedisProcess) -> None:
+    async def main() -> None:
+        async with mesh(redis_server, tcp_proxy=True, udp_relay=True) as m:
+            assert m.proxy is not None and m.relay is not None and m.feed is not None
+            await m.wait_for_ticks(1000)
+            m.proxy.cut()
+            m.relay.blackout(True)
+            await asyncio.sleep(scaled(0.1))
+            m.feed.source.close()  # the last ticks before silence are lost on both paths
+            await asyncio.sleep(scaled(0.1))
+            m.relay.blackout(False)
+            m.proxy.restore()
+            await m.verify(last_seqs(m.feed.next_seq))
+            assert m.sub.stats()["lost"] == 0
+    run(main())
+
+
+def test_late_joiner_gets_snapshot_then_live(redis_server: RedisProcess) -> None:
+    async def main() -> None:
+        async with mesh(redis_server, snapshot=True, rate=300) as m:
+            await m.wait_for_ticks(100)
+            assert m.feed is not None
+            m.feed.source.close()
+            await asyncio.sleep(scaled(0.2))
+            # A second subscriber joins a quiet mesh: it gets the last value of every symbol.
+            from bus.subscriber import Subscriber, SubscriberOptions
+            opts = SubscriberOptions.from_config(m.cfg, udp_bind="", snapshot=True)
+            async with Subscriber(opts) as late:
+                ticks = await asyncio.wait_for(late.get_many(), scaled(5))
+                while len({t.symbol for t in ticks}) < 3:
+                    ticks += await asyncio.wait_for(late.get_many(), scaled(5))
+                assert all(t.snapshot for t in ticks)
+                for t in ticks:
+                    assert t.seq == m.feed.next_seq[t.symbol] - 1
+    run(main())
+
+
+def test_malformed_frames_are_counted_and_ignored(redis_server: RedisProcess) -> None:
+    async def main() -> None:
+        async with mesh(redis_server, rate=1000) as m:
+            await m.wait_for_ticks(200)
+            assert m.feed is not None
+            host, port = m.cfg.subscriber.udp_bind.split(":")
+            import socket
+            junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            for payload in (b"", b"TM", b"XX" + bytes(40), b"TM\x01\x01" + bytes(30)):
+                junk.sendto(payload, (host, int(port)))
+            junk.close()
+            # A bad recovery request gets an error reply and the service keeps serving.
+            ctx = zmq.asyncio.Context()
+            dealer = ctx.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.connect(m.cfg.recovery_endpoints[0])
+            await dealer.send_multipart([b"TM\x01\x12", msgpack.packb({"id": 5})])
+            err = await asyncio.wait_for(dealer.recv_multipart(), scaled(5))
+            assert err[0] == b"TM\x01\x14" and b"bad GAP_FILL_REQUEST" in err[1]
+            await dealer.send_multipart(encode_recovery(GapFillRequest(6, "EURUSD", 1, 5)))
+            ok = await asyncio.wait_for(dealer.recv_multipart(), scaled(5))
+            assert ok[0] == b"TM\x01\x13"
+            dealer.close()
+            ctx.term()
+            await wait_until(lambda: m.sub.udp.errors >= 3, 5, "udp errors counted")
+            await m.wait_for_ticks(200)  # still delivering
+            m.feed.source.close()
+            await m.verify(last_seqs(m.feed.next_seq))
+    run(main())
+
+
+def _write_mesh_toml(cfg: MeshConfig, path: Path) -> None:
+    f = cfg.feeds[0]
+    r = cfg.recovery[0]
+    path.write_text(
+        f'[mesh]\nkey_prefix = "{cfg.mesh.key_prefix}"\n[redis]\nurl = "{cfg.redis.url}"\n'
+        f'[[feeds]]\nname = "{f.name}"\nsymbols = {json.dumps(list(f.symbols))}\n'
+        f'pub = "{f.pub}"\nudp_targets = {json.dumps(list(f.udp_targets))}\nrate = {f.rate}\n'
+        f"heartbeat_ms = {f.heartbeat_ms}\ncheckpoint_ms = {f.checkpoint_ms}\n"
+        f"reserve_block = {f.reserve_block}\n"
+        f'[[recovery]]\nbind = "{r.bind}"\n')
+
+
+def test_feed_killed_and_restarted_resumes_sequence(redis_server: RedisProcess,
+                                                    tmp_path: Path) -> None:
+    async def main() -> None:
+        async with mesh(redis_server, in_process_feed=False) as m:
+            toml = tmp_path / "mesh.toml"
+            _write_mesh_toml(m.cfg, toml)
+            cmd = [sys.executable, "-m", "nodes.cli", "-c", str(toml), "feed"]
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            procs: list[subprocess.Popen[bytes]] = []
+            try:
+                for _ in range(2):
+                    procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env,
+                                                  stderr=subprocess.DEVNULL))
+                    await m.wait_for_ticks(2000, timeout=20)
+                    os.kill(procs[-1].pid, signal.SIGKILL)  # a crash: no end, no flush
+                    procs[-1].wait(timeout=10)
+                procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.DEVNULL))
+                await m.wait_for_ticks(2000, timeout=20)
+                procs[-1].send_signal(signal.SIGTERM)  # an orderly stop flushes checkpoints
+                assert procs[-1].wait(timeout=20) == 0
+            finally:
+                for proc in procs:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
+            store = RedisTickStore(m.cfg.redis.url, m.cfg.mesh.key_prefix)
+            raw = await store.redis.hgetall(f"{m.cfg.mesh.key_prefix}:seq")
+            await store.close()
+            await m.verify({k.decode(): int(v) for k, v in raw.items()})
+            s = m.sub.stats()
+            assert s["lost"] == 0, s
+            assert s["skipped"] > 0  # the reserved numbers the killed sessions never used
+            assert s["resets"] == 0
+            assert s["stale"] == 0
+    run(main())
