@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
 import math
 import tomllib
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -330,7 +331,6 @@ def with_overrides(cfg: MeshConfig, **sections: Any) -> MeshConfig:
 
 
 __all__ = [
-    "MISSING",
     "FeedSection",
     "MeshConfig",
     "MeshSection",
@@ -338,8 +338,33 @@ __all__ = [
     "RedisSection",
     "SubscriberSection",
     "default_config",
+    "dump_toml",
     "load_config",
     "parse_config",
     "parse_hostport",
     "with_overrides",
 ]
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dump_toml(cfg: MeshConfig) -> str:
+    """The mesh file that :func:`load_config` reads back as ``cfg`` (every key written)."""
+    lines: list[str] = []
+    for name, (_cls, many) in _SECTIONS.items():
+        value = getattr(cfg, name)
+        for item in (value if many else (value,)):
+            lines.append(f"[[{name}]]" if many else f"[{name}]")
+            lines += [f"{f.name} = {_toml_value(getattr(item, f.name))}" for f in fields(item)]
+            lines.append("")
+    return "\n".join(lines)

@@ -26,26 +26,27 @@ log = logging.getLogger("tickmesh")
 
 
 def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", help="mesh file (TOML); default: the local mesh")
+    common.add_argument("--log-level", default="INFO")
+    common.add_argument("--stats", type=Path, help="write node statistics (JSON) to this file")
     p = argparse.ArgumentParser(prog="tickmesh", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", "-c", help="mesh file (TOML); default: the built-in local mesh")
-    p.add_argument("--log-level", default="INFO")
-    p.add_argument("--stats", type=Path, help="write node statistics (JSON) to this file")
     sub = p.add_subparsers(dest="command", required=True)
-    f = sub.add_parser("feed", help="run a feed node")
+    f = sub.add_parser("feed", parents=[common], help="run a feed node")
     f.add_argument("--name", help="feed name in the mesh file (default: the first)")
-    r = sub.add_parser("recovery", help="run a recovery service node")
+    r = sub.add_parser("recovery", parents=[common], help="run a recovery service node")
     r.add_argument("--name", help="recovery node name (default: the first)")
-    sub.add_parser("monitor", help="run a monitoring subscriber")
-    up = sub.add_parser("up", help="run the whole mesh under a supervisor")
+    sub.add_parser("monitor", parents=[common], help="run a monitoring subscriber")
+    up = sub.add_parser("up", parents=[common], help="run the whole mesh under a supervisor")
     up.add_argument("--for", dest="duration", type=float, default=0.0,
                     help="stop after this many seconds and print a summary")
     up.add_argument("--run-dir", type=Path, default=Path("run"),
-                    help="where logs, stats and the Redis data go")
+                    help="where logs, stats and the Redis data go (default: ./run)")
     up.add_argument("--redis-port", type=int, default=0,
                     help="start the local Redis on this port (default: the config's)")
     up.add_argument("--json", action="store_true", help="print the summary as JSON")
-    chk = sub.add_parser("check-config", help="validate a mesh file")
+    chk = sub.add_parser("check-config", help="validate a mesh file and print it")
     chk.add_argument("file")
     return p
 
@@ -72,7 +73,7 @@ def _run_monitor(cfg: MeshConfig, stats: Path | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(getattr(args, "log_level", "INFO"))
     try:
         if args.command == "check-config":
             cfg = load_config(args.file)

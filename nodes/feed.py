@@ -29,7 +29,7 @@ from protocols.backoff import Backoff
 from protocols.errors import StoreError
 from protocols.messages import EndOfSession, Heartbeat, Row
 
-from .common import stats_writer, supervise_tasks
+from .common import stats_writer, supervise_tasks, write_json_atomic
 from .sources import EaBridge, RawTick, Replay, Simulator, Source
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,8 @@ class FeedNode:
             return await supervise_tasks(f"feed {self.feed.name}", stop, tasks)
         finally:
             await self._shutdown()
+            if self.stats_path is not None:  # the final figures, for the launcher's summary
+                write_json_atomic(self.stats_path, self.stats())
 
     def _publish(self, raw: list[RawTick], now: float) -> None:
         assert self.publisher is not None and self.checkpointer is not None

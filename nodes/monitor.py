@@ -14,7 +14,7 @@ from typing import Any
 from bus.config import MeshConfig
 from bus.subscriber import Subscriber, SubscriberOptions
 
-from .common import stats_writer, supervise_tasks
+from .common import stats_writer, supervise_tasks, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +25,16 @@ class MonitorNode:
         self.sub = Subscriber(options or SubscriberOptions.from_config(cfg))
         self.stats_path = stats_path
         self.per_symbol: dict[str, int] = {}
-        self.order_errors = 0  # a tick whose sequence is not the previous one + 1
+        # A tick whose sequence is not above the previous one (a duplicate or a step back).
+        # Forward jumps are not errors here: a lost range is counted as `lost`, and a void
+        # range after a feed crash is skipped on purpose.
+        self.order_errors = 0
         self._last_seq: dict[str, int] = {}
 
     async def _consume(self) -> None:
         async for tick in self.sub:
             prev = self._last_seq.get(tick.symbol)
-            if prev is not None and tick.seq != prev + 1 and not tick.snapshot:
+            if prev is not None and tick.seq <= prev and not tick.snapshot:
                 self.order_errors += 1
             self._last_seq[tick.symbol] = tick.seq
             self.per_symbol[tick.symbol] = self.per_symbol.get(tick.symbol, 0) + 1
@@ -51,6 +54,5 @@ class MonitorNode:
         finally:
             await self.sub.close()
             if self.stats_path is not None:
-                from .common import write_json_atomic
                 write_json_atomic(self.stats_path, self.collect())
         return code

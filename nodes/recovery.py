@@ -33,7 +33,7 @@ from protocols.messages import (
     SnapshotRequest,
 )
 
-from .common import stats_writer, supervise_tasks
+from .common import stats_writer, supervise_tasks, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,8 @@ class RecoveryNode:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self.sock.close(linger=0)
             await self.store.close()
+            if self.stats_path is not None:
+                write_json_atomic(self.stats_path, self.collect())
             self.ctx.term()
 
     def collect(self) -> dict[str, Any]:

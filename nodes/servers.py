@@ -176,6 +176,10 @@ class _ServerProcess:
             return None
         return self._proc.pid
 
+    def answers(self, timeout: float = 0.5) -> bool:
+        """True if a server (started by anyone) answers PING at this address."""
+        return _ping(self.host, self.port, self._ping_password, timeout)
+
     @property
     def running(self) -> bool:
         return self.pid is not None

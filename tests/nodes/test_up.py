@@ -1,0 +1,119 @@
+"""The launcher (`tickmesh up`): a bounded run, restart of a dead node, Ctrl-C cleanup."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bus.config import (
+    FeedSection,
+    MeshConfig,
+    RecoverySection,
+    RedisSection,
+    SubscriberSection,
+    dump_toml,
+)
+from nodes.servers import free_port
+from tests.support import scaled, wait_until_sync
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_mesh(tmp_path: Path) -> Path:
+    udp = f"127.0.0.1:{free_port()}"
+    cfg = MeshConfig(
+        redis=RedisSection(url=f"redis://127.0.0.1:{free_port()}/0"),
+        feeds=(FeedSection(pub=f"tcp://127.0.0.1:{free_port()}", udp_targets=(udp,),
+                           rate=2000, heartbeat_ms=100),),
+        recovery=(RecoverySection(bind=f"tcp://127.0.0.1:{free_port()}"),),
+        subscriber=SubscriberSection(udp_bind=udp)).validate()
+    path = tmp_path / "mesh.toml"
+    path.write_text(dump_toml(cfg))
+    return path
+
+
+def up(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "nodes.cli", "up", "--config", str(write_mesh(tmp_path)),
+           "--run-dir", str(tmp_path / "run"), "--json", "--log-level", "WARNING", *args]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def pids(tmp_path: Path) -> dict[str, int]:
+    try:
+        data: dict[str, int] = json.loads((tmp_path / "run" / "pids.json").read_text())
+        return data
+    except (OSError, ValueError):
+        return {}
+
+
+def monitor_delivered(tmp_path: Path) -> int:
+    try:
+        stats = json.loads((tmp_path / "run" / "stats" / "monitor.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return int(stats.get("delivered", 0))
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, dict[str, object]]:
+    try:
+        out, err = proc.communicate(timeout=scaled(timeout))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert out.strip(), f"no output; stderr: {err[-2000:]}"
+    return proc.returncode, json.loads(out.strip().splitlines()[-1])
+
+
+def test_bounded_run_delivers_on_both_paths(tmp_path: Path) -> None:
+    rc, s = finish(up(tmp_path, "--for", "5"))
+    assert rc == 0, json.dumps(s)
+    assert s["received_tcp"] > 1000 and s["received_udp"] > 1000  # type: ignore[operator]
+    assert s["unrecoverable"] == 0 and s["order_errors"] == 0
+    assert all(not alive(p) for p in pids(tmp_path).values())
+
+
+def test_dead_feed_is_restarted_and_nothing_is_lost(tmp_path: Path) -> None:
+    proc = up(tmp_path, "--for", "8")
+    try:
+        wait_until_sync(lambda: "feed-sim" in pids(tmp_path), 20, "the feed to start")
+        first = pids(tmp_path)["feed-sim"]
+        wait_until_sync(lambda: monitor_delivered(tmp_path) > 0, 20, "ticks at the monitor")
+        os.kill(first, signal.SIGKILL)
+        wait_until_sync(lambda: pids(tmp_path).get("feed-sim", first) != first, 5,
+                        "the supervisor to restart the feed")
+    finally:
+        rc, s = finish(proc)
+    assert s["restarts"] == {"feed-sim": 1}
+    assert rc == 0, json.dumps(s)
+    assert s["unrecoverable"] == 0 and s["order_errors"] == 0
+
+
+def test_interrupt_stops_every_node(tmp_path: Path) -> None:
+    proc = up(tmp_path)
+    try:
+        wait_until_sync(lambda: len(pids(tmp_path)) == 3, 20, "three nodes")
+        wait_until_sync(lambda: monitor_delivered(tmp_path) > 0, 20, "ticks at the monitor")
+        children = list(pids(tmp_path).values())
+        proc.send_signal(signal.SIGINT)
+        rc, s = finish(proc, 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 0, json.dumps(s)
+    assert all(not alive(p) for p in children)
