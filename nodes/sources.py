@@ -76,7 +76,7 @@ class _Validator:
             row = check_row((bid, ask, last, volume, time_ns, 0))
         except ValueError as exc:
             raise InvalidTick(str(exc)) from None
-        return (symbol, row[0], row[1], row[2], row[3], row[4])  # type: ignore[return-value]
+        return (symbol, row[0], row[1], row[2], row[3], row[4])
 
     def reject(self, exc: Exception) -> None:
         reason = str(exc).split(":")[0][:60]
@@ -291,7 +291,7 @@ class EaBridge:
                              volume, t)
 
     async def batches(self) -> AsyncIterator[list[RawTick]]:
-        shadow = zmq.Socket.shadow(self._sock.underlying)
+        shadow: zmq.Socket[bytes] = zmq.Socket.shadow(self._sock.underlying)
         while True:
             await self._sock.poll()
             out: list[RawTick] = []
