@@ -46,7 +46,7 @@ from protocols.arbitration import (
     StreamArbiter,
 )
 from protocols.codec import FeedHeader, decode_header, decode_rows, topic
-from protocols.errors import RecoveryError, RemoteProtocolError
+from protocols.errors import ConfigError, RecoveryError, RemoteProtocolError
 from protocols.messages import GapFillReply, Kind, Row, Tick
 
 from .config import MeshConfig, parse_hostport
@@ -177,7 +177,11 @@ class Subscriber:
             sub.connect(ep)
         self._sub = sub
         if self.options.udp_bind:
-            self._udp_sock = self._open_udp()
+            try:
+                self._udp_sock = self._open_udp()
+            except ConfigError:
+                await self.close()
+                raise
             self._loop.add_reader(self._udp_sock.fileno(), self._on_udp_readable)
         self._tasks.append(asyncio.create_task(self._zmq_reader(), name="zmq-reader"))
         if self.options.recovery:
@@ -188,14 +192,22 @@ class Subscriber:
 
     def _open_udp(self) -> socket.socket:
         host, port = parse_hostport("udp_bind", self.options.udp_bind)
+        group = self.options.multicast_group
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if group:  # several receivers of one group share the port; unicast must not
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, UDP_RCVBUF)
         except OSError:  # not root: the kernel caps it at rmem_max
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
-        group = self.options.multicast_group
-        sock.bind(("" if group else host, port))
+        try:
+            sock.bind(("" if group else host, port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError("subscriber.udp_bind", f"cannot bind {host}:{port}: "
+                              f"{exc.strerror}", "give each subscriber its own udp_bind (and "
+                              "list it in the feed's udp_targets), or udp_bind = \"\" for TCP "
+                              "only") from None
         if group:
             mreq = struct.pack("4s4s", socket.inet_aton(group), socket.inet_aton(host))
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)

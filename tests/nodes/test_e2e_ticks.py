@@ -8,7 +8,6 @@ that the store holds.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -22,7 +21,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from bus.config import MeshConfig
+from bus.config import dump_toml
 from bus.store import RedisTickStore
 from nodes.servers import RedisProcess
 from protocols.codec import encode_recovery
@@ -181,38 +180,34 @@ def test_malformed_frames_are_counted_and_ignored(redis_server: RedisProcess) ->
     run(main())
 
 
-def _write_mesh_toml(cfg: MeshConfig, path: Path) -> None:
-    f = cfg.feeds[0]
-    r = cfg.recovery[0]
-    path.write_text(
-        f'[mesh]\nkey_prefix = "{cfg.mesh.key_prefix}"\n[redis]\nurl = "{cfg.redis.url}"\n'
-        f'[[feeds]]\nname = "{f.name}"\nsymbols = {json.dumps(list(f.symbols))}\n'
-        f'pub = "{f.pub}"\nudp_targets = {json.dumps(list(f.udp_targets))}\nrate = {f.rate}\n'
-        f"heartbeat_ms = {f.heartbeat_ms}\ncheckpoint_ms = {f.checkpoint_ms}\n"
-        f"reserve_block = {f.reserve_block}\n"
-        f'[[recovery]]\nbind = "{r.bind}"\n')
-
-
 def test_feed_killed_and_restarted_resumes_sequence(redis_server: RedisProcess,
                                                     tmp_path: Path) -> None:
     async def main() -> None:
         async with mesh(redis_server, in_process_feed=False) as m:
             toml = tmp_path / "mesh.toml"
-            _write_mesh_toml(m.cfg, toml)
-            cmd = [sys.executable, "-m", "nodes.cli", "-c", str(toml), "feed"]
+            toml.write_text(dump_toml(m.cfg))
+            cmd = [sys.executable, "-m", "nodes.cli", "feed", "--config", str(toml)]
             env = {**os.environ, "PYTHONPATH": str(ROOT)}
             procs: list[subprocess.Popen[bytes]] = []
+
+            def spawn() -> subprocess.Popen[bytes]:
+                log = (tmp_path / f"feed-{len(procs)}.log").open("wb")
+                return subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=log)
+
             try:
                 for _ in range(2):
-                    procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env,
-                                                  stderr=subprocess.DEVNULL))
+                    procs.append(spawn())
                     await m.wait_for_ticks(2000, timeout=20)
                     os.kill(procs[-1].pid, signal.SIGKILL)  # a crash: no end, no flush
                     procs[-1].wait(timeout=10)
-                procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.DEVNULL))
+                procs.append(spawn())
                 await m.wait_for_ticks(2000, timeout=20)
                 procs[-1].send_signal(signal.SIGTERM)  # an orderly stop flushes checkpoints
                 assert procs[-1].wait(timeout=20) == 0
+            except BaseException:
+                for log in sorted(tmp_path.glob("feed-*.log")):
+                    print(f"--- {log.name}\n{log.read_text()[-3000:]}")
+                raise
             finally:
                 for proc in procs:
                     if proc.poll() is None:
@@ -227,4 +222,17 @@ def test_feed_killed_and_restarted_resumes_sequence(redis_server: RedisProcess,
             assert s["skipped"] > 0  # the reserved numbers the killed sessions never used
             assert s["resets"] == 0
             assert s["stale"] == 0
+    run(main())
+
+
+def test_second_subscriber_on_a_taken_udp_port_gets_a_clear_error(
+        redis_server: RedisProcess) -> None:
+    from bus.subscriber import Subscriber, SubscriberOptions
+    from protocols.errors import ConfigError
+
+    async def main() -> None:
+        async with mesh(redis_server, rate=100) as m:
+            opts = SubscriberOptions.from_config(m.cfg)
+            with pytest.raises(ConfigError, match=r"udp_bind.*own udp_bind"):
+                await Subscriber(opts).start()
     run(main())
