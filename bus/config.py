@@ -95,6 +95,7 @@ class FeedSection:
     udp_targets: tuple[str, ...] = ("127.0.0.1:7200",)
     udp_max_datagram: int = 1472
     multicast_ttl: int = 1
+    multicast_interface: str = "127.0.0.1"  # local address multicast datagrams leave from
     rate: float = 1000.0
     seed: int = 0
     file: str = ""  # replay: CSV path
@@ -133,6 +134,7 @@ class FeedSection:
             raise ConfigError(f"{key}.udp_max_datagram", "must be in 128..65507",
                               "1472 fits an Ethernet MTU")
         _non_negative(f"{key}.speed", self.speed, "1.0 = recorded pace, 0 = max")
+        parse_hostport(f"{key}.multicast_interface", f"{self.multicast_interface}:1")
         if not 0 <= self.multicast_ttl <= 255:
             raise ConfigError(f"{key}.multicast_ttl", f"must be in 0..255, got "
                               f"{self.multicast_ttl}", "1 keeps multicast on the local subnet")

@@ -39,7 +39,7 @@ class Publisher:
 
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], pub_endpoint: str,
                  udp_targets: list[tuple[str, int]], *, max_datagram: int = 1472,
-                 multicast_ttl: int = 1) -> None:
+                 multicast_ttl: int = 1, multicast_interface: str = "127.0.0.1") -> None:
         self.stats = PublisherStats()
         self._pub: zmq.Socket[bytes] = ctx.socket(zmq.PUB)
         self._pub.setsockopt(zmq.LINGER, 0)
@@ -55,6 +55,10 @@ class Publisher:
         if any(ipaddress.IPv4Address(h).is_multicast for h, _ in udp_targets):
             self._udp.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, multicast_ttl)
             self._udp.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+            # Without an explicit interface the kernel picks the default route's, which on a
+            # host without one (or the wrong one) never reaches local receivers.
+            self._udp.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
+                                 socket.inet_aton(multicast_interface))
 
     def publish_batch(self, stream: str, session: int, first_seq: int, rows: list[Row]) -> None:
         """Send one batch on both paths (the hot path: one encode, no validation)."""

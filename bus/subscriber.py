@@ -49,6 +49,7 @@ from protocols.codec import FeedHeader, decode_header, decode_rows, topic
 from protocols.errors import ConfigError, RecoveryError, RemoteProtocolError
 from protocols.messages import GapFillReply, Kind, Row, Tick
 
+from .aio import cancel_and_wait
 from .config import MeshConfig, parse_hostport
 from .logutil import RateLimitedLog
 from .recovery_client import RecoveryClient
@@ -220,9 +221,7 @@ class Subscriber:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks, what="subscriber")
         if self._udp_sock is not None and self._loop is not None:
             self._loop.remove_reader(self._udp_sock.fileno())
             self._udp_sock.close()

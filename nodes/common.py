@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from bus.aio import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 
@@ -55,9 +57,7 @@ async def supervise_tasks(name: str, stop: asyncio.Event,
             log.error("%s: task %s ended unexpectedly", name, t.get_name(), exc_info=exc)
         return 1 if failed else 0
     finally:
-        for t in [stopper, *tasks]:
-            t.cancel()
-        await asyncio.gather(stopper, *tasks, return_exceptions=True)
+        await cancel_and_wait([stopper, *tasks], what=name)
 
 
 def dump_tasks() -> None:

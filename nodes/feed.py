@@ -86,7 +86,8 @@ class FeedNode:
         targets = [parse_hostport("udp_targets", t) for t in self.feed.udp_targets]
         self.publisher = Publisher(self.ctx, self.feed.pub, targets,
                                    max_datagram=self.feed.udp_max_datagram,
-                                   multicast_ttl=self.feed.multicast_ttl)
+                                   multicast_ttl=self.feed.multicast_ttl,
+                                   multicast_interface=self.feed.multicast_interface)
         self.checkpointer = Checkpointer(
             self.store, interval_s=self.feed.checkpoint_ms / 1000,
             capacity=self.feed.checkpoint_buffer, stream_cap=self.feed.stream_cap,

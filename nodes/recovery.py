@@ -17,6 +17,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from bus.aio import cancel_and_wait
 from bus.config import MeshConfig, RecoverySection
 from bus.logutil import RateLimitedLog
 from bus.store import RedisTickStore, TickStore
@@ -119,9 +120,7 @@ class RecoveryNode:
         try:
             return await supervise_tasks(f"recovery {self.section.name}", stop, tasks)
         finally:
-            for t in self._tasks:
-                t.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await cancel_and_wait(self._tasks, what=f"recovery {self.section.name}")
             self.sock.close(linger=0)
             await self.store.close()
             if self.stats_path is not None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from bus.aio import cancel_and_wait
 from bus.config import MeshConfig, dump_toml
 from protocols.backoff import Backoff
 from protocols.errors import ServerError
@@ -137,9 +138,7 @@ class Supervisor:
             await self._terminate(c)
             if c.name.startswith("feed"):
                 await asyncio.sleep(0.3)  # let the monitor drain what the feed sent last
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks, what="supervisor")
 
     async def _terminate(self, c: Child) -> None:
         if c.proc is None or c.proc.returncode is not None:

@@ -325,12 +325,18 @@ class StreamArbiter:
         return eff
 
     def rewind(self, seq: int, now: float) -> list[Effect]:
-        """The consumer could not take ticks from ``seq`` on: fetch them again later."""
-        if self.state is not StreamState.LIVE or not 0 < seq < self.next_seq:
+        """The consumer could not take ticks from ``seq`` on: fetch them again later.
+
+        Works in every state but AWAIT_SNAPSHOT (which delivers nothing): ticks released from
+        the queue while a gap is being repaired can overflow the consumer too, and must not
+        vanish. Queued ticks are all above the old next sequence, so none is lost by this.
+        """
+        if self.state is StreamState.AWAIT_SNAPSHOT or not 0 < seq < self.next_seq:
             return []
         self.known_end = max(self.known_end, self.next_seq - 1)
         self.next_seq = seq
-        self._open_gap(now, Event.CONSUMER_OVERFLOW)
+        if self.state is StreamState.LIVE:
+            self._open_gap(now, Event.CONSUMER_OVERFLOW)
         return []
 
     # -- internals -------------------------------------------------------------------------

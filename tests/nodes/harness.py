@@ -28,6 +28,7 @@ from bus.config import (
 from bus.faults import TcpProxy, UdpRelay
 from bus.store import RedisTickStore
 from bus.subscriber import Subscriber, SubscriberOptions
+from nodes.common import dump_tasks
 from nodes.feed import FeedNode
 from nodes.recovery import RecoveryNode
 from nodes.servers import RedisProcess, free_port
@@ -113,7 +114,11 @@ async def run_feed(cfg: MeshConfig) -> AsyncIterator[FeedNode]:
         yield node
     finally:
         stop.set()
-        assert await asyncio.wait_for(task, scaled(10)) == 0
+        done, _ = await asyncio.wait([task], timeout=scaled(10))
+        if not done:
+            dump_tasks()  # say where the feed is stuck before failing
+            raise AssertionError("the feed did not stop within 10 s")
+        assert task.result() == 0
 
 
 @contextlib.asynccontextmanager
@@ -131,7 +136,8 @@ async def run_recovery(cfg: MeshConfig) -> AsyncIterator[RecoveryNode]:
 @contextlib.asynccontextmanager
 async def mesh(redis: RedisProcess, *, tcp_proxy: bool = False, udp_relay: bool = False,
                udp_drop: float = 0.0, in_process_feed: bool = True, snapshot: bool = False,
-               rate: float = 3000.0, **feed: Any) -> AsyncIterator[Mesh]:
+               rate: float = 3000.0, udp_target_override: str = "",
+               **feed: Any) -> AsyncIterator[Mesh]:
     """Start recovery, feed and a subscriber (with fault wrappers when asked)."""
     sub_udp = f"127.0.0.1:{free_port()}"
     relay = None
@@ -142,7 +148,7 @@ async def mesh(redis: RedisProcess, *, tcp_proxy: bool = False, udp_relay: bool 
         feed_udp = f"127.0.0.1:{relay.listen_port}"
     else:
         feed_udp = sub_udp
-    cfg = mesh_config(redis, rate=rate, udp_target=feed_udp, **feed)
+    cfg = mesh_config(redis, rate=rate, udp_target=udp_target_override or feed_udp, **feed)
     cfg = replace(cfg, subscriber=replace(cfg.subscriber, udp_bind=sub_udp))
     proxy = None
     feeds = cfg.feed_endpoints

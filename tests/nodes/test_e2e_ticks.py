@@ -8,6 +8,7 @@ that the store holds.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -235,4 +236,107 @@ def test_second_subscriber_on_a_taken_udp_port_gets_a_clear_error(
             opts = SubscriberOptions.from_config(m.cfg)
             with pytest.raises(ConfigError, match=r"udp_bind.*own udp_bind"):
                 await Subscriber(opts).start()
+    run(main())
+
+
+def test_slow_consumer_drop_and_repair_delivers_everything_in_order(
+        redis_server: RedisProcess) -> None:
+    from bus.subscriber import Subscriber, SubscriberOptions
+
+    async def main() -> None:
+        async with mesh(redis_server, rate=3000) as m:
+            assert m.feed is not None
+            opts = SubscriberOptions.from_config(m.cfg, udp_bind="", queue=200, snapshot=False)
+            got: dict[str, list[int]] = {}
+            async with Subscriber(opts) as slow:
+                await asyncio.sleep(scaled(0.5))  # the consumer is away; the queue overflows
+                assert slow.pending() == 200
+                m.feed.source.close()
+                last = last_seqs(m.feed.next_seq)
+
+                def done() -> bool:
+                    return all(got.get(s, [0])[-1] == n for s, n in last.items())
+                while not done():
+                    for t in await asyncio.wait_for(slow.get_many(50), scaled(10)):
+                        got.setdefault(t.symbol, []).append(t.seq)
+                s = slow.stats()
+            assert s["dropped_slow"] > 500 and s["lost"] == 0
+            assert s["filled_by_recovery"] >= 1
+            for stream, seqs in got.items():
+                assert seqs == list(range(seqs[0], last[stream] + 1)), stream
+    run(main())
+
+
+def test_slow_consumer_conflation_keeps_latest_per_symbol(redis_server: RedisProcess) -> None:
+    from bus.subscriber import Subscriber, SubscriberOptions
+
+    async def main() -> None:
+        async with mesh(redis_server, rate=3000) as m:
+            assert m.feed is not None
+            opts = SubscriberOptions.from_config(m.cfg, udp_bind="", slow_mode="conflate",
+                                                 snapshot=False)
+            async with Subscriber(opts) as slow:
+                await m.wait_for_ticks(1000)
+                m.feed.source.close()
+                last = last_seqs(m.feed.next_seq)
+                await wait_until(lambda: all(
+                    slow._latest.get(s) is not None and slow._latest[s].seq == n
+                    for s, n in last.items()), 5, "the latest ticks")
+                ticks = await slow.get_many()
+                assert {t.symbol: t.seq for t in ticks} == last
+                assert slow.stats()["conflated"] >= 900
+    run(main())
+
+
+def test_multicast_reaches_every_group_member(redis_server: RedisProcess) -> None:
+    from bus.subscriber import Subscriber, SubscriberOptions
+    from nodes.servers import free_port
+
+    async def main() -> None:
+        group, port = "239.255.42.7", free_port()
+        async with mesh(redis_server, rate=1000, udp_target_override=f"{group}:{port}") as m:
+            assert m.feed is not None
+            subs = [Subscriber(SubscriberOptions.from_config(
+                m.cfg, udp_bind=f"127.0.0.1:{port}", multicast_group=group, snapshot=False))
+                for _ in range(2)]
+            for sub in subs:
+                await sub.start()
+            try:
+                await wait_until(lambda: all(s.udp.ticks > 300 for s in subs), 10,
+                                 "multicast datagrams at both members")
+                assert all(s.stats()["lost"] == 0 for s in subs)
+            finally:
+                for sub in subs:
+                    await sub.close()
+    run(main())
+
+
+def test_ea_bridge_ticks_reach_subscribers(redis_server: RedisProcess) -> None:
+    from nodes.servers import free_port
+
+    async def main() -> None:
+        pull = f"tcp://127.0.0.1:{free_port()}"
+        async with mesh(redis_server, source="ea", pull=pull) as m:
+            assert m.feed is not None
+            ctx = zmq.asyncio.Context()
+            push = ctx.socket(zmq.PUSH)
+            push.setsockopt(zmq.LINGER, 0)
+            push.connect(pull)
+            for i in range(300):
+                await push.send(json.dumps({"symbol": "EURUSD", "bid": 1.1 + i * 1e-5,
+                                            "ask": 1.1001 + i * 1e-5,
+                                            "time_msc": 1_732_450_000_000 + i}).encode())
+            await push.send(msgpack.packb([{"symbol": "GBPUSD", "bid": 1.27, "ask": 1.2702},
+                                           {"symbol": "NOPE", "bid": 1.0, "ask": 1.1},
+                                           {"symbol": "GBPUSD", "bid": 1.3, "ask": 1.2}]))
+            await wait_until(lambda: len(m.delivered("EURUSD")) == 300
+                             and len(m.delivered("GBPUSD")) == 1, 10, "EA ticks delivered")
+            push.close()
+            ctx.term()
+            eur = m.got["EURUSD"]
+            assert [t.seq for t in eur] == list(range(1, 301))
+            assert eur[5].source_time_ns == (1_732_450_000_000 + 5) * 1_000_000
+            assert eur[5].bid == pytest.approx(1.1 + 5e-5)
+            stats = m.feed.source.stats
+            assert stats.accepted == 301 and stats.rejected == 2
     run(main())

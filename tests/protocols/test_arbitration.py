@@ -195,6 +195,14 @@ CASES: list[tuple[str, list[tuple[Any, ...]], list[int], list[tuple[int, int]],
     ("rewind_refetches", [batch(1, 10), rewind(6, 0.0), timer(0.003),
                           fill(6, 10, [(6, 10)], now=0.004)],
      [*seqs(1, 10), *seqs(6, 10)], [(6, 10)], [], [], S.LIVE),
+    ("rewind_while_gap_waiting", [batch(1, 5), batch(9, 10), batch(6, 7, 0.001),
+                                  rewind(6, 0.001), timer(0.004),
+                                  fill(6, 10, [(6, 10)], now=0.005)],
+     [*seqs(1, 7), *seqs(6, 10)], [(6, 10)], [], [], S.LIVE),
+    ("rewind_while_recovering", [batch(1, 5), batch(11, 15), timer(0.003),
+                                 fill(6, 7, [(6, 7)], now=0.004), rewind(6, 0.004),
+                                 timer(0.02), fill(6, 10, [(6, 10)], now=0.021)],
+     [*seqs(1, 7), *seqs(6, 15)], [(6, 15), (6, 15)], [], [], S.LIVE),
     ("rewind_ahead_is_ignored", [batch(1, 10), rewind(11, 0.0)], seqs(1, 10), [], [], [],
      S.LIVE),
 ]
@@ -294,6 +302,18 @@ def test_wants_filters_duplicates_by_header() -> None:
     assert arb.wants(1, 5, 7)
     assert arb.wants(0, 1, 1)  # older session: on_batch counts it stale
     assert arb.wants(2, 1, 1)  # newer session: a possible reset
+
+
+@pytest.mark.parametrize("state_steps", [
+    [batch(1, 5), batch(9, 10), batch(6, 7, 0.001)],  # GAP_WAIT, hole at 8
+    [batch(1, 5), batch(11, 15), timer(0.003), fill(6, 7, [(6, 7)], now=0.004)],  # RECOVERING
+], ids=["gap_wait", "recovering"])
+def test_rewind_in_a_gap_state_moves_the_hole_back(state_steps: list[tuple[Any, ...]]) -> None:
+    run = play(state_steps)
+    assert run.arb.state in (S.GAP_WAIT, S.RECOVERING)
+    assert run.arb.next_seq == 8
+    run.arb.rewind(6, 0.01)  # the consumer could not take 6 and 7
+    assert run.arb.next_seq == 6
 
 
 def test_fill_request_is_capped() -> None:

@@ -1,0 +1,62 @@
+"""bus.aio: waiting on events and cancelling tasks that swallow a cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bus.aio import cancel_and_wait, wait_event
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def test_wait_event_true_when_set_false_on_timeout() -> None:
+    async def main() -> None:
+        ev = asyncio.Event()
+        assert not await wait_event(ev, 0.01)
+        asyncio.get_running_loop().call_later(0.01, ev.set)
+        assert await wait_event(ev, 1.0)
+    asyncio.run(main())
+
+
+def test_cancel_and_wait_recancels_a_task_that_swallowed_cancellation() -> None:
+    swallowed = []
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:  # a library catching it mid-call
+                if swallowed:
+                    raise
+                swallowed.append(True)
+
+    async def main() -> None:
+        task = asyncio.create_task(stubborn())
+        await asyncio.sleep(0.02)
+        assert await cancel_and_wait([task], grace_s=2.0)
+        assert task.cancelled() and swallowed == [True]
+    asyncio.run(main())
+
+
+def test_cancel_and_wait_gives_up_on_a_task_that_never_ends(
+        caplog: pytest.LogCaptureFixture) -> None:
+    release = asyncio.Event()
+
+    async def immortal() -> None:
+        while not release.is_set():
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                pass
+
+    async def main() -> None:
+        task = asyncio.create_task(immortal(), name="immortal")
+        await asyncio.sleep(0.02)  # running its loop, not cancelled before it starts
+        assert not await cancel_and_wait([task], grace_s=0.2, what="test")
+        assert not task.done()
+        release.set()  # the test's own escape hatch, so nothing is left running
+        await task
+    asyncio.run(main())
+    assert "test: task immortal ignores cancellation" in caplog.text
