@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -46,10 +47,8 @@ def test_cancel_and_wait_gives_up_on_a_task_that_never_ends(
 
     async def immortal() -> None:
         while not release.is_set():
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.sleep(0.01)
-            except asyncio.CancelledError:
-                pass
 
     async def main() -> None:
         task = asyncio.create_task(immortal(), name="immortal")
