@@ -40,14 +40,16 @@ SYMBOLS = ("EURUSD", "GBPUSD", "USDJPY")
 
 
 def mesh_config(redis: RedisProcess, *, rate: float = 3000.0, udp_target: str,
-                symbols: tuple[str, ...] = SYMBOLS, **feed: Any) -> MeshConfig:
+                symbols: tuple[str, ...] = SYMBOLS, recoveries: int = 1,
+                **feed: Any) -> MeshConfig:
     return MeshConfig(
         mesh=MeshSection(key_prefix="e2e"),
         redis=RedisSection(url=redis.url),
         feeds=(FeedSection(name="f", symbols=symbols, pub=f"tcp://127.0.0.1:{free_port()}",
                            udp_targets=(udp_target,), rate=rate, heartbeat_ms=50,
                            checkpoint_ms=5, reserve_block=10_000, **feed),),
-        recovery=(RecoverySection(bind=f"tcp://127.0.0.1:{free_port()}"),),
+        recovery=tuple(RecoverySection(name=f"r{i}", bind=f"tcp://127.0.0.1:{free_port()}")
+                       for i in range(recoveries)),
         subscriber=SubscriberSection(udp_bind=udp_target),
     ).validate()
 
@@ -59,6 +61,7 @@ class Mesh:
     feed: FeedNode | None
     proxy: TcpProxy | None
     relay: UdpRelay | None
+    recovery: list[RecoveryNode] = field(default_factory=list)
     got: dict[str, list[Tick]] = field(default_factory=dict)
 
     def delivered(self, stream: str) -> list[int]:
@@ -122,8 +125,8 @@ async def run_feed(cfg: MeshConfig) -> AsyncIterator[FeedNode]:
 
 
 @contextlib.asynccontextmanager
-async def run_recovery(cfg: MeshConfig) -> AsyncIterator[RecoveryNode]:
-    node = RecoveryNode(cfg, cfg.recovery[0])
+async def run_recovery(cfg: MeshConfig, index: int = 0) -> AsyncIterator[RecoveryNode]:
+    node = RecoveryNode(cfg, cfg.recovery[index])
     stop = asyncio.Event()
     task = asyncio.create_task(node.run(stop))
     try:
@@ -136,7 +139,7 @@ async def run_recovery(cfg: MeshConfig) -> AsyncIterator[RecoveryNode]:
 @contextlib.asynccontextmanager
 async def mesh(redis: RedisProcess, *, tcp_proxy: bool = False, udp_relay: bool = False,
                udp_drop: float = 0.0, in_process_feed: bool = True, snapshot: bool = False,
-               rate: float = 3000.0, udp_target_override: str = "",
+               rate: float = 3000.0, udp_target_override: str = "", recoveries: int = 1,
                **feed: Any) -> AsyncIterator[Mesh]:
     """Start recovery, feed and a subscriber (with fault wrappers when asked)."""
     sub_udp = f"127.0.0.1:{free_port()}"
@@ -148,7 +151,8 @@ async def mesh(redis: RedisProcess, *, tcp_proxy: bool = False, udp_relay: bool 
         feed_udp = f"127.0.0.1:{relay.listen_port}"
     else:
         feed_udp = sub_udp
-    cfg = mesh_config(redis, rate=rate, udp_target=udp_target_override or feed_udp, **feed)
+    cfg = mesh_config(redis, rate=rate, udp_target=udp_target_override or feed_udp,
+                      recoveries=recoveries, **feed)
     cfg = replace(cfg, subscriber=replace(cfg.subscriber, udp_bind=sub_udp))
     proxy = None
     feeds = cfg.feed_endpoints
@@ -161,7 +165,8 @@ async def mesh(redis: RedisProcess, *, tcp_proxy: bool = False, udp_relay: bool 
         cfg, feeds=feeds, snapshot=snapshot,
         arbiter=ArbiterConfig(grace_s=0.003, fill_timeout_s=0.2, retry_s=0.01, give_up_s=5.0))
     async with contextlib.AsyncExitStack() as stack:
-        await stack.enter_async_context(run_recovery(cfg))
+        recovery = [await stack.enter_async_context(run_recovery(cfg, i))
+                    for i in range(recoveries)]
         sub = Subscriber(opts)
         await sub.start()
         stack.push_async_callback(sub.close)
@@ -169,7 +174,7 @@ async def mesh(redis: RedisProcess, *, tcp_proxy: bool = False, udp_relay: bool 
             stack.push_async_callback(proxy.close)
         if relay is not None:
             stack.callback(relay.close)
-        m = Mesh(cfg, sub, None, proxy, relay)
+        m = Mesh(cfg, sub, None, proxy, relay, recovery)
         collector = asyncio.create_task(_collect(sub, m.got))
 
         async def stop_collector() -> None:

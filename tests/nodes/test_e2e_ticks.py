@@ -340,3 +340,25 @@ def test_ea_bridge_ticks_reach_subscribers(redis_server: RedisProcess) -> None:
             stats = m.feed.source.stats
             assert stats.accepted == 301 and stats.rejected == 2
     run(main())
+
+
+def test_fills_come_from_whichever_recovery_node_is_alive(redis_server: RedisProcess) -> None:
+    async def main() -> None:
+        async with mesh(redis_server, tcp_proxy=True, udp_relay=True, recoveries=2) as m:
+            assert m.proxy is not None and m.relay is not None and m.feed is not None
+            # One recovery node goes away: its socket closes, clients stop sending to it.
+            m.recovery[0].sock.close(linger=0)
+            await m.wait_for_ticks(500)
+            for _ in range(3):
+                m.proxy.cut()
+                m.relay.blackout(True)
+                await asyncio.sleep(scaled(0.2))
+                m.relay.blackout(False)
+                m.proxy.restore()
+                await m.wait_for_ticks(500)
+            m.feed.source.close()
+            await m.verify(last_seqs(m.feed.next_seq))
+            s = m.sub.stats()
+            assert s["filled_by_recovery"] >= 3 and s["lost"] == 0
+            assert m.recovery[1].stats.fills >= 3
+    run(main())

@@ -26,12 +26,14 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def write_mesh(tmp_path: Path) -> Path:
+def write_mesh(tmp_path: Path, feeds: int = 1) -> Path:
     udp = f"127.0.0.1:{free_port()}"
+    symbols = [("EURUSD", "GBPUSD", "USDJPY", "XAUUSD"), ("US500", "BTCUSD")]
     cfg = MeshConfig(
         redis=RedisSection(url=f"redis://127.0.0.1:{free_port()}/0"),
-        feeds=(FeedSection(pub=f"tcp://127.0.0.1:{free_port()}", udp_targets=(udp,),
-                           rate=2000, heartbeat_ms=100),),
+        feeds=tuple(FeedSection(name=f"sim{i}" if i else "sim", symbols=symbols[i],
+                                pub=f"tcp://127.0.0.1:{free_port()}", udp_targets=(udp,),
+                                rate=2000, heartbeat_ms=100) for i in range(feeds)),
         recovery=(RecoverySection(bind=f"tcp://127.0.0.1:{free_port()}"),),
         subscriber=SubscriberSection(udp_bind=udp)).validate()
     path = tmp_path / "mesh.toml"
@@ -39,8 +41,9 @@ def write_mesh(tmp_path: Path) -> Path:
     return path
 
 
-def up(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "nodes.cli", "up", "--config", str(write_mesh(tmp_path)),
+def up(tmp_path: Path, *args: str, feeds: int = 1) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "nodes.cli", "up", "--config",
+           str(write_mesh(tmp_path, feeds)),
            "--run-dir", str(tmp_path / "run"), "--json", "--log-level", "WARNING", *args]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -117,3 +120,13 @@ def test_interrupt_stops_every_node(tmp_path: Path) -> None:
             proc.kill()
     assert rc == 0, json.dumps(s)
     assert all(not alive(p) for p in children)
+
+
+def test_two_feeds_each_with_its_own_symbols(tmp_path: Path) -> None:
+    rc, s = finish(up(tmp_path, "--for", "5", feeds=2))
+    assert rc == 0, json.dumps(s)
+    monitor = json.loads((tmp_path / "run" / "stats" / "monitor.json").read_text())
+    assert set(monitor["per_symbol"]) == {"EURUSD", "GBPUSD", "USDJPY", "XAUUSD", "US500",
+                                          "BTCUSD"}
+    assert min(monitor["per_symbol"].values()) > 500
+    assert monitor["lost"] == 0 and monitor["order_errors"] == 0
