@@ -14,7 +14,8 @@ builtin it resembles so callers can catch either::
     ├── RecoveryError                      the recovery service could not serve a request
     │   └── RecoveryTimeout(TimeoutError)  ... no recovery service answered in time
     ├── SlowConsumer                       a bounded buffer overflowed (carries the counts)
-    └── ServerError(RuntimeError)          a helper server process (redis, ...) failed to run
+    ├── ServerError(RuntimeError)          a helper server process (redis, ...) failed to run
+    └── PeerConflict                       a binary-star pair is misconfigured (two primaries)
 
 Split by fault as h11 does: a ``RemoteProtocolError`` is counted and logged by the receiving node,
 which carries on; a ``LocalProtocolError`` means our own code is wrong.
@@ -93,3 +94,7 @@ class SlowConsumer(TickmeshError):
 
 class ServerError(TickmeshError, RuntimeError):
     """A server process that tickmesh manages (redis-server, ...) failed to start or run."""
+
+
+class PeerConflict(TickmeshError):
+    """Both nodes of a binary-star pair claim the same role: a configuration error."""

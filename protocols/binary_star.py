@@ -1,0 +1,227 @@
+"""Binary Star (active/passive pair) with fencing, sans-I/O.
+
+The ZeroMQ guide's machine (chapter 4, ``bstar.c``) plus what it lacks in production:
+
+* **Fencing epoch.** Becoming active is never a local decision: the node first asks the store to
+  raise the epoch by compare-and-swap (``AcquireEpoch(expected)``) and serves only once that
+  succeeded (TAKING_OVER -> ACTIVE). Every state write carries the epoch and the store refuses a
+  stale one, so an old active can never write; told so (``on_fenced``), it steps down.
+* **Dual active resolved by epoch**: an active that hears an active peer with a higher epoch
+  steps down; the guide aborts both processes (a total outage).
+* **Cold start**: a backup started alone may serve after ``cold_start_s`` without hearing any
+  peer, through the same epoch acquisition (the guide's lone backup never serves).
+* **Failback only by operator**: ``on_handover`` makes the active step down; the primary-role
+  node then takes over when it sees its peer passive. Nothing fails back by itself.
+
+Peers publish ``(state, epoch)`` every heartbeat; a heartbeat sets ``peer_expiry = now +
+peer_timeout_s``. A passive node takes over only when a client asks *and* the peer has expired
+(the guide's "client vote": a node cut off from both peer and clients stays passive).
+
+Raw inputs are classified into :class:`Event` (guards such as "peer expired" are part of the
+event), and :data:`TRANSITIONS` maps ``state -> event -> next state``. An event a state does not
+list leaves it unchanged; :data:`FATAL` pairs are configuration errors (two primaries, two
+backups) and raise :class:`~protocols.errors.PeerConflict`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .errors import PeerConflict
+
+
+class Role(Enum):
+    PRIMARY = "primary"
+    BACKUP = "backup"
+
+
+class State(Enum):
+    PRIMARY = "primary"  # started as primary, peer state unknown
+    BACKUP = "backup"  # started as backup, peer state unknown
+    TAKING_OVER = "taking_over"  # asked the store for the next epoch; not serving yet
+    ACTIVE = "active"
+    PASSIVE = "passive"
+
+
+class Event(Enum):
+    PEER_PRIMARY = "peer_primary"
+    PEER_BACKUP = "peer_backup"
+    PEER_TAKING_OVER = "peer_taking_over"
+    PEER_ACTIVE = "peer_active"  # ... with an epoch not above ours
+    PEER_ACTIVE_NEWER = "peer_active_newer"  # ... with a higher epoch: it wins
+    PEER_PASSIVE = "peer_passive"
+    REQUEST_PEER_ALIVE = "request_peer_alive"
+    REQUEST_PEER_EXPIRED = "request_peer_expired"  # includes "never heard, cold start over"
+    EPOCH_ACQUIRED = "epoch_acquired"
+    EPOCH_LOST = "epoch_lost"
+    FENCED = "fenced"  # the store refused our epoch: someone newer is active
+    HANDOVER = "handover"  # operator: hand the active role to the peer
+
+
+S, E = State, Event
+TRANSITIONS: dict[State, dict[Event, State]] = {
+    S.PRIMARY: {E.PEER_BACKUP: S.TAKING_OVER, E.PEER_PASSIVE: S.TAKING_OVER,
+                E.PEER_ACTIVE: S.PASSIVE, E.PEER_ACTIVE_NEWER: S.PASSIVE,
+                E.PEER_TAKING_OVER: S.PASSIVE, E.REQUEST_PEER_EXPIRED: S.TAKING_OVER},
+    S.BACKUP: {E.PEER_ACTIVE: S.PASSIVE, E.PEER_ACTIVE_NEWER: S.PASSIVE,
+               E.PEER_TAKING_OVER: S.PASSIVE, E.PEER_PASSIVE: S.TAKING_OVER,
+               E.REQUEST_PEER_EXPIRED: S.TAKING_OVER},
+    S.TAKING_OVER: {E.EPOCH_ACQUIRED: S.ACTIVE, E.EPOCH_LOST: S.PASSIVE,
+                    E.PEER_ACTIVE_NEWER: S.PASSIVE},
+    S.ACTIVE: {E.PEER_ACTIVE_NEWER: S.PASSIVE, E.FENCED: S.PASSIVE, E.HANDOVER: S.PASSIVE},
+    S.PASSIVE: {E.PEER_PRIMARY: S.TAKING_OVER, E.PEER_BACKUP: S.TAKING_OVER,
+                E.REQUEST_PEER_EXPIRED: S.TAKING_OVER},
+}
+# A passive *primary* that sees its peer passive takes over: that is operator failback.
+PRIMARY_ONLY: dict[State, dict[Event, State]] = {S.PASSIVE: {E.PEER_PASSIVE: S.TAKING_OVER}}
+FATAL: frozenset[tuple[State, Event]] = frozenset({
+    (S.PRIMARY, E.PEER_PRIMARY), (S.BACKUP, E.PEER_BACKUP),
+})
+
+_PEER_EVENT = {S.PRIMARY: E.PEER_PRIMARY, S.BACKUP: E.PEER_BACKUP,
+               S.TAKING_OVER: E.PEER_TAKING_OVER, S.PASSIVE: E.PEER_PASSIVE}
+
+
+@dataclass(frozen=True, slots=True)
+class PairConfig:
+    heartbeat_s: float = 0.02
+    peer_timeout_s: float = 0.06  # three heartbeats: one late packet is not a death
+    cold_start_s: float = 1.0  # a node that never heard its peer may serve after this
+    # After stepping down (fenced, outvoted, handed over) a node does not take over again for
+    # this long unless it hears its peer: otherwise a node cut off from its peer, but not from
+    # clients and store, would take the epoch back at once and the two would ping-pong.
+    holdoff_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.heartbeat_s < self.peer_timeout_s:
+            raise ValueError("need 0 < heartbeat_s < peer_timeout_s")
+        if self.cold_start_s < 0 or self.holdoff_s < 0:
+            raise ValueError("cold_start_s and holdoff_s must be >= 0")
+
+
+# --- effects ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AcquireEpoch:
+    """Ask the store: set epoch to ``expected + 1`` if it is still ``expected``."""
+
+    expected: int
+
+
+@dataclass(frozen=True, slots=True)
+class BecameActive:
+    """Serve from now on: reload open orders from the store, re-drive unconfirmed ones."""
+
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class SteppedDown:
+    """Stop serving at once (a newer active exists, or the operator handed over)."""
+
+    reason: Event
+
+
+Effect = AcquireEpoch | BecameActive | SteppedDown
+
+
+@dataclass(slots=True)
+class BinaryStar:
+    """One node of the pair. Feed it heartbeats, client requests, store answers and time."""
+
+    role: Role
+    config: PairConfig = field(default_factory=PairConfig)
+    started: float = 0.0
+    state: State = State.PRIMARY
+    epoch: int = 0  # the highest epoch this node knows of
+    peer_state: State | None = None
+    peer_expiry: float = 0.0
+    holdoff_until: float = 0.0
+    history: list[tuple[State, Event, State]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.state = State.PRIMARY if self.role is Role.PRIMARY else State.BACKUP
+
+    # -- queries ---------------------------------------------------------------------------
+
+    @property
+    def serving(self) -> bool:
+        return self.state is State.ACTIVE
+
+    def heartbeat(self) -> tuple[State, int]:
+        """What to publish to the peer now."""
+        return self.state, self.epoch
+
+    def peer_expired(self, now: float) -> bool:
+        if now < self.holdoff_until:
+            return False
+        if self.peer_state is None:  # never heard: alone until the cold-start wait is over
+            return now >= self.started + self.config.cold_start_s
+        return now >= self.peer_expiry
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def on_peer(self, peer_state: State, peer_epoch: int, now: float) -> list[Effect]:
+        """A heartbeat from the peer."""
+        self.peer_state = peer_state
+        self.peer_expiry = now + self.config.peer_timeout_s
+        self.holdoff_until = 0.0  # hearing the peer ends a hold-off: heartbeats decide now
+        if peer_state is State.ACTIVE:
+            event = E.PEER_ACTIVE_NEWER if peer_epoch > self.epoch else E.PEER_ACTIVE
+        else:
+            event = _PEER_EVENT[peer_state]
+        self.epoch = max(self.epoch, peer_epoch)
+        return self._fire(event)
+
+    def on_request(self, now: float) -> tuple[bool, list[Effect]]:
+        """A client request arrived: serve it (True) or answer "not active, retry"."""
+        if self.state is State.ACTIVE:
+            return True, []
+        event = E.REQUEST_PEER_EXPIRED if self.peer_expired(now) else E.REQUEST_PEER_ALIVE
+        return False, self._fire(event)
+
+    def on_epoch_result(self, acquired: bool, epoch: int, now: float) -> list[Effect]:
+        """The store's answer to :class:`AcquireEpoch` (``epoch``: the store's epoch now)."""
+        if self.state is not State.TAKING_OVER:
+            return []  # a late answer after we already stepped aside
+        self.epoch = max(self.epoch, epoch)
+        return self._fire(E.EPOCH_ACQUIRED if acquired else E.EPOCH_LOST)
+
+    def on_fenced(self, store_epoch: int, now: float) -> list[Effect]:
+        """A state write was refused: the store's epoch is newer than ours."""
+        self.epoch = max(self.epoch, store_epoch)
+        effects = self._fire(E.FENCED)
+        if effects:
+            self.holdoff_until = now + self.config.holdoff_s
+        return effects
+
+    def on_handover(self, now: float) -> list[Effect]:
+        """Operator command on the active node: give the active role to the peer."""
+        if self.state is not State.ACTIVE:
+            return []
+        self.holdoff_until = now + self.config.holdoff_s
+        return self._fire(E.HANDOVER)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _fire(self, event: Event) -> list[Effect]:
+        if (self.state, event) in FATAL:
+            raise PeerConflict(f"{self.role.name} node in state {self.state.name} saw "
+                               f"{event.name}: both nodes are configured as "
+                               f"{self.role.name.lower()}")
+        nxt = TRANSITIONS[self.state].get(event)
+        if nxt is None and self.role is Role.PRIMARY:
+            nxt = PRIMARY_ONLY.get(self.state, {}).get(event)
+        if nxt is None or nxt is self.state:
+            return []
+        prev, self.state = self.state, nxt
+        self.history.append((prev, event, nxt))
+        if nxt is State.TAKING_OVER:
+            return [AcquireEpoch(self.epoch)]
+        if nxt is State.ACTIVE:
+            return [BecameActive(self.epoch)]
+        if prev is State.ACTIVE:
+            return [SteppedDown(event)]
+        return []

@@ -1,0 +1,264 @@
+"""Binary Star with fencing: scenarios through the public inputs, every transition covered,
+and a property: however heartbeats are lost and clients vote, at most one node can write."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocols.binary_star import (
+    FATAL,
+    PRIMARY_ONLY,
+    TRANSITIONS,
+    AcquireEpoch,
+    BecameActive,
+    BinaryStar,
+    Event,
+    PairConfig,
+    Role,
+    State,
+    SteppedDown,
+)
+from protocols.errors import PeerConflict
+
+CFG = PairConfig(heartbeat_s=0.02, peer_timeout_s=0.06, cold_start_s=1.0)
+S, E = State, Event
+
+
+def node(role: Role, state: State | None = None, epoch: int = 0) -> BinaryStar:
+    n = BinaryStar(role, CFG)
+    if state is not None:
+        n.state = state
+    n.epoch = epoch
+    return n
+
+
+# Each step: ("peer", state, epoch, now) | ("req", now) | ("epoch", acquired, epoch, now)
+#            | ("fenced", epoch, now) | ("handover", now)
+def play(n: BinaryStar, steps: list[tuple[Any, ...]]) -> tuple[list[Any], list[bool]]:
+    effects: list[Any] = []
+    served: list[bool] = []
+    for kind, *a in steps:
+        if kind == "peer":
+            effects += n.on_peer(a[0], a[1], a[2])
+        elif kind == "req":
+            ok, eff = n.on_request(a[0])
+            served.append(ok)
+            effects += eff
+        elif kind == "epoch":
+            effects += n.on_epoch_result(a[0], a[1], a[2])
+        elif kind == "fenced":
+            effects += n.on_fenced(a[0], a[1])
+        elif kind == "handover":
+            effects += n.on_handover(a[0])
+    return effects, served
+
+
+SCENARIOS: list[tuple[str, Role, list[tuple[Any, ...]], State, int, list[Any], list[bool]]] = [
+    # name, role, steps, final state, final epoch, effects, served
+    ("primary_meets_backup_goes_active", Role.PRIMARY,
+     [("peer", S.BACKUP, 0, 0.0), ("epoch", True, 1, 0.001), ("req", 0.002)],
+     S.ACTIVE, 1, [AcquireEpoch(0), BecameActive(1)], [True]),
+    ("backup_sees_primary_taking_over", Role.BACKUP,
+     [("peer", S.PRIMARY, 0, 0.0), ("peer", S.TAKING_OVER, 0, 0.02),
+      ("peer", S.ACTIVE, 1, 0.04), ("req", 0.05)],
+     S.PASSIVE, 1, [], [False]),
+    ("backup_sees_active_at_once", Role.BACKUP, [("peer", S.ACTIVE, 0, 0.0)], S.PASSIVE, 0,
+     [], []),
+    ("backup_sees_newer_active", Role.BACKUP, [("peer", S.ACTIVE, 4, 0.0)], S.PASSIVE, 4, [],
+     []),
+    ("passive_client_vote_waits_for_expiry", Role.BACKUP,
+     [("peer", S.ACTIVE, 1, 0.0), ("req", 0.05), ("req", 0.061), ("epoch", True, 2, 0.062),
+      ("req", 0.063)],
+     S.ACTIVE, 2, [AcquireEpoch(1), BecameActive(2)], [False, False, True]),
+    ("takeover_loses_the_epoch_race", Role.BACKUP,
+     [("peer", S.ACTIVE, 1, 0.0), ("req", 0.1), ("epoch", False, 3, 0.101)],
+     S.PASSIVE, 3, [AcquireEpoch(1)], [False]),
+    ("restarted_primary_yields_to_active_backup", Role.PRIMARY,
+     [("peer", S.ACTIVE, 2, 0.0), ("req", 0.01)], S.PASSIVE, 2, [], [False]),
+    ("primary_yields_to_peer_taking_over", Role.PRIMARY, [("peer", S.TAKING_OVER, 0, 0.0)],
+     S.PASSIVE, 0, [], []),
+    ("primary_with_passive_peer_takes_over", Role.PRIMARY,
+     [("peer", S.PASSIVE, 3, 0.0), ("epoch", True, 4, 0.001)],
+     S.ACTIVE, 4, [AcquireEpoch(3), BecameActive(4)], []),
+    ("backup_with_passive_peer_takes_over", Role.BACKUP,
+     [("peer", S.PASSIVE, 3, 0.0)], S.TAKING_OVER, 3, [AcquireEpoch(3)], []),
+    ("passive_takes_over_from_restarted_primary", Role.BACKUP,
+     [("peer", S.ACTIVE, 1, 0.0), ("peer", S.PRIMARY, 1, 0.5)],
+     S.TAKING_OVER, 1, [AcquireEpoch(1)], []),
+    ("passive_takes_over_from_restarted_backup", Role.PRIMARY,
+     [("peer", S.ACTIVE, 1, 0.0), ("peer", S.BACKUP, 1, 0.5), ("epoch", True, 2, 0.51)],
+     S.ACTIVE, 2, [AcquireEpoch(1), BecameActive(2)], []),
+    ("lone_backup_cold_start", Role.BACKUP,
+     [("req", 0.5), ("req", 1.0), ("epoch", True, 1, 1.001), ("req", 1.002)],
+     S.ACTIVE, 1, [AcquireEpoch(0), BecameActive(1)], [False, False, True]),
+    ("lone_primary_cold_start", Role.PRIMARY,
+     [("req", 0.2), ("req", 1.5), ("epoch", True, 8, 1.6)],
+     S.ACTIVE, 8, [AcquireEpoch(0), BecameActive(8)], [False, False]),
+    ("dual_active_lower_epoch_steps_down", Role.PRIMARY,
+     [("peer", S.BACKUP, 0, 0.0), ("epoch", True, 2, 0.0), ("peer", S.ACTIVE, 3, 1.0)],
+     S.PASSIVE, 3, [AcquireEpoch(0), BecameActive(2), SteppedDown(E.PEER_ACTIVE_NEWER)], []),
+    ("dual_active_higher_epoch_stays", Role.BACKUP,
+     [("req", 1.0), ("epoch", True, 3, 1.0), ("peer", S.ACTIVE, 2, 1.1), ("req", 1.2)],
+     S.ACTIVE, 3, [AcquireEpoch(0), BecameActive(3)], [False, True]),
+    ("taking_over_sees_newer_active", Role.BACKUP,
+     [("req", 1.0), ("peer", S.ACTIVE, 5, 1.01)], S.PASSIVE, 5, [AcquireEpoch(0)], [False]),
+    ("fenced_active_steps_down", Role.PRIMARY,
+     [("peer", S.BACKUP, 0, 0.0), ("epoch", True, 1, 0.0), ("fenced", 2, 0.5), ("req", 0.51)],
+     S.PASSIVE, 2, [AcquireEpoch(0), BecameActive(1), SteppedDown(E.FENCED)], [False]),
+    ("fenced_node_takes_over_after_holdoff", Role.PRIMARY,
+     [("peer", S.BACKUP, 0, 0.0), ("epoch", True, 1, 0.0), ("fenced", 2, 0.5), ("req", 1.4),
+      ("req", 1.5), ("epoch", True, 3, 1.5)],
+     S.ACTIVE, 3, [AcquireEpoch(0), BecameActive(1), SteppedDown(E.FENCED), AcquireEpoch(2),
+                   BecameActive(3)], [False, False]),
+    ("operator_handover_then_primary_fails_back", Role.PRIMARY,
+     [("peer", S.ACTIVE, 2, 0.0), ("peer", S.PASSIVE, 2, 0.02), ("epoch", True, 3, 0.03)],
+     S.ACTIVE, 3, [AcquireEpoch(2), BecameActive(3)], []),
+    ("backup_does_not_fail_back_by_itself", Role.BACKUP,
+     [("peer", S.ACTIVE, 2, 0.0), ("peer", S.PASSIVE, 2, 0.02)], S.PASSIVE, 2, [], []),
+    ("late_epoch_answer_ignored", Role.BACKUP,
+     [("peer", S.ACTIVE, 1, 0.0), ("epoch", True, 9, 0.01)], S.PASSIVE, 1, [], []),
+    ("handover_on_passive_ignored", Role.BACKUP,
+     [("peer", S.ACTIVE, 1, 0.0), ("handover", 0.01)], S.PASSIVE, 1, [], []),
+]
+
+
+@pytest.mark.parametrize(("role", "steps", "state", "epoch", "effects", "served"),
+                         [s[1:] for s in SCENARIOS], ids=[s[0] for s in SCENARIOS])
+def test_scenario(role: Role, steps: list[tuple[Any, ...]], state: State, epoch: int,
+                  effects: list[Any], served: list[bool]) -> None:
+    n = node(role)
+    got_effects, got_served = play(n, steps)
+    assert (n.state, n.epoch) == (state, epoch)
+    assert got_effects == effects
+    assert got_served == served
+
+
+def test_handover_steps_down_the_active_and_holds_off() -> None:
+    n = node(Role.BACKUP, S.ACTIVE, 2)
+    assert n.on_handover(0.0) == [SteppedDown(E.HANDOVER)]
+    assert n.state is S.PASSIVE and not n.serving
+    assert n.on_request(0.5) == (False, [])  # peer silent, but within the hold-off
+    n.on_peer(S.PASSIVE, 2, 0.6)  # hearing the peer ends the hold-off
+    assert n.holdoff_until == 0.0
+
+
+@pytest.mark.parametrize(("role", "peer"), [(Role.PRIMARY, S.PRIMARY), (Role.BACKUP, S.BACKUP)])
+def test_two_nodes_with_one_role_is_a_configuration_error(role: Role, peer: State) -> None:
+    with pytest.raises(PeerConflict, match="both nodes are configured as"):
+        node(role).on_peer(peer, 0, 0.0)
+    assert {(s, e) for s, e in FATAL} == {(S.PRIMARY, E.PEER_PRIMARY), (S.BACKUP, E.PEER_BACKUP)}
+
+
+def test_every_transition_is_exercised() -> None:
+    seen: set[tuple[State, Event]] = set()
+    for _name, role, steps, *_ in SCENARIOS:
+        n = node(role)
+        play(n, steps)
+        seen |= {(a, e) for a, e, _b in n.history}
+    handover = node(Role.BACKUP, S.ACTIVE, 2)
+    handover.on_handover(0.0)
+    primary = node(Role.PRIMARY, epoch=3)  # knows epoch 3 from the store; peer active at 3
+    primary.on_peer(S.ACTIVE, 3, 0.0)
+    assert primary.state is S.PASSIVE
+    for n in (handover, primary):
+        seen |= {(a, e) for a, e, _b in n.history}
+    table = {(s, e) for s, row in TRANSITIONS.items() for e in row}
+    table |= {(s, e) for s, row in PRIMARY_ONLY.items() for e in row}
+    assert table - seen == set()
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ValueError):
+        PairConfig(heartbeat_s=0.1, peer_timeout_s=0.05)
+
+
+# --- the split-brain property ----------------------------------------------------------------
+
+
+@dataclass
+class Store:
+    """The fencing register: compare-and-swap on the epoch, as the Redis script does."""
+
+    epoch: int = 0
+    writes: list[tuple[str, int]] = field(default_factory=list)
+
+    def acquire(self, expected: int) -> tuple[bool, int]:
+        if self.epoch == expected:
+            self.epoch += 1
+            return True, self.epoch
+        return False, self.epoch
+
+    def write(self, who: str, epoch: int) -> bool:
+        if epoch != self.epoch:
+            return False
+        self.writes.append((who, epoch))
+        return True
+
+
+ACTIONS = st.sampled_from(["hb_ab", "hb_ba", "req_a", "req_b", "tick", "cut", "heal",
+                           "write_a", "write_b"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(actions=st.lists(ACTIONS, min_size=1, max_size=120))
+def test_at_most_one_node_can_write_whatever_the_network_does(actions: list[str]) -> None:
+    store = Store()
+    nodes = {"a": BinaryStar(Role.PRIMARY, CFG), "b": BinaryStar(Role.BACKUP, CFG)}
+    link_up, now = True, 0.0
+
+    def run(name: str, effects: list[Any]) -> None:
+        for e in effects:
+            if isinstance(e, AcquireEpoch):
+                ok, epoch = store.acquire(e.expected)
+                run(name, nodes[name].on_epoch_result(ok, epoch, now))
+
+    for action in actions:
+        if action == "tick":
+            now += 0.03
+        elif action in ("cut", "heal"):
+            link_up = action == "heal"
+        elif action.startswith("hb_") and link_up:
+            src, dst = nodes[action[3]], action[4]
+            state, epoch = src.heartbeat()
+            run(dst, nodes[dst].on_peer(state, epoch, now))
+        elif action.startswith("req_"):
+            name = action[4]
+            _ok, eff = nodes[name].on_request(now)
+            run(name, eff)
+        elif action.startswith("write_"):
+            name = action[6]
+            n = nodes[name]
+            if n.serving and not store.write(name, n.epoch):
+                run(name, n.on_fenced(store.epoch, now))
+        holders = [k for k, n in nodes.items() if n.serving and n.epoch == store.epoch]
+        assert len(holders) <= 1, "two nodes hold the fencing epoch"
+    # Every write that landed was made under the epoch current at the time: epochs only grow.
+    epochs = [e for _w, e in store.writes]
+    assert epochs == sorted(epochs)
+
+
+def test_after_the_partition_heals_exactly_one_stays_active() -> None:
+    store = Store()
+    a, b = BinaryStar(Role.PRIMARY, CFG), BinaryStar(Role.BACKUP, CFG)
+
+    def take(n: BinaryStar, effects: list[Any], now: float) -> None:
+        for e in effects:
+            if isinstance(e, AcquireEpoch):
+                ok, epoch = store.acquire(e.expected)
+                take(n, n.on_epoch_result(ok, epoch, now), now)
+
+    take(a, a.on_peer(*b.heartbeat(), 0.0), 0.0)
+    take(b, b.on_peer(*a.heartbeat(), 0.0), 0.0)
+    assert a.serving and not b.serving
+    # Partition: b's clients vote once the peer has expired; b takes over with a newer epoch.
+    take(b, b.on_request(0.2)[1], 0.2)
+    assert a.serving and b.serving and b.epoch > a.epoch
+    # Healed: the first heartbeat makes the older active step down.
+    take(a, a.on_peer(*b.heartbeat(), 0.3), 0.3)
+    take(b, b.on_peer(*a.heartbeat(), 0.3), 0.3)
+    assert b.serving and not a.serving
