@@ -15,7 +15,14 @@ from dataclasses import dataclass
 
 import zmq
 
-from protocols.codec import encode_datagrams, encode_feed, encode_header, encode_rows, topic
+from protocols.codec import (
+    encode_datagrams,
+    encode_feed,
+    encode_header,
+    encode_rows,
+    tick_datagrams,
+    topic,
+)
 from protocols.messages import EndOfSession, FeedMessage, Heartbeat, Kind, Row, TickBatch
 
 # Enough batches queued per subscriber to ride through a GC pause without dropping; PUB's
@@ -69,8 +76,8 @@ class Publisher:
             if len(header) + len(body) <= self._max_datagram:
                 self._send_udp((header + body,))
             else:
-                self._send_udp(encode_datagrams(
-                    TickBatch(stream, session, first_seq, tuple(rows)), self._max_datagram))
+                self._send_udp(tick_datagrams(stream, session, first_seq, rows,
+                                              self._max_datagram))
         self.stats.batches += 1
         self.stats.ticks += len(rows)
 

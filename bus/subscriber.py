@@ -276,12 +276,14 @@ class Subscriber:
         loop = asyncio.get_running_loop()
         while True:
             await self._sub.poll()
-            now, now_ns = loop.time(), time.time_ns()
             for _ in range(DRAIN_LIMIT):
                 try:
                     frames = sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
+                # Per message: a drain can take milliseconds, and a stale clock made latencies
+                # negative and gave the arbiter's timers a late `now`.
+                now, now_ns = loop.time(), time.time_ns()
                 try:
                     if len(frames) != 3:
                         raise RemoteProtocolError(f"{len(frames)} frames, need 3")
@@ -296,13 +298,13 @@ class Subscriber:
 
     def _on_udp_readable(self) -> None:
         assert self._udp_sock is not None and self._loop is not None
-        sock = self._udp_sock
-        now, now_ns = self._loop.time(), time.time_ns()
+        sock, loop = self._udp_sock, self._loop
         for _ in range(DRAIN_LIMIT):
             try:
                 data = sock.recv(65536)
             except (BlockingIOError, InterruptedError):
                 return
+            now, now_ns = loop.time(), time.time_ns()
             try:
                 h = decode_header(data)
                 if h.stream.startswith(self._prefixes):

@@ -282,12 +282,15 @@ class StreamArbiter:
             dropped = self._take(session, first, rows, eff)
             if dropped is not None:  # carried but not kept (queue full): ask again, not lost
                 limit = min(limit, dropped - 1)
-        while self.next_seq <= limit:
-            above = [s for s in self.pending if s > self.next_seq]
-            stop = min(limit, min(above) - 1) if above else limit
-            self._settle_missing(self.next_seq, stop, void, eff)
-            self.next_seq = stop + 1
-            self._drain(eff)
+        if self.next_seq <= limit:
+            # Queued sequences in order, computed once: settling walks holes between them.
+            queued = iter(sorted(s for s in self.pending if s > self.next_seq))
+            while self.next_seq <= limit:
+                above = next((s for s in queued if s > self.next_seq), None)
+                stop = limit if above is None else min(limit, above - 1)
+                self._settle_missing(self.next_seq, stop, void, eff)
+                self.next_seq = stop + 1
+                self._drain(eff)
         if not self._maybe_close(now):
             if self.next_seq != self.hole_at:  # progress: a new hole, its own clock
                 self.hole_at, self.hole_since = self.next_seq, now
@@ -378,8 +381,10 @@ class StreamArbiter:
             off = nxt - first_seq
             eff.append(Deliver(self.stream, session, nxt, rows[off:] if off else rows))
             self.next_seq = first_seq + len(rows)
-            for seq in [s for s in self.pending if s < self.next_seq]:
-                del self.pending[seq]  # superseded: the same sequences just went out
+            pending = self.pending
+            if pending:  # superseded: the same sequences just went out (cost: batch size)
+                for seq in range(nxt, self.next_seq):
+                    pending.pop(seq, None)
             self._drain(eff)
             return None
         dropped = self._store(session, first_seq, rows)

@@ -111,17 +111,27 @@ def encode_datagrams(msg: FeedMessage, max_bytes: int = DEFAULT_DATAGRAM_BYTES) 
     if not isinstance(msg, TickBatch):
         _topic, header, body = encode_feed(msg)
         return [header + body]
-    header = encode_header(Kind.TICKS, msg.stream, msg.session, msg.first_seq, len(msg.rows))
-    body = encode_rows(msg.rows)
+    return tick_datagrams(msg.stream, msg.session, msg.first_seq, msg.rows, max_bytes)
+
+
+def tick_datagrams(stream: str, session: int, first_seq: int,
+                    rows: tuple[Row, ...] | list[Row], max_bytes: int) -> list[bytes]:
+    """Split rows into as few datagrams as fit, sized from the encoded length."""
+    header = encode_header(Kind.TICKS, stream, session, first_seq, len(rows))
+    body = encode_rows(rows)
     if len(header) + len(body) <= max_bytes:
         return [header + body]
-    if len(msg.rows) == 1:
+    if len(rows) == 1:
         raise LocalProtocolError(f"one tick needs {len(header) + len(body)} bytes, "
                                  f"more than the datagram limit {max_bytes}")
-    half = len(msg.rows) // 2
-    first = TickBatch(msg.stream, msg.session, msg.first_seq, msg.rows[:half])
-    second = TickBatch(msg.stream, msg.session, msg.first_seq + half, msg.rows[half:])
-    return encode_datagrams(first, max_bytes) + encode_datagrams(second, max_bytes)
+    # Rows encode to nearly the same size: cut into pieces that should fit, and split again
+    # only a piece that does not (rare), instead of halving level by level.
+    per_row = max(1.0, (len(body) - 3) / len(rows))
+    fit = max(1, min(len(rows) - 1, int((max_bytes - len(header) - 3) / per_row)))
+    out: list[bytes] = []
+    for i in range(0, len(rows), fit):
+        out += tick_datagrams(stream, session, first_seq + i, rows[i:i + fit], max_bytes)
+    return out
 
 
 def decode_header(buf: bytes | memoryview) -> FeedHeader:
