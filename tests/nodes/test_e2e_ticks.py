@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Coroutine
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -361,4 +362,29 @@ def test_fills_come_from_whichever_recovery_node_is_alive(redis_server: RedisPro
             s = m.sub.stats()
             assert s["filled_by_recovery"] >= 3 and s["lost"] == 0
             assert m.recovery[1].stats.fills >= 3
+    run(main())
+
+
+def test_blocking_subscriber_for_synchronous_code(redis_server: RedisProcess) -> None:
+    from bus.subscriber import BlockingSubscriber, SubscriberOptions
+
+    async def main() -> None:
+        async with mesh(redis_server, rate=1000) as m:
+            opts = SubscriberOptions.from_config(m.cfg, udp_bind="", symbols=("GBP",))
+
+            def consume() -> tuple[list[int], dict[str, object]]:
+                with BlockingSubscriber(opts) as sub:
+                    seqs: list[int] = []
+                    while len(seqs) < 200:
+                        seqs += [t.seq for t in sub.get_many(timeout=scaled(5))
+                                 if t.symbol == "GBPUSD" and not t.snapshot]
+                    stats = sub.stats()
+                quiet = replace(opts, symbols=("NO_SUCH",), snapshot=False)
+                with BlockingSubscriber(quiet) as idle, pytest.raises(TimeoutError):
+                    idle.get_many(timeout=0.2)  # nothing will come: the timeout is honoured
+                return seqs, stats
+            # Synchronous code runs in its own thread; this loop keeps serving the mesh.
+            seqs, stats = await asyncio.to_thread(consume)
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+            assert stats["lost"] == 0 and stats["streams"] == 1
     run(main())
