@@ -7,10 +7,13 @@ builtin it resembles so callers can catch either::
     ├── ConfigError(ValueError)            a mesh file or option is wrong; names key and fix
     ├── ProtocolError                      a message broke the wire protocol
     │   ├── LocalProtocolError             ... and *we* were about to send it (a bug here)
+    │   │   └── OrderStateError            ... an order event the lifecycle forbids (names both)
     │   └── RemoteProtocolError(ValueError) ... and a *peer* sent it (bad bytes, unknown kind)
     ├── InvalidTick(ValueError)            a tick from a source failed validation
+    ├── InvalidOrder(ValueError)           an order-path message failed validation; names field
     ├── StoreError                         the state store misbehaved
-    │   └── StoreUnavailable(ConnectionError)  ... it cannot be reached right now
+    │   ├── StoreUnavailable(ConnectionError)  ... it cannot be reached right now
+    │   └── Fenced                         ... a write carried an epoch older than the store's
     ├── RecoveryError                      the recovery service could not serve a request
     │   └── RecoveryTimeout(TimeoutError)  ... no recovery service answered in time
     ├── SlowConsumer                       a bounded buffer overflowed (carries the counts)
@@ -22,6 +25,8 @@ which carries on; a ``LocalProtocolError`` means our own code is wrong.
 """
 
 from __future__ import annotations
+
+from enum import Enum
 
 
 class TickmeshError(Exception):
@@ -98,3 +103,39 @@ class ServerError(TickmeshError, RuntimeError):
 
 class PeerConflict(TickmeshError):
     """Both nodes of a binary-star pair claim the same role: a configuration error."""
+
+
+class OrderStateError(LocalProtocolError):
+    """An order was asked to take an event its lifecycle forbids in its current state.
+
+    ``state`` and ``event`` are the enum members involved; ``problem`` says more when the event
+    itself is legal but its content is not (a fill beyond the order quantity, ...).
+    """
+
+    def __init__(self, state: Enum, event: Enum, problem: str = "") -> None:
+        self.state = state
+        self.event = event
+        self.problem = problem
+        text = f"order in state {state.name} cannot take {event.name}"
+        if problem:
+            text += f": {problem}"
+        super().__init__(text)
+
+
+class InvalidOrder(TickmeshError, ValueError):
+    """An order-path message failed validation; ``field`` names the offending field."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field} {problem}")
+
+
+class Fenced(StoreError):
+    """A write carried fencing epoch ``epoch`` but the store holds ``current`` (newer): this
+    process is no longer the active backend and must not write."""
+
+    def __init__(self, epoch: int, current: int) -> None:
+        self.epoch = epoch
+        self.current = current
+        super().__init__(f"fenced: write with epoch {epoch}, but epoch {current} is active")

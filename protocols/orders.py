@@ -1,0 +1,701 @@
+"""Orders: messages, the order lifecycle and pre-trade validation (sans-I/O).
+
+Rules:
+
+* An order is identified by the client as ``(account, client_order_id)``; that pair is the
+  idempotency key. The same key with the same content is a *duplicate* (answer with the order's
+  current state); with different content it is a *conflict* (``DUPLICATE_DIFFERENT``). A cancel
+  and a replace carry their own client order id (FIX style) and name the order they act on by
+  ``target_client_order_id``.
+* The backend gives every accepted order an ``order_id``; the executor is idempotent by it, and
+  every report it sends carries a unique ``exec_id``.
+* The lifecycle is the table :data:`TRANSITIONS` (``state -> event -> next state``)::
+
+      NEW --ACCEPT--> ACCEPTED --ROUTE--> ROUTED --PARTIAL_FILL--> PARTIALLY_FILLED --FILL--> FILLED
+      NEW --REJECT--> REJECTED            ROUTED --FILL--> FILLED
+                                          ROUTED --REJECT--> REJECTED   (the executor refused)
+      ACCEPTED / ROUTED / PARTIALLY_FILLED --CANCEL--> CANCELLED, --EXPIRE--> EXPIRED,
+                                           --REPLACE--> (same state, new quantity or price)
+
+  FILLED, REJECTED, CANCELLED and EXPIRED are terminal: they take no event. An event the table
+  does not list raises :class:`OrderStateError` naming state and event; nothing changes silently.
+* Every state change after NEW is an :class:`ExecutionReport`; :meth:`Order.apply` checks it
+  against the table and the quantities (filled never decreases, never exceeds the quantity, a
+  FILL fills it exactly). Quantities are floats (lots); two quantities within
+  :data:`QTY_REL_TOL` of each other are equal, so ``0.1 + 0.2`` lots fill a 0.3-lot order.
+* Fencing: every backend write carries the epoch of the active backend (epochs start at 1; see
+  ``protocols.binary_star``). A write with an epoch below the record's raises :class:`Fenced`.
+* Times are integers of nanoseconds since the Unix epoch (``*_ns``), from the caller's clock.
+
+Wire encoding lives in ``protocols.order_codec``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from enum import Enum, IntEnum
+from typing import Literal
+
+from .errors import Fenced, InvalidOrder, LocalProtocolError, OrderStateError
+from .messages import check_stream
+
+MAX_EPOCH = 2**63 - 1
+QTY_REL_TOL = 1e-9  # relative tolerance when comparing quantities, prices and notionals
+_QTY_ABS_TOL = 1e-12
+
+
+class Side(IntEnum):
+    """Order side; the values are FIX tag 54's."""
+
+    BUY = 1
+    SELL = 2
+
+
+class OrderType(IntEnum):
+    """Order type; the values are FIX tag 40's."""
+
+    MARKET = 1
+    LIMIT = 2
+
+
+class OrderState(IntEnum):
+    NEW = 1
+    ACCEPTED = 2
+    ROUTED = 3
+    PARTIALLY_FILLED = 4
+    FILLED = 5
+    REJECTED = 6
+    CANCELLED = 7
+    EXPIRED = 8
+
+    @property
+    def terminal(self) -> bool:
+        """True if the order is done: no event can change it any more."""
+        return not TRANSITIONS[self]
+
+
+class OrderEvent(Enum):
+    """The inputs of the lifecycle; the transition table is drawn over them."""
+
+    ACCEPT = "accept"
+    REJECT = "reject"
+    ROUTE = "route"
+    PARTIAL_FILL = "partial_fill"
+    FILL = "fill"
+    CANCEL = "cancel"
+    EXPIRE = "expire"
+    REPLACE = "replace"
+
+
+class RejectReason(IntEnum):
+    """Why a request was refused. ``retryable`` ones may succeed if sent again unchanged."""
+
+    UNKNOWN_SYMBOL = 1
+    BAD_SIDE = 2
+    BAD_QUANTITY = 3
+    QUANTITY_LIMIT = 4
+    BAD_PRICE = 5
+    PRICE_BAND = 6  # outside the band around the last mid, or no market data to price against
+    EXPOSURE_LIMIT = 7
+    DUPLICATE_DIFFERENT = 8  # the client order id was already used for a different order
+    NOT_ACTIVE = 9  # this backend is passive: try the other one
+    STORE_UNAVAILABLE = 10  # the order could not be checkpointed: try again
+    FENCED = 11  # this backend lost the epoch to a newer active: try the other one
+    UNKNOWN_ORDER = 12  # cancel or replace of an order this account never sent
+    NOT_CANCELLABLE = 13  # the target is terminal (or not yet accepted)
+    MALFORMED = 14
+
+    @property
+    def retryable(self) -> bool:
+        """True if the request was not recorded and may be sent again with the same id."""
+        return self in _RETRYABLE
+
+
+_RETRYABLE = frozenset({RejectReason.NOT_ACTIVE, RejectReason.STORE_UNAVAILABLE,
+                        RejectReason.FENCED})
+
+S = OrderState
+E = OrderEvent
+_WORKING = {E.CANCEL: S.CANCELLED, E.EXPIRE: S.EXPIRED}
+# state -> event -> next state. An event not listed for a state is illegal there.
+TRANSITIONS: dict[OrderState, dict[OrderEvent, OrderState]] = {
+    S.NEW: {E.ACCEPT: S.ACCEPTED, E.REJECT: S.REJECTED},
+    S.ACCEPTED: {E.ROUTE: S.ROUTED, E.REPLACE: S.ACCEPTED, **_WORKING},
+    S.ROUTED: {E.PARTIAL_FILL: S.PARTIALLY_FILLED, E.FILL: S.FILLED, E.REJECT: S.REJECTED,
+               E.REPLACE: S.ROUTED, **_WORKING},
+    S.PARTIALLY_FILLED: {E.PARTIAL_FILL: S.PARTIALLY_FILLED, E.FILL: S.FILLED,
+                         E.REPLACE: S.PARTIALLY_FILLED, **_WORKING},
+    S.FILLED: {},
+    S.REJECTED: {},
+    S.CANCELLED: {},
+    S.EXPIRED: {},
+}
+
+# The event an execution report in a given state stands for (NEW is never reported).
+REPORT_EVENTS: dict[OrderState, OrderEvent] = {
+    S.ACCEPTED: E.ACCEPT, S.ROUTED: E.ROUTE, S.PARTIALLY_FILLED: E.PARTIAL_FILL,
+    S.FILLED: E.FILL, S.REJECTED: E.REJECT, S.CANCELLED: E.CANCEL, S.EXPIRED: E.EXPIRE,
+}
+_FILL_STATES = frozenset({S.PARTIALLY_FILLED, S.FILLED})
+_UNFILLED_STATES = frozenset({S.NEW, S.ACCEPTED, S.ROUTED, S.REJECTED})
+
+
+def next_state(state: OrderState, event: OrderEvent) -> OrderState:
+    """The state after ``event``; raises :class:`OrderStateError` if the table forbids it."""
+    try:
+        return TRANSITIONS[state][event]
+    except KeyError:
+        raise OrderStateError(state, event) from None
+
+
+# --- field checks ----------------------------------------------------------------------------
+
+
+def check_id(field: str, value: object) -> str:
+    """Return ``value`` if it is a valid account, id or symbol: the rules of a stream name
+    (non-empty, at most 64 bytes of UTF-8, no control characters); else raise
+    :class:`InvalidOrder` naming ``field``."""
+    try:
+        return check_stream(value)
+    except ValueError as exc:  # check_stream words its message for a "symbol"
+        raise InvalidOrder(field, str(exc).removeprefix("symbol ")) from None
+
+
+def _number(field: str, value: object) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise InvalidOrder(field, f"must be a number, got {type(value).__name__}")
+    try:
+        as_float = float(value)
+    except OverflowError:
+        as_float = math.inf
+    if not math.isfinite(as_float):
+        raise InvalidOrder(field, f"must be finite, got {value!r}")
+    return as_float
+
+
+def _positive(field: str, value: object) -> None:
+    if _number(field, value) <= 0:
+        raise InvalidOrder(field, f"must be > 0, got {value!r}")
+
+
+def _not_negative(field: str, value: object) -> None:
+    if _number(field, value) < 0:
+        raise InvalidOrder(field, f"must be >= 0, got {value!r}")
+
+
+def _check_price(order_type: OrderType, price: object) -> None:
+    if order_type is OrderType.MARKET:
+        if price is not None:
+            raise InvalidOrder("price", f"must be None for a MARKET order, got {price!r}")
+    elif price is None:
+        raise InvalidOrder("price", "must be a number > 0 for a LIMIT order, got None")
+    else:
+        _positive("price", price)
+
+
+def _check_enum(field: str, value: object, kind: type[Enum]) -> None:
+    if not isinstance(value, kind):
+        raise InvalidOrder(field, f"must be a {kind.__name__}, got {value!r}")
+
+
+def _check_ns(field: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 2**64 - 1:
+        raise InvalidOrder(field, f"must be an integer of nanoseconds >= 0, got {value!r}")
+
+
+def _check_epoch(field: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_EPOCH:
+        raise InvalidOrder(field, f"must be an integer in [1, {MAX_EPOCH}], got {value!r}")
+
+
+def _distinct(client_order_id: str, target: str) -> None:
+    if client_order_id == target:
+        raise InvalidOrder("client_order_id", "must differ from target_client_order_id "
+                                              "(a cancel or replace has its own id)")
+
+
+def _same(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=QTY_REL_TOL, abs_tol=_QTY_ABS_TOL)
+
+
+def _above(a: float, b: float) -> bool:
+    """``a > b`` beyond rounding noise."""
+    return a > b and not _same(a, b)
+
+
+def _check_progress(state: OrderState, filled: float, avg_price: float) -> None:
+    """Fill invariants that hold for an order record and a report alike."""
+    _not_negative("filled_quantity", filled)
+    _not_negative("avg_price", avg_price)
+    if (filled > 0) != (avg_price > 0):
+        raise InvalidOrder("avg_price", f"{avg_price!r} with filled_quantity {filled!r}: "
+                                        "both are 0 or both are > 0")
+    if state in _UNFILLED_STATES and filled != 0:
+        raise InvalidOrder("filled_quantity", f"must be 0 in state {state.name}, got {filled!r}")
+    if state in _FILL_STATES and filled <= 0:
+        raise InvalidOrder("filled_quantity", f"must be > 0 in state {state.name}")
+
+
+# --- requests --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewOrder:
+    """A client's order. ``price`` is None for MARKET and the limit for LIMIT; ``sent_ns`` is the
+    client's clock when it (first) sent the order and is not part of the idempotency check."""
+
+    account: str
+    client_order_id: str
+    symbol: str
+    side: Side
+    type: OrderType
+    quantity: float
+    price: float | None
+    sent_ns: int
+
+    def __post_init__(self) -> None:
+        check_id("account", self.account)
+        check_id("client_order_id", self.client_order_id)
+        check_id("symbol", self.symbol)
+        _check_enum("side", self.side, Side)
+        _check_enum("type", self.type, OrderType)
+        _positive("quantity", self.quantity)
+        _check_price(self.type, self.price)
+        _check_ns("sent_ns", self.sent_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOrder:
+    """Cancel the order ``target_client_order_id`` of ``account``."""
+
+    account: str
+    client_order_id: str
+    target_client_order_id: str
+
+    def __post_init__(self) -> None:
+        check_id("account", self.account)
+        check_id("client_order_id", self.client_order_id)
+        check_id("target_client_order_id", self.target_client_order_id)
+        _distinct(self.client_order_id, self.target_client_order_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaceOrder:
+    """Change the quantity and price of a working order. ``price`` follows the order's type
+    (None for MARKET); ``quantity`` is the new total, filled part included."""
+
+    account: str
+    client_order_id: str
+    target_client_order_id: str
+    quantity: float
+    price: float | None
+
+    def __post_init__(self) -> None:
+        check_id("account", self.account)
+        check_id("client_order_id", self.client_order_id)
+        check_id("target_client_order_id", self.target_client_order_id)
+        _distinct(self.client_order_id, self.target_client_order_id)
+        _positive("quantity", self.quantity)
+        if self.price is not None:
+            _positive("price", self.price)
+
+
+OrderRequest = NewOrder | CancelOrder | ReplaceOrder
+
+
+# --- replies and reports ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OrderAck:
+    """The backend took the request ``client_order_id``: the order ``order_id`` is in ``state``
+    (for a duplicate, whatever state it has reached; for a cancel or replace, the target's)."""
+
+    client_order_id: str
+    order_id: str
+    state: OrderState
+    epoch: int
+
+    def __post_init__(self) -> None:
+        check_id("client_order_id", self.client_order_id)
+        check_id("order_id", self.order_id)
+        _check_enum("state", self.state, OrderState)
+        if self.state is OrderState.NEW:
+            raise InvalidOrder("state", "NEW is never acknowledged (the backend decides first)")
+        _check_epoch("epoch", self.epoch)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderReject:
+    """The request ``client_order_id`` was refused. ``client_order_id`` is "" when it could not
+    be read from a malformed request."""
+
+    client_order_id: str
+    reason: RejectReason
+    message: str
+
+    def __post_init__(self) -> None:
+        if self.client_order_id != "":
+            check_id("client_order_id", self.client_order_id)
+        _check_enum("reason", self.reason, RejectReason)
+        if not isinstance(self.message, str):
+            raise InvalidOrder("message", f"must be a string, got {type(self.message).__name__}")
+
+    @property
+    def retryable(self) -> bool:
+        return self.reason.retryable
+
+
+OrderReply = OrderAck | OrderReject
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionReport:
+    """One state change of one order: from the executor (fills, its own rejects, cancels and
+    expiries) or from the backend (accept, route, ...), published for frontends.
+
+    ``filled_quantity`` and ``avg_price`` are cumulative; ``last_quantity`` and ``last_price``
+    describe this fill (both 0 for a report that is not a fill). ``exec_id`` is unique per
+    report. ``transact_ns`` is when it happened by the producer's clock (0: unknown).
+    """
+
+    order_id: str
+    client_order_id: str
+    account: str
+    symbol: str
+    side: Side
+    state: OrderState
+    filled_quantity: float
+    last_quantity: float
+    last_price: float
+    avg_price: float
+    epoch: int
+    exec_id: str
+    transact_ns: int = 0
+
+    def __post_init__(self) -> None:
+        check_id("order_id", self.order_id)
+        check_id("client_order_id", self.client_order_id)
+        check_id("account", self.account)
+        check_id("symbol", self.symbol)
+        _check_enum("side", self.side, Side)
+        _check_enum("state", self.state, OrderState)
+        if self.state is OrderState.NEW:
+            raise InvalidOrder("state", "NEW is never reported")
+        _check_progress(self.state, self.filled_quantity, self.avg_price)
+        if self.is_fill:
+            _positive("last_quantity", self.last_quantity)
+            _positive("last_price", self.last_price)
+            if _above(self.last_quantity, self.filled_quantity):
+                raise InvalidOrder("last_quantity", f"{self.last_quantity!r} above "
+                                                    f"filled_quantity {self.filled_quantity!r}")
+        else:
+            for field in ("last_quantity", "last_price"):
+                if _number(field, getattr(self, field)) != 0:
+                    raise InvalidOrder(field, f"must be 0 in a {self.state.name} report")
+        _check_epoch("epoch", self.epoch)
+        check_id("exec_id", self.exec_id)
+        _check_ns("transact_ns", self.transact_ns)
+
+    @property
+    def is_fill(self) -> bool:
+        return self.state in _FILL_STATES
+
+
+# --- the backend's record --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """What the backend keeps per order (and checkpoints in the store).
+
+    ``order`` is the :class:`NewOrder` as first received: the idempotency record, never changed.
+    ``quantity`` and ``price`` are the working terms (the last replace's, else the order's).
+    ``epoch`` and ``updated_ns`` are those of the last write.
+    """
+
+    order_id: str
+    order: NewOrder
+    state: OrderState
+    filled_quantity: float
+    avg_price: float
+    epoch: int
+    updated_ns: int
+    quantity: float
+    price: float | None
+
+    def __post_init__(self) -> None:
+        check_id("order_id", self.order_id)
+        if not isinstance(self.order, NewOrder):
+            raise InvalidOrder("order", f"must be a NewOrder, got {type(self.order).__name__}")
+        _check_enum("state", self.state, OrderState)
+        _check_progress(self.state, self.filled_quantity, self.avg_price)
+        _check_epoch("epoch", self.epoch)
+        _check_ns("updated_ns", self.updated_ns)
+        _positive("quantity", self.quantity)
+        _check_price(self.order.type, self.price)
+        if _above(self.filled_quantity, self.quantity):
+            raise InvalidOrder("filled_quantity", f"{self.filled_quantity!r} above quantity "
+                                                  f"{self.quantity!r}")
+        complete = _same(self.filled_quantity, self.quantity)
+        if complete != (self.state is OrderState.FILLED):
+            raise InvalidOrder("filled_quantity", f"{self.filled_quantity!r} of "
+                                                  f"{self.quantity!r} in state {self.state.name}")
+
+    @classmethod
+    def from_new(cls, order_id: str, order: NewOrder, *, epoch: int, now_ns: int) -> Order:
+        """The record of a freshly received order, in state NEW."""
+        return cls(order_id, order, OrderState.NEW, 0.0, 0.0, epoch, now_ns, order.quantity,
+                   order.price)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state.terminal
+
+    @property
+    def leaves_quantity(self) -> float:
+        """What is still to be filled: 0 once the order is terminal."""
+        return 0.0 if self.terminal else max(0.0, self.quantity - self.filled_quantity)
+
+    def apply(self, report: ExecutionReport, *, epoch: int, now_ns: int) -> Order:
+        """The record after ``report``, written under ``epoch`` at ``now_ns``.
+
+        Raises :class:`OrderStateError` if the report's state is not reachable by the table or
+        its quantities are inconsistent (a replayed report does that too: de-duplicate by
+        ``exec_id`` first), and :class:`Fenced` if ``epoch`` is older than the record's.
+        The record's ``avg_price`` is computed from the fills, not copied from the report.
+        """
+        event = REPORT_EVENTS[report.state]
+        for field in ("order_id", "account", "symbol", "side"):
+            mine = self.order_id if field == "order_id" else getattr(self.order, field)
+            if getattr(report, field) != mine:
+                raise OrderStateError(self.state, event, f"report {field} "
+                                      f"{getattr(report, field)!r} is not this order's {mine!r}")
+        state = next_state(self.state, event)
+        self._check_write(epoch, now_ns)
+        filled, avg = self.filled_quantity, self.avg_price
+        if _above(filled, report.filled_quantity):
+            raise OrderStateError(self.state, event, f"filled quantity would decrease from "
+                                  f"{filled!r} to {report.filled_quantity!r}")
+        if _above(report.filled_quantity, self.quantity):
+            raise OrderStateError(self.state, event, f"filled quantity "
+                                  f"{report.filled_quantity!r} exceeds quantity {self.quantity!r}")
+        if report.is_fill:
+            if not _same(report.filled_quantity, filled + report.last_quantity):
+                raise OrderStateError(self.state, event, f"filled quantity "
+                                      f"{report.filled_quantity!r} is not {filled!r} + last "
+                                      f"{report.last_quantity!r}")
+            complete = _same(report.filled_quantity, self.quantity)
+            if event is OrderEvent.FILL and not complete:
+                raise OrderStateError(self.state, event, f"a FILL must fill {self.quantity!r}, "
+                                      f"filled {report.filled_quantity!r}")
+            if event is OrderEvent.PARTIAL_FILL and complete:
+                raise OrderStateError(self.state, event, "this fill completes the order: it "
+                                      "must be a FILL")
+            new_filled = self.quantity if complete else report.filled_quantity
+            avg = (avg * filled + report.last_price * report.last_quantity) / (
+                filled + report.last_quantity)
+            filled = new_filled
+        elif not _same(report.filled_quantity, filled):
+            raise OrderStateError(self.state, event, f"filled quantity changes from {filled!r} "
+                                  f"to {report.filled_quantity!r} without a fill")
+        return dataclasses.replace(self, state=state, filled_quantity=filled, avg_price=avg,
+                                   epoch=epoch, updated_ns=now_ns)
+
+    def replace(self, request: ReplaceOrder, *, epoch: int, now_ns: int) -> Order:
+        """The record with the working terms of ``request``; raises :class:`OrderStateError`
+        where :func:`check_amend` would refuse it, and :class:`Fenced` on an older epoch."""
+        event = OrderEvent.REPLACE
+        reason = check_amend(self, request)
+        if reason is not None:
+            raise OrderStateError(self.state, event, f"{reason.name}: {_AMEND_TEXT[reason]}")
+        self._check_write(epoch, now_ns)
+        return dataclasses.replace(self, state=next_state(self.state, event),
+                                   quantity=request.quantity, price=request.price, epoch=epoch,
+                                   updated_ns=now_ns)
+
+    def status_report(self, state: OrderState, *, exec_id: str, epoch: int,
+                      transact_ns: int = 0, client_order_id: str | None = None
+                      ) -> ExecutionReport:
+        """A report (not a fill) moving this order to ``state``: ACCEPTED, ROUTED, REJECTED,
+        CANCELLED or EXPIRED. ``client_order_id`` defaults to the order's own."""
+        o = self.order
+        return ExecutionReport(self.order_id, client_order_id or o.client_order_id, o.account,
+                               o.symbol, o.side, state, self.filled_quantity, 0.0, 0.0,
+                               self.avg_price, epoch, exec_id, transact_ns)
+
+    def _check_write(self, epoch: int, now_ns: int) -> None:
+        _check_epoch("epoch", epoch)
+        _check_ns("now_ns", now_ns)
+        if epoch < self.epoch:
+            raise Fenced(epoch, self.epoch)
+
+
+OrderMessage = (NewOrder | CancelOrder | ReplaceOrder | OrderAck | OrderReject
+                | ExecutionReport | Order)
+
+_AMEND_TEXT = {
+    RejectReason.UNKNOWN_ORDER: "no such order for this account",
+    RejectReason.NOT_CANCELLABLE: "the order cannot change in its state",
+    RejectReason.BAD_QUANTITY: "the new quantity must be above the filled quantity",
+    RejectReason.BAD_PRICE: "the price does not fit the order type",
+}
+
+
+def check_amend(target: Order | None, request: CancelOrder | ReplaceOrder
+                ) -> RejectReason | None:
+    """Why the cancel or replace ``request`` cannot act on ``target`` (None: it can).
+
+    ``target`` is the order found under ``(request.account, request.target_client_order_id)``,
+    or None. A target of another account is reported as unknown (ids are not disclosed). A
+    terminal target, or one not accepted yet, is NOT_CANCELLABLE. Market limits for a replace's
+    new terms are :func:`validate`'s business.
+    """
+    if target is None or target.order.account != request.account:
+        return RejectReason.UNKNOWN_ORDER
+    event = OrderEvent.CANCEL if isinstance(request, CancelOrder) else OrderEvent.REPLACE
+    if event not in TRANSITIONS[target.state]:
+        return RejectReason.NOT_CANCELLABLE
+    if isinstance(request, ReplaceOrder):
+        if not _above(request.quantity, target.filled_quantity):
+            return RejectReason.BAD_QUANTITY
+        if (request.price is None) != (target.order.type is OrderType.MARKET):
+            return RejectReason.BAD_PRICE
+    return None
+
+
+# --- pre-trade checks ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Pre-trade limits.
+
+    ``price_band`` is a fraction: 0.05 means a LIMIT price must lie within 5 % of the mid of
+    the last tick (inclusive). ``max_exposure_per_account`` bounds the sum of the absolute
+    notionals (quantity x price, in the units of the limit) of an account's open orders and
+    positions, this order included.
+    """
+
+    symbols: frozenset[str]
+    max_quantity: float
+    price_band: float
+    max_exposure_per_account: float
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.symbols, frozenset):
+            raise ValueError("symbols must be a frozenset")
+        for s in self.symbols:
+            check_stream(s)
+        for name in ("max_quantity", "price_band", "max_exposure_per_account"):
+            _not_negative(name, getattr(self, name))
+        if self.max_quantity <= 0:
+            raise ValueError("max_quantity must be > 0")
+
+
+def _mid(last_bid_ask: tuple[float, float] | None) -> float | None:
+    """The mid of a usable two-sided quote, else None."""
+    if last_bid_ask is None:
+        return None
+    bid, ask = last_bid_ask
+    if not (math.isfinite(bid) and math.isfinite(ask) and 0 < bid <= ask):
+        return None
+    return (bid + ask) / 2
+
+
+def validate(order: NewOrder, *, limits: Limits, last_bid_ask: tuple[float, float] | None,
+             exposure: float) -> RejectReason | None:
+    """Pre-trade checks of a well-formed order; None if it may be accepted.
+
+    ``last_bid_ask`` is the last tick's quote of the order's symbol, or None if there is none
+    (pass None for a quote too old to trust too). Without a usable two-sided quote every order
+    is refused with PRICE_BAND: a LIMIT price has no band to sit in and a MARKET order has
+    nothing to be priced at. ``exposure`` is the account's current exposure (see
+    :class:`Limits`); a MARKET order's notional is valued at the mid.
+
+    Checks run in this order: symbol, quantity limit, market data and band, exposure.
+    """
+    if not math.isfinite(exposure) or exposure < 0:
+        raise ValueError(f"exposure must be finite and >= 0, got {exposure!r}")
+    if order.symbol not in limits.symbols:
+        return RejectReason.UNKNOWN_SYMBOL
+    if _above(order.quantity, limits.max_quantity):
+        return RejectReason.QUANTITY_LIMIT
+    mid = _mid(last_bid_ask)
+    if mid is None:
+        return RejectReason.PRICE_BAND
+    price = mid if order.price is None else order.price
+    if _above(abs(price - mid), limits.price_band * mid):
+        return RejectReason.PRICE_BAND
+    if _above(exposure + order.quantity * price, limits.max_exposure_per_account):
+        return RejectReason.EXPOSURE_LIMIT
+    return None
+
+
+def idempotency(existing: OrderRequest | None, incoming: OrderRequest
+                ) -> Literal["new", "duplicate", "conflict"]:
+    """Classify ``incoming`` against the request ``existing`` stored under the same
+    ``(account, client_order_id)``: "new" (none stored), "duplicate" (same content: answer with
+    the current state) or "conflict" (different content: refuse with DUPLICATE_DIFFERENT).
+
+    A NewOrder's ``sent_ns`` is ignored: a client may re-stamp a retry.
+    """
+    if existing is None:
+        return "new"
+    if (existing.account, existing.client_order_id) != (incoming.account,
+                                                         incoming.client_order_id):
+        raise LocalProtocolError(f"idempotency check across keys: {existing.account!r}/"
+                                 f"{existing.client_order_id!r} vs {incoming.account!r}/"
+                                 f"{incoming.client_order_id!r}")
+    return "duplicate" if _content(existing) == _content(incoming) else "conflict"
+
+
+def _content(request: OrderRequest) -> OrderRequest:
+    if isinstance(request, NewOrder):
+        return dataclasses.replace(request, sent_ns=0)
+    return request
+
+
+_FIELD_REJECTS = {
+    "side": RejectReason.BAD_SIDE,
+    "quantity": RejectReason.BAD_QUANTITY,
+    "price": RejectReason.BAD_PRICE,
+    "symbol": RejectReason.UNKNOWN_SYMBOL,
+}
+
+
+def reject_reason_for(error: InvalidOrder) -> RejectReason:
+    """The reject reason for a request that failed validation on ``error.field``."""
+    return _FIELD_REJECTS.get(error.field, RejectReason.MALFORMED)
+
+
+__all__ = [
+    "MAX_EPOCH",
+    "QTY_REL_TOL",
+    "REPORT_EVENTS",
+    "TRANSITIONS",
+    "CancelOrder",
+    "ExecutionReport",
+    "Limits",
+    "NewOrder",
+    "Order",
+    "OrderAck",
+    "OrderEvent",
+    "OrderMessage",
+    "OrderReject",
+    "OrderReply",
+    "OrderRequest",
+    "OrderState",
+    "OrderType",
+    "RejectReason",
+    "ReplaceOrder",
+    "Side",
+    "check_amend",
+    "check_id",
+    "idempotency",
+    "next_state",
+    "reject_reason_for",
+    "validate",
+]
