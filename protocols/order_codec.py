@@ -1,0 +1,272 @@
+"""Encode and decode order-path messages to ZeroMQ frames (sans-I/O).
+
+Every order message is two frames, like a recovery message::
+
+    [magic "TM" | version u8 | kind u8, msgpack map]
+
+with its own kinds (:class:`OrderKind`, 32..63, never a ``protocols.messages.Kind``). The map's
+keys are the dataclass field names; enums travel as their integer values, a missing price as
+nil, and an :class:`Order` record carries its :class:`NewOrder` as a nested map under
+``"order"``. An :class:`OrderReject` also carries ``"retryable"`` (derived from the reason) for
+peers that do not know the reason table. Unknown keys are ignored (compatible additions).
+
+Decoding is strict: anything malformed raises :class:`RemoteProtocolError` naming the reason;
+:func:`reject_reason_of` turns that error into the :class:`RejectReason` to answer with.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+from typing import Any, TypeVar
+
+import msgpack
+
+from .codec import MAGIC
+from .errors import InvalidOrder, LocalProtocolError, RemoteProtocolError
+from .messages import PROTOCOL_VERSION
+from .orders import (
+    CancelOrder,
+    ExecutionReport,
+    NewOrder,
+    Order,
+    OrderAck,
+    OrderMessage,
+    OrderReject,
+    OrderReply,
+    OrderRequest,
+    OrderState,
+    OrderType,
+    RejectReason,
+    ReplaceOrder,
+    Side,
+    check_id,
+    reject_reason_for,
+)
+
+_HEADER = struct.Struct(">2sBB")
+
+
+class OrderKind(IntEnum):
+    """Order message kinds; the byte at offset 3 of the header frame."""
+
+    NEW_ORDER = 32
+    CANCEL_ORDER = 33
+    REPLACE_ORDER = 34
+    ORDER_ACK = 40
+    ORDER_REJECT = 41
+    EXECUTION_REPORT = 48
+    ORDER = 56  # the backend's record: checkpoints, and the order as routed to the executor
+
+
+_REQUESTS = frozenset({OrderKind.NEW_ORDER, OrderKind.CANCEL_ORDER, OrderKind.REPLACE_ORDER})
+_REPLIES = frozenset({OrderKind.ORDER_ACK, OrderKind.ORDER_REJECT})
+
+
+def _header(kind: OrderKind) -> bytes:
+    return _HEADER.pack(MAGIC, PROTOCOL_VERSION, kind)
+
+
+def _pack(body: dict[str, Any]) -> bytes:
+    return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _new_order_map(m: NewOrder) -> dict[str, Any]:
+    return {"account": m.account, "client_order_id": m.client_order_id, "symbol": m.symbol,
+            "side": int(m.side), "type": int(m.type), "quantity": m.quantity, "price": m.price,
+            "sent_ns": m.sent_ns}
+
+
+def encode_order(msg: OrderMessage) -> list[bytes]:
+    """Encode an order message as ZeroMQ frames ``[header, body]``."""
+    match msg:
+        case NewOrder():
+            return [_header(OrderKind.NEW_ORDER), _pack(_new_order_map(msg))]
+        case CancelOrder(account, cid, target):
+            return [_header(OrderKind.CANCEL_ORDER), _pack(
+                {"account": account, "client_order_id": cid, "target_client_order_id": target})]
+        case ReplaceOrder(account, cid, target, quantity, price):
+            return [_header(OrderKind.REPLACE_ORDER), _pack(
+                {"account": account, "client_order_id": cid, "target_client_order_id": target,
+                 "quantity": quantity, "price": price})]
+        case OrderAck(cid, order_id, state, epoch):
+            return [_header(OrderKind.ORDER_ACK), _pack(
+                {"client_order_id": cid, "order_id": order_id, "state": int(state),
+                 "epoch": epoch})]
+        case OrderReject(cid, reason, message):
+            return [_header(OrderKind.ORDER_REJECT), _pack(
+                {"client_order_id": cid, "reason": int(reason), "message": message,
+                 "retryable": reason.retryable})]
+        case ExecutionReport():
+            return [_header(OrderKind.EXECUTION_REPORT), _pack(
+                {"order_id": msg.order_id, "client_order_id": msg.client_order_id,
+                 "account": msg.account, "symbol": msg.symbol, "side": int(msg.side),
+                 "state": int(msg.state), "filled_quantity": msg.filled_quantity,
+                 "last_quantity": msg.last_quantity, "last_price": msg.last_price,
+                 "avg_price": msg.avg_price, "epoch": msg.epoch, "exec_id": msg.exec_id,
+                 "transact_ns": msg.transact_ns})]
+        case Order():
+            return [_header(OrderKind.ORDER), _pack(
+                {"order_id": msg.order_id, "order": _new_order_map(msg.order),
+                 "state": int(msg.state), "filled_quantity": msg.filled_quantity,
+                 "avg_price": msg.avg_price, "epoch": msg.epoch, "updated_ns": msg.updated_ns,
+                 "quantity": msg.quantity, "price": msg.price})]
+    raise LocalProtocolError(f"not an order message: {msg!r:.80}")
+
+
+# --- decoding --------------------------------------------------------------------------------
+
+_E = TypeVar("_E", bound=IntEnum)
+
+
+def _enum(d: dict[str, Any], field: str, kind: type[_E]) -> _E:
+    value = d[field]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidOrder(field, f"must be an integer code, got {type(value).__name__}")
+    try:
+        return kind(value)
+    except ValueError:
+        raise InvalidOrder(field, f"unknown {kind.__name__} code {value}") from None
+
+
+def _num(d: dict[str, Any], field: str) -> Any:
+    """A number as a float (msgpack may carry a whole number as an integer); anything else is
+    passed on for the dataclass to reject."""
+    value = d[field]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # msgpack integers have at most 64 bits: no overflow
+    return value
+
+
+def _map(d: dict[str, Any], field: str) -> dict[str, Any]:
+    value = d[field]
+    if not isinstance(value, dict):
+        raise InvalidOrder(field, f"must be a map, got {type(value).__name__}")
+    return value
+
+
+def _new_order(d: dict[str, Any]) -> NewOrder:
+    return NewOrder(d["account"], d["client_order_id"], d["symbol"], _enum(d, "side", Side),
+                    _enum(d, "type", OrderType), _num(d, "quantity"), _num(d, "price"),
+                    d["sent_ns"])
+
+
+def _reject(d: dict[str, Any]) -> OrderReject:
+    reason = _enum(d, "reason", RejectReason)
+    if d["retryable"] is not reason.retryable:
+        raise InvalidOrder("retryable", f"must be {reason.retryable} for {reason.name}, "
+                                        f"got {d['retryable']!r}")
+    return OrderReject(d["client_order_id"], reason, d["message"])
+
+
+def _decode(kind: OrderKind, d: dict[str, Any]) -> OrderMessage:
+    match kind:
+        case OrderKind.NEW_ORDER:
+            return _new_order(d)
+        case OrderKind.CANCEL_ORDER:
+            return CancelOrder(d["account"], d["client_order_id"], d["target_client_order_id"])
+        case OrderKind.REPLACE_ORDER:
+            return ReplaceOrder(d["account"], d["client_order_id"], d["target_client_order_id"],
+                                _num(d, "quantity"), _num(d, "price"))
+        case OrderKind.ORDER_ACK:
+            return OrderAck(d["client_order_id"], d["order_id"], _enum(d, "state", OrderState),
+                            d["epoch"])
+        case OrderKind.ORDER_REJECT:
+            return _reject(d)
+        case OrderKind.EXECUTION_REPORT:
+            return ExecutionReport(
+                d["order_id"], d["client_order_id"], d["account"], d["symbol"],
+                _enum(d, "side", Side), _enum(d, "state", OrderState),
+                _num(d, "filled_quantity"), _num(d, "last_quantity"), _num(d, "last_price"),
+                _num(d, "avg_price"), d["epoch"], d["exec_id"], d["transact_ns"])
+        case OrderKind.ORDER:
+            return Order(d["order_id"], _new_order(_map(d, "order")),
+                         _enum(d, "state", OrderState), _num(d, "filled_quantity"),
+                         _num(d, "avg_price"), d["epoch"], d["updated_ns"],
+                         _num(d, "quantity"), _num(d, "price"))
+    raise AssertionError(f"no decoder for {kind.name}")  # pragma: no cover
+
+
+def _decode_body(frames: list[bytes] | tuple[bytes, ...]) -> tuple[OrderKind, dict[str, Any]]:
+    if len(frames) != 2:
+        raise RemoteProtocolError(f"order message of {len(frames)} frames, need 2")
+    header, body = frames
+    if len(header) != _HEADER.size:
+        raise RemoteProtocolError(f"order header of {len(header)} bytes")
+    magic, version, kind = _HEADER.unpack(header)
+    if magic != MAGIC:
+        raise RemoteProtocolError(f"bad magic {bytes(magic)!r}")
+    if version != PROTOCOL_VERSION:
+        raise RemoteProtocolError(f"unsupported protocol version {version}")
+    try:
+        kind = OrderKind(kind)
+    except ValueError:
+        raise RemoteProtocolError(f"unknown order kind {kind}") from None
+    try:
+        data = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise RemoteProtocolError(f"body is not msgpack: {exc}") from exc
+    if not isinstance(data, dict):
+        raise RemoteProtocolError("body is not a map")
+    return kind, data
+
+
+def _decode_as(frames: list[bytes] | tuple[bytes, ...], kinds: frozenset[OrderKind] | None,
+               what: str) -> OrderMessage:
+    kind, d = _decode_body(frames)
+    if kinds is not None and kind not in kinds:
+        raise RemoteProtocolError(f"{kind.name} is not an order {what}")
+    try:
+        return _decode(kind, d)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RemoteProtocolError(f"bad {kind.name}: {type(exc).__name__} {exc}") from exc
+
+
+def decode_order(frames: list[bytes] | tuple[bytes, ...]) -> OrderMessage:
+    """Decode the frames of any order message (after the ROUTER identity, if any)."""
+    return _decode_as(frames, None, "message")
+
+
+def decode_order_request(frames: list[bytes] | tuple[bytes, ...]) -> OrderRequest:
+    """Decode a client's request: a new order, a cancel or a replace."""
+    msg = _decode_as(frames, _REQUESTS, "request")
+    if not isinstance(msg, (NewOrder, CancelOrder, ReplaceOrder)):  # pragma: no cover
+        raise AssertionError(f"{type(msg).__name__} decoded as a request")
+    return msg
+
+
+def decode_order_reply(frames: list[bytes] | tuple[bytes, ...]) -> OrderReply:
+    """Decode the backend's answer to a request: an ack or a reject."""
+    msg = _decode_as(frames, _REPLIES, "reply")
+    if not isinstance(msg, (OrderAck, OrderReject)):  # pragma: no cover
+        raise AssertionError(f"{type(msg).__name__} decoded as a reply")
+    return msg
+
+
+def client_order_id_of(frames: list[bytes] | tuple[bytes, ...]) -> str:
+    """Best-effort client order id of a (possibly malformed) request, for the reject; else ""."""
+    try:
+        _kind, data = _decode_body(frames)
+        return check_id("client_order_id", data.get("client_order_id"))
+    except (RemoteProtocolError, InvalidOrder):
+        return ""
+
+
+def reject_reason_of(error: RemoteProtocolError) -> RejectReason:
+    """The reason to refuse a request that failed to decode with ``error``: BAD_SIDE,
+    BAD_QUANTITY, BAD_PRICE or UNKNOWN_SYMBOL when that field was at fault, else MALFORMED."""
+    cause = error.__cause__
+    if isinstance(cause, InvalidOrder):
+        return reject_reason_for(cause)
+    return RejectReason.MALFORMED
+
+
+__all__ = [
+    "OrderKind",
+    "client_order_id_of",
+    "decode_order",
+    "decode_order_reply",
+    "decode_order_request",
+    "encode_order",
+    "reject_reason_of",
+]
