@@ -89,7 +89,8 @@ class TickStore(Protocol):
         ...
 
 
-def _unavailable(exc: Exception) -> StoreError:
+def store_error(exc: Exception) -> StoreError:
+    """The tickmesh error for a redis-py error: unreachable servers are ``StoreUnavailable``."""
     if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
         return StoreUnavailable(f"redis unreachable: {exc}")
     return StoreError(f"redis error: {exc}")
@@ -113,7 +114,7 @@ class RedisTickStore:
         try:
             await self.redis.ping()
         except RedisError as exc:
-            raise _unavailable(exc) from exc
+            raise store_error(exc) from exc
 
     async def start_session(self, feed: str, session: int, streams: Sequence[str],
                             reserve_block: int) -> dict[str, int]:
@@ -140,7 +141,7 @@ class RedisTickStore:
             await tx.execute()
             return starts
         except RedisError as exc:
-            raise _unavailable(exc) from exc
+            raise store_error(exc) from exc
 
     async def end_session(self, feed: str, last_seq: dict[str, int]) -> None:
         if not last_seq:
@@ -148,7 +149,7 @@ class RedisTickStore:
         try:
             await self.redis.hset(self._k("reserved"), mapping=last_seq)  # type: ignore[arg-type]
         except RedisError as exc:
-            raise _unavailable(exc) from exc
+            raise store_error(exc) from exc
 
     async def write(self, runs: Sequence[CheckpointRun], stream_cap: int) -> None:
         if not runs:
@@ -177,7 +178,7 @@ class RedisTickStore:
         try:
             results = await pipe.execute(raise_on_error=False)
         except RedisError as exc:
-            raise _unavailable(exc) from exc
+            raise store_error(exc) from exc
         for res in results:
             if isinstance(res, ResponseError):
                 # A retried run whose entry landed the first time: the id is already there.
@@ -185,13 +186,13 @@ class RedisTickStore:
                     continue
                 raise StoreError(f"checkpoint write failed: {res}")
             if isinstance(res, Exception):
-                raise _unavailable(res)
+                raise store_error(res)
 
     async def snapshot(self, prefixes: Sequence[str]) -> list[SnapshotEntry]:
         try:
             raw = await self.redis.hgetall(self._k("last"))
         except RedisError as exc:
-            raise _unavailable(exc) from exc
+            raise store_error(exc) from exc
         out = []
         for key, value in raw.items():
             stream = key.decode() if isinstance(key, bytes) else key
@@ -212,7 +213,7 @@ class RedisTickStore:
         try:
             checkpointed_b, entries, after = await pipe.execute()
         except RedisError as exc:
-            raise _unavailable(exc) from exc
+            raise store_error(exc) from exc
         checkpointed = int(checkpointed_b or 0)
         batches: list[TickBatch] = []
         void: list[SeqRange] = []
