@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any
+from enum import IntEnum
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -242,28 +243,38 @@ def encode_recovery(msg: RecoveryRequest | RecoveryReply) -> list[bytes]:
     raise LocalProtocolError(f"not a recovery message: {msg!r:.80}")
 
 
-def _decode_body(frames: list[bytes] | tuple[bytes, ...]) -> tuple[Kind, dict[str, Any]]:
+EnvelopeKind = TypeVar("EnvelopeKind", bound=IntEnum)
+
+
+def decode_envelope(frames: list[bytes] | tuple[bytes, ...], kinds: type[EnvelopeKind],
+                    what: str, kind_label: str = "") -> tuple[EnvelopeKind, dict[str, Any]]:
+    """Check the two-frame envelope ``[magic | version | kind, msgpack map]`` shared by the
+    recovery and order protocols; return the kind (one of ``kinds``) and the map."""
     if len(frames) != 2:
-        raise RemoteProtocolError(f"recovery message of {len(frames)} frames, need 2")
+        raise RemoteProtocolError(f"{what} message of {len(frames)} frames, need 2")
     header, body = frames
     if len(header) != _SHORT_HEADER.size:
-        raise RemoteProtocolError(f"recovery header of {len(header)} bytes")
-    magic, version, kind = _SHORT_HEADER.unpack(header)
+        raise RemoteProtocolError(f"{what} header of {len(header)} bytes")
+    magic, version, raw_kind = _SHORT_HEADER.unpack(header)
     if magic != MAGIC:
         raise RemoteProtocolError(f"bad magic {bytes(magic)!r}")
     if version != PROTOCOL_VERSION:
         raise RemoteProtocolError(f"unsupported protocol version {version}")
     try:
-        kind = Kind(kind)
+        kind = kinds(raw_kind)
     except ValueError:
-        raise RemoteProtocolError(f"unknown kind {kind}") from None
+        raise RemoteProtocolError(f"unknown {kind_label}kind {raw_kind}") from None
     try:
         data = msgpack.unpackb(body, raw=False, strict_map_key=True)
-    except Exception as exc:
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise RemoteProtocolError(f"body is not msgpack: {exc}") from exc
     if not isinstance(data, dict):
         raise RemoteProtocolError("body is not a map")
     return kind, data
+
+
+def _decode_body(frames: list[bytes] | tuple[bytes, ...]) -> tuple[Kind, dict[str, Any]]:
+    return decode_envelope(frames, Kind, "recovery")
 
 
 def request_id_of(frames: list[bytes] | tuple[bytes, ...]) -> int:

@@ -176,11 +176,8 @@ class TickBatch:
 
 
 @dataclass(frozen=True, slots=True)
-class Heartbeat:
-    """Sent for an idle stream: ``next_seq`` is the sequence the next tick will carry.
-
-    A receiver whose own next sequence is lower has lost the tail of the stream.
-    """
+class _StreamMark:
+    """A stream position without ticks: ``next_seq`` is the sequence the next tick will carry."""
 
     stream: str
     session: int
@@ -193,17 +190,13 @@ class Heartbeat:
 
 
 @dataclass(frozen=True, slots=True)
-class EndOfSession:
-    """The feed stops this stream in an orderly way; ``next_seq`` as in :class:`Heartbeat`."""
+class Heartbeat(_StreamMark):
+    """Sent for an idle stream. A receiver whose own next sequence is lower has lost the tail."""
 
-    stream: str
-    session: int
-    next_seq: int
 
-    def __post_init__(self) -> None:
-        check_stream(self.stream)
-        _check_session(self.session)
-        _check_seq("next_seq", self.next_seq)
+@dataclass(frozen=True, slots=True)
+class EndOfSession(_StreamMark):
+    """The feed stops this stream in an orderly way (same meaning of ``next_seq``)."""
 
 
 FeedMessage = TickBatch | Heartbeat | EndOfSession

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from .codec import MAGIC
+from .codec import MAGIC, decode_envelope
 from .errors import InvalidOrder, LocalProtocolError, RemoteProtocolError
 from .messages import PROTOCOL_VERSION
 from .orders import (
@@ -188,27 +188,7 @@ def _decode(kind: OrderKind, d: dict[str, Any]) -> OrderMessage:
 
 
 def _decode_body(frames: list[bytes] | tuple[bytes, ...]) -> tuple[OrderKind, dict[str, Any]]:
-    if len(frames) != 2:
-        raise RemoteProtocolError(f"order message of {len(frames)} frames, need 2")
-    header, body = frames
-    if len(header) != _HEADER.size:
-        raise RemoteProtocolError(f"order header of {len(header)} bytes")
-    magic, version, kind = _HEADER.unpack(header)
-    if magic != MAGIC:
-        raise RemoteProtocolError(f"bad magic {bytes(magic)!r}")
-    if version != PROTOCOL_VERSION:
-        raise RemoteProtocolError(f"unsupported protocol version {version}")
-    try:
-        kind = OrderKind(kind)
-    except ValueError:
-        raise RemoteProtocolError(f"unknown order kind {kind}") from None
-    try:
-        data = msgpack.unpackb(body, raw=False, strict_map_key=True)
-    except Exception as exc:  # msgpack raises several unrelated types on bad input
-        raise RemoteProtocolError(f"body is not msgpack: {exc}") from exc
-    if not isinstance(data, dict):
-        raise RemoteProtocolError("body is not a map")
-    return kind, data
+    return decode_envelope(frames, OrderKind, "order", kind_label="order ")
 
 
 def _decode_as(frames: list[bytes] | tuple[bytes, ...], kinds: frozenset[OrderKind] | None,
