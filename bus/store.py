@@ -82,6 +82,10 @@ class TickStore(Protocol):
     async def snapshot(self, prefixes: Sequence[str]) -> list[SnapshotEntry]:
         ...
 
+    async def last(self, stream: str) -> SnapshotEntry | None:
+        """The last checkpointed tick of one stream, or None."""
+        ...
+
     async def fill(self, stream: str, from_seq: int, to_seq: int, max_ticks: int) -> FillResult:
         ...
 
@@ -201,6 +205,17 @@ class RedisTickStore:
                 out.append(SnapshotEntry(stream, session, seq, tuple(row)))
         out.sort(key=lambda e: e.stream)
         return out
+
+    async def last(self, stream: str) -> SnapshotEntry | None:
+        """The last checkpointed tick of one stream, or None."""
+        try:
+            value = await self.redis.hget(self._k("last"), stream)
+        except RedisError as exc:
+            raise store_error(exc) from exc
+        if value is None:
+            return None
+        session, seq, row = msgpack.unpackb(value, use_list=False)
+        return SnapshotEntry(stream, session, seq, tuple(row))
 
     async def fill(self, stream: str, from_seq: int, to_seq: int, max_ticks: int) -> FillResult:
         key = self._k("ticks", stream)

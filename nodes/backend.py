@@ -1,0 +1,365 @@
+"""One node of the binary-star order backend pair (see docs/ORDERS.md).
+
+Sockets: ROUTER "clients" (order clients), PUB "peer" + SUB to the other node's "peer"
+(heartbeats), PUB "updates" (execution reports for frontends, topic = account + NUL), ROUTER
+"executor" (the EA's trade side). The pair's state machine is ``protocols.binary_star``; every
+order write goes through the fenced store (``bus.order_store``), so a node that lost the active
+role can never write, and steps down when the store tells it so.
+
+Built so far: new orders (idempotency, validation, accept, route, execution reports, re-drive on
+takeover). Cancel and replace are refused with an explicit message until they are built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from bus.config import MeshConfig
+from bus.logutil import RateLimitedLog
+from bus.order_store import OrderStore, RedisOrderStore
+from bus.store import RedisTickStore
+from protocols.binary_star import (
+    AcquireEpoch,
+    BecameActive,
+    BinaryStar,
+    Effect,
+    PairConfig,
+    Role,
+    State,
+    SteppedDown,
+)
+from protocols.errors import Fenced, InvalidOrder, OrderStateError, RemoteProtocolError, StoreError
+from protocols.order_codec import (
+    client_order_id_of,
+    decode_order,
+    decode_order_request,
+    encode_order,
+    reject_reason_of,
+)
+from protocols.orders import (
+    ExecutionReport,
+    Limits,
+    NewOrder,
+    Order,
+    OrderAck,
+    OrderReject,
+    OrderState,
+    RejectReason,
+    idempotency,
+    validate,
+)
+
+from .common import stats_writer, supervise_tasks, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BackendEndpoints:
+    clients: str
+    peer_pub: str
+    peer_sub: str  # the other node's peer_pub
+    updates: str
+    executor: str
+
+
+@dataclass(slots=True)
+class BackendStats:
+    requests: int = 0
+    acks: int = 0
+    rejects: int = 0
+    not_active: int = 0
+    duplicates: int = 0
+    routed: int = 0
+    reports: int = 0
+    fenced: int = 0
+    malformed: int = 0
+    takeovers: int = 0
+    redriven: int = 0
+
+
+class BackendNode:
+    def __init__(self, cfg: MeshConfig, role: Role, endpoints: BackendEndpoints, *,
+                 limits: Limits, pair: PairConfig | None = None,
+                 store: OrderStore | None = None, stats_path: Path | None = None,
+                 executor_id: str = "executor", redrive_s: float = 1.0) -> None:
+        self.role = role
+        self.executor_id = executor_id.encode()
+        self.redrive_s = redrive_s
+        self.endpoints = endpoints
+        self.limits = limits
+        self.store: OrderStore = store or RedisOrderStore(
+            cfg.redis.url, cfg.mesh.key_prefix, cfg.redis.socket_timeout_ms / 1000)
+        self.ticks = RedisTickStore(cfg.redis.url, cfg.mesh.key_prefix,
+                                    cfg.redis.socket_timeout_ms / 1000)
+        self.star = BinaryStar(role, pair or PairConfig(), started=time.monotonic())
+        self.stats = BackendStats()
+        self.stats_path = stats_path
+        self.orders: dict[str, Order] = {}  # open orders, while active
+        self.routes: dict[str, bytes] = {}  # order id -> client routing id
+        self.applied: set[str] = set()  # exec ids applied (a replayed report is ignored)
+        self._ids = itertools.count(1)
+        self._bad = RateLimitedLog(log, f"backend {role.value}: malformed frame")
+        self._lock = asyncio.Lock()  # order handling is serialised: one writer per order
+        ctx = self.ctx = zmq.asyncio.Context()
+        self.clients = self._sock(zmq.ROUTER, endpoints.clients)
+        self.executor = self._sock(zmq.ROUTER, endpoints.executor)
+        # The executor is addressed by its configured routing id; with MANDATORY an absent one
+        # raises instead of the order vanishing (the re-drive loop sends it again later).
+        self.executor.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.peer_pub = self._sock(zmq.PUB, endpoints.peer_pub)
+        self.updates = self._sock(zmq.PUB, endpoints.updates)
+        self.peer_sub = ctx.socket(zmq.SUB)
+        self.peer_sub.setsockopt(zmq.LINGER, 0)
+        self.peer_sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.peer_sub.connect(endpoints.peer_sub)
+
+    def _sock(self, kind: int, endpoint: str) -> zmq.asyncio.Socket:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if kind == zmq.ROUTER:
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a peer gone: drop its message
+            # Clients and executors keep their routing id across reconnects and restarts; the
+            # newest connection must take the route over, not be refused as a duplicate.
+            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        sock.bind(endpoint)
+        return sock
+
+    # -- the pair --------------------------------------------------------------------------
+
+    async def _heartbeats(self) -> None:
+        while True:
+            state, epoch = self.star.heartbeat()
+            await self.peer_pub.send_multipart([state.value.encode(), str(epoch).encode()])
+            await asyncio.sleep(self.star.config.heartbeat_s)
+
+    async def _peer(self) -> None:
+        while True:
+            frames = await self.peer_sub.recv_multipart()
+            try:
+                state, epoch = State(frames[0].decode()), int(frames[1])
+            except (ValueError, IndexError, UnicodeDecodeError):
+                self.stats.malformed += 1
+                self._bad.warning("peer heartbeat %r", frames[:2])
+                continue
+            await self._effects(self.star.on_peer(state, epoch, time.monotonic()))
+
+    async def _effects(self, effects: list[Effect]) -> None:
+        for e in effects:
+            match e:
+                case AcquireEpoch(expected):
+                    try:
+                        won, epoch = await self.store.acquire_epoch(expected)
+                    except StoreError as exc:
+                        log.warning("backend %s: cannot acquire the epoch: %s",
+                                    self.role.value, exc)
+                        won, epoch = False, expected
+                    await self._effects(self.star.on_epoch_result(won, epoch, time.monotonic()))
+                case BecameActive(epoch):
+                    await self._take_over(epoch)
+                case SteppedDown(reason):
+                    log.warning("backend %s: stepped down (%s)", self.role.value, reason.name)
+                    self.orders.clear()
+                    self.applied.clear()
+
+    async def _take_over(self, epoch: int) -> None:
+        """Active from now on: reload open orders, re-drive the ones routed but unconfirmed."""
+        self.stats.takeovers += 1
+        self.orders = {o.order_id: o for o in await self.store.open_orders()}
+        log.info("backend %s: active at epoch %d with %d open orders", self.role.value, epoch,
+                 len(self.orders))
+        for order in self.orders.values():
+            if order.state in (OrderState.ROUTED, OrderState.PARTIALLY_FILLED):
+                await self._route(order)
+                self.stats.redriven += 1
+
+    # -- clients ---------------------------------------------------------------------------
+
+    async def _clients(self) -> None:
+        while True:
+            msg = await self.clients.recv_multipart()
+            identity, frames = msg[0], msg[1:]
+            self.stats.requests += 1
+            _serving, effects = self.star.on_request(time.monotonic())
+            await self._effects(effects)
+            if not self.star.serving:
+                self.stats.not_active += 1
+                await self._reply(identity, OrderReject(
+                    client_order_id_of(frames), RejectReason.NOT_ACTIVE,
+                    f"backend {self.role.value} is {self.star.state.value}"))
+                continue
+            try:
+                req = decode_order_request(frames)
+            except RemoteProtocolError as exc:
+                self.stats.malformed += 1
+                self._bad.warning("%s", exc.reason)
+                await self._reply(identity, OrderReject(client_order_id_of(frames),
+                                                        reject_reason_of(exc), exc.reason))
+                continue
+            async with self._lock:
+                reply = await self._handle(identity, req)
+            await self._reply(identity, reply)
+
+    async def _reply(self, identity: bytes, reply: OrderAck | OrderReject) -> None:
+        if isinstance(reply, OrderAck):
+            self.stats.acks += 1
+        else:
+            self.stats.rejects += 1
+        await self.clients.send_multipart([identity, *encode_order(reply)])
+
+    async def _handle(self, identity: bytes, req: Any) -> OrderAck | OrderReject:
+        if not isinstance(req, NewOrder):
+            return OrderReject(req.client_order_id, RejectReason.NOT_CANCELLABLE,
+                               "cancel and replace are not supported by this backend yet")
+        epoch = self.star.epoch
+        try:
+            existing = await self.store.by_client_id(req.account, req.client_order_id)
+            if existing is not None:
+                return self._duplicate(existing, req, identity)
+            reason = await self._check(req)
+            if reason is not None:
+                return OrderReject(req.client_order_id, reason, f"{reason.name.lower()}")
+            now = time.time_ns()
+            order = Order.from_new(f"O{epoch}.{next(self._ids)}", req, epoch=epoch, now_ns=now)
+            order = order.apply(order.status_report(OrderState.ACCEPTED, exec_id="accept",
+                                                    epoch=epoch), epoch=epoch, now_ns=now)
+            await self.store.write(order, epoch)  # acknowledged only once it is stored
+            self.routes[order.order_id] = identity
+            self.orders[order.order_id] = order
+            ack = OrderAck(req.client_order_id, order.order_id, order.state, epoch)
+            routed = order.apply(order.status_report(OrderState.ROUTED, exec_id="route",
+                                                     epoch=epoch), epoch=epoch, now_ns=now)
+            await self.store.write(routed, epoch)
+            self.orders[routed.order_id] = routed
+            await self._route(routed)
+            return ack
+        except Fenced as exc:
+            self.stats.fenced += 1
+            await self._effects(self.star.on_fenced(exc.current, time.monotonic()))
+            return OrderReject(req.client_order_id, RejectReason.FENCED, str(exc))
+        except StoreError as exc:
+            return OrderReject(req.client_order_id, RejectReason.STORE_UNAVAILABLE, str(exc))
+        except InvalidOrder as exc:
+            return OrderReject(req.client_order_id, RejectReason.DUPLICATE_DIFFERENT, str(exc))
+
+    def _duplicate(self, existing: Order, req: NewOrder, identity: bytes
+                   ) -> OrderAck | OrderReject:
+        if idempotency(existing.order, req) == "conflict":
+            return OrderReject(req.client_order_id, RejectReason.DUPLICATE_DIFFERENT,
+                               f"client order id already names order {existing.order_id}")
+        self.stats.duplicates += 1
+        self.routes[existing.order_id] = identity  # reports go to where the client is now
+        state = existing.state if existing.state is not OrderState.NEW else OrderState.ACCEPTED
+        return OrderAck(req.client_order_id, existing.order_id, state, self.star.epoch)
+
+    async def _check(self, req: NewOrder) -> RejectReason | None:
+        entry = await self.ticks.last(req.symbol) if req.symbol in self.limits.symbols else None
+        quote = (entry.row[0], entry.row[1]) if entry is not None else None
+        exposure = sum(o.leaves_quantity * (o.price or 0.0) for o in self.orders.values()
+                       if o.order.account == req.account)
+        return validate(req, limits=self.limits, last_bid_ask=quote, exposure=exposure)
+
+    # -- executor --------------------------------------------------------------------------
+
+    async def _route(self, order: Order) -> None:
+        try:
+            await self.executor.send_multipart([self.executor_id, *encode_order(order)],
+                                               flags=zmq.NOBLOCK)
+            self.stats.routed += 1
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: not connected; EAGAIN: its queue is full
+            log.warning("backend %s: executor %s unreachable (%s); %s waits for re-drive",
+                        self.role.value, self.executor_id.decode(), exc.strerror,
+                        order.order_id)
+
+    async def _redrive(self) -> None:
+        """Send again orders routed a while ago and still unconfirmed (executor restarted)."""
+        while True:
+            await asyncio.sleep(self.redrive_s)
+            if not self.star.serving:
+                continue
+            stale = time.time_ns() - int(self.redrive_s * 1e9)
+            for order in list(self.orders.values()):
+                if order.state is OrderState.ROUTED and order.updated_ns < stale:
+                    await self._route(order)
+                    self.stats.redriven += 1
+
+    async def _executor_reports(self) -> None:
+        while True:
+            _identity, *frames = await self.executor.recv_multipart()
+            try:
+                report = decode_order(frames)
+            except RemoteProtocolError as exc:
+                self.stats.malformed += 1
+                self._bad.warning("executor: %s", exc.reason)
+                continue
+            if isinstance(report, ExecutionReport) and self.star.serving:
+                async with self._lock:
+                    await self._apply(report)
+
+    async def _apply(self, report: ExecutionReport) -> None:
+        order = self.orders.get(report.order_id) or await self.store.get(report.order_id)
+        if order is None or report.exec_id in self.applied:
+            return
+        epoch = self.star.epoch
+        try:
+            updated = order.apply(report, epoch=epoch, now_ns=time.time_ns())
+            await self.store.write(updated, epoch)
+        except OrderStateError as exc:
+            log.warning("backend %s: report ignored: %s", self.role.value, exc)
+            return
+        except Fenced as exc:
+            self.stats.fenced += 1
+            await self._effects(self.star.on_fenced(exc.current, time.monotonic()))
+            return
+        self.applied.add(report.exec_id)
+        self.stats.reports += 1
+        if updated.terminal:
+            self.orders.pop(updated.order_id, None)
+        else:
+            self.orders[updated.order_id] = updated
+        frames = encode_order(report)
+        identity = self.routes.get(report.order_id)
+        if identity is not None:
+            await self.clients.send_multipart([identity, *frames])
+        await self.updates.send_multipart([report.account.encode() + b"\x00", *frames])
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> int:
+        tasks = [asyncio.create_task(self._redrive(), name="redrive"),
+                 asyncio.create_task(self._heartbeats(), name="heartbeats"),
+                 asyncio.create_task(self._peer(), name="peer"),
+                 asyncio.create_task(self._clients(), name="clients"),
+                 asyncio.create_task(self._executor_reports(), name="executor")]
+        if self.stats_path is not None:
+            tasks.append(asyncio.create_task(stats_writer(self.stats_path, 0.5, self.collect),
+                                             name="stats"))
+        log.info("backend %s serving clients on %s", self.role.value, self.endpoints.clients)
+        try:
+            return await supervise_tasks(f"backend {self.role.value}", stop, tasks)
+        finally:
+            for sock in (self.clients, self.executor, self.peer_pub, self.updates,
+                         self.peer_sub):
+                sock.close(linger=0)
+            await self.store.close()
+            await self.ticks.close()
+            self.ctx.term()
+            if self.stats_path is not None:
+                write_json_atomic(self.stats_path, self.collect())
+
+    def collect(self) -> dict[str, Any]:
+        return {"node": "backend", "role": self.role.value, "state": self.star.state.value,
+                "epoch": self.star.epoch, "open_orders": len(self.orders),
+                **asdict(self.stats)}
+
+
+__all__ = ["BackendEndpoints", "BackendNode"]

@@ -1,0 +1,315 @@
+"""The backend pair against a real Redis: orders, rejects, failover, and fencing proven."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+import zmq
+import zmq.asyncio
+
+from bus.config import MeshConfig, MeshSection, RedisSection
+from bus.order_store import RedisOrderStore
+from bus.store import CheckpointRun, RedisTickStore
+from nodes.backend import BackendEndpoints, BackendNode
+from nodes.servers import RedisProcess, free_port
+from protocols.binary_star import PairConfig, Role, State
+from protocols.order_codec import decode_order, encode_order
+from protocols.orders import (
+    ExecutionReport,
+    Limits,
+    NewOrder,
+    Order,
+    OrderAck,
+    OrderReject,
+    OrderState,
+    OrderType,
+    RejectReason,
+    Side,
+)
+from tests.support import scaled, wait_until
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
+PAIR = PairConfig(heartbeat_s=0.02, peer_timeout_s=0.06, cold_start_s=0.3, holdoff_s=0.5)
+LIMITS = Limits(frozenset({"EURUSD", "GBPUSD"}), max_quantity=100.0, price_band=0.05,
+                max_exposure_per_account=1000.0)
+
+
+def tcp() -> str:
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+def order(coid: str, qty: float = 1.0, symbol: str = "EURUSD", price: float | None = None,
+          account: str = "acc") -> NewOrder:
+    kind = OrderType.MARKET if price is None else OrderType.LIMIT
+    return NewOrder(account, coid, symbol, Side.BUY, kind, qty, price, time.time_ns())
+
+
+@dataclass
+class Pair:
+    cfg: MeshConfig
+    primary: BackendNode | None
+    backup: BackendNode | None
+    ends: dict[Role, BackendEndpoints]
+    ctx: zmq.asyncio.Context
+    executed: list[Order] = field(default_factory=list)
+
+    def node(self, role: Role) -> BackendNode:
+        node = self.primary if role is Role.PRIMARY else self.backup
+        assert node is not None
+        return node
+
+    async def request(self, role: Role, msg: NewOrder, timeout: float = 2.0
+                      ) -> OrderAck | OrderReject:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, b"client-" + msg.client_order_id.encode())
+        sock.connect(self.ends[role].clients)
+        try:
+            await sock.send_multipart(encode_order(msg))
+            async with asyncio.timeout(scaled(timeout)):
+                while True:  # execution reports for this routing id may come first
+                    reply = decode_order(await sock.recv_multipart())
+                    if isinstance(reply, (OrderAck, OrderReject)):
+                        return reply
+        finally:
+            sock.close(linger=0)
+
+
+async def seed_tick(cfg: MeshConfig, symbol: str = "EURUSD", bid: float = 1.08,
+                    ask: float = 1.0802) -> None:
+    ticks = RedisTickStore(cfg.redis.url, cfg.mesh.key_prefix)
+    await ticks.start_session("seed", 1, [symbol], 100)
+    await ticks.write([CheckpointRun(symbol, 1, 1, [(bid, ask, 0.0, 1.0, 1, 1)])], 100)
+    await ticks.close()
+
+
+async def fake_executor(ctx: zmq.asyncio.Context, ends: list[str], executed: list[Order]) -> None:
+    """A minimal executor peer: fills every routed market order at 1.0802, once per order;
+    limit orders stay open (resting), so they count in the account's exposure."""
+    socks = []
+    for ep in ends:
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.ROUTING_ID, b"executor")
+        s.connect(ep)
+        socks.append(s)
+    poller = zmq.asyncio.Poller()
+    for s in socks:
+        poller.register(s, zmq.POLLIN)
+    try:
+        while True:
+            for s, _ in await poller.poll():
+                msg = decode_order(await s.recv_multipart())
+                assert isinstance(msg, Order)
+                if any(o.order_id == msg.order_id for o in executed):
+                    continue  # de-duplicated, as the real executor does by order id
+                executed.append(msg)
+                o = msg.order
+                if o.type is OrderType.LIMIT:
+                    continue
+                fill = ExecutionReport(msg.order_id, o.client_order_id, o.account, o.symbol,
+                                       o.side, OrderState.FILLED, o.quantity, o.quantity,
+                                       1.0802, 1.0802, msg.epoch, f"{msg.order_id}:1",
+                                       time.time_ns())
+                await s.send_multipart(encode_order(fill))
+    finally:
+        for s in socks:
+            s.close(linger=0)
+
+
+@contextlib.asynccontextmanager
+async def pair(redis: RedisProcess, *, roles: tuple[Role, ...] = (Role.PRIMARY, Role.BACKUP),
+               cut_heartbeats: bool = False) -> AsyncIterator[Pair]:
+    cfg = MeshConfig(mesh=MeshSection(key_prefix="bk"), redis=RedisSection(url=redis.url))
+    await seed_tick(cfg)
+    pubs = {Role.PRIMARY: tcp(), Role.BACKUP: tcp()}
+    other = {Role.PRIMARY: Role.BACKUP, Role.BACKUP: Role.PRIMARY}
+    ends = {r: BackendEndpoints(clients=tcp(), peer_pub=pubs[r],
+                                # a cut link: each listens where nobody publishes
+                                peer_sub=tcp() if cut_heartbeats else pubs[other[r]],
+                                updates=tcp(), executor=tcp()) for r in Role}
+    nodes = {r: BackendNode(cfg, r, ends[r], limits=LIMITS, pair=PAIR, redrive_s=0.2)
+             for r in roles}
+    stops = {r: asyncio.Event() for r in roles}
+    tasks = {r: asyncio.create_task(nodes[r].run(stops[r])) for r in roles}
+    ctx = zmq.asyncio.Context()
+    p = Pair(cfg, nodes.get(Role.PRIMARY), nodes.get(Role.BACKUP), ends, ctx)
+    ex = asyncio.create_task(fake_executor(ctx, [ends[r].executor for r in Role], p.executed))
+    try:
+        yield p
+    finally:
+        ex.cancel()
+        await asyncio.gather(ex, return_exceptions=True)
+        for r in roles:
+            stops[r].set()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        ctx.term()
+
+
+async def wait_active(node: BackendNode, timeout: float = 3.0) -> None:
+    await wait_until(lambda: node.star.serving, timeout, f"{node.role.value} active")
+
+
+def run(coro: object) -> None:
+    asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_order_is_accepted_routed_filled_and_reported(redis_server: RedisProcess) -> None:
+    async def main() -> None:
+        async with pair(redis_server) as p:
+            await wait_active(p.node(Role.PRIMARY))
+            ack = await p.request(Role.PRIMARY, order("c1"))
+            assert isinstance(ack, OrderAck) and ack.state is OrderState.ACCEPTED
+            await wait_until(lambda: p.node(Role.PRIMARY).stats.reports == 1, 3, "the fill")
+            store = RedisOrderStore(p.cfg.redis.url, "bk")
+            stored = await store.get(ack.order_id)
+            await store.close()
+            assert stored is not None and stored.state is OrderState.FILLED
+            assert [o.order_id for o in p.executed] == [ack.order_id]
+    run(main())
+
+
+def test_passive_backup_answers_not_active(redis_server: RedisProcess) -> None:
+    async def main() -> None:
+        async with pair(redis_server) as p:
+            await wait_active(p.node(Role.PRIMARY))
+            await wait_until(lambda: p.node(Role.BACKUP).star.state is State.PASSIVE, 3,
+                             "backup passive")
+            reply = await p.request(Role.BACKUP, order("c1"))
+            assert isinstance(reply, OrderReject) and reply.reason is RejectReason.NOT_ACTIVE
+            assert reply.retryable
+    run(main())
+
+
+def test_duplicate_client_order_id_is_one_order(redis_server: RedisProcess) -> None:
+    async def main() -> None:
+        async with pair(redis_server) as p:
+            await wait_active(p.node(Role.PRIMARY))
+            first = await p.request(Role.PRIMARY, order("c1"))
+            again = await p.request(Role.PRIMARY, order("c1"))  # a retry, re-stamped
+            assert isinstance(first, OrderAck) and isinstance(again, OrderAck)
+            assert again.order_id == first.order_id
+            conflict = await p.request(Role.PRIMARY, order("c1", qty=2.0))
+            assert isinstance(conflict, OrderReject)
+            assert conflict.reason is RejectReason.DUPLICATE_DIFFERENT
+            await wait_until(lambda: len(p.executed) == 1, 3, "one execution")
+    run(main())
+
+
+@pytest.mark.parametrize(("msg", "reason"), [
+    (order("u1", symbol="XAGUSD"), RejectReason.UNKNOWN_SYMBOL),
+    (order("q1", qty=101.0), RejectReason.QUANTITY_LIMIT),
+    (order("p1", price=1.5), RejectReason.PRICE_BAND),
+    (order("n1", symbol="GBPUSD"), RejectReason.PRICE_BAND),  # no market data for GBPUSD
+    (order("e1", qty=99.0, price=1.08, account="big"), None),
+], ids=["unknown_symbol", "quantity_limit", "price_band", "no_market_data", "within_limits"])
+def test_rejection_reasons(redis_server: RedisProcess, msg: NewOrder,
+                           reason: RejectReason | None) -> None:
+    async def main() -> None:
+        async with pair(redis_server) as p:
+            await wait_active(p.node(Role.PRIMARY))
+            reply = await p.request(Role.PRIMARY, msg)
+            if reason is None:
+                assert isinstance(reply, OrderAck)
+            else:
+                assert isinstance(reply, OrderReject) and reply.reason is reason
+    run(main())
+
+
+def test_exposure_limit_counts_open_orders(redis_server: RedisProcess) -> None:
+    async def main() -> None:
+        async with pair(redis_server) as p:
+            await wait_active(p.node(Role.PRIMARY))
+            # Resting limit orders of 90 x 1.08 = 97.2 each: ten fit under 1,000, not eleven.
+            for i in range(10):
+                ok = await p.request(Role.PRIMARY, order(f"e{i}", qty=90.0, price=1.08))
+                assert isinstance(ok, OrderAck), ok
+            over = await p.request(Role.PRIMARY, order("e10", qty=90.0, price=1.08))
+            assert isinstance(over, OrderReject) and over.reason is RejectReason.EXPOSURE_LIMIT
+            other = await p.request(Role.PRIMARY, order("o1", qty=90.0, price=1.08,
+                                                        account="other"))
+            assert isinstance(other, OrderAck)  # the limit is per account
+    run(main())
+
+
+def test_malformed_frames_get_an_error_reply(redis_server: RedisProcess) -> None:
+    async def main() -> None:
+        async with pair(redis_server) as p:
+            await wait_active(p.node(Role.PRIMARY))
+            sock = p.ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(p.ends[Role.PRIMARY].clients)
+            await sock.send_multipart([b"TM\x01\x20", b"\xc1"])
+            async with asyncio.timeout(scaled(2)):
+                reply = decode_order(await sock.recv_multipart())
+            sock.close(linger=0)
+            assert isinstance(reply, OrderReject) and reply.reason is RejectReason.MALFORMED
+            assert isinstance(await p.request(Role.PRIMARY, order("ok")), OrderAck)
+            assert p.node(Role.PRIMARY).stats.malformed == 1
+    run(main())
+
+
+def test_backup_takes_over_when_the_primary_dies(redis_server: RedisProcess) -> None:
+    async def main() -> None:
+        async with pair(redis_server) as p:
+            primary, backup = p.node(Role.PRIMARY), p.node(Role.BACKUP)
+            await wait_active(primary)
+            assert isinstance(await p.request(Role.PRIMARY, order("c1")), OrderAck)
+            # The primary goes silent, as a crashed process would: no heartbeats, no answers.
+            primary.peer_pub.close(linger=0)
+            primary.clients.close(linger=0)
+            t0 = time.monotonic()
+            reply: OrderAck | OrderReject | None = None
+            while not isinstance(reply, OrderAck):  # the client's retry loop, by hand
+                reply = await p.request(Role.BACKUP, order("c2"))
+                assert time.monotonic() - t0 < scaled(3), reply
+            assert backup.star.serving and backup.star.epoch == 2
+            assert backup.stats.takeovers == 1
+            # The order placed before the failover is still known (idempotent retry).
+            again = await p.request(Role.BACKUP, order("c1"))
+            assert isinstance(again, OrderAck)
+    run(main())
+
+
+def test_cut_heartbeat_link_leaves_at_most_one_writer(redis_server: RedisProcess) -> None:
+    """Both nodes can be asked by clients and neither hears the other: each may believe it is
+    active, but the store takes writes only under the newest epoch."""
+    async def main() -> None:
+        async with pair(redis_server, cut_heartbeats=True) as p:
+            primary, backup = p.node(Role.PRIMARY), p.node(Role.BACKUP)
+            # Cold start on both sides: clients' requests make each take over in turn.
+            deadline = time.monotonic() + scaled(3)
+            while not primary.star.serving:
+                await p.request(Role.PRIMARY, order(f"a{time.monotonic_ns()}"))
+                assert time.monotonic() < deadline
+            while not backup.star.serving:
+                await p.request(Role.BACKUP, order(f"b{time.monotonic_ns()}"))
+                assert time.monotonic() < deadline
+            assert backup.star.epoch > primary.star.epoch  # both think they are active
+            stale = await p.request(Role.PRIMARY, order("stale"))
+            assert isinstance(stale, OrderReject) and stale.reason is RejectReason.FENCED
+            assert not primary.star.serving and primary.stats.fenced == 1
+            store = RedisOrderStore(p.cfg.redis.url, "bk")
+            assert await store.by_client_id("acc", "stale") is None
+            assert await store.current_epoch() == backup.star.epoch
+            await store.close()
+            fresh = await p.request(Role.BACKUP, order("fresh"))
+            assert isinstance(fresh, OrderAck)
+    run(main())
+
+
+def test_lone_backup_serves_after_the_cold_start_wait(redis_server: RedisProcess) -> None:
+    async def main() -> None:
+        async with pair(redis_server, roles=(Role.BACKUP,)) as p:
+            backup = p.node(Role.BACKUP)
+            first = await p.request(Role.BACKUP, order("c0"))
+            assert isinstance(first, OrderReject) and first.reason is RejectReason.NOT_ACTIVE
+            await asyncio.sleep(scaled(PAIR.cold_start_s))  # the documented wait itself
+            reply = await p.request(Role.BACKUP, order("c1"))
+            assert isinstance(reply, OrderAck) and backup.star.epoch == 1
+    run(main())
