@@ -178,12 +178,48 @@ class SubscriberSection:
 
 
 @dataclass(frozen=True, slots=True)
+class OrdersSection:
+    """The order path: a binary-star backend pair (primary, backup) and an executor."""
+
+    enabled: bool = False
+    clients: tuple[str, ...] = ("tcp://127.0.0.1:7400", "tcp://127.0.0.1:7401")
+    peers: tuple[str, ...] = ("tcp://127.0.0.1:7410", "tcp://127.0.0.1:7411")
+    updates: tuple[str, ...] = ("tcp://127.0.0.1:7420", "tcp://127.0.0.1:7421")
+    executor: tuple[str, ...] = ("tcp://127.0.0.1:7430", "tcp://127.0.0.1:7431")
+    executor_id: str = "executor"
+    heartbeat_ms: float = 20.0
+    peer_timeout_ms: float = 60.0
+    cold_start_ms: float = 1000.0
+    symbols: tuple[str, ...] = ()  # tradable symbols; empty: every feed's symbols
+    max_quantity: float = 100.0
+    price_band: float = 0.05
+    max_exposure: float = 1_000_000.0
+
+    def validate(self, key: str) -> None:
+        for name in ("clients", "peers", "updates", "executor"):
+            eps = getattr(self, name)
+            if len(eps) != 2:
+                raise ConfigError(f"{key}.{name}", f"needs 2 endpoints (primary, backup), got "
+                                  f"{len(eps)}", f'{name} = ["tcp://…:A", "tcp://…:B"]')
+            for i, ep in enumerate(eps):
+                _check_endpoint(f"{key}.{name}[{i}]", ep)
+        if not 0 < self.heartbeat_ms < self.peer_timeout_ms:
+            raise ConfigError(f"{key}.peer_timeout_ms", "must exceed heartbeat_ms > 0",
+                              "three heartbeats, e.g. heartbeat_ms = 20, peer_timeout_ms = 60")
+        _non_negative(f"{key}.cold_start_ms", self.cold_start_ms)
+        _positive(f"{key}.max_quantity", self.max_quantity, "e.g. max_quantity = 100")
+        _non_negative(f"{key}.price_band", self.price_band, "a fraction, e.g. 0.05")
+        _positive(f"{key}.max_exposure", self.max_exposure, "e.g. max_exposure = 1000000")
+
+
+@dataclass(frozen=True, slots=True)
 class MeshConfig:
     mesh: MeshSection = field(default_factory=MeshSection)
     redis: RedisSection = field(default_factory=RedisSection)
     feeds: tuple[FeedSection, ...] = (FeedSection(),)
     recovery: tuple[RecoverySection, ...] = (RecoverySection(),)
     subscriber: SubscriberSection = field(default_factory=SubscriberSection)
+    orders: OrdersSection = field(default_factory=OrdersSection)
 
     def validate(self) -> MeshConfig:
         _positive("redis.socket_timeout_ms", self.redis.socket_timeout_ms,
@@ -207,6 +243,7 @@ class MeshConfig:
         for i, r in enumerate(self.recovery):
             r.validate(f"recovery[{i}]")
         self.subscriber.validate("subscriber")
+        self.orders.validate("orders")
         return self
 
     def feed(self, name: str) -> FeedSection:
@@ -282,7 +319,7 @@ def _section(cls: type[Any], key: str, data: Any) -> Any:
 _SECTIONS: dict[str, tuple[type[Any], bool]] = {
     "mesh": (MeshSection, False), "redis": (RedisSection, False),
     "feeds": (FeedSection, True), "recovery": (RecoverySection, True),
-    "subscriber": (SubscriberSection, False),
+    "subscriber": (SubscriberSection, False), "orders": (OrdersSection, False),
 }
 
 
@@ -336,6 +373,7 @@ __all__ = [
     "FeedSection",
     "MeshConfig",
     "MeshSection",
+    "OrdersSection",
     "RecoverySection",
     "RedisSection",
     "SubscriberSection",

@@ -362,4 +362,19 @@ class BackendNode:
                 **asdict(self.stats)}
 
 
-__all__ = ["BackendEndpoints", "BackendNode"]
+def backend_from_config(cfg: MeshConfig, role: Role, stats_path: Path | None = None
+                        ) -> BackendNode:
+    """The backend node of ``role`` as the mesh file's [orders] section describes it."""
+    o = cfg.orders
+    i = 0 if role is Role.PRIMARY else 1
+    ends = BackendEndpoints(clients=o.clients[i], peer_pub=o.peers[i], peer_sub=o.peers[1 - i],
+                            updates=o.updates[i], executor=o.executor[i])
+    symbols = o.symbols or tuple(s for f in cfg.feeds for s in f.symbols)
+    limits = Limits(frozenset(symbols), o.max_quantity, o.price_band, o.max_exposure)
+    pair = PairConfig(heartbeat_s=o.heartbeat_ms / 1000, peer_timeout_s=o.peer_timeout_ms / 1000,
+                      cold_start_s=o.cold_start_ms / 1000)
+    return BackendNode(cfg, role, ends, limits=limits, pair=pair, stats_path=stats_path,
+                       executor_id=o.executor_id)
+
+
+__all__ = ["BackendEndpoints", "BackendNode", "backend_from_config"]

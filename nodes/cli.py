@@ -3,6 +3,7 @@
     tickmesh feed --name sim            start the feed named "sim" from the mesh file
     tickmesh recovery --name recovery   start a recovery service node
     tickmesh monitor                    subscribe and report per-path statistics
+    tickmesh backend --role primary     one node of the order backend pair ([orders])
     tickmesh up [--for SECONDS]         every node under a supervisor (see scripts/up)
     tickmesh check-config FILE          validate a mesh file and print it
 """
@@ -38,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("recovery", parents=[common], help="run a recovery service node")
     r.add_argument("--name", help="recovery node name (default: the first)")
     sub.add_parser("monitor", parents=[common], help="run a monitoring subscriber")
+    b = sub.add_parser("backend", parents=[common], help="run one node of the order backend pair")
+    b.add_argument("--role", choices=("primary", "backup"), required=True)
     up = sub.add_parser("up", parents=[common], help="run the whole mesh under a supervisor")
     up.add_argument("--for", dest="duration", type=float, default=0.0,
                     help="stop after this many seconds and print a summary")
@@ -71,6 +74,14 @@ def _run_monitor(cfg: MeshConfig, stats: Path | None) -> int:
     return run_node(lambda stop: MonitorNode(cfg, stats_path=stats).run(stop))
 
 
+def _run_backend(cfg: MeshConfig, role: str, stats: Path | None) -> int:
+    from protocols.binary_star import Role
+
+    from .backend import backend_from_config
+
+    return run_node(lambda stop: backend_from_config(cfg, Role(role), stats).run(stop))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(getattr(args, "log_level", "INFO"))
@@ -86,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_recovery(cfg, args.name, args.stats)
         if args.command == "monitor":
             return _run_monitor(cfg, args.stats)
+        if args.command == "backend":
+            return _run_backend(cfg, args.role, args.stats)
         from .supervisor import run_up
 
         return asyncio.run(run_up(cfg, args))

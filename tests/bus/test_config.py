@@ -345,3 +345,26 @@ def test_check_config_exits_2_for_a_bad_file(tmp_path: Path) -> None:
     assert "tickmesh: config key 'feeds[0].rat'" in proc.stderr
     assert "did you mean 'rate'?" in proc.stderr
     assert proc.stdout == ""
+
+
+@pytest.mark.parametrize(("orders", "key", "fragment"), [
+    ({"clients": ["tcp://127.0.0.1:1"]}, "orders.clients", "needs 2 endpoints"),
+    ({"peers": ["tcp://127.0.0.1:1", "udp://x"]}, "orders.peers[1]", "not a ZeroMQ endpoint"),
+    ({"heartbeat_ms": 60, "peer_timeout_ms": 60}, "orders.peer_timeout_ms", "heartbeat_ms"),
+    ({"price_band": -0.1}, "orders.price_band", ">= 0"),
+    ({"max_exposure": 0}, "orders.max_exposure", "> 0"),
+    ({"enable": True}, "orders.enable", "did you mean 'enabled'"),
+], ids=["one-client-endpoint", "bad-peer", "heartbeat-not-below-timeout", "negative-band",
+        "zero-exposure", "typo"])
+def test_wrong_orders_section(orders: dict[str, Any], key: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"orders": orders})
+    assert info.value.key == key and fragment in str(info.value)
+
+
+def test_orders_section_round_trips_through_toml() -> None:
+    import tomllib
+
+    from bus.config import dump_toml
+    cfg = parse_config({"orders": {"enabled": True, "max_quantity": 5}})
+    assert parse_config(tomllib.loads(dump_toml(cfg))) == cfg

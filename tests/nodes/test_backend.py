@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import zmq
 import zmq.asyncio
 
-from bus.config import MeshConfig, MeshSection, RedisSection
+from bus.config import MeshConfig, MeshSection, OrdersSection, RedisSection, dump_toml
 from bus.order_store import RedisOrderStore
 from bus.store import CheckpointRun, RedisTickStore
 from nodes.backend import BackendEndpoints, BackendNode
@@ -313,3 +318,58 @@ def test_lone_backup_serves_after_the_cold_start_wait(redis_server: RedisProcess
             reply = await p.request(Role.BACKUP, order("c1"))
             assert isinstance(reply, OrderAck) and backup.star.epoch == 1
     run(main())
+
+
+def test_cli_pair_fails_over_when_the_primary_is_killed(redis_server: RedisProcess,
+                                                        tmp_path: Path) -> None:
+    """Both nodes as real processes (the CLI); SIGKILL the active one; the client's retry
+    on the other gets its order accepted, and the earlier order is still known."""
+    eps = {name: (tcp(), tcp()) for name in ("clients", "peers", "updates", "executor")}
+    cfg = MeshConfig(mesh=MeshSection(key_prefix="bk"), redis=RedisSection(url=redis_server.url),
+                     orders=OrdersSection(enabled=True, symbols=("EURUSD",), **eps)).validate()
+    toml = tmp_path / "mesh.toml"
+    toml.write_text(dump_toml(cfg))
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    procs = {role: subprocess.Popen(
+        [sys.executable, "-m", "nodes.cli", "backend", "--role", role, "--config", str(toml)],
+        cwd=root, env=env, stderr=(tmp_path / f"{role}.log").open("wb")) for role in
+        ("primary", "backup")}
+    ends = {Role.PRIMARY: BackendEndpoints(eps["clients"][0], "", "", "", ""),
+            Role.BACKUP: BackendEndpoints(eps["clients"][1], "", "", "", "")}
+
+    async def main() -> None:
+        await seed_tick(cfg)
+        p = Pair(cfg, None, None, ends, zmq.asyncio.Context())
+        try:
+            async def until_ack(role: Role, coid: str, limit: float) -> OrderAck:
+                deadline = time.monotonic() + scaled(limit)
+                while True:
+                    reply = await p.request(role, order(coid), timeout=0.2)
+                    if isinstance(reply, OrderAck):
+                        return reply
+                    assert reply.retryable and time.monotonic() < deadline, reply
+                    await asyncio.sleep(0.01)
+            first = await until_ack(Role.PRIMARY, "c1", 10)
+            os.kill(procs["primary"].pid, signal.SIGKILL)
+            second = await until_ack(Role.BACKUP, "c2", 5)
+            assert second.epoch > first.epoch
+            again = await until_ack(Role.BACKUP, "c1", 2)
+            assert again.order_id == first.order_id  # a retry, not a second order
+        finally:
+            p.ctx.term()
+    try:
+        run(main())
+    except BaseException:
+        for role in procs:
+            print(f"--- {role}\n{(tmp_path / f'{role}.log').read_text()[-2000:]}")
+        raise
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
