@@ -17,6 +17,11 @@ builtin it resembles so callers can catch either::
     ├── RecoveryError                      the recovery service could not serve a request
     │   └── RecoveryTimeout(TimeoutError)  ... no recovery service answered in time
     ├── SlowConsumer                       a bounded buffer overflowed (carries the counts)
+    │   └── TooManyInFlight                ... the order client has its limit of open requests
+    ├── OrderError                         an order request got no final acknowledgement
+    │   ├── OrderRejected                  ... a backend refused it for good; carries the reject
+    │   ├── OrderTimeout(TimeoutError)     ... no backend answered before the deadline
+    │   └── OrderClientClosed(ConnectionError) ... the client closed while it was pending
     ├── ServerError(RuntimeError)          a helper server process (redis, ...) failed to run
     └── PeerConflict                       a binary-star pair is misconfigured (two primaries)
 
@@ -27,6 +32,10 @@ which carries on; a ``LocalProtocolError`` means our own code is wrong.
 from __future__ import annotations
 
 from enum import Enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # orders imports this module
+    from .orders import OrderReject
 
 
 class TickmeshError(Exception):
@@ -95,6 +104,56 @@ class SlowConsumer(TickmeshError):
         self.capacity = capacity
         self.dropped = dropped
         super().__init__(f"{what}: buffer of {capacity} full, {dropped} dropped so far")
+
+
+class TooManyInFlight(SlowConsumer):
+    """A request would exceed the order client's bound on requests awaiting an answer; orders
+    are refused, never dropped."""
+
+    def __init__(self, in_flight: int, limit: int) -> None:
+        self.in_flight = in_flight
+        self.limit = limit
+        TickmeshError.__init__(self, f"order client: {in_flight} requests in flight, limit "
+                                     f"{limit}: wait for answers or raise max_in_flight")
+        self.capacity = limit
+        self.dropped = 0
+
+
+class OrderError(TickmeshError):
+    """An order request (place, cancel, replace) did not get a final acknowledgement."""
+
+
+class OrderRejected(OrderError):
+    """A backend refused the request with a reason that a retry cannot change; ``reject`` is
+    the backend's ``OrderReject``."""
+
+    def __init__(self, reject: OrderReject) -> None:
+        self.reject = reject
+        self.reason = reject.reason
+        self.client_order_id = reject.client_order_id
+        super().__init__(f"order {self.client_order_id!r} rejected: {self.reason.name}"
+                         + (f" ({reject.message})" if reject.message else ""))
+
+
+class OrderTimeout(OrderError, TimeoutError):
+    """No backend gave a final answer to ``client_order_id`` within the deadline."""
+
+    def __init__(self, client_order_id: str, attempts: int, elapsed_s: float) -> None:
+        self.client_order_id = client_order_id
+        self.attempts = attempts
+        self.elapsed = elapsed_s
+        super().__init__(f"order {client_order_id!r}: no backend answered after {attempts} "
+                         f"attempts in {elapsed_s:.3f} s")
+
+
+class OrderClientClosed(OrderError, ConnectionError):
+    """The order client was closed (or not started) while the request was pending; whether
+    the backend recorded it is unknown: send it again with the same client order id."""
+
+    def __init__(self, client_order_id: str = "") -> None:
+        self.client_order_id = client_order_id
+        what = f"order {client_order_id!r}" if client_order_id else "order client"
+        super().__init__(f"{what}: the order client is closed")
 
 
 class ServerError(TickmeshError, RuntimeError):

@@ -1,0 +1,426 @@
+"""The order client: requests to a binary-star backend pair, retried until a final answer.
+
+    async with OrderClient(OrderClientOptions(endpoints=("tcp://a:7400", "tcp://b:7400"))) as c:
+        ack = await c.place(NewOrder(...))
+        async for report in c.updates():
+            ...
+
+Rules (docs/ORDERS.md, "Client retries"):
+
+* One DEALER per backend, all with the same ``ROUTING_ID`` (given, or generated once per
+  client), so the client picks the backend of each attempt and a backend's reports reach it
+  whichever one is active. ``IMMEDIATE`` keeps a send from queueing for a backend that is not
+  connected: such an attempt fails at once.
+* A request is sent to the backend that last answered. No answer within ``request_timeout_s``,
+  or a retryable reject (NOT_ACTIVE, STORE_UNAVAILABLE, FENCED), moves it to the next backend
+  at once; after a full round of failures the client backs off (``Backoff``, jittered) first.
+  Every attempt sends the *same* message: the backend's idempotency check by
+  ``(account, client_order_id)`` turns a retry into the stored state, never a second order.
+* An ack from any backend ends the request; so does a non-retryable reject
+  (:class:`OrderRejected`). After ``deadline_s`` it ends with :class:`OrderTimeout`. A
+  retryable reject from a backend the request has already left is stale and ignored.
+* Requests in flight are bounded (``max_in_flight``): one more raises
+  :class:`TooManyInFlight` at once. Execution reports go to a bounded queue; when it is full
+  the oldest report is dropped and counted (``updates_dropped``).
+* Malformed replies are counted and logged (rate-limited); the readers carry on.
+
+:class:`BlockingOrderClient` runs the same client on its own event-loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import zmq
+import zmq.asyncio
+
+from protocols.backoff import Backoff
+from protocols.errors import (
+    ConfigError,
+    InvalidOrder,
+    OrderClientClosed,
+    OrderRejected,
+    OrderTimeout,
+    RemoteProtocolError,
+    TooManyInFlight,
+)
+from protocols.order_codec import decode_order, encode_order
+from protocols.orders import (
+    CancelOrder,
+    ExecutionReport,
+    NewOrder,
+    OrderAck,
+    OrderReject,
+    OrderReply,
+    OrderRequest,
+    ReplaceOrder,
+)
+
+from .aio import cancel_and_wait
+from .logutil import RateLimitedLog
+
+log = logging.getLogger(__name__)
+
+RECONNECT_IVL_MS = 10
+RECONNECT_IVL_MAX_MS = 200
+
+
+def _default_backoff() -> Backoff:
+    return Backoff(base_s=0.01, cap_s=0.5)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderClientOptions:
+    endpoints: tuple[str, ...]  # the backends' client ROUTER endpoints, usually two
+    client_id: str = ""  # ZeroMQ ROUTING_ID; "" = generated once per client
+    request_timeout_s: float = 0.05  # wait this long for one backend's answer
+    backoff: Backoff = field(default_factory=_default_backoff)  # after a full failed round
+    deadline_s: float = 5.0  # give a request up (OrderTimeout) after this
+    max_in_flight: int = 1000  # one more concurrent request raises TooManyInFlight
+    updates_queue: int = 10_000  # execution reports kept for the consumer; oldest dropped
+
+    def __post_init__(self) -> None:
+        if not self.endpoints:
+            raise ConfigError("endpoints", "empty", "list the backends' client endpoints")
+        if self.client_id:
+            raw = self.client_id.encode()
+            if len(raw) > 255 or raw[0] == 0:
+                raise ConfigError("client_id", f"{self.client_id!r} is not a ZeroMQ routing id",
+                                  "use 1..255 bytes that do not start with NUL")
+        for name in ("request_timeout_s", "deadline_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(name, f"must be > 0, got {getattr(self, name)!r}")
+        for name in ("max_in_flight", "updates_queue"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be >= 1, got {getattr(self, name)!r}")
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One request awaiting its final answer: where its current attempt went, and the future
+    the readers resolve (replaced after a retryable reject has consumed it)."""
+
+    endpoint: int
+    future: asyncio.Future[tuple[int, OrderReply]]
+
+
+class OrderClient:
+    """Asyncio client of the backend pair: place, cancel and replace with failover retries,
+    and the stream of execution reports for this client."""
+
+    def __init__(self, options: OrderClientOptions) -> None:
+        self.options = options
+        self.client_id = options.client_id or f"oc-{uuid.uuid4().hex}"
+        self._ctx: zmq.asyncio.Context | None = None
+        self._socks: list[zmq.asyncio.Socket] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pending: dict[str, _Pending] = {}
+        self._preferred = 0  # the backend that last gave a final answer
+        self._updates: deque[ExecutionReport] = deque()
+        self._updates_ready = asyncio.Event()
+        self._bad = RateLimitedLog(log, "malformed order reply")
+        self._started = False
+        self._closed = False
+        self._counts = dict.fromkeys(
+            ("sent", "unsent", "retries", "switches", "acks", "rejects", "timeouts",
+             "late_replies", "updates", "updates_dropped", "malformed"), 0)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._ctx = zmq.asyncio.Context()
+        for i, ep in enumerate(self.options.endpoints):
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+            sock.setsockopt(zmq.ROUTING_ID, self.client_id.encode())
+            sock.connect(ep)
+            self._socks.append(sock)
+            self._tasks.append(asyncio.create_task(self._read(i), name=f"order-reader-{i}"))
+
+    async def close(self) -> None:
+        """Stop the readers, fail every pending request with :class:`OrderClientClosed`, close
+        the sockets. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await cancel_and_wait(self._tasks, what="order client")
+        for cid, pending in self._pending.items():
+            if not pending.future.done():
+                pending.future.set_exception(OrderClientClosed(cid))
+        for sock in self._socks:
+            sock.close(linger=0)
+        if self._ctx is not None:
+            self._ctx.term()
+        self._updates_ready.set()
+
+    async def __aenter__(self) -> OrderClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def connected(self) -> tuple[bool, ...]:
+        """Per endpoint: True if a send would go out now (connected, queue not full)."""
+        return tuple(not self._closed and bool(cast(int, s.getsockopt(zmq.EVENTS)) & zmq.POLLOUT)
+                     for s in self._socks)
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def place(self, order: NewOrder) -> OrderAck:
+        """Send a new order until a backend acknowledges it (``OrderAck.state`` ACCEPTED, or
+        the state a duplicate has reached). Raises :class:`OrderRejected`,
+        :class:`OrderTimeout`, :class:`TooManyInFlight` or :class:`OrderClientClosed`."""
+        return await self._request(order)
+
+    async def cancel(self, req: CancelOrder) -> OrderAck:
+        """Cancel an order; the ack carries the target's state. Raises as :meth:`place`."""
+        return await self._request(req)
+
+    async def replace(self, req: ReplaceOrder) -> OrderAck:
+        """Change an order's quantity and price; raises as :meth:`place`."""
+        return await self._request(req)
+
+    async def _request(self, msg: OrderRequest) -> OrderAck:
+        if self._closed or not self._started:
+            raise OrderClientClosed(msg.client_order_id)
+        cid = msg.client_order_id
+        if cid in self._pending:
+            raise InvalidOrder("client_order_id", f"{cid!r} is already in flight on this client")
+        if len(self._pending) >= self.options.max_in_flight:
+            raise TooManyInFlight(len(self._pending), self.options.max_in_flight)
+        loop = asyncio.get_running_loop()
+        pending = _Pending(self._preferred, loop.create_future())
+        self._pending[cid] = pending
+        try:
+            return await self._attempts(msg, pending, loop)
+        finally:
+            del self._pending[cid]
+            if pending.future.done() and not pending.future.cancelled():
+                pending.future.exception()  # retrieved: never "exception never retrieved"
+
+    async def _attempts(self, msg: OrderRequest, pending: _Pending,
+                        loop: asyncio.AbstractEventLoop) -> OrderAck:
+        opts, n = self.options, len(self._socks)
+        frames = encode_order(msg)
+        started = loop.time()
+        deadline = started + opts.deadline_s
+        attempts = failed_in_round = rounds = 0
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise OrderTimeout(msg.client_order_id, attempts, loop.time() - started)
+            if self._closed:
+                raise OrderClientClosed(msg.client_order_id)
+            idx = pending.endpoint
+            attempts += 1
+            if attempts > 1:
+                self._counts["retries"] += 1
+            sent = self._send(idx, frames)
+            # not sent (not connected): no wait, but a late answer may already be here
+            answer = await self._await(pending, min(opts.request_timeout_s, left) if sent else 0)
+            if answer is None and sent:
+                self._counts["timeouts"] += 1
+            ack = self._settle(msg, answer, pending, loop)
+            if ack is not None:
+                return ack
+            pending.endpoint = (idx + 1) % n
+            if n > 1:
+                self._counts["switches"] += 1
+            failed_in_round += 1
+            if failed_in_round >= n:  # every backend failed once: back off before the next
+                failed_in_round = 0
+                pause = opts.backoff.compute(rounds, random.random())
+                rounds += 1
+                answer = await self._await(pending, min(pause, deadline - loop.time()))
+                ack = self._settle(msg, answer, pending, loop)  # a late answer ends the pause
+                if ack is not None:
+                    return ack
+
+    def _settle(self, msg: OrderRequest, answer: tuple[int, OrderReply] | None,
+                pending: _Pending, loop: asyncio.AbstractEventLoop) -> OrderAck | None:
+        """The ack that ends the request, or None to try again; raises for a final reject."""
+        if answer is None:
+            return None
+        src, reply = answer
+        if isinstance(reply, OrderAck):
+            self._preferred = src
+            return reply
+        if not reply.retryable:
+            self._preferred = src  # it answered for real: it is the active one
+            raise OrderRejected(reply)
+        log.info("order %r: %s from %s, retrying", msg.client_order_id, reply.reason.name,
+                 self.options.endpoints[src])
+        pending.future = loop.create_future()  # the reject consumed the previous one
+        return None
+
+    async def _await(self, pending: _Pending,
+                     timeout_s: float) -> tuple[int, OrderReply] | None:
+        """The answer to ``pending`` if one arrives within ``timeout_s``, else None. The future
+        is shielded: a timeout leaves it armed for a late answer."""
+        fut = pending.future
+        if fut.done():
+            return fut.result()
+        if timeout_s <= 0:
+            return None
+        try:
+            async with asyncio.timeout(timeout_s):  # not wait_for: see bus.aio
+                return await asyncio.shield(fut)
+        except TimeoutError:
+            return None
+
+    def _send(self, idx: int, frames: list[bytes]) -> bool:
+        """Queue ``frames`` on backend ``idx``; False if it is not connected (IMMEDIATE)."""
+        fut: asyncio.Future[Any] = self._socks[idx].send_multipart(  # type: ignore[assignment]
+            frames, flags=zmq.NOBLOCK)
+        if fut.done() and fut.exception() is not None:
+            self._counts["unsent"] += 1
+            return False
+        self._counts["sent"] += 1
+        return True
+
+    # -- replies and reports ---------------------------------------------------------------
+
+    async def _read(self, idx: int) -> None:
+        sock, endpoint = self._socks[idx], self.options.endpoints[idx]
+        while True:
+            frames = await sock.recv_multipart()
+            try:
+                msg = decode_order(frames)
+            except RemoteProtocolError as exc:
+                self._counts["malformed"] += 1
+                self._bad.warning("%s: %s", endpoint, exc.reason)
+                continue
+            match msg:
+                case OrderAck() | OrderReject():
+                    self._on_reply(idx, msg)
+                case ExecutionReport():
+                    self._on_report(msg)
+                case _:
+                    self._counts["malformed"] += 1
+                    self._bad.warning("%s: unexpected %s", endpoint, type(msg).__name__)
+
+    def _on_reply(self, idx: int, reply: OrderReply) -> None:
+        if isinstance(reply, OrderAck):
+            self._counts["acks"] += 1
+        else:
+            self._counts["rejects"] += 1
+        pending = self._pending.get(reply.client_order_id)
+        stale = (pending is None or pending.future.done()
+                 or (isinstance(reply, OrderReject) and reply.retryable
+                     and idx != pending.endpoint))
+        if stale:  # a duplicate answer, or a retry-me from a backend the request has left
+            self._counts["late_replies"] += 1
+            return
+        assert pending is not None
+        pending.future.set_result((idx, reply))
+
+    def _on_report(self, report: ExecutionReport) -> None:
+        self._counts["updates"] += 1
+        if len(self._updates) >= self.options.updates_queue:
+            self._updates.popleft()
+            self._counts["updates_dropped"] += 1
+        self._updates.append(report)
+        self._updates_ready.set()
+
+    async def next_update(self) -> ExecutionReport:
+        """The oldest unread execution report, waiting for one if needed."""
+        while not self._updates:
+            if self._closed:
+                raise OrderClientClosed()
+            self._updates_ready.clear()
+            await self._updates_ready.wait()
+        return self._updates.popleft()
+
+    async def updates(self) -> AsyncIterator[ExecutionReport]:
+        """Execution reports for this client, in arrival order, until the client closes."""
+        while True:
+            try:
+                yield await self.next_update()
+            except OrderClientClosed:
+                return
+
+    def stats(self) -> dict[str, int]:
+        """Counters: messages ``sent`` (``unsent``: backend not connected), ``retries`` (attempts
+        after the first), endpoint ``switches``, ``timeouts`` (attempts unanswered in time),
+        ``acks`` and ``rejects`` received (``late_replies``: answers nobody waited for any
+        more), ``updates`` received, ``updates_dropped`` (queue full), ``malformed`` replies,
+        and gauges ``in_flight`` and ``updates_queued``."""
+        return {**self._counts, "in_flight": len(self._pending),
+                "updates_queued": len(self._updates)}
+
+
+class BlockingOrderClient:
+    """An :class:`OrderClient` for synchronous code: it runs on its own event-loop thread."""
+
+    def __init__(self, options: OrderClientOptions, start_timeout_s: float = 10.0) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tickmesh-orders",
+                                        daemon=True)
+        self._thread.start()
+        self._client = OrderClient(options)
+        self.client_id = self._client.client_id
+        self._call(self._client.start(), start_timeout_s)
+
+    def _call(self, coro: Any, timeout: float | None) -> Any:
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return fut.result(timeout)
+        except TimeoutError:
+            fut.cancel()
+            raise
+
+    def place(self, order: NewOrder, timeout: float | None = None) -> OrderAck:
+        """As :meth:`OrderClient.place`; ``TimeoutError`` after ``timeout`` seconds (the
+        client's own ``deadline_s`` applies too)."""
+        return self._call(self._client.place(order), timeout)  # type: ignore[no-any-return]
+
+    def cancel(self, req: CancelOrder, timeout: float | None = None) -> OrderAck:
+        return self._call(self._client.cancel(req), timeout)  # type: ignore[no-any-return]
+
+    def replace(self, req: ReplaceOrder, timeout: float | None = None) -> OrderAck:
+        return self._call(self._client.replace(req), timeout)  # type: ignore[no-any-return]
+
+    def next_update(self, timeout: float | None = None) -> ExecutionReport:
+        """Block until an execution report arrives (``TimeoutError`` after ``timeout``)."""
+        return self._call(self._client.next_update(), timeout)  # type: ignore[no-any-return]
+
+    def connected(self) -> tuple[bool, ...]:
+        return self._call(self._sync(self._client.connected), 5.0)  # type: ignore[no-any-return]
+
+    def stats(self) -> dict[str, int]:
+        return self._call(self._sync(self._client.stats), 5.0)  # type: ignore[no-any-return]
+
+    @staticmethod
+    async def _sync(fn: Any) -> Any:
+        return fn()
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        with contextlib.suppress(Exception):
+            self._call(self._client.close(), 5.0)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5.0)
+        self._loop.close()
+
+    def __enter__(self) -> BlockingOrderClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,368 @@
+"""The order client against fake backends: real ZeroMQ ROUTERs on free loopback ports, each run
+on its own thread, that record every request and answer with the order codec as told."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import pytest
+import zmq
+
+from bus.order_client import BlockingOrderClient, OrderClient, OrderClientOptions
+from nodes.servers import free_port
+from protocols.backoff import Backoff
+from protocols.errors import (
+    OrderClientClosed,
+    OrderRejected,
+    OrderTimeout,
+    SlowConsumer,
+    TooManyInFlight,
+)
+from protocols.order_codec import decode_order_request, encode_order
+from protocols.orders import (
+    CancelOrder,
+    ExecutionReport,
+    NewOrder,
+    OrderAck,
+    OrderReject,
+    OrderReply,
+    OrderRequest,
+    OrderState,
+    OrderType,
+    RejectReason,
+    ReplaceOrder,
+    Side,
+)
+from tests.support import scaled, wait_until, wait_until_sync
+
+pytestmark = pytest.mark.timeout(30)
+
+Answer = Callable[[OrderRequest], list[OrderReply]]
+
+
+def ack(req: OrderRequest) -> list[OrderReply]:
+    return [OrderAck(req.client_order_id, f"o-{req.client_order_id}", OrderState.ACCEPTED, 1)]
+
+
+def ack_twice(req: OrderRequest) -> list[OrderReply]:
+    return ack(req) * 2
+
+
+def silent(req: OrderRequest) -> list[OrderReply]:
+    return []
+
+
+def reject(reason: RejectReason) -> Answer:
+    def answer(req: OrderRequest) -> list[OrderReply]:
+        return [OrderReject(req.client_order_id, reason, "from the fake backend")]
+    return answer
+
+
+class FakeBackend:
+    """A backend's client ROUTER: records ``(routing id, request)`` and answers with
+    ``answer(request)``; :meth:`push` sends frames to a client (retried until it is
+    connected, as ROUTER_MANDATORY refuses an unknown routing id)."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.answer = answer
+        self.received: list[tuple[bytes, OrderRequest]] = []
+        self._outbox: queue.Queue[list[bytes]] = queue.Queue()
+        self._stop = threading.Event()
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._sock.bind(self.endpoint)
+        self._thread = threading.Thread(target=self._run, name="fake-backend", daemon=True)
+        self._thread.start()
+
+    def requests(self) -> list[OrderRequest]:
+        return [req for _ident, req in list(self.received)]
+
+    def push(self, ident: bytes, frames: list[bytes]) -> None:
+        self._outbox.put([ident, *frames])
+
+    def _run(self) -> None:
+        unsent: list[list[bytes]] = []
+        while not self._stop.is_set():
+            if self._sock.poll(2, zmq.POLLIN):
+                ident, *body = self._sock.recv_multipart()
+                req = decode_order_request(body)
+                self.received.append((ident, req))
+                for reply in self.answer(req):
+                    self._sock.send_multipart([ident, *encode_order(reply)])
+            while not self._outbox.empty():
+                unsent.append(self._outbox.get())
+            for frames in list(unsent):
+                try:
+                    self._sock.send_multipart(frames, zmq.NOBLOCK)
+                    unsent.remove(frames)
+                except zmq.ZMQError:  # EHOSTUNREACH: the client is not connected yet
+                    pass
+        self._sock.close(linger=0)
+        self._ctx.term()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+MakeBackend = Callable[[Answer], FakeBackend]
+
+
+@pytest.fixture
+def backend() -> Iterator[MakeBackend]:
+    made: list[FakeBackend] = []
+
+    def make(answer: Answer) -> FakeBackend:
+        made.append(FakeBackend(answer))
+        return made[-1]
+
+    yield make
+    for b in made:
+        b.close()
+
+
+def dead_endpoint() -> str:
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+def new_order(cid: str = "c-1") -> NewOrder:
+    return NewOrder("acct", cid, "EURUSD", Side.BUY, OrderType.LIMIT, 1.0, 1.1, 123)
+
+
+def report(cid: str, exec_id: str) -> ExecutionReport:
+    return ExecutionReport(f"o-{cid}", cid, "acct", "EURUSD", Side.BUY, OrderState.FILLED,
+                           1.0, 1.0, 1.1, 1.1, 1, exec_id)
+
+
+def options(*endpoints: str, **kw: object) -> OrderClientOptions:
+    return OrderClientOptions(endpoints=endpoints, **kw)  # type: ignore[arg-type]
+
+
+async def connected(client: OrderClient) -> None:
+    await wait_until(lambda: all(client.connected()), 2, "the client connected to every backend")
+
+
+def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(scenario())
+
+
+def test_ack_from_the_first_backend_and_late_duplicate_ignored(backend: MakeBackend) -> None:
+    a, b = backend(ack_twice), backend(ack)
+
+    async def scenario() -> None:
+        async with OrderClient(options(a.endpoint, b.endpoint)) as client:
+            await connected(client)
+            got = await client.place(new_order())
+            assert got == OrderAck("c-1", "o-c-1", OrderState.ACCEPTED, 1)
+            await wait_until(lambda: client.stats()["late_replies"] == 1, 2, "the duplicate")
+            assert a.requests() == [new_order()] and b.requests() == []
+            s = client.stats()
+            assert (s["sent"], s["retries"], s["switches"], s["acks"], s["in_flight"]) == \
+                (1, 0, 0, 2, 0)
+            cancel = CancelOrder("acct", "c-2", "c-1")
+            replace = ReplaceOrder("acct", "c-3", "c-1", 2.0, 1.2)
+            assert (await client.cancel(cancel)).client_order_id == "c-2"
+            assert (await client.replace(replace)).client_order_id == "c-3"
+            assert a.requests()[1:] == [cancel, replace]
+    run(scenario)
+
+
+def test_silent_backend_retried_on_the_other_with_the_same_order(backend: MakeBackend) -> None:
+    a, b = backend(silent), backend(ack)
+
+    async def scenario() -> None:
+        async with OrderClient(options(a.endpoint, b.endpoint)) as client:
+            await connected(client)
+            t0 = time.monotonic()
+            got = await client.place(new_order())
+            elapsed = time.monotonic() - t0
+            assert got.client_order_id == "c-1"
+            assert elapsed < scaled(0.05 * 2 + 0.1)  # one timeout, then the ack
+            assert a.received == b.received == [(client.client_id.encode(), new_order())]
+            s = client.stats()
+            assert (s["sent"], s["retries"], s["switches"], s["timeouts"]) == (2, 1, 1, 1)
+            await client.place(new_order("c-2"))  # starts where the last answer came from
+            assert len(a.received) == 1 and b.requests()[-1] == new_order("c-2")
+    run(scenario)
+
+
+def test_not_active_switches_and_the_other_ack_wins(backend: MakeBackend) -> None:
+    a, b = backend(reject(RejectReason.NOT_ACTIVE)), backend(ack)
+
+    async def scenario() -> None:
+        async with OrderClient(options(a.endpoint, b.endpoint, request_timeout_s=1.0)) as client:
+            await connected(client)
+            t0 = time.monotonic()
+            got = await client.place(new_order())
+            assert time.monotonic() - t0 < scaled(0.5)  # no timeout waited: switched at once
+            assert got.order_id == "o-c-1"
+            assert a.requests() == b.requests() == [new_order()]
+            s = client.stats()
+            assert (s["rejects"], s["acks"], s["timeouts"], s["retries"]) == (1, 1, 0, 1)
+    run(scenario)
+
+
+def test_final_reject_raises_without_retry(backend: MakeBackend) -> None:
+    a, b = backend(reject(RejectReason.PRICE_BAND)), backend(ack)
+
+    async def scenario() -> None:
+        async with OrderClient(options(a.endpoint, b.endpoint)) as client:
+            await connected(client)
+            with pytest.raises(OrderRejected) as info:
+                await client.place(new_order())
+            assert info.value.reason is RejectReason.PRICE_BAND
+            assert info.value.client_order_id == "c-1"
+            assert "PRICE_BAND" in str(info.value)
+            assert a.requests() == [new_order()] and b.requests() == []
+            assert client.stats()["retries"] == 0
+    run(scenario)
+
+
+@pytest.mark.parametrize("kind", ["dead", "silent"])
+def test_no_backend_answers_times_out_after_the_deadline(backend: MakeBackend, kind: str) -> None:
+    if kind == "dead":
+        endpoints = (dead_endpoint(), dead_endpoint())
+    else:
+        endpoints = (backend(silent).endpoint, backend(silent).endpoint)
+
+    async def scenario() -> None:
+        async with OrderClient(options(*endpoints, deadline_s=0.3)) as client:
+            if kind == "silent":
+                await connected(client)
+            t0 = time.monotonic()
+            with pytest.raises(OrderTimeout) as info:
+                await client.place(new_order())
+            elapsed = time.monotonic() - t0
+            assert isinstance(info.value, TimeoutError)
+            assert info.value.attempts > 2
+            assert 0.3 <= info.value.elapsed <= elapsed < scaled(1.0)
+            assert client.stats()["in_flight"] == 0
+    run(scenario)
+
+
+def test_reports_arrive_from_either_backend(backend: MakeBackend) -> None:
+    a, b = backend(ack), backend(ack)
+
+    async def scenario() -> None:
+        async with OrderClient(options(a.endpoint, b.endpoint)) as client:
+            await connected(client)
+            await client.place(new_order())
+            ident = client.client_id.encode()
+            a.push(ident, encode_order(report("c-1", "e-1")))
+            b.push(ident, encode_order(report("c-1", "e-2")))  # the backend it never used
+            async with asyncio.timeout(scaled(2)):
+                got = {(await client.next_update()).exec_id for _ in range(2)}
+            assert got == {"e-1", "e-2"}
+            assert client.stats()["updates"] == 2
+    run(scenario)
+
+
+def test_full_update_queue_drops_the_oldest(backend: MakeBackend) -> None:
+    a = backend(ack)
+
+    async def scenario() -> None:
+        async with OrderClient(options(a.endpoint, updates_queue=2)) as client:
+            for i in range(3):
+                a.push(client.client_id.encode(), encode_order(report("c-1", f"e-{i}")))
+            await wait_until(lambda: client.stats()["updates"] == 3, 2, "three reports")
+            assert client.stats()["updates_dropped"] == 1
+            got = []
+            async for r in client.updates():
+                got.append(r.exec_id)
+                if len(got) == 2:
+                    break
+            assert got == ["e-1", "e-2"]
+    run(scenario)
+
+
+def test_malformed_replies_are_counted_and_the_client_carries_on(backend: MakeBackend) -> None:
+    a = backend(ack)
+
+    async def scenario() -> None:
+        async with OrderClient(options(a.endpoint)) as client:
+            ident = client.client_id.encode()
+            a.push(ident, [b"junk"])
+            a.push(ident, [encode_order(new_order())[0][:-1] + b"\xff", b"\x80"])
+            a.push(ident, encode_order(new_order()))  # a request is no reply
+            await wait_until(lambda: client.stats()["malformed"] == 3, 2, "3 malformed")
+            await connected(client)
+            assert (await client.place(new_order())).order_id == "o-c-1"
+    run(scenario)
+
+
+def test_one_request_beyond_max_in_flight_is_refused(backend: MakeBackend) -> None:
+    a = backend(silent)
+
+    async def scenario() -> None:
+        async with OrderClient(options(a.endpoint, max_in_flight=2)) as client:
+            await connected(client)
+            tasks = [asyncio.create_task(client.place(new_order(f"c-{i}"))) for i in range(2)]
+            await wait_until(lambda: client.stats()["in_flight"] == 2, 2, "2 in flight")
+            with pytest.raises(TooManyInFlight) as info:
+                await client.place(new_order("c-9"))
+            assert isinstance(info.value, SlowConsumer)
+            assert (info.value.in_flight, info.value.limit) == (2, 2)
+            assert "2 requests in flight, limit 2" in str(info.value)
+        for t in tasks:  # closing the client failed them
+            with pytest.raises(OrderClientClosed):
+                await t
+    run(scenario)
+
+
+def test_close_fails_a_pending_request_and_leaves_no_task(backend: MakeBackend) -> None:
+    a = backend(silent)
+
+    async def scenario() -> None:
+        client = OrderClient(options(a.endpoint, deadline_s=10.0))
+        await client.start()
+        await connected(client)
+        task = asyncio.create_task(client.place(new_order()))
+        await wait_until(lambda: len(a.received) >= 1, 2, "the request sent")
+        await client.close()
+        with pytest.raises(OrderClientClosed) as info:
+            await task
+        assert info.value.client_order_id == "c-1"
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+        assert client.stats()["in_flight"] == 0
+        with pytest.raises(OrderClientClosed):
+            await client.place(new_order("c-2"))
+        with pytest.raises(OrderClientClosed):
+            await client.next_update()
+    run(scenario)
+
+
+def test_blocking_client_places_and_reads_reports(backend: MakeBackend) -> None:
+    a, b = backend(silent), backend(ack)
+    opts = options(a.endpoint, b.endpoint, client_id="desk-7")
+    with BlockingOrderClient(opts) as client:
+        assert client.client_id == "desk-7"
+        wait_until_sync(lambda: all(client.connected()), 2, "connected")
+        got = client.place(new_order(), timeout=scaled(2))
+        assert got.client_order_id == "c-1"
+        assert b.received == [(b"desk-7", new_order())]
+        b.push(b"desk-7", encode_order(report("c-1", "e-1")))
+        assert client.next_update(timeout=scaled(2)).exec_id == "e-1"
+        with pytest.raises(TimeoutError):
+            client.next_update(timeout=0.05)
+        assert client.stats()["retries"] == 1
+    with pytest.raises(OrderClientClosed):
+        asyncio.run(OrderClient(opts).place(new_order()))  # never started
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="endpoints"):
+        OrderClientOptions(endpoints=())
+    with pytest.raises(ValueError, match="client_id"):
+        options("tcp://127.0.0.1:1", client_id="\x00x")
+    with pytest.raises(ValueError, match="max_in_flight"):
+        options("tcp://127.0.0.1:1", max_in_flight=0)
+    assert options("tcp://127.0.0.1:1").backoff == Backoff(0.01, 0.5)
+    assert OrderClient(options("x")).client_id != OrderClient(options("x")).client_id
