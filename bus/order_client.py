@@ -66,6 +66,7 @@ from protocols.orders import (
 )
 
 from .aio import cancel_and_wait
+from .config import MeshConfig
 from .logutil import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,11 @@ class OrderClientOptions:
         for name in ("max_in_flight", "updates_queue"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be >= 1, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_config(cls, cfg: MeshConfig, **overrides: Any) -> OrderClientOptions:
+        """Options for the backend pair of the mesh file's [orders] section."""
+        return cls(endpoints=tuple(cfg.orders.clients), **overrides)
 
 
 @dataclass(slots=True)

@@ -21,6 +21,7 @@ from bus.config import MeshConfig, MeshSection, OrdersSection, RedisSection, dum
 from bus.order_store import RedisOrderStore
 from bus.store import CheckpointRun, RedisTickStore
 from nodes.backend import BackendEndpoints, BackendNode
+from nodes.executor import ExecutorNode
 from nodes.servers import RedisProcess, free_port
 from protocols.binary_star import PairConfig, Role, State
 from protocols.order_codec import decode_order, encode_order
@@ -62,6 +63,7 @@ class Pair:
     ends: dict[Role, BackendEndpoints]
     ctx: zmq.asyncio.Context
     executed: list[Order] = field(default_factory=list)
+    executor: ExecutorNode | None = None
 
     def node(self, role: Role) -> BackendNode:
         node = self.primary if role is Role.PRIMARY else self.backup
@@ -94,8 +96,9 @@ async def seed_tick(cfg: MeshConfig, symbol: str = "EURUSD", bid: float = 1.08,
 
 
 async def fake_executor(ctx: zmq.asyncio.Context, ends: list[str], executed: list[Order]) -> None:
-    """A minimal executor peer: fills every routed market order at 1.0802, once per order;
-    limit orders stay open (resting), so they count in the account's exposure."""
+    """A minimal executor peer: fills every routed market order at 1.0802, once per order, and
+    answers a re-driven order with the same report; limit orders stay open (resting), so they
+    count in the account's exposure."""
     socks = []
     for ep in ends:
         s = ctx.socket(zmq.DEALER)
@@ -103,6 +106,7 @@ async def fake_executor(ctx: zmq.asyncio.Context, ends: list[str], executed: lis
         s.setsockopt(zmq.ROUTING_ID, b"executor")
         s.connect(ep)
         socks.append(s)
+    reports: dict[str, ExecutionReport] = {}
     poller = zmq.asyncio.Poller()
     for s in socks:
         poller.register(s, zmq.POLLIN)
@@ -111,8 +115,11 @@ async def fake_executor(ctx: zmq.asyncio.Context, ends: list[str], executed: lis
             for s, _ in await poller.poll():
                 msg = decode_order(await s.recv_multipart())
                 assert isinstance(msg, Order)
+                if msg.order_id in reports:  # a re-drive: not executed again, answered again
+                    await s.send_multipart(encode_order(reports[msg.order_id]))
+                    continue
                 if any(o.order_id == msg.order_id for o in executed):
-                    continue  # de-duplicated, as the real executor does by order id
+                    continue  # a resting limit order routed again
                 executed.append(msg)
                 o = msg.order
                 if o.type is OrderType.LIMIT:
@@ -121,6 +128,7 @@ async def fake_executor(ctx: zmq.asyncio.Context, ends: list[str], executed: lis
                                        o.side, OrderState.FILLED, o.quantity, o.quantity,
                                        1.0802, 1.0802, msg.epoch, f"{msg.order_id}:1",
                                        time.time_ns())
+                reports[msg.order_id] = fill
                 await s.send_multipart(encode_order(fill))
     finally:
         for s in socks:
@@ -129,7 +137,8 @@ async def fake_executor(ctx: zmq.asyncio.Context, ends: list[str], executed: lis
 
 @contextlib.asynccontextmanager
 async def pair(redis: RedisProcess, *, roles: tuple[Role, ...] = (Role.PRIMARY, Role.BACKUP),
-               cut_heartbeats: bool = False) -> AsyncIterator[Pair]:
+               cut_heartbeats: bool = False, real_executor: bool = False
+               ) -> AsyncIterator[Pair]:
     cfg = MeshConfig(mesh=MeshSection(key_prefix="bk"), redis=RedisSection(url=redis.url))
     await seed_tick(cfg)
     pubs = {Role.PRIMARY: tcp(), Role.BACKUP: tcp()}
@@ -144,11 +153,19 @@ async def pair(redis: RedisProcess, *, roles: tuple[Role, ...] = (Role.PRIMARY, 
     tasks = {r: asyncio.create_task(nodes[r].run(stops[r])) for r in roles}
     ctx = zmq.asyncio.Context()
     p = Pair(cfg, nodes.get(Role.PRIMARY), nodes.get(Role.BACKUP), ends, ctx)
-    ex = asyncio.create_task(fake_executor(ctx, [ends[r].executor for r in Role], p.executed))
+    exec_ends = tuple(ends[r].executor for r in Role)
+    ex_stop = asyncio.Event()
+    if real_executor:
+        p.executor = ExecutorNode(cfg, name="executor", backends=exec_ends)
+        ex = asyncio.create_task(p.executor.run(ex_stop))
+    else:
+        ex = asyncio.create_task(fake_executor(ctx, list(exec_ends), p.executed))
     try:
         yield p
     finally:
-        ex.cancel()
+        ex_stop.set()
+        if not real_executor:
+            ex.cancel()
         await asyncio.gather(ex, return_exceptions=True)
         for r in roles:
             stops[r].set()

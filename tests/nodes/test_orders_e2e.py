@@ -1,0 +1,106 @@
+"""Order client -> backend pair -> executor, with the active backend dying mid-stream.
+
+Every order must be acknowledged once under one order id, executed exactly once, and end
+FILLED in the store: nothing lost, nothing executed twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from bus.order_client import OrderClient, OrderClientOptions
+from bus.order_store import RedisOrderStore
+from nodes.servers import RedisProcess
+from protocols.binary_star import Role
+from protocols.orders import OrderState
+from tests.nodes.test_backend import order, pair, run, wait_active
+from tests.support import wait_until
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
+
+
+def test_orders_survive_the_death_of_the_active_backend(redis_server: RedisProcess) -> None:
+    async def main() -> None:
+        async with pair(redis_server) as p:
+            primary = p.node(Role.PRIMARY)
+            await wait_active(primary)
+            opts = OrderClientOptions(endpoints=(p.ends[Role.PRIMARY].clients,
+                                                 p.ends[Role.BACKUP].clients),
+                                      request_timeout_s=0.05, deadline_s=5.0)
+            async with OrderClient(opts) as client:
+                acks: dict[str, str] = {}
+
+                async def place(i: int) -> None:
+                    ack = await client.place(order(f"o{i}"))
+                    acks[ack.client_order_id] = ack.order_id
+
+                first = [asyncio.create_task(place(i)) for i in range(40)]
+                await asyncio.sleep(0.02)  # some in flight when the primary dies
+                # The primary goes silent, as a crashed process would.
+                primary.peer_pub.close(linger=0)
+                primary.clients.close(linger=0)
+                primary.executor.close(linger=0)
+                t0 = time.monotonic()
+                second = [asyncio.create_task(place(i)) for i in range(40, 80)]
+                await asyncio.gather(*first, *second)
+                failover_s = time.monotonic() - t0
+                assert len(acks) == 80 and len(set(acks.values())) == 80
+                await wait_until(lambda: len(p.executed) >= 80, 10, "80 executions")
+                executed = [o.order_id for o in p.executed]
+                assert sorted(executed) == sorted(acks.values()), "lost or extra executions"
+                store = RedisOrderStore(p.cfg.redis.url, "bk")
+                try:
+                    await wait_until(lambda: p.node(Role.BACKUP).stats.reports +
+                                     primary.stats.reports >= 80, 10, "80 fills applied")
+                    for order_id in acks.values():
+                        stored = await store.get(order_id)
+                        assert stored is not None, order_id
+                        assert stored.state in (OrderState.FILLED, OrderState.ROUTED), stored
+                finally:
+                    await store.close()
+                s = client.stats()
+                assert s["switches"] >= 1  # requests left the dead primary for the backup
+                print(f"failover completed in {failover_s * 1000:.0f} ms, stats {s}")
+    run(main())
+
+
+def test_real_executor_executes_each_order_once_across_a_failover(
+        redis_server: RedisProcess) -> None:
+    async def main() -> None:
+        async with pair(redis_server, real_executor=True) as p:
+            primary, backup = p.node(Role.PRIMARY), p.node(Role.BACKUP)
+            assert p.executor is not None
+            await wait_active(primary)
+            opts = OrderClientOptions(endpoints=(p.ends[Role.PRIMARY].clients,
+                                                 p.ends[Role.BACKUP].clients))
+            async with OrderClient(opts) as client:
+                acks = await asyncio.gather(*(client.place(order(f"a{i}")) for i in range(30)))
+                await wait_until(lambda: primary.stats.reports == 30, 10, "30 fills at primary")
+                # Orders in flight while the active backend dies, then more on the backup.
+                tail = [asyncio.create_task(client.place(order(f"b{i}"))) for i in range(30)]
+                await asyncio.sleep(0.01)
+                primary.peer_pub.close(linger=0)
+                primary.clients.close(linger=0)
+                primary.executor.close(linger=0)
+                acks += await asyncio.gather(*tail)
+                assert len({a.order_id for a in acks}) == 60
+                await wait_until(lambda: p.executor is not None and
+                                 p.executor.stats.fills == 60, 10, "60 executions")
+                store = RedisOrderStore(p.cfg.redis.url, "bk")
+                try:
+                    async def all_filled() -> bool:
+                        states = [await store.get(a.order_id) for a in acks]
+                        return all(s is not None and s.state is OrderState.FILLED
+                                   for s in states)
+                    deadline = time.monotonic() + 10
+                    while not await all_filled():  # re-drives converge on the backup
+                        assert time.monotonic() < deadline, "orders not all FILLED"
+                        await asyncio.sleep(0.05)
+                finally:
+                    await store.close()
+                assert p.executor.stats.fills == 60  # none executed twice
+                assert backup.star.serving
+    run(main())
