@@ -4,6 +4,7 @@
     tickmesh recovery --name recovery   start a recovery service node
     tickmesh monitor                    subscribe and report per-path statistics
     tickmesh backend --role primary     one node of the order backend pair ([orders])
+    tickmesh executor                   the executor: fills routed orders (simulated EA)
     tickmesh up [--for SECONDS]         every node under a supervisor (see scripts/up)
     tickmesh check-config FILE          validate a mesh file and print it
 """
@@ -41,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("monitor", parents=[common], help="run a monitoring subscriber")
     b = sub.add_parser("backend", parents=[common], help="run one node of the order backend pair")
     b.add_argument("--role", choices=("primary", "backup"), required=True)
+    sub.add_parser("executor", parents=[common], help="run the executor (the EA's trade side)")
     up = sub.add_parser("up", parents=[common], help="run the whole mesh under a supervisor")
     up.add_argument("--for", dest="duration", type=float, default=0.0,
                     help="stop after this many seconds and print a summary")
@@ -82,6 +84,14 @@ def _run_backend(cfg: MeshConfig, role: str, stats: Path | None) -> int:
     return run_node(lambda stop: backend_from_config(cfg, Role(role), stats).run(stop))
 
 
+def _run_executor(cfg: MeshConfig, stats: Path | None) -> int:
+    from .executor import ExecutorNode
+
+    return run_node(lambda stop: ExecutorNode(
+        cfg, name=cfg.orders.executor_id, backends=tuple(cfg.orders.executor),
+        stats_path=stats).run(stop))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(getattr(args, "log_level", "INFO"))
@@ -99,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_monitor(cfg, args.stats)
         if args.command == "backend":
             return _run_backend(cfg, args.role, args.stats)
+        if args.command == "executor":
+            return _run_executor(cfg, args.stats)
         from .supervisor import run_up
 
         return asyncio.run(run_up(cfg, args))
