@@ -181,7 +181,8 @@ class SubscriberSection:
 class OrdersSection:
     """The order path: a binary-star backend pair (primary, backup) and an executor."""
 
-    enabled: bool = False
+    enabled: bool = True
+    trader_rate: float = 20.0  # orders/s the launcher's trader node places (0: no trader)
     clients: tuple[str, ...] = ("tcp://127.0.0.1:7400", "tcp://127.0.0.1:7401")
     peers: tuple[str, ...] = ("tcp://127.0.0.1:7410", "tcp://127.0.0.1:7411")
     updates: tuple[str, ...] = ("tcp://127.0.0.1:7420", "tcp://127.0.0.1:7421")
@@ -207,6 +208,7 @@ class OrdersSection:
             raise ConfigError(f"{key}.peer_timeout_ms", "must exceed heartbeat_ms > 0",
                               "three heartbeats, e.g. heartbeat_ms = 20, peer_timeout_ms = 60")
         _non_negative(f"{key}.cold_start_ms", self.cold_start_ms)
+        _non_negative(f"{key}.trader_rate", self.trader_rate, "orders per second, 0: none")
         _positive(f"{key}.max_quantity", self.max_quantity, "e.g. max_quantity = 100")
         _non_negative(f"{key}.price_band", self.price_band, "a fraction, e.g. 0.05")
         _positive(f"{key}.max_exposure", self.max_exposure, "e.g. max_exposure = 1000000")

@@ -5,6 +5,7 @@
     tickmesh monitor                    subscribe and report per-path statistics
     tickmesh backend --role primary     one node of the order backend pair ([orders])
     tickmesh executor                   the executor: fills routed orders (simulated EA)
+    tickmesh trader [--rate N]          place market orders at N/s through the order client
     tickmesh up [--for SECONDS]         every node under a supervisor (see scripts/up)
     tickmesh check-config FILE          validate a mesh file and print it
 """
@@ -43,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("backend", parents=[common], help="run one node of the order backend pair")
     b.add_argument("--role", choices=("primary", "backup"), required=True)
     sub.add_parser("executor", parents=[common], help="run the executor (the EA's trade side)")
+    tr = sub.add_parser("trader", parents=[common], help="place market orders at a steady rate")
+    tr.add_argument("--rate", type=float, help="orders per second (default: [orders] trader_rate)")
     up = sub.add_parser("up", parents=[common], help="run the whole mesh under a supervisor")
     up.add_argument("--for", dest="duration", type=float, default=0.0,
                     help="stop after this many seconds and print a summary")
@@ -92,6 +95,13 @@ def _run_executor(cfg: MeshConfig, stats: Path | None) -> int:
         stats_path=stats).run(stop))
 
 
+def _run_trader(cfg: MeshConfig, rate: float | None, stats: Path | None) -> int:
+    from .trader import TraderNode
+
+    return run_node(lambda stop: TraderNode(cfg, rate=rate or cfg.orders.trader_rate,
+                                            stats_path=stats).run(stop))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(getattr(args, "log_level", "INFO"))
@@ -111,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_backend(cfg, args.role, args.stats)
         if args.command == "executor":
             return _run_executor(cfg, args.stats)
+        if args.command == "trader":
+            return _run_trader(cfg, args.rate, args.stats)
         from .supervisor import run_up
 
         return asyncio.run(run_up(cfg, args))

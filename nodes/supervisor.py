@@ -81,9 +81,16 @@ class Supervisor:
     def plan(self) -> None:
         for r in self.cfg.recovery:
             self.children.append(self._child(f"recovery-{r.name}", "recovery", "--name", r.name))
+        orders = self.cfg.orders
+        if orders.enabled:
+            for role in ("primary", "backup"):
+                self.children.append(self._child(f"backend-{role}", "backend", "--role", role))
+            self.children.append(self._child("executor", "executor"))
         for f in self.cfg.feeds:
             self.children.append(self._child(f"feed-{f.name}", "feed", "--name", f.name))
         self.children.append(self._child("monitor", "monitor"))
+        if orders.enabled and orders.trader_rate > 0:
+            self.children.append(self._child("trader", "trader"))
 
     async def _spawn(self, child: Child) -> None:
         with child.log_path.open("ab") as out:
@@ -132,7 +139,9 @@ class Supervisor:
     async def stop(self) -> None:
         """Stop feeds first (end of session reaches subscribers), then everything else."""
         self.stopping = True
-        order = sorted(self.children, key=lambda c: (not c.name.startswith("feed"),
+        # The trader first (no new orders), then feeds, then the rest.
+        order = sorted(self.children, key=lambda c: (c.name != "trader",
+                                                      not c.name.startswith("feed"),
                                                       c.name == "monitor"))
         for c in order:
             await self._terminate(c)
@@ -175,14 +184,30 @@ class Supervisor:
             "unrecoverable": mon.get("lost", 0),
             "order_errors": mon.get("order_errors", 0),
             "restarts": {c.name: c.restarts for c in self.children if c.restarts},
+            **self._order_summary(),
         }
+
+    def _order_summary(self) -> dict[str, Any]:
+        if not self.cfg.orders.enabled:
+            return {}
+        trader = next((c.read_stats() for c in self.children if c.name == "trader"), {})
+        backends = [c.read_stats() for c in self.children if c.name.startswith("backend")]
+        executor = next((c.read_stats() for c in self.children if c.name == "executor"), {})
+        return {"orders_placed": trader.get("placed", 0), "orders_acked": trader.get("acked", 0),
+                "orders_filled": trader.get("filled", 0),
+                "orders_rejected": sum(trader.get("rejects", {}).values()),
+                "orders_timed_out": trader.get("timeouts", 0),
+                "executions": executor.get("fills", 0),
+                "backend_takeovers": sum(b.get("takeovers", 0) for b in backends)}
 
     def status_line(self) -> str:
         s = self.summary()
         alive = sum(1 for c in self.children if c.proc and c.proc.returncode is None)
+        orders = (f" | orders {s['orders_acked']}/{s['orders_placed']} filled "
+                  f"{s['orders_filled']}" if "orders_placed" in s else "")
         return (f"nodes {alive}/{len(self.children)} | published {s['published']} | delivered "
                 f"{s['delivered']} (tcp {s['received_tcp']}, udp {s['received_udp']}) | gaps "
-                f"{s['gaps']} filled {s['gaps_filled']} lost {s['unrecoverable']} | "
+                f"{s['gaps']} filled {s['gaps_filled']} lost {s['unrecoverable']}{orders} | "
                 f"restarts {sum(s['restarts'].values())}")
 
 
@@ -246,6 +271,8 @@ async def run_up(cfg: MeshConfig, args: argparse.Namespace) -> int:
         print("summary: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
     ok = (summary["received_tcp"] > 0 and summary["received_udp"] > 0
           and summary["unrecoverable"] == 0 and summary["order_errors"] == 0)
+    if cfg.orders.enabled and cfg.orders.trader_rate > 0:
+        ok = ok and summary["orders_filled"] > 0 and summary["orders_timed_out"] == 0
     if not ok:
         print("tickmesh up: the run was not clean (see the summary and "
               f"{run_dir / 'logs'})", file=sys.stderr)

@@ -14,6 +14,7 @@ import pytest
 from bus.config import (
     FeedSection,
     MeshConfig,
+    OrdersSection,
     RecoverySection,
     RedisSection,
     SubscriberSection,
@@ -35,7 +36,11 @@ def write_mesh(tmp_path: Path, feeds: int = 1) -> Path:
                                 pub=f"tcp://127.0.0.1:{free_port()}", udp_targets=(udp,),
                                 rate=2000, heartbeat_ms=100) for i in range(feeds)),
         recovery=(RecoverySection(bind=f"tcp://127.0.0.1:{free_port()}"),),
-        subscriber=SubscriberSection(udp_bind=udp)).validate()
+        subscriber=SubscriberSection(udp_bind=udp),
+        orders=OrdersSection(**{name: (f"tcp://127.0.0.1:{free_port()}",
+                                       f"tcp://127.0.0.1:{free_port()}")
+                                for name in ("clients", "peers", "updates", "executor")}),
+    ).validate()
     path = tmp_path / "mesh.toml"
     path.write_text(dump_toml(cfg))
     return path
@@ -88,6 +93,11 @@ def test_bounded_run_delivers_on_both_paths(tmp_path: Path) -> None:
     assert rc == 0, json.dumps(s)
     assert s["received_tcp"] > 1000 and s["received_udp"] > 1000  # type: ignore[operator]
     assert s["unrecoverable"] == 0 and s["order_errors"] == 0
+    # The order path ran too: the trader's orders were acked and filled by the executor.
+    assert s["orders_filled"] > 20 and s["orders_timed_out"] == 0  # type: ignore[operator]
+    assert s["executions"] >= s["orders_filled"]  # type: ignore[operator]
+    assert set(pids(tmp_path)) == {"recovery-recovery", "backend-primary", "backend-backup",
+                                   "executor", "feed-sim", "monitor", "trader"}
     assert all(not alive(p) for p in pids(tmp_path).values())
 
 
@@ -110,7 +120,7 @@ def test_dead_feed_is_restarted_and_nothing_is_lost(tmp_path: Path) -> None:
 def test_interrupt_stops_every_node(tmp_path: Path) -> None:
     proc = up(tmp_path)
     try:
-        wait_until_sync(lambda: len(pids(tmp_path)) == 3, 20, "three nodes")
+        wait_until_sync(lambda: len(pids(tmp_path)) == 7, 20, "seven nodes")
         wait_until_sync(lambda: monitor_delivered(tmp_path) > 0, 20, "ticks at the monitor")
         children = list(pids(tmp_path).values())
         proc.send_signal(signal.SIGINT)
@@ -130,3 +140,27 @@ def test_two_feeds_each_with_its_own_symbols(tmp_path: Path) -> None:
                                           "BTCUSD"}
     assert min(monitor["per_symbol"].values()) > 500
     assert monitor["lost"] == 0 and monitor["order_errors"] == 0
+
+
+def test_killed_active_backend_is_restarted_and_orders_keep_flowing(tmp_path: Path) -> None:
+    proc = up(tmp_path, "--for", "8")
+    try:
+        wait_until_sync(lambda: "backend-primary" in pids(tmp_path), 20, "the backend pair")
+        stats = tmp_path / "run" / "stats"
+
+        def filled() -> int:
+            try:
+                return int(json.loads((stats / "trader.json").read_text())["filled"])
+            except (OSError, ValueError, KeyError):
+                return 0
+        wait_until_sync(lambda: filled() > 10, 20, "orders filled before the kill")
+        before = filled()
+        os.kill(pids(tmp_path)["backend-primary"], signal.SIGKILL)
+        wait_until_sync(lambda: filled() > before + 20, 20, "orders filled after the kill")
+    finally:
+        rc, s = finish(proc)
+    assert rc == 0, json.dumps(s)
+    assert s["restarts"] == {"backend-primary": 1}
+    assert s["orders_timed_out"] == 0 and s["orders_filled"] == s["orders_acked"]
+    backup = json.loads((tmp_path / "run" / "stats" / "backend-backup.json").read_text())
+    assert backup["state"] == "active" and backup["takeovers"] == 1  # it took over, once

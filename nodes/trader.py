@@ -1,0 +1,100 @@
+"""The trader node: places market orders at a steady rate through the order client.
+
+It is the order path's load for ``./scripts/up`` (and a worked example of ``OrderClient``):
+paced, not spinning; every order has a fresh client order id; it counts acks, fills, rejects
+by reason and timeouts, so the launcher's summary can say whether orders flowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bus.aio import cancel_and_wait
+from bus.config import MeshConfig
+from bus.order_client import OrderClient, OrderClientOptions
+from protocols.errors import OrderRejected, OrderTimeout, TooManyInFlight
+from protocols.orders import NewOrder, OrderState, OrderType, Side
+
+from .common import stats_writer, supervise_tasks, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+class TraderNode:
+    def __init__(self, cfg: MeshConfig, *, rate: float, account: str = "sim",
+                 stats_path: Path | None = None, seed: int = 0) -> None:
+        self.cfg = cfg
+        self.rate = rate
+        self.account = account
+        self.symbols = cfg.orders.symbols or tuple(s for f in cfg.feeds for s in f.symbols)
+        self.client = OrderClient(OrderClientOptions.from_config(cfg))
+        self.stats_path = stats_path
+        self.placed = 0
+        self.acked = 0
+        self.filled = 0
+        self.timeouts = 0
+        self.rejects: Counter[str] = Counter()
+        self._rnd = random.Random(seed)
+        # Unique across restarts of this node: a restarted trader must not reuse an id.
+        self._ids = (f"{account}-{time.time_ns()}-{n}" for n in itertools.count(1))
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _order(self) -> NewOrder:
+        return NewOrder(self.account, next(self._ids), self._rnd.choice(self.symbols),
+                        self._rnd.choice((Side.BUY, Side.SELL)), OrderType.MARKET,
+                        float(self._rnd.randint(1, 5)), None, time.time_ns())
+
+    async def _place(self, order: NewOrder) -> None:
+        try:
+            await self.client.place(order)
+            self.acked += 1
+        except OrderRejected as exc:
+            self.rejects[exc.reason.name] += 1
+        except OrderTimeout:
+            self.timeouts += 1
+        except TooManyInFlight:
+            self.rejects["TOO_MANY_IN_FLIGHT"] += 1
+
+    async def _load(self) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while True:
+            due = int((loop.time() - start) * self.rate) - self.placed
+            for _ in range(max(0, due)):
+                self.placed += 1
+                task = asyncio.create_task(self._place(self._order()))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            await asyncio.sleep(min(0.05, 1 / self.rate))
+
+    async def _reports(self) -> None:
+        async for report in self.client.updates():
+            if report.state is OrderState.FILLED:
+                self.filled += 1
+
+    def collect(self) -> dict[str, Any]:
+        return {"node": "trader", "placed": self.placed, "acked": self.acked,
+                "filled": self.filled, "timeouts": self.timeouts,
+                "rejects": dict(self.rejects), "client": self.client.stats()}
+
+    async def run(self, stop: asyncio.Event) -> int:
+        await self.client.start()
+        tasks = [asyncio.create_task(self._load(), name="load"),
+                 asyncio.create_task(self._reports(), name="reports")]
+        if self.stats_path is not None:
+            tasks.append(asyncio.create_task(stats_writer(self.stats_path, 0.5, self.collect),
+                                             name="stats"))
+        try:
+            return await supervise_tasks("trader", stop, tasks)
+        finally:
+            await cancel_and_wait(list(self._tasks), what="trader orders")
+            await self.client.close()
+            if self.stats_path is not None:
+                write_json_atomic(self.stats_path, self.collect())
