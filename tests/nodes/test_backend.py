@@ -390,3 +390,45 @@ def test_cli_pair_fails_over_when_the_primary_is_killed(redis_server: RedisProce
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+
+@pytest.mark.parametrize(("field", "value", "reason"), [
+    ("side", 3, RejectReason.BAD_SIDE),
+    ("quantity", -1.0, RejectReason.BAD_QUANTITY),
+    ("price", -2.0, RejectReason.BAD_PRICE),
+], ids=["bad_side", "bad_quantity", "bad_price"])
+def test_invalid_fields_get_their_reject_reason(redis_server: RedisProcess, field: str,
+                                                value: object, reason: RejectReason) -> None:
+    import msgpack
+
+    async def main() -> None:
+        async with pair(redis_server) as p:
+            await wait_active(p.node(Role.PRIMARY))
+            header, body = encode_order(order("bad", price=1.08))
+            fields = msgpack.unpackb(body)
+            fields[field] = value
+            sock = p.ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(p.ends[Role.PRIMARY].clients)
+            await sock.send_multipart([header, msgpack.packb(fields)])
+            async with asyncio.timeout(scaled(2)):
+                reply = decode_order(await sock.recv_multipart())
+            sock.close(linger=0)
+            assert isinstance(reply, OrderReject) and reply.reason is reason
+            assert reply.client_order_id == "bad"
+    run(main())
+
+
+def test_store_unavailable_is_a_retryable_reject(redis_server: RedisProcess) -> None:
+    async def main() -> None:
+        async with pair(redis_server) as p:
+            await wait_active(p.node(Role.PRIMARY))
+            # The store goes away (a clean stop keeps its AOF, so the seeded tick survives).
+            redis_server.stop()
+            reply = await p.request(Role.PRIMARY, order("c1"), timeout=5)
+            assert isinstance(reply, OrderReject)
+            assert reply.reason is RejectReason.STORE_UNAVAILABLE and reply.retryable
+            redis_server.restart()
+            again = await p.request(Role.PRIMARY, order("c1"), timeout=5)
+            assert isinstance(again, OrderAck)
+    run(main())

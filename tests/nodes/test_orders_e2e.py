@@ -104,3 +104,51 @@ def test_real_executor_executes_each_order_once_across_a_failover(
                 assert p.executor.stats.fills == 60  # none executed twice
                 assert backup.star.serving
     run(main())
+
+
+def test_executor_killed_mid_stream_executes_each_order_once(
+        redis_server: RedisProcess) -> None:
+    from nodes.executor import ExecutorNode
+
+    async def main() -> None:
+        async with pair(redis_server, real_executor=True) as p:
+            primary = p.node(Role.PRIMARY)
+            first = p.executor
+            assert first is not None
+            await wait_active(primary)
+            opts = OrderClientOptions(endpoints=(p.ends[Role.PRIMARY].clients,
+                                                 p.ends[Role.BACKUP].clients))
+            async with OrderClient(opts) as client:
+                acks = list(await asyncio.gather(*(client.place(order(f"a{i}"))
+                                                   for i in range(20))))
+                # The executor dies (its sockets vanish, as with SIGKILL) with orders routed.
+                tail = [asyncio.create_task(client.place(order(f"b{i}"))) for i in range(20)]
+                await asyncio.sleep(0.005)
+                for sock in first.socks:
+                    sock.close(linger=0)
+                first_fills = first.stats.fills
+                acks += await asyncio.gather(*tail)
+                # A new executor process takes its place, same name, same Redis.
+                second = ExecutorNode(p.cfg, name="executor",
+                                      backends=(p.ends[Role.PRIMARY].executor,
+                                                p.ends[Role.BACKUP].executor))
+                stop = asyncio.Event()
+                task = asyncio.create_task(second.run(stop))
+                try:
+                    await wait_until(lambda: primary.stats.reports == 40, 10,
+                                     "every order reported after the re-drive")
+                    # Each order executed once in all: the new executor only replays.
+                    assert first_fills + second.stats.fills <= 40
+                    store = RedisOrderStore(p.cfg.redis.url, "bk")
+                    try:
+                        for a in acks:
+                            stored = await store.get(a.order_id)
+                            assert stored is not None and stored.state is OrderState.FILLED
+                            n = await store.redis.scard(f"bk:executed:{a.order_id}")
+                            assert n == 1, (a.order_id, n)
+                    finally:
+                        await store.close()
+                finally:
+                    stop.set()
+                    await task
+    run(main())
