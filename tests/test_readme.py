@@ -42,3 +42,27 @@ def test_readme_subscriber_example_runs(redis_server: RedisProcess,
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) > 100
     assert {ln.split()[0] for ln in lines} == {"EURUSD", "XAUUSD"}
+
+
+@pytest.mark.timeout(60)
+def test_readme_order_example_runs(redis_server: RedisProcess,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.nodes.test_backend import pair, wait_active
+
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    code = next(b for b in blocks if "OrderClient(" in b)
+
+    async def main() -> None:
+        async with pair(redis_server, real_executor=True) as p:
+            from protocols.binary_star import Role
+            await wait_active(p.node(Role.PRIMARY))
+            cfg = replace(p.cfg, orders=replace(p.cfg.orders, clients=(
+                p.ends[Role.PRIMARY].clients, p.ends[Role.BACKUP].clients)))
+            src = code.replace("load_config(None)", "CFG").replace("asyncio.run(main())", "")
+            env: dict[str, object] = {"CFG": cfg}
+            exec(compile(src, "README.md", "exec"), env)
+            async with asyncio.timeout(scaled(10)):
+                await env["main"]()  # type: ignore[operator]
+    asyncio.run(main())
+    order_id, state, report = capsys.readouterr().out.split()
+    assert state == "ACCEPTED" and report == "FILLED" and order_id.startswith("O")
