@@ -182,6 +182,11 @@ class BackendNode:
                 await self._route(order)
                 self.stats.redriven += 1
 
+    async def handover(self) -> None:
+        """Operator command: give the active role to the peer (``kill -USR2`` on the node)."""
+        log.warning("backend %s: handing the active role over to the peer", self.role.value)
+        await self._effects(self.star.on_handover(time.monotonic()))
+
     # -- clients ---------------------------------------------------------------------------
 
     async def _clients(self) -> None:

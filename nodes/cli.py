@@ -80,11 +80,25 @@ def _run_monitor(cfg: MeshConfig, stats: Path | None) -> int:
 
 
 def _run_backend(cfg: MeshConfig, role: str, stats: Path | None) -> int:
+    import asyncio
+    import signal
+
     from protocols.binary_star import Role
 
     from .backend import backend_from_config
 
-    return run_node(lambda stop: backend_from_config(cfg, Role(role), stats).run(stop))
+    async def main(stop: asyncio.Event) -> int:
+        node = backend_from_config(cfg, Role(role), stats)
+        pending: set[asyncio.Task[None]] = set()
+
+        def handover() -> None:  # kill -USR2 <pid>: operator failback/handover
+            task = asyncio.create_task(node.handover())
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, handover)
+        return await node.run(stop)
+
+    return run_node(main)
 
 
 def _run_executor(cfg: MeshConfig, stats: Path | None) -> int:

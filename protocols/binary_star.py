@@ -10,8 +10,9 @@ The ZeroMQ guide's machine (chapter 4, ``bstar.c``) plus what it lacks in produc
   steps down; the guide aborts both processes (a total outage).
 * **Cold start**: a backup started alone may serve after ``cold_start_s`` without hearing any
   peer, through the same epoch acquisition (the guide's lone backup never serves).
-* **Failback only by operator**: ``on_handover`` makes the active step down; the primary-role
-  node then takes over when it sees its peer passive. Nothing fails back by itself.
+* **Failback only by operator**: ``on_handover`` makes the active step down and hold off; its
+  peer, seeing it passive, takes over. Nothing fails back by itself: a restarted primary finds
+  the backup active and stays passive.
 
 Peers publish ``(state, epoch)`` every heartbeat; a heartbeat sets ``peer_expiry = now +
 peer_timeout_s``. A passive node takes over only when a client asks *and* the peer has expired
@@ -71,10 +72,8 @@ TRANSITIONS: dict[State, dict[Event, State]] = {
                     E.PEER_ACTIVE_NEWER: S.PASSIVE},
     S.ACTIVE: {E.PEER_ACTIVE_NEWER: S.PASSIVE, E.FENCED: S.PASSIVE, E.HANDOVER: S.PASSIVE},
     S.PASSIVE: {E.PEER_PRIMARY: S.TAKING_OVER, E.PEER_BACKUP: S.TAKING_OVER,
-                E.REQUEST_PEER_EXPIRED: S.TAKING_OVER},
+                E.PEER_PASSIVE: S.TAKING_OVER, E.REQUEST_PEER_EXPIRED: S.TAKING_OVER},
 }
-# A passive *primary* that sees its peer passive takes over: that is operator failback.
-PRIMARY_ONLY: dict[State, dict[Event, State]] = {S.PASSIVE: {E.PEER_PASSIVE: S.TAKING_OVER}}
 FATAL: frozenset[tuple[State, Event]] = frozenset({
     (S.PRIMARY, E.PEER_PRIMARY), (S.BACKUP, E.PEER_BACKUP),
 })
@@ -88,9 +87,9 @@ class PairConfig:
     heartbeat_s: float = 0.02
     peer_timeout_s: float = 0.06  # three heartbeats: one late packet is not a death
     cold_start_s: float = 1.0  # a node that never heard its peer may serve after this
-    # After stepping down (fenced, outvoted, handed over) a node does not take over again for
-    # this long unless it hears its peer: otherwise a node cut off from its peer, but not from
-    # clients and store, would take the epoch back at once and the two would ping-pong.
+    # After stepping down (fenced or handed over) a node does not take over on its own (client
+    # vote, passive peer) for this long: otherwise a node cut off from its peer but not from
+    # clients and store would take the epoch back at once, and a handover would bounce back.
     holdoff_s: float = 1.0
 
     def __post_init__(self) -> None:
@@ -167,7 +166,9 @@ class BinaryStar:
         """A heartbeat from the peer."""
         self.peer_state = peer_state
         self.peer_expiry = now + self.config.peer_timeout_s
-        self.holdoff_until = 0.0  # hearing the peer ends a hold-off: heartbeats decide now
+        if peer_state is State.PASSIVE and now < self.holdoff_until:
+            self.epoch = max(self.epoch, peer_epoch)
+            return []  # we just stepped down: the peer is the one to take over
         if peer_state is State.ACTIVE:
             event = E.PEER_ACTIVE_NEWER if peer_epoch > self.epoch else E.PEER_ACTIVE
         else:
@@ -212,8 +213,6 @@ class BinaryStar:
                                f"{event.name}: both nodes are configured as "
                                f"{self.role.name.lower()}")
         nxt = TRANSITIONS[self.state].get(event)
-        if nxt is None and self.role is Role.PRIMARY:
-            nxt = PRIMARY_ONLY.get(self.state, {}).get(event)
         if nxt is None or nxt is self.state:
             return []
         prev, self.state = self.state, nxt

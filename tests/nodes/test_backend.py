@@ -432,3 +432,21 @@ def test_store_unavailable_is_a_retryable_reject(redis_server: RedisProcess) -> 
             again = await p.request(Role.PRIMARY, order("c1"), timeout=5)
             assert isinstance(again, OrderAck)
     run(main())
+
+
+def test_operator_handover_moves_the_active_role(redis_server: RedisProcess) -> None:
+    async def main() -> None:
+        async with pair(redis_server) as p:
+            primary, backup = p.node(Role.PRIMARY), p.node(Role.BACKUP)
+            await wait_active(primary)
+            await wait_until(lambda: backup.star.state is State.PASSIVE, 3, "backup passive")
+            await primary.handover()
+            assert not primary.star.serving
+            await wait_active(backup)
+            assert backup.star.epoch >= 2  # it won a new epoch; the old active cannot write
+            reply = await p.request(Role.BACKUP, order("after-handover"))
+            assert isinstance(reply, OrderAck)
+            # The primary does not take the role back by itself.
+            await asyncio.sleep(scaled(PAIR.holdoff_s + 0.2))
+            assert backup.star.serving and not primary.star.serving
+    run(main())

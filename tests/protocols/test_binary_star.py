@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from protocols.binary_star import (
     FATAL,
-    PRIMARY_ONLY,
     TRANSITIONS,
     AcquireEpoch,
     BecameActive,
@@ -118,8 +117,12 @@ SCENARIOS: list[tuple[str, Role, list[tuple[Any, ...]], State, int, list[Any], l
     ("operator_handover_then_primary_fails_back", Role.PRIMARY,
      [("peer", S.ACTIVE, 2, 0.0), ("peer", S.PASSIVE, 2, 0.02), ("epoch", True, 3, 0.03)],
      S.ACTIVE, 3, [AcquireEpoch(2), BecameActive(3)], []),
-    ("backup_does_not_fail_back_by_itself", Role.BACKUP,
-     [("peer", S.ACTIVE, 2, 0.0), ("peer", S.PASSIVE, 2, 0.02)], S.PASSIVE, 2, [], []),
+    ("backup_takes_over_when_the_primary_hands_over", Role.BACKUP,
+     [("peer", S.ACTIVE, 2, 0.0), ("peer", S.PASSIVE, 2, 0.02)], S.TAKING_OVER, 2,
+     [AcquireEpoch(2)], []),
+    ("restarted_primary_does_not_fail_back_by_itself", Role.PRIMARY,
+     [("peer", S.ACTIVE, 3, 0.0), ("peer", S.ACTIVE, 3, 0.02), ("req", 0.03)], S.PASSIVE, 3,
+     [], [False]),
     ("late_epoch_answer_ignored", Role.BACKUP,
      [("peer", S.ACTIVE, 1, 0.0), ("epoch", True, 9, 0.01)], S.PASSIVE, 1, [], []),
     ("handover_on_passive_ignored", Role.BACKUP,
@@ -143,8 +146,20 @@ def test_handover_steps_down_the_active_and_holds_off() -> None:
     assert n.on_handover(0.0) == [SteppedDown(E.HANDOVER)]
     assert n.state is S.PASSIVE and not n.serving
     assert n.on_request(0.5) == (False, [])  # peer silent, but within the hold-off
-    n.on_peer(S.PASSIVE, 2, 0.6)  # hearing the peer ends the hold-off
-    assert n.holdoff_until == 0.0
+    assert n.on_peer(S.PASSIVE, 2, 0.6) == []  # the peer takes over, not us
+    assert n.state is S.PASSIVE
+    assert n.on_peer(S.PASSIVE, 2, 1.1) == [AcquireEpoch(2)]  # hold-off over: nobody took it
+
+
+def test_handover_moves_the_active_role_to_the_peer() -> None:
+    store_epoch = 1
+    a, b = node(Role.PRIMARY, S.ACTIVE, 1), node(Role.BACKUP, S.PASSIVE, 1)
+    a.on_handover(0.0)
+    effects = b.on_peer(*a.heartbeat(), 0.02)
+    assert effects == [AcquireEpoch(1)]
+    store_epoch += 1
+    assert b.on_epoch_result(True, store_epoch, 0.021) == [BecameActive(2)]
+    assert a.on_peer(*b.heartbeat(), 0.04) == [] and not a.serving and b.serving
 
 
 @pytest.mark.parametrize(("role", "peer"), [(Role.PRIMARY, S.PRIMARY), (Role.BACKUP, S.BACKUP)])
@@ -168,7 +183,6 @@ def test_every_transition_is_exercised() -> None:
     for n in (handover, primary):
         seen |= {(a, e) for a, e, _b in n.history}
     table = {(s, e) for s, row in TRANSITIONS.items() for e in row}
-    table |= {(s, e) for s, row in PRIMARY_ONLY.items() for e in row}
     assert table - seen == set()
 
 
