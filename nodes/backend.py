@@ -7,7 +7,8 @@ order write goes through the fenced store (``bus.order_store``), so a node that 
 role can never write, and steps down when the store tells it so.
 
 Built so far: new orders (idempotency, validation, accept, route, execution reports, re-drive on
-takeover). Cancel and replace are refused with an explicit message until they are built.
+takeover) and cancels (settled against a racing fill by the executor's decision log). Replace is
+refused with an explicit message until it is built.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,7 @@ from protocols.order_codec import (
     reject_reason_of,
 )
 from protocols.orders import (
+    CancelOrder,
     ExecutionReport,
     Limits,
     NewOrder,
@@ -54,6 +57,7 @@ from protocols.orders import (
     OrderReject,
     OrderState,
     RejectReason,
+    check_amend,
     idempotency,
     validate,
 )
@@ -107,6 +111,7 @@ class BackendNode:
         self.orders: dict[str, Order] = {}  # open orders, while active
         self.routes: dict[str, bytes] = {}  # order id -> client routing id
         self.applied: set[str] = set()  # exec ids applied (a replayed report is ignored)
+        self.cancels: dict[str, ExecutionReport] = {}  # order id -> cancel request in flight
         self._ids = itertools.count(1)
         self._bad = RateLimitedLog(log, f"backend {role.value}: malformed frame")
         self._lock = asyncio.Lock()  # order handling is serialised: one writer per order
@@ -170,6 +175,7 @@ class BackendNode:
                     log.warning("backend %s: stepped down (%s)", self.role.value, reason.name)
                     self.orders.clear()
                     self.applied.clear()
+                    self.cancels.clear()
 
     async def _take_over(self, epoch: int) -> None:
         """Active from now on: reload open orders, re-drive the ones routed but unconfirmed."""
@@ -222,39 +228,72 @@ class BackendNode:
         await self.clients.send_multipart([identity, *encode_order(reply)])
 
     async def _handle(self, identity: bytes, req: Any) -> OrderAck | OrderReject:
-        if not isinstance(req, NewOrder):
-            return OrderReject(req.client_order_id, RejectReason.NOT_CANCELLABLE,
-                               "cancel and replace are not supported by this backend yet")
+        if isinstance(req, NewOrder):
+            return await self._guarded(req.client_order_id, self._place(identity, req))
+        if isinstance(req, CancelOrder):
+            return await self._guarded(req.client_order_id, self._cancel(req))
+        return OrderReject(req.client_order_id, RejectReason.NOT_CANCELLABLE,
+                           "replace is not supported by this backend yet")
+
+    async def _place(self, identity: bytes, req: NewOrder) -> OrderAck | OrderReject:
         epoch = self.star.epoch
+        existing = await self.store.by_client_id(req.account, req.client_order_id)
+        if existing is not None:
+            return self._duplicate(existing, req, identity)
+        reason = await self._check(req)
+        if reason is not None:
+            return OrderReject(req.client_order_id, reason, f"{reason.name.lower()}")
+        now = time.time_ns()
+        order = Order.from_new(f"O{epoch}.{next(self._ids)}", req, epoch=epoch, now_ns=now)
+        order = order.apply(order.status_report(OrderState.ACCEPTED, exec_id="accept",
+                                                epoch=epoch), epoch=epoch, now_ns=now)
         try:
-            existing = await self.store.by_client_id(req.account, req.client_order_id)
-            if existing is not None:
-                return self._duplicate(existing, req, identity)
-            reason = await self._check(req)
-            if reason is not None:
-                return OrderReject(req.client_order_id, reason, f"{reason.name.lower()}")
-            now = time.time_ns()
-            order = Order.from_new(f"O{epoch}.{next(self._ids)}", req, epoch=epoch, now_ns=now)
-            order = order.apply(order.status_report(OrderState.ACCEPTED, exec_id="accept",
-                                                    epoch=epoch), epoch=epoch, now_ns=now)
             await self.store.write(order, epoch)  # acknowledged only once it is stored
-            self.routes[order.order_id] = identity
-            self.orders[order.order_id] = order
-            ack = OrderAck(req.client_order_id, order.order_id, order.state, epoch)
-            routed = order.apply(order.status_report(OrderState.ROUTED, exec_id="route",
-                                                     epoch=epoch), epoch=epoch, now_ns=now)
-            await self.store.write(routed, epoch)
-            self.orders[routed.order_id] = routed
-            await self._route(routed)
-            return ack
+        except InvalidOrder as exc:  # the client order id was taken meanwhile
+            return OrderReject(req.client_order_id, RejectReason.DUPLICATE_DIFFERENT, str(exc))
+        self.routes[order.order_id] = identity
+        self.orders[order.order_id] = order
+        ack = OrderAck(req.client_order_id, order.order_id, order.state, epoch)
+        routed = order.apply(order.status_report(OrderState.ROUTED, exec_id="route",
+                                                 epoch=epoch), epoch=epoch, now_ns=now)
+        await self.store.write(routed, epoch)
+        self.orders[routed.order_id] = routed
+        await self._route(routed)
+        return ack
+
+    async def _guarded(self, client_order_id: str,
+                       work: Coroutine[Any, Any, OrderAck | OrderReject]
+                       ) -> OrderAck | OrderReject:
+        """Run a request's store work; turn store trouble into the right reject."""
+        try:
+            return await work
         except Fenced as exc:
             self.stats.fenced += 1
             await self._effects(self.star.on_fenced(exc.current, time.monotonic()))
-            return OrderReject(req.client_order_id, RejectReason.FENCED, str(exc))
+            return OrderReject(client_order_id, RejectReason.FENCED, str(exc))
         except StoreError as exc:
-            return OrderReject(req.client_order_id, RejectReason.STORE_UNAVAILABLE, str(exc))
-        except InvalidOrder as exc:
-            return OrderReject(req.client_order_id, RejectReason.DUPLICATE_DIFFERENT, str(exc))
+            return OrderReject(client_order_id, RejectReason.STORE_UNAVAILABLE, str(exc))
+
+    async def _cancel(self, req: CancelOrder) -> OrderAck | OrderReject:
+        """Ask the executor to cancel: its decision log settles a race with a fill.
+
+        The ack means "cancel requested"; the outcome (CANCELLED, or the fill that won) comes
+        as an execution report. Cancelling an order already cancelled is acknowledged again, so
+        a retried cancel is harmless.
+        """
+        epoch = self.star.epoch
+        target = await self.store.by_client_id(req.account, req.target_client_order_id)
+        if target is not None and target.state is OrderState.CANCELLED:
+            return OrderAck(req.client_order_id, target.order_id, target.state, epoch)
+        reason = check_amend(target, req)
+        if reason is not None or target is None:
+            why = reason or RejectReason.UNKNOWN_ORDER
+            return OrderReject(req.client_order_id, why, why.name.lower())
+        request = target.status_report(OrderState.CANCELLED, exec_id=f"{target.order_id}:cxl",
+                                       epoch=epoch, transact_ns=time.time_ns())
+        self.cancels[target.order_id] = request
+        await self._send_executor(request, target.order_id)
+        return OrderAck(req.client_order_id, target.order_id, target.state, epoch)
 
     def _duplicate(self, existing: Order, req: NewOrder, identity: bytes
                    ) -> OrderAck | OrderReject:
@@ -276,14 +315,18 @@ class BackendNode:
     # -- executor --------------------------------------------------------------------------
 
     async def _route(self, order: Order) -> None:
-        try:
-            await self.executor.send_multipart([self.executor_id, *encode_order(order)],
-                                               flags=zmq.NOBLOCK)
+        if await self._send_executor(order, order.order_id):
             self.stats.routed += 1
+
+    async def _send_executor(self, msg: Order | ExecutionReport, order_id: str) -> bool:
+        try:
+            await self.executor.send_multipart([self.executor_id, *encode_order(msg)],
+                                               flags=zmq.NOBLOCK)
+            return True
         except zmq.ZMQError as exc:  # EHOSTUNREACH: not connected; EAGAIN: its queue is full
             log.warning("backend %s: executor %s unreachable (%s); %s waits for re-drive",
-                        self.role.value, self.executor_id.decode(), exc.strerror,
-                        order.order_id)
+                        self.role.value, self.executor_id.decode(), exc.strerror, order_id)
+            return False
 
     async def _redrive(self) -> None:
         """Send again orders routed a while ago and still unconfirmed (executor restarted)."""
@@ -296,6 +339,9 @@ class BackendNode:
                 if order.state is OrderState.ROUTED and order.updated_ns < stale:
                     await self._route(order)
                     self.stats.redriven += 1
+            for order_id, request in list(self.cancels.items()):
+                if request.transact_ns < stale:  # no answer yet: ask again (idempotent)
+                    await self._send_executor(request, order_id)
 
     async def _executor_reports(self) -> None:
         while True:
@@ -329,6 +375,7 @@ class BackendNode:
         self.stats.reports += 1
         if updated.terminal:
             self.orders.pop(updated.order_id, None)
+            self.cancels.pop(updated.order_id, None)
         else:
             self.orders[updated.order_id] = updated
         frames = encode_order(report)

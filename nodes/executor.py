@@ -25,7 +25,9 @@ Rules (the "Execute" flow of docs/ORDERS.md):
   last tick; no usable two-sided quote -> REJECTED. LIMIT: fills at the limit price if
   marketable (BUY limit >= ask, SELL limit <= bid), else rests in memory and is re-checked every
   ``poll_s`` against the latest tick. Resting orders are bounded (``max_resting``): one more is
-  REJECTED, never dropped. Cancels are not designed yet: a resting order is only ever filled.
+  REJECTED, never dropped. A cancel request (a CANCELLED report from the backend) is one more
+  candidate decision: written first, the order is cancelled (and leaves the resting set);
+  otherwise the fill that won is answered again.
   Resting orders live in memory only: after an executor restart they come back only when a
   backend re-drives them.
 * A frame that does not decode, or a message that is not an ``Order``, is counted as malformed
@@ -206,6 +208,7 @@ class ExecutorStats:
     fills: int = 0
     replays: int = 0  # orders already decided: the same report answered again
     rejects: int = 0
+    cancels: int = 0  # cancel requests that won the race against a fill
     resting: int = 0  # limit orders waiting to become marketable (a gauge)
     malformed: int = 0
     ignored: int = 0  # undecided orders in another state than ROUTED
@@ -275,6 +278,13 @@ class ExecutorNode:
             self.stats.malformed += 1
             self._bad.warning("%s", exc.reason)
             return
+        if isinstance(msg, ExecutionReport) and msg.state is OrderState.CANCELLED:
+            try:
+                await self._on_cancel(msg, socket)
+            except StoreError as exc:
+                self.stats.store_errors += 1
+                self._store_log.warning("cancel of %s left unanswered: %s", msg.order_id, exc)
+            return
         if not isinstance(msg, Order):
             self.stats.malformed += 1
             self._bad.warning("%s is not an Order", type(msg).__name__)
@@ -317,14 +327,28 @@ class ExecutorNode:
                 return
         await self._commit(report, socket, decided=False)
 
+    async def _on_cancel(self, request: ExecutionReport, socket: int) -> None:
+        """A cancel request (a CANCELLED report from the backend) races a fill through the
+        decision log: whichever is written first is the order's outcome, and is answered."""
+        known = self._recent.get(request.order_id) or await self.fills.get(request.order_id)
+        if known is None:
+            self._resting.pop(request.order_id, None)
+            self.stats.resting = len(self._resting)
+        await self._commit(known or request, socket, decided=known is not None)
+
     async def _commit(self, report: ExecutionReport, socket: int, *, decided: bool) -> None:
         """Make ``report`` the final decision for its order (unless ``decided`` already),
         record the execution, and answer it on ``socket``."""
         if not decided:
             report = await self.fills.put_first(report)
+        if report.state is OrderState.CANCELLED:
+            self._resting.pop(report.order_id, None)  # a fill attempt lost to a cancel
+            self.stats.resting = len(self._resting)
         if await self.store.record_execution(report.order_id, report.exec_id):
             if report.state is OrderState.REJECTED:
                 self.stats.rejects += 1
+            elif report.state is OrderState.CANCELLED:
+                self.stats.cancels += 1
             else:
                 self.stats.fills += 1
         else:

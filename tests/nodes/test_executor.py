@@ -373,3 +373,51 @@ def test_order_id_too_long_for_an_exec_id_is_malformed(redis_server: RedisProces
             await rig.backends[0].order(routed("ok"))
             assert (await rig.backends[0].report()).order_id == "ok"
     run(redis_server, body)
+
+
+def cancel_request(order: Order) -> ExecutionReport:
+    """What the backend sends to cancel: a CANCELLED report for the order."""
+    return order.status_report(OrderState.CANCELLED, exec_id=f"{order.order_id}:cxl", epoch=1)
+
+
+def test_cancel_after_the_fill_answers_the_fill(redis_server: RedisProcess) -> None:
+    async def body(rig: Rig) -> None:
+        await rig.tick(BID, ASK)
+        async with rig.executor() as node:
+            order = routed("x1")
+            await rig.backends[0].order(order)
+            fill = await rig.backends[0].report()
+            await rig.backends[0].send(encode_order(cancel_request(order)))
+            assert await rig.backends[0].report() == fill  # the fill won: it is the outcome
+            assert (node.stats.fills, node.stats.cancels) == (1, 0)
+    run(redis_server, body)
+
+
+def test_cancel_before_the_order_arrives_wins(redis_server: RedisProcess) -> None:
+    async def body(rig: Rig) -> None:
+        await rig.tick(BID, ASK)
+        async with rig.executor() as node:
+            order = routed("x2")
+            # The cancel overtakes the order (e.g. the order is re-driven after a failover).
+            await rig.backends[0].send(encode_order(cancel_request(order)))
+            cancelled = await rig.backends[0].report()
+            assert cancelled.state is OrderState.CANCELLED
+            await rig.backends[1].order(order)
+            assert await rig.backends[1].report() == cancelled  # never executed
+            assert (node.stats.fills, node.stats.cancels) == (0, 1)
+    run(redis_server, body)
+
+
+def test_cancel_of_a_resting_order_removes_it(redis_server: RedisProcess) -> None:
+    async def body(rig: Rig) -> None:
+        await rig.tick(BID, ASK)
+        async with rig.executor() as node:
+            order = routed("x3", type_=OrderType.LIMIT, price=BID - 0.01)
+            await rig.backends[0].order(order)
+            await wait_until(lambda: node.stats.resting == 1, 3, "the order resting")
+            await rig.backends[0].send(encode_order(cancel_request(order)))
+            assert (await rig.backends[0].report()).state is OrderState.CANCELLED
+            await rig.tick(BID - 0.03, BID - 0.02)  # would have filled it
+            assert await rig.backends[0].nothing()
+            assert node.stats.resting == 0 and node.stats.fills == 0
+    run(redis_server, body)

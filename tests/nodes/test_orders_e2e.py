@@ -152,3 +152,46 @@ def test_executor_killed_mid_stream_executes_each_order_once(
                     stop.set()
                     await task
     run(main())
+
+
+def test_cancel_settles_against_fills_through_the_executor(redis_server: RedisProcess) -> None:
+    from protocols.errors import OrderRejected
+    from protocols.orders import CancelOrder, RejectReason
+    from tests.nodes.test_backend import seed_tick
+
+    async def main() -> None:
+        async with pair(redis_server, real_executor=True) as p:
+            primary = p.node(Role.PRIMARY)
+            assert p.executor is not None
+            await wait_active(primary)
+            opts = OrderClientOptions(endpoints=(p.ends[Role.PRIMARY].clients,
+                                                 p.ends[Role.BACKUP].clients))
+            store = RedisOrderStore(p.cfg.redis.url, "bk")
+            async with OrderClient(opts) as client:
+                # A limit buy below the ask rests at the executor; cancel it.
+                rest = await client.place(order("rest", price=1.0750))
+                await wait_until(lambda: p.executor is not None and
+                                 p.executor.stats.resting == 1, 5, "the order resting")
+                ack = await client.cancel(CancelOrder("acc", "cxl-1", "rest"))
+                assert ack.order_id == rest.order_id
+                await wait_until(lambda: primary.stats.reports == 1, 5, "the cancel report")
+                stored = await store.get(rest.order_id)
+                assert stored is not None and stored.state is OrderState.CANCELLED
+                # A retried cancel is harmless; a tick that would have filled it fills nothing.
+                again = await client.cancel(CancelOrder("acc", "cxl-2", "rest"))
+                assert again.state is OrderState.CANCELLED
+                await seed_tick(p.cfg, bid=1.0740, ask=1.0745)
+                await asyncio.sleep(0.2)  # several executor polls: nothing may fill now
+                assert p.executor.stats.fills == 0 and p.executor.stats.cancels == 1
+                # A filled order cannot be cancelled; an unknown one is unknown.
+                market = await client.place(order("mkt"))
+                await wait_until(lambda: primary.stats.reports == 2, 5, "the fill")
+                with pytest.raises(OrderRejected) as filled:
+                    await client.cancel(CancelOrder("acc", "cxl-3", "mkt"))
+                assert filled.value.reason is RejectReason.NOT_CANCELLABLE
+                with pytest.raises(OrderRejected) as unknown:
+                    await client.cancel(CancelOrder("acc", "cxl-4", "nope"))
+                assert unknown.value.reason is RejectReason.UNKNOWN_ORDER
+                assert market.order_id != rest.order_id
+            await store.close()
+    run(main())
