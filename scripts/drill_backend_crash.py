@@ -276,8 +276,13 @@ def write_config(run_dir: Path, redis_url: str) -> Path:
     from bus.config import MeshConfig, MeshSection, OrdersSection, RedisSection, dump_toml
     from nodes.servers import free_port
 
+    ports: set[int] = set()
+    while len(ports) < 8:  # free_port may hand out the same port twice in a row
+        ports.add(free_port())
+    pool = [f"tcp://127.0.0.1:{port}" for port in sorted(ports)]
+
     def eps() -> tuple[str, str]:
-        return (f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}")
+        return pool.pop(), pool.pop()
 
     cfg = MeshConfig(mesh=MeshSection(name="drill", key_prefix=PREFIX),
                      redis=RedisSection(url=redis_url),
