@@ -25,6 +25,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from bus.aio import cancel_and_wait
 from bus.config import MeshConfig
 from bus.logutil import RateLimitedLog
 from bus.order_store import OrderStore, RedisOrderStore
@@ -65,6 +66,10 @@ from protocols.orders import (
 from .common import stats_writer, supervise_tasks, write_json_atomic
 
 log = logging.getLogger(__name__)
+
+MAX_CONCURRENT = 256  # requests in service at once; more wait on the socket (backpressure)
+QUOTE_TTL_S = 0.05  # the last tick is read from Redis at most this often per symbol
+REDRIVE_BATCH = 500  # unconfirmed orders re-sent per re-drive round
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +119,14 @@ class BackendNode:
         self.cancels: dict[str, ExecutionReport] = {}  # order id -> cancel request in flight
         self._ids = itertools.count(1)
         self._bad = RateLimitedLog(log, f"backend {role.value}: malformed frame")
-        self._lock = asyncio.Lock()  # order handling is serialised: one writer per order
+        # Requests are served concurrently, serialised per account: idempotency keys and
+        # exposure are per account, and one account's orders are rarely concurrent anyway.
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT)
+        self._requests: set[asyncio.Task[None]] = set()
+        self._quotes: dict[str, tuple[float, tuple[float, float] | None]] = {}
+        self._sent: dict[str, float] = {}  # order id -> when it last went to the executor
+        self._ignored = RateLimitedLog(log, f"backend {role.value}: report ignored")
         ctx = self.ctx = zmq.asyncio.Context()
         self.clients = self._sock(zmq.ROUTER, endpoints.clients)
         self.executor = self._sock(zmq.ROUTER, endpoints.executor)
@@ -176,6 +188,7 @@ class BackendNode:
                     self.orders.clear()
                     self.applied.clear()
                     self.cancels.clear()
+                    self._sent.clear()
 
     async def _take_over(self, epoch: int) -> None:
         """Active from now on: reload open orders, re-drive the ones routed but unconfirmed."""
@@ -183,10 +196,15 @@ class BackendNode:
         self.orders = {o.order_id: o for o in await self.store.open_orders()}
         log.info("backend %s: active at epoch %d with %d open orders", self.role.value, epoch,
                  len(self.orders))
-        for order in self.orders.values():
-            if order.state in (OrderState.ROUTED, OrderState.PARTIALLY_FILLED):
-                await self._route(order)
-                self.stats.redriven += 1
+        for order_id, order in list(self.orders.items()):
+            if order.state is OrderState.ACCEPTED:
+                # Stored by an older version between its two writes: route it now.
+                order = order.apply(order.status_report(OrderState.ROUTED, exec_id="route",
+                                                        epoch=epoch), epoch=epoch,
+                                    now_ns=time.time_ns())
+                await self.store.write(order, epoch)
+                self.orders[order_id] = order
+        await self._redrive_once(force=True)
 
     async def handover(self) -> None:
         """Operator command: give the active role to the peer (``kill -USR2`` on the node)."""
@@ -216,9 +234,24 @@ class BackendNode:
                 await self._reply(identity, OrderReject(client_order_id_of(frames),
                                                         reject_reason_of(exc), exc.reason))
                 continue
-            async with self._lock:
-                reply = await self._handle(identity, req)
-            await self._reply(identity, reply)
+            await self._slots.acquire()
+            task = asyncio.create_task(self._serve(identity, req))
+            self._requests.add(task)
+            task.add_done_callback(self._served)
+
+    def _served(self, task: asyncio.Task[None]) -> None:
+        self._requests.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("backend %s: request failed", self.role.value, exc_info=task.exception())
+
+    def _lock(self, account: str) -> asyncio.Lock:
+        return self._locks.setdefault(account, asyncio.Lock())
+
+    async def _serve(self, identity: bytes, req: Any) -> None:
+        async with self._lock(req.account):
+            reply = await self._handle(identity, req)
+        await self._reply(identity, reply)
 
     async def _reply(self, identity: bytes, reply: OrderAck | OrderReject) -> None:
         if isinstance(reply, OrderAck):
@@ -237,29 +270,45 @@ class BackendNode:
 
     async def _place(self, identity: bytes, req: NewOrder) -> OrderAck | OrderReject:
         epoch = self.star.epoch
-        existing = await self.store.by_client_id(req.account, req.client_order_id)
+        # The two reads are independent: one round trip of latency, not two.
+        existing, quote = await asyncio.gather(
+            self.store.by_client_id(req.account, req.client_order_id), self._quote(req.symbol))
         if existing is not None:
             return self._duplicate(existing, req, identity)
-        reason = await self._check(req)
+        exposure = sum(o.leaves_quantity * (o.price or 0.0) for o in self.orders.values()
+                       if o.order.account == req.account)
+        reason = validate(req, limits=self.limits, last_bid_ask=quote, exposure=exposure)
         if reason is not None:
             return OrderReject(req.client_order_id, reason, f"{reason.name.lower()}")
         now = time.time_ns()
         order = Order.from_new(f"O{epoch}.{next(self._ids)}", req, epoch=epoch, now_ns=now)
-        order = order.apply(order.status_report(OrderState.ACCEPTED, exec_id="accept",
-                                                epoch=epoch), epoch=epoch, now_ns=now)
+        for state, step in ((OrderState.ACCEPTED, "accept"), (OrderState.ROUTED, "route")):
+            order = order.apply(order.status_report(state, exec_id=step, epoch=epoch),
+                                epoch=epoch, now_ns=now)
         try:
-            await self.store.write(order, epoch)  # acknowledged only once it is stored
+            # One fenced write, before the ack: stored as ROUTED, so a takeover re-drives it
+            # even if this node dies before the executor has it (the executor dedupes).
+            await self.store.write(order, epoch)
         except InvalidOrder as exc:  # the client order id was taken meanwhile
             return OrderReject(req.client_order_id, RejectReason.DUPLICATE_DIFFERENT, str(exc))
         self.routes[order.order_id] = identity
         self.orders[order.order_id] = order
-        ack = OrderAck(req.client_order_id, order.order_id, order.state, epoch)
-        routed = order.apply(order.status_report(OrderState.ROUTED, exec_id="route",
-                                                 epoch=epoch), epoch=epoch, now_ns=now)
-        await self.store.write(routed, epoch)
-        self.orders[routed.order_id] = routed
-        await self._route(routed)
-        return ack
+        await self._route(order)
+        return OrderAck(req.client_order_id, order.order_id, order.state, epoch)
+
+    async def _quote(self, symbol: str) -> tuple[float, float] | None:
+        """The last tick's (bid, ask), cached for QUOTE_TTL_S: validation needs a recent
+        quote, not one Redis round trip per order."""
+        if symbol not in self.limits.symbols:
+            return None
+        now = time.monotonic()
+        hit = self._quotes.get(symbol)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        entry = await self.ticks.last(symbol)
+        quote = (entry.row[0], entry.row[1]) if entry is not None else None
+        self._quotes[symbol] = (now + QUOTE_TTL_S, quote)
+        return quote
 
     async def _guarded(self, client_order_id: str,
                        work: Coroutine[Any, Any, OrderAck | OrderReject]
@@ -305,13 +354,6 @@ class BackendNode:
         state = existing.state if existing.state is not OrderState.NEW else OrderState.ACCEPTED
         return OrderAck(req.client_order_id, existing.order_id, state, self.star.epoch)
 
-    async def _check(self, req: NewOrder) -> RejectReason | None:
-        entry = await self.ticks.last(req.symbol) if req.symbol in self.limits.symbols else None
-        quote = (entry.row[0], entry.row[1]) if entry is not None else None
-        exposure = sum(o.leaves_quantity * (o.price or 0.0) for o in self.orders.values()
-                       if o.order.account == req.account)
-        return validate(req, limits=self.limits, last_bid_ask=quote, exposure=exposure)
-
     # -- executor --------------------------------------------------------------------------
 
     async def _route(self, order: Order) -> None:
@@ -322,6 +364,7 @@ class BackendNode:
         try:
             await self.executor.send_multipart([self.executor_id, *encode_order(msg)],
                                                flags=zmq.NOBLOCK)
+            self._sent[order_id] = time.monotonic()
             return True
         except zmq.ZMQError as exc:  # EHOSTUNREACH: not connected; EAGAIN: its queue is full
             log.warning("backend %s: executor %s unreachable (%s); %s waits for re-drive",
@@ -332,16 +375,24 @@ class BackendNode:
         """Send again orders routed a while ago and still unconfirmed (executor restarted)."""
         while True:
             await asyncio.sleep(self.redrive_s)
-            if not self.star.serving:
-                continue
-            stale = time.time_ns() - int(self.redrive_s * 1e9)
-            for order in list(self.orders.values()):
-                if order.state is OrderState.ROUTED and order.updated_ns < stale:
-                    await self._route(order)
-                    self.stats.redriven += 1
-            for order_id, request in list(self.cancels.items()):
-                if request.transact_ns < stale:  # no answer yet: ask again (idempotent)
-                    await self._send_executor(request, order_id)
+            if self.star.serving:
+                await self._redrive_once()
+
+    async def _redrive_once(self, force: bool = False) -> None:
+        """Re-send unconfirmed orders and cancels, oldest first, at most REDRIVE_BATCH a round
+        and each at most once per ``redrive_s``: a backlog must not become a resend storm."""
+        now = time.monotonic()
+        due = [o for o in self.orders.values()
+               if o.state in (OrderState.ROUTED, OrderState.PARTIALLY_FILLED)
+               and (force or now - self._sent.get(o.order_id, 0.0) >= self.redrive_s)]
+        due.sort(key=lambda o: o.updated_ns)
+        for order in due[:REDRIVE_BATCH]:
+            if order.state is OrderState.ROUTED or force:
+                await self._route(order)
+                self.stats.redriven += 1
+        for order_id, request in list(self.cancels.items())[:REDRIVE_BATCH]:
+            if now - self._sent.get(order_id, 0.0) >= self.redrive_s:
+                await self._send_executor(request, order_id)
 
     async def _executor_reports(self) -> None:
         while True:
@@ -353,7 +404,7 @@ class BackendNode:
                 self._bad.warning("executor: %s", exc.reason)
                 continue
             if isinstance(report, ExecutionReport) and self.star.serving:
-                async with self._lock:
+                async with self._lock(report.account):
                     await self._apply(report)
 
     async def _apply(self, report: ExecutionReport) -> None:
@@ -364,8 +415,8 @@ class BackendNode:
         try:
             updated = order.apply(report, epoch=epoch, now_ns=time.time_ns())
             await self.store.write(updated, epoch)
-        except OrderStateError as exc:
-            log.warning("backend %s: report ignored: %s", self.role.value, exc)
+        except OrderStateError as exc:  # e.g. a replayed fill of an order already filled
+            self._ignored.warning("%s", exc)
             return
         except Fenced as exc:
             self.stats.fenced += 1
@@ -376,6 +427,7 @@ class BackendNode:
         if updated.terminal:
             self.orders.pop(updated.order_id, None)
             self.cancels.pop(updated.order_id, None)
+            self._sent.pop(updated.order_id, None)
         else:
             self.orders[updated.order_id] = updated
         frames = encode_order(report)
@@ -399,6 +451,7 @@ class BackendNode:
         try:
             return await supervise_tasks(f"backend {self.role.value}", stop, tasks)
         finally:
+            await cancel_and_wait(list(self._requests), what=f"backend {self.role.value}")
             for sock in (self.clients, self.executor, self.peer_pub, self.updates,
                          self.peer_sub):
                 sock.close(linger=0)

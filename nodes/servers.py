@@ -16,6 +16,7 @@ import atexit
 import contextlib
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -55,12 +56,25 @@ def _kill_leftovers() -> None:
         _live.discard(proc)
 
 
+# Ports handed out for servers come from below the kernel's ephemeral range (32768-60999 by
+# default): a port from that range can be taken as the *local* port of any outgoing connection
+# (a Redis client, a ZeroMQ connect) between being picked and being bound, which made tests
+# fail with "Address already in use" now and then.
+_PORTS = (20000, 32000)
+_rnd = random.Random()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port on ``host`` that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """Return a TCP port on ``host`` that was free a moment ago (and is not ephemeral)."""
+    for _ in range(200):
+        port = _rnd.randrange(*_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise ServerError(f"no free port in {_PORTS[0]}..{_PORTS[1]} on {host}")
 
 
 def _find_binary(name: str, package: str) -> str:

@@ -87,9 +87,10 @@ class PairConfig:
     heartbeat_s: float = 0.02
     peer_timeout_s: float = 0.06  # three heartbeats: one late packet is not a death
     cold_start_s: float = 1.0  # a node that never heard its peer may serve after this
-    # After stepping down (fenced or handed over) a node does not take over on its own (client
-    # vote, passive peer) for this long: otherwise a node cut off from its peer but not from
-    # clients and store would take the epoch back at once, and a handover would bounce back.
+    # After stepping down (fenced, outvoted, handed over) or losing an epoch race, a node does
+    # not take over on its own (client vote, passive peer) for this long: otherwise a node cut
+    # off from its peer but not from clients and store would take the epoch back at once, a
+    # handover would bounce back, and a starved pair would flap.
     holdoff_s: float = 1.0
 
     def __post_init__(self) -> None:
@@ -174,7 +175,7 @@ class BinaryStar:
         else:
             event = _PEER_EVENT[peer_state]
         self.epoch = max(self.epoch, peer_epoch)
-        return self._fire(event)
+        return self._fire(event, now)
 
     def on_request(self, now: float) -> tuple[bool, list[Effect]]:
         """A client request arrived: serve it (True) or answer "not active, retry"."""
@@ -188,26 +189,26 @@ class BinaryStar:
         if self.state is not State.TAKING_OVER:
             return []  # a late answer after we already stepped aside
         self.epoch = max(self.epoch, epoch)
+        if not acquired:
+            # Someone holds a newer epoch, most likely a live active we have not heard yet.
+            # Retrying at once (now knowing the epoch) would win and depose it.
+            self.holdoff_until = now + self.config.holdoff_s
         return self._fire(E.EPOCH_ACQUIRED if acquired else E.EPOCH_LOST)
 
     def on_fenced(self, store_epoch: int, now: float) -> list[Effect]:
         """A state write was refused: the store's epoch is newer than ours."""
         self.epoch = max(self.epoch, store_epoch)
-        effects = self._fire(E.FENCED)
-        if effects:
-            self.holdoff_until = now + self.config.holdoff_s
-        return effects
+        return self._fire(E.FENCED, now)
 
     def on_handover(self, now: float) -> list[Effect]:
         """Operator command on the active node: give the active role to the peer."""
         if self.state is not State.ACTIVE:
             return []
-        self.holdoff_until = now + self.config.holdoff_s
-        return self._fire(E.HANDOVER)
+        return self._fire(E.HANDOVER, now)
 
     # -- internals -------------------------------------------------------------------------
 
-    def _fire(self, event: Event) -> list[Effect]:
+    def _fire(self, event: Event, now: float | None = None) -> list[Effect]:
         if (self.state, event) in FATAL:
             raise PeerConflict(f"{self.role.name} node in state {self.state.name} saw "
                                f"{event.name}: both nodes are configured as "
@@ -222,5 +223,9 @@ class BinaryStar:
         if nxt is State.ACTIVE:
             return [BecameActive(self.epoch)]
         if prev is State.ACTIVE:
+            # Whatever made us step down (fenced, outvoted, handed over), do not take the role
+            # back on our own for a while: under CPU starvation that is what made pairs flap.
+            if now is not None:
+                self.holdoff_until = now + self.config.holdoff_s
             return [SteppedDown(event)]
         return []

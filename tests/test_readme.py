@@ -65,4 +65,4 @@ def test_readme_order_example_runs(redis_server: RedisProcess,
                 await env["main"]()  # type: ignore[operator]
     asyncio.run(main())
     order_id, state, report = capsys.readouterr().out.split()
-    assert state == "ACCEPTED" and report == "FILLED" and order_id.startswith("O")
+    assert state == "ROUTED" and report == "FILLED" and order_id.startswith("O")

@@ -186,7 +186,8 @@ def test_order_is_accepted_routed_filled_and_reported(redis_server: RedisProcess
         async with pair(redis_server) as p:
             await wait_active(p.node(Role.PRIMARY))
             ack = await p.request(Role.PRIMARY, order("c1"))
-            assert isinstance(ack, OrderAck) and ack.state is OrderState.ACCEPTED
+            # Acknowledged once stored (a single fenced write, as ROUTED).
+            assert isinstance(ack, OrderAck) and ack.state is OrderState.ROUTED
             await wait_until(lambda: p.node(Role.PRIMARY).stats.reports == 1, 3, "the fill")
             store = RedisOrderStore(p.cfg.redis.url, "bk")
             stored = await store.get(ack.order_id)
