@@ -64,6 +64,7 @@ from .common import stats_writer, supervise_tasks, write_json_atomic
 
 log = logging.getLogger(__name__)
 
+QUOTE_TTL_S = 0.005  # fills price at the last tick: re-read it at most every 5 ms
 RECENT_REPORTS = 10_000  # replays answered from memory; older ones are read from the fill log
 MAX_RESTING = 10_000
 _HEADER = 4  # the order codec's header frame: "TM", version, kind
@@ -263,6 +264,7 @@ class ExecutorNode:
             self.socks.append(sock)
         self._recent: OrderedDict[str, ExecutionReport] = OrderedDict()
         self._resting: dict[str, _Resting] = {}
+        self._quote_cache: dict[str, tuple[float, Quote | None]] = {}
         self._resting_changed = asyncio.Event()
         self._bad = RateLimitedLog(log, f"executor {name}: malformed message")
         self._store_log = RateLimitedLog(log, f"executor {name}: store error")
@@ -300,7 +302,10 @@ class ExecutorNode:
             self._bad.warning("order %s: %s", msg.order_id, exc)
 
     async def _on_order(self, order: Order, socket: int) -> None:
-        known = self._recent.get(order.order_id) or await self.fills.get(order.order_id)
+        # A decision made earlier by this process is answered from memory. One made before a
+        # restart needs no read here: the first-writer-wins write below returns it instead of
+        # ours (one Redis round trip saved on the common path, a first-seen market order).
+        known = self._recent.get(order.order_id)
         if known is not None:
             await self._commit(known, socket, decided=True)
             return
@@ -313,9 +318,13 @@ class ExecutorNode:
         if resting is not None:  # re-driven while it rests: answer where it came from now
             resting.socket = socket
             return
-        quotes = await self._quotes([order.order.symbol])
-        report = decide(order, quotes.get(order.order.symbol), time.time_ns())
+        quote = await self._quote(order.order.symbol)
+        report = decide(order, quote, time.time_ns())
         if report is None:
+            known = await self.fills.get(order.order_id)  # about to rest: decided before?
+            if known is not None:
+                await self._commit(known, socket, decided=True)
+                return
             if len(self._resting) >= self.max_resting:
                 log.warning("executor %s: %d orders rest already: order %s rejected",
                             self.name, len(self._resting), order.order_id)
@@ -366,6 +375,17 @@ class ExecutorNode:
         self._recent.move_to_end(report.order_id)
         if len(self._recent) > RECENT_REPORTS:
             self._recent.popitem(last=False)
+
+    async def _quote(self, symbol: str) -> Quote | None:
+        """The symbol's last usable quote; one HGET, cached for QUOTE_TTL_S."""
+        now = time.monotonic()
+        hit = self._quote_cache.get(symbol)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        entry = await self.ticks.last(symbol)
+        quote = usable_quote(entry.row[0], entry.row[1]) if entry is not None else None
+        self._quote_cache[symbol] = (now + QUOTE_TTL_S, quote)
+        return quote
 
     async def _quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
         wanted = set(symbols)
