@@ -126,6 +126,7 @@ class BackendNode:
         self._requests: set[asyncio.Task[None]] = set()
         self._quotes: dict[str, tuple[float, tuple[float, float] | None]] = {}
         self._sent: dict[str, float] = {}  # order id -> when it last went to the executor
+        self._reload_pending = False  # a takeover could not read the open orders yet
         self._ignored = RateLimitedLog(log, f"backend {role.value}: report ignored")
         ctx = self.ctx = zmq.asyncio.Context()
         self.clients = self._sock(zmq.ROUTER, endpoints.clients)
@@ -193,7 +194,19 @@ class BackendNode:
     async def _take_over(self, epoch: int) -> None:
         """Active from now on: reload open orders, re-drive the ones routed but unconfirmed."""
         self.stats.takeovers += 1
+        try:
+            await self._reload(epoch)
+        except Fenced as exc:  # a newer active exists already: step aside
+            await self._effects(self.star.on_fenced(exc.current, time.monotonic()))
+        except StoreError as exc:
+            # Serving goes on (new orders are refused while the store is away); the re-drive
+            # loop retries the reload, so no open order is forgotten.
+            log.warning("backend %s: cannot reload open orders yet: %s", self.role.value, exc)
+            self._reload_pending = True
+
+    async def _reload(self, epoch: int) -> None:
         self.orders = {o.order_id: o for o in await self.store.open_orders()}
+        self._reload_pending = False
         log.info("backend %s: active at epoch %d with %d open orders", self.role.value, epoch,
                  len(self.orders))
         for order_id, order in list(self.orders.items()):
@@ -375,8 +388,16 @@ class BackendNode:
         """Send again orders routed a while ago and still unconfirmed (executor restarted)."""
         while True:
             await asyncio.sleep(self.redrive_s)
-            if self.star.serving:
+            if not self.star.serving:
+                continue
+            try:
+                if self._reload_pending:
+                    await self._reload(self.star.epoch)
                 await self._redrive_once()
+            except Fenced as exc:
+                await self._effects(self.star.on_fenced(exc.current, time.monotonic()))
+            except StoreError as exc:
+                log.warning("backend %s: re-drive postponed: %s", self.role.value, exc)
 
     async def _redrive_once(self, force: bool = False) -> None:
         """Re-send unconfirmed orders and cancels, oldest first, at most REDRIVE_BATCH a round
@@ -439,6 +460,12 @@ class BackendNode:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> int:
+        try:
+            # Start from the store's epoch: a node that assumed 0 would lose its first
+            # compare-and-swap for nothing and then hold off before it could serve.
+            self.star.epoch = await self.store.current_epoch()
+        except StoreError as exc:
+            log.warning("backend %s: store epoch unknown at start (%s)", self.role.value, exc)
         tasks = [asyncio.create_task(self._redrive(), name="redrive"),
                  asyncio.create_task(self._heartbeats(), name="heartbeats"),
                  asyncio.create_task(self._peer(), name="peer"),

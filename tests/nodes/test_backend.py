@@ -455,3 +455,57 @@ def test_operator_handover_moves_the_active_role(redis_server: RedisProcess) -> 
             await asyncio.sleep(scaled(PAIR.holdoff_s + 0.2))
             assert backup.star.serving and not primary.star.serving
     run(main())
+
+
+class ReloadFailsOnce(RedisOrderStore):
+    """A fault wrapper: the first read of the open orders fails as if Redis were away."""
+
+    failed = False
+
+    async def open_orders(self) -> list[Order]:
+        if not self.failed:
+            self.failed = True
+            from protocols.errors import StoreUnavailable
+            raise StoreUnavailable("injected: redis unreachable during the takeover")
+        return await super().open_orders()
+
+
+def test_takeover_retries_the_reload_of_open_orders(redis_server: RedisProcess) -> None:
+    async def main() -> None:
+        cfg = MeshConfig(mesh=MeshSection(key_prefix="bk"),
+                         redis=RedisSection(url=redis_server.url))
+        await seed_tick(cfg)
+        # An order routed under epoch 1 by a backend that then died.
+        seed = RedisOrderStore(cfg.redis.url, "bk")
+        _, epoch = await seed.acquire_epoch(0)
+        o = Order.from_new("O1.1", order("left"), epoch=epoch, now_ns=1)
+        for state in (OrderState.ACCEPTED, OrderState.ROUTED):
+            o = o.apply(o.status_report(state, exec_id=state.name, epoch=epoch), epoch=epoch,
+                        now_ns=2)
+        await seed.write(o, epoch)
+        await seed.close()
+        ends = BackendEndpoints(clients=tcp(), peer_pub=tcp(), peer_sub=tcp(), updates=tcp(),
+                                executor=tcp())
+        node = BackendNode(cfg, Role.BACKUP, ends, limits=LIMITS, pair=PAIR, redrive_s=0.1,
+                           store=ReloadFailsOnce(cfg.redis.url, "bk"))
+        stop = asyncio.Event()
+        task = asyncio.create_task(node.run(stop))
+        ctx = zmq.asyncio.Context()
+        executed: list[Order] = []
+        ex = asyncio.create_task(fake_executor(ctx, [ends.executor], executed))
+        p = Pair(cfg, None, node, {Role.BACKUP: ends}, ctx)
+        try:
+            await asyncio.sleep(scaled(PAIR.cold_start_s))  # alone: the cold-start wait
+            await p.request(Role.BACKUP, order("first"))  # the client vote: it takes over
+            assert node.star.serving
+            assert isinstance(node.store, ReloadFailsOnce) and node.store.failed  # it happened
+            await wait_until(lambda: any(x.order_id == "O1.1" for x in executed), 5,
+                             "the order left behind re-driven once the reload works")
+            assert not node._reload_pending
+        finally:
+            ex.cancel()
+            await asyncio.gather(ex, return_exceptions=True)
+            stop.set()
+            await task
+            ctx.term()
+    run(main())
