@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
-from collections.abc import Iterable
-from typing import Any
+import threading
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -52,3 +56,42 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], grace_s: float = 5
         if t.done() and not t.cancelled():
             t.exception()
     return True
+
+
+class LoopThread:
+    """An event loop on a daemon thread of its own: what the blocking wrappers of the asyncio
+    clients (``BlockingSubscriber``, ``BlockingOrderClient``) are built on."""
+
+    def __init__(self, name: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+        """Run ``coro`` on the loop and wait for it; ``TimeoutError`` (and it is cancelled)
+        after ``timeout`` seconds."""
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return fut.result(timeout)
+        except TimeoutError:
+            fut.cancel()
+            raise
+
+    def run(self, fn: Callable[[], T], timeout: float = 5.0) -> T:
+        """Call ``fn`` on the loop's thread (the asyncio objects are not thread-safe)."""
+        async def wrapper() -> T:
+            return fn()
+        return self.call(wrapper(), timeout)
+
+    def close(self, final: Coroutine[Any, Any, Any] | None = None, timeout: float = 5.0) -> None:
+        """Run ``final`` (the client's close), then stop the loop and join the thread."""
+        if self._loop.is_closed():
+            if final is not None:
+                final.close()
+            return
+        if final is not None:
+            with contextlib.suppress(Exception):  # closing must not fail the caller's exit
+                self.call(final, timeout)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout)
+        self._loop.close()

@@ -30,10 +30,8 @@ Rules (docs/ORDERS.md, "Client retries"):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
-import threading
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
@@ -65,7 +63,7 @@ from protocols.orders import (
     ReplaceOrder,
 )
 
-from .aio import cancel_and_wait
+from .aio import LoopThread, cancel_and_wait
 from .config import MeshConfig
 from .logutil import RateLimitedLog
 
@@ -375,55 +373,34 @@ class BlockingOrderClient:
     """An :class:`OrderClient` for synchronous code: it runs on its own event-loop thread."""
 
     def __init__(self, options: OrderClientOptions, start_timeout_s: float = 10.0) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="tickmesh-orders",
-                                        daemon=True)
-        self._thread.start()
+        self._thread = LoopThread("tickmesh-orders")
         self._client = OrderClient(options)
         self.client_id = self._client.client_id
-        self._call(self._client.start(), start_timeout_s)
-
-    def _call(self, coro: Any, timeout: float | None) -> Any:
-        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return fut.result(timeout)
-        except TimeoutError:
-            fut.cancel()
-            raise
+        self._thread.call(self._client.start(), start_timeout_s)
 
     def place(self, order: NewOrder, timeout: float | None = None) -> OrderAck:
         """As :meth:`OrderClient.place`; ``TimeoutError`` after ``timeout`` seconds (the
         client's own ``deadline_s`` applies too)."""
-        return self._call(self._client.place(order), timeout)  # type: ignore[no-any-return]
+        return self._thread.call(self._client.place(order), timeout)
 
     def cancel(self, req: CancelOrder, timeout: float | None = None) -> OrderAck:
-        return self._call(self._client.cancel(req), timeout)  # type: ignore[no-any-return]
+        return self._thread.call(self._client.cancel(req), timeout)
 
     def replace(self, req: ReplaceOrder, timeout: float | None = None) -> OrderAck:
-        return self._call(self._client.replace(req), timeout)  # type: ignore[no-any-return]
+        return self._thread.call(self._client.replace(req), timeout)
 
     def next_update(self, timeout: float | None = None) -> ExecutionReport:
         """Block until an execution report arrives (``TimeoutError`` after ``timeout``)."""
-        return self._call(self._client.next_update(), timeout)  # type: ignore[no-any-return]
+        return self._thread.call(self._client.next_update(), timeout)
 
     def connected(self) -> tuple[bool, ...]:
-        return self._call(self._sync(self._client.connected), 5.0)  # type: ignore[no-any-return]
+        return self._thread.run(self._client.connected)
 
     def stats(self) -> dict[str, int]:
-        return self._call(self._sync(self._client.stats), 5.0)  # type: ignore[no-any-return]
-
-    @staticmethod
-    async def _sync(fn: Any) -> Any:
-        return fn()
+        return self._thread.run(self._client.stats)
 
     def close(self) -> None:
-        if self._loop.is_closed():
-            return
-        with contextlib.suppress(Exception):
-            self._call(self._client.close(), 5.0)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5.0)
-        self._loop.close()
+        self._thread.close(self._client.close())
 
     def __enter__(self) -> BlockingOrderClient:
         return self

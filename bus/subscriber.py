@@ -18,11 +18,9 @@ not asynchronous (notebooks, scripts).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import struct
-import threading
 import time
 from array import array
 from collections import deque
@@ -49,7 +47,7 @@ from protocols.codec import FeedHeader, decode_header, decode_rows, topic
 from protocols.errors import ConfigError, RecoveryError, RemoteProtocolError
 from protocols.messages import GapFillReply, Kind, Row, Tick
 
-from .aio import cancel_and_wait
+from .aio import LoopThread, cancel_and_wait
 from .config import MeshConfig, parse_hostport
 from .logutil import RateLimitedLog
 from .recovery_client import RecoveryClient
@@ -476,24 +474,13 @@ class BlockingSubscriber:
     """A :class:`Subscriber` for synchronous code: it runs on its own event-loop thread."""
 
     def __init__(self, options: SubscriberOptions, start_timeout_s: float = 10.0) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="tickmesh-sub",
-                                        daemon=True)
-        self._thread.start()
+        self._thread = LoopThread("tickmesh-sub")
         self._sub = Subscriber(options)
-        self._call(self._sub.start(), start_timeout_s)
-
-    def _call(self, coro: Any, timeout: float | None) -> Any:
-        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return fut.result(timeout)
-        except TimeoutError:
-            fut.cancel()
-            raise
+        self._thread.call(self._sub.start(), start_timeout_s)
 
     def get_many(self, max_items: int = 10_000, timeout: float | None = None) -> list[Tick]:
         """Block until ticks arrive (``TimeoutError`` after ``timeout`` seconds)."""
-        return self._call(self._sub.get_many(max_items), timeout)  # type: ignore[no-any-return]
+        return self._thread.call(self._sub.get_many(max_items), timeout)
 
     def get(self, timeout: float | None = None) -> Tick:
         return self.get_many(1, timeout)[0]
@@ -503,19 +490,10 @@ class BlockingSubscriber:
             yield from self.get_many()
 
     def stats(self) -> dict[str, Any]:
-        return self._call(self._async_stats(), 5.0)  # type: ignore[no-any-return]
-
-    async def _async_stats(self) -> dict[str, Any]:
-        return self._sub.stats()
+        return self._thread.run(self._sub.stats)
 
     def close(self) -> None:
-        if self._loop.is_closed():
-            return
-        with contextlib.suppress(Exception):
-            self._call(self._sub.close(), 5.0)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5.0)
-        self._loop.close()
+        self._thread.close(self._sub.close())
 
     def __enter__(self) -> BlockingSubscriber:
         return self
