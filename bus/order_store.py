@@ -161,8 +161,13 @@ class RedisOrderStore:
         blobs = await self._call(self.redis.mget([self._k("order", i.decode()) for i in ids]))
         return [_order(b) for b in blobs if b is not None]
 
+    def executed_key(self, order_id: str) -> str:
+        """The set of execution ids carried out for an order (for scripts that record an
+        execution atomically with something else, like the executor's decision)."""
+        return self._k("executed", order_id)
+
     async def record_execution(self, order_id: str, exec_id: str) -> bool:
-        added = await self._call(self.redis.sadd(self._k("executed", order_id), exec_id))
+        added = await self._call(self.redis.sadd(self.executed_key(order_id), exec_id))
         return bool(added)
 
     async def close(self) -> None:

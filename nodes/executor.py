@@ -42,7 +42,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -134,6 +134,14 @@ class FillLog(Protocol):
         """Store ``report`` unless a decision for its order exists; return the stored one."""
         ...
 
+    async def decide(self, report: ExecutionReport) -> tuple[bool, ExecutionReport]:
+        """:meth:`put_first`, and, where the log can, record the execution in the same step.
+
+        Returns ``(recorded, decision)``: ``recorded`` is True when the execution of the
+        decision was recorded here (the caller records it otherwise).
+        """
+        ...
+
 
 def _blob(report: ExecutionReport) -> bytes:
     header, body = encode_order(report)
@@ -149,12 +157,27 @@ def _report(blob: bytes | str) -> ExecutionReport:
     return msg
 
 
+# KEYS: the fill log hash, the order's executed set. ARGV: the report, its exec id.
+# The decision and its execution record in one round trip, atomically: a won decision is
+# recorded at once (no crash window between the two), a lost one returns the winner.
+_DECIDE = """
+if redis.call('HSETNX', KEYS[1], 'report', ARGV[1]) == 1 then
+  redis.call('SADD', KEYS[2], ARGV[2])
+  return {1}
+end
+return {0, redis.call('HGET', KEYS[1], 'report')}
+"""
+
+
 class RedisFillLog:
     """:class:`FillLog` in the hash ``{prefix}:fills:{order_id}``, field ``report``."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str,
+                 executed_key: Callable[[str], str] | None = None) -> None:
         self.redis = client
         self.prefix = prefix
+        self._executed_key = executed_key or (lambda oid: f"{prefix}:executed:{oid}")
+        self._decide = client.register_script(_DECIDE)
 
     def _key(self, order_id: str) -> str:
         return f"{self.prefix}:fills:{order_id}"
@@ -178,6 +201,14 @@ class RedisFillLog:
             raise StoreError(f"fill log entry {key} vanished")
         return _report(blob)
 
+    async def decide(self, report: ExecutionReport) -> tuple[bool, ExecutionReport]:
+        keys = [self._key(report.order_id), self._executed_key(report.order_id)]
+        try:
+            result = await self._decide(keys=keys, args=[_blob(report), report.exec_id])
+        except RedisError as exc:
+            raise store_error(exc) from exc
+        return (True, report) if result[0] == 1 else (False, _report(result[1]))
+
 
 class MemoryFillLog:
     """:class:`FillLog` in this process only (for an order store that is not on Redis): not
@@ -198,6 +229,9 @@ class MemoryFillLog:
         if len(self._reports) > self.capacity:
             self._reports.popitem(last=False)
         return report
+
+    async def decide(self, report: ExecutionReport) -> tuple[bool, ExecutionReport]:
+        return False, await self.put_first(report)  # the caller records the execution
 
 
 # --- the node --------------------------------------------------------------------------------
@@ -244,7 +278,7 @@ class ExecutorNode:
         self.store: OrderStore = store
         self.ticks: TickStore = ticks
         if fills is None:
-            fills = (RedisFillLog(store.redis, store.prefix)
+            fills = (RedisFillLog(store.redis, store.prefix, store.executed_key)
                      if isinstance(store, RedisOrderStore) else MemoryFillLog())
         self.fills: FillLog = fills
         self.poll_s = poll_s
@@ -348,12 +382,15 @@ class ExecutorNode:
     async def _commit(self, report: ExecutionReport, socket: int, *, decided: bool) -> None:
         """Make ``report`` the final decision for its order (unless ``decided`` already),
         record the execution, and answer it on ``socket``."""
+        recorded = False
         if not decided:
-            report = await self.fills.put_first(report)
+            recorded, report = await self.fills.decide(report)
         if report.state is OrderState.CANCELLED:
             self._resting.pop(report.order_id, None)  # a fill attempt lost to a cancel
             self.stats.resting = len(self._resting)
-        if await self.store.record_execution(report.order_id, report.exec_id):
+        # Recorded with the decision (one round trip), or now: a replay, a decision logged by
+        # a process that died before recording it, or a log that cannot record.
+        if recorded or await self.store.record_execution(report.order_id, report.exec_id):
             if report.state is OrderState.REJECTED:
                 self.stats.rejects += 1
             elif report.state is OrderState.CANCELLED:
