@@ -47,11 +47,8 @@ import itertools
 import json
 import math
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -69,9 +66,9 @@ from bench_ticks import (  # noqa: E402
     Procs,
     Profile,
     _fmt,
-    _no_nan,
     _peak_rss_mb,
     _percentiles_us,
+    drive,
     folded_summary,
     machine,
 )
@@ -641,34 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-rate", type=int, default=1000)
     args = p.parse_args(argv)
 
-    # SIGTERM must unwind through the finally blocks that stop the children.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    workdir = Path(tempfile.mkdtemp(prefix="tickmesh-bench-orders-"))
-    procs = Procs(workdir)
-    t0 = time.monotonic()
-    try:
-        if args.profile:
-            run_profile(args, procs, workdir)
-            return 0
-        result = run_bench(args, procs, workdir)
-    except BenchError as exc:
-        _say(f"failed: {exc} (logs in {workdir})")
-        args.keep = True
-        return 1
-    finally:
-        procs.stop_all()
-        if args.keep:
-            _say(f"work directory kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    result["elapsed_s"] = round(time.monotonic() - t0, 1)
-    print(render(result))
-    print(f"\n(elapsed {result['elapsed_s']} s)")
-    if args.json:
-        print(json.dumps(_no_nan({**result["summary"], "machine": result["machine"],
-                                  "steps": result["steps"], "raw": result["raw"],
-                                  "elapsed_s": result["elapsed_s"]}), allow_nan=False))
-    return 0
+    return drive(args, "tickmesh-bench-orders-", run_profile, run_bench, render, _say)
 
 
 if __name__ == "__main__":

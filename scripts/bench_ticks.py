@@ -55,6 +55,7 @@ import sys
 import tempfile
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -1174,33 +1175,42 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --profile: cProfile, or py-spy (pip install py-spy)")
     args = p.parse_args(argv)
 
+    return drive(args, "tickmesh-bench-", run_profile, run_bench, render, _say)
+
+
+def drive(args: argparse.Namespace, prefix: str,
+          profile: Callable[[argparse.Namespace, Procs, Path], None],
+          bench: Callable[[argparse.Namespace, Procs, Path], dict[str, Any]],
+          render_result: Callable[[dict[str, Any]], str], say: Callable[[str], None]) -> int:
+    """The main of every benchmark: a work directory, the run (or the profile), every child
+    process stopped whatever happens, the table, and with ``--json`` the JSON line last."""
     # SIGTERM must unwind through the finally blocks that stop the children.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    workdir = Path(tempfile.mkdtemp(prefix="tickmesh-bench-"))
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     procs = Procs(workdir)
     t0 = time.monotonic()
     try:
         if args.profile:
-            run_profile(args, procs, workdir)
+            profile(args, procs, workdir)
             return 0
-        result = run_bench(args, procs, workdir)
+        result = bench(args, procs, workdir)
     except BenchError as exc:
-        _say(f"failed: {exc} (logs in {workdir})")
+        say(f"failed: {exc} (logs in {workdir})")
         args.keep = True
         return 1
     finally:
         procs.stop_all()
         if args.keep:
-            _say(f"work directory kept: {workdir}")
+            say(f"work directory kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     result["elapsed_s"] = round(time.monotonic() - t0, 1)
-    print(render(result))
+    print(render_result(result))
     print(f"\n(elapsed {result['elapsed_s']} s)")
     if args.json:
         print(json.dumps(_no_nan({**result["summary"], "machine": result["machine"],
-                          "steps": result["steps"], "raw": result["raw"],
-                          "elapsed_s": result["elapsed_s"]}), allow_nan=False))
+                                  "steps": result["steps"], "raw": result["raw"],
+                                  "elapsed_s": result["elapsed_s"]}), allow_nan=False))
     return 0
 
 
