@@ -686,3 +686,22 @@ def test_random_reports_keep_the_record_consistent(quantity: float, n: int,
         if is_fill:  # the average lies between the old average and this fill's price
             lo, hi = sorted((before.avg_price or price, price))
             assert lo * (1 - 1e-9) <= rec_.avg_price <= hi * (1 + 1e-9)
+
+
+def test_average_price_of_a_tiny_first_fill_is_its_price() -> None:
+    """Regression (found by hypothesis): 5e-324 lots at 1.5 once averaged to 2.0."""
+    from protocols.orders import ExecutionReport, NewOrder, Order, OrderState, OrderType, Side
+    new = NewOrder("ACC-1", "c-1", "EURUSD", Side.BUY, OrderType.LIMIT, 1.0, 1.6, 1)
+    rec = Order.from_new("o-1", new, epoch=1, now_ns=1)
+    for n, state in enumerate((OrderState.ACCEPTED, OrderState.ROUTED), start=2):
+        rec = rec.apply(rec.status_report(state, exec_id=f"s{n}", epoch=1), epoch=1, now_ns=n)
+
+    def fill(state: OrderState, filled: float, qty: float, price: float, n: int) -> Order:
+        report = ExecutionReport("o-1", "c-1", "ACC-1", "EURUSD", Side.BUY, state, filled, qty,
+                                 price, price, 1, f"f{n}", n)
+        return rec.apply(report, epoch=1, now_ns=n)
+
+    rec = fill(OrderState.PARTIALLY_FILLED, 5e-324, 5e-324, 1.5, 4)
+    assert rec.avg_price == 1.5
+    rec = fill(OrderState.FILLED, 1.0, 1.0 - 5e-324, 1.5, 5)
+    assert rec.avg_price == 1.5 and rec.state is OrderState.FILLED
