@@ -60,20 +60,27 @@ def _kill_leftovers() -> None:
 # default): a port from that range can be taken as the *local* port of any outgoing connection
 # (a Redis client, a ZeroMQ connect) between being picked and being bound, which made tests
 # fail with "Address already in use" now and then.
+# A port is handed out once per process: random picks would otherwise give one caller the same
+# free port twice before either is bound.
 _PORTS = (20000, 32000)
 _rnd = random.Random()
+_handed_out: set[int] = set()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port on ``host`` that was free a moment ago (and is not ephemeral)."""
+    """Return a TCP port on ``host`` that was free a moment ago, is not ephemeral, and was not
+    returned before by this process."""
     for _ in range(200):
         port = _rnd.randrange(*_PORTS)
+        if port in _handed_out:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((host, port))
             except OSError:
                 continue
-            return port
+        _handed_out.add(port)
+        return port
     raise ServerError(f"no free port in {_PORTS[0]}..{_PORTS[1]} on {host}")
 
 

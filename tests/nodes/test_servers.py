@@ -207,3 +207,10 @@ def test_no_server_outlives_the_python_that_started_it(tmp_path: Path) -> None:
     )
     pid = int(done.stdout.split()[0])
     assert not psutil.pid_exists(pid)
+
+
+def test_free_port_never_hands_out_a_port_twice() -> None:
+    from nodes.servers import free_port
+    ports = [free_port() for _ in range(500)]
+    assert len(set(ports)) == len(ports)
+    assert all(20000 <= p < 32000 for p in ports)  # below the kernel's ephemeral range
