@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import msgpack
 import redis.asyncio as aioredis
@@ -258,8 +258,3 @@ class RedisTickStore:
 
     async def close(self) -> None:
         await self.redis.aclose()
-
-
-def unpack_feed_info(raw: bytes) -> dict[str, Any]:
-    info: dict[str, Any] = msgpack.unpackb(raw)
-    return info
