@@ -104,13 +104,14 @@ def encode_order(msg: OrderMessage) -> list[bytes]:
                  "state": int(msg.state), "filled_quantity": msg.filled_quantity,
                  "last_quantity": msg.last_quantity, "last_price": msg.last_price,
                  "avg_price": msg.avg_price, "epoch": msg.epoch, "exec_id": msg.exec_id,
-                 "transact_ns": msg.transact_ns})]
+                 "transact_ns": msg.transact_ns, "seq": msg.seq, "quantity": msg.quantity,
+                 "price": msg.price})]
         case Order():
             return [_header(OrderKind.ORDER), _pack(
                 {"order_id": msg.order_id, "order": _new_order_map(msg.order),
                  "state": int(msg.state), "filled_quantity": msg.filled_quantity,
                  "avg_price": msg.avg_price, "epoch": msg.epoch, "updated_ns": msg.updated_ns,
-                 "quantity": msg.quantity, "price": msg.price})]
+                 "quantity": msg.quantity, "price": msg.price, "exec_seq": msg.exec_seq})]
     raise LocalProtocolError(f"not an order message: {msg!r:.80}")
 
 
@@ -129,10 +130,14 @@ def _enum(d: dict[str, Any], field: str, kind: type[_E]) -> _E:
         raise InvalidOrder(field, f"unknown {kind.__name__} code {value}") from None
 
 
-def _num(d: dict[str, Any], field: str) -> Any:
+_REQUIRED = object()
+
+
+def _num(d: dict[str, Any], field: str, default: Any = _REQUIRED) -> Any:
     """A number as a float (msgpack may carry a whole number as an integer); anything else is
-    passed on for the dataclass to reject."""
-    value = d[field]
+    passed on for the dataclass to reject. A field added after version 1 of a message has a
+    ``default`` for peers that do not send it yet."""
+    value = d[field] if default is _REQUIRED else d.get(field, default)
     if isinstance(value, int) and not isinstance(value, bool):
         return float(value)  # msgpack integers have at most 64 bits: no overflow
     return value
@@ -178,12 +183,13 @@ def _decode(kind: OrderKind, d: dict[str, Any]) -> OrderMessage:
                 d["order_id"], d["client_order_id"], d["account"], d["symbol"],
                 _enum(d, "side", Side), _enum(d, "state", OrderState),
                 _num(d, "filled_quantity"), _num(d, "last_quantity"), _num(d, "last_price"),
-                _num(d, "avg_price"), d["epoch"], d["exec_id"], d["transact_ns"])
+                _num(d, "avg_price"), d["epoch"], d["exec_id"], d["transact_ns"],
+                d.get("seq", 0), _num(d, "quantity", 0.0), _num(d, "price", None))
         case OrderKind.ORDER:
             return Order(d["order_id"], _new_order(_map(d, "order")),
                          _enum(d, "state", OrderState), _num(d, "filled_quantity"),
                          _num(d, "avg_price"), d["epoch"], d["updated_ns"],
-                         _num(d, "quantity"), _num(d, "price"))
+                         _num(d, "quantity"), _num(d, "price"), d.get("exec_seq", 0))
     raise AssertionError(f"no decoder for {kind.name}")  # pragma: no cover
 
 

@@ -21,7 +21,12 @@ Rules:
   does not list raises :class:`OrderStateError` naming state and event; nothing changes silently.
 * Every state change after NEW is an :class:`ExecutionReport`; :meth:`Order.apply` checks it
   against the table and the quantities (filled never decreases, never exceeds the quantity, a
-  FILL fills it exactly). Quantities are floats (lots); two quantities within
+  FILL fills it exactly). A replace is a report too (``quantity`` > 0: the new working terms).
+* The executor owns a working order: it decides fills, cancels and replaces by appending
+  reports to a per-order log (positions ``seq`` 1, 2, ...). The backend's record remembers the
+  last position it applied (``exec_seq``) and applies the log strictly in order
+  (:meth:`Order.position`): a replayed entry is skipped, a gap is repaired by asking the executor
+  to replay, so a backend that took over converges on exactly the executor's history. Quantities are floats (lots); two quantities within
   :data:`QTY_REL_TOL` of each other are equal, so ``0.1 + 0.2`` lots fill a 0.3-lot order.
 * Fencing: every backend write carries the epoch of the active backend (epochs start at 1; see
   ``protocols.binary_star``). A write with an epoch below the record's raises :class:`Fenced`.
@@ -106,6 +111,8 @@ class RejectReason(IntEnum):
     UNKNOWN_ORDER = 12  # cancel or replace of an order this account never sent
     NOT_CANCELLABLE = 13  # the target is terminal (or not yet accepted)
     MALFORMED = 14
+    EXECUTOR_UNAVAILABLE = 15  # a replace got no answer from the executor in time: resend it
+
 
     @property
     def retryable(self) -> bool:
@@ -114,7 +121,7 @@ class RejectReason(IntEnum):
 
 
 _RETRYABLE = frozenset({RejectReason.NOT_ACTIVE, RejectReason.STORE_UNAVAILABLE,
-                        RejectReason.FENCED})
+                        RejectReason.FENCED, RejectReason.EXECUTOR_UNAVAILABLE})
 
 S = OrderState
 E = OrderEvent
@@ -139,6 +146,8 @@ REPORT_EVENTS: dict[OrderState, OrderEvent] = {
     S.FILLED: E.FILL, S.REJECTED: E.REJECT, S.CANCELLED: E.CANCEL, S.EXPIRED: E.EXPIRE,
 }
 _FILL_STATES = frozenset({S.PARTIALLY_FILLED, S.FILLED})
+_FILL_EVENTS = frozenset({E.PARTIAL_FILL, E.FILL})
+_WORKING_STATES = frozenset(s for s, events in TRANSITIONS.items() if E.REPLACE in events)
 _UNFILLED_STATES = frozenset({S.NEW, S.ACCEPTED, S.ROUTED, S.REJECTED})
 
 
@@ -203,6 +212,11 @@ def _check_enum(field: str, value: object, kind: type[Enum]) -> None:
 def _check_ns(field: str, value: object) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 2**64 - 1:
         raise InvalidOrder(field, f"must be an integer of nanoseconds >= 0, got {value!r}")
+
+
+def _check_count(field: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 2**32 - 1:
+        raise InvalidOrder(field, f"must be an integer in [0, {2**32 - 1}], got {value!r}")
 
 
 def _check_epoch(field: str, value: object) -> None:
@@ -353,12 +367,21 @@ OrderReply = OrderAck | OrderReject
 
 @dataclass(frozen=True, slots=True)
 class ExecutionReport:
-    """One state change of one order: from the executor (fills, its own rejects, cancels and
-    expiries) or from the backend (accept, route, ...), published for frontends.
+    """One state change of one order: from the executor (fills, its own rejects, cancels,
+    expiries and replaces) or from the backend (accept, route), published for frontends.
 
     ``filled_quantity`` and ``avg_price`` are cumulative; ``last_quantity`` and ``last_price``
     describe this fill (both 0 for a report that is not a fill). ``exec_id`` is unique per
     report. ``transact_ns`` is when it happened by the producer's clock (0: unknown).
+
+    ``seq`` is the report's position in the executor's log of the order (1, 2, ...): the
+    executor decides an order's fate by appending to that log, and the backend applies the
+    entries in order (see :meth:`Order.position`). 0 for reports the backend makes itself
+    (accept, route) and for requests to the executor (a cancel or a replace to decide).
+
+    A report with ``quantity`` > 0 is a *replace* (FIX ExecType "Replaced"): the order's working
+    terms become ``quantity`` (the new total, filled part included) and ``price`` (None for a
+    MARKET order); its state does not change. ``quantity`` is 0 and ``price`` None otherwise.
     """
 
     order_id: str
@@ -374,6 +397,9 @@ class ExecutionReport:
     epoch: int
     exec_id: str
     transact_ns: int = 0
+    seq: int = 0
+    quantity: float = 0.0
+    price: float | None = None
 
     def __post_init__(self) -> None:
         check_id("order_id", self.order_id)
@@ -385,6 +411,16 @@ class ExecutionReport:
         if self.state is OrderState.NEW:
             raise InvalidOrder("state", "NEW is never reported")
         _check_progress(self.state, self.filled_quantity, self.avg_price)
+        _not_negative("quantity", self.quantity)
+        if self.is_replace:
+            if self.state not in _WORKING_STATES:
+                raise InvalidOrder("quantity", f"a replace (quantity > 0) in state "
+                                               f"{self.state.name}: only a working order is "
+                                               "replaced")
+            if self.price is not None:
+                _positive("price", self.price)
+        elif self.price is not None:
+            raise InvalidOrder("price", "must be None unless the report is a replace")
         if self.is_fill:
             _positive("last_quantity", self.last_quantity)
             _positive("last_price", self.last_price)
@@ -394,14 +430,24 @@ class ExecutionReport:
         else:
             for field in ("last_quantity", "last_price"):
                 if _number(field, getattr(self, field)) != 0:
-                    raise InvalidOrder(field, f"must be 0 in a {self.state.name} report")
+                    raise InvalidOrder(field, f"must be 0 in a {self.event.name} report")
         _check_epoch("epoch", self.epoch)
         check_id("exec_id", self.exec_id)
         _check_ns("transact_ns", self.transact_ns)
+        _check_count("seq", self.seq)
+
+    @property
+    def is_replace(self) -> bool:
+        return self.quantity > 0
+
+    @property
+    def event(self) -> OrderEvent:
+        """The lifecycle event this report stands for."""
+        return OrderEvent.REPLACE if self.is_replace else REPORT_EVENTS[self.state]
 
     @property
     def is_fill(self) -> bool:
-        return self.state in _FILL_STATES
+        return self.event in _FILL_EVENTS
 
 
 # --- the backend's record --------------------------------------------------------------------
@@ -413,7 +459,8 @@ class Order:
 
     ``order`` is the :class:`NewOrder` as first received: the idempotency record, never changed.
     ``quantity`` and ``price`` are the working terms (the last replace's, else the order's).
-    ``epoch`` and ``updated_ns`` are those of the last write.
+    ``epoch`` and ``updated_ns`` are those of the last write. ``exec_seq`` is the position of
+    the last entry of the executor's log applied (0: none yet).
     """
 
     order_id: str
@@ -425,6 +472,7 @@ class Order:
     updated_ns: int
     quantity: float
     price: float | None
+    exec_seq: int = 0
 
     def __post_init__(self) -> None:
         check_id("order_id", self.order_id)
@@ -436,6 +484,7 @@ class Order:
         _check_ns("updated_ns", self.updated_ns)
         _positive("quantity", self.quantity)
         _check_price(self.order.type, self.price)
+        _check_count("exec_seq", self.exec_seq)
         if _above(self.filled_quantity, self.quantity):
             raise InvalidOrder("filled_quantity", f"{self.filled_quantity!r} above quantity "
                                                   f"{self.quantity!r}")
@@ -459,75 +508,112 @@ class Order:
         """What is still to be filled: 0 once the order is terminal."""
         return 0.0 if self.terminal else max(0.0, self.quantity - self.filled_quantity)
 
+    def position(self, report: ExecutionReport) -> Literal["next", "applied", "gap"]:
+        """Where an executor report stands against this record: the ``next`` one to apply,
+        one ``applied`` already (a replay: ignore it), or beyond a ``gap`` (reports in between
+        were lost: ask the executor to replay them). Reports with ``seq`` 0 are always next."""
+        if report.seq == 0 or report.seq == self.exec_seq + 1:
+            return "next"
+        return "applied" if report.seq <= self.exec_seq else "gap"
+
     def apply(self, report: ExecutionReport, *, epoch: int, now_ns: int) -> Order:
         """The record after ``report``, written under ``epoch`` at ``now_ns``.
 
-        Raises :class:`OrderStateError` if the report's state is not reachable by the table or
-        its quantities are inconsistent (a replayed report does that too: de-duplicate by
-        ``exec_id`` first), and :class:`Fenced` if ``epoch`` is older than the record's.
-        The record's ``avg_price`` is computed from the fills, not copied from the report.
+        Raises :class:`OrderStateError` if the report is not the next one of the executor's
+        log (see :meth:`position`), its event is not allowed by the table, or its quantities
+        are inconsistent; and :class:`Fenced` if ``epoch`` is older than the record's. The
+        record's ``avg_price`` is computed from the fills, not copied from the report.
         """
-        event = REPORT_EVENTS[report.state]
+        event = report.event
         for field in ("order_id", "account", "symbol", "side"):
             mine = self.order_id if field == "order_id" else getattr(self.order, field)
             if getattr(report, field) != mine:
                 raise OrderStateError(self.state, event, f"report {field} "
                                       f"{getattr(report, field)!r} is not this order's {mine!r}")
+        where = self.position(report)
+        if where != "next":
+            raise OrderStateError(self.state, event, f"report {report.seq} of the executor's "
+                                  f"log is {where} (the record is at {self.exec_seq})")
         state = next_state(self.state, event)
         self._check_write(epoch, now_ns)
-        filled, avg = self.filled_quantity, self.avg_price
-        if _above(filled, report.filled_quantity):
+        exec_seq = report.seq or self.exec_seq
+        if _above(self.filled_quantity, report.filled_quantity):
             raise OrderStateError(self.state, event, f"filled quantity would decrease from "
-                                  f"{filled!r} to {report.filled_quantity!r}")
+                                  f"{self.filled_quantity!r} to {report.filled_quantity!r}")
+        if event is OrderEvent.REPLACE:
+            reason = amend_reason(self, report.quantity, report.price)
+            if reason is not None:
+                raise OrderStateError(self.state, event, f"{reason.name}: {_AMEND_TEXT[reason]}")
+            return dataclasses.replace(self, quantity=report.quantity, price=report.price,
+                                       epoch=epoch, updated_ns=now_ns, exec_seq=exec_seq)
         if _above(report.filled_quantity, self.quantity):
             raise OrderStateError(self.state, event, f"filled quantity "
                                   f"{report.filled_quantity!r} exceeds quantity {self.quantity!r}")
+        filled, avg = self.filled_quantity, self.avg_price
         if report.is_fill:
-            if not _same(report.filled_quantity, filled + report.last_quantity):
-                raise OrderStateError(self.state, event, f"filled quantity "
-                                      f"{report.filled_quantity!r} is not {filled!r} + last "
-                                      f"{report.last_quantity!r}")
-            complete = _same(report.filled_quantity, self.quantity)
-            if event is OrderEvent.FILL and not complete:
-                raise OrderStateError(self.state, event, f"a FILL must fill {self.quantity!r}, "
-                                      f"filled {report.filled_quantity!r}")
-            if event is OrderEvent.PARTIAL_FILL and complete:
-                raise OrderStateError(self.state, event, "this fill completes the order: it "
-                                      "must be a FILL")
-            new_filled = self.quantity if complete else report.filled_quantity
-            # The running mean as a convex step, not (avg*filled + p*q) / (filled + q): that
-            # form loses all precision for tiny quantities (hypothesis found 5e-324 lots at
-            # 1.5 averaging to 2.0); this one stays between the old mean and the fill price.
-            weight = report.last_quantity / (filled + report.last_quantity)
-            avg = avg + (report.last_price - avg) * weight
-            filled = new_filled
+            filled, avg = self._fill(event, report)
         elif not _same(report.filled_quantity, filled):
             raise OrderStateError(self.state, event, f"filled quantity changes from {filled!r} "
                                   f"to {report.filled_quantity!r} without a fill")
         return dataclasses.replace(self, state=state, filled_quantity=filled, avg_price=avg,
-                                   epoch=epoch, updated_ns=now_ns)
+                                   epoch=epoch, updated_ns=now_ns, exec_seq=exec_seq)
 
-    def replace(self, request: ReplaceOrder, *, epoch: int, now_ns: int) -> Order:
-        """The record with the working terms of ``request``; raises :class:`OrderStateError`
-        where :func:`check_amend` would refuse it, and :class:`Fenced` on an older epoch."""
-        event = OrderEvent.REPLACE
-        reason = check_amend(self, request)
-        if reason is not None:
-            raise OrderStateError(self.state, event, f"{reason.name}: {_AMEND_TEXT[reason]}")
-        self._check_write(epoch, now_ns)
-        return dataclasses.replace(self, state=next_state(self.state, event),
-                                   quantity=request.quantity, price=request.price, epoch=epoch,
-                                   updated_ns=now_ns)
+    def _fill(self, event: OrderEvent, report: ExecutionReport) -> tuple[float, float]:
+        """The filled quantity and average price after the fill ``report``."""
+        filled, avg = self.filled_quantity, self.avg_price
+        if not _same(report.filled_quantity, filled + report.last_quantity):
+            raise OrderStateError(self.state, event, f"filled quantity "
+                                  f"{report.filled_quantity!r} is not {filled!r} + last "
+                                  f"{report.last_quantity!r}")
+        complete = _same(report.filled_quantity, self.quantity)
+        if event is OrderEvent.FILL and not complete:
+            raise OrderStateError(self.state, event, f"a FILL must fill {self.quantity!r}, "
+                                  f"filled {report.filled_quantity!r}")
+        if event is OrderEvent.PARTIAL_FILL and complete:
+            raise OrderStateError(self.state, event, "this fill completes the order: it "
+                                  "must be a FILL")
+        # The running mean as a convex step, not (avg*filled + p*q) / (filled + q): that
+        # form loses all precision for tiny quantities (hypothesis found 5e-324 lots at
+        # 1.5 averaging to 2.0); this one stays between the old mean and the fill price.
+        weight = report.last_quantity / (filled + report.last_quantity)
+        avg = avg + (report.last_price - avg) * weight
+        return (self.quantity if complete else report.filled_quantity), avg
+
+    def fill_report(self, quantity: float, price: float, *, seq: int, exec_id: str,
+                    transact_ns: int = 0) -> ExecutionReport:
+        """The executor's report filling ``quantity`` more of this working order at ``price``
+        (capped at what is left): FILLED if that completes it, else PARTIALLY_FILLED."""
+        leaves = self.quantity - self.filled_quantity
+        quantity = min(quantity, leaves)
+        complete = _same(quantity, leaves)
+        filled = self.quantity if complete else self.filled_quantity + quantity
+        weight = quantity / (self.filled_quantity + quantity)
+        avg = self.avg_price + (price - self.avg_price) * weight
+        o = self.order
+        return ExecutionReport(self.order_id, o.client_order_id, o.account, o.symbol, o.side,
+                               OrderState.FILLED if complete else OrderState.PARTIALLY_FILLED,
+                               filled, quantity, price, avg, self.epoch, exec_id, transact_ns,
+                               seq)
 
     def status_report(self, state: OrderState, *, exec_id: str, epoch: int,
-                      transact_ns: int = 0, client_order_id: str | None = None
-                      ) -> ExecutionReport:
+                      transact_ns: int = 0, client_order_id: str | None = None,
+                      seq: int = 0) -> ExecutionReport:
         """A report (not a fill) moving this order to ``state``: ACCEPTED, ROUTED, REJECTED,
         CANCELLED or EXPIRED. ``client_order_id`` defaults to the order's own."""
         o = self.order
         return ExecutionReport(self.order_id, client_order_id or o.client_order_id, o.account,
                                o.symbol, o.side, state, self.filled_quantity, 0.0, 0.0,
-                               self.avg_price, epoch, exec_id, transact_ns)
+                               self.avg_price, epoch, exec_id, transact_ns, seq)
+
+    def replace_report(self, quantity: float, price: float | None, *, exec_id: str, epoch: int,
+                       transact_ns: int = 0, client_order_id: str | None = None,
+                       seq: int = 0) -> ExecutionReport:
+        """A replace of this order's working terms (the backend's request to the executor with
+        ``seq`` 0, or the executor's decision with its log position)."""
+        o = self.order
+        return ExecutionReport(self.order_id, client_order_id or o.client_order_id, o.account,
+                               o.symbol, o.side, self.state, self.filled_quantity, 0.0, 0.0,
+                               self.avg_price, epoch, exec_id, transact_ns, seq, quantity, price)
 
     def _check_write(self, epoch: int, now_ns: int) -> None:
         _check_epoch("epoch", epoch)
@@ -554,19 +640,31 @@ def check_amend(target: Order | None, request: CancelOrder | ReplaceOrder
     ``target`` is the order found under ``(request.account, request.target_client_order_id)``,
     or None. A target of another account is reported as unknown (ids are not disclosed). A
     terminal target, or one not accepted yet, is NOT_CANCELLABLE. Market limits for a replace's
-    new terms are :func:`validate`'s business.
+    new terms are :func:`validate_replace`'s business.
     """
     if target is None or target.order.account != request.account:
         return RejectReason.UNKNOWN_ORDER
-    event = OrderEvent.CANCEL if isinstance(request, CancelOrder) else OrderEvent.REPLACE
-    if event not in TRANSITIONS[target.state]:
+    if isinstance(request, CancelOrder):
+        return None if E.CANCEL in TRANSITIONS[target.state] else RejectReason.NOT_CANCELLABLE
+    return amend_reason(target, request.quantity, request.price)
+
+
+def amend_reason(target: Order, quantity: float, price: float | None) -> RejectReason | None:
+    """Why ``target`` cannot take the working terms ``quantity`` and ``price`` (None: it can).
+
+    The executor asks this again when it decides, against fills the backend has not seen yet."""
+    if E.REPLACE not in TRANSITIONS[target.state]:
         return RejectReason.NOT_CANCELLABLE
-    if isinstance(request, ReplaceOrder):
-        if not _above(request.quantity, target.filled_quantity):
-            return RejectReason.BAD_QUANTITY
-        if (request.price is None) != (target.order.type is OrderType.MARKET):
-            return RejectReason.BAD_PRICE
+    if not _above(quantity, target.filled_quantity):
+        return RejectReason.BAD_QUANTITY
+    if (price is None) != (target.order.type is OrderType.MARKET):
+        return RejectReason.BAD_PRICE
     return None
+
+
+def amend_text(reason: RejectReason) -> str:
+    """The words for a reason :func:`check_amend` gives."""
+    return _AMEND_TEXT.get(reason, reason.name.lower())
 
 
 # --- pre-trade checks ------------------------------------------------------------------------
@@ -620,19 +718,39 @@ def validate(order: NewOrder, *, limits: Limits, last_bid_ask: tuple[float, floa
 
     Checks run in this order: symbol, quantity limit, market data and band, exposure.
     """
-    if not math.isfinite(exposure) or exposure < 0:
-        raise ValueError(f"exposure must be finite and >= 0, got {exposure!r}")
     if order.symbol not in limits.symbols:
         return RejectReason.UNKNOWN_SYMBOL
-    if _above(order.quantity, limits.max_quantity):
+    return _check_terms(order.quantity, order.quantity, order.price, limits=limits,
+                        last_bid_ask=last_bid_ask, exposure=exposure)
+
+
+def validate_replace(target: Order, request: ReplaceOrder, *, limits: Limits,
+                     last_bid_ask: tuple[float, float] | None, exposure: float
+                     ) -> RejectReason | None:
+    """Pre-trade checks of a replace's new terms, after :func:`check_amend` passed.
+
+    The same checks as :func:`validate` on the new total quantity and price; ``exposure`` is
+    the account's exposure *without* ``target``, and the replaced order adds what it would
+    still have to fill (the new quantity minus its filled part)."""
+    leaves = request.quantity - target.filled_quantity
+    return _check_terms(request.quantity, leaves, request.price, limits=limits,
+                        last_bid_ask=last_bid_ask, exposure=exposure)
+
+
+def _check_terms(quantity: float, leaves: float, limit_price: float | None, *, limits: Limits,
+                 last_bid_ask: tuple[float, float] | None, exposure: float
+                 ) -> RejectReason | None:
+    if not math.isfinite(exposure) or exposure < 0:
+        raise ValueError(f"exposure must be finite and >= 0, got {exposure!r}")
+    if _above(quantity, limits.max_quantity):
         return RejectReason.QUANTITY_LIMIT
     mid = _mid(last_bid_ask)
     if mid is None:
         return RejectReason.PRICE_BAND
-    price = mid if order.price is None else order.price
+    price = mid if limit_price is None else limit_price
     if _above(abs(price - mid), limits.price_band * mid):
         return RejectReason.PRICE_BAND
-    if _above(exposure + order.quantity * price, limits.max_exposure_per_account):
+    if _above(exposure + leaves * price, limits.max_exposure_per_account):
         return RejectReason.EXPOSURE_LIMIT
     return None
 
@@ -695,10 +813,13 @@ __all__ = [
     "RejectReason",
     "ReplaceOrder",
     "Side",
+    "amend_reason",
+    "amend_text",
     "check_amend",
     "check_id",
     "idempotency",
     "next_state",
     "reject_reason_for",
     "validate",
+    "validate_replace",
 ]

@@ -6,6 +6,7 @@ request earns, and junk that never raises anything but RemoteProtocolError.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any
 
 import msgpack
@@ -70,7 +71,14 @@ MESSAGES: list[Any] = [
     pytest.param(FILL, id="report-partial-fill"),
     pytest.param(ExecutionReport("o-1", "c-1", "ACC-1", "EURUSD", Side.SELL, S.CANCELLED, 1.0,
                                  0.0, 0.0, 1.08415, 4, "x-8"), id="report-cancel-no-time"),
+    pytest.param(dataclasses.replace(FILL, seq=7), id="report-log-entry"),
+    pytest.param(RECORD.replace_report(3.0, 1.0846, exec_id="o-1:8", epoch=3, seq=8),
+                 id="report-replace-limit"),
+    pytest.param(dataclasses.replace(Order.from_new("o-2", MARKET, epoch=1, now_ns=5),
+                                     state=S.ROUTED).replace_report(
+        0.02, None, exec_id="o-2:cxl", epoch=1), id="report-replace-market-request"),
     pytest.param(RECORD, id="order-record-replaced"),
+    pytest.param(dataclasses.replace(RECORD, exec_seq=9), id="order-record-exec-seq"),
     pytest.param(Order.from_new("o-2", MARKET, epoch=1, now_ns=5), id="order-record-market"),
 ]
 
@@ -125,12 +133,24 @@ def test_body_uses_the_documented_keys() -> None:
         "order_id": "o-1", "client_order_id": "c-1", "account": "ACC-1", "symbol": "EURUSD",
         "side": 1, "state": 4, "filled_quantity": 1.0, "last_quantity": 0.5,
         "last_price": 1.0842, "avg_price": 1.08415, "epoch": 3, "exec_id": "x-7",
-        "transact_ns": 1_732_450_000_124_000_000}
+        "transact_ns": 1_732_450_000_124_000_000, "seq": 0, "quantity": 0.0, "price": None}
     record = msgpack.unpackb(encode_order(RECORD)[1])
     assert record == {
         "order_id": "o-1", "order": msgpack.unpackb(encode_order(LIMIT)[1]), "state": 4,
         "filled_quantity": 1.0, "avg_price": 1.08415, "epoch": 3, "updated_ns": 2**64 - 1,
-        "quantity": 2.0, "price": 1.0845}
+        "quantity": 2.0, "price": 1.0845, "exec_seq": 0}
+
+
+def test_fields_added_later_default_when_a_peer_omits_them() -> None:
+    """``seq``, ``quantity`` and ``price`` of a report and ``exec_seq`` of a record came after
+    the first version: frames without them (an older peer's) decode with their defaults."""
+    body = msgpack.unpackb(encode_order(FILL)[1])
+    for key in ("seq", "quantity", "price"):
+        del body[key]
+    assert decode_order([encode_order(FILL)[0], msgpack.packb(body)]) == FILL
+    record = msgpack.unpackb(encode_order(RECORD)[1])
+    del record["exec_seq"]
+    assert decode_order([encode_order(RECORD)[0], msgpack.packb(record)]) == RECORD
 
 
 def test_whole_numbers_sent_as_integers_decode_as_floats() -> None:

@@ -45,6 +45,7 @@ from protocols.orders import (
     next_state,
     reject_reason_for,
     validate,
+    validate_replace,
 )
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -228,7 +229,7 @@ def test_apply(before: Order, rep: ExecutionReport,
             before.apply(rep, epoch=3, now_ns=200)
         assert expected in str(info.value)
         assert info.value.state is before.state
-        assert info.value.event is REPORT_EVENTS[rep.state]
+        assert info.value.event is rep.event
         return
     after = before.apply(rep, epoch=3, now_ns=200)
     assert (after.state, after.filled_quantity, after.avg_price) == expected
@@ -326,28 +327,116 @@ def test_check_amend(target: Order | None, request_: CancelOrder | ReplaceOrder,
                          ids=[a[0] for a in AMEND if isinstance(a[2], ReplaceOrder) and a[1]])
 def test_replace_follows_check_amend(target: Order, request_: ReplaceOrder,
                                      expected: RejectReason | None) -> None:
+    """The executor's replace decision, applied, obeys the same rules as the request check."""
+    if target.terminal:  # not even a report can say that a terminal order was replaced
+        with pytest.raises(InvalidOrder, match="only a working order is replaced"):
+            target.replace_report(request_.quantity, request_.price, exec_id="r", epoch=3)
+        return
+    rep = target.replace_report(request_.quantity, request_.price, exec_id="r", epoch=3,
+                                seq=1, client_order_id=request_.client_order_id)
     if expected is not None:
         with pytest.raises(OrderStateError, match=f"cannot take REPLACE: {expected.name}"):
-            target.replace(request_, epoch=3, now_ns=7)
+            target.apply(rep, epoch=3, now_ns=7)
         return
-    after = target.replace(request_, epoch=3, now_ns=7)
+    after = target.apply(rep, epoch=3, now_ns=7)
     assert (after.state, after.quantity, after.price) == (target.state, request_.quantity,
                                                           request_.price)
+    assert (after.filled_quantity, after.avg_price) == (target.filled_quantity,
+                                                        target.avg_price)
     assert after.order == target.order, "the idempotency record never changes"
-    assert after.updated_ns == 7
+    assert (after.updated_ns, after.exec_seq) == (7, 1)
 
 
 def test_replace_with_an_older_epoch_is_fenced() -> None:
+    target = order(S.ROUTED, epoch=5)
     with pytest.raises(Fenced):
-        order(S.ROUTED, epoch=5).replace(amend(), epoch=4, now_ns=1)
+        target.apply(target.replace_report(2.0, 1.2, exec_id="r", epoch=5), epoch=4, now_ns=1)
 
 
 def test_fills_count_against_the_replaced_quantity() -> None:
-    rec = order(S.ROUTED).replace(amend(2.0), epoch=3, now_ns=1)
+    rec = order(S.ROUTED)
+    rec = rec.apply(rec.replace_report(2.0, 1.2, exec_id="r", epoch=3), epoch=3, now_ns=1)
     rec = rec.apply(fill(1.0, 1.0), epoch=3, now_ns=2)
     assert rec.state is S.PARTIALLY_FILLED  # 1.0 of the order's 1.0 but of the new 2.0
     rec = rec.apply(fill(2.0, 1.0, done=True), epoch=3, now_ns=3)
     assert rec.state is S.FILLED
+
+
+# --- the executor's log: positions -------------------------------------------------------------
+
+# (id, record's exec_seq, report's seq, position)
+POSITIONS = [
+    ("backend-report", 4, 0, "next"),
+    ("first-entry", 0, 1, "next"),
+    ("next-entry", 4, 5, "next"),
+    ("replayed-entry", 4, 4, "applied"),
+    ("old-entry", 4, 1, "applied"),
+    ("one-missing", 4, 6, "gap"),
+    ("first-missing", 0, 2, "gap"),
+]
+
+
+@pytest.mark.parametrize(("at", "seq", "expected"), [p[1:] for p in POSITIONS],
+                         ids=[p[0] for p in POSITIONS])
+def test_position_in_the_executors_log(at: int, seq: int, expected: str) -> None:
+    rec = dataclasses.replace(order(S.ROUTED), exec_seq=at)
+    assert rec.position(fill(0.5, 0.5, seq=seq)) == expected
+    if expected == "next":
+        assert rec.apply(fill(0.5, 0.5, seq=seq), epoch=3, now_ns=1).exec_seq == (seq or at)
+    else:
+        with pytest.raises(OrderStateError, match=f"is {expected} \\(the record is at {at}\\)"):
+            rec.apply(fill(0.5, 0.5, seq=seq), epoch=3, now_ns=1)
+
+
+def test_a_replayed_log_converges_whatever_was_applied_before() -> None:
+    """A backend that took over applies the executor's whole log again: entries it has are
+    skipped by position, the rest apply in order, and the result is the same record."""
+    start = order(S.ROUTED, quantity=3.0)
+    log_: list[ExecutionReport] = []
+    rec = start
+    for seq, step in enumerate(("fill", "replace", "fill", "fill"), start=1):
+        if step == "replace":
+            entry = rec.replace_report(4.0, 1.2, exec_id=f"o-1:{seq}", epoch=3, seq=seq)
+        else:
+            entry = rec.fill_report(1.5, 1.0 + seq / 10, seq=seq, exec_id=f"o-1:{seq}")
+        log_.append(entry)
+        rec = rec.apply(entry, epoch=3, now_ns=seq)
+    assert (rec.state, rec.filled_quantity, rec.quantity, rec.exec_seq) == (S.FILLED, 4.0,
+                                                                            4.0, 4)
+    for known in range(len(log_) + 1):
+        partial = start
+        for entry in log_[:known]:
+            partial = partial.apply(entry, epoch=3, now_ns=entry.seq)
+        for entry in log_:
+            if partial.position(entry) == "next":
+                partial = partial.apply(entry, epoch=3, now_ns=entry.seq)
+        assert partial == rec
+
+
+# --- the executor's fills ----------------------------------------------------------------------
+
+# (id, record, quantity asked, price, expected (state, filled, last quantity, avg))
+FILLS = [
+    ("whole", order(S.ROUTED, quantity=2.0), 2.0, 1.1, (S.FILLED, 2.0, 2.0, 1.1)),
+    ("capped-at-leaves", order(S.ROUTED, quantity=2.0), 5.0, 1.1, (S.FILLED, 2.0, 2.0, 1.1)),
+    ("slice", order(S.ROUTED, quantity=2.0), 0.5, 1.1, (S.PARTIALLY_FILLED, 0.5, 0.5, 1.1)),
+    ("last-slice", order(S.PARTIALLY_FILLED, 1.5, 1.0, quantity=2.0), 0.5, 1.4,
+     (S.FILLED, 2.0, 0.5, pytest.approx(1.1))),
+    ("rounding-noise", order(S.PARTIALLY_FILLED, 0.1 + 0.1, 1.0, quantity=0.3), 0.1, 1.0,
+     (S.FILLED, 0.3, pytest.approx(0.1), pytest.approx(1.0))),
+]
+
+
+@pytest.mark.parametrize(("rec", "qty", "price", "expected"), [f[1:] for f in FILLS],
+                         ids=[f[0] for f in FILLS])
+def test_fill_report(rec: Order, qty: float, price: float,
+                     expected: tuple[OrderState, float, float, Any]) -> None:
+    rep = rec.fill_report(qty, price, seq=1, exec_id="o-1:1", transact_ns=5)
+    assert (rep.state, rep.filled_quantity, rep.last_quantity, rep.avg_price) == expected
+    assert (rep.seq, rep.exec_id, rep.transact_ns, rep.last_price) == (1, "o-1:1", 5, price)
+    after = rec.apply(rep, epoch=3, now_ns=1)  # what the executor decides, the backend takes
+    assert (after.state, after.filled_quantity) == expected[:2]
+    assert after.avg_price == pytest.approx(rep.avg_price)
 
 
 # --- pre-trade validation --------------------------------------------------------------------
@@ -402,6 +491,30 @@ def test_validate_cases_cover_every_reason_it_can_produce() -> None:
     produced = {v[4] for v in VALIDATE}
     assert produced == {None, RejectReason.UNKNOWN_SYMBOL, RejectReason.QUANTITY_LIMIT,
                         RejectReason.PRICE_BAND, RejectReason.EXPOSURE_LIMIT}
+
+
+# (id, target, request, exposure of the account's other orders, expected)
+REPLACE_LIMITS: list[tuple[str, Order, ReplaceOrder, float, RejectReason | None]] = [
+    ("ok", order(S.ROUTED), amend(2.0, 1.0), 0.0, None),
+    ("market-ok", MARKET_ROUTED, amend(2.0, None), 0.0, None),
+    ("quantity-limit-on-the-total", order(S.PARTIALLY_FILLED, 5.0, 1.0, quantity=6.0),
+     amend(10.5, 1.0), 0.0, RejectReason.QUANTITY_LIMIT),
+    ("band", order(S.ROUTED), amend(2.0, 1.06), 0.0, RejectReason.PRICE_BAND),
+    ("no-quote", order(S.ROUTED), amend(2.0, 1.0), 0.0, RejectReason.PRICE_BAND),
+    # exposure counts what is left to fill: 9 filled of 10, 1 left at 1.0 on top of 99
+    ("exposure-counts-leaves", order(S.PARTIALLY_FILLED, 9.0, 1.0, quantity=9.5),
+     amend(10.0, 1.0), 99.0, None),
+    ("exposure-limit", order(S.ROUTED), amend(10.0, 1.0), 91.0, RejectReason.EXPOSURE_LIMIT),
+]
+
+
+@pytest.mark.parametrize(("target", "req", "exposure", "expected"),
+                         [r[1:] for r in REPLACE_LIMITS], ids=[r[0] for r in REPLACE_LIMITS])
+def test_validate_replace(target: Order, req: ReplaceOrder, exposure: float,
+                          expected: RejectReason | None) -> None:
+    quote = None if expected is RejectReason.PRICE_BAND and req.price == 1.0 else QUOTE
+    assert validate_replace(target, req, limits=LIMITS, last_bid_ask=quote,
+                            exposure=exposure) is expected
 
 
 def test_validate_refuses_a_bad_exposure_argument() -> None:
@@ -459,7 +572,8 @@ def test_idempotency_across_keys_is_a_local_error(other: NewOrder) -> None:
 
 # --- reject reasons --------------------------------------------------------------------------
 
-RETRYABLE = {RejectReason.NOT_ACTIVE, RejectReason.STORE_UNAVAILABLE, RejectReason.FENCED}
+RETRYABLE = {RejectReason.NOT_ACTIVE, RejectReason.STORE_UNAVAILABLE, RejectReason.FENCED,
+             RejectReason.EXECUTOR_UNAVAILABLE}
 
 
 @pytest.mark.parametrize("reason", list(RejectReason), ids=[r.name for r in RejectReason])
@@ -543,7 +657,19 @@ INVALID: list[tuple[str, Callable[[], Any], str, str]] = [
     ("report-last-above-filled", lambda: fill(0.5, 0.6), "last_quantity",
      "above filled_quantity"),
     ("report-cancel-with-last", lambda: report(S.CANCELLED, 0.5, 0.5, 1.0, 1.0),
-     "last_quantity", "must be 0 in a CANCELLED report"),
+     "last_quantity", "must be 0 in a CANCEL report"),
+    ("replace-of-filled", lambda: report(S.FILLED, 1.0, 1.0, 1.0, 1.0, quantity=2.0),
+     "quantity", "only a working order is replaced"),
+    ("replace-negative-quantity", lambda: report(S.ROUTED, quantity=-1.0), "quantity",
+     "must be >= 0"),
+    ("replace-bad-price", lambda: report(S.ROUTED, quantity=2.0, price=0.0), "price",
+     "must be > 0"),
+    ("price-without-replace", lambda: report(S.ROUTED, price=1.2), "price",
+     "must be None unless the report is a replace"),
+    ("negative-seq", lambda: report(S.ROUTED, seq=-1), "seq", "must be an integer"),
+    ("bool-seq", lambda: report(S.ROUTED, seq=True), "seq", "must be an integer"),
+    ("record-negative-exec-seq", lambda: dataclasses.replace(order(), exec_seq=-1),
+     "exec_seq", "must be an integer"),
     ("report-cancel-with-last-price", lambda: report(S.CANCELLED, last_p=1.0), "last_price",
      "must be 0"),
     ("report-accepted-filled", lambda: report(S.ACCEPTED, 0.5, avg=1.0), "filled_quantity",
