@@ -195,6 +195,8 @@ class OrdersSection:
     max_quantity: float = 100.0
     price_band: float = 0.05
     max_exposure: float = 1_000_000.0
+    fill_lots: float = 2.0  # simulated liquidity: lots per fill (0: a whole order at once)
+    amend_timeout_ms: float = 500.0  # a replace waits this long for the executor's decision
 
     def validate(self, key: str) -> None:
         for name in ("clients", "peers", "updates", "executor"):
@@ -212,6 +214,8 @@ class OrdersSection:
         _positive(f"{key}.max_quantity", self.max_quantity, "e.g. max_quantity = 100")
         _non_negative(f"{key}.price_band", self.price_band, "a fraction, e.g. 0.05")
         _positive(f"{key}.max_exposure", self.max_exposure, "e.g. max_exposure = 1000000")
+        _non_negative(f"{key}.fill_lots", self.fill_lots, "lots per fill, 0: whole orders")
+        _positive(f"{key}.amend_timeout_ms", self.amend_timeout_ms, "e.g. 500")
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,15 @@ Keys, under the mesh's ``key_prefix`` ``P`` (the RTSS role: never evicted before
     P:order:{order_id}           the order record (the order codec's frames, joined)
     P:client:{account}:{coid}    -> order_id: the idempotency key of a client order id
     P:open                       set of order ids not yet terminal (reloaded on takeover)
-    P:executed:{order_id}        set of execution ids the executor has carried out
+    P:xlog:{order_id}            list: the executor's log of the order (report frames, joined);
+                                 entry ``seq`` is at index ``seq - 1``
+    P:executed:{order_id}        set of exec ids of the log's fills and final decisions
+
+The executor's log is append-only with a compare-and-set on its length
+(:meth:`RedisOrderStore.append_execution`): an entry for position ``seq`` is written only if the
+log holds exactly ``seq - 1`` entries, so two deciders (an executor and its restarted self, or a
+fill and a cancel racing) can never both decide the same step: the loser gets the entries it
+missed instead and decides again from there.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from redis.exceptions import RedisError
 
 from protocols.errors import Fenced, InvalidOrder, StoreError
 from protocols.order_codec import decode_order, encode_order
-from protocols.orders import Order
+from protocols.orders import ExecutionReport, Order
 
 from .store import store_error
 
@@ -60,6 +68,25 @@ end
 return {1}
 """
 
+# KEYS: the log, the executed set. ARGV: position - 1, entry, exec id ("" : not an execution).
+# Returns {1} appended, {0, entries from the position on} when the log is longer already, or
+# {2, length} when it is shorter (a position beyond the end: the caller's bug, never written).
+_APPEND = """
+local n = redis.call('LLEN', KEYS[1])
+local at = tonumber(ARGV[1])
+if n == at then
+  redis.call('RPUSH', KEYS[1], ARGV[2])
+  if ARGV[3] ~= '' then
+    redis.call('SADD', KEYS[2], ARGV[3])
+  end
+  return {1}
+end
+if n < at then
+  return {2, n}
+end
+return {0, redis.call('LRANGE', KEYS[1], at, -1)}
+"""
+
 _HEADER = 4  # the order codec's header frame: "TM", version, kind
 
 
@@ -86,15 +113,22 @@ class OrderStore(Protocol):
     async def open_orders(self) -> list[Order]:
         ...
 
-    async def record_execution(self, order_id: str, exec_id: str) -> bool:
-        """Remember that ``exec_id`` was carried out; False if it already was (a replay)."""
+    async def append_execution(self, entry: ExecutionReport) -> list[ExecutionReport]:
+        """Append ``entry`` to its order's execution log at position ``entry.seq`` if the log
+        holds exactly ``entry.seq - 1`` entries, and record a fill or final decision as
+        executed in the same step. Returns [] when appended, else the entries from position
+        ``entry.seq`` on (decided by someone else first)."""
+        ...
+
+    async def executions(self, order_id: str, after: int = 0) -> list[ExecutionReport]:
+        """The entries of the order's execution log after position ``after``."""
         ...
 
     async def close(self) -> None:
         ...
 
 
-def _blob(order: Order) -> bytes:
+def _blob(order: Order | ExecutionReport) -> bytes:
     header, body = encode_order(order)
     return header + body
 
@@ -104,6 +138,18 @@ def _order(blob: bytes) -> Order:
     if not isinstance(msg, Order):
         raise StoreError(f"an order key holds a {type(msg).__name__}, not an Order")
     return msg
+
+
+def _entry(blob: bytes) -> ExecutionReport:
+    msg = decode_order([blob[:_HEADER], blob[_HEADER:]])
+    if not isinstance(msg, ExecutionReport) or msg.seq < 1:
+        raise StoreError(f"an execution log holds a {type(msg).__name__} without a position")
+    return msg
+
+
+def is_execution(entry: ExecutionReport) -> bool:
+    """True for the log entries recorded as executed: fills and final decisions."""
+    return entry.is_fill or entry.state.terminal
 
 
 class RedisOrderStore:
@@ -116,6 +162,7 @@ class RedisOrderStore:
             url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s)
         self._acquire = self.redis.register_script(_ACQUIRE)
         self._write = self.redis.register_script(_WRITE)
+        self._append = self.redis.register_script(_APPEND)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -162,13 +209,25 @@ class RedisOrderStore:
         return [_order(b) for b in blobs if b is not None]
 
     def executed_key(self, order_id: str) -> str:
-        """The set of execution ids carried out for an order (for scripts that record an
-        execution atomically with something else, like the executor's decision)."""
+        """The set of exec ids carried out for an order (see :func:`is_execution`)."""
         return self._k("executed", order_id)
 
-    async def record_execution(self, order_id: str, exec_id: str) -> bool:
-        added = await self._call(self.redis.sadd(self.executed_key(order_id), exec_id))
-        return bool(added)
+    async def append_execution(self, entry: ExecutionReport) -> list[ExecutionReport]:
+        if entry.seq < 1:
+            raise ValueError(f"an execution log entry needs a position >= 1, got {entry.seq}")
+        oid = entry.order_id
+        exec_id = entry.exec_id if is_execution(entry) else ""
+        result = await self._call(self._append(
+            keys=[self._k("xlog", oid), self.executed_key(oid)],
+            args=[entry.seq - 1, _blob(entry), exec_id]))
+        if result[0] == 2:
+            raise StoreError(f"execution log of {oid} holds {result[1]} entries: position "
+                             f"{entry.seq} is beyond its end")
+        return [] if result[0] == 1 else [_entry(b) for b in result[1]]
+
+    async def executions(self, order_id: str, after: int = 0) -> list[ExecutionReport]:
+        blobs = await self._call(self.redis.lrange(self._k("xlog", order_id), after, -1))
+        return [_entry(b) for b in blobs]
 
     async def close(self) -> None:
         await self.redis.aclose()

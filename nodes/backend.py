@@ -6,9 +6,12 @@ Sockets: ROUTER "clients" (order clients), PUB "peer" + SUB to the other node's 
 order write goes through the fenced store (``bus.order_store``), so a node that lost the active
 role can never write, and steps down when the store tells it so.
 
-Built so far: new orders (idempotency, validation, accept, route, execution reports, re-drive on
-takeover) and cancels (settled against a racing fill by the executor's decision log). Replace is
-refused with an explicit message until it is built.
+Requests: new orders (idempotency, validation, accept, route), cancels and replaces. The
+executor owns a working order and decides its fills, cancels and replaces in the order's
+execution log; this node applies the log's entries strictly in order (``Order.position``) and
+re-drives an order whose record lags, so after a takeover it converges on the executor's
+history. A cancel is acknowledged once requested (the outcome is a report); a replace is
+acknowledged only once the executor has decided it (or refused with the executor's reason).
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import asyncio
 import itertools
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
 import zmq.asyncio
@@ -58,9 +62,13 @@ from protocols.orders import (
     OrderReject,
     OrderState,
     RejectReason,
+    ReplaceOrder,
+    amend_text,
     check_amend,
+    check_id,
     idempotency,
     validate,
+    validate_replace,
 )
 
 from .common import stats_writer, supervise_tasks, write_json_atomic
@@ -70,6 +78,10 @@ log = logging.getLogger(__name__)
 MAX_CONCURRENT = 256  # requests in service at once; more wait on the socket (backpressure)
 QUOTE_TTL_S = 0.05  # the last tick is read from Redis at most this often per symbol
 REDRIVE_BATCH = 500  # unconfirmed orders re-sent per re-drive round
+GAP_RETRY_S = 0.05  # an order whose log entries arrive with a gap is re-driven at most this often
+RECENT_AMENDS = 1_000  # replace outcomes kept to answer a client's retry the same way
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +91,14 @@ class BackendEndpoints:
     peer_sub: str  # the other node's peer_pub
     updates: str
     executor: str
+
+
+@dataclass(slots=True)
+class _Amend:
+    """A replace request waiting for the executor's decision."""
+
+    client_order_id: str
+    done: asyncio.Future[Order | OrderReject]
 
 
 @dataclass(slots=True)
@@ -94,14 +114,18 @@ class BackendStats:
     malformed: int = 0
     takeovers: int = 0
     redriven: int = 0
+    replaced: int = 0
+    gaps: int = 0  # reports that arrived beyond a missing one: the order was re-driven
 
 
 class BackendNode:
     def __init__(self, cfg: MeshConfig, role: Role, endpoints: BackendEndpoints, *,
                  limits: Limits, pair: PairConfig | None = None,
                  store: OrderStore | None = None, stats_path: Path | None = None,
-                 executor_id: str = "executor", redrive_s: float = 1.0) -> None:
+                 executor_id: str = "executor", redrive_s: float = 1.0,
+                 amend_timeout_s: float = 0.5) -> None:
         self.role = role
+        self.amend_timeout_s = amend_timeout_s
         self.executor_id = executor_id.encode()
         self.redrive_s = redrive_s
         self.endpoints = endpoints
@@ -115,8 +139,11 @@ class BackendNode:
         self.stats_path = stats_path
         self.orders: dict[str, Order] = {}  # open orders, while active
         self.routes: dict[str, bytes] = {}  # order id -> client routing id
-        self.applied: set[str] = set()  # exec ids applied (a replayed report is ignored)
         self.cancels: dict[str, ExecutionReport] = {}  # order id -> cancel request in flight
+        self.amends: dict[str, _Amend] = {}  # order id -> the replace waiting for the executor
+        # (account, client order id) of a replace -> its answer: a client's retry of a replace
+        # that was decided meanwhile gets the same answer, not a second decision.
+        self._amended: OrderedDict[tuple[str, str], OrderAck | OrderReject] = OrderedDict()
         self._ids = itertools.count(1)
         self._bad = RateLimitedLog(log, f"backend {role.value}: malformed frame")
         # Requests are served concurrently, serialised per account: idempotency keys and
@@ -187,9 +214,12 @@ class BackendNode:
                 case SteppedDown(reason):
                     log.warning("backend %s: stepped down (%s)", self.role.value, reason.name)
                     self.orders.clear()
-                    self.applied.clear()
                     self.cancels.clear()
                     self._sent.clear()
+                    for order_id in list(self.amends):
+                        self._settle_amend(order_id, OrderReject(
+                            self.amends[order_id].client_order_id, RejectReason.FENCED,
+                            f"backend {self.role.value} stepped down ({reason.name})"))
 
     async def _take_over(self, epoch: int) -> None:
         """Active from now on: reload open orders, re-drive the ones routed but unconfirmed."""
@@ -264,6 +294,8 @@ class BackendNode:
     async def _serve(self, identity: bytes, req: Any) -> None:
         async with self._lock(req.account):
             reply = await self._handle(identity, req)
+        if isinstance(reply, _Amend):  # waited for outside the lock: reports need it
+            reply = await self._amend_outcome(reply, req)
         await self._reply(identity, reply)
 
     async def _reply(self, identity: bytes, reply: OrderAck | OrderReject) -> None:
@@ -273,13 +305,12 @@ class BackendNode:
             self.stats.rejects += 1
         await self.clients.send_multipart([identity, *encode_order(reply)])
 
-    async def _handle(self, identity: bytes, req: Any) -> OrderAck | OrderReject:
+    async def _handle(self, identity: bytes, req: Any) -> OrderAck | OrderReject | _Amend:
         if isinstance(req, NewOrder):
             return await self._guarded(req.client_order_id, self._place(identity, req))
         if isinstance(req, CancelOrder):
             return await self._guarded(req.client_order_id, self._cancel(req))
-        return OrderReject(req.client_order_id, RejectReason.NOT_CANCELLABLE,
-                           "replace is not supported by this backend yet")
+        return await self._guarded(req.client_order_id, self._replace(identity, req))
 
     async def _place(self, identity: bytes, req: NewOrder) -> OrderAck | OrderReject:
         epoch = self.star.epoch
@@ -288,13 +319,13 @@ class BackendNode:
             self.store.by_client_id(req.account, req.client_order_id), self._quote(req.symbol))
         if existing is not None:
             return self._duplicate(existing, req, identity)
-        exposure = sum(o.leaves_quantity * (o.price or 0.0) for o in self.orders.values()
-                       if o.order.account == req.account)
-        reason = validate(req, limits=self.limits, last_bid_ask=quote, exposure=exposure)
+        reason = validate(req, limits=self.limits, last_bid_ask=quote,
+                          exposure=self._exposure(req.account))
         if reason is not None:
             return OrderReject(req.client_order_id, reason, f"{reason.name.lower()}")
         now = time.time_ns()
-        order = Order.from_new(f"O{epoch}.{next(self._ids)}", req, epoch=epoch, now_ns=now)
+        order = Order.from_new(f"O{epoch}.{next(self._ids)}", req, epoch=epoch, now_ns=now,
+                               client_id=_client_id(identity))
         for state, step in ((OrderState.ACCEPTED, "accept"), (OrderState.ROUTED, "route")):
             order = order.apply(order.status_report(state, exec_id=step, epoch=epoch),
                                 epoch=epoch, now_ns=now)
@@ -323,9 +354,14 @@ class BackendNode:
         self._quotes[symbol] = (now + QUOTE_TTL_S, quote)
         return quote
 
-    async def _guarded(self, client_order_id: str,
-                       work: Coroutine[Any, Any, OrderAck | OrderReject]
-                       ) -> OrderAck | OrderReject:
+    def _exposure(self, account: str, excluding: str = "") -> float:
+        """The account's exposure: what its open orders still have to fill, at their price
+        (a MARKET order counts 0 here: it fills at once or is rejected)."""
+        return sum(o.leaves_quantity * (o.price or 0.0) for o in self.orders.values()
+                   if o.order.account == account and o.order_id != excluding)
+
+    async def _guarded(self, client_order_id: str, work: Coroutine[Any, Any, T]
+                       ) -> T | OrderReject:
         """Run a request's store work; turn store trouble into the right reject."""
         try:
             return await work
@@ -356,6 +392,75 @@ class BackendNode:
         self.cancels[target.order_id] = request
         await self._send_executor(request, target.order_id)
         return OrderAck(req.client_order_id, target.order_id, target.state, epoch)
+
+    async def _replace(self, identity: bytes, req: ReplaceOrder
+                       ) -> OrderAck | OrderReject | _Amend:
+        """Check a replace and ask the executor to decide it; the answer waits for that
+        decision (:meth:`_amend_outcome`): the executor owns the working order, and a fill may
+        have changed what a replace can still do since the record was written."""
+        done = self._amended.get((req.account, req.client_order_id))
+        if done is not None:  # a retry of a replace decided already
+            return done
+        target = await self.store.by_client_id(req.account, req.target_client_order_id)
+        if target is not None:
+            target = self.orders.get(target.order_id, target)
+        reason = check_amend(target, req)
+        if reason is not None or target is None:
+            why = reason or RejectReason.UNKNOWN_ORDER
+            return OrderReject(req.client_order_id, why, amend_text(why))
+        reason = validate_replace(target, req, limits=self.limits,
+                                  last_bid_ask=await self._quote(target.order.symbol),
+                                  exposure=self._exposure(req.account, target.order_id))
+        if reason is not None:
+            return OrderReject(req.client_order_id, reason, reason.name.lower())
+        pending = self.amends.get(target.order_id)
+        if pending is not None:
+            if pending.client_order_id == req.client_order_id:
+                return pending  # the client's retry while the executor decides
+            return OrderReject(req.client_order_id, RejectReason.NOT_CANCELLABLE,
+                               "another replace of this order is being decided")
+        request = target.replace_report(req.quantity, req.price,
+                                        exec_id=f"{target.order_id}:rpl", epoch=self.star.epoch,
+                                        transact_ns=time.time_ns(),
+                                        client_order_id=req.client_order_id)
+        pending = _Amend(req.client_order_id, asyncio.get_running_loop().create_future())
+        self.amends[target.order_id] = pending
+        self.routes[target.order_id] = identity
+        if not await self._send_executor(request, target.order_id):
+            del self.amends[target.order_id]
+            return OrderReject(req.client_order_id, RejectReason.EXECUTOR_UNAVAILABLE,
+                               "the executor is not connected")
+        return pending
+
+    async def _amend_outcome(self, pending: _Amend, req: ReplaceOrder
+                             ) -> OrderAck | OrderReject:
+        """The answer to a replace: acknowledged once the executor's replace entry is applied
+        and stored, refused with the executor's reason, or EXECUTOR_UNAVAILABLE (retryable:
+        resending the same replace is harmless) if no decision came in time."""
+        await asyncio.wait({pending.done}, timeout=self.amend_timeout_s)
+        if not pending.done.done():
+            for order_id, other in list(self.amends.items()):
+                if other is pending:
+                    del self.amends[order_id]
+            return OrderReject(req.client_order_id, RejectReason.EXECUTOR_UNAVAILABLE,
+                               f"no decision from the executor in {self.amend_timeout_s:g} s")
+        outcome = pending.done.result()
+        if isinstance(outcome, OrderReject):
+            reply: OrderAck | OrderReject = OrderReject(req.client_order_id, outcome.reason,
+                                                        outcome.message)
+        else:
+            reply = OrderAck(req.client_order_id, outcome.order_id, outcome.state,
+                             outcome.epoch)
+        if not (isinstance(reply, OrderReject) and reply.retryable):
+            self._amended[(req.account, req.client_order_id)] = reply
+            if len(self._amended) > RECENT_AMENDS:
+                self._amended.popitem(last=False)
+        return reply
+
+    def _settle_amend(self, order_id: str, outcome: Order | OrderReject) -> None:
+        pending = self.amends.pop(order_id, None)
+        if pending is not None and not pending.done.done():
+            pending.done.set_result(outcome)
 
     def _duplicate(self, existing: Order, req: NewOrder, identity: bytes
                    ) -> OrderAck | OrderReject:
@@ -408,9 +513,8 @@ class BackendNode:
                and (force or now - self._sent.get(o.order_id, 0.0) >= self.redrive_s)]
         due.sort(key=lambda o: o.updated_ns)
         for order in due[:REDRIVE_BATCH]:
-            if order.state is OrderState.ROUTED or force:
-                await self._route(order)
-                self.stats.redriven += 1
+            await self._route(order)
+            self.stats.redriven += 1
         for order_id, request in list(self.cancels.items())[:REDRIVE_BATCH]:
             if now - self._sent.get(order_id, 0.0) >= self.redrive_s:
                 await self._send_executor(request, order_id)
@@ -424,13 +528,28 @@ class BackendNode:
                 self.stats.malformed += 1
                 self._bad.warning("executor: %s", exc.reason)
                 continue
-            if isinstance(report, ExecutionReport) and self.star.serving:
+            if not self.star.serving:
+                continue
+            if isinstance(report, OrderReject):  # the executor refused a replace
+                self._settle_amend(report.client_order_id, report)  # it names the order id
+            elif isinstance(report, ExecutionReport):
                 async with self._lock(report.account):
                     await self._apply(report)
+            else:
+                self.stats.malformed += 1
+                self._bad.warning("executor sent a %s", type(report).__name__)
 
     async def _apply(self, report: ExecutionReport) -> None:
         order = self.orders.get(report.order_id) or await self.store.get(report.order_id)
-        if order is None or report.exec_id in self.applied:
+        if order is None:
+            return
+        where = order.position(report)
+        if where == "applied":  # a replay of what this record has already
+            return
+        if where == "gap":  # entries before it were lost: the executor replays from ours
+            self.stats.gaps += 1
+            if time.monotonic() - self._sent.get(order.order_id, 0.0) >= GAP_RETRY_S:
+                await self._route(order)
             return
         epoch = self.star.epoch
         try:
@@ -443,8 +562,10 @@ class BackendNode:
             self.stats.fenced += 1
             await self._effects(self.star.on_fenced(exc.current, time.monotonic()))
             return
-        self.applied.add(report.exec_id)
         self.stats.reports += 1
+        if report.is_replace:
+            self.stats.replaced += 1
+            self._settle_amend(updated.order_id, updated)
         if updated.terminal:
             self.orders.pop(updated.order_id, None)
             self.cancels.pop(updated.order_id, None)
@@ -452,8 +573,8 @@ class BackendNode:
         else:
             self.orders[updated.order_id] = updated
         frames = encode_order(report)
-        identity = self.routes.get(report.order_id)
-        if identity is not None:
+        identity = self.routes.get(report.order_id) or updated.client_id.encode()
+        if identity:
             await self.clients.send_multipart([identity, *frames])
         await self.updates.send_multipart([report.account.encode() + b"\x00", *frames])
 
@@ -494,6 +615,15 @@ class BackendNode:
                 **asdict(self.stats)}
 
 
+def _client_id(identity: bytes) -> str:
+    """The routing id of a client as an order record keeps it ("" if it cannot: ZeroMQ's
+    generated ids are binary; the order client's are text)."""
+    try:
+        return check_id("client_id", identity.decode())
+    except (UnicodeDecodeError, InvalidOrder):
+        return ""
+
+
 def backend_from_config(cfg: MeshConfig, role: Role, stats_path: Path | None = None
                         ) -> BackendNode:
     """The backend node of ``role`` as the mesh file's [orders] section describes it."""
@@ -506,7 +636,7 @@ def backend_from_config(cfg: MeshConfig, role: Role, stats_path: Path | None = N
     pair = PairConfig(heartbeat_s=o.heartbeat_ms / 1000, peer_timeout_s=o.peer_timeout_ms / 1000,
                       cold_start_s=o.cold_start_ms / 1000)
     return BackendNode(cfg, role, ends, limits=limits, pair=pair, stats_path=stats_path,
-                       executor_id=o.executor_id)
+                       executor_id=o.executor_id, amend_timeout_s=o.amend_timeout_ms / 1000)
 
 
 __all__ = ["BackendEndpoints", "BackendNode", "backend_from_config"]

@@ -3,36 +3,40 @@
 Rules (the "Execute" flow of docs/ORDERS.md):
 
 * One DEALER per backend endpoint (``ROUTING_ID`` = the node's name), connected to that
-  backend's "executor" ROUTER; a report goes back on the socket its order came from. A
-  restarted executor reconnects under the same routing id, so the backend's ROUTER needs
-  ``ROUTER_HANDOVER`` (without it the new connection is refused while the old one lingers).
-* An :class:`~protocols.orders.Order` in state ROUTED is executed once per ``order_id``, however
-  often it arrives (a backend re-drives its open orders after a failover; the executor may have
-  restarted). The executor's *decision* about an order (a full fill, or a reject) is one
-  :class:`~protocols.orders.ExecutionReport` with a deterministic ``exec_id`` (``{order_id}:1``
-  for the full fill, ``{order_id}:rej`` for a reject). It is made final in two steps:
-
-  1. the report is written first-writer-wins to the fill log (:class:`FillLog`; on Redis the
-     hash ``{key_prefix}:fills:{order_id}``, field ``report``, value the order codec's frames
-     joined; kept like ``{key_prefix}:executed:*``, no expiry), so every later arrival answers
-     with the very same report, price and ``transact_ns`` included;
-  2. ``OrderStore.record_execution(order_id, exec_id)``: True the first time (counted as a fill
-     or a reject), False for a replay (counted as a replay).
-
-  A crash between the two steps leaves the decision in the log and the next arrival completes
-  step 2. A replay is answered from an in-memory LRU of recent reports, else from the fill log.
-* MARKET: the whole working quantity fills at the last ask (BUY) or bid (SELL) of the symbol's
-  last tick; no usable two-sided quote -> REJECTED. LIMIT: fills at the limit price if
-  marketable (BUY limit >= ask, SELL limit <= bid), else rests in memory and is re-checked every
-  ``poll_s`` against the latest tick. Resting orders are bounded (``max_resting``): one more is
-  REJECTED, never dropped. A cancel request (a CANCELLED report from the backend) is one more
-  candidate decision: written first, the order is cancelled (and leaves the resting set);
-  otherwise the fill that won is answered again.
-  Resting orders live in memory only: after an executor restart they come back only when a
-  backend re-drives them.
-* A frame that does not decode, or a message that is not an ``Order``, is counted as malformed
-  and logged rate-limited; an ``Order`` in another state than ROUTED with no recorded decision
-  is counted as ignored. The node keeps serving either way.
+  backend's "executor" ROUTER; a report goes back on the socket the order's latest message came
+  from (the active backend). A restarted executor reconnects under the same routing id, so the
+  backend's ROUTER needs ``ROUTER_HANDOVER``.
+* The executor owns a working order: every decision about it (a fill, a reject, a cancel, a
+  replace) is an :class:`~protocols.orders.ExecutionReport` appended to the order's execution
+  log in the order store (``OrderStore.append_execution``) at the next position ``seq``, with
+  the deterministic ``exec_id`` ``{order_id}:{seq}``. The append is a compare-and-set on the
+  log's length: a decision is final once appended, and one that lost (another decider got there
+  first: a restarted executor, a racing cancel) gets the entries it missed instead and decides
+  again from there. Fills and final decisions are recorded as executed in the same step. So an
+  order is executed at most once per position however often it arrives, and a restarted
+  executor continues from the log.
+* Each entry is sent to the backend; the backend applies the log in order and re-drives an
+  order whose record lags (after a takeover, or a lost message): the re-driven ``Order`` carries
+  the position the backend is at (``exec_seq``), and the executor answers with every entry
+  after it.
+* Fills: a MARKET order fills at the last ask (BUY) or bid (SELL) of the symbol's last tick, at
+  most ``fill_lots`` lots per fill (0: all of it); the rest fills in later slices, one per
+  ``poll_s``, at the quote of the moment (simulated liquidity). A MARKET order with no usable
+  two-sided quote and no fill yet is REJECTED; once partly filled it waits for a quote. A LIMIT
+  order fills at its limit price when marketable (BUY limit >= ask, SELL limit <= bid) and rests
+  otherwise, re-checked every ``poll_s``. Working orders are bounded (``max_resting``): a new
+  one beyond the bound is REJECTED, never dropped.
+* A cancel request (a CANCELLED report from the backend, ``seq`` 0) and a replace request (a
+  replace report, ``seq`` 0) are decided the same way, against the order as the log has it: a
+  cancel of a terminal order is answered with its final entry; a replace the order cannot take
+  any more (terminal, or filled up to the new quantity meanwhile) is refused with an
+  ``OrderReject`` whose ``client_order_id`` is the *order id* (the executor does not know the
+  client's request id; the backend matches its pending replace by order id).
+* Working orders live in memory; the log is the truth. After a restart an order comes back when
+  a backend re-drives it (or sends a request for it: the record is then read from the store).
+* A frame that does not decode, or a message the executor does not take, is counted as
+  malformed and logged rate-limited; a request for an order the store does not know is counted
+  as unknown. The node keeps serving either way.
 """
 
 from __future__ import annotations
@@ -42,32 +46,42 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import redis.asyncio as aioredis
 import zmq
 import zmq.asyncio
-from redis.exceptions import RedisError
 
 from bus.config import MeshConfig
 from bus.logutil import RateLimitedLog
 from bus.order_store import OrderStore, RedisOrderStore
-from bus.store import RedisTickStore, TickStore, store_error
-from protocols.errors import InvalidOrder, RemoteProtocolError, StoreError
+from bus.store import RedisTickStore, TickStore
+from protocols.errors import InvalidOrder, OrderStateError, RemoteProtocolError, StoreError
 from protocols.order_codec import decode_order, encode_order
-from protocols.orders import ExecutionReport, Order, OrderState, OrderType, Side, check_id
+from protocols.orders import (
+    ExecutionReport,
+    Order,
+    OrderReject,
+    OrderState,
+    OrderType,
+    RejectReason,
+    Side,
+    amend_reason,
+    amend_text,
+    check_id,
+)
 
 from .common import stats_writer, supervise_tasks, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 QUOTE_TTL_S = 0.005  # fills price at the last tick: re-read it at most every 5 ms
-RECENT_REPORTS = 10_000  # replays answered from memory; older ones are read from the fill log
+RECENT_ORDERS = 10_000  # finished orders whose log is kept in memory for replays
 MAX_RESTING = 10_000
-_HEADER = 4  # the order codec's header frame: "TM", version, kind
+_WORKING_STATES = frozenset({OrderState.ROUTED, OrderState.PARTIALLY_FILLED})
 
 Quote = tuple[float, float]  # (bid, ask) of a usable two-sided tick
 
@@ -75,12 +89,9 @@ Quote = tuple[float, float]  # (bid, ask) of a usable two-sided tick
 # --- the decision (no I/O) -------------------------------------------------------------------
 
 
-def fill_exec_id(order_id: str) -> str:
-    return f"{order_id}:1"
-
-
-def reject_exec_id(order_id: str) -> str:
-    return f"{order_id}:rej"
+def exec_id(order_id: str, seq: int) -> str:
+    """The exec id of the entry at position ``seq`` of an order's log."""
+    return f"{order_id}:{seq}"
 
 
 def usable_quote(bid: float, ask: float) -> Quote | None:
@@ -90,148 +101,58 @@ def usable_quote(bid: float, ask: float) -> Quote | None:
     return None
 
 
-def fill_report(order: Order, price: float, now_ns: int) -> ExecutionReport:
-    """The report filling everything ``order`` still has to fill at ``price``."""
-    o = order.order
-    leaves = order.quantity - order.filled_quantity
-    avg = (order.avg_price * order.filled_quantity + price * leaves) / order.quantity
-    return ExecutionReport(order.order_id, o.client_order_id, o.account, o.symbol, o.side,
-                           OrderState.FILLED, order.quantity, leaves, price, avg, order.epoch,
-                           fill_exec_id(order.order_id), now_ns)
-
-
-def reject_report(order: Order, now_ns: int) -> ExecutionReport:
-    return order.status_report(OrderState.REJECTED, exec_id=reject_exec_id(order.order_id),
-                               epoch=order.epoch, transact_ns=now_ns)
-
-
-def decide(order: Order, quote: Quote | None, now_ns: int) -> ExecutionReport | None:
-    """What to do with a ROUTED ``order`` given the last ``quote``: a fill, a reject, or None
-    (a LIMIT order that is not marketable: let it rest)."""
+def decide(order: Order, quote: Quote | None, now_ns: int, *, fill_lots: float = 0.0
+           ) -> ExecutionReport | None:
+    """The next log entry for the working ``order`` (its ``exec_seq`` is the log's length)
+    given the last ``quote``: a fill of at most ``fill_lots`` lots (0: everything left), a
+    reject, or None (wait: a LIMIT order that is not marketable, or a MARKET order with no
+    quote after a first fill: the lifecycle has no reject after a fill)."""
+    seq = order.exec_seq + 1
+    eid = exec_id(order.order_id, seq)
+    buy = order.order.side is Side.BUY
     if order.order.type is OrderType.MARKET:
         if quote is None:
-            return reject_report(order, now_ns)
-        bid, ask = quote
-        return fill_report(order, ask if order.order.side is Side.BUY else bid, now_ns)
-    limit = order.price
-    if quote is None or limit is None:
-        return None
-    bid, ask = quote
-    marketable = limit >= ask if order.order.side is Side.BUY else limit <= bid
-    return fill_report(order, limit, now_ns) if marketable else None
+            return reject_entry(order, now_ns) if order.state is OrderState.ROUTED else None
+        price = quote[1] if buy else quote[0]
+    else:
+        if quote is None or order.price is None:
+            return None
+        price = order.price
+        if not (price >= quote[1] if buy else price <= quote[0]):
+            return None
+    lots = order.quantity - order.filled_quantity
+    if fill_lots > 0:
+        lots = min(lots, fill_lots)
+    return order.fill_report(lots, price, seq=seq, exec_id=eid, transact_ns=now_ns)
 
 
-# --- the fill log ----------------------------------------------------------------------------
+def reject_entry(order: Order, now_ns: int) -> ExecutionReport:
+    """The log entry refusing the routed ``order`` (no fill yet: REJECTED needs ROUTED)."""
+    seq = order.exec_seq + 1
+    return order.status_report(OrderState.REJECTED, exec_id=exec_id(order.order_id, seq),
+                               epoch=order.epoch, transact_ns=now_ns, seq=seq)
 
 
-class FillLog(Protocol):
-    """Where the executor's decision per order is made final (first writer wins)."""
-
-    async def get(self, order_id: str) -> ExecutionReport | None:
-        ...
-
-    async def put_first(self, report: ExecutionReport) -> ExecutionReport:
-        """Store ``report`` unless a decision for its order exists; return the stored one."""
-        ...
-
-    async def decide(self, report: ExecutionReport) -> tuple[bool, ExecutionReport]:
-        """:meth:`put_first`, and, where the log can, record the execution in the same step.
-
-        Returns ``(recorded, decision)``: ``recorded`` is True when the execution of the
-        decision was recorded here (the caller records it otherwise).
-        """
-        ...
+def cancel_entry(order: Order, request: ExecutionReport, now_ns: int) -> ExecutionReport:
+    """The log entry cancelling the working ``order`` as ``request`` asks."""
+    seq = order.exec_seq + 1
+    return order.status_report(OrderState.CANCELLED, exec_id=exec_id(order.order_id, seq),
+                               epoch=order.epoch, transact_ns=now_ns, seq=seq,
+                               client_order_id=request.client_order_id)
 
 
-def _blob(report: ExecutionReport) -> bytes:
-    header, body = encode_order(report)
-    return header + body
-
-
-def _report(blob: bytes | str) -> ExecutionReport:
-    if not isinstance(blob, bytes):
-        raise StoreError("a fill log entry is text, not the order codec's frames")
-    msg = decode_order([blob[:_HEADER], blob[_HEADER:]])
-    if not isinstance(msg, ExecutionReport):
-        raise StoreError(f"a fill log entry holds a {type(msg).__name__}, not a report")
-    return msg
-
-
-# KEYS: the fill log hash, the order's executed set. ARGV: the report, its exec id.
-# The decision and its execution record in one round trip, atomically: a won decision is
-# recorded at once (no crash window between the two), a lost one returns the winner.
-_DECIDE = """
-if redis.call('HSETNX', KEYS[1], 'report', ARGV[1]) == 1 then
-  redis.call('SADD', KEYS[2], ARGV[2])
-  return {1}
-end
-return {0, redis.call('HGET', KEYS[1], 'report')}
-"""
-
-
-class RedisFillLog:
-    """:class:`FillLog` in the hash ``{prefix}:fills:{order_id}``, field ``report``."""
-
-    def __init__(self, client: aioredis.Redis, prefix: str,
-                 executed_key: Callable[[str], str] | None = None) -> None:
-        self.redis = client
-        self.prefix = prefix
-        self._executed_key = executed_key or (lambda oid: f"{prefix}:executed:{oid}")
-        self._decide = client.register_script(_DECIDE)
-
-    def _key(self, order_id: str) -> str:
-        return f"{self.prefix}:fills:{order_id}"
-
-    async def get(self, order_id: str) -> ExecutionReport | None:
-        try:
-            blob = await self.redis.hget(self._key(order_id), "report")
-        except RedisError as exc:
-            raise store_error(exc) from exc
-        return None if blob is None else _report(blob)
-
-    async def put_first(self, report: ExecutionReport) -> ExecutionReport:
-        key = self._key(report.order_id)
-        try:
-            if await self.redis.hsetnx(key, "report", _blob(report)):
-                return report
-            blob = await self.redis.hget(key, "report")
-        except RedisError as exc:
-            raise store_error(exc) from exc
-        if blob is None:  # pragma: no cover - the field is never deleted
-            raise StoreError(f"fill log entry {key} vanished")
-        return _report(blob)
-
-    async def decide(self, report: ExecutionReport) -> tuple[bool, ExecutionReport]:
-        keys = [self._key(report.order_id), self._executed_key(report.order_id)]
-        try:
-            result = await self._decide(keys=keys, args=[_blob(report), report.exec_id])
-        except RedisError as exc:
-            raise store_error(exc) from exc
-        return (True, report) if result[0] == 1 else (False, _report(result[1]))
-
-
-class MemoryFillLog:
-    """:class:`FillLog` in this process only (for an order store that is not on Redis): not
-    durable across restarts; the oldest of more than ``capacity`` decisions are forgotten."""
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        self.capacity = capacity
-        self._reports: OrderedDict[str, ExecutionReport] = OrderedDict()
-
-    async def get(self, order_id: str) -> ExecutionReport | None:
-        return self._reports.get(order_id)
-
-    async def put_first(self, report: ExecutionReport) -> ExecutionReport:
-        existing = self._reports.get(report.order_id)
-        if existing is not None:
-            return existing
-        self._reports[report.order_id] = report
-        if len(self._reports) > self.capacity:
-            self._reports.popitem(last=False)
-        return report
-
-    async def decide(self, report: ExecutionReport) -> tuple[bool, ExecutionReport]:
-        return False, await self.put_first(report)  # the caller records the execution
+def replace_entry(order: Order, request: ExecutionReport, now_ns: int
+                  ) -> ExecutionReport | RejectReason:
+    """The log entry giving ``order`` the terms of the replace ``request``, or why it cannot
+    take them any more (the backend checked them against an older view of the order)."""
+    reason = amend_reason(order, request.quantity, request.price)
+    if reason is not None:
+        return reason
+    seq = order.exec_seq + 1
+    return order.replace_report(request.quantity, request.price,
+                                exec_id=exec_id(order.order_id, seq), epoch=order.epoch,
+                                transact_ns=now_ns, client_order_id=request.client_order_id,
+                                seq=seq)
 
 
 # --- the node --------------------------------------------------------------------------------
@@ -239,22 +160,54 @@ class MemoryFillLog:
 
 @dataclass(slots=True)
 class ExecutorStats:
-    orders: int = 0  # Order messages received (replays included)
-    fills: int = 0
-    replays: int = 0  # orders already decided: the same report answered again
+    orders: int = 0  # Order messages received (re-drives included)
+    fills: int = 0  # fill entries this process appended (partial fills included)
     rejects: int = 0
-    cancels: int = 0  # cancel requests that won the race against a fill
-    resting: int = 0  # limit orders waiting to become marketable (a gauge)
+    cancels: int = 0  # cancel requests that won the race against the fills
+    replaces: int = 0
+    amends_refused: int = 0  # replace requests the order could no longer take
+    replays: int = 0  # entries sent again to a backend that lagged
+    conflicts: int = 0  # appends that lost to an entry decided elsewhere first
+    resting: int = 0  # working orders waiting for liquidity or a marketable price (a gauge)
     malformed: int = 0
-    ignored: int = 0  # undecided orders in another state than ROUTED
+    ignored: int = 0  # orders in a state the executor does not work (e.g. ACCEPTED)
+    unknown: int = 0  # requests for an order the store does not know
     store_errors: int = 0  # an order left unanswered: its backend re-drives it
-    unsent: int = 0  # a report the socket would not take (backend gone): it re-drives
+    unsent: int = 0  # a message the socket would not take (backend gone): it re-drives
 
 
 @dataclass(slots=True)
-class _Resting:
+class _Order:
+    """The executor's view of one order: the backend's record with the log folded in."""
+
     order: Order
-    socket: int  # index of the socket to answer on: the last one the order came from
+    socket: int  # where its reports go: the socket its latest message came from
+    entries: list[ExecutionReport] = field(default_factory=list)  # the log from `first` on
+    first: int = 1  # position of entries[0]
+    checked: bool = False  # the log was read (or appended to) since this view was made
+
+
+class _KeyedLocks:
+    """One lock per order id while anyone holds or waits for it: the readers of both sockets
+    and the resting poller may act on the same order; an order's steps must not interleave
+    (a view folded twice, a request decided against a stale view)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
 
 
 class ExecutorNode:
@@ -262,8 +215,8 @@ class ExecutorNode:
 
     def __init__(self, cfg: MeshConfig, *, name: str = "executor", backends: tuple[str, ...],
                  store: OrderStore | None = None, ticks: TickStore | None = None,
-                 fills: FillLog | None = None, stats_path: Path | None = None,
-                 poll_s: float = 0.05, max_resting: int = MAX_RESTING) -> None:
+                 stats_path: Path | None = None, poll_s: float = 0.05,
+                 max_resting: int = MAX_RESTING, fill_lots: float | None = None) -> None:
         if not backends:
             raise ValueError("an executor needs at least one backend endpoint")
         self.name = name
@@ -277,12 +230,9 @@ class ExecutorNode:
             self._owned.append(ticks)
         self.store: OrderStore = store
         self.ticks: TickStore = ticks
-        if fills is None:
-            fills = (RedisFillLog(store.redis, store.prefix, store.executed_key)
-                     if isinstance(store, RedisOrderStore) else MemoryFillLog())
-        self.fills: FillLog = fills
         self.poll_s = poll_s
         self.max_resting = max_resting
+        self.fill_lots = cfg.orders.fill_lots if fill_lots is None else fill_lots
         self.stats_path = stats_path
         self.stats = ExecutorStats()
         self.backends = backends
@@ -296,13 +246,14 @@ class ExecutorNode:
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
             sock.connect(endpoint)
             self.socks.append(sock)
-        self._recent: OrderedDict[str, ExecutionReport] = OrderedDict()
-        self._resting: dict[str, _Resting] = {}
+        self._working: dict[str, _Order] = {}
+        self._done: OrderedDict[str, _Order] = OrderedDict()  # finished, for replays
+        self._locks = _KeyedLocks()
         self._quote_cache: dict[str, tuple[float, Quote | None]] = {}
-        self._resting_changed = asyncio.Event()
+        self._working_changed = asyncio.Event()
         self._bad = RateLimitedLog(log, f"executor {name}: malformed message")
         self._store_log = RateLimitedLog(log, f"executor {name}: store error")
-        self._ignored = RateLimitedLog(log, f"executor {name}: undecided order not ROUTED")
+        self._ignored = RateLimitedLog(log, f"executor {name}: message not taken")
 
     # --- handling ----------------------------------------------------------------------------
 
@@ -314,20 +265,21 @@ class ExecutorNode:
             self.stats.malformed += 1
             self._bad.warning("%s", exc.reason)
             return
-        if isinstance(msg, ExecutionReport) and msg.state is OrderState.CANCELLED:
-            try:
-                await self._on_cancel(msg, socket)
-            except StoreError as exc:
-                self.stats.store_errors += 1
-                self._store_log.warning("cancel of %s left unanswered: %s", msg.order_id, exc)
-            return
-        if not isinstance(msg, Order):
+        if isinstance(msg, Order):
+            self.stats.orders += 1
+        elif not (isinstance(msg, ExecutionReport) and msg.seq == 0
+                  and (msg.is_replace or msg.state is OrderState.CANCELLED)):
             self.stats.malformed += 1
-            self._bad.warning("%s is not an Order", type(msg).__name__)
+            self._bad.warning("%s is not an order, a cancel or a replace request",
+                              type(msg).__name__)
             return
-        self.stats.orders += 1
         try:
-            await self._on_order(msg, socket)
+            check_id("exec_id", exec_id(msg.order_id, 2**32 - 1))  # the longest it may need
+            async with self._locks.hold(msg.order_id):
+                if isinstance(msg, Order):
+                    await self._on_order(msg, socket)
+                else:
+                    await self._on_request(msg, socket)
         except StoreError as exc:
             self.stats.store_errors += 1
             self._store_log.warning("order %s left unanswered: %s", msg.order_id, exc)
@@ -336,82 +288,159 @@ class ExecutorNode:
             self._bad.warning("order %s: %s", msg.order_id, exc)
 
     async def _on_order(self, order: Order, socket: int) -> None:
-        # A decision made earlier by this process is answered from memory. One made before a
-        # restart needs no read here: the first-writer-wins write below returns it instead of
-        # ours (one Redis round trip saved on the common path, a first-seen market order).
-        known = self._recent.get(order.order_id)
-        if known is not None:
-            await self._commit(known, socket, decided=True)
+        known = self._working.get(order.order_id) or self._done.get(order.order_id)
+        if known is not None:  # a re-drive: answer what the backend has not applied yet
+            known.socket = socket
+            await self._replay(known, order.exec_seq)
             return
-        if order.state is not OrderState.ROUTED:
+        if order.state not in _WORKING_STATES:
             self.stats.ignored += 1
             self._ignored.warning("order %s is %s", order.order_id, order.state.name)
             return
-        check_id("exec_id", reject_exec_id(order.order_id))  # the longest exec id it may need
-        resting = self._resting.get(order.order_id)
-        if resting is not None:  # re-driven while it rests: answer where it came from now
-            resting.socket = socket
+        view = _Order(order, socket, first=order.exec_seq + 1)
+        if order.exec_seq > 0:  # the backend has applied entries: the log is ahead of us
+            await self._read_log(view)
+        # A first-seen order is decided without reading its log first: the append tells if
+        # anyone decided before (one Redis round trip saved on the common path).
+        await self._work(view, new=True)
+
+    async def _on_request(self, request: ExecutionReport, socket: int) -> None:
+        view = await self._view(request.order_id, socket)
+        if view is None:
+            self.stats.unknown += 1
+            self._ignored.warning("request for order %s, which the store does not know",
+                                  request.order_id)
+            if request.is_replace:
+                await self._send(socket, OrderReject(request.order_id,
+                                                     RejectReason.UNKNOWN_ORDER, "no such order"))
             return
-        quote = await self._quote(order.order.symbol)
-        report = decide(order, quote, time.time_ns())
-        if report is None:
-            known = await self.fills.get(order.order_id)  # about to rest: decided before?
-            if known is not None:
-                await self._commit(known, socket, decided=True)
+        while not view.order.terminal:
+            now = time.time_ns()
+            entry = (replace_entry(view.order, request, now) if request.is_replace
+                     else cancel_entry(view.order, request, now))
+            if isinstance(entry, RejectReason):
+                self.stats.amends_refused += 1
+                await self._send(socket, OrderReject(request.order_id, entry, amend_text(entry)))
                 return
-            if len(self._resting) >= self.max_resting:
-                log.warning("executor %s: %d orders rest already: order %s rejected",
-                            self.name, len(self._resting), order.order_id)
-                report = reject_report(order, time.time_ns())
-            else:
-                self._resting[order.order_id] = _Resting(order, socket)
-                self.stats.resting = len(self._resting)
-                self._resting_changed.set()
-                return
-        await self._commit(report, socket, decided=False)
-
-    async def _on_cancel(self, request: ExecutionReport, socket: int) -> None:
-        """A cancel request (a CANCELLED report from the backend) races a fill through the
-        decision log: whichever is written first is the order's outcome, and is answered."""
-        known = self._recent.get(request.order_id) or await self.fills.get(request.order_id)
-        if known is None:
-            self._resting.pop(request.order_id, None)
-            self.stats.resting = len(self._resting)
-        await self._commit(known or request, socket, decided=known is not None)
-
-    async def _commit(self, report: ExecutionReport, socket: int, *, decided: bool) -> None:
-        """Make ``report`` the final decision for its order (unless ``decided`` already),
-        record the execution, and answer it on ``socket``."""
-        recorded = False
-        if not decided:
-            recorded, report = await self.fills.decide(report)
-        if report.state is OrderState.CANCELLED:
-            self._resting.pop(report.order_id, None)  # a fill attempt lost to a cancel
-            self.stats.resting = len(self._resting)
-        # Recorded with the decision (one round trip), or now: a replay, a decision logged by
-        # a process that died before recording it, or a log that cannot record.
-        if recorded or await self.store.record_execution(report.order_id, report.exec_id):
-            if report.state is OrderState.REJECTED:
-                self.stats.rejects += 1
-            elif report.state is OrderState.CANCELLED:
-                self.stats.cancels += 1
-            else:
-                self.stats.fills += 1
+            if await self._append(view, entry):
+                break
         else:
+            if request.is_replace:
+                self.stats.amends_refused += 1
+                await self._send(socket, OrderReject(
+                    request.order_id, RejectReason.NOT_CANCELLABLE,
+                    f"the order is {view.order.state.name}"))
+            elif view.entries:  # a cancel of a finished order: its outcome, again
+                await self._send(socket, view.entries[-1])
+                self.stats.replays += 1
+        self._settle(view)
+
+    async def _view(self, order_id: str, socket: int) -> _Order | None:
+        """The executor's view of an order it was asked about: from memory, else the backend's
+        record in the store with the log folded in (None: the store does not know it)."""
+        view = self._working.get(order_id) or self._done.get(order_id)
+        if view is None:
+            record = await self.store.get(order_id)
+            if record is None or record.state in (OrderState.NEW, OrderState.ACCEPTED):
+                return None  # never routed: nothing for the executor to decide
+            view = _Order(record, socket, first=record.exec_seq + 1)
+            await self._read_log(view)
+        view.socket = socket
+        return view
+
+    async def _work(self, view: _Order, *, new: bool = False) -> None:
+        """Take the next decision for a working order if the market allows one; else let it
+        rest (a ``new`` one only while fewer than ``max_resting`` do)."""
+        order = view.order
+        if not order.terminal:
+            quote = await self._quote(order.order.symbol)
+            entry = decide(order, quote, time.time_ns(), fill_lots=self.fill_lots)
+            if entry is None and not view.checked:
+                await self._read_log(view)  # about to rest: was it decided before?
+            if (entry is None and new and not view.order.terminal
+                    and view.order.state is OrderState.ROUTED
+                    and len(self._working) >= self.max_resting):
+                log.warning("executor %s: %d orders rest already: order %s rejected",
+                            self.name, len(self._working), order.order_id)
+                entry = reject_entry(view.order, time.time_ns())
+            if entry is not None:
+                await self._append(view, entry)
+        self._settle(view)
+
+    def _settle(self, view: _Order) -> None:
+        """File the view: working (the poller goes on with it) or done (kept for replays)."""
+        order_id = view.order.order_id
+        if view.order.terminal:
+            self._working.pop(order_id, None)
+            self._done[order_id] = view
+            self._done.move_to_end(order_id)
+            if len(self._done) > RECENT_ORDERS:
+                self._done.popitem(last=False)
+        elif order_id not in self._working:
+            self._working[order_id] = view
+            self._working_changed.set()
+        self.stats.resting = len(self._working)
+
+    async def _read_log(self, view: _Order) -> None:
+        await self._take(view, await self.store.executions(view.order.order_id,
+                                                           view.order.exec_seq))
+        view.checked = True
+
+    async def _append(self, view: _Order, entry: ExecutionReport) -> bool:
+        """Make ``entry`` the next step of the order's log. False if another decision got
+        there first: the view then has the entries it missed (and the backend has them)."""
+        missed = await self.store.append_execution(entry)
+        view.checked = True
+        if missed:
+            self.stats.conflicts += 1
+            await self._take(view, missed)
+            return False
+        await self._take(view, [entry])
+        if entry.is_replace:
+            self.stats.replaces += 1
+        elif entry.is_fill:
+            self.stats.fills += 1
+        elif entry.state is OrderState.REJECTED:
+            self.stats.rejects += 1
+        elif entry.state is OrderState.CANCELLED:
+            self.stats.cancels += 1
+        return True
+
+    async def _take(self, view: _Order, entries: Sequence[ExecutionReport]) -> None:
+        """Fold log entries into the view and send each to the order's backend."""
+        for entry in entries:
+            where = view.order.position(entry)
+            if where == "applied":
+                continue
+            if where == "gap":  # pragma: no cover - the log is read from the view's position
+                raise StoreError(f"order {entry.order_id}: log entry {entry.seq} after "
+                                 f"{view.order.exec_seq}")
+            try:
+                view.order = view.order.apply(entry, epoch=view.order.epoch,
+                                              now_ns=time.time_ns())
+            except OrderStateError as exc:
+                raise StoreError(f"order {entry.order_id}: log entry {entry.seq} does not "
+                                 f"apply: {exc}") from exc
+            view.entries.append(entry)
+            await self._send(view.socket, entry)
+
+    async def _replay(self, view: _Order, after: int) -> None:
+        """Send the entries after position ``after`` (what a re-driving backend lacks)."""
+        if after + 1 < view.first:  # older than what memory holds: read them
+            entries = await self.store.executions(view.order.order_id, after)
+        else:
+            entries = view.entries[after + 1 - view.first:]
+        for entry in entries:
             self.stats.replays += 1
-        self._remember(report)
+            await self._send(view.socket, entry)
+
+    async def _send(self, socket: int, msg: ExecutionReport | OrderReject) -> None:
         try:
-            await self.socks[socket].send_multipart(encode_order(report), flags=zmq.NOBLOCK)
+            await self.socks[socket].send_multipart(encode_order(msg), flags=zmq.NOBLOCK)
         except zmq.Again:
             self.stats.unsent += 1
-            log.warning("executor %s: report %s not sent to %s (not connected)", self.name,
-                        report.exec_id, self.backends[socket])
-
-    def _remember(self, report: ExecutionReport) -> None:
-        self._recent[report.order_id] = report
-        self._recent.move_to_end(report.order_id)
-        if len(self._recent) > RECENT_REPORTS:
-            self._recent.popitem(last=False)
+            log.warning("executor %s: %s not sent to %s (not connected)", self.name,
+                        type(msg).__name__, self.backends[socket])
 
     async def _quote(self, symbol: str) -> Quote | None:
         """The symbol's last usable quote; one HGET, cached for QUOTE_TTL_S."""
@@ -435,19 +464,21 @@ class ExecutorNode:
         return out
 
     async def check_resting(self) -> None:
-        """Fill every resting order that the latest ticks make marketable."""
-        if not self._resting:
+        """Take the next decision for every working order the latest ticks allow."""
+        if not self._working:
             return
-        quotes = await self._quotes(sorted({r.order.order.symbol
-                                            for r in self._resting.values()}))
-        for order_id, resting in list(self._resting.items()):
-            order = resting.order
-            report = decide(order, quotes.get(order.order.symbol), time.time_ns())
-            if report is None:
-                continue
-            await self._commit(report, resting.socket, decided=False)
-            self._resting.pop(order_id, None)
-            self.stats.resting = len(self._resting)
+        quotes = await self._quotes(sorted({v.order.order.symbol
+                                            for v in self._working.values()}))
+        for order_id in list(self._working):
+            async with self._locks.hold(order_id):
+                view = self._working.get(order_id)
+                if view is None:  # finished meanwhile
+                    continue
+                entry = decide(view.order, quotes.get(view.order.order.symbol),
+                               time.time_ns(), fill_lots=self.fill_lots)
+                if entry is not None:
+                    await self._append(view, entry)
+                self._settle(view)
 
     # --- tasks -------------------------------------------------------------------------------
 
@@ -459,21 +490,23 @@ class ExecutorNode:
 
     async def _poller(self) -> None:
         while True:
-            if not self._resting:
-                self._resting_changed.clear()
-                await self._resting_changed.wait()
+            if not self._working:
+                self._working_changed.clear()
+                await self._working_changed.wait()
+            # Sleep first: an order that just started working was decided a moment ago, and
+            # the next slice of a large order comes one poll later (the simulated liquidity).
+            await asyncio.sleep(self.poll_s)
             try:
                 await self.check_resting()
             except StoreError as exc:
                 self.stats.store_errors += 1
-                self._store_log.warning("resting orders not checked: %s", exc)
-            await asyncio.sleep(self.poll_s)
+                self._store_log.warning("working orders not checked: %s", exc)
 
     async def run(self, stop: asyncio.Event) -> int:
         log.info("executor %s connecting to %s", self.name, ", ".join(self.backends))
         tasks = [asyncio.create_task(self._reader(i), name=f"reader {endpoint}")
                  for i, endpoint in enumerate(self.backends)]
-        tasks.append(asyncio.create_task(self._poller(), name="resting"))
+        tasks.append(asyncio.create_task(self._poller(), name="working"))
         if self.stats_path is not None:
             tasks.append(asyncio.create_task(stats_writer(self.stats_path, 0.5, self.collect),
                                              name="stats"))
@@ -495,11 +528,10 @@ class ExecutorNode:
 __all__ = [
     "ExecutorNode",
     "ExecutorStats",
-    "FillLog",
-    "MemoryFillLog",
-    "RedisFillLog",
+    "cancel_entry",
     "decide",
-    "fill_exec_id",
-    "reject_exec_id",
+    "exec_id",
+    "reject_entry",
+    "replace_entry",
     "usable_quote",
 ]

@@ -2,7 +2,9 @@
 
 It is the order path's load for ``./scripts/up`` (and a worked example of ``OrderClient``):
 paced, not spinning; every order has a fresh client order id; it counts acks, fills, rejects
-by reason and timeouts, so the launcher's summary can say whether orders flowed.
+by reason and timeouts, so the launcher's summary can say whether orders flowed. Orders of
+several lots fill in slices (the executor's simulated liquidity), so on stop it places nothing
+more and waits (at most ``DRAIN_S``) for the orders it has to finish before it counts.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from .common import stats_writer, supervise_tasks, write_json_atomic
 
 log = logging.getLogger(__name__)
 
+DRAIN_S = 3.0
+
 
 class TraderNode:
     def __init__(self, cfg: MeshConfig, *, rate: float, account: str = "sim",
@@ -39,6 +43,7 @@ class TraderNode:
         self.placed = 0
         self.acked = 0
         self.filled = 0
+        self.finished = 0  # orders that reached a terminal state (filled ones included)
         self.timeouts = 0
         self.rejects: Counter[str] = Counter()
         self._rnd = random.Random(seed)
@@ -78,6 +83,19 @@ class TraderNode:
         async for report in self.client.updates():
             if report.state is OrderState.FILLED:
                 self.filled += 1
+            if report.state.terminal and not report.is_replace:
+                self.finished += 1
+
+    async def _drain(self, reports: asyncio.Task[None]) -> None:
+        """Wait (bounded) until every order placed has its answer and every acknowledged one
+        its final report."""
+        deadline = asyncio.get_running_loop().time() + DRAIN_S
+        while ((self._tasks or self.finished < self.acked) and not reports.done()
+               and asyncio.get_running_loop().time() < deadline):
+            await asyncio.sleep(0.02)
+        if self._tasks or self.finished < self.acked:
+            log.warning("trader: stopped with %d orders unanswered and %d unfinished",
+                        len(self._tasks), self.acked - self.finished)
 
     def collect(self) -> dict[str, Any]:
         return {"node": "trader", "placed": self.placed, "acked": self.acked,
@@ -86,15 +104,17 @@ class TraderNode:
 
     async def run(self, stop: asyncio.Event) -> int:
         await self.client.start()
-        tasks = [asyncio.create_task(self._load(), name="load"),
-                 asyncio.create_task(self._reports(), name="reports")]
+        reports = asyncio.create_task(self._reports(), name="reports")
+        tasks = [asyncio.create_task(self._load(), name="load")]
         if self.stats_path is not None:
             tasks.append(asyncio.create_task(stats_writer(self.stats_path, 0.5, self.collect),
                                              name="stats"))
         try:
-            return await supervise_tasks("trader", stop, tasks)
+            rc = await supervise_tasks("trader", stop, tasks)
+            await self._drain(reports)
+            return rc
         finally:
-            await cancel_and_wait(list(self._tasks), what="trader orders")
+            await cancel_and_wait([reports, *self._tasks], what="trader orders")
             await self.client.close()
             if self.stats_path is not None:
                 write_json_atomic(self.stats_path, self.collect())

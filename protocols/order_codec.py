@@ -111,7 +111,8 @@ def encode_order(msg: OrderMessage) -> list[bytes]:
                 {"order_id": msg.order_id, "order": _new_order_map(msg.order),
                  "state": int(msg.state), "filled_quantity": msg.filled_quantity,
                  "avg_price": msg.avg_price, "epoch": msg.epoch, "updated_ns": msg.updated_ns,
-                 "quantity": msg.quantity, "price": msg.price, "exec_seq": msg.exec_seq})]
+                 "quantity": msg.quantity, "price": msg.price, "exec_seq": msg.exec_seq,
+                 "client_id": msg.client_id})]
     raise LocalProtocolError(f"not an order message: {msg!r:.80}")
 
 
@@ -189,7 +190,8 @@ def _decode(kind: OrderKind, d: dict[str, Any]) -> OrderMessage:
             return Order(d["order_id"], _new_order(_map(d, "order")),
                          _enum(d, "state", OrderState), _num(d, "filled_quantity"),
                          _num(d, "avg_price"), d["epoch"], d["updated_ns"],
-                         _num(d, "quantity"), _num(d, "price"), d.get("exec_seq", 0))
+                         _num(d, "quantity"), _num(d, "price"), d.get("exec_seq", 0),
+                         d.get("client_id", ""))
     raise AssertionError(f"no decoder for {kind.name}")  # pragma: no cover
 
 

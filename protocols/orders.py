@@ -26,8 +26,9 @@ Rules:
   reports to a per-order log (positions ``seq`` 1, 2, ...). The backend's record remembers the
   last position it applied (``exec_seq``) and applies the log strictly in order
   (:meth:`Order.position`): a replayed entry is skipped, a gap is repaired by asking the executor
-  to replay, so a backend that took over converges on exactly the executor's history. Quantities are floats (lots); two quantities within
-  :data:`QTY_REL_TOL` of each other are equal, so ``0.1 + 0.2`` lots fill a 0.3-lot order.
+  to replay, so a backend that took over converges on exactly the executor's history.
+* Quantities are floats (lots); two quantities within :data:`QTY_REL_TOL` of each other are
+  equal, so ``0.1 + 0.2`` lots fill a 0.3-lot order.
 * Fencing: every backend write carries the epoch of the active backend (epochs start at 1; see
   ``protocols.binary_star``). A write with an epoch below the record's raises :class:`Fenced`.
 * Times are integers of nanoseconds since the Unix epoch (``*_ns``), from the caller's clock.
@@ -460,7 +461,9 @@ class Order:
     ``order`` is the :class:`NewOrder` as first received: the idempotency record, never changed.
     ``quantity`` and ``price`` are the working terms (the last replace's, else the order's).
     ``epoch`` and ``updated_ns`` are those of the last write. ``exec_seq`` is the position of
-    the last entry of the executor's log applied (0: none yet).
+    the last entry of the executor's log applied (0: none yet). ``client_id`` is the session
+    (ZeroMQ routing id) the order came from, so that a backend that takes over sends its reports
+    to the same client ("": unknown).
     """
 
     order_id: str
@@ -473,6 +476,7 @@ class Order:
     quantity: float
     price: float | None
     exec_seq: int = 0
+    client_id: str = ""
 
     def __post_init__(self) -> None:
         check_id("order_id", self.order_id)
@@ -485,6 +489,8 @@ class Order:
         _positive("quantity", self.quantity)
         _check_price(self.order.type, self.price)
         _check_count("exec_seq", self.exec_seq)
+        if self.client_id != "":
+            check_id("client_id", self.client_id)
         if _above(self.filled_quantity, self.quantity):
             raise InvalidOrder("filled_quantity", f"{self.filled_quantity!r} above quantity "
                                                   f"{self.quantity!r}")
@@ -494,10 +500,11 @@ class Order:
                                                   f"{self.quantity!r} in state {self.state.name}")
 
     @classmethod
-    def from_new(cls, order_id: str, order: NewOrder, *, epoch: int, now_ns: int) -> Order:
+    def from_new(cls, order_id: str, order: NewOrder, *, epoch: int, now_ns: int,
+                 client_id: str = "") -> Order:
         """The record of a freshly received order, in state NEW."""
         return cls(order_id, order, OrderState.NEW, 0.0, 0.0, epoch, now_ns, order.quantity,
-                   order.price)
+                   order.price, client_id=client_id)
 
     @property
     def terminal(self) -> bool:

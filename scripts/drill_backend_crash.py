@@ -28,8 +28,9 @@ End: the load stops, in-flight orders finish, and the drill waits (bounded) unti
 order has an execution record (``{prefix}:executed:{order_id}``) and its record is FILLED. Then:
 
 * **lost**: acknowledged, never executed;
-* **duplicated**: client orders executed more than once (an ``executed`` set with more than one
-  exec id, or one client order id behind two executed order ids);
+* **duplicated**: client orders executed more than once: one client order id behind two
+  executed order ids, or fills in the order's execution log (``{prefix}:xlog:{order_id}``)
+  adding up to more than the order's quantity (an order may fill in several slices);
 * ``ack_mismatch``: an ack whose order id is not the one the store maps its client order id to;
 * the executor's own ``fills`` beside the executed orders found in Redis.
 
@@ -416,13 +417,20 @@ async def verify(args: argparse.Namespace, load: Load, kills: list[Kill], redis:
         for oid, order in zip(chunk, await asyncio.gather(*(store.get(o) for o in chunk)),
                               strict=True):
             orders[oid] = order
+    executed = sorted(executed_sets)
+    lots: dict[str, float] = {}
+    for i in range(0, len(executed), 50):
+        chunk = executed[i:i + 50]
+        logs = await asyncio.gather(*(store.executions(o) for o in chunk))
+        for oid, entries in zip(chunk, logs, strict=True):
+            lots[oid] = sum(e.last_quantity for e in entries if e.is_fill)
     by_coid: dict[str, list[str]] = defaultdict(list)
     for oid in executed_sets:
         order = orders.get(oid)
         if order is not None:
             by_coid[order.order.client_order_id].append(oid)
     duplicated = sum(1 for oids in by_coid.values()
-                     if sum(len(executed_sets[o]) for o in oids) > 1)
+                     if len(oids) > 1 or lots[oids[0]] > orders[oids[0]].quantity * (1 + 1e-9))
     ack_mismatch = 0
     for r in acked:
         order = orders.get(r.order_id)

@@ -10,7 +10,7 @@ import pytest
 
 from bus.order_store import RedisOrderStore
 from nodes.servers import RedisProcess
-from protocols.errors import Fenced, InvalidOrder, StoreUnavailable
+from protocols.errors import Fenced, InvalidOrder, StoreError, StoreUnavailable
 from protocols.orders import NewOrder, Order, OrderState, OrderType, Side
 
 T = TypeVar("T")
@@ -94,11 +94,42 @@ def test_terminal_orders_leave_the_open_set(redis_server: RedisProcess) -> None:
     with_store(redis_server, body)
 
 
-def test_executions_are_recorded_once(redis_server: RedisProcess) -> None:
+def routed(quantity: float = 2.0) -> Order:
+    rec = Order.from_new("o1", NewOrder("acc", "c1", "EURUSD", Side.BUY, OrderType.MARKET,
+                                        quantity, None, 1), epoch=1, now_ns=1)
+    for state in (OrderState.ACCEPTED, OrderState.ROUTED):
+        rec = rec.apply(rec.status_report(state, exec_id="b", epoch=1), epoch=1, now_ns=1)
+    return rec
+
+
+def test_the_execution_log_appends_once_per_position(redis_server: RedisProcess) -> None:
     async def body(s: RedisOrderStore) -> None:
-        assert await s.record_execution("o1", "x1")
-        assert not await s.record_execution("o1", "x1")  # a re-driven order after failover
-        assert await s.record_execution("o1", "x2")
+        rec = routed()
+        first = rec.fill_report(0.5, 1.1, seq=1, exec_id="o1:1")
+        assert await s.append_execution(first) == []
+        # Another decider, same position (a restarted executor; a cancel racing the fill):
+        # refused, and told what it missed.
+        cancel = rec.status_report(OrderState.CANCELLED, exec_id="o1:1", epoch=1, seq=1)
+        assert await s.append_execution(cancel) == [first]
+        rec = rec.apply(first, epoch=1, now_ns=2)
+        replace = rec.replace_report(3.0, None, exec_id="o1:2", epoch=1, seq=2)
+        assert await s.append_execution(replace) == []
+        # Appending past the end (a gap) is an error, and writes nothing.
+        late = rec.fill_report(0.5, 1.1, seq=4, exec_id="o1:4")
+        with pytest.raises(StoreError, match="holds 2 entries: position 4 is beyond its end"):
+            await s.append_execution(late)
+        assert await s.executions("o1") == [first, replace]
+        assert await s.executions("o1", after=1) == [replace]
+        assert await s.executions("o1", after=2) == []
+        # Fills and final decisions are executions; a replace is not.
+        assert await s.redis.smembers(s.executed_key("o1")) == {b"o1:1"}
+    with_store(redis_server, body)
+
+
+def test_an_entry_without_a_position_is_refused(redis_server: RedisProcess) -> None:
+    async def body(s: RedisOrderStore) -> None:
+        with pytest.raises(ValueError, match="position >= 1"):
+            await s.append_execution(routed().fill_report(0.5, 1.1, seq=0, exec_id="o1:0"))
     with_store(redis_server, body)
 
 

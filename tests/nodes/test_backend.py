@@ -32,6 +32,7 @@ from protocols.orders import (
     Order,
     OrderAck,
     OrderReject,
+    OrderRequest,
     OrderState,
     OrderType,
     RejectReason,
@@ -70,7 +71,7 @@ class Pair:
         assert node is not None
         return node
 
-    async def request(self, role: Role, msg: NewOrder, timeout: float = 2.0
+    async def request(self, role: Role, msg: OrderRequest, timeout: float = 2.0
                       ) -> OrderAck | OrderReject:
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -127,7 +128,7 @@ async def fake_executor(ctx: zmq.asyncio.Context, ends: list[str], executed: lis
                 fill = ExecutionReport(msg.order_id, o.client_order_id, o.account, o.symbol,
                                        o.side, OrderState.FILLED, o.quantity, o.quantity,
                                        1.0802, 1.0802, msg.epoch, f"{msg.order_id}:1",
-                                       time.time_ns())
+                                       time.time_ns(), seq=1)
                 reports[msg.order_id] = fill
                 await s.send_multipart(encode_order(fill))
     finally:
@@ -137,8 +138,8 @@ async def fake_executor(ctx: zmq.asyncio.Context, ends: list[str], executed: lis
 
 @contextlib.asynccontextmanager
 async def pair(redis: RedisProcess, *, roles: tuple[Role, ...] = (Role.PRIMARY, Role.BACKUP),
-               cut_heartbeats: bool = False, real_executor: bool = False
-               ) -> AsyncIterator[Pair]:
+               cut_heartbeats: bool = False, real_executor: bool = False,
+               fill_lots: float | None = None) -> AsyncIterator[Pair]:
     cfg = MeshConfig(mesh=MeshSection(key_prefix="bk"), redis=RedisSection(url=redis.url))
     await seed_tick(cfg)
     pubs = {Role.PRIMARY: tcp(), Role.BACKUP: tcp()}
@@ -156,7 +157,7 @@ async def pair(redis: RedisProcess, *, roles: tuple[Role, ...] = (Role.PRIMARY, 
     exec_ends = tuple(ends[r].executor for r in Role)
     ex_stop = asyncio.Event()
     if real_executor:
-        p.executor = ExecutorNode(cfg, name="executor", backends=exec_ends)
+        p.executor = ExecutorNode(cfg, name="executor", backends=exec_ends, fill_lots=fill_lots)
         ex = asyncio.create_task(p.executor.run(ex_stop))
     else:
         ex = asyncio.create_task(fake_executor(ctx, list(exec_ends), p.executed))

@@ -16,15 +16,17 @@ import zmq.asyncio
 from bus.config import MeshConfig, MeshSection, RedisSection
 from bus.order_store import RedisOrderStore
 from bus.store import CheckpointRun, RedisTickStore
-from nodes.executor import ExecutorNode, RedisFillLog, decide, fill_report, usable_quote
+from nodes.executor import ExecutorNode, decide, usable_quote
 from nodes.servers import RedisProcess, free_port
 from protocols.order_codec import decode_order, encode_order
 from protocols.orders import (
     ExecutionReport,
     NewOrder,
     Order,
+    OrderReject,
     OrderState,
     OrderType,
+    RejectReason,
     Side,
 )
 from tests.support import scaled, wait_until
@@ -76,13 +78,21 @@ class FakeBackend:
     async def order(self, order: Order) -> None:
         await self.send(encode_order(order))
 
-    async def report(self, timeout: float = 2.0) -> ExecutionReport:
+    async def message(self, timeout: float = 2.0) -> ExecutionReport | OrderReject:
         async with asyncio.timeout(scaled(timeout)):
             ident, *frames = await self.sock.recv_multipart()
         assert ident == b"executor"
         msg = decode_order(frames)
-        assert isinstance(msg, ExecutionReport)
+        assert isinstance(msg, (ExecutionReport, OrderReject))
         return msg
+
+    async def report(self, timeout: float = 2.0) -> ExecutionReport:
+        msg = await self.message(timeout)
+        assert isinstance(msg, ExecutionReport), msg
+        return msg
+
+    async def reports(self, count: int, timeout: float = 3.0) -> list[ExecutionReport]:
+        return [await self.report(timeout) for _ in range(count)]
 
     async def nothing(self, timeout: float = 0.15) -> bool:
         """True if no message arrives within ``timeout``: used only to check an absence."""
@@ -98,6 +108,12 @@ class Rig:
     seq: dict[str, int] = field(default_factory=dict)
     nodes: list[ExecutorNode] = field(default_factory=list)
 
+    async def stored(self, order: Order) -> None:
+        """Write ``order`` as the active backend would (the executor reads unknown orders)."""
+        if await self.orders.current_epoch() == 0:
+            await self.orders.acquire_epoch(0)
+        await self.orders.write(order, await self.orders.current_epoch())
+
     async def tick(self, bid: float, ask: float, symbol: str = "EURUSD") -> None:
         seq = self.seq.get(symbol, 0) + 1
         self.seq[symbol] = seq
@@ -107,7 +123,7 @@ class Rig:
     @contextlib.asynccontextmanager
     async def executor(self, **options: Any) -> AsyncIterator[ExecutorNode]:
         node = ExecutorNode(self.cfg, backends=tuple(b.endpoint for b in self.backends),
-                            poll_s=0.01, **options)
+                            **{"poll_s": 0.01, **options})
         self.nodes.append(node)
         stop = asyncio.Event()
         task = asyncio.create_task(node.run(stop))
@@ -167,7 +183,7 @@ def test_decide_table(side: Side, type_: OrderType, price: float | None,
         assert report is None
     elif expect == "reject":
         assert report is not None and report.state is OrderState.REJECTED
-        assert report.exec_id == "o1:rej"
+        assert (report.exec_id, report.seq) == ("o1:1", 1)
         assert_applies(order, report, OrderState.REJECTED)
     else:
         assert report is not None and report.state is OrderState.FILLED
@@ -208,7 +224,7 @@ def test_no_market_data_rejects(redis_server: RedisProcess) -> None:
             order = routed("r1", symbol="GBPUSD")
             await rig.backends[0].order(order)
             got = await rig.backends[0].report()
-            assert got.state is OrderState.REJECTED and got.exec_id == "r1:rej"
+            assert got.state is OrderState.REJECTED and got.exec_id == "r1:1"
             assert_applies(order, got, OrderState.REJECTED)
             assert node.stats.rejects == 1
             # The decision is final: a later tick does not turn a re-drive into a fill.
@@ -241,7 +257,7 @@ def test_limit_rests_until_a_tick_makes_it_marketable(redis_server: RedisProcess
             assert await rig.backends[0].nothing()
             # Re-driven by the other backend while it rests: not doubled, answered there.
             await rig.backends[1].order(order)
-            await wait_until(lambda: node._resting["l2"].socket == 1, 2, "the re-drive")
+            await wait_until(lambda: node._working["l2"].socket == 1, 2, "the re-drive")
             assert node.stats.resting == 1
             await rig.tick(1.1010, 1.1012)
             got = await rig.backends[1].report()
@@ -291,7 +307,8 @@ def test_restarted_executor_does_not_execute_again(redis_server: RedisProcess) -
         async with rig.executor() as node:  # empty memory: the answer comes from Redis
             await rig.backends[1].order(order)
             assert await rig.backends[1].report() == first
-            assert (node.stats.fills, node.stats.replays) == (0, 1)
+            # It decided afresh, lost the append to the log, and answered the logged fill.
+            assert (node.stats.fills, node.stats.conflicts) == (0, 1)
         assert await rig.orders.redis.smembers(f"{PREFIX}:executed:x1") == {b"x1:1"}
     run(redis_server, body)
 
@@ -314,18 +331,18 @@ def test_malformed_frames_are_counted_and_serving_goes_on(redis_server: RedisPro
     run(redis_server, body)
 
 
-def test_decision_logged_but_not_recorded_completes(redis_server: RedisProcess) -> None:
-    """A crash between the fill log and record_execution: the next arrival records it, with
-    the logged price (not today's)."""
+def test_a_logged_decision_is_answered_not_decided_again(redis_server: RedisProcess) -> None:
+    """An executor that died right after its append: the next one answers the logged fill at
+    the logged price (not today's) and records nothing new."""
     async def body(rig: Rig) -> None:
         await rig.tick(1.2, 1.3)
         order = routed("c1")
-        logged = fill_report(order, ASK, 7)
-        await RedisFillLog(rig.orders.redis, PREFIX).put_first(logged)
+        logged = decide(order, (BID, ASK), 7)
+        assert logged is not None and await rig.orders.append_execution(logged) == []
         async with rig.executor() as node:
             await rig.backends[0].order(order)
             assert await rig.backends[0].report() == logged
-            assert (node.stats.fills, node.stats.replays) == (1, 0)
+            assert (node.stats.fills, node.stats.conflicts) == (0, 1)
         assert await rig.orders.redis.smembers(f"{PREFIX}:executed:c1") == {b"c1:1"}
     run(redis_server, body)
 
@@ -398,6 +415,7 @@ def test_cancel_before_the_order_arrives_wins(redis_server: RedisProcess) -> Non
         await rig.tick(BID, ASK)
         async with rig.executor() as node:
             order = routed("x2")
+            await rig.stored(order)
             # The cancel overtakes the order (e.g. the order is re-driven after a failover).
             await rig.backends[0].send(encode_order(cancel_request(order)))
             cancelled = await rig.backends[0].report()
@@ -420,4 +438,143 @@ def test_cancel_of_a_resting_order_removes_it(redis_server: RedisProcess) -> Non
             await rig.tick(BID - 0.03, BID - 0.02)  # would have filled it
             assert await rig.backends[0].nothing()
             assert node.stats.resting == 0 and node.stats.fills == 0
+    run(redis_server, body)
+
+
+def replace_request(order: Order, quantity: float, price: float | None) -> ExecutionReport:
+    """What the backend sends to replace: a replace report without a log position."""
+    return order.replace_report(quantity, price, exec_id=f"{order.order_id}:rpl", epoch=1,
+                                client_order_id=f"r-{order.order_id}")
+
+
+def test_a_cancel_for_an_order_the_store_does_not_know_is_counted(
+        redis_server: RedisProcess) -> None:
+    async def body(rig: Rig) -> None:
+        async with rig.executor() as node:
+            await rig.backends[0].send(encode_order(cancel_request(routed("nobody"))))
+            await wait_until(lambda: node.stats.unknown == 1, 2, "the unknown order counted")
+            assert await rig.backends[0].nothing()
+            msg = replace_request(routed("nobody"), 3.0, None)
+            await rig.backends[0].send(encode_order(msg))
+            refused = await rig.backends[0].message()
+            assert refused == OrderReject("nobody", RejectReason.UNKNOWN_ORDER, "no such order")
+    run(redis_server, body)
+
+
+# --- partial fills ----------------------------------------------------------------------------
+
+
+def test_a_large_order_fills_in_slices_each_applying_in_order(
+        redis_server: RedisProcess) -> None:
+    async def body(rig: Rig) -> None:
+        await rig.tick(BID, ASK)
+        async with rig.executor(fill_lots=0.5) as node:
+            order = routed("p1")  # 2 lots: four slices of 0.5
+            await rig.backends[0].order(order)
+            got = await rig.backends[0].reports(4)
+            assert [r.seq for r in got] == [1, 2, 3, 4]
+            assert [r.state for r in got] == [OrderState.PARTIALLY_FILLED] * 3 + [
+                OrderState.FILLED]
+            assert [r.last_quantity for r in got] == [0.5] * 4
+            for report in got:
+                order = order.apply(report, epoch=1, now_ns=5)
+            assert (order.state, order.filled_quantity, order.exec_seq) == (OrderState.FILLED,
+                                                                            2.0, 4)
+            assert node.stats.fills == 4 and node.stats.resting == 0
+            executed = await rig.orders.redis.smembers(f"{PREFIX}:executed:p1")
+            assert executed == {f"p1:{n}".encode() for n in range(1, 5)}
+    run(redis_server, body)
+
+
+def test_a_redrive_gets_only_the_entries_the_backend_lacks(redis_server: RedisProcess) -> None:
+    async def body(rig: Rig) -> None:
+        await rig.tick(BID, ASK)
+        async with rig.executor(fill_lots=1.0) as node:
+            order = routed("p2")
+            await rig.backends[0].order(order)
+            first, second = await rig.backends[0].reports(2)
+            behind = order.apply(first, epoch=1, now_ns=5)  # the backend missed `second`
+            await rig.backends[1].order(behind)
+            assert await rig.backends[1].report() == second
+            assert await rig.backends[1].nothing()
+            assert node.stats.replays == 1
+    run(redis_server, body)
+
+
+def test_a_restarted_executor_finishes_a_partly_filled_order_exactly(
+        redis_server: RedisProcess) -> None:
+    async def body(rig: Rig) -> None:
+        await rig.tick(BID, ASK)
+        order = routed("p3")
+        async with rig.executor(fill_lots=0.5, poll_s=30):  # one slice, then it dies
+            await rig.backends[0].order(order)
+            first = await rig.backends[0].report()
+        record = order.apply(first, epoch=1, now_ns=5)
+        await rig.stored(record)
+        async with rig.executor(fill_lots=0.5) as node:
+            await rig.backends[1].order(record)  # the backend's re-drive
+            rest = await rig.backends[1].reports(3)
+            for report in rest:
+                record = record.apply(report, epoch=1, now_ns=6)
+            assert (record.state, record.filled_quantity) == (OrderState.FILLED, 2.0)
+            assert node.stats.fills == 3
+        log_ = await rig.orders.executions("p3")
+        assert [e.seq for e in log_] == [1, 2, 3, 4]
+        assert sum(e.last_quantity for e in log_) == 2.0  # never more than the order
+    run(redis_server, body)
+
+
+# --- replace ----------------------------------------------------------------------------------
+
+
+def test_a_replace_makes_a_resting_limit_marketable(redis_server: RedisProcess) -> None:
+    async def body(rig: Rig) -> None:
+        await rig.tick(BID, ASK)
+        async with rig.executor(fill_lots=0) as node:  # whole orders
+            order = routed("r2", Side.BUY, OrderType.LIMIT, BID - 0.001)
+            await rig.backends[0].order(order)
+            await wait_until(lambda: node.stats.resting == 1, 2, "the order to rest")
+            await rig.backends[0].send(encode_order(replace_request(order, 3.0, ASK)))
+            replaced, filled = await rig.backends[0].reports(2)
+            assert replaced.is_replace and (replaced.quantity, replaced.price,
+                                            replaced.seq) == (3.0, ASK, 1)
+            assert replaced.client_order_id == "r-r2"
+            assert (filled.state, filled.last_price, filled.filled_quantity,
+                    filled.seq) == (OrderState.FILLED, ASK, 3.0, 2)
+            order = order.apply(replaced, epoch=1, now_ns=5).apply(filled, epoch=1, now_ns=6)
+            assert (order.quantity, order.price, order.state) == (3.0, ASK, OrderState.FILLED)
+            assert node.stats.replaces == 1 and node.stats.resting == 0
+    run(redis_server, body)
+
+
+def test_a_replace_below_what_filled_meanwhile_is_refused(redis_server: RedisProcess) -> None:
+    async def body(rig: Rig) -> None:
+        await rig.tick(BID, ASK)
+        async with rig.executor(fill_lots=1.5, poll_s=30) as node:
+            order = routed("r3")  # 2 lots: 1.5 fill at once, the rest after poll_s
+            await rig.backends[0].order(order)
+            partial = await rig.backends[0].report()
+            assert partial.filled_quantity == 1.5
+            # The backend saw nothing filled yet: replacing down to 1 lot looked fine there.
+            await rig.backends[0].send(encode_order(replace_request(order, 1.0, None)))
+            refused = await rig.backends[0].message()
+            assert isinstance(refused, OrderReject)
+            assert (refused.client_order_id, refused.reason) == ("r3",
+                                                                 RejectReason.BAD_QUANTITY)
+            assert node.stats.amends_refused == 1 and node.stats.replaces == 0
+    run(redis_server, body)
+
+
+def test_a_replace_of_a_filled_order_is_refused(redis_server: RedisProcess) -> None:
+    async def body(rig: Rig) -> None:
+        await rig.tick(BID, ASK)
+        async with rig.executor():
+            order = routed("r4")
+            await rig.backends[0].order(order)
+            await rig.backends[0].report()
+            await rig.backends[0].send(encode_order(replace_request(order, 3.0, None)))
+            refused = await rig.backends[0].message()
+            assert isinstance(refused, OrderReject)
+            assert refused.reason is RejectReason.NOT_CANCELLABLE
+            assert "FILLED" in refused.message
     run(redis_server, body)

@@ -16,10 +16,16 @@ from bus.order_store import RedisOrderStore
 from nodes.servers import RedisProcess
 from protocols.binary_star import Role
 from protocols.orders import OrderState
-from tests.nodes.test_backend import order, pair, run, wait_active
+from tests.nodes.test_backend import Pair, order, pair, run, wait_active
 from tests.support import wait_until
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
+
+
+def both_backends(p: Pair) -> OrderClientOptions:
+    """Client options that know both backends of the pair, primary first."""
+    return OrderClientOptions(endpoints=(p.ends[Role.PRIMARY].clients,
+                                         p.ends[Role.BACKUP].clients))
 
 
 def test_orders_survive_the_death_of_the_active_backend(redis_server: RedisProcess) -> None:
@@ -74,8 +80,7 @@ def test_real_executor_executes_each_order_once_across_a_failover(
             primary, backup = p.node(Role.PRIMARY), p.node(Role.BACKUP)
             assert p.executor is not None
             await wait_active(primary)
-            opts = OrderClientOptions(endpoints=(p.ends[Role.PRIMARY].clients,
-                                                 p.ends[Role.BACKUP].clients))
+            opts = both_backends(p)
             async with OrderClient(opts) as client:
                 acks = await asyncio.gather(*(client.place(order(f"a{i}")) for i in range(30)))
                 await wait_until(lambda: primary.stats.reports == 30, 10, "30 fills at primary")
@@ -116,8 +121,7 @@ def test_executor_killed_mid_stream_executes_each_order_once(
             first = p.executor
             assert first is not None
             await wait_active(primary)
-            opts = OrderClientOptions(endpoints=(p.ends[Role.PRIMARY].clients,
-                                                 p.ends[Role.BACKUP].clients))
+            opts = both_backends(p)
             async with OrderClient(opts) as client:
                 acks = list(await asyncio.gather(*(client.place(order(f"a{i}"))
                                                    for i in range(20))))
@@ -164,8 +168,7 @@ def test_cancel_settles_against_fills_through_the_executor(redis_server: RedisPr
             primary = p.node(Role.PRIMARY)
             assert p.executor is not None
             await wait_active(primary)
-            opts = OrderClientOptions(endpoints=(p.ends[Role.PRIMARY].clients,
-                                                 p.ends[Role.BACKUP].clients))
+            opts = both_backends(p)
             store = RedisOrderStore(p.cfg.redis.url, "bk")
             async with OrderClient(opts) as client:
                 # A limit buy below the ask rests at the executor; cancel it.
@@ -194,4 +197,118 @@ def test_cancel_settles_against_fills_through_the_executor(redis_server: RedisPr
                 assert unknown.value.reason is RejectReason.UNKNOWN_ORDER
                 assert market.order_id != rest.order_id
             await store.close()
+    run(main())
+
+
+def test_replace_is_decided_by_the_executor_and_acknowledged_after(
+        redis_server: RedisProcess) -> None:
+    from protocols.errors import OrderRejected
+    from protocols.orders import RejectReason, ReplaceOrder
+
+    async def main() -> None:
+        async with pair(redis_server, real_executor=True, fill_lots=0) as p:
+            primary = p.node(Role.PRIMARY)
+            assert p.executor is not None
+            await wait_active(primary)
+            opts = both_backends(p)
+            store = RedisOrderStore(p.cfg.redis.url, "bk")
+            async with OrderClient(opts) as client:
+                rest = await client.place(order("rest", qty=2.0, price=1.0750))
+                await wait_until(lambda: p.executor is not None and
+                                 p.executor.stats.resting == 1, 5, "the order resting")
+                # Outside the 5 % band around the 1.0801 mid: refused by the backend.
+                with pytest.raises(OrderRejected) as band:
+                    await client.replace(ReplaceOrder("acc", "rpl-0", "rest", 2.0, 1.2))
+                assert band.value.reason is RejectReason.PRICE_BAND
+                # Smaller and still resting: acknowledged once the executor logged it.
+                ack = await client.replace(ReplaceOrder("acc", "rpl-1", "rest", 1.5, 1.0760))
+                assert (ack.order_id, ack.state) == (rest.order_id, OrderState.ROUTED)
+                stored = await store.get(rest.order_id)
+                assert stored is not None
+                assert (stored.quantity, stored.price, stored.exec_seq) == (1.5, 1.0760, 1)
+                # The client's retry of the same replace gets the same answer, no new entry.
+                again = await client.replace(ReplaceOrder("acc", "rpl-1", "rest", 1.5, 1.0760))
+                assert again == ack
+                # Marketable now (ask 1.0802): filled at the new limit, for the new quantity.
+                await client.replace(ReplaceOrder("acc", "rpl-2", "rest", 1.5, 1.0805))
+                report = await client.next_update()
+                while report.state is not OrderState.FILLED:
+                    report = await client.next_update()
+                assert (report.filled_quantity, report.last_price) == (1.5, 1.0805)
+                await wait_until(lambda: primary.stats.reports == 3, 5, "two replaces, a fill")
+                stored = await store.get(rest.order_id)
+                assert stored is not None and stored.state is OrderState.FILLED
+                assert p.executor.stats.replaces == 2
+                # A filled order takes no replace; an unknown one is unknown.
+                with pytest.raises(OrderRejected) as filled:
+                    await client.replace(ReplaceOrder("acc", "rpl-3", "rest", 3.0, 1.0805))
+                assert filled.value.reason is RejectReason.NOT_CANCELLABLE
+                with pytest.raises(OrderRejected) as unknown:
+                    await client.replace(ReplaceOrder("acc", "rpl-4", "nope", 3.0, 1.0805))
+                assert unknown.value.reason is RejectReason.UNKNOWN_ORDER
+            await store.close()
+    run(main())
+
+
+def test_replace_without_an_executor_is_a_retryable_reject(redis_server: RedisProcess) -> None:
+    from protocols.orders import OrderAck, OrderReject, RejectReason, ReplaceOrder
+
+    async def main() -> None:
+        async with pair(redis_server, real_executor=True) as p:
+            primary = p.node(Role.PRIMARY)
+            assert p.executor is not None
+            await wait_active(primary)
+            ack = await p.request(Role.PRIMARY, order("lim", price=1.0750))
+            await wait_until(lambda: p.executor is not None and
+                             p.executor.stats.resting == 1, 5, "the order resting")
+            for sock in p.executor.socks:  # the executor dies
+                sock.close(linger=0)
+            primary.amend_timeout_s = 0.1
+            reply = await p.request(Role.PRIMARY, ReplaceOrder("acc", "r1", "lim", 2.0, 1.0760))
+            assert isinstance(reply, OrderReject), reply
+            assert reply.reason is RejectReason.EXECUTOR_UNAVAILABLE and reply.retryable
+            store = RedisOrderStore(p.cfg.redis.url, "bk")
+            assert isinstance(ack, OrderAck)
+            stored = await store.get(ack.order_id)
+            await store.close()
+            assert stored is not None and stored.quantity == 1.0  # unchanged
+            assert primary.amends == {}
+    run(main())
+
+
+def test_partial_fills_converge_across_a_failover(redis_server: RedisProcess) -> None:
+    """A 6-lot order fills one lot per executor poll; the active backend dies after the
+    first fills. The backup re-drives the order, the executor replays what it missed and
+    goes on: the record ends FILLED with exactly 6 lots from 6 log entries."""
+    async def main() -> None:
+        async with pair(redis_server, real_executor=True, fill_lots=1.0) as p:
+            primary, backup = p.node(Role.PRIMARY), p.node(Role.BACKUP)
+            assert p.executor is not None
+            await wait_active(primary)
+            opts = both_backends(p)
+            async with OrderClient(opts) as client:
+                ack = await client.place(order("big", qty=6.0))
+                await wait_until(lambda: primary.stats.reports >= 2, 5, "two fills applied")
+                primary.peer_pub.close(linger=0)
+                primary.clients.close(linger=0)
+                primary.executor.close(linger=0)
+                await client.place(order("wake"))  # a request makes the backup take over
+                await wait_active(backup)
+                store = RedisOrderStore(p.cfg.redis.url, "bk")
+                try:
+                    async def filled() -> bool:
+                        stored = await store.get(ack.order_id)
+                        return stored is not None and stored.state is OrderState.FILLED
+                    deadline = time.monotonic() + 10
+                    while not await filled():
+                        assert time.monotonic() < deadline, await store.get(ack.order_id)
+                        await asyncio.sleep(0.05)
+                    stored = await store.get(ack.order_id)
+                    assert stored is not None
+                    assert (stored.filled_quantity, stored.exec_seq) == (6.0, 6)
+                    entries = await store.executions(ack.order_id)
+                    assert [e.last_quantity for e in entries] == [1.0] * 6
+                    assert await store.redis.scard(f"bk:executed:{ack.order_id}") == 6
+                finally:
+                    await store.close()
     run(main())

@@ -78,7 +78,8 @@ MESSAGES: list[Any] = [
                                      state=S.ROUTED).replace_report(
         0.02, None, exec_id="o-2:cxl", epoch=1), id="report-replace-market-request"),
     pytest.param(RECORD, id="order-record-replaced"),
-    pytest.param(dataclasses.replace(RECORD, exec_seq=9), id="order-record-exec-seq"),
+    pytest.param(dataclasses.replace(RECORD, exec_seq=9, client_id="trader-7"),
+                 id="order-record-exec-seq-client"),
     pytest.param(Order.from_new("o-2", MARKET, epoch=1, now_ns=5), id="order-record-market"),
 ]
 
@@ -138,7 +139,7 @@ def test_body_uses_the_documented_keys() -> None:
     assert record == {
         "order_id": "o-1", "order": msgpack.unpackb(encode_order(LIMIT)[1]), "state": 4,
         "filled_quantity": 1.0, "avg_price": 1.08415, "epoch": 3, "updated_ns": 2**64 - 1,
-        "quantity": 2.0, "price": 1.0845, "exec_seq": 0}
+        "quantity": 2.0, "price": 1.0845, "exec_seq": 0, "client_id": ""}
 
 
 def test_fields_added_later_default_when_a_peer_omits_them() -> None:
@@ -150,6 +151,7 @@ def test_fields_added_later_default_when_a_peer_omits_them() -> None:
     assert decode_order([encode_order(FILL)[0], msgpack.packb(body)]) == FILL
     record = msgpack.unpackb(encode_order(RECORD)[1])
     del record["exec_seq"]
+    del record["client_id"]
     assert decode_order([encode_order(RECORD)[0], msgpack.packb(record)]) == RECORD
 
 
