@@ -64,5 +64,18 @@ def test_readme_order_example_runs(redis_server: RedisProcess,
             async with asyncio.timeout(scaled(10)):
                 await env["main"]()  # type: ignore[operator]
     asyncio.run(main())
-    order_id, state, report = capsys.readouterr().out.split()
+    placed, amended = capsys.readouterr().out.splitlines()
+    order_id, state, report = placed.split()
     assert state == "ROUTED" and report == "FILLED" and order_id.startswith("O")
+    assert amended.split() == ["ROUTED", "CANCELLED"]
+
+
+def test_readme_mesh_file_is_valid() -> None:
+    import tomllib
+
+    from bus.config import parse_config
+
+    block = re.findall(r"```toml\n(.*?)```", README.read_text(), re.S)[0]
+    cfg = parse_config(tomllib.loads(block))
+    assert (cfg.orders.fill_lots, cfg.orders.amend_timeout_ms) == (2.0, 500.0)
+    assert [f.name for f in cfg.feeds] == ["sim", "mt5"]
