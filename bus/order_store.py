@@ -35,7 +35,7 @@ from protocols.errors import Fenced, InvalidOrder, StoreError
 from protocols.order_codec import decode_order, encode_order
 from protocols.orders import ExecutionReport, Order
 
-from .store import store_error
+from .store import redis_client, store_error
 
 # KEYS: epoch. ARGV: expected. Returns {1, new} on success, {0, current} otherwise.
 _ACQUIRE = """
@@ -158,8 +158,7 @@ class RedisOrderStore:
     def __init__(self, url: str, key_prefix: str = "tm", socket_timeout_s: float = 1.0,
                  client: aioredis.Redis | None = None) -> None:
         self.prefix = key_prefix
-        self.redis = client or aioredis.Redis.from_url(
-            url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s)
+        self.redis = client or redis_client(url, socket_timeout_s)
         self._acquire = self.redis.register_script(_ACQUIRE)
         self._write = self.redis.register_script(_WRITE)
         self._append = self.redis.register_script(_APPEND)

@@ -29,6 +29,8 @@ from typing import Protocol
 
 import msgpack
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -100,6 +102,21 @@ def store_error(exc: Exception) -> StoreError:
     return StoreError(f"redis error: {exc}")
 
 
+def redis_client(url: str, socket_timeout_s: float = 1.0) -> aioredis.Redis:
+    """The asyncio Redis client every store uses.
+
+    A command that finds its pooled connection closed (the server restarted, or a proxy cut
+    it) is retried once on a fresh connection: every command the stores send may run twice
+    (writes are idempotent or compare-and-set), and without it the first request after any
+    reconnect would fail. A timeout is not retried: the caller's deadline is the socket
+    timeout, and a slow server gets no second helping of load.
+    """
+    return aioredis.Redis.from_url(
+        url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s,
+        health_check_interval=0, retry=Retry(NoBackoff(), 1),
+        retry_on_error=[RedisConnectionError])
+
+
 class RedisTickStore:
     """:class:`TickStore` on one Redis server (a URL); Sentinel discovery comes with HA."""
 
@@ -107,9 +124,7 @@ class RedisTickStore:
                  client: aioredis.Redis | None = None) -> None:
         self.url = url
         self.prefix = key_prefix
-        self.redis = client or aioredis.Redis.from_url(
-            url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s,
-            health_check_interval=0)
+        self.redis = client or redis_client(url, socket_timeout_s)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))

@@ -314,14 +314,14 @@ class BackendNode:
 
     async def _place(self, identity: bytes, req: NewOrder) -> OrderAck | OrderReject:
         epoch = self.star.epoch
-        # The two reads are independent: one round trip of latency, not two.
-        existing, quote = await asyncio.gather(
-            self.store.by_client_id(req.account, req.client_order_id), self._quote(req.symbol))
-        if existing is not None:
-            return self._duplicate(existing, req, identity)
-        reason = validate(req, limits=self.limits, last_bid_ask=quote,
+        reason = validate(req, limits=self.limits, last_bid_ask=await self._quote(req.symbol),
                           exposure=self._exposure(req.account))
         if reason is not None:
+            # A retry of an order stored earlier answers with its state, even if the market
+            # has moved since: the rare path pays the idempotency read.
+            existing = await self.store.by_client_id(req.account, req.client_order_id)
+            if existing is not None:
+                return self._duplicate(existing, req, identity)
             return OrderReject(req.client_order_id, reason, f"{reason.name.lower()}")
         now = time.time_ns()
         order = Order.from_new(f"O{epoch}.{next(self._ids)}", req, epoch=epoch, now_ns=now,
@@ -331,10 +331,16 @@ class BackendNode:
                                 epoch=epoch, now_ns=now)
         try:
             # One fenced write, before the ack: stored as ROUTED, so a takeover re-drives it
-            # even if this node dies before the executor has it (the executor dedupes).
+            # even if this node dies before the executor has it (the executor dedupes). The
+            # write is also the idempotency check: it refuses, writing nothing, a client order
+            # id that already names an order (no read before it on the common path).
             await self.store.write(order, epoch)
-        except InvalidOrder as exc:  # the client order id was taken meanwhile
-            return OrderReject(req.client_order_id, RejectReason.DUPLICATE_DIFFERENT, str(exc))
+        except InvalidOrder as exc:  # a retry of a stored order, or a reused client order id
+            existing = await self.store.by_client_id(req.account, req.client_order_id)
+            if existing is None:  # pragma: no cover - the id key is never deleted
+                return OrderReject(req.client_order_id, RejectReason.DUPLICATE_DIFFERENT,
+                                   str(exc))
+            return self._duplicate(existing, req, identity)
         self.routes[order.order_id] = identity
         self.orders[order.order_id] = order
         await self._route(order)

@@ -225,6 +225,27 @@ def test_duplicate_client_order_id_is_one_order(redis_server: RedisProcess) -> N
     run(main())
 
 
+def test_a_retry_gets_the_stored_order_even_after_the_market_moved(
+        redis_server: RedisProcess) -> None:
+    """The idempotency check rides on the fenced write; a retry that would now fail the
+    pre-trade checks (the price band moved away) must still get the order it created."""
+    async def main() -> None:
+        async with pair(redis_server) as p:
+            await wait_active(p.node(Role.PRIMARY))
+            first = await p.request(Role.PRIMARY, order("lim", price=1.0750))
+            assert isinstance(first, OrderAck)
+            await seed_tick(p.cfg, bid=2.0, ask=2.0002)  # 1.0750 is far outside the band now
+            await asyncio.sleep(0.06)  # past the backend's 50 ms quote cache
+            fresh = await p.request(Role.PRIMARY, order("other", price=1.0750))
+            assert isinstance(fresh, OrderReject) and fresh.reason is RejectReason.PRICE_BAND
+            again = await p.request(Role.PRIMARY, order("lim", price=1.0750))
+            assert isinstance(again, OrderAck) and again.order_id == first.order_id
+            conflict = await p.request(Role.PRIMARY, order("lim", price=1.0760))
+            assert isinstance(conflict, OrderReject)
+            assert conflict.reason is RejectReason.DUPLICATE_DIFFERENT
+    run(main())
+
+
 @pytest.mark.parametrize(("msg", "reason"), [
     (order("u1", symbol="XAGUSD"), RejectReason.UNKNOWN_SYMBOL),
     (order("q1", qty=101.0), RejectReason.QUANTITY_LIMIT),
