@@ -47,7 +47,9 @@ class Checkpointer:
         self._block = reserve_block
         self._reserved = dict(reserved)
         self._chunks: deque[tuple[str, int, int, list[Row]]] = deque()
-        self._backoff = Backoff(base_s=interval_s, cap_s=1.0)
+        # Capped at 100 ms: after a Redis failover the buffered checkpoints must reach the new
+        # master within ~200 ms of its announcement, not at the next of 1 s retries.
+        self._backoff = Backoff(base_s=interval_s, cap_s=0.1)
         self._failures = 0
         self._wake = asyncio.Event()
         self.stats = CheckpointStats()

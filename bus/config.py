@@ -31,6 +31,7 @@ Example (all keys optional; these are the defaults)::
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import json
@@ -82,8 +83,48 @@ class MeshSection:
 
 @dataclass(frozen=True, slots=True)
 class RedisSection:
+    """Where the two store roles live: RTS (tick checkpoints, last values; evictable) and RTSS
+    (order and trade state; never evicted before settlement). Either plain URLs (``url`` for
+    RTS, ``orders_url`` for RTSS, "" = the same server), or Sentinels: then ``master`` and
+    ``orders_master`` name the two master groups ("" = the same group) and the URLs are unused.
+    """
+
     url: str = "redis://127.0.0.1:6379/0"
+    orders_url: str = ""
+    sentinels: tuple[str, ...] = ()  # "host:port" of each Sentinel
+    master: str = "tickmesh-rts"
+    orders_master: str = "tickmesh-rtss"
+    password: str = ""  # of the Redis servers found through Sentinels (a URL carries its own)
+    sentinel_password: str = ""
+    db: int = 0
     socket_timeout_ms: int = 1000
+    deadline_ms: int = 5000  # an order waits this long for the store to come back
+    wait_timeout_ms: int = 100  # WAIT for a replica before an order is acknowledged
+
+    def validate(self, key: str) -> None:
+        _positive(f"{key}.socket_timeout_ms", self.socket_timeout_ms,
+                  "e.g. socket_timeout_ms = 1000")
+        _non_negative(f"{key}.deadline_ms", self.deadline_ms, "e.g. deadline_ms = 5000")
+        _positive(f"{key}.wait_timeout_ms", self.wait_timeout_ms, "e.g. wait_timeout_ms = 100")
+        for name in ("url", "orders_url"):
+            url = getattr(self, name)
+            if name == "orders_url" and url == "":
+                continue
+            if not url.startswith(("redis://", "rediss://", "unix://")):
+                raise ConfigError(f"{key}.{name}", f"{url!r} is not a Redis URL",
+                                  'e.g. "redis://127.0.0.1:6379/0"')
+        for i, address in enumerate(self.sentinels):
+            parse_hostport(f"{key}.sentinels[{i}]", address)
+        if self.sentinels and not self.master:
+            raise ConfigError(f"{key}.master", "is empty while sentinels are set",
+                              'the master group name, e.g. master = "tickmesh-rts"')
+        if not 0 <= self.db <= 15:
+            raise ConfigError(f"{key}.db", f"must be 0-15, got {self.db}", "e.g. db = 0")
+
+    def orders_role(self) -> RedisSection:
+        """This section as seen by the order store (the RTSS role)."""
+        return dataclasses.replace(self, url=self.orders_url or self.url,
+                                   master=self.orders_master or self.master)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,11 +269,7 @@ class MeshConfig:
     orders: OrdersSection = field(default_factory=OrdersSection)
 
     def validate(self) -> MeshConfig:
-        _positive("redis.socket_timeout_ms", self.redis.socket_timeout_ms,
-                  "e.g. socket_timeout_ms = 1000")
-        if not self.redis.url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError("redis.url", f"{self.redis.url!r} is not a Redis URL",
-                              'e.g. "redis://127.0.0.1:6379/0"')
+        self.redis.validate("redis")
         names: set[str] = set()
         owner: dict[str, str] = {}
         for i, f in enumerate(self.feeds):

@@ -25,17 +25,23 @@ missed instead and decides again from there.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from protocols.errors import Fenced, InvalidOrder, StoreError
+from protocols.backoff import Backoff
+from protocols.errors import Fenced, InvalidOrder, StoreError, StoreUnavailable
 from protocols.order_codec import decode_order, encode_order
 from protocols.orders import ExecutionReport, Order
 
-from .store import redis_client, store_error
+from .config import MeshConfig
+from .store import RedisConnection, connect_redis, redis_client, store_error
 
 # KEYS: epoch. ARGV: expected. Returns {1, new} on success, {0, current} otherwise.
 _ACQUIRE = """
@@ -152,39 +158,120 @@ def is_execution(entry: ExecutionReport) -> bool:
     return entry.is_fill or entry.state.terminal
 
 
+@dataclass(slots=True)
+class OrderStoreStats:
+    ridden: int = 0  # commands that succeeded after the store was unavailable for a while
+    unavailable: int = 0  # commands that gave up at the deadline
+    not_replicated: int = 0  # writes the replica did not confirm in time (then retried)
+
+
 class RedisOrderStore:
-    """:class:`OrderStore` on one Redis server."""
+    """:class:`OrderStore` on Redis (the RTSS role).
+
+    Riding through a store outage (a Sentinel switch takes about 1.3-1.7 s here): a command
+    that finds the store unavailable is retried with jittered back-off until ``deadline_s``
+    after it was first tried, then raises ``StoreUnavailable``; so an order is held, not
+    refused, while the master is switched. Every command here may run twice safely: the
+    scripts are compare-and-set or idempotent for the same order.
+
+    Durability: when the master has a replica, a write that decides something (an order
+    record, an epoch, an execution log entry) is followed by ``WAIT 1`` in the same round trip
+    and counts as done only once the replica has it, so a master that dies right after cannot
+    take an acknowledged order or an executed fill with it.
+    """
 
     def __init__(self, url: str, key_prefix: str = "tm", socket_timeout_s: float = 1.0,
-                 client: aioredis.Redis | None = None) -> None:
+                 client: aioredis.Redis | None = None, *, deadline_s: float = 0.0,
+                 wait_timeout_s: float = 0.1) -> None:
         self.prefix = key_prefix
         self.redis = client or redis_client(url, socket_timeout_s)
+        self.deadline_s = deadline_s
+        self.wait_timeout_s = wait_timeout_s
+        self._connection: RedisConnection | None = None
         self._acquire = self.redis.register_script(_ACQUIRE)
         self._write = self.redis.register_script(_WRITE)
         self._append = self.redis.register_script(_APPEND)
+        self._backoff = Backoff(base_s=0.005, cap_s=0.1)
+        self._replicas = (0, -1.0)  # (connected replicas, when known by the loop's clock)
+        self.stats = OrderStoreStats()
+
+    @classmethod
+    def from_config(cls, cfg: MeshConfig) -> RedisOrderStore:
+        """The order store of a mesh (the RTSS role of its ``[redis]`` section)."""
+        section = cfg.redis.orders_role()
+        connection = connect_redis(section)
+        store = cls(section.url, cfg.mesh.key_prefix, client=connection.client,
+                    deadline_s=section.deadline_ms / 1000,
+                    wait_timeout_s=section.wait_timeout_ms / 1000)
+        store._connection = connection
+        return store
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
-    async def _call(self, coro: Any) -> Any:
-        try:
-            return await coro
-        except RedisError as exc:
-            raise store_error(exc) from exc
+    async def _call(self, command: Callable[[], Awaitable[Any]], *, ride: bool = True) -> Any:
+        """Run ``command``, again and again while the store is unavailable (if ``ride``: until
+        the deadline); redis-py errors become tickmesh errors."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.deadline_s if ride else 0.0)
+        failures = 0
+        while True:
+            try:
+                result = await command()
+                if failures:
+                    self.stats.ridden += 1
+                return result
+            except (RedisError, StoreUnavailable) as exc:
+                error = exc if isinstance(exc, StoreError) else store_error(exc)
+                now = loop.time()
+                if not isinstance(error, StoreUnavailable) or now >= deadline:
+                    if isinstance(error, StoreUnavailable):
+                        self.stats.unavailable += 1
+                    raise error from exc
+            failures += 1
+            await asyncio.sleep(min(self._backoff.compute(failures, random.random()),
+                                    max(0.0, deadline - now)))
+
+    async def _replica_count(self) -> int:
+        """Replicas connected to the master, as its INFO said within the last second."""
+        count, known = self._replicas
+        now = asyncio.get_running_loop().time()
+        if now - known > 1.0:
+            info = await self.redis.info("replication")
+            count = int(info.get("connected_slaves", 0)) if info.get("role") == "master" else 0
+            self._replicas = (count, now)
+        return count
+
+    async def _decide(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        """Run a deciding script; with a replica, ``WAIT`` for it in the same round trip."""
+        if not await self._replica_count():
+            return await script(keys=keys, args=args)
+        pipe = self.redis.pipeline(transaction=False)
+        await script(keys=keys, args=args, client=pipe)
+        pipe.execute_command("WAIT", 1, int(self.wait_timeout_s * 1000))
+        result, replicated = await pipe.execute()
+        if int(replicated) < 1:
+            self._replicas = (0, -1.0)  # ask again: the replica may be gone
+            self.stats.not_replicated += 1
+            raise StoreUnavailable(f"the replica did not confirm the write within "
+                                   f"{self.wait_timeout_s * 1000:g} ms")
+        return result
 
     async def current_epoch(self) -> int:
-        return int(await self._call(self.redis.get(self._k("epoch"))) or 0)
+        return int(await self._call(lambda: self.redis.get(self._k("epoch"))) or 0)
 
     async def acquire_epoch(self, expected: int) -> tuple[bool, int]:
-        won, epoch = await self._call(self._acquire(keys=[self._k("epoch")], args=[expected]))
+        # Not ridden through: the pair's state machine retries a takeover on its own.
+        won, epoch = await self._call(
+            lambda: self._decide(self._acquire, [self._k("epoch")], [expected]), ride=False)
         return bool(won), int(epoch)
 
     async def write(self, order: Order, epoch: int) -> None:
         o = order.order
         keys = [self._k("epoch"), self._k("order", order.order_id),
                 self._k("client", o.account, o.client_order_id), self._k("open")]
-        result = await self._call(self._write(
-            keys=keys, args=[epoch, order.order_id, _blob(order), int(order.terminal)]))
+        args = [epoch, order.order_id, _blob(order), int(order.terminal)]
+        result = await self._call(lambda: self._decide(self._write, keys, args))
         if result[0] == 0:
             raise Fenced(epoch, int(result[1]))
         if result[0] == 2:
@@ -193,18 +280,21 @@ class RedisOrderStore:
                                f"{o.account!r} already names order {other}")
 
     async def get(self, order_id: str) -> Order | None:
-        blob = await self._call(self.redis.get(self._k("order", order_id)))
+        blob = await self._call(lambda: self.redis.get(self._k("order", order_id)))
         return None if blob is None else _order(blob)
 
     async def by_client_id(self, account: str, client_order_id: str) -> Order | None:
-        order_id = await self._call(self.redis.get(self._k("client", account, client_order_id)))
+        key = self._k("client", account, client_order_id)
+        order_id = await self._call(lambda: self.redis.get(key))
         return None if order_id is None else await self.get(order_id.decode())
 
     async def open_orders(self) -> list[Order]:
-        ids: Sequence[bytes] = sorted(await self._call(self.redis.smembers(self._k("open"))))
+        ids: Sequence[bytes] = sorted(await self._call(
+            lambda: self.redis.smembers(self._k("open"))))
         if not ids:
             return []
-        blobs = await self._call(self.redis.mget([self._k("order", i.decode()) for i in ids]))
+        keys = [self._k("order", i.decode()) for i in ids]
+        blobs = await self._call(lambda: self.redis.mget(keys))
         return [_order(b) for b in blobs if b is not None]
 
     def executed_key(self, order_id: str) -> str:
@@ -216,17 +306,20 @@ class RedisOrderStore:
             raise ValueError(f"an execution log entry needs a position >= 1, got {entry.seq}")
         oid = entry.order_id
         exec_id = entry.exec_id if is_execution(entry) else ""
-        result = await self._call(self._append(
-            keys=[self._k("xlog", oid), self.executed_key(oid)],
-            args=[entry.seq - 1, _blob(entry), exec_id]))
+        keys = [self._k("xlog", oid), self.executed_key(oid)]
+        args = [entry.seq - 1, _blob(entry), exec_id]
+        result = await self._call(lambda: self._decide(self._append, keys, args))
         if result[0] == 2:
             raise StoreError(f"execution log of {oid} holds {result[1]} entries: position "
                              f"{entry.seq} is beyond its end")
         return [] if result[0] == 1 else [_entry(b) for b in result[1]]
 
     async def executions(self, order_id: str, after: int = 0) -> list[ExecutionReport]:
-        blobs = await self._call(self.redis.lrange(self._k("xlog", order_id), after, -1))
+        blobs = await self._call(lambda: self.redis.lrange(self._k("xlog", order_id), after, -1))
         return [_entry(b) for b in blobs]
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        if self._connection is not None:
+            await self._connection.close()
+        else:
+            await self.redis.aclose()

@@ -30,13 +30,16 @@ from typing import Protocol
 import msgpack
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from protocols.errors import StoreError, StoreUnavailable
 from protocols.messages import Row, SeqRange, SnapshotEntry, TickBatch
+
+from .config import MeshConfig, RedisSection, parse_hostport
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +99,17 @@ class TickStore(Protocol):
 
 
 def store_error(exc: Exception) -> StoreError:
-    """The tickmesh error for a redis-py error: unreachable servers are ``StoreUnavailable``."""
-    if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
+    """The tickmesh error for a redis-py error.
+
+    ``StoreUnavailable`` (worth retrying) for an unreachable server, a master being switched
+    (no master known to the Sentinels, or a demoted master answering ``READONLY``); a plain
+    ``StoreError`` otherwise, and for a refused password: retrying cannot fix that.
+    """
+    if isinstance(exc, AuthenticationError) or "WRONGPASS" in str(exc) \
+            or "NOAUTH" in str(exc):
+        return StoreError(f"redis refused the password: {exc} (check redis.password, "
+                          "redis.sentinel_password or the URL)")
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)):
         return StoreUnavailable(f"redis unreachable: {exc}")
     return StoreError(f"redis error: {exc}")
 
@@ -117,14 +129,64 @@ def redis_client(url: str, socket_timeout_s: float = 1.0) -> aioredis.Redis:
         retry_on_error=[RedisConnectionError])
 
 
+def connect_redis(section: RedisSection) -> RedisConnection:
+    """The client of one store role as a ``[redis]`` section describes it: a URL, or the
+    master of ``section.master`` found through ``section.sentinels`` (pass
+    ``section.orders_role()`` for the order store).
+
+    Through Sentinels every new connection asks them for the current master (redis-py's
+    ``SentinelManagedConnection``), and a demoted master's ``READONLY`` drops the connection,
+    so after a switch the next attempt lands on the new master. The retry across the switch
+    itself is the caller's (see ``RedisOrderStore``'s deadline); here a command is retried once
+    on a fresh connection, as :func:`redis_client` does.
+    """
+    timeout = section.socket_timeout_ms / 1000
+    if not section.sentinels:
+        return RedisConnection(redis_client(section.url, timeout))
+    addresses = [parse_hostport(f"redis.sentinels[{i}]", a)
+                 for i, a in enumerate(section.sentinels)]
+    sentinel = Sentinel(addresses, sentinel_kwargs={  # type: ignore[no-untyped-call]
+        "socket_timeout": timeout, "socket_connect_timeout": timeout,
+        "password": section.sentinel_password or None})
+    client = sentinel.master_for(
+        section.master, socket_timeout=timeout, socket_connect_timeout=timeout,
+        password=section.password or None, db=section.db, health_check_interval=0,
+        retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError])
+    return RedisConnection(client, sentinel)
+
+
+class RedisConnection:
+    """A store's Redis client and, through Sentinels, the Sentinel clients behind it (closed
+    with it)."""
+
+    def __init__(self, client: aioredis.Redis, sentinel: Sentinel | None = None) -> None:
+        self.client = client
+        self.sentinel = sentinel
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        if self.sentinel is not None:
+            for s in self.sentinel.sentinels:
+                await s.aclose()
+
+
 class RedisTickStore:
-    """:class:`TickStore` on one Redis server (a URL); Sentinel discovery comes with HA."""
+    """:class:`TickStore` on Redis (the RTS role)."""
 
     def __init__(self, url: str, key_prefix: str = "tm", socket_timeout_s: float = 1.0,
                  client: aioredis.Redis | None = None) -> None:
         self.url = url
         self.prefix = key_prefix
         self.redis = client or redis_client(url, socket_timeout_s)
+        self._connection: RedisConnection | None = None
+
+    @classmethod
+    def from_config(cls, cfg: MeshConfig) -> RedisTickStore:
+        """The tick store of a mesh (the RTS role of its ``[redis]`` section)."""
+        connection = connect_redis(cfg.redis)
+        store = cls(cfg.redis.url, cfg.mesh.key_prefix, client=connection.client)
+        store._connection = connection
+        return store
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -272,4 +334,7 @@ class RedisTickStore:
         return FillResult(max(settled, from_seq - 1), tuple(batches), tuple(void))
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        if self._connection is not None:
+            await self._connection.close()
+        else:
+            await self.redis.aclose()

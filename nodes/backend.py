@@ -44,7 +44,14 @@ from protocols.binary_star import (
     State,
     SteppedDown,
 )
-from protocols.errors import Fenced, InvalidOrder, OrderStateError, RemoteProtocolError, StoreError
+from protocols.errors import (
+    Fenced,
+    InvalidOrder,
+    OrderStateError,
+    RemoteProtocolError,
+    StoreError,
+    StoreUnavailable,
+)
 from protocols.order_codec import (
     client_order_id_of,
     decode_order,
@@ -130,10 +137,9 @@ class BackendNode:
         self.redrive_s = redrive_s
         self.endpoints = endpoints
         self.limits = limits
-        self.store: OrderStore = store or RedisOrderStore(
-            cfg.redis.url, cfg.mesh.key_prefix, cfg.redis.socket_timeout_ms / 1000)
-        self.ticks = RedisTickStore(cfg.redis.url, cfg.mesh.key_prefix,
-                                    cfg.redis.socket_timeout_ms / 1000)
+        self.store: OrderStore = store or RedisOrderStore.from_config(cfg)
+        self.ticks = RedisTickStore.from_config(cfg)
+        self.quote_stale_s = cfg.redis.deadline_ms / 1000
         self.star = BinaryStar(role, pair or PairConfig(), started=time.monotonic())
         self.stats = BackendStats()
         self.stats_path = stats_path
@@ -355,7 +361,14 @@ class BackendNode:
         hit = self._quotes.get(symbol)
         if hit is not None and hit[0] > now:
             return hit[1]
-        entry = await self.ticks.last(symbol)
+        try:
+            entry = await self.ticks.last(symbol)
+        except StoreUnavailable:
+            # The tick store is being failed over: price against the last quote read, if it is
+            # younger than the store deadline; orders are held, not refused, meanwhile.
+            if hit is not None and now - (hit[0] - QUOTE_TTL_S) <= self.quote_stale_s:
+                return hit[1]
+            raise
         quote = (entry.row[0], entry.row[1]) if entry is not None else None
         self._quotes[symbol] = (now + QUOTE_TTL_S, quote)
         return quote

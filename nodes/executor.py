@@ -220,13 +220,12 @@ class ExecutorNode:
         if not backends:
             raise ValueError("an executor needs at least one backend endpoint")
         self.name = name
-        timeout_s = cfg.redis.socket_timeout_ms / 1000
         self._owned: list[OrderStore | TickStore] = []
         if store is None:
-            store = RedisOrderStore(cfg.redis.url, cfg.mesh.key_prefix, timeout_s)
+            store = RedisOrderStore.from_config(cfg)
             self._owned.append(store)
         if ticks is None:
-            ticks = RedisTickStore(cfg.redis.url, cfg.mesh.key_prefix, timeout_s)
+            ticks = RedisTickStore.from_config(cfg)
             self._owned.append(ticks)
         self.store: OrderStore = store
         self.ticks: TickStore = ticks

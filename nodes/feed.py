@@ -48,8 +48,7 @@ class FeedNode:
                  source: Source | None = None, stats_path: Path | None = None) -> None:
         self.cfg = cfg
         self.feed = feed
-        self.store: TickStore = store or RedisTickStore(
-            cfg.redis.url, cfg.mesh.key_prefix, cfg.redis.socket_timeout_ms / 1000)
+        self.store: TickStore = store or RedisTickStore.from_config(cfg)
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.actx = zmq.asyncio.Context.shadow(self.ctx.underlying)
         self.source = source or make_source(feed, self.actx)

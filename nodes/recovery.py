@@ -54,8 +54,7 @@ class RecoveryNode:
     def __init__(self, cfg: MeshConfig, section: RecoverySection, *,
                  store: TickStore | None = None, stats_path: Path | None = None) -> None:
         self.section = section
-        self.store: TickStore = store or RedisTickStore(
-            cfg.redis.url, cfg.mesh.key_prefix, cfg.redis.socket_timeout_ms / 1000)
+        self.store: TickStore = store or RedisTickStore.from_config(cfg)
         self.ctx = zmq.asyncio.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)

@@ -139,8 +139,11 @@ async def fake_executor(ctx: zmq.asyncio.Context, ends: list[str], executed: lis
 @contextlib.asynccontextmanager
 async def pair(redis: RedisProcess, *, roles: tuple[Role, ...] = (Role.PRIMARY, Role.BACKUP),
                cut_heartbeats: bool = False, real_executor: bool = False,
-               fill_lots: float | None = None) -> AsyncIterator[Pair]:
-    cfg = MeshConfig(mesh=MeshSection(key_prefix="bk"), redis=RedisSection(url=redis.url))
+               fill_lots: float | None = None, deadline_ms: int = 300
+               ) -> AsyncIterator[Pair]:
+    # A short store deadline: tests of a store outage want the reject, not a 5 s ride.
+    cfg = MeshConfig(mesh=MeshSection(key_prefix="bk"),
+                     redis=RedisSection(url=redis.url, deadline_ms=deadline_ms))
     await seed_tick(cfg)
     pubs = {Role.PRIMARY: tcp(), Role.BACKUP: tcp()}
     other = {Role.PRIMARY: Role.BACKUP, Role.BACKUP: Role.PRIMARY}

@@ -138,7 +138,8 @@ class Rig:
 def run(redis: RedisProcess, body: Callable[[Rig], Awaitable[None]],
         backends: int = 2) -> None:
     async def main() -> None:
-        cfg = MeshConfig(mesh=MeshSection(key_prefix=PREFIX), redis=RedisSection(url=redis.url))
+        cfg = MeshConfig(mesh=MeshSection(key_prefix=PREFIX),
+                         redis=RedisSection(url=redis.url, deadline_ms=300))
         ctx = zmq.asyncio.Context()
         fakes = [FakeBackend(ctx) for _ in range(backends)]
         ticks = RedisTickStore(redis.url, PREFIX)
