@@ -233,12 +233,14 @@ class RedisOrderStore:
                                     max(0.0, deadline - now)))
 
     async def _replica_count(self) -> int:
-        """Replicas connected to the master, as its INFO said within the last second."""
+        """Replicas online at the master (connected and past their first sync: one still
+        syncing cannot confirm a WAIT), as its INFO said within the last second."""
         count, known = self._replicas
         now = asyncio.get_running_loop().time()
         if now - known > 1.0:
             info = await self.redis.info("replication")
-            count = int(info.get("connected_slaves", 0)) if info.get("role") == "master" else 0
+            count = sum(1 for key, value in info.items() if key.startswith("slave")
+                        and isinstance(value, dict) and value.get("state") == "online")
             self._replicas = (count, now)
         return count
 

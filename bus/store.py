@@ -145,9 +145,11 @@ def connect_redis(section: RedisSection) -> RedisConnection:
         return RedisConnection(redis_client(section.url, timeout))
     addresses = [parse_hostport(f"redis.sentinels[{i}]", a)
                  for i, a in enumerate(section.sentinels)]
+    # No retries inside a Sentinel query (redis-py's default backs off for seconds): the
+    # caller's deadline decides how long to keep asking.
     sentinel = Sentinel(addresses, sentinel_kwargs={  # type: ignore[no-untyped-call]
         "socket_timeout": timeout, "socket_connect_timeout": timeout,
-        "password": section.sentinel_password or None})
+        "password": section.sentinel_password or None, "retry": Retry(NoBackoff(), 0)})
     client = sentinel.master_for(
         section.master, socket_timeout=timeout, socket_connect_timeout=timeout,
         password=section.password or None, db=section.db, health_check_interval=0,

@@ -1,0 +1,151 @@
+"""The store layer across outages, against real redis-servers: ride-through until the deadline,
+WAIT for a replica before an order write counts, clear errors for a wrong password and for
+Sentinels that cannot be reached."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from bus.config import MeshConfig, MeshSection, RedisSection
+from bus.order_store import RedisOrderStore
+from bus.store import RedisTickStore, connect_redis
+from nodes.servers import RedisProcess, free_port
+from protocols.errors import StoreError, StoreUnavailable
+from protocols.orders import NewOrder, Order, OrderType, Side
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def record(order_id: str = "o1") -> Order:
+    new = NewOrder("acc", f"c-{order_id}", "EURUSD", Side.BUY, OrderType.LIMIT, 1.0, 1.08, 1)
+    return Order.from_new(order_id, new, epoch=1, now_ns=1)
+
+
+def mesh(url: str, **redis: object) -> MeshConfig:
+    return MeshConfig(mesh=MeshSection(key_prefix="ha"), redis=RedisSection(url=url, **redis))
+
+
+async def active_store(cfg: MeshConfig) -> RedisOrderStore:
+    store = RedisOrderStore.from_config(cfg)
+    won, _ = await store.acquire_epoch(await store.current_epoch())
+    assert won
+    return store
+
+
+def test_an_order_write_rides_through_a_store_restart(redis_server: RedisProcess) -> None:
+    async def main() -> None:
+        store = await active_store(mesh(redis_server.url, deadline_ms=10_000))
+        try:
+            await asyncio.to_thread(redis_server.stop)
+            write = asyncio.create_task(store.write(record(), 1))
+            await asyncio.sleep(0.3)
+            assert not write.done(), "the write is held while the store is away"
+            await asyncio.to_thread(redis_server.start)  # the AOF kept the epoch
+            await write
+            assert await store.get("o1") == record()
+            assert store.stats.ridden == 1 and store.stats.unavailable == 0
+        finally:
+            await store.close()
+    asyncio.run(main())
+
+
+def test_past_the_deadline_the_store_is_unavailable(redis_server: RedisProcess) -> None:
+    async def main() -> None:
+        store = await active_store(mesh(redis_server.url, deadline_ms=300))
+        try:
+            await asyncio.to_thread(redis_server.stop)
+            with pytest.raises(StoreUnavailable, match="unreachable"):
+                await store.write(record(), 1)
+            assert store.stats.unavailable == 1
+        finally:
+            await store.close()
+    asyncio.run(main())
+
+
+def test_an_order_write_waits_for_the_replica(tmp_path: Path,
+                                              redis_server: RedisProcess) -> None:
+    replica = RedisProcess(data_dir=tmp_path / "replica", replica_of=redis_server.address)
+    replica.start()
+
+    async def main() -> None:
+        store = await active_store(mesh(redis_server.url, deadline_ms=300,
+                                        wait_timeout_ms=100))
+        on_replica = RedisOrderStore(replica.url, "ha")
+        try:
+            for _ in range(100):  # the replica's link comes up after its first sync
+                info = await store.redis.info("replication")
+                if info.get("slave0", {}).get("state") == "online":
+                    break
+                await asyncio.sleep(0.05)
+            await store.write(record("o1"), 1)
+            # Returned only after WAIT: the replica has it, no polling needed.
+            assert await on_replica.get("o1") == record("o1")
+            # The replica dies while the store still believes it there: the WAIT is not
+            # confirmed, the store asks the master again, finds no replica and writes alone
+            # (durability is "on a replica when one exists": a lone master is all there is).
+            await asyncio.to_thread(replica.kill)
+            store._replicas = (1, asyncio.get_running_loop().time())
+            await store.write(record("o2"), 1)
+            assert store.stats.not_replicated == 1 and store.stats.ridden == 1
+        finally:
+            await store.close()
+            await on_replica.close()
+    try:
+        asyncio.run(main())
+    finally:
+        replica.stop()
+
+
+def test_a_wrong_password_is_a_clear_error_not_retried(tmp_path: Path) -> None:
+    server = RedisProcess(data_dir=tmp_path / "redis", password="right")
+    server.start()
+
+    async def main() -> None:
+        url = server.url.replace("right", "wrong")
+        store = RedisOrderStore.from_config(mesh(url, deadline_ms=5000))
+        try:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            with pytest.raises(StoreError, match="password") as info:
+                await store.current_epoch()
+            assert not isinstance(info.value, StoreUnavailable)
+            assert loop.time() - start < 4, "a refused password must not ride the deadline"
+        finally:
+            await store.close()
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop()
+
+
+def test_unreachable_sentinels_make_the_store_unavailable() -> None:
+    async def main() -> None:
+        dead = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+        cfg = mesh("redis://127.0.0.1:1/0", sentinels=tuple(dead), deadline_ms=200)
+        store = RedisOrderStore.from_config(cfg)
+        ticks = RedisTickStore.from_config(cfg)
+        try:
+            with pytest.raises(StoreUnavailable, match="tickmesh-rtss"):
+                await store.write(record(), 1)
+            with pytest.raises(StoreUnavailable):
+                await ticks.last("EURUSD")
+        finally:
+            await store.close()
+            await ticks.close()
+    asyncio.run(main())
+
+
+def test_the_order_role_has_its_own_master_and_url() -> None:
+    section = RedisSection(url="redis://a:1/0", orders_url="redis://b:2/0",
+                           sentinels=("127.0.0.1:26379",))
+    orders = section.orders_role()
+    assert (orders.url, orders.master) == ("redis://b:2/0", "tickmesh-rtss")
+    same = RedisSection(url="redis://a:1/0", orders_master="").orders_role()
+    assert (same.url, same.master) == ("redis://a:1/0", "tickmesh-rts")
+
+    async def close() -> None:
+        await connect_redis(orders).close()  # builds without touching the network
+    asyncio.run(close())
