@@ -388,3 +388,27 @@ def test_blocking_subscriber_for_synchronous_code(redis_server: RedisProcess) ->
             assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
             assert stats["lost"] == 0 and stats["streams"] == 1
     run(main())
+
+
+def test_ticks_flow_untouched_while_redis_is_away_and_checkpoints_catch_up(
+        redis_server: RedisProcess) -> None:
+    """The store goes away mid-stream (as during a failover): the subscriber keeps receiving
+    every tick live, the feed buffers its checkpoints, and once Redis is back (from its AOF)
+    they land there and the store holds exactly what was published."""
+    async def main() -> None:
+        async with mesh(redis_server) as m:
+            assert m.feed is not None
+            await m.wait_for_ticks(500)
+            await asyncio.to_thread(redis_server.stop)
+            before = m.count()
+            await m.wait_for_ticks(before + 1500)  # live delivery does not wait for Redis
+            assert m.feed.checkpointer.stats.failures >= 1
+            await asyncio.to_thread(redis_server.start)
+            await wait_until(lambda: m.feed is not None
+                             and m.feed.checkpointer.stats.buffered < 100, 10,
+                             "the buffered checkpoints flushed")
+            m.feed.source.close()
+            await m.verify(last_seqs(m.feed.next_seq))
+            s = m.sub.stats()
+            assert s["lost"] == 0 and m.feed.checkpointer.stats.dropped == 0
+    run(main())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -311,4 +312,39 @@ def test_partial_fills_converge_across_a_failover(redis_server: RedisProcess) ->
                     assert await store.redis.scard(f"bk:executed:{ack.order_id}") == 6
                 finally:
                     await store.close()
+    run(main())
+
+
+def test_orders_are_held_while_the_store_is_away_and_acknowledged_after(
+        redis_server: RedisProcess) -> None:
+    """Redis goes away (as during a Sentinel switch): orders placed meanwhile are neither
+    refused nor lost; they are acknowledged once the store is back, each once, and filled."""
+    async def main() -> None:
+        async with pair(redis_server, real_executor=True, deadline_ms=5000) as p:
+            primary = p.node(Role.PRIMARY)
+            assert p.executor is not None
+            await wait_active(primary)
+            opts = replace(both_backends(p), deadline_s=10.0)
+            async with OrderClient(opts) as client:
+                await client.place(order("before"))
+                await asyncio.to_thread(redis_server.stop)
+                held = [asyncio.create_task(client.place(order(f"held{i}"))) for i in range(5)]
+                await asyncio.sleep(0.5)
+                assert not any(t.done() for t in held), "held, not refused"
+                await asyncio.to_thread(redis_server.start)
+                acks = await asyncio.gather(*held)
+                assert len({a.order_id for a in acks}) == 5
+                store = RedisOrderStore(p.cfg.redis.url, "bk")
+                try:
+                    async def filled() -> bool:
+                        got = [await store.get(a.order_id) for a in acks]
+                        return all(o is not None and o.state is OrderState.FILLED for o in got)
+                    deadline = time.monotonic() + 10
+                    while not await filled():
+                        assert time.monotonic() < deadline, "held orders not all FILLED"
+                        await asyncio.sleep(0.05)
+                finally:
+                    await store.close()
+                assert primary.store.stats.ridden >= 1  # type: ignore[attr-defined]
+                assert primary.star.serving and p.executor.stats.fills == 6
     run(main())
