@@ -7,6 +7,9 @@ each process gets a generated config in its own data directory, is started in it
 server back on the same port and data directory. An ``atexit`` guard kills whatever is still
 running when Python exits, so a failed test never leaves a server behind.
 
+``command()`` is a minimal blocking RESP client for control-plane queries (INFO, CONFIG GET,
+SENTINEL ...) where pulling in a full client would be overkill.
+
 Starting blocks until the server is ready: asyncio code calls it through ``asyncio.to_thread``.
 """
 
@@ -22,6 +25,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -29,7 +33,15 @@ from urllib.parse import quote
 
 from protocols.errors import ServerError
 
-__all__ = ["RedisProcess", "SentinelProcess", "ServerError", "free_port"]
+__all__ = [
+    "RedisProcess",
+    "ReplyError",
+    "RespValue",
+    "SentinelProcess",
+    "ServerError",
+    "command",
+    "free_port",
+]
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +146,110 @@ def _ping(host: str, port: int, password: str | None, timeout: float) -> bool:
         return False
     # A server still loading its AOF answers -LOADING: not ready yet.
     return buffer.split(b"\r\n")[replies_expected - 1] == b"+PONG"
+
+
+# A decoded RESP2 reply: simple and bulk strings as str, integers as int, nil as None.
+RespValue = str | int | None | list["RespValue"]
+
+
+class ReplyError(ServerError):
+    """A server answered a command with an error reply (``-ERR ...``, ``-WRONGPASS ...``)."""
+
+    def __init__(self, address: tuple[str, int], command: str, reply: str) -> None:
+        super().__init__(f"{address[0]}:{address[1]} answered {command} with: {reply}")
+        self.address = address
+        self.command = command
+        self.reply = reply
+
+
+def _read_reply(stream: _LineReader) -> RespValue | _ErrorReply:
+    line = stream.readline()
+    if not line.endswith(b"\r\n"):
+        raise ConnectionError("connection closed in the middle of a reply")
+    kind, body = line[:1], line[1:-2]
+    match kind:
+        case b"+":
+            return body.decode(errors="replace")
+        case b"-":
+            return _ErrorReply(body.decode(errors="replace"))
+        case b":":
+            return int(body)
+        case b"$":
+            size = int(body)
+            if size < 0:
+                return None
+            data = stream.read(size + 2)
+            if len(data) != size + 2:
+                raise ConnectionError("connection closed in the middle of a reply")
+            return data[:-2].decode(errors="replace")
+        case b"*":
+            count = int(body)
+            if count < 0:
+                return None
+            items: list[RespValue] = []
+            for _ in range(count):
+                item = _read_reply(stream)
+                if isinstance(item, _ErrorReply):
+                    # Only EXEC nests errors in arrays; nothing here sends it.
+                    items.append(item.message)
+                else:
+                    items.append(item)
+            return items
+    raise ConnectionError(f"not a RESP reply: {line[:40]!r}")
+
+
+class _ErrorReply:
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+class _LineReader:
+    """The two reads RESP needs, on a socket (``socket.makefile`` has no typed equivalent)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._file = sock.makefile("rb")
+
+    def readline(self) -> bytes:
+        return self._file.readline()
+
+    def read(self, size: int) -> bytes:
+        return self._file.read(size)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def command(
+    address: tuple[str, int],
+    *args: str,
+    password: str | None = None,
+    timeout: float = 1.0,
+) -> RespValue:
+    """Send one command on a fresh connection (after AUTH when ``password`` is set) and return
+    its decoded reply.
+
+    Raises ``ReplyError`` when the server answers with an error (a refused AUTH included) and
+    ``OSError`` (``ConnectionError``, ``TimeoutError``) when it cannot be reached or hangs up.
+    """
+    with socket.create_connection(address, timeout=timeout) as sock:
+        request = (_resp("AUTH", password) if password is not None else b"") + _resp(*args)
+        sock.sendall(request)
+        stream = _LineReader(sock)
+        try:
+            if password is not None:
+                auth = _read_reply(stream)
+                if isinstance(auth, _ErrorReply):
+                    raise ReplyError(address, "AUTH", auth.message)
+            reply = _read_reply(stream)
+        except ValueError as exc:  # a length or integer that is not a number
+            raise ConnectionError(f"malformed reply from {address[0]}:{address[1]}: {exc}") from exc
+        finally:
+            stream.close()
+    if isinstance(reply, _ErrorReply):
+        raise ReplyError(address, args[0] if args else "", reply.message)
+    return reply
 
 
 class _ServerProcess:
@@ -369,6 +485,19 @@ class RedisProcess(_ServerProcess):
         return self._password
 
     @property
+    def replica_of(self) -> tuple[str, int] | None:
+        """The master the generated config follows (None: start as a master).
+
+        Setting it takes effect at the next ``start()``/``restart()``: a failed-over group
+        brings a server back as a replica of whoever is master now.
+        """
+        return self._replica_of
+
+    @replica_of.setter
+    def replica_of(self, master: tuple[str, int] | None) -> None:
+        self._replica_of = master
+
+    @property
     def url(self) -> str:
         """``redis://[:password@]host:port/0``, ready for ``redis.Redis.from_url``."""
         auth = f":{quote(self._password, safe='')}@" if self._password is not None else ""
@@ -409,7 +538,8 @@ class RedisProcess(_ServerProcess):
 
 
 class SentinelProcess(_ServerProcess):
-    """A redis-sentinel on loopback that monitors one master under ``master_name``."""
+    """A redis-sentinel on loopback that monitors one master under ``master_name``, or
+    several: ``masters`` lists ``(name, host, port)`` for each, with the same settings."""
 
     _binary = "redis-sentinel"
     _package = "redis-sentinel"
@@ -418,8 +548,8 @@ class SentinelProcess(_ServerProcess):
     def __init__(
         self,
         *,
-        master_host: str,
-        master_port: int,
+        master_host: str | None = None,
+        master_port: int | None = None,
         data_dir: Path,
         master_name: str = "tickmesh",
         port: int | None = None,
@@ -428,11 +558,21 @@ class SentinelProcess(_ServerProcess):
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 10_000,
         password: str | None = None,
+        masters: Sequence[tuple[str, str, int]] | None = None,
     ) -> None:
+        if masters is None:
+            if master_host is None or master_port is None:
+                raise ValueError("SentinelProcess needs master_host and master_port, or masters")
+            masters = [(master_name, master_host, master_port)]
+        elif master_host is not None or master_port is not None:
+            raise ValueError("give either master_host/master_port or masters, not both")
+        if not masters:
+            raise ValueError("SentinelProcess needs at least one master to monitor")
+        names = [name for name, _, _ in masters]
+        if len(set(names)) != len(names):
+            raise ValueError(f"master names must be unique: {names}")
         super().__init__(port=port, host=host, data_dir=data_dir)
-        self._master_name = master_name
-        self._master_host = master_host
-        self._master_port = master_port
+        self._masters = tuple(masters)
         self._quorum = quorum
         self._down_after_ms = down_after_ms
         self._failover_timeout_ms = failover_timeout_ms
@@ -440,10 +580,14 @@ class SentinelProcess(_ServerProcess):
 
     @property
     def master_name(self) -> str:
-        return self._master_name
+        """The (first) monitored master's name."""
+        return self._masters[0][0]
+
+    @property
+    def master_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _, _ in self._masters)
 
     def _config(self) -> list[tuple[str, str]]:
-        name = self._master_name
         config = [
             ("bind", self._host),
             ("port", str(self._port)),
@@ -453,13 +597,16 @@ class SentinelProcess(_ServerProcess):
             ("logfile", _quote(str(self.log_path))),
             # Before `monitor`: addresses are taken as given, never looked up.
             ("sentinel", "resolve-hostnames no"),
-            ("sentinel", f"monitor {name} {self._master_host} {self._master_port} {self._quorum}"),
-            ("sentinel", f"down-after-milliseconds {name} {self._down_after_ms}"),
-            ("sentinel", f"failover-timeout {name} {self._failover_timeout_ms}"),
-            ("sentinel", f"parallel-syncs {name} 1"),
         ]
-        if self._password is not None:
-            config.append(("sentinel", f"auth-pass {name} {_quote(self._password)}"))
+        for name, master_host, master_port in self._masters:
+            config += [
+                ("sentinel", f"monitor {name} {master_host} {master_port} {self._quorum}"),
+                ("sentinel", f"down-after-milliseconds {name} {self._down_after_ms}"),
+                ("sentinel", f"failover-timeout {name} {self._failover_timeout_ms}"),
+                ("sentinel", f"parallel-syncs {name} 1"),
+            ]
+            if self._password is not None:
+                config.append(("sentinel", f"auth-pass {name} {_quote(self._password)}"))
         return config
 
     def _write_config(self) -> None:
