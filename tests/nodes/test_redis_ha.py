@@ -1,0 +1,243 @@
+"""Tests for nodes.redis_ha: the RTS/RTSS master-replica groups and three Sentinels, for real."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+
+from nodes.redis_ha import MASTER_NAMES, HAPorts, RedisHA, Role, mesh_redis_section
+from nodes.servers import RedisProcess, SentinelProcess, ServerError, command
+from tests.support import scaled
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "ha s3cret"
+
+
+def client_for(server: RedisProcess) -> redis.Redis:
+    return redis.Redis.from_url(server.url, socket_timeout=5)
+
+
+@pytest.fixture(scope="module")
+def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisHA]:
+    # One topology for the checks that only read it.
+    topology = RedisHA(tmp_path_factory.mktemp("redis-ha"), password=PASSWORD)
+    topology.start(timeout=scaled(20))
+    try:
+        yield topology
+    finally:
+        topology.stop()
+
+
+def test_sentinels_agree_on_both_masters(ha: RedisHA) -> None:
+    assert ha.master_names == {Role.RTS: "tickmesh-rts", Role.RTSS: "tickmesh-rtss"}
+    for role in Role:
+        first, second = ha.servers(role)
+        assert ha.master_address(role) == first.address
+        for sentinel in ha.sentinels:
+            assert command(
+                sentinel, "SENTINEL", "get-master-addr-by-name", MASTER_NAMES[role]
+            ) == [first.host, str(first.port)]
+            replicas = command(sentinel, "SENTINEL", "replicas", MASTER_NAMES[role])
+            assert isinstance(replicas, list) and len(replicas) == 1
+            assert ha.info(second)["role"] == "slave"
+    assert len({port for _, port in ha.sentinels}) == 3
+
+
+def test_per_role_eviction_and_aof_settings(ha: RedisHA) -> None:
+    expected_policy = {Role.RTS: "allkeys-lru", Role.RTSS: "noeviction"}
+    for role in Role:
+        for server in ha.servers(role):
+            client = client_for(server)
+            try:
+                assert client.config_get("maxmemory-policy") == {
+                    "maxmemory-policy": expected_policy[role]
+                }
+                assert client.config_get("appendonly") == {"appendonly": "yes"}
+                assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+                maxmemory = client.config_get("maxmemory")["maxmemory"]
+                if role is Role.RTS:
+                    assert maxmemory == str(256 * 1024 * 1024)
+                assert client.config_get("masterauth") == {"masterauth": PASSWORD}
+            finally:
+                client.close()
+
+
+def test_mesh_section_parses_as_toml(ha: RedisHA) -> None:
+    section = tomllib.loads(mesh_redis_section(ha))["redis"]
+    assert section == {
+        "sentinels": [f"{host}:{port}" for host, port in ha.sentinels],
+        "master": "tickmesh-rts",
+        "orders_master": "tickmesh-rtss",
+        "password": PASSWORD,
+    }
+
+
+def test_rtss_master_crash_fails_over_and_the_old_master_rejoins(tmp_path: Path) -> None:
+    with RedisHA(tmp_path, password=PASSWORD) as ha:
+        _crash_rtss_master_and_rejoin(ha)
+
+
+def _crash_rtss_master_and_rejoin(ha: RedisHA) -> None:
+    old_master = ha.process_at(ha.master_address(Role.RTSS))
+    client = client_for(old_master)
+    try:
+        client.hset("order:1", mapping={"state": "acked", "qty": "5"})
+        # The write is on the replica before the crash: nothing acknowledged may be lost.
+        assert client.execute_command("WAIT", 1, 2000) == 1
+    finally:
+        client.close()
+
+    killed_at = time.monotonic()
+    old = ha.kill_master(Role.RTSS)
+    assert old == old_master.address
+    assert not old_master.running
+    new, seconds = ha.wait_switch(Role.RTSS, old, timeout=scaled(15), since=killed_at)
+    print(f"\nRTSS switch after SIGKILL: {seconds:.2f} s (down-after-milliseconds 500)")
+    assert new != old
+    new_master = ha.process_at(new)
+    assert new_master is not old_master
+    assert ha.info(new_master)["role"] == "master"
+    client = client_for(new_master)
+    try:
+        assert client.hgetall("order:1") == {b"state": b"acked", b"qty": b"5"}
+    finally:
+        client.close()
+    # The other group was not touched.
+    assert ha.master_address(Role.RTS) == ha.servers(Role.RTS)[0].address
+
+    started = time.monotonic()
+    ha.restart(old_master, timeout=scaled(15))
+    fields = ha.info(old_master)
+    assert fields["role"] == "slave"
+    assert (fields["master_host"], int(fields["master_port"])) == new
+    assert fields["master_link_status"] == "up"
+    print(f"old master back as a replica in {time.monotonic() - started:.2f} s")
+    client = client_for(old_master)
+    try:
+        assert client.hgetall("order:1") == {b"state": b"acked", b"qty": b"5"}
+    finally:
+        client.close()
+    assert ha.master_address(Role.RTSS) == new
+
+
+def test_stop_leaves_no_process(tmp_path: Path) -> None:
+    topology = RedisHA(tmp_path)
+    with topology:
+        pids = [process.pid for process in topology.processes]
+        assert all(pid is not None for pid in pids)
+    assert not any(process.running for process in topology.processes)
+    assert not any(pid is not None and psutil.pid_exists(pid) for pid in pids)
+    topology.stop()  # idempotent
+
+
+def test_wrong_replication_password_fails_start_clearly(tmp_path: Path) -> None:
+    topology = RedisHA(tmp_path, password="right", server_extra={"masterauth": "wrong"})
+    started = time.monotonic()
+    with pytest.raises(ServerError, match="cannot authenticate to its master") as raised:
+        topology.start(timeout=scaled(10))
+    assert "WRONGPASS" in str(raised.value)
+    # Not a timeout: a refused password is reported as soon as the replica sees it.
+    assert time.monotonic() - started < scaled(5)
+    assert not any(process.running for process in topology.processes)
+
+
+def test_sentinel_process_keeps_its_single_master_form(tmp_path: Path) -> None:
+    single = SentinelProcess(master_host="127.0.0.1", master_port=1, data_dir=tmp_path / "a")
+    assert single.master_names == ("tickmesh",)
+    both = SentinelProcess(
+        masters=[("a", "127.0.0.1", 1), ("b", "127.0.0.1", 2)], data_dir=tmp_path / "b"
+    )
+    assert both.master_names == ("a", "b")
+    with pytest.raises(ValueError):
+        SentinelProcess(data_dir=tmp_path / "c")
+    with pytest.raises(ValueError):
+        SentinelProcess(
+            master_host="127.0.0.1", master_port=1, masters=[("a", "127.0.0.1", 1)],
+            data_dir=tmp_path / "d",
+        )
+
+
+def test_ports_from_base_and_parse() -> None:
+    assert HAPorts.from_base(6379) == HAPorts(
+        rts=(6379, 6380), rtss=(6381, 6382), sentinels=(26379, 26380, 26381)
+    )
+    assert HAPorts.parse("1,2,3,4,5,6,7").sentinels == (5, 6, 7)
+    with pytest.raises(ValueError):
+        HAPorts.parse("1,2,3")
+    with pytest.raises(ValueError):
+        HAPorts.parse("1,1,3,4,5,6,7")
+
+
+def _launcher(tmp_path: Path, *extra: str) -> tuple[list[str], HAPorts]:
+    ports = HAPorts.free()
+    spec = ",".join(str(p) for p in (*ports.rts, *ports.rtss, *ports.sentinels))
+    argv = [
+        str(REPO_ROOT / "scripts" / "run-redis-ha"),
+        "--dir", str(tmp_path / "ha"), "--ports", spec, *extra,
+    ]
+    return argv, ports
+
+
+def _children_of(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _servers_in(directory: Path) -> list[psutil.Process]:
+    """Processes whose command line names a config under ``directory``."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if any(str(directory) in part for part in cmdline):
+            found.append(proc)
+    return found
+
+
+def test_run_redis_ha_for_seconds_exits_zero_and_leaves_nothing(tmp_path: Path) -> None:
+    argv, ports = _launcher(tmp_path, "--for", "3")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=scaled(40), check=False)
+    assert done.returncode == 0, done.stderr
+    section = tomllib.loads(done.stdout)["redis"]
+    assert section == {
+        "sentinels": [f"127.0.0.1:{port}" for port in ports.sentinels],
+        "master": "tickmesh-rts",
+        "orders_master": "tickmesh-rtss",
+    }
+    assert _servers_in(tmp_path / "ha") == []
+
+
+def test_run_redis_ha_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    argv, _ = _launcher(tmp_path, "--password", "pw")
+    stderr_path = tmp_path / "stderr"
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True
+        )
+    try:
+        assert proc.stdout is not None
+        # The section is printed once the topology is up.
+        section = "".join(proc.stdout.readline() for _ in range(5))
+        assert section.startswith("[redis]\n"), stderr_path.read_text()
+        assert tomllib.loads(section)["redis"]["password"] == "pw"
+        assert len(_children_of(proc.pid)) == 7
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=scaled(20))
+        assert proc.returncode == 0, stderr_path.read_text()
+        assert _servers_in(tmp_path / "ha") == []
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
