@@ -6,7 +6,7 @@
     tickmesh backend --role primary     one node of the order backend pair ([orders])
     tickmesh executor                   the executor: fills routed orders (simulated EA)
     tickmesh trader [--rate N]          place market orders at N/s through the order client
-    tickmesh up [--for SECONDS]         every node under a supervisor (see scripts/up)
+    tickmesh up [--for SECONDS] [--ha]  every node under a supervisor (see scripts/up)
     tickmesh check-config FILE          validate a mesh file and print it
 """
 
@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="where logs, stats and the Redis data go (default: ./run)")
     up.add_argument("--redis-port", type=int, default=0,
                     help="start the local Redis on this port (default: the config's)")
+    up.add_argument("--ha", action="store_true",
+                    help="start a local Redis HA topology (two master groups with replicas, "
+                         "three Sentinels; see scripts/run-redis-ha) instead of one Redis")
     up.add_argument("--json", action="store_true", help="print the summary as JSON")
     chk = sub.add_parser("check-config", help="validate a mesh file and print it")
     chk.add_argument("file")

@@ -33,6 +33,8 @@ from protocols.backoff import Backoff
 from protocols.errors import ServerError
 
 from .common import write_json_atomic
+from .redis_ha import HAPorts, RedisHA
+from .redis_ha import Role as HARole
 from .servers import RedisProcess
 
 log = logging.getLogger(__name__)
@@ -226,11 +228,34 @@ def _local_redis(cfg: MeshConfig, run_dir: Path, port: int) -> tuple[MeshConfig,
     return replace(cfg, redis=replace(cfg.redis, url=new_url)), server
 
 
+def _local_redis_ha(cfg: MeshConfig, run_dir: Path) -> tuple[MeshConfig, RedisHA]:
+    """Start the local HA topology on free ports and point the mesh at its Sentinels."""
+    ha = RedisHA(run_dir / "redis-ha", ports=HAPorts.free(),
+                 password=cfg.redis.password or None)
+    ha.start()
+    names = ha.master_names
+    section = replace(cfg.redis, sentinels=tuple(f"{h}:{p}" for h, p in ha.sentinels),
+                      master=names[HARole.RTS], orders_master=names[HARole.RTSS])
+    return replace(cfg, redis=section), ha
+
+
+def _redis_description(cfg: MeshConfig) -> str:
+    if cfg.redis.sentinels:
+        return (f"Redis HA via Sentinels {', '.join(cfg.redis.sentinels)} "
+                f"(masters {cfg.redis.master}, {cfg.redis.orders_master})")
+    return f"Redis at {cfg.redis.url}"
+
+
 async def run_up(cfg: MeshConfig, args: argparse.Namespace) -> int:
     run_dir: Path = args.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    redis: RedisProcess | RedisHA | None
     try:
-        cfg, redis = _local_redis(cfg, run_dir, args.redis_port)
+        # Starting servers blocks for a while (the HA topology ~2-3 s): off the event loop.
+        if getattr(args, "ha", False):
+            cfg, redis = await asyncio.to_thread(_local_redis_ha, cfg, run_dir)
+        else:
+            cfg, redis = await asyncio.to_thread(_local_redis, cfg, run_dir, args.redis_port)
     except ServerError as exc:
         print(f"tickmesh up: {exc}", file=sys.stderr)
         return 2
@@ -243,7 +268,7 @@ async def run_up(cfg: MeshConfig, args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     tty = sys.stdout.isatty()
-    print(f"tickmesh up: {len(sup.children)} nodes, Redis at {cfg.redis.url}, run dir {run_dir}"
+    print(f"tickmesh up: {len(sup.children)} nodes, {_redis_description(cfg)}, run dir {run_dir}"
           + (f", for {args.duration:g} s" if args.duration else ", Ctrl-C to stop"), flush=True)
     try:
         await sup.start()
@@ -261,7 +286,7 @@ async def run_up(cfg: MeshConfig, args: argparse.Namespace) -> int:
     finally:
         await sup.stop()
         if redis is not None:
-            redis.stop()
+            await asyncio.to_thread(redis.stop)
     summary = sup.summary()
     if tty:
         print()
