@@ -75,7 +75,8 @@ def test_readme_mesh_file_is_valid() -> None:
 
     from bus.config import parse_config
 
-    block = re.findall(r"```toml\n(.*?)```", README.read_text(), re.S)[0]
-    cfg = parse_config(tomllib.loads(block))
-    assert (cfg.orders.fill_lots, cfg.orders.amend_timeout_ms) == (2.0, 500.0)
-    assert [f.name for f in cfg.feeds] == ["sim", "mt5"]
+    mesh, ha = (parse_config(tomllib.loads(block))
+                for block in re.findall(r"```toml\n(.*?)```", README.read_text(), re.S))
+    assert (mesh.orders.fill_lots, mesh.orders.amend_timeout_ms) == (2.0, 500.0)
+    assert [f.name for f in mesh.feeds] == ["sim", "mt5"]
+    assert len(ha.redis.sentinels) == 3 and ha.redis.orders_role().master == "tickmesh-rtss"
