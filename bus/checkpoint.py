@@ -7,6 +7,12 @@ that needs them sees them as lost), live publishing never waits for the store.
 
 The checkpointer also keeps each stream's sequence reservation ahead of the feed (see
 ``bus.store``): :meth:`reserved` is the highest sequence the store has confirmed.
+
+Re-sync after a store failover: a checkpoint the old master accepted but had not replicated
+when it died is gone from the new master. The checkpointer keeps the last ``recent`` ticks it
+wrote; after a failed flush, before writing again, it reads each stream's last checkpointed
+sequence and writes what the store lacks from that memory first (counted as ``resynced``; what
+is older than the memory is counted as ``resync_short``: recovery cannot serve those ticks).
 """
 
 from __future__ import annotations
@@ -34,12 +40,15 @@ class CheckpointStats:
     flushes: int = 0
     failures: int = 0
     dropped: int = 0  # ticks dropped because the buffer was full
+    resynced: int = 0  # ticks written again after a failover lost them on the store
+    resync_short: int = 0  # ticks a failover lost that were no longer in memory
     last_error: str = ""
 
 
 class Checkpointer:
     def __init__(self, store: TickStore, *, interval_s: float, capacity: int,
-                 stream_cap: int, reserve_block: int, reserved: dict[str, int]) -> None:
+                 stream_cap: int, reserve_block: int, reserved: dict[str, int],
+                 recent: int = 100_000) -> None:
         self._store = store
         self._interval = interval_s
         self._capacity = capacity
@@ -47,6 +56,10 @@ class Checkpointer:
         self._block = reserve_block
         self._reserved = dict(reserved)
         self._chunks: deque[tuple[str, int, int, list[Row]]] = deque()
+        self._recent: deque[tuple[str, int, int, list[Row]]] = deque()  # written, newest last
+        self._recent_ticks = 0
+        self._recent_cap = recent
+        self._suspect = False  # a flush failed: the store may have lost what it had
         # Capped at 100 ms: after a Redis failover the buffered checkpoints must reach the new
         # master within ~200 ms of its announcement, not at the next of 1 s retries.
         self._backoff = Backoff(base_s=interval_s, cap_s=0.1)
@@ -66,8 +79,13 @@ class Checkpointer:
             self.stats.buffered -= len(old)
             self.stats.dropped += len(old)
 
-    def _runs(self, chunks: list[tuple[str, int, int, list[Row]]]) -> list[CheckpointRun]:
-        """Merge consecutive chunks of each stream into runs (one store entry each)."""
+    def _runs(self, chunks: list[tuple[str, int, int, list[Row]]], *, reassert: bool = False
+              ) -> list[CheckpointRun]:
+        """Merge consecutive chunks of each stream into runs (one store entry each).
+
+        ``reassert``: write every stream's reservation again (at least as high as before): a
+        failover may have lost it with the rest, and a successor feed must not start below
+        numbers this one has published."""
         merged: dict[str, list[tuple[int, int, list[Row]]]] = {}
         for stream, session, first, rows in chunks:
             runs = merged.setdefault(stream, [])
@@ -80,8 +98,9 @@ class Checkpointer:
             for i, (session, first, rows) in enumerate(runs):
                 last = first + len(rows) - 1
                 reserve = 0
-                if i == len(runs) - 1 and last + self._block // 2 > self._reserved.get(stream, 0):
-                    reserve = last + self._block
+                held = self._reserved.get(stream, 0)
+                if i == len(runs) - 1 and (reassert or last + self._block // 2 > held):
+                    reserve = max(last + self._block, held)
                 out.append(CheckpointRun(stream, session, first, rows, reserve))
         return out
 
@@ -93,10 +112,12 @@ class Checkpointer:
         self._chunks.clear()
         count = self.stats.buffered
         self.stats.buffered = 0
-        runs = self._runs(chunks)
         try:
+            lost = await self._lost_on_store() if self._suspect else []
+            runs = self._runs(lost + chunks, reassert=self._suspect)
             await self._store.write(runs, self._stream_cap)
         except StoreError as exc:
+            self._suspect = True
             self.stats.failures += 1
             self.stats.last_error = str(exc)
             # Older chunks go back in front of anything added meanwhile, then the bound holds.
@@ -109,9 +130,35 @@ class Checkpointer:
         for run in runs:
             if run.reserve_to:
                 self._reserved[run.stream] = run.reserve_to
+        self._suspect = False
+        self.stats.resynced += sum(len(c[3]) for c in lost)
+        self._remember(chunks)
         self.stats.written += count
         self.stats.flushes += 1
         return True
+
+    def _remember(self, chunks: list[tuple[str, int, int, list[Row]]]) -> None:
+        self._recent.extend(chunks)
+        self._recent_ticks += sum(len(c[3]) for c in chunks)
+        while self._recent and self._recent_ticks - len(self._recent[0][3]) >= self._recent_cap:
+            self._recent_ticks -= len(self._recent.popleft()[3])
+
+    async def _lost_on_store(self) -> list[tuple[str, int, int, list[Row]]]:
+        """The remembered ticks the store no longer has (after a failover), oldest first."""
+        if not self._recent:
+            return []
+        stored = await self._store.checkpointed(sorted({c[0] for c in self._recent}))
+        lost: list[tuple[str, int, int, list[Row]]] = []
+        oldest: dict[str, int] = {}
+        for stream, session, first, rows in self._recent:
+            oldest.setdefault(stream, first)
+            have = stored.get(stream, 0)
+            if first + len(rows) - 1 > have:
+                skip = max(0, have + 1 - first)
+                lost.append((stream, session, first + skip, rows[skip:]))
+        for stream, first in oldest.items():
+            self.stats.resync_short += max(0, first - 1 - stored.get(stream, 0))
+        return lost
 
     async def run(self) -> None:
         """Flush every interval until cancelled; back off while the store fails."""

@@ -84,6 +84,10 @@ class TickStore(Protocol):
         """Persist runs of ticks, the last values and sequences, and extend reservations."""
         ...
 
+    async def checkpointed(self, streams: Sequence[str]) -> dict[str, int]:
+        """The last checkpointed sequence of each stream (0: none)."""
+        ...
+
     async def snapshot(self, prefixes: Sequence[str]) -> list[SnapshotEntry]:
         ...
 
@@ -270,6 +274,13 @@ class RedisTickStore:
                 raise StoreError(f"checkpoint write failed: {res}")
             if isinstance(res, Exception):
                 raise store_error(res)
+
+    async def checkpointed(self, streams: Sequence[str]) -> dict[str, int]:
+        try:
+            values = await self.redis.hmget(self._k("seq"), list(streams))
+        except RedisError as exc:
+            raise store_error(exc) from exc
+        return {s: int(v) if v is not None else 0 for s, v in zip(streams, values, strict=True)}
 
     async def snapshot(self, prefixes: Sequence[str]) -> list[SnapshotEntry]:
         try:

@@ -180,3 +180,53 @@ def test_checkpointer_overflow_drops_oldest_and_counts(redis_server: RedisProces
         assert filled_seqs(res) == list(range(21, 41))
         assert res.settled_to == 40  # 1..20 are settled as missing: counted lost downstream
     with_store(redis_server, body)
+
+
+def test_checkpointer_rewrites_what_a_failover_lost_from_memory(
+        redis_server: RedisProcess) -> None:
+    """A new master lacks the last checkpoints the old one took (not replicated when it died):
+    after the failed flush, the checkpointer writes them again from memory, then the rest, and
+    re-asserts the reservation."""
+    async def body(store: RedisTickStore) -> None:
+        await store.start_session("f", 1, ["X"], 1000)
+        cp = Checkpointer(store, interval_s=0.001, capacity=1000, stream_cap=10_000,
+                          reserve_block=1000, reserved={"X": 1000}, recent=30)
+        cp.add("X", 1, 1, rows(1, 20))
+        assert await cp.flush()
+        cp.add("X", 1, 21, rows(21, 40))
+        assert await cp.flush()
+        # The failover: the new master has the first run only, and an older reservation.
+        await store.redis.xdel(store._k("ticks", "X"), "40-0")
+        await store.redis.hset(store._k("seq"), "X", 20)
+        await store.redis.hset(store._k("reserved"), "X", 20)
+        redis_server.kill()
+        cp.add("X", 1, 41, rows(41, 50))
+        assert not await cp.flush()
+        redis_server.restart()
+        assert await cp.flush()
+        assert (cp.stats.resynced, cp.stats.resync_short) == (20, 0)
+        assert filled_seqs(await store.fill("X", 1, 50, 100)) == list(range(1, 51))
+        assert int(await store.redis.hget(store._k("reserved"), "X") or 0) >= 1000
+    with_store(redis_server, body)
+
+
+def test_checkpointer_counts_what_a_failover_lost_beyond_its_memory(
+        redis_server: RedisProcess) -> None:
+    async def body(store: RedisTickStore) -> None:
+        await store.start_session("f", 1, ["X"], 1000)
+        cp = Checkpointer(store, interval_s=0.001, capacity=1000, stream_cap=10_000,
+                          reserve_block=1000, reserved={"X": 1000}, recent=15)
+        for first in (1, 21):
+            cp.add("X", 1, first, rows(first, first + 19))
+            assert await cp.flush()  # memory keeps the newest run only (21..40)
+        await store.redis.xdel(store._k("ticks", "X"), "40-0", "20-0")
+        await store.redis.hset(store._k("seq"), "X", 5)
+        redis_server.kill()
+        cp.add("X", 1, 41, rows(41, 50))
+        assert not await cp.flush()
+        redis_server.restart()
+        assert await cp.flush()
+        # 21..40 written again; 6..20 are gone for good (counted, never invented).
+        assert (cp.stats.resynced, cp.stats.resync_short) == (20, 15)
+        assert filled_seqs(await store.fill("X", 21, 50, 100)) == list(range(21, 51))
+    with_store(redis_server, body)
