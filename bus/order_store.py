@@ -54,7 +54,8 @@ return {0, cur}
 """
 
 # KEYS: epoch, order, client, open. ARGV: epoch, order_id, blob, terminal (0/1).
-# Returns {1} written, {0, current} fenced, {2, other_order_id} client id taken by another order.
+# Returns {1} written, {0, current} fenced, {2, other_order_id} client id taken by another order,
+# {3} the order id already names another client order's record (never overwritten).
 _WRITE = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 if cur ~= tonumber(ARGV[1]) then
@@ -63,6 +64,9 @@ end
 local owner = redis.call('GET', KEYS[3])
 if owner and owner ~= ARGV[2] then
   return {2, owner}
+end
+if not owner and redis.call('EXISTS', KEYS[2]) == 1 then
+  return {3}
 end
 redis.call('SET', KEYS[3], ARGV[2])
 redis.call('SET', KEYS[2], ARGV[3])
@@ -280,6 +284,9 @@ class RedisOrderStore:
             other = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
             raise InvalidOrder("client_order_id", f"{o.client_order_id!r} of account "
                                f"{o.account!r} already names order {other}")
+        if result[0] == 3:
+            raise StoreError(f"order id {order.order_id} already names another client "
+                             "order's record: not overwritten")
 
     async def get(self, order_id: str) -> Order | None:
         blob = await self._call(lambda: self.redis.get(self._k("order", order_id)))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Coroutine
@@ -122,6 +123,7 @@ class BackendStats:
     takeovers: int = 0
     redriven: int = 0
     replaced: int = 0
+    joined: int = 0  # client retries answered with the in-flight request's reply
     gaps: int = 0  # reports that arrived beyond a missing one: the order was re-driven
 
 
@@ -155,6 +157,12 @@ class BackendNode:
         # Requests are served concurrently, serialised per account: idempotency keys and
         # exposure are per account, and one account's orders are rarely concurrent anyway.
         self._locks: dict[str, asyncio.Lock] = {}
+        # (account, client order id) -> the request being served and who asked for it
+        self._inflight: dict[tuple[str, str], tuple[Any, set[bytes]]] = {}
+        # Order ids must never repeat, even if an epoch increment is lost with a Redis master
+        # that died before replicating it: a per-process tag keeps two holders of one epoch
+        # number apart.
+        self._tag = secrets.token_hex(2)
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
         self._requests: set[asyncio.Task[None]] = set()
         self._quotes: dict[str, tuple[float, tuple[float, float] | None]] = {}
@@ -283,8 +291,18 @@ class BackendNode:
                 await self._reply(identity, OrderReject(client_order_id_of(frames),
                                                         reject_reason_of(exc), exc.reason))
                 continue
+            key = (req.account, req.client_order_id)
+            joined = self._inflight.get(key)
+            if joined is not None and idempotency(joined[0], req) == "duplicate":
+                # A client's retry of a request still being served (e.g. held while the store
+                # fails over): it gets that request's answer, not a task of its own queueing on
+                # the account's lock. Thousands of retries must not become thousands of tasks.
+                joined[1].add(identity)
+                self.stats.joined += 1
+                continue
             await self._slots.acquire()
-            task = asyncio.create_task(self._serve(identity, req))
+            self._inflight.setdefault(key, (req, {identity}))
+            task = asyncio.create_task(self._serve(identity, req, self.star.epoch))
             self._requests.add(task)
             task.add_done_callback(self._served)
 
@@ -297,12 +315,27 @@ class BackendNode:
     def _lock(self, account: str) -> asyncio.Lock:
         return self._locks.setdefault(account, asyncio.Lock())
 
-    async def _serve(self, identity: bytes, req: Any) -> None:
-        async with self._lock(req.account):
-            reply = await self._handle(identity, req)
-        if isinstance(reply, _Amend):  # waited for outside the lock: reports need it
-            reply = await self._amend_outcome(reply, req)
-        await self._reply(identity, reply)
+    async def _serve(self, identity: bytes, req: Any, epoch: int) -> None:
+        """Serve one request taken while active at ``epoch``, and answer it (and the retries
+        that joined it)."""
+        key = (req.account, req.client_order_id)
+        reply: OrderAck | OrderReject | _Amend
+        try:
+            async with self._lock(req.account):
+                if self.star.serving and self.star.epoch == epoch:
+                    reply = await self._handle(identity, req)
+                else:  # it stepped down while the request waited: the epoch is not its own
+                    reply = OrderReject(req.client_order_id, RejectReason.NOT_ACTIVE,
+                                        f"backend {self.role.value} is no longer active")
+            if isinstance(reply, _Amend):  # waited for outside the lock: reports need it
+                reply = await self._amend_outcome(reply, req)
+        finally:
+            joined = self._inflight.get(key)
+            identities = joined[1] if joined is not None and joined[0] is req else {identity}
+            if joined is not None and joined[0] is req:
+                del self._inflight[key]
+        for who in identities:
+            await self._reply(who, reply)
 
     async def _reply(self, identity: bytes, reply: OrderAck | OrderReject) -> None:
         if isinstance(reply, OrderAck):
@@ -330,7 +363,8 @@ class BackendNode:
                 return self._duplicate(existing, req, identity)
             return OrderReject(req.client_order_id, reason, f"{reason.name.lower()}")
         now = time.time_ns()
-        order = Order.from_new(f"O{epoch}.{next(self._ids)}", req, epoch=epoch, now_ns=now,
+        order = Order.from_new(f"O{epoch}.{self._tag}.{next(self._ids)}", req, epoch=epoch,
+                               now_ns=now,
                                client_id=_client_id(identity))
         for state, step in ((OrderState.ACCEPTED, "accept"), (OrderState.ROUTED, "route")):
             order = order.apply(order.status_report(state, exec_id=step, epoch=epoch),
@@ -361,14 +395,22 @@ class BackendNode:
         hit = self._quotes.get(symbol)
         if hit is not None and hit[0] > now:
             return hit[1]
-        try:
-            entry = await self.ticks.last(symbol)
-        except StoreUnavailable:
-            # The tick store is being failed over: price against the last quote read, if it is
-            # younger than the store deadline; orders are held, not refused, meanwhile.
-            if hit is not None and now - (hit[0] - QUOTE_TTL_S) <= self.quote_stale_s:
-                return hit[1]
-            raise
+        deadline = now + self.quote_stale_s
+        failures = 0
+        while True:
+            try:
+                entry = await self.ticks.last(symbol)
+                break
+            except StoreUnavailable:
+                # The tick store is being failed over: price against the last quote read if
+                # it is younger than the store deadline, else hold the order (not refuse it)
+                # until the store is back or the deadline passes.
+                if hit is not None and now - (hit[0] - QUOTE_TTL_S) <= self.quote_stale_s:
+                    return hit[1]
+                failures += 1
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(min(0.005 * 2 ** failures, 0.1))
         quote = (entry.row[0], entry.row[1]) if entry is not None else None
         self._quotes[symbol] = (now + QUOTE_TTL_S, quote)
         return quote
@@ -488,6 +530,11 @@ class BackendNode:
                                f"client order id already names order {existing.order_id}")
         self.stats.duplicates += 1
         self.routes[existing.order_id] = identity  # reports go to where the client is now
+        if not existing.terminal and existing.order_id not in self.orders \
+                and existing.state is OrderState.ROUTED:
+            # Stored by a write whose answer was lost (the store failed over, or the request
+            # gave up at the deadline after the write): adopt it, the re-drive routes it.
+            self.orders[existing.order_id] = existing
         state = existing.state if existing.state is not OrderState.NEW else OrderState.ACCEPTED
         return OrderAck(req.client_order_id, existing.order_id, state, self.star.epoch)
 
@@ -569,6 +616,8 @@ class BackendNode:
             self.stats.gaps += 1
             if time.monotonic() - self._sent.get(order.order_id, 0.0) >= GAP_RETRY_S:
                 await self._route(order)
+            return
+        if not self.star.serving:  # stepped down while the report waited for the lock
             return
         epoch = self.star.epoch
         try:

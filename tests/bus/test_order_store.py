@@ -156,3 +156,19 @@ def test_dead_server_is_store_unavailable(redis_server: RedisProcess) -> None:
         with pytest.raises(StoreUnavailable):
             await s.write(order(), 1)
     with_store(redis_server, body)
+
+
+def test_an_order_id_never_overwrites_another_client_orders_record(
+        redis_server: RedisProcess) -> None:
+    """Defence in depth: two writers that (wrongly) pick the same order id cannot replace
+    each other's record; only the record's own client order id may rewrite it."""
+    async def body(s: RedisOrderStore) -> None:
+        _, epoch = await s.acquire_epoch(0)
+        first = order("o1", "c1", epoch)
+        await s.write(first, epoch)
+        with pytest.raises(StoreError, match="already names another client order"):
+            await s.write(order("o1", "c2", epoch), epoch)
+        assert await s.get("o1") == first
+        assert await s.by_client_id("acc", "c2") is None
+        await s.write(first, epoch)  # its own client order id: an idempotent rewrite
+    with_store(redis_server, body)

@@ -534,3 +534,58 @@ def test_takeover_retries_the_reload_of_open_orders(redis_server: RedisProcess) 
             await task
             ctx.term()
     run(main())
+
+
+def test_retries_of_a_held_order_join_it_and_get_one_answer(
+        redis_server: RedisProcess) -> None:
+    """While the store is away an order is held; the client's retries of it (same routing id,
+    same request) join the one in service instead of queueing tasks of their own."""
+    async def main() -> None:
+        async with pair(redis_server, deadline_ms=10_000) as p:
+            primary = p.node(Role.PRIMARY)
+            await wait_active(primary)
+            sock = p.ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.ROUTING_ID, b"retrier")
+            sock.connect(p.ends[Role.PRIMARY].clients)
+            try:
+                await asyncio.to_thread(redis_server.stop)
+                msg = order("held")
+                for _ in range(5):
+                    await sock.send_multipart(encode_order(msg))
+                await wait_until(lambda: primary.stats.joined == 4, 3, "four retries joined")
+                await asyncio.to_thread(redis_server.start)
+                async with asyncio.timeout(scaled(5)):
+                    reply = decode_order(await sock.recv_multipart())
+                assert isinstance(reply, OrderAck)
+                while await sock.poll(int(scaled(0.2) * 1000)):  # reports may follow
+                    extra = decode_order(await sock.recv_multipart())
+                    assert isinstance(extra, ExecutionReport), "one answer, not five"
+                assert primary.stats.requests == 5 and primary.stats.acks == 1
+            finally:
+                sock.close(linger=0)
+    run(main())
+
+
+def test_a_request_that_waited_while_the_node_stepped_down_is_not_served(
+        redis_server: RedisProcess) -> None:
+    """A request queued behind the account's lock when its node loses the active role must not
+    be served with an epoch the node learnt from its peer (that would write past fencing)."""
+    async def main() -> None:
+        async with pair(redis_server, deadline_ms=10_000) as p:
+            primary = p.node(Role.PRIMARY)
+            await wait_active(primary)
+            await asyncio.to_thread(redis_server.stop)
+            first = asyncio.create_task(p.request(Role.PRIMARY, order("a1"), timeout=10))
+            await wait_until(lambda: primary.stats.requests == 1, 3, "the first request")
+            second = asyncio.create_task(p.request(Role.PRIMARY, order("a2"), timeout=10))
+            await wait_until(lambda: primary.stats.requests == 2, 3, "the second request")
+            # The pair moves on: the primary learns of a newer epoch and steps down.
+            await primary._effects(primary.star.on_fenced(primary.star.epoch + 1,
+                                                          time.monotonic()))
+            assert not primary.star.serving
+            await asyncio.to_thread(redis_server.start)
+            reply = await second
+            assert isinstance(reply, OrderReject) and reply.reason is RejectReason.NOT_ACTIVE
+            await first  # held in its write before the step-down: the store decides it
+    run(main())
