@@ -11,9 +11,12 @@ Rules (docs/ORDERS.md, "Client retries"):
   client), so the client picks the backend of each attempt and a backend's reports reach it
   whichever one is active. ``IMMEDIATE`` keeps a send from queueing for a backend that is not
   connected: such an attempt fails at once.
-* A request is sent to the backend that last answered. No answer within ``request_timeout_s``,
+* A request is sent to the backend that last answered. No answer within the request timeout,
   or a retryable reject (NOT_ACTIVE, STORE_UNAVAILABLE, FENCED), moves it to the next backend
   at once; after a full round of failures the client backs off (``Backoff``, jittered) first.
+  The timeout adapts (``protocols.backoff.RequestTimer``, RFC 6298): ``request_timeout_s`` while
+  the backends answer fast, more when they are slow, doubled after each timeout up to
+  ``max_request_timeout_s``, so a slow backend is not buried under retries.
   Every attempt sends the *same* message: the backend's idempotency check by
   ``(account, client_order_id)`` turns a retry into the stored state, never a second order.
 * An ack from any backend ends the request; so does a non-retryable reject
@@ -41,7 +44,7 @@ from typing import Any, cast
 import zmq
 import zmq.asyncio
 
-from protocols.backoff import Backoff
+from protocols.backoff import Backoff, RequestTimer
 from protocols.errors import (
     ConfigError,
     InvalidOrder,
@@ -81,7 +84,8 @@ def _default_backoff() -> Backoff:
 class OrderClientOptions:
     endpoints: tuple[str, ...]  # the backends' client ROUTER endpoints, usually two
     client_id: str = ""  # ZeroMQ ROUTING_ID; "" = generated once per client
-    request_timeout_s: float = 0.05  # wait this long for one backend's answer
+    request_timeout_s: float = 0.05  # wait at least this long for one backend's answer
+    max_request_timeout_s: float = 1.0  # the adaptive wait never exceeds this
     backoff: Backoff = field(default_factory=_default_backoff)  # after a full failed round
     deadline_s: float = 5.0  # give a request up (OrderTimeout) after this
     max_in_flight: int = 1000  # one more concurrent request raises TooManyInFlight
@@ -98,6 +102,9 @@ class OrderClientOptions:
         for name in ("request_timeout_s", "deadline_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(name, f"must be > 0, got {getattr(self, name)!r}")
+        if self.max_request_timeout_s < self.request_timeout_s:
+            raise ConfigError("max_request_timeout_s", "must be >= request_timeout_s",
+                              f"e.g. {max(1.0, self.request_timeout_s)}")
         for name in ("max_in_flight", "updates_queue"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be >= 1, got {getattr(self, name)!r}")
@@ -129,6 +136,7 @@ class OrderClient:
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: dict[str, _Pending] = {}
         self._preferred = 0  # the backend that last gave a final answer
+        self._timer = RequestTimer(options.request_timeout_s, options.max_request_timeout_s)
         self._updates: deque[ExecutionReport] = deque()
         self._updates_ready = asyncio.Event()
         self._bad = RateLimitedLog(log, "malformed order reply")
@@ -236,10 +244,15 @@ class OrderClient:
             if attempts > 1:
                 self._counts["retries"] += 1
             sent = self._send(idx, frames)
+            sent_at = loop.time()
             # not sent (not connected): no wait, but a late answer may already be here
-            answer = await self._await(pending, min(opts.request_timeout_s, left) if sent else 0)
+            answer = await self._await(pending, min(self._timer.timeout(), left) if sent else 0)
             if answer is None and sent:
                 self._counts["timeouts"] += 1
+                self._timer.timed_out()
+            elif answer is not None and attempts == 1 and not (
+                    isinstance(answer[1], OrderReject) and answer[1].retryable):
+                self._timer.observe(loop.time() - sent_at)  # Karn: first attempts only
             ack = self._settle(msg, answer, pending, loop)
             if ack is not None:
                 return ack
@@ -364,9 +377,11 @@ class OrderClient:
         after the first), endpoint ``switches``, ``timeouts`` (attempts unanswered in time),
         ``acks`` and ``rejects`` received (``late_replies``: answers nobody waited for any
         more), ``updates`` received, ``updates_dropped`` (queue full), ``malformed`` replies,
-        and gauges ``in_flight`` and ``updates_queued``."""
+        and gauges ``in_flight``, ``updates_queued`` and ``request_timeout_us`` (the adaptive
+        wait for an answer now)."""
         return {**self._counts, "in_flight": len(self._pending),
-                "updates_queued": len(self._updates)}
+                "updates_queued": len(self._updates),
+                "request_timeout_us": round(self._timer.timeout() * 1e6)}
 
 
 class BlockingOrderClient:

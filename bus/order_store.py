@@ -29,6 +29,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -97,6 +98,7 @@ end
 return {0, redis.call('LRANGE', KEYS[1], at, -1)}
 """
 
+OPEN_PAGE = 200  # order records read and decoded per round trip by open_orders
 _HEADER = 4  # the order codec's header frame: "TM", version, kind
 
 
@@ -300,11 +302,14 @@ class RedisOrderStore:
     async def open_orders(self) -> list[Order]:
         ids: Sequence[bytes] = sorted(await self._call(
             lambda: self.redis.smembers(self._k("open"))))
-        if not ids:
-            return []
-        keys = [self._k("order", i.decode()) for i in ids]
-        blobs = await self._call(lambda: self.redis.mget(keys))
-        return [_order(b) for b in blobs if b is not None]
+        orders: list[Order] = []
+        # In pages: decoding thousands of records at once would hold the event loop (and the
+        # pair's heartbeats) for tens of milliseconds.
+        for start in range(0, len(ids), OPEN_PAGE):
+            page = [self._k("order", i.decode()) for i in ids[start:start + OPEN_PAGE]]
+            blobs = await self._call(partial(self.redis.mget, page))
+            orders.extend(_order(b) for b in blobs if b is not None)
+        return orders
 
     def executed_key(self, order_id: str) -> str:
         """The set of exec ids carried out for an order (see :func:`is_execution`)."""

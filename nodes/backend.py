@@ -86,6 +86,7 @@ log = logging.getLogger(__name__)
 MAX_CONCURRENT = 256  # requests in service at once; more wait on the socket (backpressure)
 QUOTE_TTL_S = 0.05  # the last tick is read from Redis at most this often per symbol
 REDRIVE_BATCH = 500  # unconfirmed orders re-sent per re-drive round
+YIELD_EVERY = 50  # re-drive and reload give the event loop back this often
 GAP_RETRY_S = 0.05  # an order whose log entries arrive with a gap is re-driven at most this often
 RECENT_AMENDS = 1_000  # replace outcomes kept to answer a client's retry the same way
 
@@ -578,9 +579,13 @@ class BackendNode:
                if o.state in (OrderState.ROUTED, OrderState.PARTIALLY_FILLED)
                and (force or now - self._sent.get(o.order_id, 0.0) >= self.redrive_s)]
         due.sort(key=lambda o: o.updated_ns)
-        for order in due[:REDRIVE_BATCH]:
+        for n, order in enumerate(due[:REDRIVE_BATCH], start=1):
             await self._route(order)
             self.stats.redriven += 1
+            if n % YIELD_EVERY == 0:
+                # A non-blocking send never yields: let heartbeats and clients in, or the
+                # peer sees a silent node after a large re-drive and takes over.
+                await asyncio.sleep(0)
         for order_id, request in list(self.cancels.items())[:REDRIVE_BATCH]:
             if now - self._sent.get(order_id, 0.0) >= self.redrive_s:
                 await self._send_executor(request, order_id)

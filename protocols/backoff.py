@@ -1,6 +1,6 @@
-"""Retry back-off as a pure policy (after redis-py's ``backoff.py``): no clock, no randomness.
-
-The caller passes the failure count and a uniform random number, so tests are exact.
+"""Retry timing as pure policy: back-off (after redis-py's ``backoff.py``) and an adaptive
+request timeout (RFC 6298's retransmission timer). No clock, no randomness: the caller passes
+the failure count, the random number and the measured round trips, so tests are exact.
 """
 
 from __future__ import annotations
@@ -30,3 +30,50 @@ class Backoff:
         """Delay before the next attempt after ``failures`` consecutive failures (>= 0)."""
         raw: float = min(self.cap_s, self.base_s * 2.0 ** min(failures, 62))
         return raw * (1 - self.jitter * rand)
+
+
+@dataclass(slots=True)
+class RequestTimer:
+    """How long to wait for an answer before trying again: RFC 6298's retransmission timeout.
+
+    ``timeout()`` is ``srtt + 4 * rttvar`` from the answers measured so far, kept between
+    ``floor_s`` and ``ceiling_s`` (the floor alone until the first sample). Every timeout
+    doubles it (up to the ceiling) until a new sample arrives; a sample counts only from a
+    request answered on its first attempt (Karn's rule: a retried request's answer cannot be
+    matched to one attempt).
+
+    Why: a fixed short timeout turns a slow server into a retry storm that keeps it slow (every
+    request re-sent every few tens of milliseconds); this one backs off with the server's own
+    latency, and stays at the floor while the server is fast, so a dead server is still left
+    after ``floor_s``.
+    """
+
+    floor_s: float
+    ceiling_s: float
+    srtt: float | None = None
+    rttvar: float = 0.0
+    backed_off: float = 0.0  # the doubled timeout after timeouts; 0: none pending
+
+    def __post_init__(self) -> None:
+        if not 0 < self.floor_s <= self.ceiling_s:
+            raise ValueError("need 0 < floor_s <= ceiling_s")
+
+    def timeout(self) -> float:
+        if self.backed_off:
+            return self.backed_off
+        if self.srtt is None:
+            return self.floor_s
+        return min(self.ceiling_s, max(self.floor_s, self.srtt + 4 * self.rttvar))
+
+    def observe(self, rtt_s: float) -> None:
+        """An answer came ``rtt_s`` after the (only) attempt was sent."""
+        if self.srtt is None:
+            self.srtt, self.rttvar = rtt_s, rtt_s / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt_s)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt_s
+        self.backed_off = 0.0
+
+    def timed_out(self) -> None:
+        """An attempt got no answer in time: wait twice as long next time."""
+        self.backed_off = min(self.ceiling_s, 2 * self.timeout())

@@ -191,6 +191,40 @@ def test_silent_backend_retried_on_the_other_with_the_same_order(backend: MakeBa
     run(scenario)
 
 
+def test_a_slow_pair_is_not_buried_under_retries(backend: MakeBackend) -> None:
+    """The active backend holds a request (e.g. its store is failing over), the other says
+    NOT_ACTIVE: each unanswered attempt doubles the wait, so the held request is re-sent a
+    handful of times, not every 50 ms. A fast answer afterwards brings the wait back down."""
+    a, b = backend(silent), backend(reject(RejectReason.NOT_ACTIVE))
+
+    async def scenario() -> None:
+        opts = options(a.endpoint, b.endpoint, deadline_s=1.5,
+                       backoff=Backoff(base_s=0.001, cap_s=0.001))
+        async with OrderClient(opts) as client:
+            await connected(client)
+            with pytest.raises(OrderTimeout):
+                await client.place(new_order())
+            # 50, 100, 200, 400, 800 ms: at most 5-6 attempts at the silent one in 1.5 s
+            # (a fixed 50 ms timeout would have made about 28).
+            assert 3 <= len(a.received) <= 6, len(a.received)
+            assert client.stats()["request_timeout_us"] >= 400_000
+    run(scenario)
+
+
+def test_the_wait_comes_back_down_with_fast_answers(backend: MakeBackend) -> None:
+    a = backend(ack)
+
+    async def scenario() -> None:
+        async with OrderClient(options(a.endpoint)) as client:
+            await connected(client)
+            client._timer.timed_out()
+            client._timer.timed_out()
+            assert client.stats()["request_timeout_us"] == 200_000
+            await client.place(new_order())  # answered at the first attempt: a sample
+            assert client.stats()["request_timeout_us"] == 50_000
+    run(scenario)
+
+
 def test_not_active_switches_and_the_other_ack_wins(backend: MakeBackend) -> None:
     a, b = backend(reject(RejectReason.NOT_ACTIVE)), backend(ack)
 

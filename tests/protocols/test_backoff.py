@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols.backoff import Backoff
+from protocols.backoff import Backoff, RequestTimer
 
 ALMOST_1 = 1 - 2**-53  # the largest value random.random() can return
 
@@ -65,3 +65,46 @@ def test_delay_is_within_jitter_bounds_and_never_above_cap(base: float, cap_fact
     # Without jitter the delay never shrinks as failures pile up.
     assert Backoff(base, base * cap_factor, 0).compute(failures + 1, rand) >= \
         Backoff(base, base * cap_factor, 0).compute(failures, rand)
+
+
+# --- the adaptive request timeout ---------------------------------------------------------------
+
+def test_request_timer_starts_at_the_floor_and_follows_the_answers() -> None:
+    t = RequestTimer(floor_s=0.05, ceiling_s=1.0)
+    assert t.timeout() == 0.05
+    t.observe(0.002)  # fast answers: the floor holds
+    assert t.timeout() == 0.05
+    for _ in range(20):
+        t.observe(0.2)  # a slow server: srtt + 4 rttvar, above the floor
+    assert 0.2 < t.timeout() < 0.4
+    t.observe(5.0)
+    assert t.timeout() == 1.0  # never above the ceiling
+
+
+# (id, timeouts in a row, expected timeout)
+BACKING_OFF = [("none", 0, 0.05), ("one", 1, 0.1), ("two", 2, 0.2), ("three", 3, 0.4),
+               ("capped", 10, 1.0)]
+
+
+@pytest.mark.parametrize(("timeouts", "expected"), [b[1:] for b in BACKING_OFF],
+                         ids=[b[0] for b in BACKING_OFF])
+def test_request_timer_doubles_on_timeouts(timeouts: int, expected: float) -> None:
+    t = RequestTimer(floor_s=0.05, ceiling_s=1.0)
+    for _ in range(timeouts):
+        t.timed_out()
+    assert t.timeout() == pytest.approx(expected)
+
+
+def test_a_sample_ends_the_back_off() -> None:
+    t = RequestTimer(floor_s=0.05, ceiling_s=1.0)
+    t.timed_out()
+    t.timed_out()
+    t.observe(0.001)
+    assert t.timeout() == 0.05
+
+
+def test_request_timer_refuses_bad_bounds() -> None:
+    with pytest.raises(ValueError):
+        RequestTimer(floor_s=0.0, ceiling_s=1.0)
+    with pytest.raises(ValueError):
+        RequestTimer(floor_s=2.0, ceiling_s=1.0)
