@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from protocols.backoff import Backoff
 from protocols.errors import Fenced, InvalidOrder, StoreError, StoreUnavailable
@@ -254,10 +254,20 @@ class RedisOrderStore:
         """Run a deciding script; with a replica, ``WAIT`` for it in the same round trip."""
         if not await self._replica_count():
             return await script(keys=keys, args=args)
-        pipe = self.redis.pipeline(transaction=False)
-        await script(keys=keys, args=args, client=pipe)
-        pipe.execute_command("WAIT", 1, int(self.wait_timeout_s * 1000))
-        result, replicated = await pipe.execute()
+        # EVALSHA by hand: a Script added to a pipeline makes redis-py send SCRIPT EXISTS
+        # first, one more round trip per write. A server that lost the script (restarted, or
+        # a promoted replica) answers NOSCRIPT once; load it and go again.
+        for attempt in (1, 2):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", 1, int(self.wait_timeout_s * 1000))
+            try:
+                result, replicated = await pipe.execute()
+                break
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                await self.redis.script_load(script.script)
         if int(replicated) < 1:
             self._replicas = (0, -1.0)  # ask again: the replica may be gone
             self.stats.not_replicated += 1

@@ -65,6 +65,7 @@ from protocols.orders import (
     ExecutionReport,
     Limits,
     NewOrder,
+    OpenOrders,
     Order,
     OrderAck,
     OrderReject,
@@ -146,7 +147,7 @@ class BackendNode:
         self.star = BinaryStar(role, pair or PairConfig(), started=time.monotonic())
         self.stats = BackendStats()
         self.stats_path = stats_path
-        self.orders: dict[str, Order] = {}  # open orders, while active
+        self.orders = OpenOrders()  # open orders, while active
         self.routes: dict[str, bytes] = {}  # order id -> client routing id
         self.cancels: dict[str, ExecutionReport] = {}  # order id -> cancel request in flight
         self.amends: dict[str, _Amend] = {}  # order id -> the replace waiting for the executor
@@ -250,18 +251,18 @@ class BackendNode:
             self._reload_pending = True
 
     async def _reload(self, epoch: int) -> None:
-        self.orders = {o.order_id: o for o in await self.store.open_orders()}
+        self.orders = OpenOrders(await self.store.open_orders())
         self._reload_pending = False
         log.info("backend %s: active at epoch %d with %d open orders", self.role.value, epoch,
                  len(self.orders))
-        for order_id, order in list(self.orders.items()):
+        for order in self.orders.values():
             if order.state is OrderState.ACCEPTED:
                 # Stored by an older version between its two writes: route it now.
                 order = order.apply(order.status_report(OrderState.ROUTED, exec_id="route",
                                                         epoch=epoch), epoch=epoch,
                                     now_ns=time.time_ns())
                 await self.store.write(order, epoch)
-                self.orders[order_id] = order
+                self.orders.put(order)
         await self._redrive_once(force=True)
 
     async def handover(self) -> None:
@@ -383,7 +384,7 @@ class BackendNode:
                                    str(exc))
             return self._duplicate(existing, req, identity)
         self.routes[order.order_id] = identity
-        self.orders[order.order_id] = order
+        self.orders.put(order)
         await self._route(order)
         return OrderAck(req.client_order_id, order.order_id, order.state, epoch)
 
@@ -419,8 +420,7 @@ class BackendNode:
     def _exposure(self, account: str, excluding: str = "") -> float:
         """The account's exposure: what its open orders still have to fill, at their price
         (a MARKET order counts 0 here: it fills at once or is rejected)."""
-        return sum(o.leaves_quantity * (o.price or 0.0) for o in self.orders.values()
-                   if o.order.account == account and o.order_id != excluding)
+        return self.orders.exposure(account, excluding)
 
     async def _guarded(self, client_order_id: str, work: Coroutine[Any, Any, T]
                        ) -> T | OrderReject:
@@ -465,7 +465,7 @@ class BackendNode:
             return done
         target = await self.store.by_client_id(req.account, req.target_client_order_id)
         if target is not None:
-            target = self.orders.get(target.order_id, target)
+            target = self.orders.get(target.order_id) or target
         reason = check_amend(target, req)
         if reason is not None or target is None:
             why = reason or RejectReason.UNKNOWN_ORDER
@@ -535,7 +535,7 @@ class BackendNode:
                 and existing.state is OrderState.ROUTED:
             # Stored by a write whose answer was lost (the store failed over, or the request
             # gave up at the deadline after the write): adopt it, the re-drive routes it.
-            self.orders[existing.order_id] = existing
+            self.orders.put(existing)
         state = existing.state if existing.state is not OrderState.NEW else OrderState.ACCEPTED
         return OrderAck(req.client_order_id, existing.order_id, state, self.star.epoch)
 
@@ -640,11 +640,11 @@ class BackendNode:
             self.stats.replaced += 1
             self._settle_amend(updated.order_id, updated)
         if updated.terminal:
-            self.orders.pop(updated.order_id, None)
+            self.orders.remove(updated.order_id)
             self.cancels.pop(updated.order_id, None)
             self._sent.pop(updated.order_id, None)
         else:
-            self.orders[updated.order_id] = updated
+            self.orders.put(updated)
         frames = encode_order(report)
         identity = self.routes.get(report.order_id) or updated.client_id.encode()
         if identity:

@@ -83,6 +83,9 @@ def test_an_order_write_waits_for_the_replica(tmp_path: Path,
             await store.write(record("o1"), 1)
             # Returned only after WAIT: the replica has it, no polling needed.
             assert await on_replica.get("o1") == record("o1")
+            await store.redis.script_flush()  # as on a restarted or promoted server
+            await store.write(record("o3"), 1)  # NOSCRIPT: loaded, sent again
+            assert await on_replica.get("o3") == record("o3")
             # The replica dies while the store still believes it there: the WAIT is not
             # confirmed, the store asks the master again, finds no replica and writes alone
             # (durability is "on a replica when one exists": a lone master is all there is).

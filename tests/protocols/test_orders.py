@@ -30,6 +30,7 @@ from protocols.orders import (
     ExecutionReport,
     Limits,
     NewOrder,
+    OpenOrders,
     Order,
     OrderAck,
     OrderEvent,
@@ -831,3 +832,43 @@ def test_average_price_of_a_tiny_first_fill_is_its_price() -> None:
     assert rec.avg_price == 1.5
     rec = fill(OrderState.FILLED, 1.0, 1.0 - 5e-324, 1.5, 5)
     assert rec.avg_price == 1.5 and rec.state is OrderState.FILLED
+
+
+# --- the active backend's open orders ----------------------------------------------------------
+
+
+def test_open_orders_keep_each_accounts_exposure() -> None:
+    book = OpenOrders()
+    a1 = order(S.ROUTED, quantity=2.0)  # limit 1.1: 2.2
+    a2 = dataclasses.replace(order(S.PARTIALLY_FILLED, 0.5, 1.1, quantity=1.0), order_id="o-2")
+    other = dataclasses.replace(order(S.ROUTED, src=new(account="ACC-2")), order_id="o-3")
+    mkt = dataclasses.replace(order(S.ROUTED, src=market()), order_id="o-4")
+    for o in (a1, a2, other, mkt):
+        book.put(o)
+    assert len(book) == 4 and "o-2" in book
+    assert book.exposure("ACC-1") == pytest.approx(2.2 + 0.5 * 1.1)  # MARKET counts 0
+    assert book.exposure("ACC-1", excluding="o-1") == pytest.approx(0.5 * 1.1)
+    assert book.exposure("ACC-1", excluding="o-3") == pytest.approx(2.2 + 0.55)  # not ACC-1's
+    assert book.exposure("ACC-2") == pytest.approx(1.1)
+    book.put(dataclasses.replace(a1, quantity=3.0))  # replaced terms: the old notional goes
+    assert book.exposure("ACC-1") == pytest.approx(3.3 + 0.55)
+    assert book.remove("o-1") is not None and book.remove("o-1") is None
+    book.remove("o-2")
+    book.remove("o-4")
+    assert book.exposure("ACC-1") == 0.0 and book.get("o-2") is None
+    book.clear()
+    assert len(book) == 0 and book.exposure("ACC-2") == 0.0
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.floats(0.01, 50), st.booleans()), max_size=60))
+@settings(max_examples=100, deadline=None)
+def test_open_orders_exposure_equals_a_fresh_sum(steps: list[tuple[int, float, bool]]) -> None:
+    book = OpenOrders()
+    for n, qty, keep in steps:
+        o = dataclasses.replace(order(S.ROUTED, quantity=qty), order_id=f"o-{n}")
+        if keep:
+            book.put(o)
+        else:
+            book.remove(o.order_id)
+        fresh = sum(OpenOrders.notional(x) for x in book.values())
+        assert book.exposure("ACC-1") == pytest.approx(fresh, rel=1e-9, abs=1e-9)
