@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from bus.checkpoint import Checkpointer
+from bus.checkpoint import FLUSH_TICKS, Checkpointer
 from bus.store import CheckpointRun, RedisTickStore
 from nodes.servers import RedisProcess
 from protocols.errors import StoreUnavailable
@@ -229,4 +229,20 @@ def test_checkpointer_counts_what_a_failover_lost_beyond_its_memory(
         # 21..40 written again; 6..20 are gone for good (counted, never invented).
         assert (cp.stats.resynced, cp.stats.resync_short) == (20, 15)
         assert filled_seqs(await store.fill("X", 21, 50, 100)) == list(range(21, 51))
+    with_store(redis_server, body)
+
+
+def test_checkpointer_writes_a_backlog_in_slices(redis_server: RedisProcess) -> None:
+    async def body(store: RedisTickStore) -> None:
+        await store.start_session("f", 1, ["X"], 100_000)
+        cp = Checkpointer(store, interval_s=0.001, capacity=100_000, stream_cap=100_000,
+                          reserve_block=100_000, reserved={"X": 100_000})
+        for first in range(1, 5001, 500):  # a backlog of 5,000 ticks after an outage
+            cp.add("X", 1, first, rows(first, first + 499))
+        assert await cp.flush()
+        assert (cp.stats.written, cp.stats.buffered) == (FLUSH_TICKS, 5000 - FLUSH_TICKS)
+        while cp.stats.buffered:
+            assert await cp.flush()
+        assert cp.stats.flushes == 3
+        assert filled_seqs(await store.fill("X", 1, 5000, 10_000)) == list(range(1, 5001))
     with_store(redis_server, body)
