@@ -56,6 +56,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -611,19 +612,30 @@ def main(argv: list[str] | None = None) -> int:
     except (DrillError, OSError) as exc:
         print(f"drill-backend-crash: {exc} (logs in {run_dir})", file=sys.stderr)
         return 2
-    summary["ok"] = passed(summary)
+    return conclude(summary, ok=passed(summary), run_dir=run_dir, report=report,
+                    markdown=lambda s: markdown(s, command.strip()), human=human,
+                    as_json=args.json)
+
+
+def conclude(summary: dict[str, Any], *, ok: bool, run_dir: Path, report: Path,
+             markdown: Callable[[dict[str, Any]], str], human: Callable[[dict[str, Any]], str],
+             as_json: bool) -> int:
+    """The end of a drill, shared by the drills: stamp the summary (verdict, date, machine,
+    where its files are), write the markdown report, print the table and the JSON line, and
+    give the exit status (0: every target met, 1: not)."""
+    summary["ok"] = ok
     summary["date"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     summary["machine"] = (f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
                           f"{platform.python_version()}, load average "
                           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     summary["run_dir"], summary["report"] = str(run_dir), str(report)
-    report.write_text(markdown(summary, command.strip()))
+    report.write_text(markdown(summary))
     print(human(summary))
     print(f"report: {report}")
     print(f"logs:   {run_dir}")
-    if args.json:
+    if as_json:
         print(json.dumps(summary, default=str))
-    return 0 if summary["ok"] else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

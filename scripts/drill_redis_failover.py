@@ -49,10 +49,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import json
 import os
-import platform
 import signal
 import sys
 import tempfile
@@ -789,19 +787,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"drill-redis-failover: interrupted (logs in {run_dir})", file=sys.stderr)
         return 2
-    summary["ok"] = passed(summary)
-    summary["date"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    summary["machine"] = (f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
-                          f"{platform.python_version()}, load average "
-                          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    summary["run_dir"], summary["report"] = str(run_dir), str(report)
-    report.write_text(markdown(summary, command.strip()))
-    print(human(summary))
-    print(f"report: {report}")
-    print(f"logs:   {run_dir}")
-    if args.json:
-        print(json.dumps(summary, default=str))
-    return 0 if summary["ok"] else 1
+    return bdrill.conclude(summary, ok=passed(summary), run_dir=run_dir, report=report,
+                           markdown=lambda s: markdown(s, command.strip()), human=human,
+                           as_json=args.json)
 
 
 if __name__ == "__main__":
