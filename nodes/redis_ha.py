@@ -396,13 +396,13 @@ class RedisHA:
         master = self.master_address(role)
         process.replica_of = None if master == process.address else master
         process.restart(timeout=self._left(deadline))
-        if process.replica_of is not None:
-            self._wait_replica_linked(process, deadline)
-        log.info(
-            "restarted %s:%d as %s",
-            *process.address,
-            "master" if process.replica_of is None else f"replica of {master[0]}:{master[1]}",
-        )
+        # Settled, whoever is master then: with a short down-after-milliseconds Sentinel may
+        # fail the group over once more while the restarted server syncs (REFERENCES.md
+        # section 3), and promote it back. What callers need is a group with one master the
+        # Sentinels agree on and the other server linked to it as a replica.
+        self._wait_group_settled(Role(role), deadline, process.log_path)
+        log.info("restarted %s:%d; %s master is %s:%d", *process.address, role,
+                 *self.master_address(role))
 
     def info(self, server: RedisProcess, section: str = "replication") -> dict[str, str]:
         """``INFO section`` of one of the topology's servers, as a dict."""
@@ -464,6 +464,25 @@ class RedisHA:
                     f"{_tail(log_of)}"
                 )
             time.sleep(_POLL_INTERVAL_S)
+
+    def _wait_group_settled(self, role: Role, deadline: float, log_of: Path) -> None:
+        def check() -> str | None:
+            try:
+                master = self.master_address(role)
+            except ServerError as exc:
+                return str(exc)
+            for server in self.servers(role):
+                fields = self.info(server)
+                if server.address == master:
+                    if fields.get("role") != "master":
+                        return f"{master[0]}:{master[1]} is role:{fields.get('role')}"
+                elif (fields.get("role") != "slave" or fields.get("master_link_status") != "up"
+                      or fields.get("master_port") != str(master[1])):
+                    return (f"{server.host}:{server.port} is not linked to "
+                            f"{master[0]}:{master[1]} yet")
+            return None
+
+        self._wait_until(check, deadline, f"the {role} group to settle", log_of)
 
     def _wait_replica_linked(self, replica: RedisProcess, deadline: float) -> None:
         def check() -> str | None:

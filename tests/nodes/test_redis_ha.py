@@ -118,17 +118,22 @@ def _crash_rtss_master_and_rejoin(ha: RedisHA) -> None:
 
     started = time.monotonic()
     ha.restart(old_master, timeout=scaled(15))
-    fields = ha.info(old_master)
-    assert fields["role"] == "slave"
-    assert (fields["master_host"], int(fields["master_port"])) == new
-    assert fields["master_link_status"] == "up"
-    print(f"old master back as a replica in {time.monotonic() - started:.2f} s")
-    client = client_for(old_master)
-    try:
-        assert client.hgetall("order:1") == {b"state": b"acked", b"qty": b"5"}
-    finally:
-        client.close()
-    assert ha.master_address(Role.RTSS) == new
+    # Back as the new master's replica; or, if Sentinel failed the group over once more while
+    # it synced (possible with a 500 ms down-after, REFERENCES.md section 3), as the master
+    # with the other one linked to it. Either way: one master, one linked replica, the data.
+    master = ha.master_address(Role.RTSS)
+    replica = old_master if master == new else new_master
+    fields = ha.info(replica)
+    assert fields["role"] == "slave" and fields["master_link_status"] == "up"
+    assert (fields["master_host"], int(fields["master_port"])) == master
+    print(f"old master back in {time.monotonic() - started:.2f} s "
+          f"({'replica' if master == new else 'master again'})")
+    for server in (old_master, new_master):
+        client = client_for(server)
+        try:
+            assert client.hgetall("order:1") == {b"state": b"acked", b"qty": b"5"}
+        finally:
+            client.close()
 
 
 def test_stop_leaves_no_process(tmp_path: Path) -> None:
