@@ -258,16 +258,18 @@ class RedisOrderStore:
         # first, one more round trip per write. A server that lost the script (restarted, or
         # a promoted replica) answers NOSCRIPT once; load it and go again.
         for attempt in (1, 2):
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-            pipe.execute_command("WAIT", 1, int(self.wait_timeout_s * 1000))
-            try:
-                result, replicated = await pipe.execute()
-                break
-            except NoScriptError:
-                if attempt == 2:
-                    raise
-                await self.redis.script_load(script.script)
+            # As a context: a pipeline that failed mid-flight (the master died) is reset and
+            # its connection returned, not left for the garbage collector to warn about.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                pipe.execute_command("WAIT", 1, int(self.wait_timeout_s * 1000))
+                try:
+                    result, replicated = await pipe.execute()
+                    break
+                except NoScriptError:
+                    if attempt == 2:
+                        raise
+            await self.redis.script_load(script.script)
         if int(replicated) < 1:
             self._replicas = (0, -1.0)  # ask again: the replica may be gone
             self.stats.not_replicated += 1
