@@ -6,7 +6,11 @@ import asyncio
 import contextlib
 import io
 import logging
+import os
+import sys
 import threading
+import time
+import traceback
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
@@ -95,3 +99,69 @@ class LoopThread:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout)
         self._loop.close()
+
+
+class LoopWatchdog:
+    """Reports stalls of an event loop, with the stack the loop's thread was in (a diagnostic
+    for latency spikes: a stack inside Python names the work that held the loop; a stack in the
+    selector's wait means the process was not scheduled at all).
+
+    :meth:`run` (a task on the watched loop) stamps the time every ``tick_s``; a daemon thread
+    checks the stamp and, once per stall longer than ``threshold_s``, logs the loop thread's
+    stack. ``stalls`` and ``max_ms`` count what it saw. Enabled in the nodes by the environment
+    variable ``TICKMESH_LOOP_WATCHDOG_MS`` (see :func:`watchdog_from_env`).
+    """
+
+    def __init__(self, name: str, threshold_s: float, tick_s: float = 0.001) -> None:
+        self.name = name
+        self.threshold_s = threshold_s
+        self.tick_s = tick_s
+        self.stalls = 0
+        self.max_ms = 0.0
+        self._stamp = time.monotonic()
+        self._loop_thread = threading.get_ident()
+        self._stop = threading.Event()
+
+    async def run(self) -> None:
+        self._loop_thread = threading.get_ident()
+        thread = threading.Thread(target=self._watch, name=f"watchdog-{self.name}", daemon=True)
+        thread.start()
+        try:
+            while True:
+                self._stamp = time.monotonic()
+                await asyncio.sleep(self.tick_s)
+        finally:
+            self._stop.set()
+            await asyncio.to_thread(thread.join, 1.0)
+
+    def _watch(self) -> None:
+        reported = False
+        while not self._stop.wait(self.threshold_s / 4):
+            lag = time.monotonic() - self._stamp
+            if lag <= self.threshold_s:
+                reported = False
+                continue
+            self.max_ms = max(self.max_ms, lag * 1000)
+            if reported:
+                continue
+            reported = True
+            self.stalls += 1
+            frame = sys._current_frames().get(self._loop_thread)
+            # The innermost frames: where the loop's thread is now.
+            stack = "".join(traceback.format_stack(frame)[-8:]) if frame else "(gone)"
+            log.warning("%s: event loop stalled > %.0f ms, in:\n%s", self.name, lag * 1000,
+                        stack)
+
+
+def watchdog_from_env(name: str) -> LoopWatchdog | None:
+    """A :class:`LoopWatchdog` if ``TICKMESH_LOOP_WATCHDOG_MS`` is set (the stall threshold in
+    milliseconds), else None."""
+    value = os.environ.get("TICKMESH_LOOP_WATCHDOG_MS", "")
+    if not value:
+        return None
+    try:
+        threshold = float(value) / 1000
+    except ValueError:
+        log.warning("TICKMESH_LOOP_WATCHDOG_MS=%r is not a number: no watchdog", value)
+        return None
+    return LoopWatchdog(name, threshold) if threshold > 0 else None

@@ -20,7 +20,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from bus.aio import wait_event
+from bus.aio import wait_event, watchdog_from_env
 from bus.checkpoint import Checkpointer
 from bus.config import FeedSection, MeshConfig, parse_hostport
 from bus.publisher import Publisher
@@ -104,6 +104,9 @@ class FeedNode:
         if self.stats_path is not None:
             tasks.append(asyncio.create_task(stats_writer(self.stats_path, 0.5, self.stats),
                                              name="stats"))
+        watchdog = watchdog_from_env(f"feed {self.feed.name}")
+        if watchdog is not None:
+            tasks.append(asyncio.create_task(watchdog.run(), name="watchdog"))
         self.ready.set()
         try:
             return await supervise_tasks(f"feed {self.feed.name}", stop, tasks)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 
 import pytest
 
@@ -59,3 +61,38 @@ def test_cancel_and_wait_gives_up_on_a_task_that_never_ends(
         await task
     asyncio.run(main())
     assert "test: task immortal ignores cancellation" in caplog.text
+
+
+def test_loop_watchdog_reports_a_stall_with_the_stack_that_held_the_loop(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from bus.aio import LoopWatchdog
+
+    def hold_the_loop() -> None:
+        time.sleep(0.3)  # blocking on purpose: the stall the watchdog must name
+
+    async def main() -> LoopWatchdog:
+        dog = LoopWatchdog("test", threshold_s=0.05)
+        task = asyncio.create_task(dog.run())
+        await asyncio.sleep(0.05)
+        hold_the_loop()
+        await asyncio.sleep(0.05)
+        await cancel_and_wait([task])
+        return dog
+
+    with caplog.at_level(logging.WARNING, logger="bus.aio"):
+        dog = asyncio.run(main())
+    # (>= 1: a loaded machine may add stalls of its own; ours must be among them)
+    assert dog.stalls >= 1 and dog.max_ms >= 50
+    assert "event loop stalled" in caplog.text and "hold_the_loop" in caplog.text
+
+
+def test_watchdog_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bus.aio import watchdog_from_env
+
+    monkeypatch.delenv("TICKMESH_LOOP_WATCHDOG_MS", raising=False)
+    assert watchdog_from_env("x") is None
+    monkeypatch.setenv("TICKMESH_LOOP_WATCHDOG_MS", "15")
+    dog = watchdog_from_env("x")
+    assert dog is not None and dog.threshold_s == 0.015
+    monkeypatch.setenv("TICKMESH_LOOP_WATCHDOG_MS", "soon")
+    assert watchdog_from_env("x") is None
