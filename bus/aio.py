@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import io
 import logging
 import os
@@ -118,6 +119,8 @@ class LoopWatchdog:
         self.tick_s = tick_s
         self.stalls = 0
         self.max_ms = 0.0
+        self.gc_max_ms = 0.0  # the longest garbage collection seen (it holds the loop too)
+        self._gc_started = 0.0
         self._stamp = time.monotonic()
         self._loop_thread = threading.get_ident()
         self._stop = threading.Event()
@@ -126,13 +129,26 @@ class LoopWatchdog:
         self._loop_thread = threading.get_ident()
         thread = threading.Thread(target=self._watch, name=f"watchdog-{self.name}", daemon=True)
         thread.start()
+        gc.callbacks.append(self._on_gc)
         try:
             while True:
                 self._stamp = time.monotonic()
                 await asyncio.sleep(self.tick_s)
         finally:
+            gc.callbacks.remove(self._on_gc)
             self._stop.set()
             await asyncio.to_thread(thread.join, 1.0)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        """Times each collection: a long one is a stall no stack sample can show."""
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            return
+        took = (time.perf_counter() - self._gc_started) * 1000
+        self.gc_max_ms = max(self.gc_max_ms, took)
+        if took > self.threshold_s * 1000:
+            log.warning("%s: garbage collection of generation %d took %.1f ms (%d collected)",
+                        self.name, info.get("generation", -1), took, info.get("collected", 0))
 
     def _watch(self) -> None:
         reported = False

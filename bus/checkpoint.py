@@ -82,6 +82,9 @@ class Checkpointer:
         """Buffer a published batch (hot path: no I/O)."""
         self._chunks.append((stream, session, first_seq, rows))
         self.stats.buffered += len(rows)
+        self._enforce_bound()
+
+    def _enforce_bound(self) -> None:
         while self.stats.buffered > self._capacity:
             _s, _ses, _f, old = self._chunks.popleft()
             self.stats.buffered -= len(old)
@@ -132,12 +135,12 @@ class Checkpointer:
             self._suspect = True
             self.stats.failures += 1
             self.stats.last_error = str(exc)
-            # Older chunks go back in front of anything added meanwhile, then the bound holds.
-            newer = list(self._chunks)
-            self._chunks.clear()
-            self.stats.buffered = 0
-            for chunk in chunks + newer:
-                self.add(*chunk)
+            # The slice goes back in front of anything added meanwhile, then the bound holds.
+            # Only the slice is touched: re-adding the whole buffer on every failed attempt was
+            # O(backlog) each time, ~10 times a second through an outage.
+            self._chunks.extendleft(reversed(chunks))
+            self.stats.buffered += count
+            self._enforce_bound()
             return False
         for run in runs:
             if run.reserve_to:

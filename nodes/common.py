@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 import logging
@@ -34,11 +35,24 @@ def run_node(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
         loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         return await main(stop)
 
+    freeze_heap()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         return asyncio.run(runner())
     return uvloop.run(runner())
+
+
+def freeze_heap() -> None:
+    """Move everything alive now (modules, classes, functions: the bulk of a node's heap once
+    it is imported) out of the garbage collector's sight.
+
+    Why: a full (generation 2) collection walks every tracked object; in the feed it took 14-28 ms
+    under load (the Redis failover drill, measured with the loop watchdog), and the event loop,
+    with every tick behind it, waits for it. What a node allocates while running is still
+    collected as usual. The pattern of Instagram's ``gc.freeze()`` (Python 3.7+)."""
+    gc.collect()
+    gc.freeze()
 
 
 async def supervise_tasks(name: str, stop: asyncio.Event,

@@ -246,3 +246,22 @@ def test_checkpointer_writes_a_backlog_in_slices(redis_server: RedisProcess) -> 
         assert cp.stats.flushes == 3
         assert filled_seqs(await store.fill("X", 1, 5000, 10_000)) == list(range(1, 5001))
     with_store(redis_server, body)
+
+
+def test_a_failed_slice_goes_back_in_front_and_the_order_holds(
+        redis_server: RedisProcess) -> None:
+    async def body(store: RedisTickStore) -> None:
+        await store.start_session("f", 1, ["X"], 100_000)
+        cp = Checkpointer(store, interval_s=0.001, capacity=100_000, stream_cap=100_000,
+                          reserve_block=100_000, reserved={"X": 100_000})
+        for first in range(1, 5001, 500):
+            cp.add("X", 1, first, rows(first, first + 499))
+        redis_server.kill()
+        assert not await cp.flush() and not await cp.flush()
+        assert (cp.stats.buffered, cp.stats.dropped) == (5000, 0)
+        cp.add("X", 1, 5001, rows(5001, 5100))  # published meanwhile
+        redis_server.restart()
+        while cp.stats.buffered:
+            assert await cp.flush()
+        assert filled_seqs(await store.fill("X", 1, 5100, 10_000)) == list(range(1, 5101))
+    with_store(redis_server, body)
