@@ -26,7 +26,6 @@ missed instead and decides again from there.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -42,7 +41,7 @@ from protocols.order_codec import decode_order, encode_order
 from protocols.orders import ExecutionReport, Order
 
 from .config import MeshConfig
-from .store import RedisConnection, connect_redis, redis_client, store_error
+from .store import RedisConnection, connect_redis, redis_client, ride_through, store_error
 
 # KEYS: epoch. ARGV: expected. Returns {1, new} on success, {0, current} otherwise.
 _ACQUIRE = """
@@ -218,25 +217,20 @@ class RedisOrderStore:
     async def _call(self, command: Callable[[], Awaitable[Any]], *, ride: bool = True) -> Any:
         """Run ``command``, again and again while the store is unavailable (if ``ride``: until
         the deadline); redis-py errors become tickmesh errors."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self.deadline_s if ride else 0.0)
-        failures = 0
-        while True:
+        async def attempt() -> Any:
             try:
-                result = await command()
-                if failures:
-                    self.stats.ridden += 1
-                return result
-            except (RedisError, StoreUnavailable) as exc:
-                error = exc if isinstance(exc, StoreError) else store_error(exc)
-                now = loop.time()
-                if not isinstance(error, StoreUnavailable) or now >= deadline:
-                    if isinstance(error, StoreUnavailable):
-                        self.stats.unavailable += 1
-                    raise error from exc
-            failures += 1
-            await asyncio.sleep(min(self._backoff.compute(failures, random.random()),
-                                    max(0.0, deadline - now)))
+                return await command()
+            except RedisError as exc:
+                raise store_error(exc) from exc
+        try:
+            result, failures = await ride_through(attempt, self.deadline_s if ride else 0.0,
+                                                  self._backoff)
+        except StoreUnavailable:
+            self.stats.unavailable += 1
+            raise
+        if failures:
+            self.stats.ridden += 1
+        return result
 
     async def _replica_count(self) -> int:
         """Replicas online at the master (connected and past their first sync: one still

@@ -22,10 +22,13 @@ remainder as a void range that subscribers skip.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import msgpack
 import redis.asyncio as aioredis
@@ -36,12 +39,15 @@ from redis.exceptions import AuthenticationError, ReadOnlyError, RedisError, Res
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from protocols.backoff import Backoff
 from protocols.errors import StoreError, StoreUnavailable
 from protocols.messages import Row, SeqRange, SnapshotEntry, TickBatch
 
 from .config import MeshConfig, RedisSection, parse_hostport
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +180,60 @@ class RedisConnection:
         if self.sentinel is not None:
             for s in self.sentinel.sentinels:
                 await s.aclose()
+
+
+async def ride_through(command: Callable[[], Awaitable[T]], deadline_s: float,
+                       backoff: Backoff) -> tuple[T, int]:
+    """Run ``command`` again while it raises ``StoreUnavailable`` (a store being failed over),
+    with jittered back-off, until ``deadline_s`` after the first try; then the last
+    ``StoreUnavailable`` propagates. Returns the result and how many tries failed first."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadline_s
+    failures = 0
+    while True:
+        try:
+            return await command(), failures
+        except StoreUnavailable:
+            now = loop.time()
+            if now >= deadline:
+                raise
+        failures += 1
+        await asyncio.sleep(min(backoff.compute(failures, random.random()), deadline - now))
+
+
+class QuoteCache:
+    """The last (bid, ask) of each symbol in a tick store, read at most every ``ttl_s`` (one
+    Redis read per symbol per ``ttl_s``, not one per order).
+
+    ``stale_s`` > 0 rides through a tick store being failed over: the last quote read serves
+    while it is younger than ``stale_s``, and a symbol never read waits for the store (with
+    back-off) for up to ``stale_s``. With 0, a store error propagates at once.
+    """
+
+    def __init__(self, ticks: TickStore, ttl_s: float, stale_s: float = 0.0) -> None:
+        self._ticks = ticks
+        self.ttl_s = ttl_s
+        self.stale_s = stale_s
+        self._read: dict[str, tuple[float, tuple[float, float] | None]] = {}  # when, quote
+        self._backoff = Backoff(base_s=0.005, cap_s=0.1)
+
+    async def get(self, symbol: str) -> tuple[float, float] | None:
+        now = time.monotonic()
+        hit = self._read.get(symbol)
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        try:
+            entry = await self._ticks.last(symbol)
+        except StoreUnavailable:
+            if not self.stale_s:
+                raise
+            if hit is not None and now - hit[0] <= self.stale_s:
+                return hit[1]
+            left = self.stale_s - (time.monotonic() - now)
+            entry, _ = await ride_through(lambda: self._ticks.last(symbol), left, self._backoff)
+        quote = (entry.row[0], entry.row[1]) if entry is not None else None
+        self._read[symbol] = (now, quote)
+        return quote
 
 
 class RedisTickStore:

@@ -34,7 +34,7 @@ from bus.aio import cancel_and_wait
 from bus.config import MeshConfig
 from bus.logutil import RateLimitedLog
 from bus.order_store import OrderStore, RedisOrderStore
-from bus.store import RedisTickStore
+from bus.store import QuoteCache, RedisTickStore
 from protocols.binary_star import (
     AcquireEpoch,
     BecameActive,
@@ -51,7 +51,6 @@ from protocols.errors import (
     OrderStateError,
     RemoteProtocolError,
     StoreError,
-    StoreUnavailable,
 )
 from protocols.order_codec import (
     client_order_id_of,
@@ -143,7 +142,6 @@ class BackendNode:
         self.limits = limits
         self.store: OrderStore = store or RedisOrderStore.from_config(cfg)
         self.ticks = RedisTickStore.from_config(cfg)
-        self.quote_stale_s = cfg.redis.deadline_ms / 1000
         self.star = BinaryStar(role, pair or PairConfig(), started=time.monotonic())
         self.stats = BackendStats()
         self.stats_path = stats_path
@@ -167,7 +165,7 @@ class BackendNode:
         self._tag = secrets.token_hex(2)
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
         self._requests: set[asyncio.Task[None]] = set()
-        self._quotes: dict[str, tuple[float, tuple[float, float] | None]] = {}
+        self._quotes = QuoteCache(self.ticks, QUOTE_TTL_S, stale_s=cfg.redis.deadline_ms / 1000)
         self._sent: dict[str, float] = {}  # order id -> when it last went to the executor
         self._reload_pending = False  # a takeover could not read the open orders yet
         self._ignored = RateLimitedLog(log, f"backend {role.value}: report ignored")
@@ -389,33 +387,12 @@ class BackendNode:
         return OrderAck(req.client_order_id, order.order_id, order.state, epoch)
 
     async def _quote(self, symbol: str) -> tuple[float, float] | None:
-        """The last tick's (bid, ask), cached for QUOTE_TTL_S: validation needs a recent
-        quote, not one Redis round trip per order."""
+        """The last tick's (bid, ask) for the price band: cached for QUOTE_TTL_S, and while the
+        tick store is failed over the last one read, or a wait for the store, up to the store
+        deadline: orders are held, not refused, meanwhile."""
         if symbol not in self.limits.symbols:
             return None
-        now = time.monotonic()
-        hit = self._quotes.get(symbol)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        deadline = now + self.quote_stale_s
-        failures = 0
-        while True:
-            try:
-                entry = await self.ticks.last(symbol)
-                break
-            except StoreUnavailable:
-                # The tick store is being failed over: price against the last quote read if
-                # it is younger than the store deadline, else hold the order (not refuse it)
-                # until the store is back or the deadline passes.
-                if hit is not None and now - (hit[0] - QUOTE_TTL_S) <= self.quote_stale_s:
-                    return hit[1]
-                failures += 1
-                if time.monotonic() >= deadline:
-                    raise
-                await asyncio.sleep(min(0.005 * 2 ** failures, 0.1))
-        quote = (entry.row[0], entry.row[1]) if entry is not None else None
-        self._quotes[symbol] = (now + QUOTE_TTL_S, quote)
-        return quote
+        return await self._quotes.get(symbol)
 
     def _exposure(self, account: str, excluding: str = "") -> float:
         """The account's exposure: what its open orders still have to fill, at their price

@@ -58,7 +58,7 @@ import zmq.asyncio
 from bus.config import MeshConfig
 from bus.logutil import RateLimitedLog
 from bus.order_store import OrderStore, RedisOrderStore
-from bus.store import RedisTickStore, TickStore
+from bus.store import QuoteCache, RedisTickStore, TickStore
 from protocols.errors import InvalidOrder, OrderStateError, RemoteProtocolError, StoreError
 from protocols.order_codec import decode_order, encode_order
 from protocols.orders import (
@@ -248,7 +248,7 @@ class ExecutorNode:
         self._working: dict[str, _Order] = {}
         self._done: OrderedDict[str, _Order] = OrderedDict()  # finished, for replays
         self._locks = _KeyedLocks()
-        self._quote_cache: dict[str, tuple[float, Quote | None]] = {}
+        self._quote_cache = QuoteCache(ticks, QUOTE_TTL_S)
         self._working_changed = asyncio.Event()
         self._bad = RateLimitedLog(log, f"executor {name}: malformed message")
         self._store_log = RateLimitedLog(log, f"executor {name}: store error")
@@ -443,14 +443,8 @@ class ExecutorNode:
 
     async def _quote(self, symbol: str) -> Quote | None:
         """The symbol's last usable quote; one HGET, cached for QUOTE_TTL_S."""
-        now = time.monotonic()
-        hit = self._quote_cache.get(symbol)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        entry = await self.ticks.last(symbol)
-        quote = usable_quote(entry.row[0], entry.row[1]) if entry is not None else None
-        self._quote_cache[symbol] = (now + QUOTE_TTL_S, quote)
-        return quote
+        quote = await self._quote_cache.get(symbol)
+        return None if quote is None else usable_quote(*quote)
 
     async def _quotes(self, symbols: Sequence[str]) -> dict[str, Quote]:
         wanted = set(symbols)

@@ -152,3 +152,27 @@ def test_the_order_role_has_its_own_master_and_url() -> None:
     async def close() -> None:
         await connect_redis(orders).close()  # builds without touching the network
     asyncio.run(close())
+
+
+def test_quote_cache_serves_the_last_quote_while_the_tick_store_is_away(
+        redis_server: RedisProcess) -> None:
+    from bus.store import CheckpointRun, QuoteCache
+
+    async def main() -> None:
+        ticks = RedisTickStore(redis_server.url, "ha")
+        try:
+            await ticks.start_session("f", 1, ["EURUSD"], 100)
+            await ticks.write([CheckpointRun("EURUSD", 1, 1, [(1.1, 1.2, 0.0, 1.0, 1, 1)])], 100)
+            riding = QuoteCache(ticks, ttl_s=0.0, stale_s=5.0)
+            strict = QuoteCache(ticks, ttl_s=0.0)
+            assert await riding.get("EURUSD") == await strict.get("EURUSD") == (1.1, 1.2)
+            await asyncio.to_thread(redis_server.stop)
+            assert await riding.get("EURUSD") == (1.1, 1.2)  # the last one read, not an error
+            with pytest.raises(StoreUnavailable):
+                await strict.get("EURUSD")  # stale_s 0: the error at once
+            waiting = QuoteCache(ticks, ttl_s=0.0, stale_s=0.3)
+            with pytest.raises(StoreUnavailable):
+                await waiting.get("EURUSD")  # never read: waits for the store, then gives up
+        finally:
+            await ticks.close()
+    asyncio.run(main())
