@@ -264,22 +264,30 @@ class _Consumer:
                         break
 
 
-def _mesh_sub(argv: list[str]) -> int:
-    """A tickmesh subscriber driven by JSON-line commands on stdin, answers on stdout."""
+def child_setup(argv: list[str]) -> tuple[Any, Callable[[dict[str, Any]], None]]:
+    """For a measuring child process (bench and drill subscribers): its mesh config (the one
+    argument) and the function that answers the parent with one JSON line on stdout."""
     p = argparse.ArgumentParser()
     p.add_argument("config")
     a = p.parse_args(argv)
 
     from bus.config import load_config
-    from bus.subscriber import Subscriber, SubscriberOptions
-    from nodes.common import run_node, setup_logging
+    from nodes.common import setup_logging
 
     setup_logging("WARNING")
-    cfg = load_config(a.config)
 
     def reply(obj: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(obj) + "\n")
         sys.stdout.flush()
+    return load_config(a.config), reply
+
+
+def _mesh_sub(argv: list[str]) -> int:
+    """A tickmesh subscriber driven by JSON-line commands on stdin, answers on stdout."""
+    from bus.subscriber import Subscriber, SubscriberOptions
+    from nodes.common import run_node
+
+    cfg, reply = child_setup(argv)
 
     async def main(stop: asyncio.Event) -> int:
         import cProfile

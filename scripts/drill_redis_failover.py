@@ -96,20 +96,12 @@ assert SYMBOL in SYMBOLS and ACCOUNT
 
 def _sub_main(argv: list[str]) -> int:
     """A tickmesh subscriber that times every tick; ``start`` / ``stop`` lines on stdin."""
-    p = argparse.ArgumentParser()
-    p.add_argument("config")
-    a = p.parse_args(argv)
+    from bench_ticks import child_setup
 
-    from bus.config import load_config
     from bus.subscriber import Subscriber, SubscriberOptions
-    from nodes.common import run_node, setup_logging
+    from nodes.common import run_node
 
-    setup_logging("WARNING")
-    cfg = load_config(a.config)
-
-    def reply(obj: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(obj) + "\n")
-        sys.stdout.flush()
+    cfg, reply = child_setup(argv)
 
     async def main(stop: asyncio.Event) -> int:
         sub = Subscriber(SubscriberOptions.from_config(cfg))
