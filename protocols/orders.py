@@ -241,6 +241,15 @@ def _above(a: float, b: float) -> bool:
     return a > b and not _same(a, b)
 
 
+def _mean_after(filled: float, avg: float, quantity: float, price: float) -> float:
+    """The average fill price after ``quantity`` more at ``price``.
+
+    A convex step, not ``(avg*filled + price*quantity) / (filled + quantity)``: that form loses
+    all precision for tiny quantities (hypothesis found 5e-324 lots at 1.5 averaging to 2.0);
+    this one stays between the old mean and the fill price."""
+    return avg + (price - avg) * (quantity / (filled + quantity))
+
+
 def _check_progress(state: OrderState, filled: float, avg_price: float) -> None:
     """Fill invariants that hold for an order record and a report alike."""
     _not_negative("filled_quantity", filled)
@@ -580,11 +589,7 @@ class Order:
         if event is OrderEvent.PARTIAL_FILL and complete:
             raise OrderStateError(self.state, event, "this fill completes the order: it "
                                   "must be a FILL")
-        # The running mean as a convex step, not (avg*filled + p*q) / (filled + q): that
-        # form loses all precision for tiny quantities (hypothesis found 5e-324 lots at
-        # 1.5 averaging to 2.0); this one stays between the old mean and the fill price.
-        weight = report.last_quantity / (filled + report.last_quantity)
-        avg = avg + (report.last_price - avg) * weight
+        avg = _mean_after(filled, avg, report.last_quantity, report.last_price)
         return (self.quantity if complete else report.filled_quantity), avg
 
     def fill_report(self, quantity: float, price: float, *, seq: int, exec_id: str,
@@ -595,8 +600,7 @@ class Order:
         quantity = min(quantity, leaves)
         complete = _same(quantity, leaves)
         filled = self.quantity if complete else self.filled_quantity + quantity
-        weight = quantity / (self.filled_quantity + quantity)
-        avg = self.avg_price + (price - self.avg_price) * weight
+        avg = _mean_after(self.filled_quantity, self.avg_price, quantity, price)
         o = self.order
         return ExecutionReport(self.order_id, o.client_order_id, o.account, o.symbol, o.side,
                                OrderState.FILLED if complete else OrderState.PARTIALLY_FILLED,
