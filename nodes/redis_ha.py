@@ -10,11 +10,21 @@ Rules of the topology:
 * Three Sentinels monitor both masters (quorum 2), so any one of them may fail; each master is
   known to them under its role's name (``tickmesh-rts``, ``tickmesh-rtss``), the names a mesh
   file's ``[redis]`` section points at.
-* ``down-after-milliseconds`` defaults to 500: 100-200 ms made Sentinel flag the *new* master
-  down right after a switch and fail over a second time on this machine (REFERENCES.md, 3).
+* ``down-after-milliseconds`` defaults to 1000. Below that Sentinel flags the *new* master
+  down about 500 ms after a switch (its first PING of the new master is not answered in time)
+  and tries a second failover: at 100-200 ms in 10 of 10 trials (REFERENCES.md, 3); at 500 ms
+  in about half the switches of the Redis drill and of five unloaded kills, where it also
+  held the next real failover back by 2 x failover-timeout (switches of 7 s instead of 2).
+  At 1000 ms: none in five kills, switch 2.2 s; at 1500 ms: none, 2.75 s.
 * A crashed master comes back as a replica of whoever is master now. Started with its old
   config it would be a second master, taking writes, until Sentinel converts it (about 8 s
   later), so ``restart()`` asks the Sentinels first.
+* A server that rejoins is not promoted until it has caught up: ``restart()`` starts it with
+  ``replica-priority 0`` (Sentinel never promotes such a replica) and raises the priority
+  once its replication link is up. Without that, a second failover while it was still
+  loading its own stale AOF made it master and its stale data won: the Redis drill lost
+  6,921 acknowledged orders that way. With it, such a failover is refused
+  (``-failover-abort-no-good-slave``) and the group waits for the master it has.
 
 ``RedisHA`` starts, stops, kills and restarts the processes; ``main()`` is the
 ``scripts/run-redis-ha`` launcher. Everything here blocks: asyncio code calls it through
@@ -56,7 +66,8 @@ log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 SENTINEL_COUNT = 3
 QUORUM = 2
-DEFAULT_DOWN_AFTER_MS = 500
+DEFAULT_DOWN_AFTER_MS = 1000
+DEFAULT_REPLICA_PRIORITY = 100  # redis.conf's default
 DEFAULT_FAILOVER_TIMEOUT_MS = 5_000
 DEFAULT_RTS_MAXMEMORY = "256mb"
 DEFAULT_BASE_PORT = 6379
@@ -394,13 +405,21 @@ class RedisHA:
         role = self.role_of(process)
         deadline = time.monotonic() + timeout
         master = self.master_address(role)
-        process.replica_of = None if master == process.address else master
+        rejoins = master != process.address
+        process.replica_of = master if rejoins else None
+        # Not electable until it has the master's data (the module's docstring: why).
+        process.replica_priority = 0 if rejoins else None
         process.restart(timeout=self._left(deadline))
-        # Settled, whoever is master then: with a short down-after-milliseconds Sentinel may
-        # fail the group over once more while the restarted server syncs (REFERENCES.md
-        # section 3), and promote it back. What callers need is a group with one master the
+        # Settled, whoever is master then (a server that comes back as the master it was
+        # needs the Sentinels to see its replica again): a group with one master the
         # Sentinels agree on and the other server linked to it as a replica.
         self._wait_group_settled(Role(role), deadline, process.log_path)
+        if rejoins:
+            # Linked means the full or partial sync is done: it may be promoted again.
+            command(process.address, "CONFIG", "SET", "replica-priority",
+                    str(DEFAULT_REPLICA_PRIORITY), password=self._password,
+                    timeout=_QUERY_TIMEOUT_S)
+            process.replica_priority = None
         log.info("restarted %s:%d; %s master is %s:%d", *process.address, role,
                  *self.master_address(role))
 
@@ -596,7 +615,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="requirepass/masterauth for all servers (default: none)")
     p.add_argument("--down-after-ms", type=int, default=DEFAULT_DOWN_AFTER_MS,
                    help=f"Sentinel down-after-milliseconds (default {DEFAULT_DOWN_AFTER_MS}; "
-                   "100-200 caused double failovers on a test machine)")
+                   "below 1000 caused double failovers on a test machine)")
     p.add_argument("--rts-maxmemory", default=DEFAULT_RTS_MAXMEMORY,
                    help=f"maxmemory of the RTS (allkeys-lru) group "
                    f"(default {DEFAULT_RTS_MAXMEMORY})")

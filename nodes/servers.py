@@ -478,6 +478,7 @@ class RedisProcess(_ServerProcess):
         self._appendonly = appendonly
         self._password = password
         self._replica_of = replica_of
+        self.replica_priority: int | None = None  # "replica-priority" at the next start
         self._extra = dict(extra or {})
 
     @property
@@ -533,6 +534,8 @@ class RedisProcess(_ServerProcess):
         if self._replica_of is not None:
             replica_host, replica_port = self._replica_of
             config["replicaof"] = f"{replica_host} {replica_port}"
+        if self.replica_priority is not None:
+            config["replica-priority"] = str(self.replica_priority)
         config.update(self._extra)
         return list(config.items())
 
