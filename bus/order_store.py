@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from protocols.backoff import Backoff
 from protocols.errors import Fenced, InvalidOrder, StoreError, StoreUnavailable
@@ -41,7 +41,14 @@ from protocols.order_codec import decode_order, encode_order
 from protocols.orders import ExecutionReport, Order
 
 from .config import MeshConfig
-from .store import RedisConnection, connect_redis, redis_client, ride_through, store_error
+from .store import (
+    REDIS_ERRORS,
+    RedisConnection,
+    connect_redis,
+    redis_client,
+    ride_through,
+    store_error,
+)
 
 # KEYS: epoch. ARGV: expected. Returns {1, new} on success, {0, current} otherwise.
 _ACQUIRE = """
@@ -220,7 +227,7 @@ class RedisOrderStore:
         async def attempt() -> Any:
             try:
                 return await command()
-            except RedisError as exc:
+            except REDIS_ERRORS as exc:
                 raise store_error(exc) from exc
         try:
             result, failures = await ride_through(attempt, self.deadline_s if ride else 0.0,

@@ -108,6 +108,13 @@ class TickStore(Protocol):
         ...
 
 
+# What a Redis call raises when the server or the connection fails. OSError: a socket error
+# redis-py did not wrap. RuntimeError: uvloop's "unable to perform operation on <TCPTransport
+# closed=True ...>; the handler is closed", when redis-py writes to a connection that a
+# failover has just closed; uncaught, it ended the executor's reader task (Redis drill).
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError, RuntimeError)
+
+
 def store_error(exc: Exception) -> StoreError:
     """The tickmesh error for a redis-py error.
 
@@ -121,6 +128,8 @@ def store_error(exc: Exception) -> StoreError:
                           "redis.sentinel_password or the URL)")
     if isinstance(exc, (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)):
         return StoreUnavailable(f"redis unreachable: {exc}")
+    if isinstance(exc, RuntimeError) and "closed" in str(exc):
+        return StoreUnavailable(f"redis connection closed under a command: {exc}")
     return StoreError(f"redis error: {exc}")
 
 
@@ -260,7 +269,7 @@ class RedisTickStore:
     async def ping(self) -> None:
         try:
             await self.redis.ping()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise store_error(exc) from exc
 
     async def start_session(self, feed: str, session: int, streams: Sequence[str],
@@ -287,7 +296,7 @@ class RedisTickStore:
                 {"session": session, "streams": list(streams)}, use_bin_type=True))
             await tx.execute()
             return starts
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise store_error(exc) from exc
 
     async def end_session(self, feed: str, last_seq: dict[str, int]) -> None:
@@ -295,7 +304,7 @@ class RedisTickStore:
             return
         try:
             await self.redis.hset(self._k("reserved"), mapping=last_seq)  # type: ignore[arg-type]
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise store_error(exc) from exc
 
     async def write(self, runs: Sequence[CheckpointRun], stream_cap: int) -> None:
@@ -324,7 +333,7 @@ class RedisTickStore:
         pipe.hset(self._k("seq"), mapping=last_seqs)  # type: ignore[arg-type]
         try:
             results = await pipe.execute(raise_on_error=False)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise store_error(exc) from exc
         for res in results:
             if isinstance(res, ResponseError):
@@ -338,14 +347,14 @@ class RedisTickStore:
     async def checkpointed(self, streams: Sequence[str]) -> dict[str, int]:
         try:
             values = await self.redis.hmget(self._k("seq"), list(streams))
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise store_error(exc) from exc
         return {s: int(v) if v is not None else 0 for s, v in zip(streams, values, strict=True)}
 
     async def snapshot(self, prefixes: Sequence[str]) -> list[SnapshotEntry]:
         try:
             raw = await self.redis.hgetall(self._k("last"))
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise store_error(exc) from exc
         out = []
         for key, value in raw.items():
@@ -360,7 +369,7 @@ class RedisTickStore:
         """The last checkpointed tick of one stream, or None."""
         try:
             value = await self.redis.hget(self._k("last"), stream)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise store_error(exc) from exc
         if value is None:
             return None
@@ -377,7 +386,7 @@ class RedisTickStore:
         pipe.xrange(key, f"{to_seq + 1}-0", "+", count=1)
         try:
             checkpointed_b, entries, after = await pipe.execute()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise store_error(exc) from exc
         checkpointed = int(checkpointed_b or 0)
         batches: list[TickBatch] = []

@@ -9,9 +9,9 @@ from typing import Any, TypeVar
 import pytest
 
 from bus.checkpoint import FLUSH_TICKS, Checkpointer
-from bus.store import CheckpointRun, RedisTickStore
+from bus.store import CheckpointRun, RedisTickStore, store_error
 from nodes.servers import RedisProcess
-from protocols.errors import StoreUnavailable
+from protocols.errors import StoreError, StoreUnavailable
 from protocols.messages import Row, SeqRange
 
 T = TypeVar("T")
@@ -146,6 +146,16 @@ def test_dead_server_raises_store_unavailable(redis_server: RedisProcess) -> Non
         with pytest.raises(StoreUnavailable):
             await store.write([CheckpointRun("X", 1, 1, rows(1, 1))], 10)
     with_store(redis_server, body)
+
+
+def test_store_error_says_which_failures_are_worth_retrying() -> None:
+    # The mapping alone (our logic): what the ride-through loops retry and what they give up on.
+    closed = RuntimeError("unable to perform operation on <TCPTransport closed=True reading="
+                          "False 0x5627>; the handler is closed")  # uvloop, under a failover
+    assert type(store_error(closed)) is StoreUnavailable
+    assert type(store_error(ConnectionRefusedError(111, "refused"))) is StoreUnavailable
+    assert type(store_error(RuntimeError("something else"))) is StoreError
+    assert "password" in str(store_error(Exception("WRONGPASS invalid username-password")))
 
 
 def test_checkpointer_buffers_while_store_is_down_then_catches_up(
