@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import zmq
 import zmq.asyncio
 
-from bus.aio import cancel_and_wait
+from bus.aio import cancel_and_wait, watchdog_from_env
 from bus.config import MeshConfig
 from bus.logutil import RateLimitedLog
 from bus.order_store import OrderStore, RedisOrderStore
@@ -166,7 +166,8 @@ class BackendNode:
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
         self._requests: set[asyncio.Task[None]] = set()
         self._quotes = QuoteCache(self.ticks, QUOTE_TTL_S, stale_s=cfg.redis.deadline_ms / 1000)
-        self._sent: dict[str, float] = {}  # order id -> when it last went to the executor
+        # order id -> when it last went to the executor or last made progress there
+        self._sent: dict[str, float] = {}
         self._reload_pending = False  # a takeover could not read the open orders yet
         self._ignored = RateLimitedLog(log, f"backend {role.value}: report ignored")
         ctx = self.ctx = zmq.asyncio.Context()
@@ -622,6 +623,10 @@ class BackendNode:
             self._sent.pop(updated.order_id, None)
         else:
             self.orders.put(updated)
+            # Progress is confirmation: an order the executor is filling slice by slice is not
+            # re-driven. Re-drives are for orders the executor lost; re-sending working ones
+            # made it replay them (10,000-16,000 replays a Redis drill run) and slowed it more.
+            self._sent[updated.order_id] = time.monotonic()
         frames = encode_order(report)
         identity = self.routes.get(report.order_id) or updated.client_id.encode()
         if identity:
@@ -645,6 +650,10 @@ class BackendNode:
         if self.stats_path is not None:
             tasks.append(asyncio.create_task(stats_writer(self.stats_path, 0.5, self.collect),
                                              name="stats"))
+        # A stalled loop sends no heartbeats: the peer takes over (TICKMESH_LOOP_WATCHDOG_MS).
+        watchdog = watchdog_from_env(f"backend {self.role.value}")
+        if watchdog is not None:
+            tasks.append(asyncio.create_task(watchdog.run(), name="watchdog"))
         log.info("backend %s serving clients on %s", self.role.value, self.endpoints.clients)
         try:
             return await supervise_tasks(f"backend {self.role.value}", stop, tasks)

@@ -248,7 +248,10 @@ class ExecutorNode:
         self._working: dict[str, _Order] = {}
         self._done: OrderedDict[str, _Order] = OrderedDict()  # finished, for replays
         self._locks = _KeyedLocks()
-        self._quote_cache = QuoteCache(ticks, QUOTE_TTL_S)
+        # Rides through a failover of the tick store like the backend does: the venue keeps
+        # the last price it saw. Without it every order that arrived during an RTS switch was
+        # left unanswered (about 2,000 a Redis drill run) and came back as a re-drive.
+        self._quote_cache = QuoteCache(ticks, QUOTE_TTL_S, stale_s=cfg.redis.deadline_ms / 1000)
         self._working_changed = asyncio.Event()
         self._bad = RateLimitedLog(log, f"executor {name}: malformed message")
         self._store_log = RateLimitedLog(log, f"executor {name}: store error")

@@ -16,7 +16,7 @@ from bus.order_client import OrderClient, OrderClientOptions
 from bus.order_store import RedisOrderStore
 from nodes.servers import RedisProcess
 from protocols.binary_star import Role
-from protocols.orders import OrderState
+from protocols.orders import Order, OrderState
 from tests.nodes.test_backend import Pair, order, pair, run, wait_active
 from tests.support import wait_until
 
@@ -27,6 +27,17 @@ def both_backends(p: Pair) -> OrderClientOptions:
     """Client options that know both backends of the pair, primary first."""
     return OrderClientOptions(endpoints=(p.ends[Role.PRIMARY].clients,
                                          p.ends[Role.BACKUP].clients))
+
+
+async def wait_filled(store: RedisOrderStore, order_id: str, timeout: float) -> Order:
+    """The order's record once it is FILLED (fails with the record after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stored = await store.get(order_id)
+        if stored is not None and stored.state is OrderState.FILLED:
+            return stored
+        assert time.monotonic() < deadline, stored
+        await asyncio.sleep(0.05)
 
 
 def test_orders_survive_the_death_of_the_active_backend(redis_server: RedisProcess) -> None:
@@ -109,6 +120,30 @@ def test_real_executor_executes_each_order_once_across_a_failover(
                     await store.close()
                 assert p.executor.stats.fills == 60  # none executed twice
                 assert backup.star.serving
+    run(main())
+
+
+def test_progress_of_a_working_order_holds_its_re_drive_back(
+        redis_server: RedisProcess) -> None:
+    """Re-drives are for orders the executor lost. An order it fills slice by slice reports
+    progress, and each report resets the order's re-drive clock: re-sending it would only
+    make the executor replay its log (what a backlog did in the Redis drill)."""
+    async def main() -> None:
+        async with pair(redis_server, real_executor=True, fill_lots=1.0) as p:
+            primary = p.node(Role.PRIMARY)
+            assert p.executor is not None
+            await wait_active(primary)
+            async with OrderClient(both_backends(p)) as client:
+                ack = await client.place(order("slices", qty=30.0))  # 30 slices, one a poll
+                routed = time.monotonic()
+                await wait_until(lambda: primary.stats.reports >= 3, 10, "three slices")
+                assert ack.order_id in primary.orders  # still working
+                assert primary._sent[ack.order_id] > routed  # progress reset the clock
+                store = RedisOrderStore(p.cfg.redis.url, "bk")
+                try:
+                    await wait_filled(store, ack.order_id, 15)
+                finally:
+                    await store.close()
     run(main())
 
 
@@ -297,15 +332,7 @@ def test_partial_fills_converge_across_a_failover(redis_server: RedisProcess) ->
                 await wait_active(backup)
                 store = RedisOrderStore(p.cfg.redis.url, "bk")
                 try:
-                    async def filled() -> bool:
-                        stored = await store.get(ack.order_id)
-                        return stored is not None and stored.state is OrderState.FILLED
-                    deadline = time.monotonic() + 10
-                    while not await filled():
-                        assert time.monotonic() < deadline, await store.get(ack.order_id)
-                        await asyncio.sleep(0.05)
-                    stored = await store.get(ack.order_id)
-                    assert stored is not None
+                    stored = await wait_filled(store, ack.order_id, 10)
                     assert (stored.filled_quantity, stored.exec_seq) == (6.0, 6)
                     entries = await store.executions(ack.order_id)
                     assert [e.last_quantity for e in entries] == [1.0] * 6
