@@ -27,6 +27,11 @@ Example (all keys optional; these are the defaults)::
 
     [subscriber]
     udp_bind = "127.0.0.1:7200"
+
+    [sched]
+    realtime_priority = 0                   # 1-99: SCHED_FIFO for the kinds below (needs root)
+    realtime = ["feed", "subscriber"]
+    cpus = []                               # pin those to these CPUs, e.g. [1]
 """
 
 from __future__ import annotations
@@ -259,6 +264,32 @@ class OrdersSection:
         _positive(f"{key}.amend_timeout_ms", self.amend_timeout_ms, "e.g. 500")
 
 
+NodeKind = Literal["feed", "recovery", "subscriber", "monitor", "backend", "executor", "trader"]
+
+
+@dataclass(frozen=True, slots=True)
+class SchedSection:
+    """CPU scheduling of the node processes. ``realtime_priority`` 1-99 runs the ``realtime``
+    kinds under ``SCHED_FIFO`` at that priority (``bus.sched``: why, and what it needs); 0 leaves
+    every node under the normal scheduler. Default off: it needs root or ``CAP_SYS_NICE``."""
+
+    realtime_priority: int = 0
+    realtime: tuple[NodeKind, ...] = ("feed", "subscriber")
+    cpus: tuple[int, ...] = ()  # the realtime kinds run on these CPUs only ((): any)
+
+    def validate(self, key: str) -> None:
+        if not 0 <= self.realtime_priority <= 99:
+            raise ConfigError(f"{key}.realtime_priority",
+                              f"must be 0 (off) or 1-99, got {self.realtime_priority}",
+                              "e.g. realtime_priority = 40")
+        for i, cpu in enumerate(self.cpus):
+            _non_negative(f"{key}.cpus[{i}]", cpu, "a CPU number, e.g. cpus = [1]")
+
+    def priority_for(self, kind: NodeKind) -> int:
+        """The ``SCHED_FIFO`` priority a node of ``kind`` runs at (0: the normal scheduler)."""
+        return self.realtime_priority if kind in self.realtime else 0
+
+
 @dataclass(frozen=True, slots=True)
 class MeshConfig:
     mesh: MeshSection = field(default_factory=MeshSection)
@@ -267,6 +298,7 @@ class MeshConfig:
     recovery: tuple[RecoverySection, ...] = (RecoverySection(),)
     subscriber: SubscriberSection = field(default_factory=SubscriberSection)
     orders: OrdersSection = field(default_factory=OrdersSection)
+    sched: SchedSection = field(default_factory=SchedSection)
 
     def validate(self) -> MeshConfig:
         self.redis.validate("redis")
@@ -287,6 +319,7 @@ class MeshConfig:
             r.validate(f"recovery[{i}]")
         self.subscriber.validate("subscriber")
         self.orders.validate("orders")
+        self.sched.validate("sched")
         return self
 
     def feed(self, name: str) -> FeedSection:
@@ -363,6 +396,7 @@ _SECTIONS: dict[str, tuple[type[Any], bool]] = {
     "mesh": (MeshSection, False), "redis": (RedisSection, False),
     "feeds": (FeedSection, True), "recovery": (RecoverySection, True),
     "subscriber": (SubscriberSection, False), "orders": (OrdersSection, False),
+    "sched": (SchedSection, False),
 }
 
 

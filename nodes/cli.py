@@ -66,20 +66,23 @@ def _run_feed(cfg: MeshConfig, name: str | None, stats: Path | None) -> int:
     from .feed import FeedNode
 
     section = cfg.feed(name) if name else cfg.feeds[0]
-    return run_node(lambda stop: FeedNode(cfg, section, stats_path=stats).run(stop))
+    return run_node(lambda stop: FeedNode(cfg, section, stats_path=stats).run(stop),
+                    sched=cfg.sched, kind="feed", what=f"feed {section.name}")
 
 
 def _run_recovery(cfg: MeshConfig, name: str | None, stats: Path | None) -> int:
     from .recovery import RecoveryNode
 
     section = cfg.recovery_node(name) if name else cfg.recovery[0]
-    return run_node(lambda stop: RecoveryNode(cfg, section, stats_path=stats).run(stop))
+    return run_node(lambda stop: RecoveryNode(cfg, section, stats_path=stats).run(stop),
+                    sched=cfg.sched, kind="recovery", what=f"recovery {section.name}")
 
 
 def _run_monitor(cfg: MeshConfig, stats: Path | None) -> int:
     from .monitor import MonitorNode
 
-    return run_node(lambda stop: MonitorNode(cfg, stats_path=stats).run(stop))
+    return run_node(lambda stop: MonitorNode(cfg, stats_path=stats).run(stop),
+                    sched=cfg.sched, kind="monitor", what="the monitor")
 
 
 def _run_backend(cfg: MeshConfig, role: str, stats: Path | None) -> int:
@@ -101,7 +104,7 @@ def _run_backend(cfg: MeshConfig, role: str, stats: Path | None) -> int:
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, handover)
         return await node.run(stop)
 
-    return run_node(main)
+    return run_node(main, sched=cfg.sched, kind="backend", what=f"backend {role}")
 
 
 def _run_executor(cfg: MeshConfig, stats: Path | None) -> int:
@@ -109,14 +112,16 @@ def _run_executor(cfg: MeshConfig, stats: Path | None) -> int:
 
     return run_node(lambda stop: ExecutorNode(
         cfg, name=cfg.orders.executor_id, backends=tuple(cfg.orders.executor),
-        stats_path=stats).run(stop))
+        stats_path=stats).run(stop), sched=cfg.sched, kind="executor",
+        what="the executor")
 
 
 def _run_trader(cfg: MeshConfig, rate: float | None, stats: Path | None) -> int:
     from .trader import TraderNode
 
     return run_node(lambda stop: TraderNode(cfg, rate=rate or cfg.orders.trader_rate,
-                                            stats_path=stats).run(stop))
+                                            stats_path=stats).run(stop),
+                    sched=cfg.sched, kind="trader", what="the trader")
 
 
 def main(argv: list[str] | None = None) -> int:

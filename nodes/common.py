@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from bus.aio import cancel_and_wait
+from bus.config import NodeKind, SchedSection
+from bus.sched import apply_realtime
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +26,15 @@ def setup_logging(level: str = "INFO") -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def run_node(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
-    """Run ``main(stop)`` on uvloop (when available) until it returns; SIGINT/SIGTERM set stop."""
+def run_node(main: Callable[[asyncio.Event], Awaitable[int]], *,
+             sched: SchedSection | None = None, kind: NodeKind | None = None,
+             what: str = "the node") -> int:
+    """Run ``main(stop)`` on uvloop (when available) until it returns; SIGINT/SIGTERM set stop.
+
+    If ``sched`` lists ``kind`` as real-time, the process first goes under ``SCHED_FIFO`` (and
+    onto ``sched.cpus``; ``bus.sched``), before the loop and any ZeroMQ thread exist, so that
+    every thread inherits it; :class:`ConfigError` if the process may not.
+    """
 
     async def runner() -> int:
         stop = asyncio.Event()
@@ -35,6 +44,8 @@ def run_node(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
         loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         return await main(stop)
 
+    if sched is not None and kind is not None:
+        apply_realtime(sched.priority_for(kind), cpus=sched.cpus, what=what)
     freeze_heap()
     try:
         import uvloop
