@@ -78,6 +78,8 @@ from drill_backend_crash import (  # noqa: E402
     percentile,
 )
 
+from nodes.redis_ha import DEFAULT_DOWN_AFTER_MS  # noqa: E402
+
 SYMBOLS = ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD", "USDCHF", "AUDUSD", "NZDUSD", "USDCAD")
 FAILOVER_TAIL_S = 1.0  # a failover window ends this long after the switch
 SWITCH_TIMEOUT_S = 30.0  # Sentinel refuses a second failover of a name for 2 x failover-timeout
@@ -87,6 +89,8 @@ START_TIMEOUT_S = 30.0
 BUCKET_NS = 100_000_000  # the subscriber's latency time line: largest latency per 100 ms
 TARGET_TICK_MS = 10.0
 TARGET_RESUME_MS = 200.0
+DEFAULT_REALTIME_PRIORITY = 40  # SCHED_FIFO for the tick path (bus.sched); below the kernel's
+# own threaded-IRQ handlers (50), far above nothing else: every other process is SCHED_OTHER
 
 assert SYMBOL in SYMBOLS and ACCOUNT
 
@@ -166,7 +170,7 @@ def _sub_main(argv: list[str]) -> int:
             await sub.close()
         return 0
 
-    return run_node(main)
+    return run_node(main, sched=cfg.sched, kind="subscriber", what="the drill's subscriber")
 
 
 def _pcts(lat_ns: array[int]) -> dict[str, float | None]:
@@ -306,6 +310,7 @@ def write_config(run_dir: Path, ha: Any, args: argparse.Namespace) -> Path:
         OrdersSection,
         RecoverySection,
         RedisSection,
+        SchedSection,
         SubscriberSection,
         dump_toml,
         load_config,
@@ -335,6 +340,7 @@ def write_config(run_dir: Path, ha: Any, args: argparse.Namespace) -> Path:
         subscriber=SubscriberSection(udp_bind=udp, snapshot=True),
         orders=OrdersSection(enabled=True, trader_rate=0.0, clients=eps(), peers=eps(),
                              updates=eps(), executor=eps(), symbols=(SYMBOL,)),
+        sched=SchedSection(realtime_priority=args.realtime_priority, cpus=tick_path_cpus()),
     ).validate()
     path = run_dir / "mesh.toml"
     path.write_text(dump_toml(cfg))
@@ -371,6 +377,7 @@ class Run:
     redis: Any = None  # RTSS master through the Sentinels (verification)
     store: Any = None  # RedisOrderStore through the Sentinels (verification)
     ticks: Any = None
+    sched: dict[str, str] = field(default_factory=dict)  # process -> policy the kernel reports
 
 
 # --- the drill -------------------------------------------------------------------------------
@@ -422,6 +429,7 @@ async def run_drill(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         await bdrill.find_active(backends, run.redis, START_TIMEOUT_S)
         run.sub = SubProcess(config, run_dir / "subscriber.log")
         await run.sub.start()
+        run.sched = tick_path_policies(run)
 
         clients = [OrderClient(OrderClientOptions.from_config(
             cfg, client_id=f"drill-client-{i}", deadline_s=args.deadline,
@@ -466,7 +474,7 @@ async def run_drill(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         feed_stats = run.nodes["feed"].stats() or feed_stats
         return summarize(args, kills, load, ticks, orders, feed_stats, kill_error,
                          load_s, (record_start_wall, record_end_wall), clients,
-                         run.nodes["recovery"].stats() or {})
+                         run.nodes["recovery"].stats() or {}, run.sched)
     finally:
         await cleanup(run)
 
@@ -532,7 +540,7 @@ def _r(v: float | None, nd: int = 1) -> float | None:
 def summarize(args: argparse.Namespace, kills: list[Kill], load: Load, ticks: dict[str, Any],
               orders: dict[str, Any], feed: dict[str, Any], kill_error: str, load_s: float,
               recorded: tuple[int, int], clients: list[Any],
-              recovery: dict[str, Any]) -> dict[str, Any]:
+              recovery: dict[str, Any], sched: dict[str, str]) -> dict[str, Any]:
     acked = sorted((r for r in load.records if r.outcome == "acked"), key=lambda r: r.done)
     for k in kills:
         if k.role == "rtss" and k.switch_at is not None:
@@ -627,7 +635,37 @@ def summarize(args: argparse.Namespace, kills: list[Kill], load: Load, ticks: di
         "tick_rate": args.tick_rate, "symbols": args.symbols, "rate": args.rate,
         "clients": args.clients, "down_after_ms": args.down_after_ms, "settle_s": args.settle,
         "load_s": round(load_s, 1), "per_kill": per_kill, "targets": targets,
+        "realtime_priority": args.realtime_priority, "sched": sched,
     }
+
+
+def default_realtime_priority() -> int:
+    """``DEFAULT_REALTIME_PRIORITY`` where this user may use it, else 0 (with a note)."""
+    from bus.sched import realtime_permitted
+
+    if realtime_permitted(DEFAULT_REALTIME_PRIORITY):
+        return DEFAULT_REALTIME_PRIORITY
+    print("drill-redis-failover: SCHED_FIFO is not permitted here (needs root or an rtprio "
+          "limit); the tick path runs under the normal scheduler", file=sys.stderr)
+    return 0
+
+
+def tick_path_cpus() -> tuple[int, ...]:
+    """The last CPU for the real-time tick path, where there are two or more: the others stay
+    with the normal tasks (``bus.sched._pin``: why)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return (cpus[-1],) if len(cpus) > 1 else ()
+
+
+def tick_path_policies(run: Run) -> dict[str, str]:
+    """The scheduling policy of the feed, the recovery node and the subscriber, as the kernel
+    reports it: what the run measured, not what the mesh file asked for."""
+    from bus.sched import policy_of
+
+    pids = {"feed": run.nodes["feed"].pid, "recovery": run.nodes["recovery"].pid}
+    assert run.sub is not None and run.sub.proc is not None
+    pids["subscriber"] = run.sub.proc.pid
+    return {name: policy_of(pid) for name, pid in pids.items()}
 
 
 def passed(s: dict[str, Any]) -> bool:
@@ -686,6 +724,8 @@ def markdown(s: dict[str, Any], command: str) -> str:
         f"{s['ack_mismatch']} | 0 / 0: {_met(t['orders_lost_0'] and t['orders_duplicated_0'])}"
         " |",
         f"| backend takeovers (should be 0) | {s['backend_takeovers']} | |",
+        f"| tick path scheduling (`[sched]`, as the kernel reported it) | "
+        f"{', '.join(f'{k} {v}' for k, v in s['sched'].items())} | |",
         "", "| kill | role | at s | switch ms | resume ms | first ack ms | restart ms | note |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -720,6 +760,7 @@ def human(s: dict[str, Any]) -> str:
         ("sent / acked", f"{s['sent']} / {s['acked']}"),
         ("rejected / timed out", f"{s['rejected']} / {s['timed_out']}"),
         ("lost / duplicated", f"{s['lost']} / {s['duplicated']}"),
+        ("tick path scheduling", ", ".join(f"{k} {v}" for k, v in s["sched"].items())),
         ("targets", ", ".join(f"{k} {'met' if v else 'MISSED'}"
                               for k, v in s["targets"].items())),
         ("result", "PASS" if s["ok"] else "FAIL"),
@@ -737,8 +778,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kills", type=int, default=5, help="SIGKILLs of a master (default 5)")
     p.add_argument("--role", choices=("alternate", "rtss", "rts"), default="alternate",
                    help="whose master to kill (default: alternate, RTSS first)")
-    p.add_argument("--down-after-ms", type=int, default=500,
-                   help="Sentinel down-after-milliseconds (default 500)")
+    p.add_argument("--down-after-ms", type=int, default=DEFAULT_DOWN_AFTER_MS,
+                   help=f"Sentinel down-after-milliseconds (default {DEFAULT_DOWN_AFTER_MS})")
     p.add_argument("--settle", type=float, default=2.0,
                    help="seconds after the killed server is back before the next kill")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before kill 1")
@@ -746,6 +787,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--symbols", type=int, default=4, choices=range(1, len(SYMBOLS) + 1),
                    metavar=f"1..{len(SYMBOLS)}", help="symbols of the feed (default 4)")
     p.add_argument("--rate", type=float, default=500.0, help="orders/s over all clients")
+    p.add_argument("--realtime-priority", type=int, default=None, metavar="0..99",
+                   help="SCHED_FIFO priority of the feed, recovery and subscriber ([sched] "
+                        "realtime_priority; default 40 where permitted, else 0); 0: the "
+                        "normal scheduler, to compare")
     p.add_argument("--clients", type=int, default=4, help="order clients (default 4)")
     p.add_argument("--deadline", type=float, default=10.0,
                    help="the clients' deadline_s (default 10; above the store's 5 s)")
@@ -762,6 +807,10 @@ def main(argv: list[str] | None = None) -> int:
             or args.settle < 0 or args.warmup < 0 or args.deadline <= 5.0:
         p.error("--kills, --rate, --clients, --tick-rate must be positive, --settle and "
                 "--warmup not negative, --deadline above 5 (the store's ride-through)")
+    if args.realtime_priority is None:
+        args.realtime_priority = default_realtime_priority()
+    elif not 0 <= args.realtime_priority <= 99:
+        p.error("--realtime-priority must be 0-99")
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="tickmesh-redis-drill-"))
     run_dir.mkdir(parents=True, exist_ok=True)
     report = args.report or run_dir / "drill-redis-failover.md"
