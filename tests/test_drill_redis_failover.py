@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("kills", "switch_ms_p50", "switch_ms_max", "resume_after_switch_ms_p50",
         "resume_after_switch_ms_p99", "tick_latency_max_ms", "ticks_lost",
         "order_p99_ms_failover", "sent", "acked", "lost", "duplicated", "targets", "per_kill",
-        "ok")
+        "ok", "realtime_priority", "sched")
 
 
 @pytest.mark.slow
@@ -33,3 +33,9 @@ def test_drill_one_rtss_kill_reports_every_figure(tmp_path: Path) -> None:
     assert summary["kills"] == 1 and summary["per_kill"][0]["role"] == "rtss"
     assert summary["switch_ms_max"] is not None and summary["acked"] > 0
     assert summary["lost"] == 0 and summary["duplicated"] == 0, summary["lost_detail"]
+    # The tick path ran as reported: real-time where permitted, on one CPU of several.
+    sched = summary["sched"]
+    assert set(sched) == {"feed", "recovery", "subscriber"}
+    if summary["realtime_priority"]:
+        assert sched["feed"].startswith("fifo:40") and sched["subscriber"].startswith("fifo:40")
+        assert sched["recovery"].startswith("other")

@@ -104,7 +104,7 @@ def _crash_rtss_master_and_rejoin(ha: RedisHA) -> None:
     assert old == old_master.address
     assert not old_master.running
     new, seconds = ha.wait_switch(Role.RTSS, old, timeout=scaled(15), since=killed_at)
-    print(f"\nRTSS switch after SIGKILL: {seconds:.2f} s (down-after-milliseconds 1000)")
+    print(f"\nRTSS switch after SIGKILL: {seconds:.2f} s (down-after-milliseconds 1500)")
     assert new != old
     new_master = ha.process_at(new)
     assert new_master is not old_master
