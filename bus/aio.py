@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -61,6 +61,32 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], grace_s: float = 5
         if t.done() and not t.cancelled():
             t.exception()
     return True
+
+
+class KeyedLocks:
+    """One ``asyncio.Lock`` per key, kept only while someone holds or waits for it (so a
+    stream of one-off keys, such as order ids, does not grow a dict for ever). Waiters on a
+    key get it in the order they asked (asyncio.Lock is FIFO)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
 
 
 class LoopThread:

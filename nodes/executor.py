@@ -46,8 +46,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from bus.aio import KeyedLocks
 from bus.config import MeshConfig
 from bus.logutil import RateLimitedLog
 from bus.order_store import OrderStore, RedisOrderStore
@@ -187,27 +187,6 @@ class _Order:
     checked: bool = False  # the log was read (or appended to) since this view was made
 
 
-class _KeyedLocks:
-    """One lock per order id while anyone holds or waits for it: the readers of both sockets
-    and the resting poller may act on the same order; an order's steps must not interleave
-    (a view folded twice, a request decided against a stale view)."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 class ExecutorNode:
@@ -247,7 +226,10 @@ class ExecutorNode:
             self.socks.append(sock)
         self._working: dict[str, _Order] = {}
         self._done: OrderedDict[str, _Order] = OrderedDict()  # finished, for replays
-        self._locks = _KeyedLocks()
+        # An order's steps must not interleave: the readers of both sockets and the resting
+        # poller may act on the same order (a view folded twice, a request decided against a
+        # stale view).
+        self._locks = KeyedLocks()
         # Rides through a failover of the tick store like the backend does: the venue keeps
         # the last price it saw. Without it every order that arrived during an RTS switch was
         # left unanswered (about 2,000 a Redis drill run) and came back as a re-drive.
