@@ -177,11 +177,19 @@ class BinaryStar:
         self.epoch = max(self.epoch, peer_epoch)
         return self._fire(event, now)
 
-    def on_request(self, now: float) -> tuple[bool, list[Effect]]:
-        """A client request arrived: serve it (True) or answer "not active, retry"."""
+    def on_request(self, now: float, *, peer_pending: bool = False
+                   ) -> tuple[bool, list[Effect]]:
+        """A client request arrived: serve it (True) or answer "not active, retry".
+
+        ``peer_pending``: a heartbeat of the peer is waiting, not yet read. Then the silence
+        is this node's own (it was off the CPU, its heartbeats queued up), not the peer's, and
+        the request is no vote against the peer. Without it, a starved passive that read a
+        client request before the heartbeats queued behind it took over from a live active
+        (the Redis drill: 4-10 takeovers a run on a saturated machine)."""
         if self.state is State.ACTIVE:
             return True, []
-        event = E.REQUEST_PEER_EXPIRED if self.peer_expired(now) else E.REQUEST_PEER_ALIVE
+        expired = not peer_pending and self.peer_expired(now)
+        event = E.REQUEST_PEER_EXPIRED if expired else E.REQUEST_PEER_ALIVE
         return False, self._fire(event)
 
     def on_epoch_result(self, acquired: bool, epoch: int, now: float) -> list[Effect]:

@@ -36,7 +36,8 @@ def node(role: Role, state: State | None = None, epoch: int = 0) -> BinaryStar:
     return n
 
 
-# Each step: ("peer", state, epoch, now) | ("req", now) | ("epoch", acquired, epoch, now)
+# Each step: ("peer", state, epoch, now) | ("req", now) | ("req_pending", now): a request
+#            read while a peer heartbeat waits unread | ("epoch", acquired, epoch, now)
 #            | ("fenced", epoch, now) | ("handover", now)
 def play(n: BinaryStar, steps: list[tuple[Any, ...]]) -> tuple[list[Any], list[bool]]:
     effects: list[Any] = []
@@ -44,8 +45,8 @@ def play(n: BinaryStar, steps: list[tuple[Any, ...]]) -> tuple[list[Any], list[b
     for kind, *a in steps:
         if kind == "peer":
             effects += n.on_peer(a[0], a[1], a[2])
-        elif kind == "req":
-            ok, eff = n.on_request(a[0])
+        elif kind in ("req", "req_pending"):
+            ok, eff = n.on_request(a[0], peer_pending=kind == "req_pending")
             served.append(ok)
             effects += eff
         elif kind == "epoch":
@@ -74,6 +75,18 @@ SCENARIOS: list[tuple[str, Role, list[tuple[Any, ...]], State, int, list[Any], l
      [("peer", S.ACTIVE, 1, 0.0), ("req", 0.05), ("req", 0.061), ("epoch", True, 2, 0.062),
       ("req", 0.063)],
      S.ACTIVE, 2, [AcquireEpoch(1), BecameActive(2)], [False, False, True]),
+    # The passive itself was off the CPU: the peer's heartbeats wait unread behind the
+    # request. Its silence is ours: no vote against it, until a request finds none waiting.
+    ("late_passive_does_not_vote_a_live_peer_out", Role.BACKUP,
+     [("peer", S.ACTIVE, 1, 0.0), ("req_pending", 0.2), ("peer", S.ACTIVE, 1, 0.201),
+      ("req", 0.21)],
+     S.PASSIVE, 1, [], [False, False]),
+    ("peer_pending_on_the_active_changes_nothing", Role.PRIMARY,
+     [("peer", S.BACKUP, 0, 0.0), ("epoch", True, 1, 0.001), ("req_pending", 0.5)],
+     S.ACTIVE, 1, [AcquireEpoch(0), BecameActive(1)], [True]),
+    ("dead_peer_is_voted_out_once_nothing_waits", Role.BACKUP,
+     [("peer", S.ACTIVE, 1, 0.0), ("req_pending", 0.2), ("req", 0.3)],
+     S.TAKING_OVER, 1, [AcquireEpoch(1)], [False, False]),
     ("takeover_loses_the_epoch_race", Role.BACKUP,
      [("peer", S.ACTIVE, 1, 0.0), ("req", 0.1), ("epoch", False, 3, 0.101)],
      S.PASSIVE, 3, [AcquireEpoch(1)], [False]),
