@@ -285,6 +285,32 @@ def test_exposure_limit_counts_open_orders(redis_server: RedisProcess) -> None:
     run(main())
 
 
+def test_concurrent_orders_of_one_account_cannot_share_its_headroom(
+        redis_server: RedisProcess) -> None:
+    """New orders of one account are stored concurrently (no per-account queue); the exposure
+    check reserves before the store write, so fifteen orders at once still fit ten."""
+    from bus.order_client import OrderClient, OrderClientOptions
+    from protocols.errors import OrderRejected
+
+    async def main() -> None:
+        async with pair(redis_server) as p:
+            primary = p.node(Role.PRIMARY)
+            await wait_active(primary)
+            opts = OrderClientOptions(endpoints=(p.ends[Role.PRIMARY].clients,))
+            async with OrderClient(opts) as client:
+                results = await asyncio.gather(
+                    *(client.place(order(f"c{i}", qty=90.0, price=1.08)) for i in range(15)),
+                    return_exceptions=True)
+            acked = [r for r in results if isinstance(r, OrderAck)]
+            refused = [r for r in results if isinstance(r, OrderRejected)]
+            assert len(acked) == 10, results
+            assert len(refused) == 5
+            assert {r.reason for r in refused} == {RejectReason.EXPOSURE_LIMIT}
+            assert primary._pending == {}  # every reservation released
+            assert primary._exposure("acc") == pytest.approx(10 * 90 * 1.08)
+    run(main())
+
+
 def test_malformed_frames_get_an_error_reply(redis_server: RedisProcess) -> None:
     async def main() -> None:
         async with pair(redis_server) as p:
@@ -567,25 +593,29 @@ def test_retries_of_a_held_order_join_it_and_get_one_answer(
     run(main())
 
 
-def test_a_request_that_waited_while_the_node_stepped_down_is_not_served(
+def test_requests_in_service_when_the_node_steps_down_keep_their_dispatch_epoch(
         redis_server: RedisProcess) -> None:
-    """A request queued behind the account's lock when its node loses the active role must not
-    be served with an epoch the node learnt from its peer (that would write past fencing)."""
+    """Orders in service (held in their store write) when the node loses the active role are
+    decided by the store under the epoch they were taken with, never one the node learnt
+    since (that would write past fencing); a request that arrives after is NOT_ACTIVE."""
     async def main() -> None:
         async with pair(redis_server, deadline_ms=10_000) as p:
             primary = p.node(Role.PRIMARY)
             await wait_active(primary)
+            taken_at = primary.star.epoch
             await asyncio.to_thread(redis_server.stop)
-            first = asyncio.create_task(p.request(Role.PRIMARY, order("a1"), timeout=10))
-            await wait_until(lambda: primary.stats.requests == 1, 3, "the first request")
-            second = asyncio.create_task(p.request(Role.PRIMARY, order("a2"), timeout=10))
-            await wait_until(lambda: primary.stats.requests == 2, 3, "the second request")
+            held = [asyncio.create_task(p.request(Role.PRIMARY, order(f"a{i}"), timeout=10))
+                    for i in range(2)]
+            await wait_until(lambda: primary.stats.requests == 2, 3, "two requests")
             # The pair moves on: the primary learns of a newer epoch and steps down.
-            await primary._effects(primary.star.on_fenced(primary.star.epoch + 1,
-                                                          time.monotonic()))
+            await primary._effects(primary.star.on_fenced(taken_at + 1, time.monotonic()))
             assert not primary.star.serving
+            late = await p.request(Role.PRIMARY, order("a2"), timeout=10)
+            assert isinstance(late, OrderReject) and late.reason is RejectReason.NOT_ACTIVE
             await asyncio.to_thread(redis_server.start)
-            reply = await second
-            assert isinstance(reply, OrderReject) and reply.reason is RejectReason.NOT_ACTIVE
-            await first  # held in its write before the step-down: the store decides it
+            for reply in await asyncio.gather(*held):
+                # The store still holds epoch taken_at (only the node heard of a newer one):
+                # it takes the writes, under that epoch.
+                assert isinstance(reply, OrderAck), reply
+                assert reply.epoch == taken_at and reply.order_id.startswith(f"O{taken_at}.")
     run(main())
