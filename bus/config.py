@@ -236,6 +236,9 @@ class OrdersSection:
     executor_id: str = "executor"
     heartbeat_ms: float = 20.0
     peer_timeout_ms: float = 60.0
+    # Heartbeats keep going while the backend's loop is busy, up to this long without
+    # progress; a loop stuck longer loses the active role (bus.beacon).
+    stall_budget_ms: float = 250.0
     cold_start_ms: float = 1000.0
     symbols: tuple[str, ...] = ()  # tradable symbols; empty: every feed's symbols
     max_quantity: float = 100.0
@@ -255,6 +258,9 @@ class OrdersSection:
         if not 0 < self.heartbeat_ms < self.peer_timeout_ms:
             raise ConfigError(f"{key}.peer_timeout_ms", "must exceed heartbeat_ms > 0",
                               "three heartbeats, e.g. heartbeat_ms = 20, peer_timeout_ms = 60")
+        if self.stall_budget_ms <= self.heartbeat_ms:
+            raise ConfigError(f"{key}.stall_budget_ms", "must exceed heartbeat_ms",
+                              "e.g. stall_budget_ms = 250")
         _non_negative(f"{key}.cold_start_ms", self.cold_start_ms)
         _non_negative(f"{key}.trader_rate", self.trader_rate, "orders per second, 0: none")
         _positive(f"{key}.max_quantity", self.max_quantity, "e.g. max_quantity = 100")

@@ -32,6 +32,7 @@ import zmq
 import zmq.asyncio
 
 from bus.aio import KeyedLocks, cancel_and_wait, watchdog_from_env
+from bus.beacon import HeartbeatThread
 from bus.config import MeshConfig
 from bus.logutil import RateLimitedLog
 from bus.order_store import OrderStore, RedisOrderStore
@@ -134,7 +135,7 @@ class BackendNode:
                  limits: Limits, pair: PairConfig | None = None,
                  store: OrderStore | None = None, stats_path: Path | None = None,
                  executor_id: str = "executor", redrive_s: float = 1.0,
-                 amend_timeout_s: float = 0.5) -> None:
+                 amend_timeout_s: float = 0.5, stall_budget_s: float = 0.25) -> None:
         self.role = role
         self.amend_timeout_s = amend_timeout_s
         self.executor_id = executor_id.encode()
@@ -186,8 +187,12 @@ class BackendNode:
         # The executor is addressed by its configured routing id; with MANDATORY an absent one
         # raises instead of the order vanishing (the re-drive loop sends it again later).
         self.executor.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.peer_pub = self._sock(zmq.PUB, endpoints.peer_pub)
         self.updates = self._sock(zmq.PUB, endpoints.updates)
+        # Heartbeats from a thread: on time while the loop is busy, withheld once it is stuck
+        # for stall_budget_s (bus.beacon: why).
+        self.peer_pub = HeartbeatThread(ctx, endpoints.peer_pub,
+                                        interval_s=self.star.config.heartbeat_s,
+                                        stall_budget_s=stall_budget_s, name=role.value)
         self.peer_sub = ctx.socket(zmq.SUB)
         self.peer_sub.setsockopt(zmq.LINGER, 0)
         self.peer_sub.setsockopt(zmq.SUBSCRIBE, b"")
@@ -207,10 +212,12 @@ class BackendNode:
     # -- the pair --------------------------------------------------------------------------
 
     async def _heartbeats(self) -> None:
+        """Hand the heartbeat thread the current state four times a heartbeat: a state change
+        goes out with the next beat, and the stamps prove the loop is running."""
         while True:
             state, epoch = self.star.heartbeat()
-            await self.peer_pub.send_multipart([state.value.encode(), str(epoch).encode()])
-            await asyncio.sleep(self.star.config.heartbeat_s)
+            self.peer_pub.update([state.value.encode(), str(epoch).encode()], time.monotonic())
+            await asyncio.sleep(self.star.config.heartbeat_s / 4)
 
     async def _peer(self) -> None:
         while True:
@@ -711,7 +718,7 @@ class BackendNode:
         if self.stats_path is not None:
             tasks.append(asyncio.create_task(stats_writer(self.stats_path, 0.5, self.collect),
                                              name="stats"))
-        # A stalled loop sends no heartbeats: the peer takes over (TICKMESH_LOOP_WATCHDOG_MS).
+        # Where the loop stalls, and for how long (TICKMESH_LOOP_WATCHDOG_MS).
         watchdog = watchdog_from_env(f"backend {self.role.value}")
         if watchdog is not None:
             tasks.append(asyncio.create_task(watchdog.run(), name="watchdog"))
@@ -733,7 +740,8 @@ class BackendNode:
     def collect(self) -> dict[str, Any]:
         return {"node": "backend", "role": self.role.value, "state": self.star.state.value,
                 "epoch": self.star.epoch, "open_orders": len(self.orders),
-                **asdict(self.stats)}
+                "heartbeats_sent": self.peer_pub.sent,
+                "heartbeats_withheld": self.peer_pub.withheld, **asdict(self.stats)}
 
 
 def _client_id(identity: bytes) -> str:
@@ -757,7 +765,8 @@ def backend_from_config(cfg: MeshConfig, role: Role, stats_path: Path | None = N
     pair = PairConfig(heartbeat_s=o.heartbeat_ms / 1000, peer_timeout_s=o.peer_timeout_ms / 1000,
                       cold_start_s=o.cold_start_ms / 1000)
     return BackendNode(cfg, role, ends, limits=limits, pair=pair, stats_path=stats_path,
-                       executor_id=o.executor_id, amend_timeout_s=o.amend_timeout_ms / 1000)
+                       executor_id=o.executor_id, amend_timeout_s=o.amend_timeout_ms / 1000,
+                       stall_budget_s=o.stall_budget_ms / 1000)
 
 
 __all__ = ["BackendEndpoints", "BackendNode", "backend_from_config"]
