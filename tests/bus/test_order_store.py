@@ -172,3 +172,29 @@ def test_an_order_id_never_overwrites_another_client_orders_record(
         assert await s.by_client_id("acc", "c2") is None
         await s.write(first, epoch)  # its own client order id: an idempotent rewrite
     with_store(redis_server, body)
+
+
+def test_many_writes_at_once_share_a_few_connections_and_one_replica_probe(
+        redis_server: RedisProcess) -> None:
+    """Two hundred concurrent writes (a backlog released after a switch): at most
+    MAX_IN_FLIGHT connections to the server, and the replica count asked once, not per
+    write."""
+    from bus.order_store import MAX_IN_FLIGHT
+
+    async def body(s: RedisOrderStore) -> None:
+        _, epoch = await s.acquire_epoch(0)
+        probe = RedisOrderStore(redis_server.url, "t")
+        try:
+            await probe.redis.config_resetstat()
+            s._replicas = (0, -1.0)  # stale: the next writes must ask
+            await asyncio.gather(*(s.write(order(f"o{i}", f"c{i}", epoch), epoch)
+                                   for i in range(200)))
+            clients = await probe.redis.client_list()
+            stats = await probe.redis.info("commandstats")
+        finally:
+            await probe.close()
+        ours = [c for c in clients if c["cmd"] != "client|list"]
+        assert len(ours) <= MAX_IN_FLIGHT < 200, len(ours)
+        assert stats["cmdstat_info"]["calls"] == 1, stats["cmdstat_info"]
+        assert all([await s.get(f"o{i}") for i in range(200)])
+    with_store(redis_server, body)
