@@ -56,10 +56,12 @@ from protocols.errors import (
 )
 from protocols.order_codec import decode_order, encode_order
 from protocols.orders import (
+    PENDING_HOLD_S,
     CancelOrder,
     ExecutionReport,
     NewOrder,
     OrderAck,
+    OrderPending,
     OrderReject,
     OrderReply,
     OrderRequest,
@@ -122,6 +124,7 @@ class _Pending:
 
     endpoint: int
     future: asyncio.Future[tuple[int, OrderReply]]
+    held_until: float = 0.0  # its backend said "in service" (OrderPending): wait, do not resend
 
 
 class OrderClient:
@@ -144,7 +147,8 @@ class OrderClient:
         self._closed = False
         self._counts = dict.fromkeys(
             ("sent", "unsent", "retries", "switches", "acks", "rejects", "timeouts",
-             "late_replies", "updates", "updates_dropped", "malformed"), 0)
+             "late_replies", "updates", "updates_dropped", "malformed", "pending_notices",
+             "held"), 0)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -247,12 +251,20 @@ class OrderClient:
             sent_at = loop.time()
             # not sent (not connected): no wait, but a late answer may already be here
             answer = await self._await(pending, min(self._timer.timeout(), left) if sent else 0)
+            held = False
+            while answer is None and sent and pending.held_until > loop.time() < deadline:
+                # The backend has it in service and says so: a resend would only join it.
+                held = True
+                self._counts["held"] += 1
+                answer = await self._await(pending, min(pending.held_until, deadline)
+                                           - loop.time())
             if answer is None and sent:
                 self._counts["timeouts"] += 1
                 self._timer.timed_out()
-            elif answer is not None and attempts == 1 and not (
+            elif answer is not None and attempts == 1 and not held and not (
                     isinstance(answer[1], OrderReject) and answer[1].retryable):
-                self._timer.observe(loop.time() - sent_at)  # Karn: first attempts only
+                # Karn: first attempts only; and not a held one, whose time is the hold's
+                self._timer.observe(loop.time() - sent_at)
             ack = self._settle(msg, answer, pending, loop)
             if ack is not None:
                 return ack
@@ -326,6 +338,8 @@ class OrderClient:
             match msg:
                 case OrderAck() | OrderReject():
                     self._on_reply(idx, msg)
+                case OrderPending():
+                    self._on_pending(idx)
                 case ExecutionReport():
                     self._on_report(msg)
                 case _:
@@ -346,6 +360,15 @@ class OrderClient:
             return
         assert pending is not None
         pending.future.set_result((idx, reply))
+
+    def _on_pending(self, idx: int) -> None:
+        """Backend ``idx`` has this client's requests in service: the ones waiting on it wait
+        on, without resending, up to PENDING_HOLD_S after this notice."""
+        self._counts["pending_notices"] += 1
+        until = asyncio.get_running_loop().time() + PENDING_HOLD_S
+        for pending in self._pending.values():
+            if pending.endpoint == idx:
+                pending.held_until = until
 
     def _on_report(self, report: ExecutionReport) -> None:
         self._counts["updates"] += 1

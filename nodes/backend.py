@@ -22,7 +22,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Coroutine, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -62,6 +62,7 @@ from protocols.order_codec import (
     reject_reason_of,
 )
 from protocols.orders import (
+    PENDING_INTERVAL_S,
     CancelOrder,
     ExecutionReport,
     Limits,
@@ -69,6 +70,7 @@ from protocols.orders import (
     OpenOrders,
     Order,
     OrderAck,
+    OrderPending,
     OrderReject,
     OrderState,
     RejectReason,
@@ -234,6 +236,19 @@ class BackendNode:
         """Whether a peer heartbeat is waiting to be read (ZMQ_EVENTS, no I/O)."""
         events = self.peer_sub.get(zmq.EVENTS)
         return isinstance(events, int) and bool(events & zmq.POLLIN)
+
+    async def _pending_notices(self) -> None:
+        """Every PENDING_INTERVAL_S, tell each client with requests in service that their
+        answers follow (``OrderPending``), so a held or queued request is not sent again."""
+        while True:
+            await asyncio.sleep(PENDING_INTERVAL_S)
+            if not self.star.serving or not self._inflight:
+                continue
+            waiting: Counter[bytes] = Counter()
+            for _req, identities in self._inflight.values():
+                waiting.update(identities)
+            for who, count in waiting.items():
+                await self.clients.send_multipart([who, *encode_order(OrderPending(count))])
 
     async def _effects(self, effects: list[Effect]) -> None:
         for e in effects:
@@ -712,6 +727,7 @@ class BackendNode:
             log.warning("backend %s: store epoch unknown at start (%s)", self.role.value, exc)
         tasks = [asyncio.create_task(self._redrive(), name="redrive"),
                  asyncio.create_task(self._heartbeats(), name="heartbeats"),
+                 asyncio.create_task(self._pending_notices(), name="pending notices"),
                  asyncio.create_task(self._peer(), name="peer"),
                  asyncio.create_task(self._clients(), name="clients"),
                  asyncio.create_task(self._executor_reports(), name="executor")]

@@ -32,6 +32,7 @@ from .orders import (
     Order,
     OrderAck,
     OrderMessage,
+    OrderPending,
     OrderReject,
     OrderReply,
     OrderRequest,
@@ -55,6 +56,7 @@ class OrderKind(IntEnum):
     REPLACE_ORDER = 34
     ORDER_ACK = 40
     ORDER_REJECT = 41
+    ORDER_PENDING = 42  # not an answer: requests in service, answers follow
     EXECUTION_REPORT = 48
     ORDER = 56  # the backend's record: checkpoints, and the order as routed to the executor
 
@@ -97,6 +99,8 @@ def encode_order(msg: OrderMessage) -> list[bytes]:
             return [_header(OrderKind.ORDER_REJECT), _pack(
                 {"client_order_id": cid, "reason": int(reason), "message": message,
                  "retryable": reason.retryable})]
+        case OrderPending(in_service):
+            return [_header(OrderKind.ORDER_PENDING), _pack({"in_service": in_service})]
         case ExecutionReport():
             return [_header(OrderKind.EXECUTION_REPORT), _pack(
                 {"order_id": msg.order_id, "client_order_id": msg.client_order_id,
@@ -179,6 +183,8 @@ def _decode(kind: OrderKind, d: dict[str, Any]) -> OrderMessage:
                             d["epoch"])
         case OrderKind.ORDER_REJECT:
             return _reject(d)
+        case OrderKind.ORDER_PENDING:
+            return OrderPending(d["in_service"])
         case OrderKind.EXECUTION_REPORT:
             return ExecutionReport(
                 d["order_id"], d["client_order_id"], d["account"], d["symbol"],

@@ -375,6 +375,34 @@ class OrderReject:
 
 OrderReply = OrderAck | OrderReject
 
+# The active backend tells each client with requests in service "still working on them" this
+# often: well inside the client's shortest request timeout (50 ms), so a held request is not
+# re-sent even once. A client keeps waiting PENDING_HOLD_S after the last notice instead of
+# sending again.
+PENDING_INTERVAL_S = 0.025
+PENDING_HOLD_S = 0.5  # twenty notices: a few late ones are not a death
+
+
+@dataclass(frozen=True, slots=True)
+class OrderPending:
+    """Not an answer: the active backend has ``in_service`` requests of this client in service
+    (held while the store is failed over, or queued behind a burst), and their answers follow.
+
+    Why: without it a client's request timeout is its only clue, and a slow backend looks like
+    a dead one. Each client then re-sent every held order every timeout, to the passive
+    backend (NOT_ACTIVE) and back, and the Redis drill saw 100,000+ retries for 16,000 orders,
+    a saturated machine and backends failing over. A notice is per client, not per order, and
+    repeated every :data:`PENDING_INTERVAL_S` while any request is in service: a backend that
+    dies stops sending, and its clients fail over :data:`PENDING_HOLD_S` later at the most."""
+
+    in_service: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.in_service, int) or isinstance(self.in_service, bool) \
+                or self.in_service < 0:
+            raise InvalidOrder("in_service", f"must be an integer >= 0, got "
+                               f"{self.in_service!r}")
+
 
 @dataclass(frozen=True, slots=True)
 class ExecutionReport:
@@ -702,7 +730,7 @@ class OpenOrders:
 
 
 OrderMessage = (NewOrder | CancelOrder | ReplaceOrder | OrderAck | OrderReject
-                | ExecutionReport | Order)
+                | OrderPending | ExecutionReport | Order)
 
 _AMEND_TEXT = {
     RejectReason.UNKNOWN_ORDER: "no such order for this account",

@@ -25,10 +25,13 @@ from protocols.errors import (
 )
 from protocols.order_codec import decode_order_request, encode_order
 from protocols.orders import (
+    PENDING_HOLD_S,
+    PENDING_INTERVAL_S,
     CancelOrder,
     ExecutionReport,
     NewOrder,
     OrderAck,
+    OrderPending,
     OrderReject,
     OrderReply,
     OrderRequest,
@@ -208,6 +211,52 @@ def test_a_slow_pair_is_not_buried_under_retries(backend: MakeBackend) -> None:
             # (a fixed 50 ms timeout would have made about 28).
             assert 3 <= len(a.received) <= 6, len(a.received)
             assert client.stats()["request_timeout_us"] >= 400_000
+    run(scenario)
+
+
+def test_a_backend_that_says_it_is_working_is_waited_for_not_retried(
+        backend: MakeBackend) -> None:
+    """OrderPending notices (the backend holds the request, e.g. through a store failover)
+    keep the client waiting on that backend without a single resend, however long the wait;
+    the answer ends it."""
+    a, b = backend(silent), backend(reject(RejectReason.NOT_ACTIVE))
+
+    async def scenario() -> None:
+        async with OrderClient(options(a.endpoint, b.endpoint, deadline_s=5.0)) as client:
+            await connected(client)
+            placing = asyncio.create_task(client.place(new_order()))
+            await wait_until(lambda: len(a.received) == 1, 3, "the request at a")
+            ident = a.received[0][0]
+            for _ in range(40):  # 1 s of notices, far beyond the client's 50 ms timeout
+                a.push(ident, encode_order(OrderPending(1)))
+                await asyncio.sleep(PENDING_INTERVAL_S)
+            a.push(ident, encode_order(ack(new_order())[0]))
+            got = await placing
+            assert got.client_order_id == "c-1"
+            s = client.stats()
+            assert (s["sent"], s["retries"], s["timeouts"]) == (1, 0, 0), s
+            assert len(a.received) == 1 and b.received == []
+            assert s["pending_notices"] >= 10 and s["held"] >= 1
+    run(scenario)
+
+
+def test_a_backend_that_stops_saying_so_is_left_after_the_hold(backend: MakeBackend) -> None:
+    """Notices stop (the backend died while holding the request): the client goes on to the
+    other backend about PENDING_HOLD_S after the last one, not at its deadline."""
+    a, b = backend(silent), backend(ack)
+
+    async def scenario() -> None:
+        async with OrderClient(options(a.endpoint, b.endpoint, deadline_s=10.0)) as client:
+            await connected(client)
+            placing = asyncio.create_task(client.place(new_order()))
+            await wait_until(lambda: len(a.received) == 1, 3, "the request at a")
+            a.push(a.received[0][0], encode_order(OrderPending(1)))
+            await wait_until(lambda: client.stats()["pending_notices"] == 1, 3, "the notice")
+            last_notice = time.monotonic()
+            got = await placing  # from b, after the hold ran out
+            waited = time.monotonic() - last_notice
+            assert got.client_order_id == "c-1" and len(b.received) == 1
+            assert PENDING_HOLD_S * 0.8 <= waited <= scaled(PENDING_HOLD_S + 2.0), waited
     run(scenario)
 
 

@@ -31,6 +31,7 @@ from protocols.orders import (
     NewOrder,
     Order,
     OrderAck,
+    OrderPending,
     OrderReject,
     OrderRequest,
     OrderState,
@@ -562,6 +563,35 @@ def test_takeover_retries_the_reload_of_open_orders(redis_server: RedisProcess) 
     run(main())
 
 
+def test_a_client_waits_out_a_store_outage_without_resending(
+        redis_server: RedisProcess) -> None:
+    """The active backend holds an order while the store is away and says so every 25 ms
+    (OrderPending): the client sends it once, waits, and gets the ack once the store is back,
+    with no retry and no request to the passive (no client vote against a live active)."""
+    from bus.order_client import OrderClient, OrderClientOptions
+
+    async def main() -> None:
+        async with pair(redis_server, deadline_ms=10_000) as p:
+            primary, backup = p.node(Role.PRIMARY), p.node(Role.BACKUP)
+            await wait_active(primary)
+            opts = OrderClientOptions(endpoints=(p.ends[Role.PRIMARY].clients,
+                                                 p.ends[Role.BACKUP].clients))
+            async with OrderClient(opts) as client:
+                await client.place(order("warm"))  # connected, and the timer is short
+                before = client.stats()
+                await asyncio.to_thread(redis_server.stop)
+                placing = asyncio.create_task(client.place(order("held")))
+                await asyncio.sleep(scaled(1.0))  # twenty client timeouts' worth
+                await asyncio.to_thread(redis_server.start)
+                ack = await placing
+                s = {k: v - before.get(k, 0) for k, v in client.stats().items()}
+            assert isinstance(ack, OrderAck)
+            assert s["retries"] == 0 and s["timeouts"] == 0, s
+            assert s["pending_notices"] >= 10 and s["held"] >= 1, s
+            assert backup.stats.requests == 0
+    run(main())
+
+
 def test_retries_of_a_held_order_join_it_and_get_one_answer(
         redis_server: RedisProcess) -> None:
     """While the store is away an order is held; the client's retries of it (same routing id,
@@ -581,12 +611,17 @@ def test_retries_of_a_held_order_join_it_and_get_one_answer(
                     await sock.send_multipart(encode_order(msg))
                 await wait_until(lambda: primary.stats.joined == 4, 3, "four retries joined")
                 await asyncio.to_thread(redis_server.start)
+                notices = 0
                 async with asyncio.timeout(scaled(5)):
                     reply = decode_order(await sock.recv_multipart())
-                assert isinstance(reply, OrderAck)
+                    while isinstance(reply, OrderPending):  # "in service": before the answer
+                        notices += 1
+                        reply = decode_order(await sock.recv_multipart())
+                assert isinstance(reply, OrderAck) and notices >= 1
                 while await sock.poll(int(scaled(0.2) * 1000)):  # reports may follow
                     extra = decode_order(await sock.recv_multipart())
-                    assert isinstance(extra, ExecutionReport), "one answer, not five"
+                    assert isinstance(extra, ExecutionReport | OrderPending), \
+                        "one answer, not five"
                 assert primary.stats.requests == 5 and primary.stats.acks == 1
             finally:
                 sock.close(linger=0)

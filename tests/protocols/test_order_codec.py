@@ -33,6 +33,7 @@ from protocols.orders import (
     Order,
     OrderAck,
     OrderMessage,
+    OrderPending,
     OrderReject,
     OrderState,
     OrderType,
@@ -68,6 +69,8 @@ MESSAGES: list[Any] = [
     *[pytest.param(OrderReject("c-1", r, f"because {r.name}"), id=f"reject-{r.name.lower()}")
       for r in RejectReason],
     pytest.param(OrderReject("", RejectReason.MALFORMED, ""), id="reject-unknown-id"),
+    pytest.param(OrderPending(3), id="pending"),
+    pytest.param(OrderPending(0), id="pending-none-left"),
     pytest.param(FILL, id="report-partial-fill"),
     pytest.param(ExecutionReport("o-1", "c-1", "ACC-1", "EURUSD", Side.SELL, S.CANCELLED, 1.0,
                                  0.0, 0.0, 1.08415, 4, "x-8"), id="report-cancel-no-time"),
@@ -103,6 +106,7 @@ def test_every_message_type_and_kind_is_in_the_round_trip_table() -> None:
     (OrderAck("c", "o", S.ROUTED, 1), OrderKind.ORDER_ACK),
     (OrderReject("c", RejectReason.FENCED, ""), OrderKind.ORDER_REJECT),
     (FILL, OrderKind.EXECUTION_REPORT), (RECORD, OrderKind.ORDER),
+    (OrderPending(1), OrderKind.ORDER_PENDING),
 ], ids=lambda v: v.name if isinstance(v, OrderKind) else "")
 def test_header_is_magic_version_kind(msg: OrderMessage, kind: OrderKind) -> None:
     header, _body = encode_order(msg)
@@ -112,7 +116,7 @@ def test_header_is_magic_version_kind(msg: OrderMessage, kind: OrderKind) -> Non
 def test_order_kinds_are_fixed_and_never_collide_with_tick_kinds() -> None:
     assert {k.name: int(k) for k in OrderKind} == {
         "NEW_ORDER": 32, "CANCEL_ORDER": 33, "REPLACE_ORDER": 34, "ORDER_ACK": 40,
-        "ORDER_REJECT": 41, "EXECUTION_REPORT": 48, "ORDER": 56}
+        "ORDER_REJECT": 41, "ORDER_PENDING": 42, "EXECUTION_REPORT": 48, "ORDER": 56}
     assert all(32 <= k <= 63 for k in OrderKind)
     assert not {int(k) for k in OrderKind} & {int(k) for k in Kind}
 
@@ -508,3 +512,10 @@ def test_decoders_never_raise_anything_but_remote_protocol_error(frames: list[by
             decoder(frames)
     cid = client_order_id_of(frames)
     assert isinstance(cid, str) and len(cid.encode()) <= MAX_STREAM_BYTES
+
+
+def test_a_pending_notice_with_a_bad_count_is_malformed() -> None:
+    for bad in (-1, "3", True, 1.5):
+        frames = [short(OrderKind.ORDER_PENDING), msgpack.packb({"in_service": bad})]
+        with pytest.raises(RemoteProtocolError):
+            decode_order(frames)
