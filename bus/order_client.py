@@ -56,6 +56,7 @@ from protocols.errors import (
 )
 from protocols.order_codec import decode_order, encode_order
 from protocols.orders import (
+    PENDING_AFTER_S,
     PENDING_HOLD_S,
     CancelOrder,
     ExecutionReport,
@@ -125,6 +126,7 @@ class _Pending:
     endpoint: int
     future: asyncio.Future[tuple[int, OrderReply]]
     held_until: float = 0.0  # its backend said "in service" (OrderPending): wait, do not resend
+    sent_at: float = 0.0  # when its current attempt was sent
 
 
 class OrderClient:
@@ -248,7 +250,7 @@ class OrderClient:
             if attempts > 1:
                 self._counts["retries"] += 1
             sent = self._send(idx, frames)
-            sent_at = loop.time()
+            sent_at = pending.sent_at = loop.time()
             # not sent (not connected): no wait, but a late answer may already be here
             answer = await self._await(pending, min(self._timer.timeout(), left) if sent else 0)
             held = False
@@ -362,13 +364,14 @@ class OrderClient:
         pending.future.set_result((idx, reply))
 
     def _on_pending(self, idx: int) -> None:
-        """Backend ``idx`` has this client's requests in service: the ones waiting on it wait
-        on, without resending, up to PENDING_HOLD_S after this notice."""
+        """Backend ``idx`` has this client's requests in service (those sent PENDING_AFTER_S
+        ago or more): they wait on, without resending, up to PENDING_HOLD_S after this
+        notice."""
         self._counts["pending_notices"] += 1
-        until = asyncio.get_running_loop().time() + PENDING_HOLD_S
+        now = asyncio.get_running_loop().time()
         for pending in self._pending.values():
-            if pending.endpoint == idx:
-                pending.held_until = until
+            if pending.endpoint == idx and now - pending.sent_at >= PENDING_AFTER_S:
+                pending.held_until = now + PENDING_HOLD_S
 
     def _on_report(self, report: ExecutionReport) -> None:
         self._counts["updates"] += 1

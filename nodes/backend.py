@@ -62,6 +62,7 @@ from protocols.order_codec import (
     reject_reason_of,
 )
 from protocols.orders import (
+    PENDING_AFTER_S,
     PENDING_INTERVAL_S,
     CancelOrder,
     ExecutionReport,
@@ -88,6 +89,15 @@ from .common import stats_writer, supervise_tasks, write_json_atomic
 log = logging.getLogger(__name__)
 
 MAX_CONCURRENT = 256  # requests in service at once; more wait on the socket (backpressure)
+# Execution reports applied at once. Few: after a takeover the executor replays every open
+# order's log at once, and 256 report writes ahead of them in the store's queue held the first
+# client orders back (backend failover p50 58 -> 75-92 ms in the backend drill).
+REPORT_SLOTS = 8
+# New orders stored at once. Enough to keep the store busy (a backlog of held orders drains at
+# several thousand a second), few enough that a burst is answered in arrival order: with all
+# of a takeover's retried orders in flight together, every ack came at the end of the burst
+# (backend failover p99 82 -> 125-140 ms).
+PLACE_SLOTS = 8
 QUOTE_TTL_S = 0.05  # the last tick is read from Redis at most this often per symbol
 REDRIVE_BATCH = 500  # unconfirmed orders re-sent per re-drive round
 YIELD_EVERY = 50  # re-drive and reload give the event loop back this often
@@ -169,9 +179,10 @@ class BackendNode:
         self._pending: dict[str, tuple[float, int]] = {}
         self._order_locks = KeyedLocks()
         self._reports: set[asyncio.Task[None]] = set()
-        self._report_slots = asyncio.Semaphore(MAX_CONCURRENT)
-        # (account, client order id) -> the request being served and who asked for it
-        self._inflight: dict[tuple[str, str], tuple[Any, set[bytes]]] = {}
+        self._report_slots = asyncio.Semaphore(REPORT_SLOTS)
+        self._place_slots = asyncio.Semaphore(PLACE_SLOTS)
+        # (account, client order id) -> the request being served, who asked for it, since when
+        self._inflight: dict[tuple[str, str], tuple[Any, set[bytes], float]] = {}
         # Order ids must never repeat, even if an epoch increment is lost with a Redis master
         # that died before replicating it: a per-process tag keeps two holders of one epoch
         # number apart.
@@ -238,15 +249,19 @@ class BackendNode:
         return isinstance(events, int) and bool(events & zmq.POLLIN)
 
     async def _pending_notices(self) -> None:
-        """Every PENDING_INTERVAL_S, tell each client with requests in service that their
-        answers follow (``OrderPending``), so a held or queued request is not sent again."""
+        """Every PENDING_INTERVAL_S, tell each client with requests in service for
+        PENDING_AFTER_S or more that their answers follow (``OrderPending``), so a held or
+        queued request is not sent again. Requests answered in time get no notice: a client
+        whose backend dies then fails over on its own timeout, not after a hold."""
         while True:
             await asyncio.sleep(PENDING_INTERVAL_S)
             if not self.star.serving or not self._inflight:
                 continue
+            older = time.monotonic() - PENDING_AFTER_S
             waiting: Counter[bytes] = Counter()
-            for _req, identities in self._inflight.values():
-                waiting.update(identities)
+            for _req, identities, since in self._inflight.values():
+                if since <= older:
+                    waiting.update(identities)
             for who, count in waiting.items():
                 await self.clients.send_multipart([who, *encode_order(OrderPending(count))])
 
@@ -341,7 +356,7 @@ class BackendNode:
                 self.stats.joined += 1
                 continue
             await self._slots.acquire()
-            self._inflight.setdefault(key, (req, {identity}))
+            self._inflight.setdefault(key, (req, {identity}, time.monotonic()))
             task = asyncio.create_task(self._serve(identity, req, self.star.epoch))
             self._requests.add(task)
             task.add_done_callback(self._served)
@@ -361,7 +376,7 @@ class BackendNode:
         key = (req.account, req.client_order_id)
         reply: OrderAck | OrderReject | _Amend
         try:
-            async with (contextlib.nullcontext() if isinstance(req, NewOrder)
+            async with (self._place_slots if isinstance(req, NewOrder)
                         else self._lock(req.account)):
                 if self.star.serving and self.star.epoch == epoch:
                     reply = await self._handle(identity, req)

@@ -381,6 +381,10 @@ OrderReply = OrderAck | OrderReject
 # sending again.
 PENDING_INTERVAL_S = 0.025
 PENDING_HOLD_S = 0.5  # twenty notices: a few late ones are not a death
+# A notice speaks for the requests in service this long or more (the backend counts only
+# those, a client holds only those it sent that long ago): a request answered in a few
+# milliseconds never holds its client back from failing over.
+PENDING_AFTER_S = 0.02
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from protocols.errors import (
 )
 from protocols.order_codec import decode_order_request, encode_order
 from protocols.orders import (
+    PENDING_AFTER_S,
     PENDING_HOLD_S,
     PENDING_INTERVAL_S,
     CancelOrder,
@@ -246,10 +247,13 @@ def test_a_backend_that_stops_saying_so_is_left_after_the_hold(backend: MakeBack
     a, b = backend(silent), backend(ack)
 
     async def scenario() -> None:
-        async with OrderClient(options(a.endpoint, b.endpoint, deadline_s=10.0)) as client:
+        # A first timeout well beyond the notice, which speaks for requests 20 ms old or more.
+        opts = options(a.endpoint, b.endpoint, deadline_s=10.0, request_timeout_s=0.3)
+        async with OrderClient(opts) as client:
             await connected(client)
             placing = asyncio.create_task(client.place(new_order()))
             await wait_until(lambda: len(a.received) == 1, 3, "the request at a")
+            await asyncio.sleep(PENDING_AFTER_S * 2)
             a.push(a.received[0][0], encode_order(OrderPending(1)))
             await wait_until(lambda: client.stats()["pending_notices"] == 1, 3, "the notice")
             last_notice = time.monotonic()
@@ -257,6 +261,7 @@ def test_a_backend_that_stops_saying_so_is_left_after_the_hold(backend: MakeBack
             waited = time.monotonic() - last_notice
             assert got.client_order_id == "c-1" and len(b.received) == 1
             assert PENDING_HOLD_S * 0.8 <= waited <= scaled(PENDING_HOLD_S + 2.0), waited
+            assert client.stats()["held"] >= 1
     run(scenario)
 
 
