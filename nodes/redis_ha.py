@@ -16,7 +16,7 @@ Rules of the topology:
   the Redis drill and in five unloaded kills; at 1000 ms in none of five unloaded kills but in
   3 of 9 loaded drill runs. Each such attempt also holds the next real failover back by
   2 x failover-timeout (switches of 7-9 s instead of 2-3). At 1500 ms: none in five unloaded
-  kills and three drill runs; the switch takes about 2.75 s (1000 ms: 2.2 s).
+  kills and 26 drill runs (130 kills); the switch takes about 2.75 s (1000 ms: 2.2 s).
 * A crashed master comes back as a replica of whoever is master now. Started with its old
   config it would be a second master, taking writes, until Sentinel converts it (about 8 s
   later), so ``restart()`` asks the Sentinels first.
