@@ -171,10 +171,11 @@ def is_execution(entry: ExecutionReport) -> bool:
 
 
 # Commands of one store in flight at once. Each takes a pooled connection, and through
-# Sentinels every new connection first asks them for the master: with hundreds of orders in
-# flight after a switch (a backend serves them concurrently) the pool grew to hundreds of
-# connections, and opening them was 11 % of the active backend's samples in the Redis drill.
-# One Redis thread gains nothing from more than a few commands in flight.
+# Sentinels every new connection first asks them for the master: with hundreds of requests in
+# flight after a switch the pool grew to hundreds of connections, and opening them was 11 % of
+# the active backend's samples in the Redis drill. Not fewer: a write with a replica online
+# waits for its WAIT (up to wait_timeout_ms while the replica catches up), so 16 slots slowed
+# the drain of a held backlog.
 MAX_IN_FLIGHT = 64
 
 

@@ -168,8 +168,9 @@ class BackendNode:
         self._amended: OrderedDict[tuple[str, str], OrderAck | OrderReject] = OrderedDict()
         self._ids = itertools.count(1)
         self._bad = RateLimitedLog(log, f"backend {role.value}: malformed frame")
-        # New orders are served concurrently, even for one account: the store's write is the
-        # idempotency check, and exposure is reserved in memory before it (``_pending``).
+        # New orders are served concurrently (PLACE_SLOTS at once), even for one account: the
+        # store's write is the idempotency check, and exposure is reserved in memory before it
+        # (``_pending``).
         # Serialising them per account capped one account at one store round trip (with its
         # WAIT) per order, about 400 orders/s on this machine under load: below the Redis
         # drill's 500/s, so a backlog never drained. Cancels and replaces, which read an

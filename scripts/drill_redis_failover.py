@@ -17,6 +17,11 @@ clock), also beside ``feed_time_ns``. Order load as in ``drill_backend_crash.py`
 ``--clients`` ``OrderClient`` instances in this process place market orders at ``--rate`` in
 total, with a ``--deadline`` above the store's 5 s ride-through.
 
+The tick path is real-time where this user may have it: the mesh file's ``[sched]`` puts the
+feed and the subscriber under ``SCHED_FIFO`` priority ``--realtime-priority`` (40) on the last
+CPU (``bus.sched``); ``--realtime-priority 0`` leaves them to the normal scheduler. The report
+shows the policy the kernel reported for the feed, the recovery node and the subscriber.
+
 Kills (``--role``: ``alternate`` starts with RTSS): the drill SIGKILLs the role's master (as
 a majority of Sentinels reports it) and measures
 
