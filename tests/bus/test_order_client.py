@@ -223,7 +223,9 @@ def test_a_backend_that_says_it_is_working_is_waited_for_not_retried(
     a, b = backend(silent), backend(reject(RejectReason.NOT_ACTIVE))
 
     async def scenario() -> None:
-        async with OrderClient(options(a.endpoint, b.endpoint, deadline_s=5.0)) as client:
+        # A first timeout of 200 ms: the first notice lands inside it even on a loaded machine.
+        opts = options(a.endpoint, b.endpoint, deadline_s=5.0, request_timeout_s=0.2)
+        async with OrderClient(opts) as client:
             await connected(client)
             placing = asyncio.create_task(client.place(new_order()))
             await wait_until(lambda: len(a.received) == 1, 3, "the request at a")
