@@ -724,7 +724,7 @@ class BackendNode:
             self.orders.put(updated)
             # Progress is confirmation: an order the executor is filling slice by slice is not
             # re-driven. Re-drives are for orders the executor lost; re-sending working ones
-            # made it replay them (10,000-16,000 replays a Redis drill run) and slowed it more.
+            # made it replay them (10,000-20,000 replays a Redis drill run) and slowed it more.
             self._sent[updated.order_id] = time.monotonic()
         frames = encode_order(report)
         identity = self.routes.get(report.order_id) or updated.client_id.encode()

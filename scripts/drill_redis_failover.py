@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Redis failover drill: SIGKILL the Redis master again and again under tick and order load.
 
-    ./scripts/drill-redis-failover                      # 5 kills, RTSS/RTS in turn, about 45 s
+    ./scripts/drill-redis-failover                      # 5 kills, RTSS/RTS in turn, about 60 s
     ./scripts/drill-redis-failover --kills 2 --role rts --json
     ./scripts/drill-redis-failover --report drill.md    # where the markdown report goes
 
