@@ -19,6 +19,9 @@ Rules (docs/ORDERS.md, "Client retries"):
   ``max_request_timeout_s``, so a slow backend is not buried under retries.
   Every attempt sends the *same* message: the backend's idempotency check by
   ``(account, client_order_id)`` turns a retry into the stored state, never a second order.
+* An ``OrderPending`` notice from a backend ("your requests are in service, answers follow")
+  holds the requests sent there ``PENDING_AFTER_S`` ago or more: the client waits on without
+  re-sending them, until ``PENDING_HOLD_S`` pass without a notice (then as a timeout).
 * An ack from any backend ends the request; so does a non-retryable reject
   (:class:`OrderRejected`). After ``deadline_s`` it ends with :class:`OrderTimeout`. A
   retryable reject from a backend the request has already left is stale and ignored.
@@ -254,7 +257,8 @@ class OrderClient:
             # not sent (not connected): no wait, but a late answer may already be here
             answer = await self._await(pending, min(self._timer.timeout(), left) if sent else 0)
             held = False
-            while answer is None and sent and pending.held_until > loop.time() < deadline:
+            while (answer is None and sent and loop.time() < deadline
+                   and loop.time() < pending.held_until):
                 # The backend has it in service and says so: a resend would only join it.
                 held = True
                 self._counts["held"] += 1
