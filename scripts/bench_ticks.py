@@ -282,6 +282,15 @@ def child_setup(argv: list[str]) -> tuple[Any, Callable[[dict[str, Any]], None]]
     return load_config(a.config), reply
 
 
+async def stdin_lines() -> asyncio.StreamReader:
+    """The parent's commands to a measuring child, one per line, read without blocking the
+    child's event loop."""
+    reader = asyncio.StreamReader()
+    await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
 def _mesh_sub(argv: list[str]) -> int:
     """A tickmesh subscriber driven by JSON-line commands on stdin, answers on stdout."""
     from bus.subscriber import Subscriber, SubscriberOptions
@@ -296,9 +305,7 @@ def _mesh_sub(argv: list[str]) -> int:
         await sub.start()
         consumer = _Consumer(len(cfg.feeds[0].symbols))
         task = asyncio.create_task(consumer.run(sub))
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        reader = await stdin_lines()
         prof: cProfile.Profile | None = None
         reply({"ready": True, "pid": os.getpid()})
         try:

@@ -580,6 +580,11 @@ def human(s: dict[str, Any]) -> str:
         ("ack mismatch", str(s["ack_mismatch"])),
         ("result", "PASS" if s["ok"] else "FAIL"),
     ]
+    return aligned(rows)
+
+
+def aligned(rows: list[tuple[str, str]]) -> str:
+    """``name  value`` lines with the values in one column (the drills' console summary)."""
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 

@@ -80,6 +80,8 @@ from drill_backend_crash import (  # noqa: E402
     Load,
     Node,
     _client_load,
+    _f,
+    _r,
     percentile,
 )
 
@@ -105,7 +107,7 @@ assert SYMBOL in SYMBOLS and ACCOUNT
 
 def _sub_main(argv: list[str]) -> int:
     """A tickmesh subscriber that times every tick; ``start`` / ``stop`` lines on stdin."""
-    from bench_ticks import child_setup
+    from bench_ticks import child_setup, stdin_lines
 
     from bus.subscriber import Subscriber, SubscriberOptions
     from nodes.common import run_node
@@ -147,9 +149,7 @@ def _sub_main(argv: list[str]) -> int:
                     del worst[200:]
 
         task = asyncio.create_task(consume())
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        reader = await stdin_lines()
         reply({"ready": True, "pid": os.getpid()})
         try:
             while not stop.is_set():
@@ -538,10 +538,6 @@ async def cleanup(run: Run) -> None:
 # --- figures ---------------------------------------------------------------------------------
 
 
-def _r(v: float | None, nd: int = 1) -> float | None:
-    return None if v is None else round(v, nd)
-
-
 def summarize(args: argparse.Namespace, kills: list[Kill], load: Load, ticks: dict[str, Any],
               orders: dict[str, Any], feed: dict[str, Any], kill_error: str, load_s: float,
               recorded: tuple[int, int], clients: list[Any],
@@ -681,10 +677,6 @@ def passed(s: dict[str, Any]) -> bool:
 # --- output ----------------------------------------------------------------------------------
 
 
-def _f(v: Any) -> str:
-    return "-" if v is None else str(v)
-
-
 def _met(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
@@ -770,8 +762,7 @@ def human(s: dict[str, Any]) -> str:
                               for k, v in s["targets"].items())),
         ("result", "PASS" if s["ok"] else "FAIL"),
     ]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    return bdrill.aligned(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
