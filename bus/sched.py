@@ -34,9 +34,10 @@ from __future__ import annotations
 import logging
 import os
 
+from bus.config import NodeKind, SchedSection
 from protocols.errors import ConfigError
 
-__all__ = ["apply_realtime", "policy_of", "realtime_permitted"]
+__all__ = ["apply_realtime", "apply_sched", "policy_of", "realtime_permitted"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,12 @@ def apply_realtime(priority: int, *, cpus: tuple[int, ...] = (),
                           f"({exc.strerror})", _FIX) from None
     log.info("%s runs under SCHED_FIFO, priority %d, on CPUs %s", what, priority,
              sorted(os.sched_getaffinity(0)))
+
+
+def apply_sched(sched: SchedSection, kind: NodeKind, *, what: str) -> None:
+    """What a mesh file's ``[sched]`` asks for a process of ``kind`` (the nodes, through
+    ``run_node``; a subscriber application, first thing in its process)."""
+    apply_realtime(sched.priority_for(kind), cpus=sched.cpus, what=what)
 
 
 def _pin(cpus: tuple[int, ...], what: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from bus.aio import cancel_and_wait
 from bus.config import NodeKind, SchedSection
-from bus.sched import apply_realtime
+from bus.sched import apply_sched
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def run_node(main: Callable[[asyncio.Event], Awaitable[int]], *,
         return await main(stop)
 
     if sched is not None and kind is not None:
-        apply_realtime(sched.priority_for(kind), cpus=sched.cpus, what=what)
+        apply_sched(sched, kind, what=what)
     freeze_heap()
     try:
         import uvloop
