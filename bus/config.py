@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from protocols.errors import ConfigError
-from protocols.messages import check_stream
+from protocols.ticks.messages import check_stream
 
 SourceKind = Literal["simulator", "replay", "ea"]
 SlowMode = Literal["drop", "conflate"]
@@ -237,7 +237,7 @@ class OrdersSection:
     heartbeat_ms: float = 20.0
     peer_timeout_ms: float = 60.0
     # Heartbeats keep going while the backend's loop is busy, up to this long without
-    # progress; a loop stuck longer loses the active role (bus.beacon).
+    # progress; a loop stuck longer loses the active role (bus.orders.beacon).
     stall_budget_ms: float = 250.0
     cold_start_ms: float = 1000.0
     symbols: tuple[str, ...] = ()  # tradable symbols; empty: every feed's symbols

@@ -21,9 +21,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bus.config import MeshConfig, load_config
+from nodes.common import run_node, setup_logging
 from protocols.errors import TickmeshError
-
-from .common import run_node, setup_logging
 
 log = logging.getLogger("tickmesh")
 
@@ -63,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_feed(cfg: MeshConfig, name: str | None, stats: Path | None) -> int:
-    from .feed import FeedNode
+    from nodes.ticks.feed import FeedNode
 
     section = cfg.feed(name) if name else cfg.feeds[0]
     return run_node(lambda stop: FeedNode(cfg, section, stats_path=stats).run(stop),
@@ -71,7 +70,7 @@ def _run_feed(cfg: MeshConfig, name: str | None, stats: Path | None) -> int:
 
 
 def _run_recovery(cfg: MeshConfig, name: str | None, stats: Path | None) -> int:
-    from .recovery import RecoveryNode
+    from nodes.ticks.recovery import RecoveryNode
 
     section = cfg.recovery_node(name) if name else cfg.recovery[0]
     return run_node(lambda stop: RecoveryNode(cfg, section, stats_path=stats).run(stop),
@@ -79,7 +78,7 @@ def _run_recovery(cfg: MeshConfig, name: str | None, stats: Path | None) -> int:
 
 
 def _run_monitor(cfg: MeshConfig, stats: Path | None) -> int:
-    from .monitor import MonitorNode
+    from nodes.ticks.monitor import MonitorNode
 
     return run_node(lambda stop: MonitorNode(cfg, stats_path=stats).run(stop),
                     sched=cfg.sched, kind="monitor", what="the monitor")
@@ -89,9 +88,8 @@ def _run_backend(cfg: MeshConfig, role: str, stats: Path | None) -> int:
     import asyncio
     import signal
 
-    from protocols.binary_star import Role
-
-    from .backend import backend_from_config
+    from nodes.orders.backend import backend_from_config
+    from protocols.orders.binary_star import Role
 
     async def main(stop: asyncio.Event) -> int:
         node = backend_from_config(cfg, Role(role), stats)
@@ -108,7 +106,7 @@ def _run_backend(cfg: MeshConfig, role: str, stats: Path | None) -> int:
 
 
 def _run_executor(cfg: MeshConfig, stats: Path | None) -> int:
-    from .executor import ExecutorNode
+    from nodes.orders.executor import ExecutorNode
 
     return run_node(lambda stop: ExecutorNode(
         cfg, name=cfg.orders.executor_id, backends=tuple(cfg.orders.executor),
@@ -117,7 +115,7 @@ def _run_executor(cfg: MeshConfig, stats: Path | None) -> int:
 
 
 def _run_trader(cfg: MeshConfig, rate: float | None, stats: Path | None) -> int:
-    from .trader import TraderNode
+    from nodes.orders.trader import TraderNode
 
     return run_node(lambda stop: TraderNode(cfg, rate=rate or cfg.orders.trader_rate,
                                             stats_path=stats).run(stop),
@@ -145,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             return _run_executor(cfg, args.stats)
         if args.command == "trader":
             return _run_trader(cfg, args.rate, args.stats)
-        from .supervisor import run_up
+        from nodes.supervisor import run_up
 
         return asyncio.run(run_up(cfg, args))
     except TickmeshError as exc:

@@ -29,13 +29,12 @@ from urllib.parse import urlparse
 
 from bus.aio import cancel_and_wait
 from bus.config import MeshConfig, dump_toml
+from nodes.common import write_json_atomic
+from nodes.servers.redis_ha import HAPorts, RedisHA
+from nodes.servers.redis_ha import Role as HARole
+from nodes.servers.redis_server import RedisProcess
 from protocols.backoff import Backoff
 from protocols.errors import ServerError
-
-from .common import write_json_atomic
-from .redis_ha import HAPorts, RedisHA
-from .redis_ha import Role as HARole
-from .servers import RedisProcess
 
 log = logging.getLogger(__name__)
 

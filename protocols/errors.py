@@ -35,7 +35,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # orders imports this module
-    from .orders import OrderReject
+    from protocols.orders.messages import OrderReject
 
 
 class TickmeshError(Exception):

@@ -211,7 +211,7 @@ QUICK = Timing(window_s=2.0, raw_n=2000, ramp=(2000, 4000, 6000, 8000),
 
 
 def raw_refs(procs: Procs, redis_url: str, n: int) -> dict[str, Any]:
-    from nodes.servers import free_port
+    from nodes.servers.redis_server import free_port
 
     me = [sys.executable, str(Path(__file__).resolve())]
     ep = f"tcp://127.0.0.1:{free_port()}"
@@ -247,7 +247,7 @@ class Mesh:
             RecoverySection,
             RedisSection,
         )
-        from nodes.servers import RedisProcess, free_port
+        from nodes.servers.redis_server import RedisProcess, free_port
 
         def tcp() -> str:
             return f"tcp://127.0.0.1:{free_port()}"
@@ -302,7 +302,7 @@ class Mesh:
 
     async def _seed_tick(self) -> None:
         """A last tick, so the backend's price check and the executor's market fills work."""
-        from bus.store import CheckpointRun, RedisTickStore
+        from bus.store.ticks import CheckpointRun, RedisTickStore
 
         ticks = RedisTickStore(self.cfg.redis.url, self.cfg.mesh.key_prefix)
         try:
@@ -372,7 +372,7 @@ class Load:
         self._prefix = f"b{time.time_ns()}"
 
     async def reports(self) -> None:
-        from protocols.orders import OrderState
+        from protocols.orders.messages import OrderState
 
         pc = time.perf_counter_ns
         while True:
@@ -384,7 +384,7 @@ class Load:
                     self.other_reports.get(report.state.name, 0) + 1
 
     async def _place(self, cid: str) -> None:
-        from protocols.orders import NewOrder, OrderType, Side
+        from protocols.orders.messages import NewOrder, OrderType, Side
 
         side = Side.BUY if self._n & 1 else Side.SELL
         order = NewOrder("bench", cid, SYMBOL, side, OrderType.MARKET, 1.0, None, time.time_ns())
@@ -439,7 +439,7 @@ class Load:
 
 async def run_steps(mesh: Mesh, t: Timing, *, profile_s: float = 0.0,
                     profile_rate: int = 1000) -> list[dict[str, Any]]:
-    from bus.order_client import OrderClient, OrderClientOptions
+    from bus.orders.client import OrderClient, OrderClientOptions
 
     steps: list[dict[str, Any]] = []
     async with OrderClient(OrderClientOptions.from_config(mesh.cfg)) as client:

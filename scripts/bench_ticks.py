@@ -293,7 +293,7 @@ async def stdin_lines() -> asyncio.StreamReader:
 
 def _mesh_sub(argv: list[str]) -> int:
     """A tickmesh subscriber driven by JSON-line commands on stdin, answers on stdout."""
-    from bus.subscriber import Subscriber, SubscriberOptions
+    from bus.ticks.subscriber import Subscriber, SubscriberOptions
     from nodes.common import run_node
 
     cfg, reply = child_setup(argv)
@@ -567,7 +567,7 @@ class CpuMeter:
 
 def raw_run(procs: Procs, *, rate: float, seconds: float, warmup: float = 0.3
             ) -> dict[str, Any]:
-    from nodes.servers import free_port
+    from nodes.servers.redis_server import free_port
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     me = [sys.executable, str(Path(__file__).resolve())]
@@ -662,7 +662,7 @@ class Mesh:
             RedisSection,
             SubscriberSection,
         )
-        from nodes.servers import RedisProcess, free_port
+        from nodes.servers.redis_server import RedisProcess, free_port
 
         self.procs, self.workdir, self.profile = procs, workdir, profile
         self.redis = RedisProcess(data_dir=workdir / "redis", appendonly=aof)

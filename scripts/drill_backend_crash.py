@@ -185,7 +185,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 async def _place(load: Load, client: Any, rec: Placed) -> None:
     from protocols.errors import OrderClientClosed, OrderRejected, OrderTimeout
-    from protocols.orders import NewOrder, OrderType, Side
+    from protocols.orders.messages import NewOrder, OrderType, Side
 
     order = NewOrder(ACCOUNT, rec.client_order_id, SYMBOL, Side.BUY if len(load.records) % 2
                      else Side.SELL, OrderType.MARKET, 1.0, None, time.time_ns())
@@ -264,7 +264,7 @@ async def find_active(backends: dict[str, Node], redis: Any,
 
 
 async def seed_tick(url: str) -> None:
-    from bus.store import CheckpointRun, RedisTickStore
+    from bus.store.ticks import CheckpointRun, RedisTickStore
 
     ticks = RedisTickStore(url, PREFIX)
     try:
@@ -276,7 +276,7 @@ async def seed_tick(url: str) -> None:
 
 def write_config(run_dir: Path, redis_url: str) -> Path:
     from bus.config import MeshConfig, MeshSection, OrdersSection, RedisSection, dump_toml
-    from nodes.servers import free_port
+    from nodes.servers.redis_server import free_port
 
     ports: set[int] = set()
     while len(ports) < 8:  # free_port may hand out the same port twice in a row
@@ -302,9 +302,9 @@ def write_config(run_dir: Path, redis_url: str) -> Path:
 async def run_drill(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     import redis.asyncio as aioredis
 
-    from bus.order_client import OrderClient, OrderClientOptions
-    from bus.order_store import RedisOrderStore
-    from nodes.servers import RedisProcess
+    from bus.orders.client import OrderClient, OrderClientOptions
+    from bus.store.orders import RedisOrderStore
+    from nodes.servers.redis_server import RedisProcess
 
     server = RedisProcess(data_dir=run_dir / "redis", appendonly=False)
     nodes: dict[str, Node] = {}
@@ -387,7 +387,7 @@ async def run_drill(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
 async def verify(args: argparse.Namespace, load: Load, kills: list[Kill], redis: Any,
                  store: Any, nodes: dict[str, Node]) -> dict[str, Any]:
     """Wait for every acked order to be executed (bounded), then count and measure."""
-    from protocols.orders import OrderState
+    from protocols.orders.messages import OrderState
 
     acked = [r for r in load.records if r.outcome == "acked"]
     waiting = {r.order_id for r in acked}

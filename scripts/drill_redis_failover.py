@@ -6,11 +6,11 @@
     ./scripts/drill-redis-failover --report drill.md    # where the markdown report goes
 
 Everything runs on loopback, on free ports. The drill starts its own Redis HA topology
-(``nodes.redis_ha.RedisHA``: RTS and RTSS groups, a master and a replica each, three
+(``nodes.servers.redis_ha.RedisHA``: RTS and RTSS groups, a master and a replica each, three
 Sentinels, ``--down-after-ms``) and a mesh whose ``[redis]`` section points at the Sentinels:
 a simulator feed (``--symbols`` symbols at ``--tick-rate`` ticks/s), a recovery node, a
 primary and a backup backend and an executor, each started with the real CLI
-(``python -m nodes.cli ... --stats F``). A subscriber process (``bus.subscriber.Subscriber``
+(``python -m nodes.cli ... --stats F``). A subscriber process (``bus.ticks.subscriber.Subscriber``
 with the ZeroMQ and UDP paths, this file's ``_sub`` mode) times every tick it delivers:
 latency = receive wall clock - the tick's ``source_time_ns`` (the simulator stamps the wall
 clock), also beside ``feed_time_ns``. Order load as in ``drill_backend_crash.py`` (reused):
@@ -85,7 +85,7 @@ from drill_backend_crash import (  # noqa: E402
     percentile,
 )
 
-from nodes.redis_ha import DEFAULT_DOWN_AFTER_MS  # noqa: E402
+from nodes.servers.redis_ha import DEFAULT_DOWN_AFTER_MS  # noqa: E402
 
 SYMBOLS = ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD", "USDCHF", "AUDUSD", "NZDUSD", "USDCAD")
 FAILOVER_TAIL_S = 1.0  # a failover window ends this long after the switch
@@ -109,7 +109,7 @@ def _sub_main(argv: list[str]) -> int:
     """A tickmesh subscriber that times every tick; ``start`` / ``stop`` lines on stdin."""
     from bench_ticks import child_setup, stdin_lines
 
-    from bus.subscriber import Subscriber, SubscriberOptions
+    from bus.ticks.subscriber import Subscriber, SubscriberOptions
     from nodes.common import run_node
 
     cfg, reply = child_setup(argv)
@@ -320,8 +320,8 @@ def write_config(run_dir: Path, ha: Any, args: argparse.Namespace) -> Path:
         dump_toml,
         load_config,
     )
-    from nodes.redis_ha import Role
-    from nodes.servers import free_port
+    from nodes.servers.redis_ha import Role
+    from nodes.servers.redis_server import free_port
 
     ports: set[int] = set()
     while len(ports) < 11:  # free_port may hand out the same port twice in a row
@@ -390,11 +390,12 @@ class Run:
 
 async def run_drill(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     from bus.config import load_config
-    from bus.order_client import OrderClient, OrderClientOptions
-    from bus.order_store import RedisOrderStore
-    from bus.store import RedisTickStore, connect_redis
-    from nodes.redis_ha import RedisHA, Role
-    from nodes.servers import ServerError
+    from bus.orders.client import OrderClient, OrderClientOptions
+    from bus.store.connection import connect_redis
+    from bus.store.orders import RedisOrderStore
+    from bus.store.ticks import RedisTickStore
+    from nodes.servers.redis_ha import RedisHA, Role
+    from nodes.servers.redis_server import ServerError
 
     run = Run()
     kills: list[Kill] = []

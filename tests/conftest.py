@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from nodes.servers import RedisProcess
+from nodes.servers.redis_server import RedisProcess
 
 # Property tests explore new random examples on developers' machines; in CI the examples are
 # derandomized, so a submission is never failed by a case that a different draw would skip.

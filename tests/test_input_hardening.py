@@ -10,12 +10,12 @@ import pytest
 import zmq.asyncio
 
 from bus.config import parse_config
-from nodes.sources import EaBridge
+from nodes.ticks.sources import EaBridge
 from protocols.errors import ConfigError
-from protocols.messages import GapFillReply, Tick
+from protocols.ticks.messages import GapFillReply, Tick
 
 
-# nodes/sources.py:73 (_Validator.check) and :262 (EaBridge.parse)
+# nodes/ticks/sources.py:73 (_Validator.check) and :262 (EaBridge.parse)
 @pytest.mark.parametrize("data", [
     pytest.param(json.dumps({"symbol": ["EURUSD"], "bid": 1.0, "ask": 1.1}).encode(),
                  id="list-symbol"),
@@ -40,7 +40,7 @@ def test_ea_bridge_never_raises_on_bad_input(data: bytes) -> None:
         ctx.term()
 
 
-# protocols/messages.py:93 (Tick.__post_init__)
+# protocols/ticks/messages.py:93 (Tick.__post_init__)
 @pytest.mark.parametrize("kw", [
     pytest.param({"session": -1}, id="negative-session"),
     pytest.param({"session": 2**64}, id="session-above-u64"),
@@ -59,7 +59,7 @@ def test_tick_validates_seq_and_session(kw: dict[str, Any]) -> None:
     raise AssertionError(f"Tick(**{kw}) must raise ValueError like TickBatch does, built {t}")
 
 
-# protocols/messages.py:298 (GapFillReply.__post_init__)
+# protocols/ticks/messages.py:298 (GapFillReply.__post_init__)
 @pytest.mark.parametrize("settled", [5.5, "7"], ids=["float", "string"])
 def test_gap_fill_reply_settled_to_must_be_an_int(settled: Any) -> None:
     with pytest.raises(ValueError):

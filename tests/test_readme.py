@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nodes.servers import RedisProcess
+from nodes.servers.redis_server import RedisProcess
 from tests.nodes.harness import mesh
 from tests.support import scaled
 
@@ -47,14 +47,14 @@ def test_readme_subscriber_example_runs(redis_server: RedisProcess,
 @pytest.mark.timeout(60)
 def test_readme_order_example_runs(redis_server: RedisProcess,
                                    capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.nodes.test_backend import pair, wait_active
+    from tests.nodes.orders.test_backend import pair, wait_active
 
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     code = next(b for b in blocks if "OrderClient(" in b)
 
     async def main() -> None:
         async with pair(redis_server, real_executor=True) as p:
-            from protocols.binary_star import Role
+            from protocols.orders.binary_star import Role
             await wait_active(p.node(Role.PRIMARY))
             cfg = replace(p.cfg, orders=replace(p.cfg.orders, clients=(
                 p.ends[Role.PRIMARY].clients, p.ends[Role.BACKUP].clients)))

@@ -47,6 +47,9 @@ from typing import Any, cast
 import zmq
 import zmq.asyncio
 
+from bus.aio import LoopThread, cancel_and_wait
+from bus.config import MeshConfig
+from bus.logutil import RateLimitedLog
 from protocols.backoff import Backoff, RequestTimer
 from protocols.errors import (
     ConfigError,
@@ -57,8 +60,8 @@ from protocols.errors import (
     RemoteProtocolError,
     TooManyInFlight,
 )
-from protocols.order_codec import decode_order, encode_order
-from protocols.orders import (
+from protocols.orders.codec import decode_order, encode_order
+from protocols.orders.messages import (
     PENDING_AFTER_S,
     PENDING_HOLD_S,
     CancelOrder,
@@ -71,10 +74,6 @@ from protocols.orders import (
     OrderRequest,
     ReplaceOrder,
 )
-
-from .aio import LoopThread, cancel_and_wait
-from .config import MeshConfig
-from .logutil import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,8 @@
 Every order write runs as one Lua script that first compares the writer's epoch with the
 store's and refuses a stale one (:class:`~protocols.errors.Fenced`), so a backend that lost the
 active role can never write, whatever the network did. Becoming active is a compare-and-swap on
-the epoch (:meth:`acquire_epoch`), which is what ``protocols.binary_star.AcquireEpoch`` asks for.
+the epoch (:meth:`acquire_epoch`), which is what
+``protocols.orders.binary_star.AcquireEpoch`` asks for.
 
 Keys, under the mesh's ``key_prefix`` ``P`` (the RTSS role: never evicted before settlement)::
 
@@ -35,13 +36,8 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from protocols.backoff import Backoff
-from protocols.errors import Fenced, InvalidOrder, StoreError, StoreUnavailable
-from protocols.order_codec import decode_order, encode_order
-from protocols.orders import ExecutionReport, Order
-
-from .config import MeshConfig
-from .store import (
+from bus.config import MeshConfig
+from bus.store.connection import (
     REDIS_ERRORS,
     RedisConnection,
     connect_redis,
@@ -49,6 +45,10 @@ from .store import (
     ride_through,
     store_error,
 )
+from protocols.backoff import Backoff
+from protocols.errors import Fenced, InvalidOrder, StoreError, StoreUnavailable
+from protocols.orders.codec import decode_order, encode_order
+from protocols.orders.messages import ExecutionReport, Order
 
 # KEYS: epoch. ARGV: expected. Returns {1, new} on success, {0, current} otherwise.
 _ACQUIRE = """

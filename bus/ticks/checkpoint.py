@@ -6,7 +6,7 @@ bounded: when the store is slow or away, the oldest ticks are dropped and counte
 that needs them sees them as lost), live publishing never waits for the store.
 
 The checkpointer also keeps each stream's sequence reservation ahead of the feed (see
-``bus.store``): :meth:`reserved` is the highest sequence the store has confirmed.
+``bus.store.ticks``): :meth:`reserved` is the highest sequence the store has confirmed.
 
 Re-sync after a store failover: a checkpoint the old master accepted but had not replicated
 when it died is gone from the new master. The checkpointer keeps the last ``recent`` ticks it
@@ -25,12 +25,11 @@ from dataclasses import dataclass
 
 import msgpack
 
+from bus.aio import wait_event
+from bus.store.ticks import CheckpointRun, TickStore
 from protocols.backoff import Backoff
 from protocols.errors import StoreError
-from protocols.messages import Row
-
-from .aio import wait_event
-from .store import CheckpointRun, TickStore
+from protocols.ticks.messages import Row
 
 log = logging.getLogger(__name__)
 

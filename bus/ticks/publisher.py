@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import zmq
 
-from protocols.codec import (
+from protocols.ticks.codec import (
     encode_datagrams,
     encode_feed,
     encode_header,
@@ -23,7 +23,7 @@ from protocols.codec import (
     tick_datagrams,
     topic,
 )
-from protocols.messages import EndOfSession, FeedMessage, Heartbeat, Kind, Row, TickBatch
+from protocols.ticks.messages import EndOfSession, FeedMessage, Heartbeat, Kind, Row, TickBatch
 
 # Enough batches queued per subscriber to ride through a GC pause without dropping; PUB's
 # default of 1,000 loses 30-65 % at full speed (see REFERENCES.md, section 6).

@@ -18,9 +18,10 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from protocols.codec import decode_reply, encode_recovery
+from bus.logutil import RateLimitedLog
 from protocols.errors import RecoveryError, RecoveryTimeout, RemoteProtocolError
-from protocols.messages import (
+from protocols.ticks.codec import decode_reply, encode_recovery
+from protocols.ticks.messages import (
     ErrorReply,
     GapFillReply,
     GapFillRequest,
@@ -28,8 +29,6 @@ from protocols.messages import (
     SnapshotReply,
     SnapshotRequest,
 )
-
-from .logutil import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

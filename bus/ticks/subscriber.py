@@ -5,7 +5,7 @@
             print(tick.symbol, tick.seq, tick.bid, tick.ask)
 
 It listens on ZeroMQ SUB (filtered by symbol prefix at the publisher) and on a UDP port, feeds
-every batch header to the stream's :class:`~protocols.arbitration.StreamArbiter` (a duplicate
+every batch header to the stream's :class:`~protocols.ticks.arbitration.StreamArbiter` (a duplicate
 is dropped before its body is decoded), asks the recovery service for what both paths lost, and
 hands ticks to the consumer through a bounded queue. A consumer too slow for the queue gets, by
 option, *conflation* (the latest tick per symbol) or *drop-and-repair* (ticks that do not fit
@@ -31,7 +31,12 @@ from typing import Any, Literal
 import zmq
 import zmq.asyncio
 
-from protocols.arbitration import (
+from bus.aio import LoopThread, cancel_and_wait
+from bus.config import MeshConfig, parse_hostport
+from bus.logutil import RateLimitedLog
+from bus.ticks.recovery_client import RecoveryClient
+from protocols.errors import ConfigError, RecoveryError, RemoteProtocolError
+from protocols.ticks.arbitration import (
     ArbiterConfig,
     ArbiterStats,
     Deliver,
@@ -43,14 +48,8 @@ from protocols.arbitration import (
     Skipped,
     StreamArbiter,
 )
-from protocols.codec import FeedHeader, decode_header, decode_rows, topic
-from protocols.errors import ConfigError, RecoveryError, RemoteProtocolError
-from protocols.messages import GapFillReply, Kind, Row, Tick
-
-from .aio import LoopThread, cancel_and_wait
-from .config import MeshConfig, parse_hostport
-from .logutil import RateLimitedLog
-from .recovery_client import RecoveryClient
+from protocols.ticks.codec import FeedHeader, decode_header, decode_rows, topic
+from protocols.ticks.messages import GapFillReply, Kind, Row, Tick
 
 log = logging.getLogger(__name__)
 

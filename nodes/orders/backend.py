@@ -2,9 +2,10 @@
 
 Sockets: ROUTER "clients" (order clients), PUB "peer" + SUB to the other node's "peer"
 (heartbeats), PUB "updates" (execution reports for frontends, topic = account + NUL), ROUTER
-"executor" (the EA's trade side). The pair's state machine is ``protocols.binary_star``; every
-order write goes through the fenced store (``bus.order_store``), so a node that lost the active
-role can never write, and steps down when the store tells it so.
+"executor" (the EA's trade side). The pair's state machine is
+``protocols.orders.binary_star``; every order write goes through the fenced store
+(``bus.store.orders``), so a node that lost the active role can never write, and steps down
+when the store tells it so.
 
 Requests: new orders (idempotency, validation, accept, route), cancels and replaces. The
 executor owns a working order and decides its fills, cancels and replaces in the order's
@@ -32,12 +33,20 @@ import zmq
 import zmq.asyncio
 
 from bus.aio import KeyedLocks, cancel_and_wait, watchdog_from_env
-from bus.beacon import HeartbeatThread
 from bus.config import MeshConfig
 from bus.logutil import RateLimitedLog
-from bus.order_store import OrderStore, RedisOrderStore
-from bus.store import QuoteCache, RedisTickStore
-from protocols.binary_star import (
+from bus.orders.beacon import HeartbeatThread
+from bus.store.orders import OrderStore, RedisOrderStore
+from bus.store.ticks import QuoteCache, RedisTickStore
+from nodes.common import stats_writer, supervise_tasks, write_json_atomic
+from protocols.errors import (
+    Fenced,
+    InvalidOrder,
+    OrderStateError,
+    RemoteProtocolError,
+    StoreError,
+)
+from protocols.orders.binary_star import (
     AcquireEpoch,
     BecameActive,
     BinaryStar,
@@ -47,21 +56,14 @@ from protocols.binary_star import (
     State,
     SteppedDown,
 )
-from protocols.errors import (
-    Fenced,
-    InvalidOrder,
-    OrderStateError,
-    RemoteProtocolError,
-    StoreError,
-)
-from protocols.order_codec import (
+from protocols.orders.codec import (
     client_order_id_of,
     decode_order,
     decode_order_request,
     encode_order,
     reject_reason_of,
 )
-from protocols.orders import (
+from protocols.orders.messages import (
     PENDING_AFTER_S,
     PENDING_INTERVAL_S,
     CancelOrder,
@@ -83,8 +85,6 @@ from protocols.orders import (
     validate,
     validate_replace,
 )
-
-from .common import stats_writer, supervise_tasks, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class BackendNode:
         self.executor.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.updates = self._sock(zmq.PUB, endpoints.updates)
         # Heartbeats from a thread: on time while the loop is busy, withheld once it is stuck
-        # for stall_budget_s (bus.beacon: why).
+        # for stall_budget_s (bus.orders.beacon: why).
         self.peer_pub = HeartbeatThread(ctx, endpoints.peer_pub,
                                         interval_s=self.star.config.heartbeat_s,
                                         stall_budget_s=stall_budget_s, name=role.value)

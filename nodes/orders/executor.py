@@ -7,14 +7,14 @@ Rules (the "Execute" flow of docs/ORDERS.md):
   from (the active backend). A restarted executor reconnects under the same routing id, so the
   backend's ROUTER needs ``ROUTER_HANDOVER``.
 * The executor owns a working order: every decision about it (a fill, a reject, a cancel, a
-  replace) is an :class:`~protocols.orders.ExecutionReport` appended to the order's execution
-  log in the order store (``OrderStore.append_execution``) at the next position ``seq``, with
-  the deterministic ``exec_id`` ``{order_id}:{seq}``. The append is a compare-and-set on the
+  replace) is an :class:`~protocols.orders.messages.ExecutionReport` appended to the order's
+  execution log in the order store (``OrderStore.append_execution``) at the next position ``seq``,
+  with the deterministic ``exec_id`` ``{order_id}:{seq}``. The append is a compare-and-set on the
   log's length: a decision is final once appended, and one that lost (another decider got there
   first: a restarted executor, a racing cancel) gets the entries it missed instead and decides
   again from there. Fills and final decisions are recorded as executed in the same step. So an
-  order is executed at most once per position however often it arrives, and a restarted
-  executor continues from the log.
+  order is executed at most once per position however often it arrives, and a restarted executor
+  continues from the log.
 * Each entry is sent to the backend; the backend applies the log in order and re-drives an
   order whose record lags (after a takeover, or a lost message): the re-driven ``Order`` carries
   the position the backend is at (``exec_seq``), and the executor answers with every entry
@@ -57,11 +57,12 @@ import zmq.asyncio
 from bus.aio import KeyedLocks
 from bus.config import MeshConfig
 from bus.logutil import RateLimitedLog
-from bus.order_store import OrderStore, RedisOrderStore
-from bus.store import QuoteCache, RedisTickStore, TickStore
+from bus.store.orders import OrderStore, RedisOrderStore
+from bus.store.ticks import QuoteCache, RedisTickStore, TickStore
+from nodes.common import stats_writer, supervise_tasks, write_json_atomic
 from protocols.errors import InvalidOrder, OrderStateError, RemoteProtocolError, StoreError
-from protocols.order_codec import decode_order, encode_order
-from protocols.orders import (
+from protocols.orders.codec import decode_order, encode_order
+from protocols.orders.messages import (
     ExecutionReport,
     Order,
     OrderReject,
@@ -73,8 +74,6 @@ from protocols.orders import (
     amend_text,
     check_id,
 )
-
-from .common import stats_writer, supervise_tasks, write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,10 @@ from typing import Any
 
 from bus.aio import cancel_and_wait
 from bus.config import MeshConfig
-from bus.order_client import OrderClient, OrderClientOptions
+from bus.orders.client import OrderClient, OrderClientOptions
+from nodes.common import stats_writer, supervise_tasks, write_json_atomic
 from protocols.errors import OrderRejected, OrderTimeout, TooManyInFlight
-from protocols.orders import NewOrder, OrderState, OrderType, Side
-
-from .common import stats_writer, supervise_tasks, write_json_atomic
+from protocols.orders.messages import NewOrder, OrderState, OrderType, Side
 
 log = logging.getLogger(__name__)
 

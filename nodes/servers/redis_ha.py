@@ -50,7 +50,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Self
 
-from nodes.servers import (
+from nodes.servers.redis_server import (
     RedisProcess,
     ReplyError,
     RespValue,
@@ -126,7 +126,8 @@ class HAPorts:
 
     @classmethod
     def free(cls) -> HAPorts:
-        """Seven ports that were free a moment ago (see ``nodes.servers.free_port``)."""
+        """Seven ports that were free a moment ago (see
+        ``nodes.servers.redis_server.free_port``)."""
         return cls(
             rts=(free_port(HOST), free_port(HOST)),
             rtss=(free_port(HOST), free_port(HOST)),

@@ -21,16 +21,15 @@ import zmq
 import zmq.asyncio
 
 from bus.aio import wait_event, watchdog_from_env
-from bus.checkpoint import Checkpointer
 from bus.config import FeedSection, MeshConfig, parse_hostport
-from bus.publisher import Publisher
-from bus.store import RedisTickStore, TickStore
+from bus.store.ticks import RedisTickStore, TickStore
+from bus.ticks.checkpoint import Checkpointer
+from bus.ticks.publisher import Publisher
+from nodes.common import stats_writer, supervise_tasks, write_json_atomic
+from nodes.ticks.sources import EaBridge, RawTick, Replay, Simulator, Source
 from protocols.backoff import Backoff
 from protocols.errors import StoreError
-from protocols.messages import EndOfSession, Heartbeat, Row
-
-from .common import stats_writer, supervise_tasks, write_json_atomic
-from .sources import EaBridge, RawTick, Replay, Simulator, Source
+from protocols.ticks.messages import EndOfSession, Heartbeat, Row
 
 log = logging.getLogger(__name__)
 

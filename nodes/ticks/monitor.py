@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from bus.config import MeshConfig
-from bus.subscriber import Subscriber, SubscriberOptions
-
-from .common import stats_writer, supervise_tasks, write_json_atomic
+from bus.ticks.subscriber import Subscriber, SubscriberOptions
+from nodes.common import stats_writer, supervise_tasks, write_json_atomic
 
 log = logging.getLogger(__name__)
 

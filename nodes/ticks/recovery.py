@@ -20,10 +20,11 @@ import zmq.asyncio
 from bus.aio import cancel_and_wait
 from bus.config import MeshConfig, RecoverySection
 from bus.logutil import RateLimitedLog
-from bus.store import RedisTickStore, TickStore
-from protocols.codec import decode_request, encode_recovery, request_id_of
+from bus.store.ticks import RedisTickStore, TickStore
+from nodes.common import stats_writer, supervise_tasks, write_json_atomic
 from protocols.errors import RemoteProtocolError, StoreError, StoreUnavailable
-from protocols.messages import (
+from protocols.ticks.codec import decode_request, encode_recovery, request_id_of
+from protocols.ticks.messages import (
     ErrorCode,
     ErrorReply,
     GapFillReply,
@@ -33,8 +34,6 @@ from protocols.messages import (
     SnapshotReply,
     SnapshotRequest,
 )
-
-from .common import stats_writer, supervise_tasks, write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ import zmq.asyncio
 
 from bus.logutil import RateLimitedLog
 from protocols.errors import ConfigError, InvalidTick
-from protocols.messages import check_row
+from protocols.ticks.messages import check_row
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .errors import PeerConflict
+from protocols.errors import PeerConflict
 
 
 class Role(Enum):

@@ -4,9 +4,9 @@ Every order message is two frames, like a recovery message::
 
     [magic "TM" | version u8 | kind u8, msgpack map]
 
-with its own kinds (:class:`OrderKind`, 32..63, never a ``protocols.messages.Kind``). The map's
-keys are the dataclass field names; enums travel as their integer values, a missing price as
-nil, and an :class:`Order` record carries its :class:`NewOrder` as a nested map under
+with its own kinds (:class:`OrderKind`, 32..63, never a ``protocols.ticks.messages.Kind``).
+The map's keys are the dataclass field names; enums travel as their integer values, a missing
+price as nil, and an :class:`Order` record carries its :class:`NewOrder` as a nested map under
 ``"order"``. An :class:`OrderReject` also carries ``"retryable"`` (derived from the reason) for
 peers that do not know the reason table. Unknown keys are ignored (compatible additions).
 
@@ -22,10 +22,8 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from .codec import MAGIC, decode_envelope
-from .errors import InvalidOrder, LocalProtocolError, RemoteProtocolError
-from .messages import PROTOCOL_VERSION
-from .orders import (
+from protocols.errors import InvalidOrder, LocalProtocolError, RemoteProtocolError
+from protocols.orders.messages import (
     CancelOrder,
     ExecutionReport,
     NewOrder,
@@ -44,6 +42,8 @@ from .orders import (
     check_id,
     reject_reason_for,
 )
+from protocols.ticks.codec import MAGIC, decode_envelope
+from protocols.ticks.messages import PROTOCOL_VERSION
 
 _HEADER = struct.Struct(">2sBB")
 

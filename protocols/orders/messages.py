@@ -30,10 +30,11 @@ Rules:
 * Quantities are floats (lots); two quantities within :data:`QTY_REL_TOL` of each other are
   equal, so ``0.1 + 0.2`` lots fill a 0.3-lot order.
 * Fencing: every backend write carries the epoch of the active backend (epochs start at 1; see
-  ``protocols.binary_star``). A write with an epoch below the record's raises :class:`Fenced`.
+  ``protocols.orders.binary_star``). A write with an epoch below the record's raises
+  :class:`Fenced`.
 * Times are integers of nanoseconds since the Unix epoch (``*_ns``), from the caller's clock.
 
-Wire encoding lives in ``protocols.order_codec``.
+Wire encoding lives in ``protocols.orders.codec``.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Literal
 
-from .errors import Fenced, InvalidOrder, LocalProtocolError, OrderStateError
-from .messages import check_stream
+from protocols.errors import Fenced, InvalidOrder, LocalProtocolError, OrderStateError
+from protocols.ticks.messages import check_stream
 
 MAX_EPOCH = 2**63 - 1
 QTY_REL_TOL = 1e-9  # relative tolerance when comparing quantities, prices and notionals

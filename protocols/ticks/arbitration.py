@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .messages import Row, SeqRange, SnapshotEntry
+from protocols.ticks.messages import Row, SeqRange, SnapshotEntry
 
 
 class StreamState(Enum):

@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from .errors import LocalProtocolError, RemoteProtocolError
-from .messages import (
+from protocols.errors import LocalProtocolError, RemoteProtocolError
+from protocols.ticks.messages import (
     MAX_BATCH,
     MAX_STREAM_BYTES,
     PROTOCOL_VERSION,

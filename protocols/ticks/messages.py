@@ -8,7 +8,7 @@ Ticks travel in batches: ``TickBatch(stream, session, first_seq, rows)`` holds c
 so a receiver can discard the second copy by its header alone.
 
 The wire layout of every message is specified in docs/PROTOCOL.md; the codec lives in
-``protocols.codec``.
+``protocols.ticks.codec``.
 """
 
 from __future__ import annotations

@@ -25,15 +25,15 @@ from bus.config import (
     RedisSection,
     SubscriberSection,
 )
-from bus.faults import TcpProxy, UdpRelay
-from bus.store import RedisTickStore
-from bus.subscriber import Subscriber, SubscriberOptions
+from bus.store.ticks import RedisTickStore
+from bus.ticks.subscriber import Subscriber, SubscriberOptions
 from nodes.common import dump_tasks
-from nodes.feed import FeedNode
-from nodes.recovery import RecoveryNode
-from nodes.servers import RedisProcess, free_port
-from protocols.arbitration import ArbiterConfig
-from protocols.messages import Row, Tick
+from nodes.servers.faults import TcpProxy, UdpRelay
+from nodes.servers.redis_server import RedisProcess, free_port
+from nodes.ticks.feed import FeedNode
+from nodes.ticks.recovery import RecoveryNode
+from protocols.ticks.arbitration import ArbiterConfig
+from protocols.ticks.messages import Row, Tick
 from tests.support import scaled, wait_until
 
 SYMBOLS = ("EURUSD", "GBPUSD", "USDJPY")

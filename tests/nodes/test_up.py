@@ -20,7 +20,7 @@ from bus.config import (
     SubscriberSection,
     dump_toml,
 )
-from nodes.servers import free_port
+from nodes.servers.redis_server import free_port
 from tests.support import scaled, wait_until_sync
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
@@ -171,7 +171,7 @@ def test_ha_mesh_rides_through_a_killed_order_store_master(tmp_path: Path) -> No
     SIGKILLed under load, Sentinel promotes its replica, and the run stays clean: every
     acknowledged order filled, none timed out, no tick lost."""
     from bus.config import load_config
-    from nodes.servers import command
+    from nodes.servers.redis_server import command
 
     proc = up(tmp_path, "--ha", "--for", "14")
     try:

@@ -1,4 +1,4 @@
-"""bus.beacon.HeartbeatThread over real ZeroMQ sockets: on time while the loop is busy,
+"""bus.orders.beacon.HeartbeatThread over real ZeroMQ sockets: on time while the loop is busy,
 withheld once it is stuck, a clear error when it cannot bind."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from bus.beacon import HeartbeatThread
-from nodes.servers import free_port
+from bus.orders.beacon import HeartbeatThread
+from nodes.servers.redis_server import free_port
 
 
 class Receiver:

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import zmq
 
-from bus.order_client import BlockingOrderClient, OrderClient, OrderClientOptions
-from nodes.servers import free_port
+from bus.orders.client import BlockingOrderClient, OrderClient, OrderClientOptions
+from nodes.servers.redis_server import free_port
 from protocols.backoff import Backoff
 from protocols.errors import (
     OrderClientClosed,
@@ -23,8 +23,8 @@ from protocols.errors import (
     SlowConsumer,
     TooManyInFlight,
 )
-from protocols.order_codec import decode_order_request, encode_order
-from protocols.orders import (
+from protocols.orders.codec import decode_order_request, encode_order
+from protocols.orders.messages import (
     PENDING_AFTER_S,
     PENDING_HOLD_S,
     PENDING_INTERVAL_S,

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from bus.config import MeshConfig, MeshSection, RedisSection
-from bus.order_store import RedisOrderStore
-from bus.store import RedisTickStore, connect_redis
-from nodes.servers import RedisProcess, free_port
+from bus.store.connection import connect_redis
+from bus.store.orders import RedisOrderStore
+from bus.store.ticks import RedisTickStore
+from nodes.servers.redis_server import RedisProcess, free_port
 from protocols.errors import StoreError, StoreUnavailable
-from protocols.orders import NewOrder, Order, OrderType, Side
+from protocols.orders.messages import NewOrder, Order, OrderType, Side
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -156,7 +157,7 @@ def test_the_order_role_has_its_own_master_and_url() -> None:
 
 def test_quote_cache_serves_the_last_quote_while_the_tick_store_is_away(
         redis_server: RedisProcess) -> None:
-    from bus.store import CheckpointRun, QuoteCache
+    from bus.store.ticks import CheckpointRun, QuoteCache
 
     async def main() -> None:
         ticks = RedisTickStore(redis_server.url, "ha")

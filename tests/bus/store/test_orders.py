@@ -8,10 +8,10 @@ from typing import TypeVar
 
 import pytest
 
-from bus.order_store import RedisOrderStore
-from nodes.servers import RedisProcess
+from bus.store.orders import RedisOrderStore
+from nodes.servers.redis_server import RedisProcess
 from protocols.errors import Fenced, InvalidOrder, StoreError, StoreUnavailable
-from protocols.orders import NewOrder, Order, OrderState, OrderType, Side
+from protocols.orders.messages import NewOrder, Order, OrderState, OrderType, Side
 
 T = TypeVar("T")
 pytestmark = pytest.mark.timeout(30)
@@ -179,7 +179,7 @@ def test_many_writes_at_once_share_a_few_connections_and_one_replica_probe(
     """Two hundred concurrent writes (a backlog released after a switch): at most
     MAX_IN_FLIGHT connections to the server, and the replica count asked once, not per
     write."""
-    from bus.order_store import MAX_IN_FLIGHT
+    from bus.store.orders import MAX_IN_FLIGHT
 
     async def body(s: RedisOrderStore) -> None:
         _, epoch = await s.acquire_epoch(0)

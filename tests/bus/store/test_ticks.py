@@ -8,11 +8,12 @@ from typing import Any, TypeVar
 
 import pytest
 
-from bus.checkpoint import FLUSH_TICKS, Checkpointer
-from bus.store import CheckpointRun, RedisTickStore, store_error
-from nodes.servers import RedisProcess
+from bus.store.connection import store_error
+from bus.store.ticks import CheckpointRun, RedisTickStore
+from bus.ticks.checkpoint import FLUSH_TICKS, Checkpointer
+from nodes.servers.redis_server import RedisProcess
 from protocols.errors import StoreError, StoreUnavailable
-from protocols.messages import Row, SeqRange
+from protocols.ticks.messages import Row, SeqRange
 
 T = TypeVar("T")
 pytestmark = pytest.mark.timeout(30)

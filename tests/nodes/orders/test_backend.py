@@ -18,14 +18,14 @@ import zmq
 import zmq.asyncio
 
 from bus.config import MeshConfig, MeshSection, OrdersSection, RedisSection, dump_toml
-from bus.order_store import RedisOrderStore
-from bus.store import CheckpointRun, RedisTickStore
-from nodes.backend import BackendEndpoints, BackendNode
-from nodes.executor import ExecutorNode
-from nodes.servers import RedisProcess, free_port
-from protocols.binary_star import PairConfig, Role, State
-from protocols.order_codec import decode_order, encode_order
-from protocols.orders import (
+from bus.store.orders import RedisOrderStore
+from bus.store.ticks import CheckpointRun, RedisTickStore
+from nodes.orders.backend import BackendEndpoints, BackendNode
+from nodes.orders.executor import ExecutorNode
+from nodes.servers.redis_server import RedisProcess, free_port
+from protocols.orders.binary_star import PairConfig, Role, State
+from protocols.orders.codec import decode_order, encode_order
+from protocols.orders.messages import (
     ExecutionReport,
     Limits,
     NewOrder,
@@ -290,7 +290,7 @@ def test_concurrent_orders_of_one_account_cannot_share_its_headroom(
         redis_server: RedisProcess) -> None:
     """New orders of one account are stored concurrently (no per-account queue); the exposure
     check reserves before the store write, so fifteen orders at once still fit ten."""
-    from bus.order_client import OrderClient, OrderClientOptions
+    from bus.orders.client import OrderClient, OrderClientOptions
     from protocols.errors import OrderRejected
 
     async def main() -> None:
@@ -399,7 +399,7 @@ def test_cli_pair_fails_over_when_the_primary_is_killed(redis_server: RedisProce
                      orders=OrdersSection(enabled=True, symbols=("EURUSD",), **eps)).validate()
     toml = tmp_path / "mesh.toml"
     toml.write_text(dump_toml(cfg))
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     env = {**os.environ, "PYTHONPATH": str(root)}
     procs = {role: subprocess.Popen(
         [sys.executable, "-m", "nodes.cli", "backend", "--role", role, "--config", str(toml)],
@@ -568,7 +568,7 @@ def test_a_client_waits_out_a_store_outage_without_resending(
     """The active backend holds an order while the store is away and says so every 25 ms
     (OrderPending): the client sends it once, waits, and gets the ack once the store is back,
     with no retry and no request to the passive (no client vote against a live active)."""
-    from bus.order_client import OrderClient, OrderClientOptions
+    from bus.orders.client import OrderClient, OrderClientOptions
 
     async def main() -> None:
         async with pair(redis_server, deadline_ms=10_000) as p:

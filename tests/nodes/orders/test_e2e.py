@@ -12,12 +12,12 @@ from dataclasses import replace
 
 import pytest
 
-from bus.order_client import OrderClient, OrderClientOptions
-from bus.order_store import RedisOrderStore
-from nodes.servers import RedisProcess
-from protocols.binary_star import Role
-from protocols.orders import Order, OrderState
-from tests.nodes.test_backend import Pair, order, pair, run, wait_active
+from bus.orders.client import OrderClient, OrderClientOptions
+from bus.store.orders import RedisOrderStore
+from nodes.servers.redis_server import RedisProcess
+from protocols.orders.binary_star import Role
+from protocols.orders.messages import Order, OrderState
+from tests.nodes.orders.test_backend import Pair, order, pair, run, wait_active
 from tests.support import wait_until
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
@@ -152,7 +152,7 @@ def test_progress_of_a_working_order_holds_its_re_drive_back(
 
 def test_executor_killed_mid_stream_executes_each_order_once(
         redis_server: RedisProcess) -> None:
-    from nodes.executor import ExecutorNode
+    from nodes.orders.executor import ExecutorNode
 
     async def main() -> None:
         async with pair(redis_server, real_executor=True) as p:
@@ -199,8 +199,8 @@ def test_executor_killed_mid_stream_executes_each_order_once(
 
 def test_cancel_settles_against_fills_through_the_executor(redis_server: RedisProcess) -> None:
     from protocols.errors import OrderRejected
-    from protocols.orders import CancelOrder, RejectReason
-    from tests.nodes.test_backend import seed_tick
+    from protocols.orders.messages import CancelOrder, RejectReason
+    from tests.nodes.orders.test_backend import seed_tick
 
     async def main() -> None:
         async with pair(redis_server, real_executor=True) as p:
@@ -242,7 +242,7 @@ def test_cancel_settles_against_fills_through_the_executor(redis_server: RedisPr
 def test_replace_is_decided_by_the_executor_and_acknowledged_after(
         redis_server: RedisProcess) -> None:
     from protocols.errors import OrderRejected
-    from protocols.orders import RejectReason, ReplaceOrder
+    from protocols.orders.messages import RejectReason, ReplaceOrder
 
     async def main() -> None:
         async with pair(redis_server, real_executor=True, fill_lots=0) as p:
@@ -290,7 +290,7 @@ def test_replace_is_decided_by_the_executor_and_acknowledged_after(
 
 
 def test_replace_without_an_executor_is_a_retryable_reject(redis_server: RedisProcess) -> None:
-    from protocols.orders import OrderAck, OrderReject, RejectReason, ReplaceOrder
+    from protocols.orders.messages import OrderAck, OrderReject, RejectReason, ReplaceOrder
 
     async def main() -> None:
         async with pair(redis_server, real_executor=True) as p:

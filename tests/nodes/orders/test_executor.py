@@ -14,12 +14,12 @@ import zmq
 import zmq.asyncio
 
 from bus.config import MeshConfig, MeshSection, RedisSection
-from bus.order_store import RedisOrderStore
-from bus.store import CheckpointRun, RedisTickStore
-from nodes.executor import ExecutorNode, decide, usable_quote
-from nodes.servers import RedisProcess, free_port
-from protocols.order_codec import decode_order, encode_order
-from protocols.orders import (
+from bus.store.orders import RedisOrderStore
+from bus.store.ticks import CheckpointRun, RedisTickStore
+from nodes.orders.executor import ExecutorNode, decide, usable_quote
+from nodes.servers.redis_server import RedisProcess, free_port
+from protocols.orders.codec import decode_order, encode_order
+from protocols.orders.messages import (
     ExecutionReport,
     NewOrder,
     Order,
@@ -56,7 +56,7 @@ class FakeBackend:
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unknown executor: EHOSTUNREACH
-        # As nodes/backend.py: a restarted executor reconnects under the same routing id.
+        # As nodes/orders/backend.py: a restarted executor reconnects under the same routing id.
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.endpoint = f"tcp://127.0.0.1:{free_port()}"
         self.sock.bind(self.endpoint)

@@ -1,4 +1,5 @@
-"""Tests for bus.faults: the TCP proxy and the lossy UDP relay, on real loopback sockets."""
+"""Tests for nodes.servers.faults: the TCP proxy and the lossy UDP relay, on real loopback
+sockets."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from bus.faults import TcpProxy, UdpRelay
+from nodes.servers.faults import TcpProxy, UdpRelay
 from tests.support import TIME_SCALE
 
 pytestmark = pytest.mark.timeout(10)

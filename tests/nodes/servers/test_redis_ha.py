@@ -1,4 +1,5 @@
-"""Tests for nodes.redis_ha: the RTS/RTSS master-replica groups and three Sentinels, for real."""
+"""Tests for nodes.servers.redis_ha: the RTS/RTSS master-replica groups and three Sentinels,
+for real."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ import psutil
 import pytest
 import redis
 
-from nodes.redis_ha import MASTER_NAMES, HAPorts, RedisHA, Role, mesh_redis_section
-from nodes.servers import RedisProcess, SentinelProcess, ServerError, command
+from nodes.servers.redis_ha import MASTER_NAMES, HAPorts, RedisHA, Role, mesh_redis_section
+from nodes.servers.redis_server import RedisProcess, SentinelProcess, ServerError, command
 from tests.support import scaled
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 PASSWORD = "ha s3cret"
 
 

@@ -1,4 +1,5 @@
-"""Tests for nodes.servers: real redis-server and redis-sentinel processes on loopback."""
+"""Tests for nodes.servers.redis_server: real redis-server and redis-sentinel processes on
+loopback."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from nodes import servers
-from nodes.servers import RedisProcess, SentinelProcess, ServerError, free_port
+from nodes.servers import redis_server as servers
+from nodes.servers.redis_server import RedisProcess, SentinelProcess, ServerError, free_port
 from protocols.errors import TickmeshError
 
 pytestmark = pytest.mark.timeout(30)
@@ -191,12 +192,12 @@ def test_no_server_outlives_the_python_that_started_it(tmp_path: Path) -> None:
     # kill it.
     script = (
         "import pathlib, sys\n"
-        "from nodes.servers import RedisProcess\n"
+        "from nodes.servers.redis_server import RedisProcess\n"
         f"server = RedisProcess(data_dir=pathlib.Path({str(tmp_path)!r}))\n"
         "server.start()\n"
         "print(server.pid, flush=True)\n"
     )
-    repo_root = Path(__file__).resolve().parents[2]
+    repo_root = Path(__file__).resolve().parents[3]
     done = subprocess.run(
         [sys.executable, "-c", script],
         cwd=repo_root,
@@ -210,7 +211,7 @@ def test_no_server_outlives_the_python_that_started_it(tmp_path: Path) -> None:
 
 
 def test_free_port_never_hands_out_a_port_twice() -> None:
-    from nodes.servers import free_port
+    from nodes.servers.redis_server import free_port
     ports = [free_port() for _ in range(500)]
     assert len(set(ports)) == len(ports)
     assert all(20000 <= p < 32000 for p in ports)  # below the kernel's ephemeral range

@@ -24,15 +24,15 @@ import zmq
 import zmq.asyncio
 
 from bus.config import dump_toml
-from bus.store import RedisTickStore
-from nodes.servers import RedisProcess
-from protocols.codec import encode_recovery
-from protocols.messages import GapFillRequest
+from bus.store.ticks import RedisTickStore
+from nodes.servers.redis_server import RedisProcess
+from protocols.ticks.codec import encode_recovery
+from protocols.ticks.messages import GapFillRequest
 from tests.nodes.harness import mesh
 from tests.support import scaled, wait_until
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def run(coro: Coroutine[Any, Any, None]) -> None:
@@ -139,7 +139,7 @@ def test_late_joiner_gets_snapshot_then_live(redis_server: RedisProcess) -> None
             m.feed.source.close()
             await asyncio.sleep(scaled(0.2))
             # A second subscriber joins a quiet mesh: it gets the last value of every symbol.
-            from bus.subscriber import Subscriber, SubscriberOptions
+            from bus.ticks.subscriber import Subscriber, SubscriberOptions
             opts = SubscriberOptions.from_config(m.cfg, udp_bind="", snapshot=True)
             async with Subscriber(opts) as late:
                 ticks = await asyncio.wait_for(late.get_many(), scaled(5))
@@ -229,7 +229,7 @@ def test_feed_killed_and_restarted_resumes_sequence(redis_server: RedisProcess,
 
 def test_second_subscriber_on_a_taken_udp_port_gets_a_clear_error(
         redis_server: RedisProcess) -> None:
-    from bus.subscriber import Subscriber, SubscriberOptions
+    from bus.ticks.subscriber import Subscriber, SubscriberOptions
     from protocols.errors import ConfigError
 
     async def main() -> None:
@@ -242,7 +242,7 @@ def test_second_subscriber_on_a_taken_udp_port_gets_a_clear_error(
 
 def test_slow_consumer_drop_and_repair_delivers_everything_in_order(
         redis_server: RedisProcess) -> None:
-    from bus.subscriber import Subscriber, SubscriberOptions
+    from bus.ticks.subscriber import Subscriber, SubscriberOptions
 
     async def main() -> None:
         async with mesh(redis_server, rate=3000) as m:
@@ -269,7 +269,7 @@ def test_slow_consumer_drop_and_repair_delivers_everything_in_order(
 
 
 def test_slow_consumer_conflation_keeps_latest_per_symbol(redis_server: RedisProcess) -> None:
-    from bus.subscriber import Subscriber, SubscriberOptions
+    from bus.ticks.subscriber import Subscriber, SubscriberOptions
 
     async def main() -> None:
         async with mesh(redis_server, rate=3000) as m:
@@ -290,8 +290,8 @@ def test_slow_consumer_conflation_keeps_latest_per_symbol(redis_server: RedisPro
 
 
 def test_multicast_reaches_every_group_member(redis_server: RedisProcess) -> None:
-    from bus.subscriber import Subscriber, SubscriberOptions
-    from nodes.servers import free_port
+    from bus.ticks.subscriber import Subscriber, SubscriberOptions
+    from nodes.servers.redis_server import free_port
 
     async def main() -> None:
         group, port = "239.255.42.7", free_port()
@@ -313,7 +313,7 @@ def test_multicast_reaches_every_group_member(redis_server: RedisProcess) -> Non
 
 
 def test_ea_bridge_ticks_reach_subscribers(redis_server: RedisProcess) -> None:
-    from nodes.servers import free_port
+    from nodes.servers.redis_server import free_port
 
     async def main() -> None:
         pull = f"tcp://127.0.0.1:{free_port()}"
@@ -366,7 +366,7 @@ def test_fills_come_from_whichever_recovery_node_is_alive(redis_server: RedisPro
 
 
 def test_blocking_subscriber_for_synchronous_code(redis_server: RedisProcess) -> None:
-    from bus.subscriber import BlockingSubscriber, SubscriberOptions
+    from bus.ticks.subscriber import BlockingSubscriber, SubscriberOptions
 
     async def main() -> None:
         async with mesh(redis_server, rate=1000) as m:

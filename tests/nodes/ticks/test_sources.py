@@ -15,9 +15,9 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from nodes.sources import EaBridge, RawTick, Replay, Simulator
+from nodes.ticks.sources import EaBridge, RawTick, Replay, Simulator
 from protocols.errors import ConfigError
-from protocols.messages import check_row
+from protocols.ticks.messages import check_row
 from tests.support import scaled
 
 SYMBOLS = ("EURUSD", "GBPUSD")

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols.binary_star import (
+from protocols.errors import PeerConflict
+from protocols.orders.binary_star import (
     FATAL,
     TRANSITIONS,
     AcquireEpoch,
@@ -22,7 +23,6 @@ from protocols.binary_star import (
     State,
     SteppedDown,
 )
-from protocols.errors import PeerConflict
 
 CFG = PairConfig(heartbeat_s=0.02, peer_timeout_s=0.06, cold_start_s=1.0)
 S, E = State, Event

@@ -14,10 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocols.codec import MAGIC, encode_recovery
 from protocols.errors import LocalProtocolError, RemoteProtocolError
-from protocols.messages import MAX_STREAM_BYTES, PROTOCOL_VERSION, GapFillRequest, Heartbeat, Kind
-from protocols.order_codec import (
+from protocols.orders.codec import (
     OrderKind,
     client_order_id_of,
     decode_order,
@@ -26,7 +24,7 @@ from protocols.order_codec import (
     encode_order,
     reject_reason_of,
 )
-from protocols.orders import (
+from protocols.orders.messages import (
     CancelOrder,
     ExecutionReport,
     NewOrder,
@@ -40,6 +38,14 @@ from protocols.orders import (
     RejectReason,
     ReplaceOrder,
     Side,
+)
+from protocols.ticks.codec import MAGIC, encode_recovery
+from protocols.ticks.messages import (
+    MAX_STREAM_BYTES,
+    PROTOCOL_VERSION,
+    GapFillRequest,
+    Heartbeat,
+    Kind,
 )
 
 FAST = settings(max_examples=200, deadline=None,

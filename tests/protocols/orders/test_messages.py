@@ -22,8 +22,7 @@ from protocols.errors import (
     OrderStateError,
     StoreError,
 )
-from protocols.messages import check_stream
-from protocols.orders import (
+from protocols.orders.messages import (
     REPORT_EVENTS,
     TRANSITIONS,
     CancelOrder,
@@ -48,6 +47,7 @@ from protocols.orders import (
     validate,
     validate_replace,
 )
+from protocols.ticks.messages import check_stream
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 S = OrderState
@@ -817,7 +817,14 @@ def test_random_reports_keep_the_record_consistent(quantity: float, n: int,
 
 def test_average_price_of_a_tiny_first_fill_is_its_price() -> None:
     """Regression (found by hypothesis): 5e-324 lots at 1.5 once averaged to 2.0."""
-    from protocols.orders import ExecutionReport, NewOrder, Order, OrderState, OrderType, Side
+    from protocols.orders.messages import (
+        ExecutionReport,
+        NewOrder,
+        Order,
+        OrderState,
+        OrderType,
+        Side,
+    )
     new = NewOrder("ACC-1", "c-1", "EURUSD", Side.BUY, OrderType.LIMIT, 1.0, 1.6, 1)
     rec = Order.from_new("o-1", new, epoch=1, now_ns=1)
     for n, state in enumerate((OrderState.ACCEPTED, OrderState.ROUTED), start=2):

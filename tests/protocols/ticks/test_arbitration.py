@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols.arbitration import (
+from protocols.ticks.arbitration import (
     TRANSITIONS,
     ArbiterConfig,
     Deliver,
@@ -27,7 +27,7 @@ from protocols.arbitration import (
     StreamArbiter,
     StreamState,
 )
-from protocols.messages import Row, SeqRange, SnapshotEntry
+from protocols.ticks.messages import Row, SeqRange, SnapshotEntry
 
 CFG = ArbiterConfig(grace_s=0.003, fill_timeout_s=0.25, retry_s=0.01, give_up_s=3.0,
                     max_pending=50, max_fill=1000)

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocols.codec import (
+from protocols.errors import LocalProtocolError, RemoteProtocolError
+from protocols.ticks.codec import (
     DEFAULT_DATAGRAM_BYTES,
     FEED_HEADER_MIN,
     MAGIC,
@@ -32,8 +33,7 @@ from protocols.codec import (
     request_id_of,
     topic,
 )
-from protocols.errors import LocalProtocolError, RemoteProtocolError
-from protocols.messages import (
+from protocols.ticks.messages import (
     MAX_BATCH,
     MAX_SEQ,
     MAX_STREAM_BYTES,
@@ -637,7 +637,7 @@ def test_recovery_decoders_never_raise_anything_but_remote_protocol_error(
 
 # --- docs/PROTOCOL.md ----------------------------------------------------------------------
 
-PROTOCOL_MD = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
+PROTOCOL_MD = Path(__file__).resolve().parents[3] / "docs" / "PROTOCOL.md"
 
 
 def _hex_after(heading: str) -> list[bytes]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from protocols.messages import (
+from protocols.ticks.messages import (
     MAX_BATCH,
     MAX_SEQ,
     MAX_STREAM_BYTES,
