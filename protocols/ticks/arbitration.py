@@ -28,7 +28,8 @@ already live, a partial reply during the grace time). Inputs that are no event a
 in sequence, a duplicate, a stale batch, a late reply, a timer after the hole closed) are
 handled without one. An event the table forbids raises
 :class:`~protocols.errors.IllegalTransition`; a gap-fill reply whose range is inverted raises
-:class:`~protocols.errors.RemoteProtocolError`.
+:class:`~protocols.errors.RemoteProtocolError`, and a reply settles only the range it speaks
+for (``from_seq .. settled_to``).
 """
 
 from __future__ import annotations
@@ -310,7 +311,9 @@ class StreamArbiter:
             dropped = self._take(session, first, rows, eff)
             if dropped is not None:  # carried but not kept (queue full): ask again, not lost
                 limit = min(limit, dropped - 1)
-        if self.next_seq <= limit:
+        # The reply says nothing about numbers below its from_seq (a rewind may have moved
+        # next_seq back since it was asked for): only a reply that covers next_seq settles.
+        if from_seq <= self.next_seq <= limit:
             # Queued sequences in order, computed once: settling walks holes between them.
             queued = iter(sorted(s for s in self.pending if s > self.next_seq))
             while self.next_seq <= limit:

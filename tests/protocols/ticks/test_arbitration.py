@@ -86,8 +86,9 @@ class Run:
 
 
 def play(steps: list[tuple[Any, ...]], await_snapshot: bool = False,
-         cfg: ArbiterConfig = CFG) -> Run:
-    run = Run(StreamArbiter("EURUSD", cfg, await_snapshot=await_snapshot))
+         cfg: ArbiterConfig = CFG, arb: StreamArbiter | None = None) -> Run:
+    """Feed ``steps`` to a new arbiter (or to ``arb``, to go on with one)."""
+    run = Run(arb or StreamArbiter("EURUSD", cfg, await_snapshot=await_snapshot))
     arb = run.arb
     for step in steps:
         kind, *args = step
@@ -404,6 +405,20 @@ def test_inverted_reply_range_is_the_peers_fault(lo: int, settled: int) -> None:
     with pytest.raises(RemoteProtocolError, match=f"settles {lo} .. {settled}"):
         run.arb.on_fill(lo, settled, (), (), 0.004)
     assert (run.arb.state, run.arb.next_seq) == (S.RECOVERING, 6)
+
+
+def test_reply_settles_only_the_range_it_speaks_for() -> None:
+    """After a rewind, a reply for a later range must not declare the rewound ticks lost: it
+    says nothing about the numbers below its ``from``."""
+    run = play([batch(1, 10), batch(20, 20), timer(0.003)])
+    assert run.fills == [(11, 20)]
+    run.arb.rewind(5, 0.004)  # the consumer could not take 5..10
+    run = play([fill(11, 19, [(11, 19)], now=0.005), timer(0.1)], arb=run.arb)
+    assert run.lost == [] and run.arb.state is S.RECOVERING
+    assert run.fills == [(5, 20)]  # asked again from the rewound sequence
+    run = play([fill(5, 20, [(5, 10)], now=0.11)], arb=run.arb)
+    assert run.delivered == list(range(5, 21)) and run.lost == []
+    assert run.arb.state is S.LIVE
 
 
 def test_history_is_bounded() -> None:
