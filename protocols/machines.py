@@ -18,6 +18,8 @@ Whatever a peer may send in any state is therefore a move, a no-op or fatal, nev
 peer's bad *values* (an epoch out of range, a gap-fill reply whose range is inverted) raise
 :class:`~protocols.errors.RemoteProtocolError` before they become an event. A machine object
 keeps its last :data:`HISTORY_SIZE` moves as ``(before, event, after)`` in ``history``.
+
+:func:`machines` lists every machine; ``scripts/draw-machines`` draws them (docs/MACHINES.md).
 """
 
 from __future__ import annotations
@@ -118,4 +120,17 @@ def new_history() -> deque[tuple[Any, Any, Any]]:
     return deque(maxlen=HISTORY_SIZE)
 
 
-__all__ = ["HISTORY_SIZE", "Kind", "Machine", "new_history"]
+def machines() -> tuple[Machine[Any, Any], ...]:
+    """Every state machine of tickmesh, in the order docs/MACHINES.md shows them."""
+    # Imported here: the machines' modules import this one for Machine.
+    from protocols.errors import OrderStateError
+    from protocols.orders import binary_star, messages
+    from protocols.ticks import arbitration
+
+    lifecycle = Machine("order", messages.OrderState, messages.OrderEvent,
+                        messages.TRANSITIONS, initial=(messages.OrderState.NEW,),
+                        error=OrderStateError, title="Order lifecycle")
+    return binary_star.MACHINE, arbitration.MACHINE, lifecycle
+
+
+__all__ = ["HISTORY_SIZE", "Kind", "Machine", "machines", "new_history"]

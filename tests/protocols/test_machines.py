@@ -1,5 +1,5 @@
-"""The one contract of the state machines: the checks that keep a table well formed, and what
-each kind of pair does."""
+"""The one contract of the state machines: every machine's table, pair by pair, and the checks
+that keep a table well formed."""
 
 from __future__ import annotations
 
@@ -9,8 +9,67 @@ from typing import Any
 import pytest
 
 from protocols.errors import IllegalTransition, LocalProtocolError, OrderStateError
-from protocols.machines import HISTORY_SIZE, Kind, Machine, new_history
-from protocols.orders.messages import OrderEvent, OrderState
+from protocols.machines import HISTORY_SIZE, Kind, Machine, machines, new_history
+from protocols.orders.messages import OrderEvent, OrderState, next_state
+
+MACHINES = machines()
+PAIRS = [(m, s, e) for m in MACHINES for s in m.states for e in m.events]
+
+
+def pair_id(m: Machine[Enum, Enum], s: Enum, e: Enum) -> str:
+    return f"{m.name}-{s.name}-{e.name}"
+
+
+def test_the_machines() -> None:
+    assert [m.name for m in MACHINES] == ["binary star", "stream arbiter", "order"]
+    assert [m.module for m in MACHINES] == ["protocols.orders.binary_star",
+                                            "protocols.ticks.arbitration",
+                                            "protocols.orders.messages"]
+
+
+@pytest.mark.parametrize(("m", "state", "event"), PAIRS, ids=[pair_id(*p) for p in PAIRS])
+def test_step(m: Machine[Enum, Enum], state: Enum, event: Enum) -> None:
+    """A move gives the table's next state, a no-op None; an illegal or a fatal pair (which the
+    machine checks before it steps) raises naming the machine, the state and the event."""
+    kind = m.kind(state, event)
+    if kind is Kind.MOVE:
+        assert m.step(state, event) is m.transitions[state][event]
+    elif kind is Kind.IGNORED:
+        assert m.step(state, event) is None
+    else:
+        with pytest.raises(IllegalTransition) as info:
+            m.step(state, event)
+        err = info.value
+        assert (err.machine, err.state, err.event) == (m.name, state, event)
+        assert str(err) == f"{m.name} in state {state.name} cannot take {event.name}"
+        assert isinstance(err, LocalProtocolError)
+
+
+@pytest.mark.parametrize("m", MACHINES, ids=[m.name for m in MACHINES])
+def test_every_state_is_reachable(m: Machine[Enum, Enum]) -> None:
+    seen, todo = set(m.initial), list(m.initial)
+    while todo:
+        for nxt in m.transitions[todo.pop()].values():
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    assert seen == set(m.states)
+
+
+@pytest.mark.parametrize(("state", "event"), [(s, e) for s in OrderState for e in OrderEvent])
+def test_the_lifecycle_table_is_the_one_next_state_uses(state: OrderState,
+                                                        event: OrderEvent) -> None:
+    lifecycle = MACHINES[2]
+    try:
+        expected: OrderState | Exception = next_state(state, event)
+    except OrderStateError as exc:
+        expected = exc
+    if isinstance(expected, OrderStateError):
+        with pytest.raises(OrderStateError) as info:
+            lifecycle.step(state, event)
+        assert str(info.value) == str(expected)
+    else:
+        assert lifecycle.step(state, event) is expected
 
 
 def test_order_state_error_is_an_illegal_transition_of_the_order() -> None:
