@@ -86,8 +86,12 @@ TRANSITIONS: dict[State, dict[Event, State]] = {
 _PEER_EVENTS = frozenset({E.PEER_PRIMARY, E.PEER_BACKUP, E.PEER_TAKING_OVER, E.PEER_ACTIVE,
                           E.PEER_ACTIVE_NEWER, E.PEER_PASSIVE})
 _REQUESTS = frozenset({E.REQUEST_PEER_ALIVE, E.REQUEST_PEER_EXPIRED})
-_LATE = frozenset({E.EPOCH_ACQUIRED, E.EPOCH_LOST, E.FENCED})  # answers to an earlier state
-# state -> events it takes without moving. A peer's heartbeat is legal in every state.
+_LATE = frozenset({E.EPOCH_ACQUIRED, E.EPOCH_LOST, E.FENCED})
+# state -> events it takes without moving. A peer's heartbeat, a client request and an
+# operator's handover are legal in every state. A store answer or a fencing refusal may come
+# after the node moved on: an epoch acquisition still in flight when a heartbeat made it step
+# aside, a write of its last active term answered late (a write can hang through a Redis
+# failover). Only PRIMARY and BACKUP, where the node never asked nor wrote, forbid them.
 IGNORED: dict[State, frozenset[Event]] = {
     S.PRIMARY: frozenset({E.REQUEST_PEER_ALIVE, E.HANDOVER}),
     S.BACKUP: frozenset({E.PEER_PRIMARY, E.REQUEST_PEER_ALIVE, E.HANDOVER}),  # primary decides

@@ -67,8 +67,9 @@ class Event(Enum):
 
 S = StreamState
 E = Event
-# state -> event -> next state. Inputs not listed for a state leave it unchanged (a batch in
-# sequence, a duplicate, a stale batch, a late reply) and are handled without a transition.
+# state -> event -> next state. Inputs that are no event (a batch in sequence, a duplicate, a
+# stale batch, a late reply) are handled without one; an event not listed here nor in IGNORED
+# is illegal in that state.
 TRANSITIONS: dict[StreamState, dict[Event, StreamState]] = {
     S.AWAIT_SNAPSHOT: {E.SNAPSHOT: S.LIVE, E.RESET: S.LIVE},
     S.LIVE: {E.BATCH_AHEAD: S.GAP_WAIT,
