@@ -7,7 +7,8 @@ builtin it resembles so callers can catch either::
     ├── ConfigError(ValueError)            a mesh file or option is wrong; names key and fix
     ├── ProtocolError                      a message broke the wire protocol
     │   ├── LocalProtocolError             ... and *we* were about to send it (a bug here)
-    │   │   └── OrderStateError            ... an order event the lifecycle forbids (names both)
+    │   │   └── IllegalTransition          ... a state machine got an event its table forbids
+    │   │       └── OrderStateError        ...   the order lifecycle (names state and event)
     │   └── RemoteProtocolError(ValueError) ... and a *peer* sent it (bad bytes, unknown kind)
     ├── InvalidTick(ValueError)            a tick from a source failed validation
     ├── InvalidOrder(ValueError)           an order-path message failed validation; names field
@@ -61,6 +62,27 @@ class ProtocolError(TickmeshError):
 
 class LocalProtocolError(ProtocolError):
     """We were about to send something the protocol forbids: a bug on this side."""
+
+
+class IllegalTransition(LocalProtocolError):
+    """A state machine was fed an event its transition table forbids in its current state.
+
+    The code that classified an input into ``event`` is wrong, not the peer: inputs that a peer
+    can send in any state are legal everywhere (a move or a listed no-op), and bad values from a
+    peer raise :class:`RemoteProtocolError` before they become an event. ``machine`` names the
+    machine (``protocols.machines``), ``state`` and ``event`` are the enum members involved;
+    ``problem`` says more when the event itself is legal but its content is not.
+    """
+
+    def __init__(self, machine: str, state: Enum, event: Enum, problem: str = "") -> None:
+        self.machine = machine
+        self.state = state
+        self.event = event
+        self.problem = problem
+        text = f"{machine} in state {state.name} cannot take {event.name}"
+        if problem:
+            text += f": {problem}"
+        super().__init__(text)
 
 
 class RemoteProtocolError(ProtocolError, ValueError):
@@ -164,7 +186,7 @@ class PeerConflict(TickmeshError):
     """Both nodes of a binary-star pair claim the same role: a configuration error."""
 
 
-class OrderStateError(LocalProtocolError):
+class OrderStateError(IllegalTransition):
     """An order was asked to take an event its lifecycle forbids in its current state.
 
     ``state`` and ``event`` are the enum members involved; ``problem`` says more when the event
@@ -172,13 +194,7 @@ class OrderStateError(LocalProtocolError):
     """
 
     def __init__(self, state: Enum, event: Enum, problem: str = "") -> None:
-        self.state = state
-        self.event = event
-        self.problem = problem
-        text = f"order in state {state.name} cannot take {event.name}"
-        if problem:
-            text += f": {problem}"
-        super().__init__(text)
+        super().__init__("order", state, event, problem)
 
 
 class InvalidOrder(TickmeshError, ValueError):

@@ -238,11 +238,12 @@ class BackendNode:
             frames = await self.peer_sub.recv_multipart()
             try:
                 state, epoch = State(frames[0].decode()), int(frames[1])
-            except (ValueError, IndexError, UnicodeDecodeError):
+                effects = self.star.on_peer(state, epoch, time.monotonic())
+            except (ValueError, IndexError, UnicodeDecodeError):  # RemoteProtocolError too
                 self.stats.malformed += 1
                 self._bad.warning("peer heartbeat %r", frames[:2])
                 continue
-            await self._effects(self.star.on_peer(state, epoch, time.monotonic()))
+            await self._effects(effects)
 
     def _peer_waiting(self) -> bool:
         """Whether a peer heartbeat is waiting to be read (ZMQ_EVENTS, no I/O)."""

@@ -19,17 +19,26 @@ peer_timeout_s``. A passive node takes over only when a client asks *and* the pe
 (the guide's "client vote": a node cut off from both peer and clients stays passive).
 
 Raw inputs are classified into :class:`Event` (guards such as "peer expired" are part of the
-event), and :data:`TRANSITIONS` maps ``state -> event -> next state``. An event a state does not
-list leaves it unchanged; :data:`FATAL` pairs are configuration errors (two primaries, two
-backups) and raise :class:`~protocols.errors.PeerConflict`.
+event) and looked up in :data:`MACHINE` (the contract of ``protocols.machines``):
+:data:`TRANSITIONS` maps ``state -> event -> next state``; :data:`IGNORED` lists what a state
+takes without moving (any heartbeat that changes nothing, a request while serving or taking
+over, a store answer or a fencing refusal that arrives after the node moved on, a handover
+asked of a node that is not active); :data:`FATAL` pairs are configuration errors (two
+primaries, two backups) and raise :class:`~protocols.errors.PeerConflict`. Any other pair (a
+store answer or a fencing refusal before the node ever asked or wrote) raises
+:class:`~protocols.errors.IllegalTransition`. A heartbeat whose state or epoch is not one a
+peer can hold raises :class:`~protocols.errors.RemoteProtocolError`.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
-from protocols.errors import PeerConflict
+from protocols.errors import PeerConflict, RemoteProtocolError
+from protocols.machines import Machine, new_history
+from protocols.orders.messages import MAX_EPOCH
 
 
 class Role(Enum):
@@ -74,9 +83,29 @@ TRANSITIONS: dict[State, dict[Event, State]] = {
     S.PASSIVE: {E.PEER_PRIMARY: S.TAKING_OVER, E.PEER_BACKUP: S.TAKING_OVER,
                 E.PEER_PASSIVE: S.TAKING_OVER, E.REQUEST_PEER_EXPIRED: S.TAKING_OVER},
 }
+_PEER_EVENTS = frozenset({E.PEER_PRIMARY, E.PEER_BACKUP, E.PEER_TAKING_OVER, E.PEER_ACTIVE,
+                          E.PEER_ACTIVE_NEWER, E.PEER_PASSIVE})
+_REQUESTS = frozenset({E.REQUEST_PEER_ALIVE, E.REQUEST_PEER_EXPIRED})
+_LATE = frozenset({E.EPOCH_ACQUIRED, E.EPOCH_LOST, E.FENCED})
+# state -> events it takes without moving. A peer's heartbeat, a client request and an
+# operator's handover are legal in every state. A store answer or a fencing refusal may come
+# after the node moved on: an epoch acquisition still in flight when a heartbeat made it step
+# aside, a write of its last active term answered late (a write can hang through a Redis
+# failover). Only PRIMARY and BACKUP, where the node never asked nor wrote, forbid them.
+IGNORED: dict[State, frozenset[Event]] = {
+    S.PRIMARY: frozenset({E.REQUEST_PEER_ALIVE, E.HANDOVER}),
+    S.BACKUP: frozenset({E.PEER_PRIMARY, E.REQUEST_PEER_ALIVE, E.HANDOVER}),  # primary decides
+    S.TAKING_OVER: (_PEER_EVENTS - {E.PEER_ACTIVE_NEWER}) | _REQUESTS | {E.FENCED, E.HANDOVER},
+    S.ACTIVE: (_PEER_EVENTS - {E.PEER_ACTIVE_NEWER}) | _REQUESTS | (_LATE - {E.FENCED}),
+    S.PASSIVE: frozenset({E.PEER_TAKING_OVER, E.PEER_ACTIVE, E.PEER_ACTIVE_NEWER,
+                          E.REQUEST_PEER_ALIVE, E.HANDOVER}) | _LATE,
+}
 FATAL: frozenset[tuple[State, Event]] = frozenset({
     (S.PRIMARY, E.PEER_PRIMARY), (S.BACKUP, E.PEER_BACKUP),
 })
+MACHINE: Machine[State, Event] = Machine("binary star", State, Event, TRANSITIONS, IGNORED,
+                                         FATAL, initial=(S.PRIMARY, S.BACKUP),
+                                         title="Binary star (the order backend pair)")
 
 _PEER_EVENT = {S.PRIMARY: E.PEER_PRIMARY, S.BACKUP: E.PEER_BACKUP,
                S.TAKING_OVER: E.PEER_TAKING_OVER, S.PASSIVE: E.PEER_PASSIVE}
@@ -139,7 +168,7 @@ class BinaryStar:
     peer_state: State | None = None
     peer_expiry: float = 0.0
     holdoff_until: float = 0.0
-    history: list[tuple[State, Event, State]] = field(default_factory=list)
+    history: deque[tuple[State, Event, State]] = field(default_factory=new_history)
 
     def __post_init__(self) -> None:
         self.state = State.PRIMARY if self.role is Role.PRIMARY else State.BACKUP
@@ -164,7 +193,12 @@ class BinaryStar:
     # -- inputs ----------------------------------------------------------------------------
 
     def on_peer(self, peer_state: State, peer_epoch: int, now: float) -> list[Effect]:
-        """A heartbeat from the peer."""
+        """A heartbeat from the peer; :class:`RemoteProtocolError` if no peer can send it."""
+        if not isinstance(peer_state, State):
+            raise RemoteProtocolError(f"peer heartbeat: state {peer_state!r} is not a State")
+        if type(peer_epoch) is not int or not 0 <= peer_epoch <= MAX_EPOCH:
+            raise RemoteProtocolError(f"peer heartbeat: epoch {peer_epoch!r} is not an integer "
+                                      f"in 0 .. {MAX_EPOCH}")
         self.peer_state = peer_state
         self.peer_expiry = now + self.config.peer_timeout_s
         if peer_state is State.PASSIVE and now < self.holdoff_until:
@@ -194,36 +228,43 @@ class BinaryStar:
 
     def on_epoch_result(self, acquired: bool, epoch: int, now: float) -> list[Effect]:
         """The store's answer to :class:`AcquireEpoch` (``epoch``: the store's epoch now)."""
-        if self.state is not State.TAKING_OVER:
+        event = E.EPOCH_ACQUIRED if acquired else E.EPOCH_LOST
+        nxt = self._next(event)
+        if nxt is None:
             return []  # a late answer after we already stepped aside
         self.epoch = max(self.epoch, epoch)
         if not acquired:
             # Someone holds a newer epoch, most likely a live active we have not heard yet.
             # Retrying at once (now knowing the epoch) would win and depose it.
             self.holdoff_until = now + self.config.holdoff_s
-        return self._fire(E.EPOCH_ACQUIRED if acquired else E.EPOCH_LOST)
+        return self._move(event, nxt, now)
 
     def on_fenced(self, store_epoch: int, now: float) -> list[Effect]:
         """A state write was refused: the store's epoch is newer than ours."""
+        nxt = self._next(E.FENCED)
         self.epoch = max(self.epoch, store_epoch)
-        return self._fire(E.FENCED, now)
+        return [] if nxt is None else self._move(E.FENCED, nxt, now)
 
     def on_handover(self, now: float) -> list[Effect]:
-        """Operator command on the active node: give the active role to the peer."""
-        if self.state is not State.ACTIVE:
-            return []
+        """Operator command on the active node: give the active role to the peer (a no-op on
+        a node that is not active)."""
         return self._fire(E.HANDOVER, now)
 
     # -- internals -------------------------------------------------------------------------
 
     def _fire(self, event: Event, now: float | None = None) -> list[Effect]:
+        nxt = self._next(event)
+        return [] if nxt is None else self._move(event, nxt, now)
+
+    def _next(self, event: Event) -> State | None:
+        """The state ``event`` leads to, None for a no-op; raises for a fatal or illegal one."""
         if (self.state, event) in FATAL:
             raise PeerConflict(f"{self.role.name} node in state {self.state.name} saw "
                                f"{event.name}: both nodes are configured as "
                                f"{self.role.name.lower()}")
-        nxt = TRANSITIONS[self.state].get(event)
-        if nxt is None or nxt is self.state:
-            return []
+        return MACHINE.step(self.state, event)
+
+    def _move(self, event: Event, nxt: State, now: float | None) -> list[Effect]:
         prev, self.state = self.state, nxt
         self.history.append((prev, event, nxt))
         if nxt is State.TAKING_OVER:

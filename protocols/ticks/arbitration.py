@@ -21,13 +21,25 @@ Rules (after CME MDP 3.0 feed arbitration, MoldUDP64 re-requests and the ZeroMQ 
 
 The machine takes ``now`` (seconds, any monotonic origin) and returns effects for the caller to
 carry out; :meth:`StreamArbiter.deadline` tells when :meth:`StreamArbiter.on_timer` is due.
+
+The table (:data:`MACHINE`, the contract of ``protocols.machines``): :data:`TRANSITIONS` are the
+moves; :data:`IGNORED` the events a state takes without moving (a snapshot answer for a stream
+already live, a partial reply during the grace time). Inputs that are no event at all (a batch
+in sequence, a duplicate, a stale batch, a late reply, a timer after the hole closed) are
+handled without one. An event the table forbids raises
+:class:`~protocols.errors.IllegalTransition`; a gap-fill reply whose range is inverted raises
+:class:`~protocols.errors.RemoteProtocolError`, and a reply settles only the range it speaks
+for (``from_seq .. settled_to``).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 
+from protocols.errors import RemoteProtocolError
+from protocols.machines import Machine, new_history
 from protocols.ticks.messages import Row, SeqRange, SnapshotEntry
 
 
@@ -55,8 +67,9 @@ class Event(Enum):
 
 S = StreamState
 E = Event
-# state -> event -> next state. Inputs not listed for a state leave it unchanged (a batch in
-# sequence, a duplicate, a stale batch, a late reply) and are handled without a transition.
+# state -> event -> next state. Inputs that are no event (a batch in sequence, a duplicate, a
+# stale batch, a late reply) are handled without one; an event not listed here nor in IGNORED
+# is illegal in that state.
 TRANSITIONS: dict[StreamState, dict[Event, StreamState]] = {
     S.AWAIT_SNAPSHOT: {E.SNAPSHOT: S.LIVE, E.RESET: S.LIVE},
     S.LIVE: {E.BATCH_AHEAD: S.GAP_WAIT,
@@ -65,6 +78,19 @@ TRANSITIONS: dict[StreamState, dict[Event, StreamState]] = {
     S.RECOVERING: {E.HOLE_FILLED: S.LIVE, E.REPLY_PARTIAL: S.RECOVERING,
                    E.FILL_TIMEOUT: S.RECOVERING, E.GIVE_UP: S.RECOVERING, E.RESET: S.LIVE},
 }
+# state -> events it takes without moving: the snapshot answer comes for every stream, also
+# those live from the start or reset before it came; a reply that arrives during the grace
+# time of a newer hole fills what it can, and the other path still has its grace time.
+IGNORED: dict[StreamState, frozenset[Event]] = {
+    S.LIVE: frozenset({E.SNAPSHOT}),
+    S.GAP_WAIT: frozenset({E.SNAPSHOT, E.REPLY_PARTIAL}),
+    S.RECOVERING: frozenset({E.SNAPSHOT}),
+}
+MACHINE: Machine[StreamState, Event] = Machine("stream arbiter", StreamState, Event,
+                                               TRANSITIONS, IGNORED,
+                                               initial=(S.AWAIT_SNAPSHOT, S.LIVE),
+                                               title="Stream arbiter (one tick stream at a "
+                                                     "subscriber)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +216,7 @@ class StreamArbiter:
     hole_since: float = 0.0
     hole_at: int = 0  # next_seq when the current hole was first seen
     stats: ArbiterStats = field(default_factory=ArbiterStats)
+    history: deque[tuple[StreamState, Event, StreamState]] = field(default_factory=new_history)
     _lost_in_gap: bool = False
 
     def __post_init__(self) -> None:
@@ -252,9 +279,8 @@ class StreamArbiter:
     def on_snapshot(self, entry: SnapshotEntry | None, now: float) -> list[Effect]:
         """The snapshot answer for this stream (None: the store has no value, or no answer)."""
         eff: list[Effect] = []
-        if self.state is not StreamState.AWAIT_SNAPSHOT:
+        if not self._transition(Event.SNAPSHOT):
             return eff
-        self._transition(Event.SNAPSHOT)
         if entry is not None and entry.session >= self.session:
             eff.append(DeliverSnapshot(entry))
             self.session = max(self.session, entry.session)
@@ -271,7 +297,11 @@ class StreamArbiter:
 
     def on_fill(self, from_seq: int, settled_to: int, batches: tuple[tuple[int, int,
                 tuple[Row, ...]], ...], void: tuple[SeqRange, ...], now: float) -> list[Effect]:
-        """A gap-fill reply: ``batches`` are ``(session, first_seq, rows)``."""
+        """A gap-fill reply: ``batches`` are ``(session, first_seq, rows)``; it speaks for
+        ``from_seq .. settled_to`` (``from_seq - 1``: nothing settled yet)."""
+        if not 1 <= from_seq <= settled_to + 1:
+            raise RemoteProtocolError(f"gap-fill reply for {self.stream!r} settles "
+                                      f"{from_seq} .. {settled_to}")
         eff: list[Effect] = []
         if self.state not in (StreamState.GAP_WAIT, StreamState.RECOVERING):
             return eff  # late or duplicate reply: everything it could fill is delivered
@@ -282,7 +312,9 @@ class StreamArbiter:
             dropped = self._take(session, first, rows, eff)
             if dropped is not None:  # carried but not kept (queue full): ask again, not lost
                 limit = min(limit, dropped - 1)
-        if self.next_seq <= limit:
+        # The reply says nothing about numbers below its from_seq (a rewind may have moved
+        # next_seq back since it was asked for): only a reply that covers next_seq settles.
+        if from_seq <= self.next_seq <= limit:
             # Queued sequences in order, computed once: settling walks holes between them.
             queued = iter(sorted(s for s in self.pending if s > self.next_seq))
             while self.next_seq <= limit:
@@ -294,9 +326,7 @@ class StreamArbiter:
         if not self._maybe_close(now):
             if self.next_seq != self.hole_at:  # progress: a new hole, its own clock
                 self.hole_at, self.hole_since = self.next_seq, now
-            event = Event.REPLY_PARTIAL if self.state is StreamState.RECOVERING else None
-            if event is not None:
-                self._transition(event)
+            self._transition(Event.REPLY_PARTIAL)
             self.timer_at = now + self.config.retry_s
         return eff
 
@@ -344,12 +374,14 @@ class StreamArbiter:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _transition(self, event: Event) -> None:
-        try:
-            self.state = TRANSITIONS[self.state][event]
-        except KeyError:
-            raise AssertionError(f"no transition from {self.state.name} on {event.name}") \
-                from None
+    def _transition(self, event: Event) -> bool:
+        """Take ``event``: True if the state moved, False for a no-op; raises if illegal."""
+        nxt = MACHINE.step(self.state, event)
+        if nxt is None:
+            return False
+        self.history.append((self.state, event, nxt))
+        self.state = nxt
+        return True
 
     def _admit(self, session: int, seq: int, now: float, eff: list[Effect]) -> bool:
         """Session check: False for a stale message; handles a restart or a reset."""

@@ -1,5 +1,6 @@
 """Binary Star with fencing: scenarios through the public inputs, every transition covered,
-and a property: however heartbeats are lost and clients vote, at most one node can write."""
+every (state, event) pair of the table checked (move, no-op, fatal or illegal), and a property:
+however heartbeats are lost and clients vote, at most one node can write."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols.errors import PeerConflict
+from protocols.errors import IllegalTransition, PeerConflict, RemoteProtocolError
+from protocols.machines import HISTORY_SIZE, Kind
 from protocols.orders.binary_star import (
     FATAL,
+    IGNORED,
+    MACHINE,
     TRANSITIONS,
     AcquireEpoch,
     BecameActive,
@@ -205,6 +209,124 @@ def test_every_transition_is_exercised() -> None:
         seen |= {(a, e) for a, e, _b in n.history}
     table = {(s, e) for s, row in TRANSITIONS.items() for e in row}
     assert table - seen == set()
+
+
+# --- the table, pair by pair -----------------------------------------------------------------
+
+# The only illegal pairs: a store answer or a fencing refusal before the node ever asked the
+# store for an epoch or wrote (PRIMARY and BACKUP are the states a node starts in).
+ILLEGAL = {(s, e) for s in (S.PRIMARY, S.BACKUP)
+           for e in (E.EPOCH_ACQUIRED, E.EPOCH_LOST, E.FENCED)}
+PAIRS = [(s, e) for s in State for e in Event]
+
+
+def test_every_pair_is_exactly_one_kind() -> None:
+    kinds = {k: set(MACHINE.pairs(k)) for k in Kind}
+    assert kinds[Kind.MOVE] == {(s, e) for s, row in TRANSITIONS.items() for e in row}
+    assert kinds[Kind.IGNORED] == {(s, e) for s, row in IGNORED.items() for e in row}
+    assert kinds[Kind.FATAL] == set(FATAL)
+    assert kinds[Kind.ILLEGAL] == ILLEGAL
+    assert sum(len(v) for v in kinds.values()) == len(PAIRS)
+
+
+@pytest.mark.parametrize(("state", "event"), PAIRS, ids=[f"{s.name}-{e.name}" for s, e in PAIRS])
+def test_pair(state: State, event: Event) -> None:
+    """Fed straight to the machine: a move records itself, a no-op changes nothing, a fatal
+    pair is a PeerConflict and an illegal one raises naming the state and the event."""
+    n = node(Role.PRIMARY if state is not S.BACKUP else Role.BACKUP, state, epoch=2)
+    kind = MACHINE.kind(state, event)
+    if kind is Kind.MOVE:
+        n._fire(event, 0.0)
+        assert n.state is TRANSITIONS[state][event]
+        assert list(n.history) == [(state, event, TRANSITIONS[state][event])]
+        return
+    if kind is Kind.IGNORED:
+        assert n._fire(event, 0.0) == []
+    elif kind is Kind.FATAL:
+        with pytest.raises(PeerConflict, match=f"state {state.name} saw {event.name}"):
+            n._fire(event, 0.0)
+    else:
+        with pytest.raises(IllegalTransition) as info:
+            n._fire(event, 0.0)
+        assert (info.value.machine, info.value.state, info.value.event) == (
+            "binary star", state, event)
+        assert str(info.value) == f"binary star in state {state.name} cannot take {event.name}"
+    assert (n.state, n.epoch, list(n.history)) == (state, 2, [])
+
+
+PEER_SEES = [(s, peer, epoch) for s in State for peer in State for epoch in (1, 2, 3)]
+
+
+@pytest.mark.parametrize(("state", "peer", "peer_epoch"), PEER_SEES,
+                         ids=[f"{s.name}-sees-{p.name}-{e}" for s, p, e in PEER_SEES])
+def test_any_heartbeat_is_legal_in_any_state(state: State, peer: State, peer_epoch: int) -> None:
+    """A peer may send anything at any time: only two primaries or two backups raise."""
+    n = node(Role.PRIMARY if state is not S.BACKUP else Role.BACKUP, state, epoch=2)
+    if (state, peer) in ((S.PRIMARY, S.PRIMARY), (S.BACKUP, S.BACKUP)):
+        with pytest.raises(PeerConflict):
+            n.on_peer(peer, peer_epoch, 0.0)
+        return
+    n.on_peer(peer, peer_epoch, 0.0)
+    assert n.epoch == max(2, peer_epoch)
+
+
+@pytest.mark.parametrize("state", list(State), ids=[s.name for s in State])
+def test_requests_and_handover_are_legal_in_any_state(state: State) -> None:
+    for peer_pending in (False, True):
+        n = node(Role.BACKUP, state, epoch=2)
+        n.on_request(5.0, peer_pending=peer_pending)  # the peer never heard: expired
+        n.on_handover(5.0)
+
+
+@pytest.mark.parametrize(("state", "call"), [
+    (state, call) for state in (S.PRIMARY, S.BACKUP) for call in ("won", "lost", "fenced")])
+def test_store_answers_before_asking_are_bugs(state: State, call: str) -> None:
+    """Through the public inputs: nothing changes, and the error names state and event."""
+    n = node(Role.PRIMARY if state is S.PRIMARY else Role.BACKUP, state, epoch=2)
+    event = {"won": E.EPOCH_ACQUIRED, "lost": E.EPOCH_LOST, "fenced": E.FENCED}[call]
+    with pytest.raises(IllegalTransition, match=f"state {state.name} cannot take {event.name}"):
+        if call == "fenced":
+            n.on_fenced(7, 0.0)
+        else:
+            n.on_epoch_result(call == "won", 7, 0.0)
+    assert (n.state, n.epoch, n.holdoff_until) == (state, 2, 0.0)
+
+
+@pytest.mark.parametrize(("state", "call"), [
+    (state, call) for state in (S.ACTIVE, S.PASSIVE) for call in ("won", "lost")
+] + [(S.PASSIVE, "fenced"), (S.TAKING_OVER, "fenced")])
+def test_late_store_answers_are_no_ops(state: State, call: str) -> None:
+    n = node(Role.PRIMARY, state, epoch=2)
+    if call == "fenced":
+        assert n.on_fenced(7, 0.0) == []
+        assert n.epoch == 7  # the store's epoch is known from now on
+    else:
+        assert n.on_epoch_result(call == "won", 7, 0.0) == []
+        assert n.epoch == 2  # an answer to an old question: nothing learnt
+    assert (n.state, n.holdoff_until, list(n.history)) == (state, 0.0, [])
+
+
+@pytest.mark.parametrize(("peer_state", "epoch"), [
+    ("active", 1), (None, 1), (S.ACTIVE, -1), (S.ACTIVE, 2**63), (S.ACTIVE, True),
+    (S.ACTIVE, 1.0), (S.ACTIVE, "1"), (S.PASSIVE, None)])
+def test_bad_heartbeat_values_are_the_peers_fault(peer_state: Any, epoch: Any) -> None:
+    n = node(Role.BACKUP)
+    with pytest.raises(RemoteProtocolError, match="peer heartbeat"):
+        n.on_peer(peer_state, epoch, 0.0)
+    assert (n.state, n.epoch, n.peer_state) == (S.BACKUP, 0, None)  # not a sign of life
+    n.on_peer(S.ACTIVE, 2**63 - 1, 0.0)  # the largest epoch the store can hold is fine
+    assert (n.state, n.epoch) == (S.PASSIVE, 2**63 - 1)
+
+
+def test_history_is_bounded() -> None:
+    n = node(Role.PRIMARY, S.ACTIVE, 1)
+    for i in range(HISTORY_SIZE):  # step down and take over again: three moves a round
+        n.on_fenced(n.epoch + 1, 10.0 * i)
+        n.on_request(10.0 * i + 5.0)
+        n.on_epoch_result(True, n.epoch + 1, 10.0 * i + 5.0)
+        assert n.serving
+    assert len(n.history) == HISTORY_SIZE
+    assert n.history[-1] == (S.TAKING_OVER, E.EPOCH_ACQUIRED, S.ACTIVE)
 
 
 def test_config_is_validated() -> None:

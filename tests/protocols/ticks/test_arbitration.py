@@ -1,4 +1,5 @@
-"""Table-driven tests of the per-stream arbiter: every transition, every rule, and a property.
+"""Table-driven tests of the per-stream arbiter: every transition, every (state, event) pair of
+the table, every rule, and a property.
 
 Each case is a script of inputs; the expectations are what the consumer got (sequence numbers
 in order), the effects that ask the outside world for something (fills, losses, skips, resets),
@@ -14,7 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocols.errors import IllegalTransition, RemoteProtocolError
+from protocols.machines import HISTORY_SIZE, Kind
 from protocols.ticks.arbitration import (
+    IGNORED,
+    MACHINE,
     TRANSITIONS,
     ArbiterConfig,
     Deliver,
@@ -55,8 +60,8 @@ def timer(now: float) -> tuple[Any, ...]:
     return ("timer", now)
 
 
-def fill(lo: int, settled: int, have: list[tuple[int, int]], void: list[tuple[int, int]] = (),
-         now: float = 0.0) -> tuple[Any, ...]:
+def fill(lo: int, settled: int, have: list[tuple[int, int]],
+         void: list[tuple[int, int]] | tuple[()] = (), now: float = 0.0) -> tuple[Any, ...]:
     return ("fill", lo, settled, have, list(void), now)
 
 
@@ -81,8 +86,9 @@ class Run:
 
 
 def play(steps: list[tuple[Any, ...]], await_snapshot: bool = False,
-         cfg: ArbiterConfig = CFG) -> Run:
-    run = Run(StreamArbiter("EURUSD", cfg, await_snapshot=await_snapshot))
+         cfg: ArbiterConfig = CFG, arb: StreamArbiter | None = None) -> Run:
+    """Feed ``steps`` to a new arbiter (or to ``arb``, to go on with one)."""
+    run = Run(arb or StreamArbiter("EURUSD", cfg, await_snapshot=await_snapshot))
     arb = run.arb
     for step in steps:
         kind, *args = step
@@ -334,27 +340,115 @@ def test_deadline_follows_state() -> None:
 
 def test_illegal_transition_names_state_and_event() -> None:
     arb = StreamArbiter("X", CFG)
-    with pytest.raises(AssertionError, match="LIVE on GRACE_EXPIRED"):
+    with pytest.raises(IllegalTransition,
+                       match="stream arbiter in state LIVE cannot take GRACE_EXPIRED") as info:
         arb._transition(Event.GRACE_EXPIRED)
+    assert (info.value.state, info.value.event) == (S.LIVE, Event.GRACE_EXPIRED)
+    assert arb.state is S.LIVE
 
 
-def test_every_table_transition_is_exercised(monkeypatch: pytest.MonkeyPatch) -> None:
+PAIRS = [(s, e) for s in StreamState for e in Event]
+# The no-ops, spelled out: a snapshot answer for a stream that is live already (from the start,
+# or reset before the answer came), and a reply that settles part of a hole in its grace time.
+NO_OPS = {(S.LIVE, Event.SNAPSHOT), (S.GAP_WAIT, Event.SNAPSHOT), (S.RECOVERING, Event.SNAPSHOT),
+          (S.GAP_WAIT, Event.REPLY_PARTIAL)}
+
+
+def test_every_pair_is_a_move_a_no_op_or_illegal() -> None:
+    assert set(MACHINE.pairs(Kind.MOVE)) == {(s, e) for s, r in TRANSITIONS.items() for e in r}
+    assert set(MACHINE.pairs(Kind.IGNORED)) == NO_OPS == {
+        (s, e) for s, r in IGNORED.items() for e in r}
+    assert MACHINE.pairs(Kind.FATAL) == []
+    assert len(MACHINE.pairs(Kind.ILLEGAL)) == len(PAIRS) - len(NO_OPS) - sum(
+        len(r) for r in TRANSITIONS.values())
+
+
+@pytest.mark.parametrize(("state", "event"), PAIRS, ids=[f"{s.name}-{e.name}" for s, e in PAIRS])
+def test_pair(state: StreamState, event: Event) -> None:
+    arb = StreamArbiter("X", CFG)
+    arb.state = state
+    kind = MACHINE.kind(state, event)
+    if kind is Kind.MOVE:
+        assert arb._transition(event) is True
+        assert arb.state is TRANSITIONS[state][event]
+        assert list(arb.history) == [(state, event, TRANSITIONS[state][event])]
+        return
+    if kind is Kind.IGNORED:
+        assert arb._transition(event) is False
+    else:
+        with pytest.raises(IllegalTransition) as info:
+            arb._transition(event)
+        assert (info.value.machine, info.value.state, info.value.event) == (
+            "stream arbiter", state, event)
+        assert f"state {state.name} cannot take {event.name}" in str(info.value)
+    assert (arb.state, list(arb.history)) == (state, [])
+
+
+@pytest.mark.parametrize(("steps", "state"), [
+    ([batch(1, 5), snap(3)], S.LIVE),
+    ([batch(1, 5), batch(9, 9), snap(3)], S.GAP_WAIT),
+    ([batch(1, 5), batch(9, 9), timer(0.003), snap(3)], S.RECOVERING),
+    ([batch(1, 5), batch(9, 9), fill(6, 6, [(6, 6)], now=0.001)], S.GAP_WAIT),
+], ids=["snapshot-live", "snapshot-gap-wait", "snapshot-recovering", "partial-in-grace"])
+def test_no_ops_through_the_inputs(steps: list[tuple[Any, ...]], state: StreamState) -> None:
+    run = play(steps)
+    assert run.arb.state is state
+    assert run.snapshots == []
+    moves = list(run.arb.history)
+    assert all(e is not Event.SNAPSHOT for _a, e, _b in moves)
+    assert (S.GAP_WAIT, Event.REPLY_PARTIAL, S.GAP_WAIT) not in moves
+
+
+@pytest.mark.parametrize(("lo", "settled"), [(5, 3), (0, 0), (-1, 4), (10, 2)])
+def test_inverted_reply_range_is_the_peers_fault(lo: int, settled: int) -> None:
+    run = play([batch(1, 5), batch(9, 9), timer(0.003)])
+    with pytest.raises(RemoteProtocolError, match=f"settles {lo} .. {settled}"):
+        run.arb.on_fill(lo, settled, (), (), 0.004)
+    assert (run.arb.state, run.arb.next_seq) == (S.RECOVERING, 6)
+
+
+def test_reply_settles_only_the_range_it_speaks_for() -> None:
+    """After a rewind, a reply for a later range must not declare the rewound ticks lost: it
+    says nothing about the numbers below its ``from``."""
+    run = play([batch(1, 10), batch(20, 20), timer(0.003)])
+    assert run.fills == [(11, 20)]
+    run.arb.rewind(5, 0.004)  # the consumer could not take 5..10
+    run = play([fill(11, 19, [(11, 19)], now=0.005), timer(0.1)], arb=run.arb)
+    assert run.lost == [] and run.arb.state is S.RECOVERING
+    assert run.fills == [(5, 20)]  # asked again from the rewound sequence
+    run = play([fill(5, 20, [(5, 10)], now=0.11)], arb=run.arb)
+    assert run.delivered == list(range(5, 21)) and run.lost == []
+    assert run.arb.state is S.LIVE
+
+
+def test_history_is_bounded() -> None:
+    arb = StreamArbiter("X", CFG)
+    for i in range(HISTORY_SIZE):  # open and close a gap: two moves a round
+        base = 10 * i + 1
+        arb.on_batch(1, base, rows(base, base + 4), 0.0)
+        arb.on_batch(1, base + 6, rows(base + 6, base + 9), 0.0)
+        arb.on_batch(1, base + 5, rows(base + 5, base + 5), 0.0)
+        assert arb.state is S.LIVE
+    assert len(arb.history) == HISTORY_SIZE
+    assert arb.history[-1] == (S.GAP_WAIT, Event.HOLE_FILLED, S.LIVE)
+
+
+def test_every_table_transition_is_exercised() -> None:
     seen: set[tuple[StreamState, Event]] = set()
-    original = StreamArbiter._transition
 
-    def spy(self: StreamArbiter, event: Event) -> None:
-        seen.add((self.state, event))
-        original(self, event)
+    def moves(run: Run) -> None:
+        assert len(run.arb.history) < HISTORY_SIZE  # nothing fell out of the record
+        seen.update((a, e) for a, e, _b in run.arb.history)
 
-    monkeypatch.setattr(StreamArbiter, "_transition", spy)
     for case in CASES:
-        play(case[1])
-    for case in SNAPSHOT_CASES:
-        play(case[1], await_snapshot=True)
-    play([batch(1, 5, session=1), batch(9, 9, session=1), timer(0.003),
-          batch(1, 2, 0.004, session=2)])  # reset while recovering
-    play([batch(1, 50, session=1), batch(1, 3, session=2)])  # reset while live
-    play([batch(1, 5, session=1), batch(9, 9, session=1), batch(1, 2, session=2)])  # in grace
+        moves(play(case[1]))
+    for snapshot_case in SNAPSHOT_CASES:
+        moves(play(snapshot_case[1], await_snapshot=True))
+    moves(play([batch(1, 5, session=1), batch(9, 9, session=1), timer(0.003),
+                batch(1, 2, 0.004, session=2)]))  # reset while recovering
+    moves(play([batch(1, 50, session=1), batch(1, 3, session=2)]))  # reset while live
+    moves(play([batch(1, 5, session=1), batch(9, 9, session=1),
+                batch(1, 2, session=2)]))  # in grace
     table = {(s, e) for s, row_ in TRANSITIONS.items() for e in row_}
     assert table - seen == set()
 
