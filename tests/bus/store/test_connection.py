@@ -16,6 +16,7 @@ from bus.store.ticks import RedisTickStore
 from nodes.servers.redis_server import RedisProcess, free_port
 from protocols.errors import StoreError, StoreUnavailable
 from protocols.orders.messages import NewOrder, Order, OrderType, Side
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,7 +43,7 @@ def test_an_order_write_rides_through_a_store_restart(redis_server: RedisProcess
         try:
             await asyncio.to_thread(redis_server.stop)
             write = asyncio.create_task(store.write(record(), 1))
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # the time under test: the write is held, not failed
             assert not write.done(), "the write is held while the store is away"
             await asyncio.to_thread(redis_server.start)  # the AOF kept the epoch
             await write
@@ -76,11 +77,10 @@ def test_an_order_write_waits_for_the_replica(tmp_path: Path,
                                         wait_timeout_ms=100))
         on_replica = RedisOrderStore(replica.url, "ha")
         try:
-            for _ in range(100):  # the replica's link comes up after its first sync
+            async def replica_online() -> bool:  # its link comes up after its first sync
                 info = await store.redis.info("replication")
-                if info.get("slave0", {}).get("state") == "online":
-                    break
-                await asyncio.sleep(0.05)
+                return bool(info.get("slave0", {}).get("state") == "online")
+            await wait_until(replica_online, 5, "the replica online", interval=0.05)
             await store.write(record("o1"), 1)
             # Returned only after WAIT: the replica has it, no polling needed.
             assert await on_replica.get("o1") == record("o1")
