@@ -51,3 +51,17 @@ def wait_until_sync(cond: Callable[[], T], timeout: float, what: str,
             raise AssertionError(f"timed out after {scaled(timeout):.1f} s waiting for {what}")
         time.sleep(interval)
     return value
+
+
+class FakeClock:
+    """A clock for code that takes one (``clock=time.monotonic`` by default): time moves only
+    when the test says, so a TTL is passed without sleeping through it."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
