@@ -8,11 +8,12 @@ itself is under test ("nothing arrives within 50 ms"), with a comment that says 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -65,3 +66,33 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+class Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Closable)
+
+
+def run_with(open_it: Callable[[], Awaitable[C]], body: Callable[[C], Awaitable[T]]) -> T:
+    """Open a resource (a store, a client) in a fresh event loop, run ``body`` with it, close
+    it whatever happens, and return what ``body`` returned."""
+    return asyncio.run(_with_opened(open_it, 1, lambda opened: body(*opened)))
+
+
+def run_with_two(open_it: Callable[[], Awaitable[C]],
+                 body: Callable[[C, C], Awaitable[T]]) -> T:
+    """:func:`run_with` for two clients of the same resource (two backends on one store)."""
+    return asyncio.run(_with_opened(open_it, 2, lambda opened: body(*opened)))
+
+
+async def _with_opened(open_it: Callable[[], Awaitable[C]], count: int,
+                       body: Callable[[list[C]], Awaitable[T]]) -> T:
+    async with contextlib.AsyncExitStack() as stack:
+        opened: list[C] = []
+        for _ in range(count):
+            resource = await open_it()
+            stack.push_async_callback(resource.close)
+            opened.append(resource)
+        return await body(opened)

@@ -9,7 +9,6 @@ import subprocess
 import threading
 import time
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -30,15 +29,11 @@ def client_for(server: RedisProcess) -> redis.Redis:
     return redis.Redis.from_url(server.url, socket_timeout=5)
 
 
-@pytest.fixture(scope="module")
-def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisHA]:
-    # One topology for the checks that only read it.
-    topology = RedisHA(tmp_path_factory.mktemp("redis-ha"), password=PASSWORD)
-    topology.start(timeout=scaled(20))
-    try:
-        yield topology
-    finally:
-        topology.stop()
+@pytest.fixture
+def ha(redis_ha: RedisHA) -> RedisHA:
+    # The shared topology (tests/conftest.py), for the checks that only read it.
+    assert redis_ha.password == PASSWORD
+    return redis_ha
 
 
 def test_sentinels_agree_on_both_masters(ha: RedisHA) -> None:
