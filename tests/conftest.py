@@ -14,6 +14,11 @@ from nodes.servers.redis_ha import RedisHA
 from nodes.servers.redis_server import RedisProcess
 from tests.support import scaled
 
+# The store contracts are test classes in modules pytest does not collect by name: rewrite
+# their asserts too, so a failing one shows its values.
+pytest.register_assert_rewrite("tests.bus.store.contract_ticks",
+                               "tests.bus.store.contract_orders")
+
 # Property tests explore new random examples on developers' machines; in CI the examples are
 # derandomized, so a submission is never failed by a case that a different draw would skip.
 settings.register_profile("ci", derandomize=True, deadline=None)

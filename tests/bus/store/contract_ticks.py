@@ -61,6 +61,10 @@ class TickStoreContract:
             assert [(e.stream, e.session, e.seq, e.row) for e in snap] == [
                 ("EURUSD", 7, 20, row(20))]
             assert [e.stream for e in await store.snapshot([""])] == ["EURUSD", "GBPUSD"]
+            # Any of several prefixes, as a symbol's start (ZeroMQ's topic rule), sorted.
+            assert [e.stream for e in await store.snapshot(["GBP", "EUR"])] == [
+                "EURUSD", "GBPUSD"]
+            assert await store.snapshot(["USD"]) == []
             last = await store.last("GBPUSD")
             assert last is not None and (last.session, last.seq, last.row) == (7, 3, row(3))
             assert await store.checkpointed(["EURUSD", "GBPUSD"]) == {"EURUSD": 20, "GBPUSD": 3}
