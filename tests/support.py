@@ -1,8 +1,10 @@
-"""Shared test helpers: one time scale for every deadline, and waiting on conditions.
+"""Shared test helpers: one time scale for every deadline, waiting on conditions, a fake
+clock, and a store opened, used and closed in a fresh event loop.
 
 A test never sleeps to "wait for" something: it waits until a condition holds, with a
 deadline (:func:`wait_until`, :func:`wait_until_sync`). A sleep is left only where the time
-itself is under test ("nothing arrives within 50 ms"), with a comment that says so.
+itself is under test ("nothing arrives within 50 ms"), with a comment that says so. Code with
+a TTL takes a ``clock``; a test passes a :class:`FakeClock` and moves it past the TTL.
 """
 
 from __future__ import annotations
