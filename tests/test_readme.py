@@ -11,7 +11,7 @@ import pytest
 
 from nodes.servers.redis_server import RedisProcess
 from tests.nodes.harness import mesh
-from tests.support import scaled
+from tests.support import scaled, wait_until
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -22,24 +22,29 @@ def readme_example() -> str:
 
 
 @pytest.mark.timeout(60)
-def test_readme_subscriber_example_runs(redis_server: RedisProcess,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_readme_subscriber_example_runs(redis_server: RedisProcess) -> None:
     code = readme_example()
     assert len([ln for ln in code.splitlines() if ln.strip()]) <= 11
+    lines: list[str] = []
+
+    def record(*args: object) -> None:  # the example's print, kept line by line
+        lines.append(" ".join(map(str, args)))
+
     async def main() -> None:
         async with mesh(redis_server, symbols=("EURUSD", "XAUUSD", "GBPUSD")) as m:
             # The example uses the default mesh; point it at this test's mesh instead.
             src = code.replace("load_config(None)", "CFG").replace("asyncio.run(main())", "")
             # The harness's subscriber holds the UDP port: this one listens on TCP only.
             cfg = replace(m.cfg, subscriber=replace(m.cfg.subscriber, udp_bind=""))
-            env: dict[str, object] = {"CFG": cfg}
+            env: dict[str, object] = {"CFG": cfg, "print": record}
             exec(compile(src, "README.md", "exec"), env)
             task = asyncio.create_task(env["main"]())  # type: ignore[operator]
-            await asyncio.sleep(scaled(1.0))
+            await wait_until(lambda: len(lines) > 100 or task.done(), 5, "100 ticks printed")
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+            if not task.cancelled():
+                task.result()  # the example ended by itself: its error, not "too few lines"
     asyncio.run(main())
-    lines = capsys.readouterr().out.splitlines()
     assert len(lines) > 100
     assert {ln.split()[0] for ln in lines} == {"EURUSD", "XAUUSD"}
 

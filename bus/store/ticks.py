@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -114,18 +114,21 @@ class QuoteCache:
 
     ``stale_s`` > 0 rides through a tick store being failed over: the last quote read serves
     while it is younger than ``stale_s``, and a symbol never read waits for the store (with
-    back-off) for up to ``stale_s``. With 0, a store error propagates at once.
+    back-off) for up to ``stale_s``. With 0, a store error propagates at once. ``clock`` (in
+    seconds) ages the quotes; tests pass a fake one.
     """
 
-    def __init__(self, ticks: TickStore, ttl_s: float, stale_s: float = 0.0) -> None:
+    def __init__(self, ticks: TickStore, ttl_s: float, stale_s: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._ticks = ticks
         self.ttl_s = ttl_s
         self.stale_s = stale_s
+        self._clock = clock
         self._read: dict[str, tuple[float, tuple[float, float] | None]] = {}  # when, quote
         self._backoff = Backoff(base_s=0.005, cap_s=0.1)
 
     async def get(self, symbol: str) -> tuple[float, float] | None:
-        now = time.monotonic()
+        now = self._clock()
         hit = self._read.get(symbol)
         if hit is not None and now - hit[0] < self.ttl_s:
             return hit[1]
@@ -136,7 +139,7 @@ class QuoteCache:
                 raise
             if hit is not None and now - hit[0] <= self.stale_s:
                 return hit[1]
-            left = self.stale_s - (time.monotonic() - now)
+            left = self.stale_s - (self._clock() - now)
             entry, _ = await ride_through(lambda: self._ticks.last(symbol), left, self._backoff)
         quote = (entry.row[0], entry.row[1]) if entry is not None else None
         self._read[symbol] = (now, quote)

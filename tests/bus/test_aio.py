@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 
 import pytest
 
 from bus.aio import cancel_and_wait, wait_event
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -18,15 +20,17 @@ def test_wait_event_true_when_set_false_on_timeout() -> None:
     async def main() -> None:
         ev = asyncio.Event()
         assert not await wait_event(ev, 0.01)
-        asyncio.get_running_loop().call_later(0.01, ev.set)
+        asyncio.get_running_loop().call_later(0.01, ev.set)  # set while it waits
         assert await wait_event(ev, 1.0)
     asyncio.run(main())
 
 
 def test_cancel_and_wait_recancels_a_task_that_swallowed_cancellation() -> None:
     swallowed = []
+    running = []
 
     async def stubborn() -> None:
+        running.append(True)
         while True:
             try:
                 await asyncio.sleep(0.01)
@@ -37,7 +41,7 @@ def test_cancel_and_wait_recancels_a_task_that_swallowed_cancellation() -> None:
 
     async def main() -> None:
         task = asyncio.create_task(stubborn())
-        await asyncio.sleep(0.02)
+        await wait_until(lambda: running, 2, "the task running its loop")
         assert await cancel_and_wait([task], grace_s=2.0)
         assert task.cancelled() and swallowed == [True]
     asyncio.run(main())
@@ -46,15 +50,18 @@ def test_cancel_and_wait_recancels_a_task_that_swallowed_cancellation() -> None:
 def test_cancel_and_wait_gives_up_on_a_task_that_never_ends(
         caplog: pytest.LogCaptureFixture) -> None:
     release = asyncio.Event()
+    running = []
 
     async def immortal() -> None:
+        running.append(True)
         while not release.is_set():
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.sleep(0.01)
 
     async def main() -> None:
         task = asyncio.create_task(immortal(), name="immortal")
-        await asyncio.sleep(0.02)  # running its loop, not cancelled before it starts
+        # Running its loop, not cancelled before it starts.
+        await wait_until(lambda: running, 2, "the task running its loop")
         assert not await cancel_and_wait([task], grace_s=0.2, what="test")
         assert not task.done()
         release.set()  # the test's own escape hatch, so nothing is left running
@@ -73,9 +80,10 @@ def test_loop_watchdog_reports_a_stall_with_the_stack_that_held_the_loop(
     async def main() -> LoopWatchdog:
         dog = LoopWatchdog("test", threshold_s=0.05)
         task = asyncio.create_task(dog.run())
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: any(t.name == "watchdog-test" for t in threading.enumerate()),
+                         2, "the watchdog's thread")
         hold_the_loop()
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: dog.stalls, 2, "the stall reported")
         await cancel_and_wait([task])
         return dog
 

@@ -17,6 +17,7 @@ import pytest
 from bus.config import SchedSection, parse_config
 from bus.sched import apply_realtime, policy_of, realtime_permitted
 from protocols.errors import ConfigError
+from tests.support import wait_until_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 ROOT_ONLY = pytest.mark.skipif(not realtime_permitted(40), reason="needs root or an rtprio limit")
@@ -128,10 +129,8 @@ def test_policy_of_names_policy_priority_and_a_restricted_cpu_set() -> None:
         cpu = min(os.sched_getaffinity(0))
         proc = subprocess.Popen(["taskset", "-c", str(cpu), "sleep", "5"])
         try:
-            for _ in range(100):  # taskset sets the mask, then execs sleep
-                if "cpus" in policy_of(proc.pid):
-                    break
-                subprocess.run(["sleep", "0.01"], check=True)
+            # taskset sets the mask, then execs sleep
+            wait_until_sync(lambda: "cpus" in policy_of(proc.pid), 1, "the CPU mask set")
             assert policy_of(proc.pid) == f"other cpus {cpu}"
         finally:
             proc.kill()

@@ -4,7 +4,11 @@ on its own thread, that record every request and answer with the order codec as 
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -243,28 +247,53 @@ def test_a_backend_that_says_it_is_working_is_waited_for_not_retried(
     run(scenario)
 
 
-def test_a_backend_that_stops_saying_so_is_left_after_the_hold(backend: MakeBackend) -> None:
-    """Notices stop (the backend died while holding the request): the client goes on to the
-    other backend about PENDING_HOLD_S after the last one, not at its deadline."""
-    a, b = backend(silent), backend(ack)
+# A backend as its own process: it holds the first request, says so once (when the request is
+# old enough for a notice to speak for it), and is then killed by the test.
+HOLDING_BACKEND = """
+import sys, time, zmq
+from protocols.orders.codec import encode_order
+from protocols.orders.messages import OrderPending
+sock = zmq.Context().socket(zmq.ROUTER)
+sock.linger = 0
+print(sock.bind_to_random_port("tcp://127.0.0.1"), flush=True)
+ident, *_ = sock.recv_multipart()
+time.sleep(float(sys.argv[1]))
+sock.send_multipart([ident, *encode_order(OrderPending(1))])
+time.sleep(60)
+"""
 
-    async def scenario() -> None:
-        # A first timeout well beyond the notice, which speaks for requests 20 ms old or more.
-        opts = options(a.endpoint, b.endpoint, deadline_s=10.0, request_timeout_s=0.3)
-        async with OrderClient(opts) as client:
-            await connected(client)
-            placing = asyncio.create_task(client.place(new_order()))
-            await wait_until(lambda: len(a.received) == 1, 3, "the request at a")
-            await asyncio.sleep(PENDING_AFTER_S * 2)
-            a.push(a.received[0][0], encode_order(OrderPending(1)))
-            await wait_until(lambda: client.stats()["pending_notices"] == 1, 3, "the notice")
-            last_notice = time.monotonic()
-            got = await placing  # from b, after the hold ran out
-            waited = time.monotonic() - last_notice
-            assert got.client_order_id == "c-1" and len(b.received) == 1
-            assert PENDING_HOLD_S * 0.8 <= waited <= scaled(PENDING_HOLD_S + 2.0), waited
-            assert client.stats()["held"] >= 1
-    run(scenario)
+
+def test_a_backend_killed_while_holding_the_request_is_left_after_the_hold(
+        backend: MakeBackend) -> None:
+    """Notices stop because the backend died (SIGKILL of its process) while holding the
+    request: the client goes on to the other backend about PENDING_HOLD_S after the last
+    notice, not at its deadline."""
+    b = backend(ack)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDING_BACKEND, str(PENDING_AFTER_S * 2)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        a_endpoint = f"tcp://127.0.0.1:{int(holder.stdout.readline())}"
+
+        async def scenario() -> None:
+            # A first timeout well beyond the notice, which speaks for requests 20 ms old or
+            # more.
+            opts = options(a_endpoint, b.endpoint, deadline_s=10.0, request_timeout_s=0.3)
+            async with OrderClient(opts) as client:
+                await connected(client)
+                placing = asyncio.create_task(client.place(new_order()))
+                await wait_until(lambda: client.stats()["pending_notices"] == 1, 3, "the notice")
+                last_notice = time.monotonic()
+                os.kill(holder.pid, signal.SIGKILL)
+                got = await placing  # from b, after the hold ran out
+                waited = time.monotonic() - last_notice
+                assert got.client_order_id == "c-1" and len(b.received) == 1
+                assert PENDING_HOLD_S * 0.8 <= waited <= scaled(PENDING_HOLD_S + 2.0), waited
+                assert client.stats()["held"] >= 1
+        run(scenario)
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_the_wait_comes_back_down_with_fast_answers(backend: MakeBackend) -> None:

@@ -12,10 +12,12 @@ import pytest
 from bus.config import MeshConfig, MeshSection, RedisSection
 from bus.store.connection import connect_redis
 from bus.store.orders import RedisOrderStore
-from bus.store.ticks import RedisTickStore
-from nodes.servers.redis_server import RedisProcess, free_port
+from bus.store.ticks import QuoteCache, RedisTickStore
+from nodes.servers.redis_server import RedisProcess, command, free_port
 from protocols.errors import StoreError, StoreUnavailable
 from protocols.orders.messages import NewOrder, Order, OrderType, Side
+from protocols.ticks.messages import SnapshotEntry
+from tests.support import FakeClock, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,7 +44,7 @@ def test_an_order_write_rides_through_a_store_restart(redis_server: RedisProcess
         try:
             await asyncio.to_thread(redis_server.stop)
             write = asyncio.create_task(store.write(record(), 1))
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # the time under test: the write is held, not failed
             assert not write.done(), "the write is held while the store is away"
             await asyncio.to_thread(redis_server.start)  # the AOF kept the epoch
             await write
@@ -68,6 +70,8 @@ def test_past_the_deadline_the_store_is_unavailable(redis_server: RedisProcess) 
 
 def test_an_order_write_waits_for_the_replica(tmp_path: Path,
                                               redis_server: RedisProcess) -> None:
+    # The first sync starts at once, not after Redis 7's default 5 s wait for more replicas.
+    command(redis_server.address, "CONFIG", "SET", "repl-diskless-sync-delay", "0")
     replica = RedisProcess(data_dir=tmp_path / "replica", replica_of=redis_server.address)
     replica.start()
 
@@ -76,11 +80,10 @@ def test_an_order_write_waits_for_the_replica(tmp_path: Path,
                                         wait_timeout_ms=100))
         on_replica = RedisOrderStore(replica.url, "ha")
         try:
-            for _ in range(100):  # the replica's link comes up after its first sync
-                info = await store.redis.info("replication")
-                if info.get("slave0", {}).get("state") == "online":
-                    break
-                await asyncio.sleep(0.05)
+            # The replica's link comes up after its first sync, and the store asks the master
+            # about replicas at most once a second.
+            await wait_until(store._replica_count, 10, "the store to know of the replica",
+                             interval=0.05)
             await store.write(record("o1"), 1)
             # Returned only after WAIT: the replica has it, no polling needed.
             assert await on_replica.get("o1") == record("o1")
@@ -157,7 +160,7 @@ def test_the_order_role_has_its_own_master_and_url() -> None:
 
 def test_quote_cache_serves_the_last_quote_while_the_tick_store_is_away(
         redis_server: RedisProcess) -> None:
-    from bus.store.ticks import CheckpointRun, QuoteCache
+    from bus.store.ticks import CheckpointRun
 
     async def main() -> None:
         ticks = RedisTickStore(redis_server.url, "ha")
@@ -176,4 +179,62 @@ def test_quote_cache_serves_the_last_quote_while_the_tick_store_is_away(
                 await waiting.get("EURUSD")  # never read: waits for the store, then gives up
         finally:
             await ticks.close()
+    asyncio.run(main())
+
+
+class Quotes:
+    """The one method of a tick store that a ``QuoteCache`` reads, counting its calls; the
+    next ``failures`` calls find the store unavailable."""
+
+    def __init__(self, **quotes: tuple[float, float]) -> None:
+        self.quotes = quotes
+        self.reads = 0
+        self.failures = 0
+
+    async def last(self, stream: str) -> SnapshotEntry | None:
+        self.reads += 1
+        if self.failures:
+            self.failures -= 1
+            raise StoreUnavailable("redis unreachable: (a test's outage)")
+        quote = self.quotes.get(stream)
+        return None if quote is None else SnapshotEntry(stream, 1, 1, (*quote, 0.0, 1.0, 1, 1))
+
+
+def test_quote_cache_reads_each_symbol_at_most_once_per_ttl() -> None:
+    clock, store = FakeClock(), Quotes(EURUSD=(1.1, 1.2))
+    cache = QuoteCache(store, ttl_s=0.5, clock=clock)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        assert await cache.get("EURUSD") == (1.1, 1.2)
+        store.quotes["EURUSD"] = (1.3, 1.4)
+        clock.advance(0.49)
+        assert await cache.get("EURUSD") == (1.1, 1.2)  # within the TTL: not read again
+        assert store.reads == 1
+        clock.advance(0.01)
+        assert await cache.get("EURUSD") == (1.3, 1.4)  # the TTL is over: read again
+        assert await cache.get("XAUUSD") is None
+        assert await cache.get("XAUUSD") is None  # "no quote" is cached as well
+        assert store.reads == 3
+    asyncio.run(main())
+
+
+def test_quote_cache_serves_a_stale_quote_only_while_it_is_younger_than_stale_s() -> None:
+    clock, store = FakeClock(), Quotes(EURUSD=(1.1, 1.2))
+    riding = QuoteCache(store, ttl_s=0.1, stale_s=2.0, clock=clock)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        assert await riding.get("EURUSD") == (1.1, 1.2)
+        store.quotes["EURUSD"] = (1.3, 1.4)
+        store.failures = 1_000
+        clock.advance(1.9)  # past the TTL, within stale_s: the last quote, not an error
+        assert await riding.get("EURUSD") == (1.1, 1.2)
+        assert store.reads == 2
+        clock.advance(0.2)  # older than stale_s: it waits for the store instead
+        store.failures = 2
+        assert await riding.get("EURUSD") == (1.3, 1.4)
+        assert store.reads == 2 + 3  # one failed read, then ridden through: a failure, a success
+        store.failures = 1
+        with pytest.raises(StoreUnavailable):  # stale_s 0: the error at once
+            await QuoteCache(store, ttl_s=0.1, clock=clock).get(  # type: ignore[arg-type]
+                "EURUSD")
     asyncio.run(main())

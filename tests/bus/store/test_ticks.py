@@ -1,10 +1,11 @@
-"""The Redis tick store and the checkpointer against a real redis-server."""
+"""The Redis tick store beyond its contract (tests/bus/store/contract_ticks.py, run by
+test_contracts.py): its keys, the capped stream, a dead server, the error map, and the
+checkpointer against a real redis-server."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 
@@ -13,104 +14,25 @@ from bus.store.ticks import CheckpointRun, RedisTickStore
 from bus.ticks.checkpoint import FLUSH_TICKS, Checkpointer
 from nodes.servers.redis_server import RedisProcess
 from protocols.errors import StoreError, StoreUnavailable
-from protocols.ticks.messages import Row, SeqRange
+from tests.bus.store.contract_ticks import filled_seqs, rows
+from tests.support import run_with
 
 T = TypeVar("T")
 pytestmark = pytest.mark.timeout(30)
 
 
-def row(seq: int) -> Row:
-    return (1.0 + seq / 1000, 1.0 + seq / 1000 + 0.0001, 0.0, 1.0, seq, seq + 1)
-
-
-def rows(a: int, b: int) -> list[Row]:
-    return [row(s) for s in range(a, b + 1)]
-
-
 def with_store(server: RedisProcess,
                body: Callable[[RedisTickStore], Awaitable[T]]) -> T:
-    async def main() -> T:
-        store = RedisTickStore(server.url, "t")
-        try:
-            return await body(store)
-        finally:
-            await store.close()
-    return asyncio.run(main())
+    async def open_store() -> RedisTickStore:
+        return RedisTickStore(server.url, "t")
+    return run_with(open_store, body)
 
 
-def filled_seqs(result: Any) -> list[int]:
-    return [b.first_seq + i for b in result.batches for i in range(len(b.rows))]
-
-
-def test_new_streams_start_at_one_and_reserve(redis_server: RedisProcess) -> None:
+def test_a_session_reserves_in_the_reserved_hash(redis_server: RedisProcess) -> None:
     async def body(store: RedisTickStore) -> None:
         starts = await store.start_session("f", 1, ["A", "B"], 1000)
         assert starts == {"A": 1, "B": 1}
         assert await store.redis.hget("t:reserved", "A") == b"1000"
-    with_store(redis_server, body)
-
-
-def test_write_then_snapshot_and_fill(redis_server: RedisProcess) -> None:
-    async def body(store: RedisTickStore) -> None:
-        await store.start_session("f", 7, ["EURUSD", "GBPUSD"], 1000)
-        await store.write([CheckpointRun("EURUSD", 7, 1, rows(1, 10)),
-                           CheckpointRun("GBPUSD", 7, 1, rows(1, 3))], 10_000)
-        await store.write([CheckpointRun("EURUSD", 7, 11, rows(11, 20))], 10_000)
-        snap = await store.snapshot(["EUR"])
-        assert [(e.stream, e.session, e.seq, e.row) for e in snap] == [
-            ("EURUSD", 7, 20, row(20))]
-        assert {e.stream for e in await store.snapshot([""])} == {"EURUSD", "GBPUSD"}
-        res = await store.fill("EURUSD", 5, 15, 1000)
-        assert res.settled_to == 15
-        assert filled_seqs(res) == list(range(5, 16))
-        assert [r for b in res.batches for r in b.rows] == rows(5, 15)
-        assert all(b.session == 7 for b in res.batches)
-    with_store(redis_server, body)
-
-
-def test_fill_speaks_only_for_what_is_checkpointed(redis_server: RedisProcess) -> None:
-    async def body(store: RedisTickStore) -> None:
-        await store.start_session("f", 1, ["X"], 1000)
-        await store.write([CheckpointRun("X", 1, 1, rows(1, 10))], 10_000)
-        res = await store.fill("X", 8, 30, 1000)
-        assert res.settled_to == 10
-        assert filled_seqs(res) == [8, 9, 10]
-        nothing = await store.fill("X", 11, 30, 1000)
-        assert nothing.settled_to == 10 and not nothing.batches
-    with_store(redis_server, body)
-
-
-def test_crash_restart_resumes_above_reservation_with_void(redis_server: RedisProcess) -> None:
-    async def body(store: RedisTickStore) -> None:
-        await store.start_session("f", 1, ["X"], 100)
-        await store.write([CheckpointRun("X", 1, 1, rows(1, 10))], 10_000)
-        # No end_session: the feed was killed. Numbers 11..100 may have been published.
-        starts = await store.start_session("f", 2, ["X"], 100)
-        assert starts == {"X": 101}
-        res = await store.fill("X", 5, 101, 1000)
-        assert filled_seqs(res) == list(range(5, 11))
-        assert res.void == (SeqRange(11, 100),)
-        assert res.settled_to == 100
-    with_store(redis_server, body)
-
-
-def test_clean_end_releases_reservation(redis_server: RedisProcess) -> None:
-    async def body(store: RedisTickStore) -> None:
-        await store.start_session("f", 1, ["X"], 100)
-        await store.write([CheckpointRun("X", 1, 1, rows(1, 10))], 10_000)
-        await store.end_session("f", {"X": 10})
-        assert await store.start_session("f", 2, ["X"], 100) == {"X": 11}
-        assert (await store.fill("X", 1, 10, 100)).void == ()
-    with_store(redis_server, body)
-
-
-def test_retried_write_is_idempotent(redis_server: RedisProcess) -> None:
-    async def body(store: RedisTickStore) -> None:
-        await store.start_session("f", 1, ["X"], 100)
-        run = CheckpointRun("X", 1, 1, rows(1, 10))
-        await store.write([run], 10_000)
-        await store.write([run], 10_000)  # the first reply was lost; the retry must not fail
-        assert filled_seqs(await store.fill("X", 1, 10, 100)) == list(range(1, 11))
     with_store(redis_server, body)
 
 
@@ -124,17 +46,6 @@ def test_capped_stream_settles_trimmed_range_empty(redis_server: RedisProcess) -
         have = filled_seqs(res)
         assert have[-1] == 2000 and have[0] > 1  # the oldest were trimmed: gone for good
         assert have == list(range(have[0], 2001))
-    with_store(redis_server, body)
-
-
-def test_fill_pages_large_ranges(redis_server: RedisProcess) -> None:
-    async def body(store: RedisTickStore) -> None:
-        await store.start_session("f", 1, ["X"], 10_000)
-        await store.write([CheckpointRun("X", 1, f, rows(f, f + 9)) for f in range(1, 1001, 10)],
-                          10_000)
-        res = await store.fill("X", 1, 1000, 100)
-        assert 100 <= res.settled_to < 1000
-        assert filled_seqs(res)[: res.settled_to] == list(range(1, res.settled_to + 1))
     with_store(redis_server, body)
 
 

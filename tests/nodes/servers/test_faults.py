@@ -4,7 +4,7 @@ sockets."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
 import pytest
@@ -12,25 +12,14 @@ import zmq
 import zmq.asyncio
 
 from nodes.servers.faults import TcpProxy, UdpRelay
-from tests.support import TIME_SCALE
+from tests.support import scaled, wait_until
 
 pytestmark = pytest.mark.timeout(10)
 
 
-DEADLINE_S = 2.0 * TIME_SCALE
+TIMEOUT = 2.0  # seconds, before scaling
+DEADLINE_S = scaled(TIMEOUT)
 LOOPBACK = "127.0.0.1"
-
-
-async def wait_for_condition(
-    condition: Callable[[], bool], what: str, timeout: float = DEADLINE_S
-) -> None:
-    """Poll ``condition`` on the loop until it holds; fail the test after ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() >= deadline:
-            pytest.fail(f"timed out after {timeout:.1f} s waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -92,9 +81,8 @@ def test_proxy_forwards_an_echo_round_trip() -> None:
             async with connection(proxy.listen_port) as (reader, writer):
                 assert await round_trip(reader, writer, payload) == payload
             assert proxy.connections == 1
-            await wait_for_condition(
-                lambda: proxy.bytes_forwarded == 2 * len(payload), "both directions counted"
-            )
+            await wait_until(lambda: proxy.bytes_forwarded == 2 * len(payload), TIMEOUT,
+                             "both directions counted")
 
     asyncio.run(scenario())
 
@@ -107,7 +95,7 @@ def test_proxy_passes_half_close_through() -> None:
                 writer.write_eof()
                 # The echo server sees EOF only through the proxy, answers, then closes.
                 assert await read_eof(reader) == b"last words"
-            await wait_for_condition(lambda: proxy.active_connections == 0, "link released")
+            await wait_until(lambda: proxy.active_connections == 0, TIMEOUT, "link released")
 
     asyncio.run(scenario())
 
@@ -120,7 +108,7 @@ def test_cut_breaks_live_connections_and_refuses_new_ones_until_restore() -> Non
                 proxy.cut()
                 assert proxy.is_cut
                 assert await read_eof(reader) == b""
-            await wait_for_condition(lambda: proxy.active_connections == 0, "link released")
+            await wait_until(lambda: proxy.active_connections == 0, TIMEOUT, "link released")
 
             async with connection(proxy.listen_port) as (reader, writer):
                 assert await read_eof(reader) == b""
@@ -187,7 +175,7 @@ def test_zmq_push_pull_reconnects_through_proxy_after_cut_and_restore() -> None:
                 proxy.cut()
                 # ZeroMQ notices the dropped link and keeps dialling; each attempt is turned
                 # away, which is what proves it is trying.
-                await wait_for_condition(lambda: proxy.refused >= 2, "reconnect attempts")
+                await wait_until(lambda: proxy.refused >= 2, TIMEOUT, "reconnect attempts")
 
                 proxy.restore()
                 await push.send(b"two")
@@ -250,11 +238,9 @@ async def send_paced(relay: UdpRelay, sink: _Collect, count: int, batch: int = 1
             def relay_caught_up(expected: int = start + last) -> bool:
                 return relay.received == expected
 
-            await wait_for_condition(relay_caught_up, f"relay to receive {last} datagrams")
-            await wait_for_condition(
-                lambda: len(sink.datagrams) == relay.forwarded,
-                "sink to receive every forwarded datagram",
-            )
+            await wait_until(relay_caught_up, TIMEOUT, f"relay to receive {last} datagrams")
+            await wait_until(lambda: len(sink.datagrams) == relay.forwarded, TIMEOUT,
+                             "sink to receive every forwarded datagram")
 
 
 async def run_lossy_relay(seed: int, drop_rate: float, count: int) -> list[int]:

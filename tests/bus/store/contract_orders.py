@@ -1,0 +1,183 @@
+"""The contract of :class:`bus.store.orders.OrderStore`: what the backend pair and the executor
+rely on, whatever keeps the orders.
+
+* The epoch is a compare-and-swap: raised to ``expected + 1`` only if it is still
+  ``expected``; of two backends racing for it, one wins.
+* An order write is fenced by the epoch: a writer whose epoch is not the current one is
+  refused (``Fenced``, with both epochs) and writes nothing.
+* A client order id names one order: the same order may be written again (a retry, a new
+  state), another order with that client order id is refused (``InvalidOrder``), and an order
+  id never overwrites another client order's record (``StoreError``).
+* ``open_orders`` holds every order not yet terminal, however many.
+* The execution log of an order appends with a compare-and-set on its length: an entry at
+  position ``seq`` lands only if the log holds ``seq - 1`` entries; a loser is told what it
+  missed; a position beyond the end is an error that writes nothing.
+
+An implementation runs it with one fixture named ``order_store``: an async function that opens
+a store on this test's own empty data (each call opens another client on the same data); see
+``tests/bus/store/test_contracts.py``. What only one implementation does (Redis keys and Lua,
+AOF, connection limits, faults of the server) is tested beside it, in ``test_orders.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from bus.store.orders import OrderStore
+from protocols.errors import Fenced, InvalidOrder, StoreError
+from protocols.orders.messages import NewOrder, Order, OrderState, OrderType, Side
+from tests.support import run_with, run_with_two
+
+OpenOrderStore = Callable[[], Awaitable[OrderStore]]
+
+
+def new(coid: str = "c1", account: str = "acc") -> NewOrder:
+    return NewOrder(account, coid, "EURUSD", Side.BUY, OrderType.LIMIT, 1.0, 1.08, 1)
+
+
+def order(order_id: str = "o1", coid: str = "c1", epoch: int = 1) -> Order:
+    return Order.from_new(order_id, new(coid), epoch=epoch, now_ns=10)
+
+
+def routed(quantity: float = 2.0) -> Order:
+    rec = Order.from_new("o1", NewOrder("acc", "c1", "EURUSD", Side.BUY, OrderType.MARKET,
+                                        quantity, None, 1), epoch=1, now_ns=1)
+    for state in (OrderState.ACCEPTED, OrderState.ROUTED):
+        rec = rec.apply(rec.status_report(state, exec_id="b", epoch=1), epoch=1, now_ns=1)
+    return rec
+
+
+class OrderStoreContract:
+    """Every test takes ``order_store``; a subclass in a test module runs them all."""
+
+    def test_the_epoch_is_a_compare_and_swap(self, order_store: OpenOrderStore) -> None:
+        async def body(s: OrderStore) -> None:
+            assert await s.current_epoch() == 0
+            assert await s.acquire_epoch(0) == (True, 1)
+            assert await s.acquire_epoch(0) == (False, 1)  # someone else took 1 first
+            assert await s.acquire_epoch(1) == (True, 2)
+            assert await s.current_epoch() == 2
+        run_with(order_store, body)
+
+    def test_of_two_backends_racing_for_the_epoch_one_wins(
+            self, order_store: OpenOrderStore) -> None:
+        async def body(a: OrderStore, b: OrderStore) -> None:
+            results = await asyncio.gather(a.acquire_epoch(0), b.acquire_epoch(0))
+            assert sorted(results) == [(False, 1), (True, 1)]
+        run_with_two(order_store, body)
+
+    def test_write_and_read_back(self, order_store: OpenOrderStore) -> None:
+        async def body(s: OrderStore) -> None:
+            _, epoch = await s.acquire_epoch(0)
+            o = order(epoch=epoch)
+            await s.write(o, epoch)
+            assert await s.get("o1") == o
+            assert await s.get("nope") is None
+            assert await s.by_client_id("acc", "c1") == o
+            assert await s.by_client_id("acc", "nope") is None
+            assert await s.by_client_id("other", "c1") is None  # client ids are per account
+            assert await s.open_orders() == [o]
+        run_with(order_store, body)
+
+    def test_a_stale_active_cannot_write(self, order_store: OpenOrderStore) -> None:
+        """Two backends both believe they are active; only the newer epoch's writes land."""
+        async def body(a: OrderStore, b: OrderStore) -> None:
+            _, old = await a.acquire_epoch(0)
+            _, current = await b.acquire_epoch(old)  # b took over; a did not notice
+            with pytest.raises(Fenced) as info:
+                await a.write(order("oA", "cA", epoch=old), old)
+            assert (info.value.epoch, info.value.current) == (old, current)
+            assert await a.get("oA") is None and await b.by_client_id("acc", "cA") is None
+            await b.write(order("oB", "cB", epoch=current), current)
+            assert [o.order_id for o in await a.open_orders()] == ["oB"]
+        run_with_two(order_store, body)
+
+    def test_a_client_order_id_names_one_order(self, order_store: OpenOrderStore) -> None:
+        async def body(s: OrderStore) -> None:
+            _, epoch = await s.acquire_epoch(0)
+            await s.write(order("o1", "c1", epoch), epoch)
+            await s.write(order("o1", "c1", epoch), epoch)  # the same order again: fine
+            with pytest.raises(InvalidOrder, match="already names order o1"):
+                await s.write(order("o2", "c1", epoch), epoch)
+            assert await s.get("o2") is None
+            assert await s.by_client_id("acc", "c1") == order("o1", "c1", epoch)
+        run_with(order_store, body)
+
+    def test_an_order_id_never_overwrites_another_client_orders_record(
+            self, order_store: OpenOrderStore) -> None:
+        """Defence in depth: two writers that (wrongly) pick the same order id cannot replace
+        each other's record; only the record's own client order id may rewrite it."""
+        async def body(s: OrderStore) -> None:
+            _, epoch = await s.acquire_epoch(0)
+            first = order("o1", "c1", epoch)
+            await s.write(first, epoch)
+            with pytest.raises(StoreError, match="already names another client order"):
+                await s.write(order("o1", "c2", epoch), epoch)
+            assert await s.get("o1") == first
+            assert await s.by_client_id("acc", "c2") is None
+            await s.write(first, epoch)  # its own client order id: an idempotent rewrite
+        run_with(order_store, body)
+
+    def test_a_new_state_replaces_the_record_and_terminal_orders_leave_the_open_set(
+            self, order_store: OpenOrderStore) -> None:
+        async def body(s: OrderStore) -> None:
+            _, epoch = await s.acquire_epoch(0)
+            o = order(epoch=epoch)
+            await s.write(o, epoch)
+            accepted = o.apply(o.status_report(OrderState.ACCEPTED, exec_id="b", epoch=epoch),
+                               epoch=epoch, now_ns=11)
+            await s.write(accepted, epoch)
+            assert await s.get("o1") == await s.by_client_id("acc", "c1") == accepted
+            assert await s.open_orders() == [accepted]
+            rejected = Order(o.order_id, o.order, OrderState.REJECTED, 0.0, 0.0, epoch, 12,
+                             o.quantity, o.price)
+            await s.write(rejected, epoch)
+            assert await s.open_orders() == []
+            assert await s.get("o1") == rejected
+        run_with(order_store, body)
+
+    def test_open_orders_holds_every_open_order_however_many(
+            self, order_store: OpenOrderStore) -> None:
+        async def body(s: OrderStore) -> None:
+            _, epoch = await s.acquire_epoch(0)
+            orders = [order(f"o{i:03}", f"c{i}", epoch) for i in range(450)]
+            await asyncio.gather(*(s.write(o, epoch) for o in orders))
+            done = orders[7]
+            await s.write(Order(done.order_id, done.order, OrderState.REJECTED, 0.0, 0.0,
+                                epoch, 11, done.quantity, done.price), epoch)
+            got = await s.open_orders()
+            assert sorted(o.order_id for o in got) == [o.order_id for o in orders if o != done]
+        run_with(order_store, body)
+
+    def test_the_execution_log_appends_once_per_position(
+            self, order_store: OpenOrderStore) -> None:
+        async def body(s: OrderStore) -> None:
+            rec = routed()
+            first = rec.fill_report(0.5, 1.1, seq=1, exec_id="o1:1")
+            assert await s.append_execution(first) == []
+            # Another decider, same position (a restarted executor; a cancel racing the fill):
+            # refused, and told what it missed.
+            cancel = rec.status_report(OrderState.CANCELLED, exec_id="o1:1", epoch=1, seq=1)
+            assert await s.append_execution(cancel) == [first]
+            rec = rec.apply(first, epoch=1, now_ns=2)
+            replace = rec.replace_report(3.0, None, exec_id="o1:2", epoch=1, seq=2)
+            assert await s.append_execution(replace) == []
+            # Appending past the end (a gap) is an error, and writes nothing.
+            late = rec.fill_report(0.5, 1.1, seq=4, exec_id="o1:4")
+            with pytest.raises(StoreError, match="holds 2 entries: position 4 is beyond its end"):
+                await s.append_execution(late)
+            assert await s.executions("o1") == [first, replace]
+            assert await s.executions("o1", after=1) == [replace]
+            assert await s.executions("o1", after=2) == []
+            assert await s.executions("o2") == []
+        run_with(order_store, body)
+
+    def test_an_entry_without_a_position_is_refused(self, order_store: OpenOrderStore) -> None:
+        async def body(s: OrderStore) -> None:
+            with pytest.raises(ValueError, match="position >= 1"):
+                await s.append_execution(routed().fill_report(0.5, 1.1, seq=0, exec_id="o1:0"))
+            assert await s.executions("o1") == []
+        run_with(order_store, body)
