@@ -307,8 +307,8 @@ def test_concurrent_orders_of_one_account_cannot_share_its_headroom(
             assert len(acked) == 10, results
             assert len(refused) == 5
             assert {r.reason for r in refused} == {RejectReason.EXPOSURE_LIMIT}
-            assert primary._pending == {}  # every reservation released
-            assert primary._exposure("acc") == pytest.approx(10 * 90 * 1.08)
+            assert primary.service.reserved() == 0  # every reservation released
+            assert primary.service.exposure("acc") == pytest.approx(10 * 90 * 1.08)
     run(main())
 
 
