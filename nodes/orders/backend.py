@@ -68,7 +68,9 @@ from protocols.orders.messages import (
     PENDING_AFTER_S,
     PENDING_INTERVAL_S,
     CancelOrder,
+    CancelRequest,
     ExecutionReport,
+    ExecutorRequest,
     Limits,
     NewOrder,
     OpenOrders,
@@ -80,6 +82,7 @@ from protocols.orders.messages import (
     OrderState,
     RejectReason,
     ReplaceOrder,
+    ReplaceRefused,
     check_id,
 )
 from protocols.orders.service import (
@@ -442,7 +445,7 @@ class BackendNode:
         epoch = self.star.epoch
         target = await self.store.by_client_id(req.account, req.target_client_order_id)
         request = self.service.cancel(req, target, epoch=epoch, now_ns=time.time_ns())
-        if not isinstance(request, ExecutionReport):
+        if not isinstance(request, CancelRequest):
             return request
         assert target is not None
         await self._send_executor(request, target.order_id)
@@ -505,7 +508,7 @@ class BackendNode:
         if await self._send_executor(order, order.order_id):
             self.stats.routed += 1
 
-    async def _send_executor(self, msg: Order | ExecutionReport, order_id: str) -> bool:
+    async def _send_executor(self, msg: Order | ExecutorRequest, order_id: str) -> bool:
         try:
             await self.executor.send_multipart([self.executor_id, *encode_order(msg)],
                                                flags=zmq.NOBLOCK)
@@ -556,8 +559,8 @@ class BackendNode:
                 continue
             if not self.star.serving:
                 continue
-            if isinstance(report, OrderReject):  # the executor refused a replace
-                self.service.refused(report.client_order_id, report)  # it names the order id
+            if isinstance(report, ReplaceRefused):
+                self.service.refused(report)
             elif isinstance(report, ExecutionReport):
                 # Applied concurrently, in order per order id: one at a time, each a store
                 # round trip, reports fell behind a backlog of fills.

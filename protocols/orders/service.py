@@ -34,7 +34,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from protocols.orders.messages import (
+    EXEC_ACCEPT,
+    EXEC_ROUTE,
     CancelOrder,
+    CancelRequest,
     ExecutionReport,
     Limits,
     NewOrder,
@@ -46,6 +49,8 @@ from protocols.orders.messages import (
     OrderState,
     RejectReason,
     ReplaceOrder,
+    ReplaceRefused,
+    ReplaceRequest,
     amend_text,
     check_amend,
     idempotency,
@@ -57,16 +62,9 @@ REDRIVE_BATCH = 500  # unconfirmed orders re-sent per re-drive round
 GAP_RETRY_S = 0.05  # an order whose log entries arrive with a gap is re-driven at most this often
 RECENT_REPLACES = 1_000  # replace outcomes kept to answer a client's retry the same way
 
-# The exec ids of the backend's own reports and requests (the executor's are
-# ``{order_id}:{seq}``).
-EXEC_ACCEPT = "accept"
-EXEC_ROUTE = "route"
-CANCEL_SUFFIX = ":cxl"
-REPLACE_SUFFIX = ":rpl"
-
 Key = tuple[str, str]  # (account, client order id)
 Reply = OrderAck | OrderReject
-Decision = Order | OrderReject  # the executor's answer to a replace: the record, or a refusal
+Decision = Order | ReplaceRefused  # the executor's answer to a replace: the record, or a refusal
 
 
 @dataclass(eq=False, slots=True)
@@ -75,7 +73,7 @@ class PendingReplace:
 
     order_id: str
     client_order_id: str
-    request: ExecutionReport  # what goes to the executor
+    request: ReplaceRequest  # what goes to the executor
     waiters: list[Callable[[Decision], None]] = field(default_factory=list)
     decided: Decision | None = None
 
@@ -106,7 +104,7 @@ class OrderRecord:
 
     route: bytes = b""  # the client's routing id ("": use the order's client_id)
     sent: float = 0.0  # when it last went to the executor or made progress there
-    cancel: ExecutionReport | None = None  # the cancel request in flight
+    cancel: CancelRequest | None = None  # the cancel request in flight
     replace: PendingReplace | None = None
 
 
@@ -179,8 +177,8 @@ class OrderService:
         records, self._records = self._records, {}
         for record in records.values():
             if record.replace is not None:
-                record.replace._settle(OrderReject(record.replace.client_order_id,
-                                                   RejectReason.FENCED, message))
+                record.replace._settle(ReplaceRefused(record.replace.order_id,
+                                                      RejectReason.FENCED, message))
 
     # -- requests in service ---------------------------------------------------------------
 
@@ -273,7 +271,7 @@ class OrderService:
     # -- cancels ---------------------------------------------------------------------------
 
     def cancel(self, req: CancelOrder, target: Order | None, *, epoch: int, now_ns: int
-               ) -> Reply | ExecutionReport:
+               ) -> Reply | CancelRequest:
         """The answer to a cancel of ``target`` (as the store has it), or the request to send
         to the executor (then acknowledge with :meth:`cancel_ack`). Cancelling an order
         cancelled already is acknowledged again: a retried cancel is harmless."""
@@ -283,9 +281,7 @@ class OrderService:
         if reason is not None or target is None:
             why = reason or RejectReason.UNKNOWN_ORDER
             return OrderReject(req.client_order_id, why, why.name.lower())
-        request = target.status_report(OrderState.CANCELLED,
-                                       exec_id=target.order_id + CANCEL_SUFFIX, epoch=epoch,
-                                       transact_ns=now_ns)
+        request = CancelRequest(target.order_id, epoch, now_ns)
         self._record(target.order_id).cancel = request
         return request
 
@@ -318,9 +314,8 @@ class OrderService:
                 return AwaitReplace(pending)  # the client's retry while the executor decides
             return OrderReject(req.client_order_id, RejectReason.NOT_CANCELLABLE,
                                "another replace of this order is being decided")
-        request = target.replace_report(req.quantity, req.price,
-                                        exec_id=target.order_id + REPLACE_SUFFIX, epoch=epoch,
-                                        transact_ns=now_ns, client_order_id=req.client_order_id)
+        request = ReplaceRequest(target.order_id, req.client_order_id, req.quantity, req.price,
+                                 epoch, now_ns)
         record.replace = PendingReplace(target.order_id, req.client_order_id, request)
         record.route = identity
         return SendReplace(record.replace)
@@ -331,9 +326,9 @@ class OrderService:
         if record is not None and record.replace is pending:
             record.replace = None
 
-    def refused(self, order_id: str, refusal: OrderReject) -> None:
-        """The executor refused the replace pending for ``order_id``."""
-        self._settle(order_id, refusal)
+    def refused(self, refusal: ReplaceRefused) -> None:
+        """The executor refused the replace pending for ``refusal.order_id``."""
+        self._settle(refusal.order_id, refusal)
 
     def _settle(self, order_id: str, outcome: Decision) -> None:
         record = self._records.get(order_id)
@@ -349,7 +344,7 @@ class OrderService:
             return OrderReject(req.client_order_id, RejectReason.EXECUTOR_UNAVAILABLE,
                                f"no decision from the executor in {timeout_s:g} s")
         reply: Reply
-        if isinstance(outcome, OrderReject):
+        if isinstance(outcome, ReplaceRefused):
             reply = OrderReject(req.client_order_id, outcome.reason, outcome.message)
         else:
             reply = OrderAck(req.client_order_id, outcome.order_id, outcome.state,
@@ -396,7 +391,7 @@ class OrderService:
     # -- re-drives -------------------------------------------------------------------------
 
     def redrive(self, now: float, *, force: bool = False
-                ) -> tuple[list[Order], list[ExecutionReport]]:
+                ) -> tuple[list[Order], list[CancelRequest]]:
         """The open orders to send to the executor again (oldest first, at most
         REDRIVE_BATCH, each at most once per ``redrive_s``) and the cancels to send again.
         Records of orders no longer open and waiting on nothing go."""
@@ -404,8 +399,7 @@ class OrderService:
                          if i not in self.open and r.cancel is None and r.replace is None]:
             del self._records[order_id]
         due = [o for o in self.open.values()
-               if o.state in (OrderState.ROUTED, OrderState.PARTIALLY_FILLED)
-               and (force or now - self._last_sent(o.order_id)
+               if o.state.at_executor and (force or now - self._last_sent(o.order_id)
                                            >= self.redrive_s)]
         due.sort(key=lambda o: o.updated_ns)
         cancels = [r.cancel for r in itertools.islice(
@@ -419,13 +413,9 @@ class OrderService:
 
 
 __all__ = [
-    "CANCEL_SUFFIX",
-    "EXEC_ACCEPT",
-    "EXEC_ROUTE",
     "GAP_RETRY_S",
     "RECENT_REPLACES",
     "REDRIVE_BATCH",
-    "REPLACE_SUFFIX",
     "AwaitReplace",
     "InService",
     "OrderRecord",

@@ -10,6 +10,7 @@ import pytest
 
 from protocols.orders.messages import (
     CancelOrder,
+    CancelRequest,
     ExecutionReport,
     Limits,
     NewOrder,
@@ -20,14 +21,14 @@ from protocols.orders.messages import (
     OrderType,
     RejectReason,
     ReplaceOrder,
+    ReplaceRefused,
+    ReplaceRequest,
     Side,
 )
 from protocols.orders.service import (
-    CANCEL_SUFFIX,
     GAP_RETRY_S,
     RECENT_REPLACES,
     REDRIVE_BATCH,
-    REPLACE_SUFFIX,
     AwaitReplace,
     OrderService,
     PendingReplace,
@@ -174,9 +175,7 @@ def test_cancel_table() -> None:
     order = placed(svc)
     req = CancelOrder("acc", "x1", "c1")
     request = svc.cancel(req, order, epoch=1, now_ns=NOW_NS)
-    assert isinstance(request, ExecutionReport)
-    assert request.state is OrderState.CANCELLED and request.seq == 0
-    assert request.exec_id == order.order_id + CANCEL_SUFFIX
+    assert request == CancelRequest(order.order_id, 1, NOW_NS)
     record = svc.record(order.order_id)
     assert record is not None and record.cancel == request
     other = svc.cancel(CancelOrder("other", "x1", "c1"), order, epoch=1, now_ns=NOW_NS)
@@ -200,8 +199,7 @@ def test_replace_is_sent_once_and_a_retry_waits_for_the_same_decision() -> None:
     req = ReplaceOrder("acc", "r1", "c1", 2.0, 1.1)
     first = svc.replace(req, order, QUOTE, epoch=1, now_ns=NOW_NS, identity=b"cl")
     assert isinstance(first, SendReplace)
-    assert first.pending.request.is_replace and first.pending.request.seq == 0
-    assert first.pending.request.exec_id == order.order_id + REPLACE_SUFFIX
+    assert first.pending.request == ReplaceRequest(order.order_id, "r1", 2.0, 1.1, 1, NOW_NS)
     retry = svc.replace(req, order, QUOTE, epoch=1, now_ns=NOW_NS, identity=b"cl")
     assert isinstance(retry, AwaitReplace) and retry.pending is first.pending
     other = svc.replace(ReplaceOrder("acc", "r2", "c1", 3.0, 1.1), order, QUOTE, epoch=1,
@@ -256,14 +254,15 @@ def test_replace_outcomes_reach_the_waiters_and_final_ones_are_remembered() -> N
 REPLACE_ANSWERS = [
     # (executor's outcome, reply reason, remembered)
     (None, RejectReason.EXECUTOR_UNAVAILABLE, False),
-    (OrderReject("O1.t.1", RejectReason.NOT_CANCELLABLE, "filled"),
+    (ReplaceRefused("O1.t.1", RejectReason.NOT_CANCELLABLE, "filled"),
      RejectReason.NOT_CANCELLABLE, True),
-    (OrderReject("O1.t.1", RejectReason.FENCED, "stepped down"), RejectReason.FENCED, False),
+    (ReplaceRefused("O1.t.1", RejectReason.FENCED, "stepped down"), RejectReason.FENCED,
+     False),
 ]
 
 
 @pytest.mark.parametrize(("outcome", "reason", "remembered"), REPLACE_ANSWERS)
-def test_replace_answers(outcome: OrderReject | None, reason: RejectReason,
+def test_replace_answers(outcome: ReplaceRefused | None, reason: RejectReason,
                          remembered: bool) -> None:
     svc = service()
     req = ReplaceOrder("acc", "r1", "c1", 2.0, 1.1)
@@ -275,7 +274,7 @@ def test_replace_answers(outcome: OrderReject | None, reason: RejectReason,
 
 def test_replace_outcomes_kept_are_capped() -> None:
     svc = service()
-    refusal = OrderReject("O1.t.1", RejectReason.NOT_CANCELLABLE, "no")
+    refusal = ReplaceRefused("O1.t.1", RejectReason.NOT_CANCELLABLE, "no")
     for i in range(RECENT_REPLACES + 10):
         svc.replace_answer(ReplaceOrder("acc", f"r{i}", "c1", 2.0, 1.1), refusal, 0.5)
     assert svc.replaced(ReplaceOrder("acc", "r0", "c1", 2.0, 1.1)) is None
@@ -286,15 +285,15 @@ def test_replace_outcomes_kept_are_capped() -> None:
 def test_refusal_abandon_and_step_down_settle_pending_replaces() -> None:
     svc = service()
     a, b, c = placed(svc, "a"), placed(svc, "b"), placed(svc, "c")
-    refusal = OrderReject(a.order_id, RejectReason.NOT_CANCELLABLE, "filled")
+    refusal = ReplaceRefused(a.order_id, RejectReason.NOT_CANCELLABLE, "filled")
     pa, pb, pc = pending_of(svc, a, "ra"), pending_of(svc, b, "rb"), pending_of(svc, c, "rc")
-    svc.refused(a.order_id, refusal)
+    svc.refused(refusal)
     assert pa.decided == refusal
     svc.abandon(pb)
     record = svc.record(b.order_id)
     assert pb.decided is None and record is not None and record.replace is None
     svc.step_down("stepped down")
-    assert isinstance(pc.decided, OrderReject) and pc.decided.reason is RejectReason.FENCED
+    assert isinstance(pc.decided, ReplaceRefused) and pc.decided.reason is RejectReason.FENCED
     assert len(svc) == 0 and len(svc.open) == 0
 
 
@@ -305,7 +304,7 @@ def test_records_go_with_terminal_orders() -> None:
     order = placed(svc)
     svc.sent(order.order_id, 1.0)
     request = svc.cancel(CancelOrder("acc", "x1", "c1"), order, epoch=1, now_ns=NOW_NS)
-    assert isinstance(request, ExecutionReport)
+    assert isinstance(request, CancelRequest)
     entry = order.status_report(OrderState.CANCELLED, exec_id="e", epoch=1, seq=1)
     done = order.apply(entry, epoch=1, now_ns=NOW_NS)
     assert svc.applied(entry, done, 2.0) == b"cl"  # the report still reaches the client
