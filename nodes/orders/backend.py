@@ -68,7 +68,6 @@ from protocols.orders.messages import (
     PENDING_AFTER_S,
     PENDING_INTERVAL_S,
     CancelOrder,
-    CancelRequest,
     ExecutionReport,
     ExecutorRequest,
     Limits,
@@ -90,6 +89,7 @@ from protocols.orders.service import (
     Decision,
     OrderService,
     PendingReplace,
+    SendCancel,
     SendReplace,
     route_accepted,
 )
@@ -444,12 +444,12 @@ class BackendNode:
         """
         epoch = self.star.epoch
         target = await self.store.by_client_id(req.account, req.target_client_order_id)
-        request = self.service.cancel(req, target, epoch=epoch, now_ns=time.time_ns())
-        if not isinstance(request, CancelRequest):
-            return request
-        assert target is not None
-        await self._send_executor(request, target.order_id)
-        return OrderAck(req.client_order_id, target.order_id, target.state, epoch)
+        match self.service.cancel(req, target, epoch=epoch, now_ns=time.time_ns()):
+            case SendCancel(request, ack):
+                await self._send_executor(request, request.order_id)
+                return ack
+            case reply:
+                return reply
 
     async def _replace(self, identity: bytes, req: ReplaceOrder
                        ) -> OrderAck | OrderReject | PendingReplace:

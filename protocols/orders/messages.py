@@ -879,9 +879,12 @@ class Limits:
     """Pre-trade limits.
 
     ``price_band`` is a fraction: 0.05 means a LIMIT price must lie within 5 % of the mid of
-    the last tick (inclusive). ``max_exposure_per_account`` bounds the sum of the absolute
-    notionals (quantity x price, in the units of the limit) of an account's open orders and
-    positions, this order included.
+    the last tick (inclusive). ``max_exposure_per_account`` bounds an account's exposure: the
+    sum over its open orders (and the new orders being stored, this one included) of what is
+    left to fill times the limit price, ``leaves_quantity x price`` in the units of the limit
+    (lots x price, no contract size). Buys and sells add up (a sell does not offset a buy);
+    filled quantities (positions) are not counted. A MARKET order is valued at the mid while it
+    is checked and counts 0 once open (it fills at once or is rejected).
     """
 
     symbols: frozenset[str]

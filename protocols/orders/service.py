@@ -85,6 +85,14 @@ class PendingReplace:
 
 
 @dataclass(frozen=True, slots=True)
+class SendCancel:
+    """Effect: send ``request`` to the executor, then answer the client ``ack``."""
+
+    request: CancelRequest
+    ack: OrderAck
+
+
+@dataclass(frozen=True, slots=True)
 class SendReplace:
     """Effect: send ``pending.request`` to the executor, then wait for its decision."""
 
@@ -271,10 +279,13 @@ class OrderService:
     # -- cancels ---------------------------------------------------------------------------
 
     def cancel(self, req: CancelOrder, target: Order | None, *, epoch: int, now_ns: int
-               ) -> Reply | CancelRequest:
+               ) -> Reply | SendCancel:
         """The answer to a cancel of ``target`` (as the store has it), or the request to send
-        to the executor (then acknowledge with :meth:`cancel_ack`). Cancelling an order
-        cancelled already is acknowledged again: a retried cancel is harmless."""
+        to the executor and the ack that follows it: "cancel requested", with the cancel's own
+        client order id, the target's order id and the target's state *before* the cancel
+        (the outcome, CANCELLED or the fill that won, comes as a report). Cancelling an order
+        cancelled already is acknowledged again (state CANCELLED): a retried cancel is
+        harmless."""
         if target is not None and target.state is OrderState.CANCELLED:
             return OrderAck(req.client_order_id, target.order_id, target.state, epoch)
         reason = check_amend(target, req)
@@ -283,7 +294,8 @@ class OrderService:
             return OrderReject(req.client_order_id, why, why.name.lower())
         request = CancelRequest(target.order_id, epoch, now_ns)
         self._record(target.order_id).cancel = request
-        return request
+        return SendCancel(request, OrderAck(req.client_order_id, target.order_id, target.state,
+                                            epoch))
 
     # -- replaces --------------------------------------------------------------------------
 
@@ -339,7 +351,10 @@ class OrderService:
     def replace_answer(self, req: ReplaceOrder, outcome: Decision | None,
                        timeout_s: float) -> Reply:
         """The answer to ``req`` after the executor's ``outcome`` (None: none came in
-        ``timeout_s``: EXECUTOR_UNAVAILABLE, retryable). Final answers are remembered."""
+        ``timeout_s``: EXECUTOR_UNAVAILABLE, retryable): an ack with the replace's own client
+        order id, the order id, and the state and epoch of the record as stored with the
+        replace applied (the state a replace leaves unchanged); or a reject with the
+        executor's reason. Final answers are remembered."""
         if outcome is None:
             return OrderReject(req.client_order_id, RejectReason.EXECUTOR_UNAVAILABLE,
                                f"no decision from the executor in {timeout_s:g} s")
@@ -421,6 +436,7 @@ __all__ = [
     "OrderRecord",
     "OrderService",
     "PendingReplace",
+    "SendCancel",
     "SendReplace",
     "route_accepted",
 ]

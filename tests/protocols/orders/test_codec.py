@@ -186,6 +186,15 @@ def test_whole_numbers_sent_as_integers_decode_as_floats() -> None:
     assert isinstance(msg, NewOrder)
     assert (msg.quantity, msg.price) == (3.0, 2.0)
     assert isinstance(msg.quantity, float) and isinstance(msg.price, float)
+    replace = ReplaceOrder("ACC-1", "c-3", "c-1", 2.0, 1.0845)
+    body = {**msgpack.unpackb(encode_order(replace)[1]), "quantity": 4, "price": 1}
+    got = decode_order([short(OrderKind.REPLACE_ORDER), msgpack.packb(body)])
+    assert isinstance(got, ReplaceOrder) and isinstance(got.quantity, float)
+    assert (got.quantity, got.price) == (4.0, 1.0)
+    request = ReplaceRequest("o-1", "c-3", 2.0, None, 1)
+    body = {**msgpack.unpackb(encode_order(request)[1]), "quantity": 5}
+    assert decode_order([short(OrderKind.REPLACE_REQUEST), msgpack.packb(body)]) == \
+        dataclasses.replace(request, quantity=5.0)
 
 
 def test_unknown_keys_are_ignored() -> None:

@@ -32,6 +32,7 @@ from protocols.orders.service import (
     AwaitReplace,
     OrderService,
     PendingReplace,
+    SendCancel,
     SendReplace,
     route_accepted,
 )
@@ -174,10 +175,11 @@ def test_cancel_table() -> None:
     svc = service()
     order = placed(svc)
     req = CancelOrder("acc", "x1", "c1")
-    request = svc.cancel(req, order, epoch=1, now_ns=NOW_NS)
-    assert request == CancelRequest(order.order_id, 1, NOW_NS)
+    sent = svc.cancel(req, order, epoch=1, now_ns=NOW_NS)
+    assert isinstance(sent, SendCancel)
+    assert sent.request == CancelRequest(order.order_id, 1, NOW_NS)
     record = svc.record(order.order_id)
-    assert record is not None and record.cancel == request
+    assert record is not None and record.cancel == sent.request
     other = svc.cancel(CancelOrder("other", "x1", "c1"), order, epoch=1, now_ns=NOW_NS)
     assert isinstance(other, OrderReject) and other.reason is RejectReason.UNKNOWN_ORDER
     none = svc.cancel(req, None, epoch=1, now_ns=NOW_NS)
@@ -303,8 +305,8 @@ def test_records_go_with_terminal_orders() -> None:
     svc = service()
     order = placed(svc)
     svc.sent(order.order_id, 1.0)
-    request = svc.cancel(CancelOrder("acc", "x1", "c1"), order, epoch=1, now_ns=NOW_NS)
-    assert isinstance(request, CancelRequest)
+    sent = svc.cancel(CancelOrder("acc", "x1", "c1"), order, epoch=1, now_ns=NOW_NS)
+    assert isinstance(sent, SendCancel)
     entry = order.status_report(OrderState.CANCELLED, exec_id="e", epoch=1, seq=1)
     done = order.apply(entry, epoch=1, now_ns=NOW_NS)
     assert svc.applied(entry, done, 2.0) == b"cl"  # the report still reaches the client
@@ -339,10 +341,11 @@ def test_redrive_selection() -> None:
     young = placed(svc, "young")
     svc.sent(old.order_id, 0.0)
     svc.sent(young.order_id, 0.8)
-    request = svc.cancel(CancelOrder("acc", "x1", "old"), old, epoch=1, now_ns=NOW_NS)
+    sent = svc.cancel(CancelOrder("acc", "x1", "old"), old, epoch=1, now_ns=NOW_NS)
+    assert isinstance(sent, SendCancel)
     assert svc.redrive(0.5) == ([], [])
     orders, cancels = svc.redrive(1.0)
-    assert [o.order_id for o in orders] == [old.order_id] and cancels == [request]
+    assert [o.order_id for o in orders] == [old.order_id] and cancels == [sent.request]
     forced, _ = svc.redrive(0.5, force=True)
     assert {o.order_id for o in forced} == {old.order_id, young.order_id}
 
@@ -392,3 +395,62 @@ def test_route_accepted_moves_new_and_accepted_orders_to_routed() -> None:
     accepted = fresh.apply(fresh.status_report(OrderState.ACCEPTED, exec_id="accept", epoch=1),
                            epoch=1, now_ns=NOW_NS)
     assert route_accepted(accepted, epoch=1, now_ns=NOW_NS).state is OrderState.ROUTED
+
+
+# -- what PROTOCOL.md §14 says of acks, refusals and exposure -----------------------------------
+
+def test_a_cancel_ack_names_the_cancel_the_order_and_the_state_before_it() -> None:
+    svc = service()
+    order = placed(svc)
+    partial = order.apply(fill(order, 0.25, 1), epoch=1, now_ns=NOW_NS)
+    sent = svc.cancel(CancelOrder("acc", "x1", "c1"), partial, epoch=4, now_ns=NOW_NS)
+    assert isinstance(sent, SendCancel)
+    assert sent.ack == OrderAck("x1", order.order_id, OrderState.PARTIALLY_FILLED, 4)
+
+
+def test_a_replace_ack_names_the_replace_and_the_record_as_stored_after_it() -> None:
+    svc = service()
+    order = placed(svc)
+    entry = order.replace_report(2.0, 1.1, exec_id="e1", epoch=1, client_order_id="r1", seq=1)
+    stored = order.apply(entry, epoch=3, now_ns=NOW_NS)
+    reply = svc.replace_answer(ReplaceOrder("acc", "r1", "c1", 2.0, 1.1), stored, 0.5)
+    assert reply == OrderAck("r1", order.order_id, OrderState.ROUTED, 3)
+
+
+@pytest.mark.parametrize("state", [OrderState.CANCELLED, OrderState.FILLED])
+def test_replacing_a_done_order_is_not_cancellable(state: OrderState) -> None:
+    svc = service()
+    order = placed(svc)
+    report = (fill(order, 1.0, 1) if state is OrderState.FILLED
+              else order.status_report(state, exec_id="e1", epoch=1, seq=1))
+    done = order.apply(report, epoch=1, now_ns=NOW_NS)
+    svc.applied(report, done, 1.0)
+    got = svc.replace(ReplaceOrder("acc", "r1", "c1", 2.0, 1.1), done, QUOTE, epoch=1,
+                      now_ns=NOW_NS, identity=b"cl")
+    assert isinstance(got, OrderReject) and got.reason is RejectReason.NOT_CANCELLABLE
+
+
+def test_exposure_is_what_open_orders_leave_to_fill_at_their_price_sides_adding_up() -> None:
+    svc = service()
+    buy = placed(svc, "b", quantity=2.0, price=1.1)
+    svc.open.put(buy.apply(fill(buy, 0.5, 1), epoch=1, now_ns=NOW_NS))  # leaves 1.5
+    placed(svc, "s", side=Side.SELL, quantity=1.0, price=1.1001)  # a sell adds, too
+    placed(svc, "m", type=OrderType.MARKET, price=None, quantity=5.0)  # 0 once open
+    assert svc.exposure("acc") == pytest.approx(1.5 * 1.1 + 1.0 * 1.1001)
+    reserved = svc.reserve(new("r", quantity=3.0, price=1.1), QUOTE, epoch=1, now_ns=NOW_NS,
+                           client_id="")
+    assert isinstance(reserved, Order)  # being stored: counted as well
+    assert svc.exposure("acc") == pytest.approx(1.5 * 1.1 + 1.0 * 1.1001 + 3.0 * 1.1)
+
+
+def test_a_market_order_is_valued_at_the_mid_when_checked() -> None:
+    svc = OrderService(Limits(frozenset({"EURUSD"}), max_quantity=100.0, price_band=0.05,
+                              max_exposure_per_account=11.5), tag="t")
+    wide = (1.0, 1.2)  # mid 1.1: 10 lots are 11.0 at the mid, 12.0 at the ask
+    ok = svc.reserve(new("m1", type=OrderType.MARKET, price=None, quantity=10.0), wide,
+                     epoch=1, now_ns=NOW_NS, client_id="")
+    assert isinstance(ok, Order)
+    assert svc.exposure("acc") == 0.0  # open (reserved) MARKET orders count 0
+    over = svc.reserve(new("m2", type=OrderType.MARKET, price=None, quantity=10.5), wide,
+                       epoch=1, now_ns=NOW_NS, client_id="")
+    assert over is RejectReason.EXPOSURE_LIMIT  # 11.55 at the mid
