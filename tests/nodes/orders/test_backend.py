@@ -26,6 +26,7 @@ from nodes.servers.redis_server import RedisProcess, free_port
 from protocols.orders.binary_star import PairConfig, Role, State
 from protocols.orders.codec import decode_order, encode_order
 from protocols.orders.messages import (
+    CancelOrder,
     ExecutionReport,
     Limits,
     NewOrder,
@@ -713,4 +714,27 @@ def test_one_routing_id_on_a_dealer_per_backend_reaches_the_pair_and_its_reports
             finally:
                 for s in (*socks.values(), sub):
                     s.close(linger=0)
+    run(main())
+
+
+def test_memory_follows_the_open_orders(redis_server: RedisProcess) -> None:
+    """A backend keeps per-order records and per-account and per-order locks only while they
+    are needed: once every order is done, none is left (before, the route of every order ever
+    placed and a lock per account ever seen stayed for the life of the process)."""
+    async def main() -> None:
+        async with pair(redis_server) as p:
+            primary = p.node(Role.PRIMARY)
+            await wait_active(primary)
+            replies = await asyncio.gather(
+                *(p.request(Role.PRIMARY, order(f"m{i}", account=f"a{i % 7}"))
+                  for i in range(40)))
+            assert all(isinstance(r, OrderAck) for r in replies), replies
+            await wait_until(lambda: primary.stats.reports == 40, 5, "every fill")
+            cancel = await p.request(Role.PRIMARY, CancelOrder("a0", "x0", "m0"))
+            assert isinstance(cancel, OrderReject)
+            assert cancel.reason is RejectReason.NOT_CANCELLABLE  # filled already
+            await wait_until(lambda: len(primary.service) == 0, 2, "records dropped")
+            assert len(primary.orders) == 0 and primary.service.in_service() == 0
+            assert len(primary._account_locks) == 0 and len(primary._order_locks) == 0
+            assert primary.collect()["records"] == 0
     run(main())
