@@ -459,8 +459,11 @@ class BackendNode:
         done = self.service.replaced(req)
         if done is not None:  # a retry of a replace decided already
             return done
-        target = await self.store.by_client_id(req.account, req.target_client_order_id)
-        quote = None if target is None else await self._quote(target.order.symbol)
+        stored = await self.store.by_client_id(req.account, req.target_client_order_id)
+        target = self.service.replace_target(req, stored)
+        if isinstance(target, OrderReject):
+            return target
+        quote = await self._quote(target.order.symbol)
         match self.service.replace(req, target, quote, epoch=self.star.epoch,
                                    now_ns=time.time_ns(), identity=identity):
             case SendReplace(pending):

@@ -303,18 +303,28 @@ class OrderService:
         """The answer given already to this replace (a client's retry), if any."""
         return self._replaced.get((req.account, req.client_order_id))
 
-    def replace(self, req: ReplaceOrder, target: Order | None,
-                quote: tuple[float, float] | None, *, epoch: int, now_ns: int,
-                identity: bytes) -> OrderReject | SendReplace | AwaitReplace:
-        """Check a replace of ``target`` (as the store has it); if it passes, send it to the
-        executor as a new pending replace, or (a retry of one pending already) wait for
-        that one."""
+    def replace_target(self, req: ReplaceOrder, target: Order | None) -> Order | OrderReject:
+        """The order a replace acts on (``target`` as the store has it, or as this backend
+        has seen it since), or why the replace cannot act on it. The market is consulted
+        only after this passes."""
         if target is not None:
             target = self.open.get(target.order_id) or target
         reason = check_amend(target, req)
         if reason is not None or target is None:
             why = reason or RejectReason.UNKNOWN_ORDER
             return OrderReject(req.client_order_id, why, amend_text(why))
+        return target
+
+    def replace(self, req: ReplaceOrder, target: Order | None,
+                quote: tuple[float, float] | None, *, epoch: int, now_ns: int,
+                identity: bytes) -> OrderReject | SendReplace | AwaitReplace:
+        """Check a replace of ``target`` (see :meth:`replace_target`) and its new terms
+        against ``quote``; if it passes, send it to the executor as a new pending replace, or
+        (a retry of one pending already) wait for that one."""
+        checked = self.replace_target(req, target)
+        if isinstance(checked, OrderReject):
+            return checked
+        target = checked
         reason = validate_replace(target, req, limits=self.limits, last_bid_ask=quote,
                                   exposure=self.exposure(req.account, target.order_id))
         if reason is not None:

@@ -454,3 +454,16 @@ def test_a_market_order_is_valued_at_the_mid_when_checked() -> None:
     over = svc.reserve(new("m2", type=OrderType.MARKET, price=None, quantity=10.5), wide,
                        epoch=1, now_ns=NOW_NS, client_id="")
     assert over is RejectReason.EXPOSURE_LIMIT  # 11.55 at the mid
+
+
+def test_a_replace_acts_on_the_order_as_this_backend_has_seen_it_since_the_store() -> None:
+    svc = service()
+    order = placed(svc)
+    entry = fill(order, 0.5, 1)
+    svc.applied(entry, order.apply(entry, epoch=1, now_ns=NOW_NS), 1.0)
+    seen = svc.replace_target(ReplaceOrder("acc", "r1", "c1", 1.5, 1.1), order)
+    assert isinstance(seen, Order) and seen.filled_quantity == 0.5
+    req = ReplaceOrder("acc", "r2", "c1", 0.4, 1.1)  # fine for the stored view: 0 filled
+    for got in (svc.replace_target(req, order),
+                svc.replace(req, order, QUOTE, epoch=1, now_ns=NOW_NS, identity=b"cl")):
+        assert isinstance(got, OrderReject) and got.reason is RejectReason.BAD_QUANTITY
