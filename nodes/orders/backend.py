@@ -7,6 +7,10 @@ Sockets: ROUTER "clients" (order clients), PUB "peer" + SUB to the other node's 
 (``bus.store.orders``), so a node that lost the active role can never write, and steps down
 when the store tells it so.
 
+The decisions (what is known per order, exposure reservations, joined retries, replace
+outcomes, re-drive selection) are ``protocols.orders.service.OrderService``'s; this node keeps
+the sockets, the timers and the store, and carries the decisions out.
+
 Requests: new orders (idempotency, validation, accept, route), cancels and replaces. The
 executor owns a working order and decides its fills, cancels and replaces in the order's
 execution log; this node applies the log's entries strictly in order (``Order.position``) and
@@ -18,13 +22,10 @@ acknowledged only once the executor has decided it (or refused with the executor
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import logging
 import secrets
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -68,6 +69,7 @@ from protocols.orders.messages import (
     PENDING_INTERVAL_S,
     CancelOrder,
     ExecutionReport,
+    ExecutorRequest,
     Limits,
     NewOrder,
     OpenOrders,
@@ -75,15 +77,21 @@ from protocols.orders.messages import (
     OrderAck,
     OrderPending,
     OrderReject,
+    OrderRequest,
     OrderState,
     RejectReason,
     ReplaceOrder,
-    amend_text,
-    check_amend,
+    ReplaceRefused,
     check_id,
-    idempotency,
-    validate,
-    validate_replace,
+)
+from protocols.orders.service import (
+    AwaitReplace,
+    Decision,
+    OrderService,
+    PendingReplace,
+    SendCancel,
+    SendReplace,
+    route_accepted,
 )
 
 log = logging.getLogger(__name__)
@@ -99,10 +107,7 @@ REPORT_SLOTS = 8
 # (backend failover p99 82 -> 125-140 ms).
 PLACE_SLOTS = 8
 QUOTE_TTL_S = 0.05  # the last tick is read from Redis at most this often per symbol
-REDRIVE_BATCH = 500  # unconfirmed orders re-sent per re-drive round
 YIELD_EVERY = 50  # re-drive and reload give the event loop back this often
-GAP_RETRY_S = 0.05  # an order whose log entries arrive with a gap is re-driven at most this often
-RECENT_AMENDS = 1_000  # replace outcomes kept to answer a client's retry the same way
 
 T = TypeVar("T")
 
@@ -114,14 +119,6 @@ class BackendEndpoints:
     peer_sub: str  # the other node's peer_pub
     updates: str
     executor: str
-
-
-@dataclass(slots=True)
-class _Amend:
-    """A replace request waiting for the executor's decision."""
-
-    client_order_id: str
-    done: asyncio.Future[Order | OrderReject]
 
 
 @dataclass(slots=True)
@@ -159,40 +156,27 @@ class BackendNode:
         self.star = BinaryStar(role, pair or PairConfig(), started=time.monotonic())
         self.stats = BackendStats()
         self.stats_path = stats_path
-        self.orders = OpenOrders()  # open orders, while active
-        self.routes: dict[str, bytes] = {}  # order id -> client routing id
-        self.cancels: dict[str, ExecutionReport] = {}  # order id -> cancel request in flight
-        self.amends: dict[str, _Amend] = {}  # order id -> the replace waiting for the executor
-        # (account, client order id) of a replace -> its answer: a client's retry of a replace
-        # that was decided meanwhile gets the same answer, not a second decision.
-        self._amended: OrderedDict[tuple[str, str], OrderAck | OrderReject] = OrderedDict()
-        self._ids = itertools.count(1)
+        # Order ids must never repeat, even if an epoch increment is lost with a Redis master
+        # that died before replicating it: a per-process tag keeps two holders of one epoch
+        # number apart.
+        self.service = OrderService(limits, tag=secrets.token_hex(2), redrive_s=redrive_s)
         self._bad = RateLimitedLog(log, f"backend {role.value}: malformed frame")
         # New orders are served concurrently (PLACE_SLOTS at once), even for one account: the
         # store's write is the idempotency check, and exposure is reserved in memory before it
-        # (``_pending``).
+        # (``OrderService.reserve``).
         # Serialising them per account capped one account at one store round trip (with its
         # WAIT) per order, about 400 orders/s on this machine under load: below the Redis
         # drill's 500/s, so a backlog never drained. Cancels and replaces, which read an
-        # order and decide on it, stay serialised per account; reports per order.
-        self._locks: dict[str, asyncio.Lock] = {}
-        # account -> (exposure, number) of its new orders being stored
-        self._pending: dict[str, tuple[float, int]] = {}
+        # order and decide on it, stay serialised per account; reports per order. Both kinds
+        # of lock exist only while held or waited for.
+        self._account_locks = KeyedLocks()
         self._order_locks = KeyedLocks()
         self._reports: set[asyncio.Task[None]] = set()
         self._report_slots = asyncio.Semaphore(REPORT_SLOTS)
         self._place_slots = asyncio.Semaphore(PLACE_SLOTS)
-        # (account, client order id) -> the request being served, who asked for it, since when
-        self._inflight: dict[tuple[str, str], tuple[Any, set[bytes], float]] = {}
-        # Order ids must never repeat, even if an epoch increment is lost with a Redis master
-        # that died before replicating it: a per-process tag keeps two holders of one epoch
-        # number apart.
-        self._tag = secrets.token_hex(2)
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
         self._requests: set[asyncio.Task[None]] = set()
         self._quotes = QuoteCache(self.ticks, QUOTE_TTL_S, stale_s=cfg.redis.deadline_ms / 1000)
-        # order id -> when it last went to the executor or last made progress there
-        self._sent: dict[str, float] = {}
         self._reload_pending = False  # a takeover could not read the open orders yet
         self._ignored = RateLimitedLog(log, f"backend {role.value}: report ignored")
         ctx = self.ctx = zmq.asyncio.Context()
@@ -222,6 +206,11 @@ class BackendNode:
             sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.bind(endpoint)
         return sock
+
+    @property
+    def orders(self) -> OpenOrders:
+        """The open orders, while active."""
+        return self.service.open
 
     # -- the pair --------------------------------------------------------------------------
 
@@ -257,13 +246,9 @@ class BackendNode:
         whose backend dies then fails over on its own timeout, not after a hold."""
         while True:
             await asyncio.sleep(PENDING_INTERVAL_S)
-            if not self.star.serving or not self._inflight:
+            if not self.star.serving or not self.service.in_service():
                 continue
-            older = time.monotonic() - PENDING_AFTER_S
-            waiting: Counter[bytes] = Counter()
-            for _req, identities, since in self._inflight.values():
-                if since <= older:
-                    waiting.update(identities)
+            waiting = self.service.pending_notices(time.monotonic(), PENDING_AFTER_S)
             for who, count in waiting.items():
                 await self.clients.send_multipart([who, *encode_order(OrderPending(count))])
 
@@ -282,13 +267,8 @@ class BackendNode:
                     await self._take_over(epoch)
                 case SteppedDown(reason):
                     log.warning("backend %s: stepped down (%s)", self.role.value, reason.name)
-                    self.orders.clear()
-                    self.cancels.clear()
-                    self._sent.clear()
-                    for order_id in list(self.amends):
-                        self._settle_amend(order_id, OrderReject(
-                            self.amends[order_id].client_order_id, RejectReason.FENCED,
-                            f"backend {self.role.value} stepped down ({reason.name})"))
+                    self.service.step_down(
+                        f"backend {self.role.value} stepped down ({reason.name})")
 
     async def _take_over(self, epoch: int) -> None:
         """Active from now on: reload open orders, re-drive the ones routed but unconfirmed."""
@@ -304,16 +284,14 @@ class BackendNode:
             self._reload_pending = True
 
     async def _reload(self, epoch: int) -> None:
-        self.orders = OpenOrders(await self.store.open_orders())
+        self.service.reload(await self.store.open_orders())
         self._reload_pending = False
         log.info("backend %s: active at epoch %d with %d open orders", self.role.value, epoch,
                  len(self.orders))
         for order in self.orders.values():
             if order.state is OrderState.ACCEPTED:
                 # Stored by an older version between its two writes: route it now.
-                order = order.apply(order.status_report(OrderState.ROUTED, exec_id="route",
-                                                        epoch=epoch), epoch=epoch,
-                                    now_ns=time.time_ns())
+                order = route_accepted(order, epoch=epoch, now_ns=time.time_ns())
                 await self.store.write(order, epoch)
                 self.orders.put(order)
         await self._redrive_once(force=True)
@@ -348,17 +326,14 @@ class BackendNode:
                 await self._reply(identity, OrderReject(client_order_id_of(frames),
                                                         reject_reason_of(exc), exc.reason))
                 continue
-            key = (req.account, req.client_order_id)
-            joined = self._inflight.get(key)
-            if joined is not None and idempotency(joined[0], req) == "duplicate":
+            if self.service.join(req, identity):
                 # A client's retry of a request still being served (e.g. held while the store
                 # fails over): it gets that request's answer, not a task of its own queueing on
-                # the account's lock. Thousands of retries must not become thousands of tasks.
-                joined[1].add(identity)
+                # the account's lock.
                 self.stats.joined += 1
                 continue
             await self._slots.acquire()
-            self._inflight.setdefault(key, (req, {identity}, time.monotonic()))
+            self.service.begin(req, identity, time.monotonic())
             task = asyncio.create_task(self._serve(identity, req, self.star.epoch))
             self._requests.add(task)
             task.add_done_callback(self._served)
@@ -369,30 +344,24 @@ class BackendNode:
         if not task.cancelled() and task.exception() is not None:
             log.error("backend %s: request failed", self.role.value, exc_info=task.exception())
 
-    def _lock(self, account: str) -> asyncio.Lock:
-        return self._locks.setdefault(account, asyncio.Lock())
-
-    async def _serve(self, identity: bytes, req: Any, epoch: int) -> None:
+    async def _serve(self, identity: bytes, req: OrderRequest, epoch: int) -> None:
         """Serve one request taken while active at ``epoch``, and answer it (and the retries
         that joined it)."""
-        key = (req.account, req.client_order_id)
-        reply: OrderAck | OrderReject | _Amend
+        reply: OrderAck | OrderReject | PendingReplace
         try:
             async with (self._place_slots if isinstance(req, NewOrder)
-                        else self._lock(req.account)):
+                        else self._account_locks.hold(req.account)):
                 if self.star.serving and self.star.epoch == epoch:
                     reply = await self._handle(identity, req)
                 else:  # it stepped down while the request waited: the epoch is not its own
                     reply = OrderReject(req.client_order_id, RejectReason.NOT_ACTIVE,
                                         f"backend {self.role.value} is no longer active")
-            if isinstance(reply, _Amend):  # waited for outside the lock: not to hold up the
-                # account's other cancels and replaces meanwhile
-                reply = await self._amend_outcome(reply, req)
+            if isinstance(reply, PendingReplace):  # waited for outside the lock: not to hold
+                # up the account's other cancels and replaces meanwhile
+                assert isinstance(req, ReplaceOrder)
+                reply = await self._replace_outcome(reply, req)
         finally:
-            joined = self._inflight.get(key)
-            identities = joined[1] if joined is not None and joined[0] is req else {identity}
-            if joined is not None and joined[0] is req:
-                del self._inflight[key]
+            identities = self.service.finish(req, identity)
         for who in identities:
             await self._reply(who, reply)
 
@@ -403,7 +372,8 @@ class BackendNode:
             self.stats.rejects += 1
         await self.clients.send_multipart([identity, *encode_order(reply)])
 
-    async def _handle(self, identity: bytes, req: Any) -> OrderAck | OrderReject | _Amend:
+    async def _handle(self, identity: bytes, req: OrderRequest
+                      ) -> OrderAck | OrderReject | PendingReplace:
         if isinstance(req, NewOrder):
             return await self._guarded(req.client_order_id, self._place(identity, req))
         if isinstance(req, CancelOrder):
@@ -415,46 +385,22 @@ class BackendNode:
         quote = await self._quote(req.symbol)
         # From the check to the reservation nothing awaits: no other request of the account
         # can pass the exposure check on the same headroom.
-        reason = validate(req, limits=self.limits, last_bid_ask=quote,
-                          exposure=self._exposure(req.account))
-        if reason is None:
-            with self._reserved(req):
-                return await self._store_and_route(identity, req, epoch)
+        order = self.service.reserve(req, quote, epoch=epoch, now_ns=time.time_ns(),
+                                     client_id=_client_id(identity))
+        if isinstance(order, Order):
+            try:
+                return await self._store_and_route(identity, req, order, epoch)
+            finally:
+                self.service.release(order.order_id)
         # A retry of an order stored earlier answers with its state, even if the market has
         # moved since: the rare path pays the idempotency read.
         existing = await self.store.by_client_id(req.account, req.client_order_id)
         if existing is not None:
             return self._duplicate(existing, req, identity)
-        return OrderReject(req.client_order_id, reason, f"{reason.name.lower()}")
+        return OrderReject(req.client_order_id, order, f"{order.name.lower()}")
 
-    @contextlib.contextmanager
-    def _reserved(self, req: NewOrder) -> Iterator[None]:
-        """Count a new order in its account's exposure while it is being stored and routed
-        (then it is in ``self.orders``, briefly counted twice: the safe side; or it failed).
-        Per account a sum and a count, the sum dropped with the last one: as in OpenOrders,
-        rounding never accumulates."""
-        account = req.account
-        notional = req.quantity * (req.price or 0.0)  # as OpenOrders.notional counts it
-        total, count = self._pending.get(account, (0.0, 0))
-        self._pending[account] = (total + notional, count + 1)
-        try:
-            yield
-        finally:
-            total, count = self._pending[account]
-            if count == 1:
-                del self._pending[account]
-            else:
-                self._pending[account] = (total - notional, count - 1)
-
-    async def _store_and_route(self, identity: bytes, req: NewOrder, epoch: int
+    async def _store_and_route(self, identity: bytes, req: NewOrder, order: Order, epoch: int
                                ) -> OrderAck | OrderReject:
-        now = time.time_ns()
-        order = Order.from_new(f"O{epoch}.{self._tag}.{next(self._ids)}", req, epoch=epoch,
-                               now_ns=now,
-                               client_id=_client_id(identity))
-        for state, step in ((OrderState.ACCEPTED, "accept"), (OrderState.ROUTED, "route")):
-            order = order.apply(order.status_report(state, exec_id=step, epoch=epoch),
-                                epoch=epoch, now_ns=now)
         try:
             # One fenced write, before the ack: stored as ROUTED, so a takeover re-drives it
             # even if this node dies before the executor has it (the executor dedupes). The
@@ -467,8 +413,7 @@ class BackendNode:
                 return OrderReject(req.client_order_id, RejectReason.DUPLICATE_DIFFERENT,
                                    str(exc))
             return self._duplicate(existing, req, identity)
-        self.routes[order.order_id] = identity
-        self.orders.put(order)
+        self.service.placed(order, identity)
         await self._route(order)
         return OrderAck(req.client_order_id, order.order_id, order.state, epoch)
 
@@ -479,12 +424,6 @@ class BackendNode:
         if symbol not in self.limits.symbols:
             return None
         return await self._quotes.get(symbol)
-
-    def _exposure(self, account: str, excluding: str = "") -> float:
-        """The account's exposure: what its open orders still have to fill, at their price
-        (a MARKET order counts 0 here: it fills at once or is rejected), and the orders
-        being stored."""
-        return self.orders.exposure(account, excluding) + self._pending.get(account, (0.0,))[0]
 
     async def _guarded(self, client_order_id: str, work: Coroutine[Any, Any, T]
                        ) -> T | OrderReject:
@@ -502,106 +441,70 @@ class BackendNode:
         """Ask the executor to cancel: its decision log settles a race with a fill.
 
         The ack means "cancel requested"; the outcome (CANCELLED, or the fill that won) comes
-        as an execution report. Cancelling an order already cancelled is acknowledged again, so
-        a retried cancel is harmless.
+        as an execution report.
         """
         epoch = self.star.epoch
         target = await self.store.by_client_id(req.account, req.target_client_order_id)
-        if target is not None and target.state is OrderState.CANCELLED:
-            return OrderAck(req.client_order_id, target.order_id, target.state, epoch)
-        reason = check_amend(target, req)
-        if reason is not None or target is None:
-            why = reason or RejectReason.UNKNOWN_ORDER
-            return OrderReject(req.client_order_id, why, why.name.lower())
-        request = target.status_report(OrderState.CANCELLED, exec_id=f"{target.order_id}:cxl",
-                                       epoch=epoch, transact_ns=time.time_ns())
-        self.cancels[target.order_id] = request
-        await self._send_executor(request, target.order_id)
-        return OrderAck(req.client_order_id, target.order_id, target.state, epoch)
+        match self.service.cancel(req, target, epoch=epoch, now_ns=time.time_ns()):
+            case SendCancel(request, ack):
+                await self._send_executor(request, request.order_id)
+                return ack
+            case reply:
+                return reply
 
     async def _replace(self, identity: bytes, req: ReplaceOrder
-                       ) -> OrderAck | OrderReject | _Amend:
+                       ) -> OrderAck | OrderReject | PendingReplace:
         """Check a replace and ask the executor to decide it; the answer waits for that
-        decision (:meth:`_amend_outcome`): the executor owns the working order, and a fill may
-        have changed what a replace can still do since the record was written."""
-        done = self._amended.get((req.account, req.client_order_id))
+        decision (:meth:`_replace_outcome`): the executor owns the working order, and a fill
+        may have changed what a replace can still do since the record was written."""
+        done = self.service.replaced(req)
         if done is not None:  # a retry of a replace decided already
             return done
-        target = await self.store.by_client_id(req.account, req.target_client_order_id)
-        if target is not None:
-            target = self.orders.get(target.order_id) or target
-        reason = check_amend(target, req)
-        if reason is not None or target is None:
-            why = reason or RejectReason.UNKNOWN_ORDER
-            return OrderReject(req.client_order_id, why, amend_text(why))
-        reason = validate_replace(target, req, limits=self.limits,
-                                  last_bid_ask=await self._quote(target.order.symbol),
-                                  exposure=self._exposure(req.account, target.order_id))
-        if reason is not None:
-            return OrderReject(req.client_order_id, reason, reason.name.lower())
-        pending = self.amends.get(target.order_id)
-        if pending is not None:
-            if pending.client_order_id == req.client_order_id:
-                return pending  # the client's retry while the executor decides
-            return OrderReject(req.client_order_id, RejectReason.NOT_CANCELLABLE,
-                               "another replace of this order is being decided")
-        request = target.replace_report(req.quantity, req.price,
-                                        exec_id=f"{target.order_id}:rpl", epoch=self.star.epoch,
-                                        transact_ns=time.time_ns(),
-                                        client_order_id=req.client_order_id)
-        pending = _Amend(req.client_order_id, asyncio.get_running_loop().create_future())
-        self.amends[target.order_id] = pending
-        self.routes[target.order_id] = identity
-        if not await self._send_executor(request, target.order_id):
-            del self.amends[target.order_id]
-            return OrderReject(req.client_order_id, RejectReason.EXECUTOR_UNAVAILABLE,
-                               "the executor is not connected")
-        return pending
+        stored = await self.store.by_client_id(req.account, req.target_client_order_id)
+        target = self.service.replace_target(req, stored)
+        if isinstance(target, OrderReject):
+            return target
+        quote = await self._quote(target.order.symbol)
+        match self.service.replace(req, target, quote, epoch=self.star.epoch,
+                                   now_ns=time.time_ns(), identity=identity):
+            case SendReplace(pending):
+                if not await self._send_executor(pending.request, pending.order_id):
+                    self.service.abandon(pending)
+                    return OrderReject(req.client_order_id, RejectReason.EXECUTOR_UNAVAILABLE,
+                                       "the executor is not connected")
+                return pending
+            case AwaitReplace(pending):  # the client's retry while the executor decides
+                return pending
+            case OrderReject() as refusal:
+                return refusal
 
-    async def _amend_outcome(self, pending: _Amend, req: ReplaceOrder
-                             ) -> OrderAck | OrderReject:
+    async def _replace_outcome(self, pending: PendingReplace, req: ReplaceOrder
+                               ) -> OrderAck | OrderReject:
         """The answer to a replace: acknowledged once the executor's replace entry is applied
         and stored, refused with the executor's reason, or EXECUTOR_UNAVAILABLE (retryable:
         resending the same replace is harmless) if no decision came in time."""
-        await asyncio.wait({pending.done}, timeout=self.amend_timeout_s)
-        if not pending.done.done():
-            for order_id, other in list(self.amends.items()):
-                if other is pending:
-                    del self.amends[order_id]
-            return OrderReject(req.client_order_id, RejectReason.EXECUTOR_UNAVAILABLE,
-                               f"no decision from the executor in {self.amend_timeout_s:g} s")
-        outcome = pending.done.result()
-        if isinstance(outcome, OrderReject):
-            reply: OrderAck | OrderReject = OrderReject(req.client_order_id, outcome.reason,
-                                                        outcome.message)
-        else:
-            reply = OrderAck(req.client_order_id, outcome.order_id, outcome.state,
-                             outcome.epoch)
-        if not (isinstance(reply, OrderReject) and reply.retryable):
-            self._amended[(req.account, req.client_order_id)] = reply
-            if len(self._amended) > RECENT_AMENDS:
-                self._amended.popitem(last=False)
-        return reply
+        done: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
 
-    def _settle_amend(self, order_id: str, outcome: Order | OrderReject) -> None:
-        pending = self.amends.pop(order_id, None)
-        if pending is not None and not pending.done.done():
-            pending.done.set_result(outcome)
+        def decided(outcome: Decision) -> None:
+            if not done.done():
+                done.set_result(outcome)
+
+        if pending.decided is not None:
+            decided(pending.decided)
+        else:
+            pending.waiters.append(decided)
+        await asyncio.wait({done}, timeout=self.amend_timeout_s)
+        if not done.done():
+            self.service.abandon(pending)
+        return self.service.replace_answer(req, done.result() if done.done() else None,
+                                           self.amend_timeout_s)
 
     def _duplicate(self, existing: Order, req: NewOrder, identity: bytes
                    ) -> OrderAck | OrderReject:
-        if idempotency(existing.order, req) == "conflict":
-            return OrderReject(req.client_order_id, RejectReason.DUPLICATE_DIFFERENT,
-                               f"client order id already names order {existing.order_id}")
-        self.stats.duplicates += 1
-        self.routes[existing.order_id] = identity  # reports go to where the client is now
-        if not existing.terminal and existing.order_id not in self.orders \
-                and existing.state is OrderState.ROUTED:
-            # Stored by a write whose answer was lost (the store failed over, or the request
-            # gave up at the deadline after the write): adopt it, the re-drive routes it.
-            self.orders.put(existing)
-        state = existing.state if existing.state is not OrderState.NEW else OrderState.ACCEPTED
-        return OrderAck(req.client_order_id, existing.order_id, state, self.star.epoch)
+        reply = self.service.duplicate(existing, req, identity, self.star.epoch)
+        if isinstance(reply, OrderAck):
+            self.stats.duplicates += 1
+        return reply
 
     # -- executor --------------------------------------------------------------------------
 
@@ -609,11 +512,11 @@ class BackendNode:
         if await self._send_executor(order, order.order_id):
             self.stats.routed += 1
 
-    async def _send_executor(self, msg: Order | ExecutionReport, order_id: str) -> bool:
+    async def _send_executor(self, msg: Order | ExecutorRequest, order_id: str) -> bool:
         try:
             await self.executor.send_multipart([self.executor_id, *encode_order(msg)],
                                                flags=zmq.NOBLOCK)
-            self._sent[order_id] = time.monotonic()
+            self.service.sent(order_id, time.monotonic())
             return True
         except zmq.ZMQError as exc:  # EHOSTUNREACH: not connected; EAGAIN: its queue is full
             log.warning("backend %s: executor %s unreachable (%s); %s waits for re-drive",
@@ -638,21 +541,16 @@ class BackendNode:
     async def _redrive_once(self, force: bool = False) -> None:
         """Re-send unconfirmed orders and cancels, oldest first, at most REDRIVE_BATCH a round
         and each at most once per ``redrive_s``: a backlog must not become a resend storm."""
-        now = time.monotonic()
-        due = [o for o in self.orders.values()
-               if o.state in (OrderState.ROUTED, OrderState.PARTIALLY_FILLED)
-               and (force or now - self._sent.get(o.order_id, 0.0) >= self.redrive_s)]
-        due.sort(key=lambda o: o.updated_ns)
-        for n, order in enumerate(due[:REDRIVE_BATCH], start=1):
+        due, cancels = self.service.redrive(time.monotonic(), force=force)
+        for n, order in enumerate(due, start=1):
             await self._route(order)
             self.stats.redriven += 1
             if n % YIELD_EVERY == 0:
                 # A non-blocking send never yields: let heartbeats and clients in, or the
                 # peer sees a silent node after a large re-drive and takes over.
                 await asyncio.sleep(0)
-        for order_id, request in list(self.cancels.items())[:REDRIVE_BATCH]:
-            if now - self._sent.get(order_id, 0.0) >= self.redrive_s:
-                await self._send_executor(request, order_id)
+        for request in cancels:
+            await self._send_executor(request, request.order_id)
 
     async def _executor_reports(self) -> None:
         while True:
@@ -665,8 +563,8 @@ class BackendNode:
                 continue
             if not self.star.serving:
                 continue
-            if isinstance(report, OrderReject):  # the executor refused a replace
-                self._settle_amend(report.client_order_id, report)  # it names the order id
+            if isinstance(report, ReplaceRefused):
+                self.service.refused(report)
             elif isinstance(report, ExecutionReport):
                 # Applied concurrently, in order per order id: one at a time, each a store
                 # round trip, reports fell behind a backlog of fills.
@@ -694,10 +592,11 @@ class BackendNode:
             return
         where = order.position(report)
         if where == "applied":  # a replay of what this record has already
+            self.service.settled(order)
             return
         if where == "gap":  # entries before it were lost: the executor replays from ours
             self.stats.gaps += 1
-            if time.monotonic() - self._sent.get(order.order_id, 0.0) >= GAP_RETRY_S:
+            if self.service.gap_retry(order.order_id, time.monotonic()):
                 await self._route(order)
             return
         if not self.star.serving:  # stepped down while the report waited for the lock
@@ -716,19 +615,8 @@ class BackendNode:
         self.stats.reports += 1
         if report.is_replace:
             self.stats.replaced += 1
-            self._settle_amend(updated.order_id, updated)
-        if updated.terminal:
-            self.orders.remove(updated.order_id)
-            self.cancels.pop(updated.order_id, None)
-            self._sent.pop(updated.order_id, None)
-        else:
-            self.orders.put(updated)
-            # Progress is confirmation: an order the executor is filling slice by slice is not
-            # re-driven. Re-drives are for orders the executor lost; re-sending working ones
-            # made it replay them (10,000-20,000 replays a Redis drill run) and slowed it more.
-            self._sent[updated.order_id] = time.monotonic()
+        identity = self.service.applied(report, updated, time.monotonic())
         frames = encode_order(report)
-        identity = self.routes.get(report.order_id) or updated.client_id.encode()
         if identity:
             await self.clients.send_multipart([identity, *frames])
         await self.updates.send_multipart([report.account.encode() + b"\x00", *frames])
@@ -773,6 +661,7 @@ class BackendNode:
     def collect(self) -> dict[str, Any]:
         return {"node": "backend", "role": self.role.value, "state": self.star.state.value,
                 "epoch": self.star.epoch, "open_orders": len(self.orders),
+                "records": len(self.service),
                 "heartbeats_sent": self.peer_pub.sent,
                 "heartbeats_withheld": self.peer_pub.withheld, **asdict(self.stats)}
 

@@ -26,12 +26,13 @@ Rules (the "Execute" flow of docs/ORDERS.md):
   order fills at its limit price when marketable (BUY limit >= ask, SELL limit <= bid) and rests
   otherwise, re-checked every ``poll_s``. Working orders are bounded (``max_resting``): a new
   one beyond the bound is REJECTED, never dropped.
-* A cancel request (a CANCELLED report from the backend, ``seq`` 0) and a replace request (a
-  replace report, ``seq`` 0) are decided the same way, against the order as the log has it: a
-  cancel of a terminal order is answered with its final entry; a replace the order cannot take
-  any more (terminal, or filled up to the new quantity meanwhile) is refused with an
-  ``OrderReject`` whose ``client_order_id`` is the *order id* (the executor does not know the
-  client's request id; the backend matches its pending replace by order id).
+* A ``CancelRequest`` and a ``ReplaceRequest`` from the backend are decided the same way,
+  against the order as the log has it: a cancel of a terminal order is answered with its final
+  entry; a replace the order cannot take any more (terminal, or filled up to the new quantity
+  meanwhile) is refused with a ``ReplaceRefused`` naming the order id.
+* The decisions themselves (fill price, marketable limits, answers to requests, the bound on
+  resting orders) are ``protocols.orders.execution``'s; this node reads quotes and the log,
+  appends and sends.
 * Working orders live in memory; the log is the truth. After a restart an order comes back when
   a backend re-drives it (or sends a request for it: the record is then read from the store).
 * A frame that does not decode, or a message the executor does not take, is counted as
@@ -43,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -62,17 +62,19 @@ from bus.store.ticks import QuoteCache, RedisTickStore, TickStore
 from nodes.common import stats_writer, supervise_tasks, write_json_atomic
 from protocols.errors import InvalidOrder, OrderStateError, RemoteProtocolError, StoreError
 from protocols.orders.codec import decode_order, encode_order
+from protocols.orders.execution import answer, decide, exec_id, over_capacity, reject_entry
 from protocols.orders.messages import (
+    CancelRequest,
     ExecutionReport,
+    ExecutorRequest,
     Order,
-    OrderReject,
     OrderState,
-    OrderType,
+    Quote,
     RejectReason,
-    Side,
-    amend_reason,
-    amend_text,
+    ReplaceRefused,
+    ReplaceRequest,
     check_id,
+    usable_quote,
 )
 
 log = logging.getLogger(__name__)
@@ -80,78 +82,6 @@ log = logging.getLogger(__name__)
 QUOTE_TTL_S = 0.005  # fills price at the last tick: re-read it at most every 5 ms
 RECENT_ORDERS = 10_000  # finished orders whose log is kept in memory for replays
 MAX_RESTING = 10_000
-_WORKING_STATES = frozenset({OrderState.ROUTED, OrderState.PARTIALLY_FILLED})
-
-Quote = tuple[float, float]  # (bid, ask) of a usable two-sided tick
-
-
-# --- the decision (no I/O) -------------------------------------------------------------------
-
-
-def exec_id(order_id: str, seq: int) -> str:
-    """The exec id of the entry at position ``seq`` of an order's log."""
-    return f"{order_id}:{seq}"
-
-
-def usable_quote(bid: float, ask: float) -> Quote | None:
-    """``(bid, ask)`` if both are finite prices with ``0 < bid <= ask``, else None."""
-    if math.isfinite(bid) and math.isfinite(ask) and 0 < bid <= ask:
-        return bid, ask
-    return None
-
-
-def decide(order: Order, quote: Quote | None, now_ns: int, *, fill_lots: float = 0.0
-           ) -> ExecutionReport | None:
-    """The next log entry for the working ``order`` (its ``exec_seq`` is the log's length)
-    given the last ``quote``: a fill of at most ``fill_lots`` lots (0: everything left), a
-    reject, or None (wait: a LIMIT order that is not marketable, or a MARKET order with no
-    quote after a first fill: the lifecycle has no reject after a fill)."""
-    seq = order.exec_seq + 1
-    eid = exec_id(order.order_id, seq)
-    buy = order.order.side is Side.BUY
-    if order.order.type is OrderType.MARKET:
-        if quote is None:
-            return reject_entry(order, now_ns) if order.state is OrderState.ROUTED else None
-        price = quote[1] if buy else quote[0]
-    else:
-        if quote is None or order.price is None:
-            return None
-        price = order.price
-        if not (price >= quote[1] if buy else price <= quote[0]):
-            return None
-    lots = order.quantity - order.filled_quantity
-    if fill_lots > 0:
-        lots = min(lots, fill_lots)
-    return order.fill_report(lots, price, seq=seq, exec_id=eid, transact_ns=now_ns)
-
-
-def reject_entry(order: Order, now_ns: int) -> ExecutionReport:
-    """The log entry refusing the routed ``order`` (no fill yet: REJECTED needs ROUTED)."""
-    seq = order.exec_seq + 1
-    return order.status_report(OrderState.REJECTED, exec_id=exec_id(order.order_id, seq),
-                               epoch=order.epoch, transact_ns=now_ns, seq=seq)
-
-
-def cancel_entry(order: Order, request: ExecutionReport, now_ns: int) -> ExecutionReport:
-    """The log entry cancelling the working ``order`` as ``request`` asks."""
-    seq = order.exec_seq + 1
-    return order.status_report(OrderState.CANCELLED, exec_id=exec_id(order.order_id, seq),
-                               epoch=order.epoch, transact_ns=now_ns, seq=seq,
-                               client_order_id=request.client_order_id)
-
-
-def replace_entry(order: Order, request: ExecutionReport, now_ns: int
-                  ) -> ExecutionReport | RejectReason:
-    """The log entry giving ``order`` the terms of the replace ``request``, or why it cannot
-    take them any more (the backend checked them against an older view of the order)."""
-    reason = amend_reason(order, request.quantity, request.price)
-    if reason is not None:
-        return reason
-    seq = order.exec_seq + 1
-    return order.replace_report(request.quantity, request.price,
-                                exec_id=exec_id(order.order_id, seq), epoch=order.epoch,
-                                transact_ns=now_ns, client_order_id=request.client_order_id,
-                                seq=seq)
 
 
 # --- the node --------------------------------------------------------------------------------
@@ -250,8 +180,7 @@ class ExecutorNode:
             return
         if isinstance(msg, Order):
             self.stats.orders += 1
-        elif not (isinstance(msg, ExecutionReport) and msg.seq == 0
-                  and (msg.is_replace or msg.state is OrderState.CANCELLED)):
+        elif not isinstance(msg, (CancelRequest, ReplaceRequest)):
             self.stats.malformed += 1
             self._bad.warning("%s is not an order, a cancel or a replace request",
                               type(msg).__name__)
@@ -276,7 +205,7 @@ class ExecutorNode:
             known.socket = socket
             await self._replay(known, order.exec_seq)
             return
-        if order.state not in _WORKING_STATES:
+        if not order.state.at_executor:
             self.stats.ignored += 1
             self._ignored.warning("order %s is %s", order.order_id, order.state.name)
             return
@@ -287,35 +216,32 @@ class ExecutorNode:
         # anyone decided before (one Redis round trip saved on the common path).
         await self._work(view, new=True)
 
-    async def _on_request(self, request: ExecutionReport, socket: int) -> None:
+    async def _on_request(self, request: ExecutorRequest, socket: int) -> None:
         view = await self._view(request.order_id, socket)
         if view is None:
             self.stats.unknown += 1
             self._ignored.warning("request for order %s, which the store does not know",
                                   request.order_id)
-            if request.is_replace:
-                await self._send(socket, OrderReject(request.order_id,
-                                                     RejectReason.UNKNOWN_ORDER, "no such order"))
+            if isinstance(request, ReplaceRequest):
+                await self._send(socket, ReplaceRefused(request.order_id,
+                                                        RejectReason.UNKNOWN_ORDER,
+                                                        "no such order"))
             return
-        while not view.order.terminal:
-            now = time.time_ns()
-            entry = (replace_entry(view.order, request, now) if request.is_replace
-                     else cancel_entry(view.order, request, now))
-            if isinstance(entry, RejectReason):
+        while True:
+            entry = answer(view.order, request, time.time_ns())
+            if isinstance(entry, ExecutionReport):
+                if await self._append(view, entry):
+                    break
+                continue  # another decision got there first: decide again from it
+            if isinstance(entry, ReplaceRefused):
                 self.stats.amends_refused += 1
-                await self._send(socket, OrderReject(request.order_id, entry, amend_text(entry)))
-                return
-            if await self._append(view, entry):
-                break
-        else:
-            if request.is_replace:
-                self.stats.amends_refused += 1
-                await self._send(socket, OrderReject(
-                    request.order_id, RejectReason.NOT_CANCELLABLE,
-                    f"the order is {view.order.state.name}"))
+                await self._send(socket, entry)
+                if not view.order.terminal:
+                    return
             elif view.entries:  # a cancel of a finished order: its outcome, again
                 await self._send(socket, view.entries[-1])
                 self.stats.replays += 1
+            break
         self._settle(view)
 
     async def _view(self, order_id: str, socket: int) -> _Order | None:
@@ -324,7 +250,7 @@ class ExecutorNode:
         view = self._working.get(order_id) or self._done.get(order_id)
         if view is None:
             record = await self.store.get(order_id)
-            if record is None or record.state in (OrderState.NEW, OrderState.ACCEPTED):
+            if record is None or record.state.unrouted:
                 return None  # never routed: nothing for the executor to decide
             view = _Order(record, socket, first=record.exec_seq + 1)
             await self._read_log(view)
@@ -341,8 +267,7 @@ class ExecutorNode:
             if entry is None and not view.checked:
                 await self._read_log(view)  # about to rest: was it decided before?
             if (entry is None and new and not view.order.terminal
-                    and view.order.state is OrderState.ROUTED
-                    and len(self._working) >= self.max_resting):
+                    and over_capacity(view.order, len(self._working), self.max_resting)):
                 log.warning("executor %s: %d orders rest already: order %s rejected",
                             self.name, len(self._working), order.order_id)
                 entry = reject_entry(view.order, time.time_ns())
@@ -417,7 +342,7 @@ class ExecutorNode:
             self.stats.replays += 1
             await self._send(view.socket, entry)
 
-    async def _send(self, socket: int, msg: ExecutionReport | OrderReject) -> None:
+    async def _send(self, socket: int, msg: ExecutionReport | ReplaceRefused) -> None:
         try:
             await self.socks[socket].send_multipart(encode_order(msg), flags=zmq.NOBLOCK)
         except zmq.Again:
@@ -502,13 +427,4 @@ class ExecutorNode:
         return {"node": "executor", "name": self.name, **asdict(self.stats)}
 
 
-__all__ = [
-    "ExecutorNode",
-    "ExecutorStats",
-    "cancel_entry",
-    "decide",
-    "exec_id",
-    "reject_entry",
-    "replace_entry",
-    "usable_quote",
-]
+__all__ = ["ExecutorNode", "ExecutorStats"]

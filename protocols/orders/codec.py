@@ -25,6 +25,7 @@ import msgpack
 from protocols.errors import InvalidOrder, LocalProtocolError, RemoteProtocolError
 from protocols.orders.messages import (
     CancelOrder,
+    CancelRequest,
     ExecutionReport,
     NewOrder,
     Order,
@@ -38,6 +39,8 @@ from protocols.orders.messages import (
     OrderType,
     RejectReason,
     ReplaceOrder,
+    ReplaceRefused,
+    ReplaceRequest,
     Side,
     check_id,
     reject_reason_for,
@@ -58,6 +61,9 @@ class OrderKind(IntEnum):
     ORDER_REJECT = 41
     ORDER_PENDING = 42  # not an answer: requests in service, answers follow
     EXECUTION_REPORT = 48
+    CANCEL_REQUEST = 49  # backend -> executor: decide a cancel
+    REPLACE_REQUEST = 50  # backend -> executor: decide a replace
+    REPLACE_REFUSED = 51  # executor -> backend: the replace cannot be made
     ORDER = 56  # the backend's record: checkpoints, and the order as routed to the executor
 
 
@@ -110,6 +116,16 @@ def encode_order(msg: OrderMessage) -> list[bytes]:
                  "avg_price": msg.avg_price, "epoch": msg.epoch, "exec_id": msg.exec_id,
                  "transact_ns": msg.transact_ns, "seq": msg.seq, "quantity": msg.quantity,
                  "price": msg.price})]
+        case CancelRequest(order_id, epoch, sent_ns):
+            return [_header(OrderKind.CANCEL_REQUEST), _pack(
+                {"order_id": order_id, "epoch": epoch, "sent_ns": sent_ns})]
+        case ReplaceRequest(order_id, cid, quantity, price, epoch, sent_ns):
+            return [_header(OrderKind.REPLACE_REQUEST), _pack(
+                {"order_id": order_id, "client_order_id": cid, "quantity": quantity,
+                 "price": price, "epoch": epoch, "sent_ns": sent_ns})]
+        case ReplaceRefused(order_id, reason, message):
+            return [_header(OrderKind.REPLACE_REFUSED), _pack(
+                {"order_id": order_id, "reason": int(reason), "message": message})]
         case Order():
             return [_header(OrderKind.ORDER), _pack(
                 {"order_id": msg.order_id, "order": _new_order_map(msg.order),
@@ -192,6 +208,14 @@ def _decode(kind: OrderKind, d: dict[str, Any]) -> OrderMessage:
                 _num(d, "filled_quantity"), _num(d, "last_quantity"), _num(d, "last_price"),
                 _num(d, "avg_price"), d["epoch"], d["exec_id"], d["transact_ns"],
                 d.get("seq", 0), _num(d, "quantity", 0.0), _num(d, "price", None))
+        case OrderKind.CANCEL_REQUEST:
+            return CancelRequest(d["order_id"], d["epoch"], d["sent_ns"])
+        case OrderKind.REPLACE_REQUEST:
+            return ReplaceRequest(d["order_id"], d["client_order_id"], _num(d, "quantity"),
+                                  _num(d, "price"), d["epoch"], d["sent_ns"])
+        case OrderKind.REPLACE_REFUSED:
+            return ReplaceRefused(d["order_id"], _enum(d, "reason", RejectReason),
+                                  d["message"])
         case OrderKind.ORDER:
             return Order(d["order_id"], _new_order(_map(d, "order")),
                          _enum(d, "state", OrderState), _num(d, "filled_quantity"),

@@ -27,6 +27,11 @@ Rules:
   last position it applied (``exec_seq``) and applies the log strictly in order
   (:meth:`Order.position`): a replayed entry is skipped, a gap is repaired by asking the executor
   to replay, so a backend that took over converges on exactly the executor's history.
+* The backend asks the executor to decide with a :class:`CancelRequest` or a
+  :class:`ReplaceRequest` (not reports: they have no log position); the executor answers with
+  the log's entry, or refuses a replace with a :class:`ReplaceRefused` naming the order.
+  Working-state names: :attr:`OrderState.replaceable` (a cancel or replace may act),
+  :attr:`OrderState.at_executor` (the executor works it), :attr:`OrderState.unrouted`.
 * Quantities are floats (lots); two quantities within :data:`QTY_REL_TOL` of each other are
   equal, so ``0.1 + 0.2`` lots fill a 0.3-lot order.
 * Fencing: every backend write carries the epoch of the active backend (epochs start at 1; see
@@ -82,6 +87,24 @@ class OrderState(IntEnum):
     def terminal(self) -> bool:
         """True if the order is done: no event can change it any more."""
         return not TRANSITIONS[self]
+
+    @property
+    def replaceable(self) -> bool:
+        """True if the order is working: a cancel or a replace may still act on it
+        (ACCEPTED, ROUTED, PARTIALLY_FILLED)."""
+        return self in _REPLACEABLE
+
+    @property
+    def at_executor(self) -> bool:
+        """True if the executor works the order: routed and not done (ROUTED,
+        PARTIALLY_FILLED). The backend re-drives these; the executor takes only these."""
+        return self in _AT_EXECUTOR
+
+    @property
+    def unrouted(self) -> bool:
+        """True if the order was never sent to the executor (NEW, ACCEPTED): the executor has
+        nothing to decide about it."""
+        return self in _UNROUTED
 
 
 class OrderEvent(Enum):
@@ -150,7 +173,9 @@ REPORT_EVENTS: dict[OrderState, OrderEvent] = {
 }
 _FILL_STATES = frozenset({S.PARTIALLY_FILLED, S.FILLED})
 _FILL_EVENTS = frozenset({E.PARTIAL_FILL, E.FILL})
-_WORKING_STATES = frozenset(s for s, events in TRANSITIONS.items() if E.REPLACE in events)
+_REPLACEABLE = frozenset(s for s, events in TRANSITIONS.items() if E.REPLACE in events)
+_AT_EXECUTOR = frozenset({S.ROUTED, S.PARTIALLY_FILLED})
+_UNROUTED = frozenset({S.NEW, S.ACCEPTED})
 _UNFILLED_STATES = frozenset({S.NEW, S.ACCEPTED, S.ROUTED, S.REJECTED})
 
 
@@ -421,7 +446,7 @@ class ExecutionReport:
     ``seq`` is the report's position in the executor's log of the order (1, 2, ...): the
     executor decides an order's fate by appending to that log, and the backend applies the
     entries in order (see :meth:`Order.position`). 0 for reports the backend makes itself
-    (accept, route) and for requests to the executor (a cancel or a replace to decide).
+    (accept, route: exec ids :data:`EXEC_ACCEPT`, :data:`EXEC_ROUTE`).
 
     A report with ``quantity`` > 0 is a *replace* (FIX ExecType "Replaced"): the order's working
     terms become ``quantity`` (the new total, filled part included) and ``price`` (None for a
@@ -457,7 +482,7 @@ class ExecutionReport:
         _check_progress(self.state, self.filled_quantity, self.avg_price)
         _not_negative("quantity", self.quantity)
         if self.is_replace:
-            if self.state not in _WORKING_STATES:
+            if not self.state.replaceable:
                 raise InvalidOrder("quantity", f"a replace (quantity > 0) in state "
                                                f"{self.state.name}: only a working order is "
                                                "replaced")
@@ -492,6 +517,72 @@ class ExecutionReport:
     @property
     def is_fill(self) -> bool:
         return self.event in _FILL_EVENTS
+
+
+EXEC_ACCEPT = "accept"  # the exec id of the backend's ACCEPTED report
+EXEC_ROUTE = "route"  # the exec id of the backend's ROUTED report
+
+
+# --- between the backend and the executor ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequest:
+    """The backend asks the executor to cancel the order ``order_id``. The executor decides
+    against the order's execution log (a fill may have won); its answer is the log's entry.
+    ``sent_ns`` is the backend's clock when it asked (0: unknown)."""
+
+    order_id: str
+    epoch: int
+    sent_ns: int = 0
+
+    def __post_init__(self) -> None:
+        check_id("order_id", self.order_id)
+        _check_epoch("epoch", self.epoch)
+        _check_ns("sent_ns", self.sent_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaceRequest:
+    """The backend asks the executor to give the order ``order_id`` the working terms
+    ``quantity`` (the new total, filled part included) and ``price`` (None for a MARKET
+    order), for the client's replace ``client_order_id``. The executor answers with the
+    log's replace entry (carrying ``client_order_id``) or a :class:`ReplaceRefused`."""
+
+    order_id: str
+    client_order_id: str
+    quantity: float
+    price: float | None
+    epoch: int
+    sent_ns: int = 0
+
+    def __post_init__(self) -> None:
+        check_id("order_id", self.order_id)
+        check_id("client_order_id", self.client_order_id)
+        _positive("quantity", self.quantity)
+        if self.price is not None:
+            _positive("price", self.price)
+        _check_epoch("epoch", self.epoch)
+        _check_ns("sent_ns", self.sent_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaceRefused:
+    """The executor refuses the replace of ``order_id``: the order cannot take the terms any
+    more (terminal, or filled up to the new quantity meanwhile; ``reason`` says which)."""
+
+    order_id: str
+    reason: RejectReason
+    message: str
+
+    def __post_init__(self) -> None:
+        check_id("order_id", self.order_id)
+        _check_enum("reason", self.reason, RejectReason)
+        if not isinstance(self.message, str):
+            raise InvalidOrder("message", f"must be a string, got {type(self.message).__name__}")
+
+
+ExecutorRequest = CancelRequest | ReplaceRequest
 
 
 # --- the backend's record --------------------------------------------------------------------
@@ -653,8 +744,8 @@ class Order:
     def replace_report(self, quantity: float, price: float | None, *, exec_id: str, epoch: int,
                        transact_ns: int = 0, client_order_id: str | None = None,
                        seq: int = 0) -> ExecutionReport:
-        """A replace of this order's working terms (the backend's request to the executor with
-        ``seq`` 0, or the executor's decision with its log position)."""
+        """A replace of this order's working terms (the executor's decision, at its log
+        position ``seq``)."""
         o = self.order
         return ExecutionReport(self.order_id, client_order_id or o.client_order_id, o.account,
                                o.symbol, o.side, self.state, self.filled_quantity, 0.0, 0.0,
@@ -735,7 +826,8 @@ class OpenOrders:
 
 
 OrderMessage = (NewOrder | CancelOrder | ReplaceOrder | OrderAck | OrderReject
-                | OrderPending | ExecutionReport | Order)
+                | OrderPending | ExecutionReport | Order | CancelRequest | ReplaceRequest
+                | ReplaceRefused)
 
 _AMEND_TEXT = {
     RejectReason.UNKNOWN_ORDER: "no such order for this account",
@@ -765,7 +857,7 @@ def amend_reason(target: Order, quantity: float, price: float | None) -> RejectR
     """Why ``target`` cannot take the working terms ``quantity`` and ``price`` (None: it can).
 
     The executor asks this again when it decides, against fills the backend has not seen yet."""
-    if E.REPLACE not in TRANSITIONS[target.state]:
+    if not target.state.replaceable:
         return RejectReason.NOT_CANCELLABLE
     if not _above(quantity, target.filled_quantity):
         return RejectReason.BAD_QUANTITY
@@ -787,9 +879,12 @@ class Limits:
     """Pre-trade limits.
 
     ``price_band`` is a fraction: 0.05 means a LIMIT price must lie within 5 % of the mid of
-    the last tick (inclusive). ``max_exposure_per_account`` bounds the sum of the absolute
-    notionals (quantity x price, in the units of the limit) of an account's open orders and
-    positions, this order included.
+    the last tick (inclusive). ``max_exposure_per_account`` bounds an account's exposure: the
+    sum over its open orders (and the new orders being stored, this one included) of what is
+    left to fill times the limit price, ``leaves_quantity x price`` in the units of the limit
+    (lots x price, no contract size). Buys and sells add up (a sell does not offset a buy);
+    filled quantities (positions) are not counted. A MARKET order is valued at the mid while it
+    is checked and counts 0 once open (it fills at once or is rejected).
     """
 
     symbols: frozenset[str]
@@ -808,14 +903,21 @@ class Limits:
             raise ValueError("max_quantity must be > 0")
 
 
+Quote = tuple[float, float]  # (bid, ask) of a usable two-sided tick
+
+
+def usable_quote(bid: float, ask: float) -> Quote | None:
+    """``(bid, ask)`` if both are finite prices with ``0 < bid <= ask``, else None: the one
+    rule for a quote that prices orders, in the backend's checks and the executor's fills."""
+    if math.isfinite(bid) and math.isfinite(ask) and 0 < bid <= ask:
+        return bid, ask
+    return None
+
+
 def _mid(last_bid_ask: tuple[float, float] | None) -> float | None:
     """The mid of a usable two-sided quote, else None."""
-    if last_bid_ask is None:
-        return None
-    bid, ask = last_bid_ask
-    if not (math.isfinite(bid) and math.isfinite(ask) and 0 < bid <= ask):
-        return None
-    return (bid + ask) / 2
+    quote = None if last_bid_ask is None else usable_quote(*last_bid_ask)
+    return None if quote is None else (quote[0] + quote[1]) / 2
 
 
 def validate(order: NewOrder, *, limits: Limits, last_bid_ask: tuple[float, float] | None,
@@ -905,12 +1007,16 @@ def reject_reason_for(error: InvalidOrder) -> RejectReason:
 
 
 __all__ = [
+    "EXEC_ACCEPT",
+    "EXEC_ROUTE",
     "MAX_EPOCH",
     "QTY_REL_TOL",
     "REPORT_EVENTS",
     "TRANSITIONS",
     "CancelOrder",
+    "CancelRequest",
     "ExecutionReport",
+    "ExecutorRequest",
     "Limits",
     "NewOrder",
     "OpenOrders",
@@ -923,8 +1029,11 @@ __all__ = [
     "OrderRequest",
     "OrderState",
     "OrderType",
+    "Quote",
     "RejectReason",
     "ReplaceOrder",
+    "ReplaceRefused",
+    "ReplaceRequest",
     "Side",
     "amend_reason",
     "amend_text",
@@ -933,6 +1042,7 @@ __all__ = [
     "idempotency",
     "next_state",
     "reject_reason_for",
+    "usable_quote",
     "validate",
     "validate_replace",
 ]

@@ -26,6 +26,7 @@ from nodes.servers.redis_server import RedisProcess, free_port
 from protocols.orders.binary_star import PairConfig, Role, State
 from protocols.orders.codec import decode_order, encode_order
 from protocols.orders.messages import (
+    CancelOrder,
     ExecutionReport,
     Limits,
     NewOrder,
@@ -307,8 +308,8 @@ def test_concurrent_orders_of_one_account_cannot_share_its_headroom(
             assert len(acked) == 10, results
             assert len(refused) == 5
             assert {r.reason for r in refused} == {RejectReason.EXPOSURE_LIMIT}
-            assert primary._pending == {}  # every reservation released
-            assert primary._exposure("acc") == pytest.approx(10 * 90 * 1.08)
+            assert primary.service.reserved() == 0  # every reservation released
+            assert primary.service.exposure("acc") == pytest.approx(10 * 90 * 1.08)
     run(main())
 
 
@@ -656,4 +657,84 @@ def test_requests_in_service_when_the_node_steps_down_keep_their_dispatch_epoch(
                 # it takes the writes, under that epoch.
                 assert isinstance(reply, OrderAck), reply
                 assert reply.epoch == taken_at and reply.order_id.startswith(f"O{taken_at}.")
+    run(main())
+
+
+def test_one_routing_id_on_a_dealer_per_backend_reaches_the_pair_and_its_reports(
+        redis_server: RedisProcess) -> None:
+    """PROTOCOL.md §14, "Reaching both backends": a client connects one DEALER to each
+    backend's "clients" endpoint, both with the same ROUTING_ID. The passive one refuses
+    (NOT_ACTIVE), the active one acknowledges, and the order's reports come back on the socket
+    of that routing id (stored as the order's ``client_id``); frontends read the same reports
+    on "updates" as ``[account + NUL, header, body]``."""
+    async def main() -> None:
+        async with pair(redis_server) as p:
+            primary = p.node(Role.PRIMARY)
+            await wait_active(primary)
+            socks: dict[Role, zmq.asyncio.Socket] = {}
+            for role in Role:
+                socks[role] = p.ctx.socket(zmq.DEALER)
+                socks[role].setsockopt(zmq.LINGER, 0)
+                socks[role].setsockopt(zmq.ROUTING_ID, b"trader-1")
+                socks[role].connect(p.ends[role].clients)
+            sub = p.ctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.setsockopt(zmq.SUBSCRIBE, b"acc\x00")  # the NUL: "acc" is not "acc2"
+            sub.connect(p.ends[Role.PRIMARY].updates)
+            try:
+                await socks[Role.BACKUP].send_multipart(encode_order(order("t0")))
+                async with asyncio.timeout(scaled(2.0)):
+                    refused = decode_order(await socks[Role.BACKUP].recv_multipart())
+                assert isinstance(refused, OrderReject)
+                assert refused.reason is RejectReason.NOT_ACTIVE and refused.retryable
+                published: list[bytes] = []
+                for i in range(1, 50):  # a SUB misses what is published before it joined
+                    await socks[Role.PRIMARY].send_multipart(encode_order(order(f"t{i}")))
+                    ack: OrderAck | None = None
+                    report: ExecutionReport | None = None
+                    async with asyncio.timeout(scaled(2.0)):
+                        while ack is None or report is None:
+                            msg = decode_order(await socks[Role.PRIMARY].recv_multipart())
+                            if isinstance(msg, OrderAck):
+                                ack = msg
+                            elif isinstance(msg, ExecutionReport):
+                                report = msg
+                    assert ack.client_order_id == f"t{i}" and report.order_id == ack.order_id
+                    assert report.state is OrderState.FILLED
+                    if await sub.poll(scaled(100)):
+                        published = await sub.recv_multipart()
+                        break
+                assert len(published) == 3 and published[0] == b"acc\x00"
+                update = decode_order(published[1:])
+                assert isinstance(update, ExecutionReport) and update.account == "acc"
+                store = RedisOrderStore(p.cfg.redis.url, "bk")
+                stored = await store.get(update.order_id)
+                await store.close()
+                assert stored is not None and stored.client_id == "trader-1"
+            finally:
+                for s in (*socks.values(), sub):
+                    s.close(linger=0)
+    run(main())
+
+
+def test_memory_follows_the_open_orders(redis_server: RedisProcess) -> None:
+    """A backend keeps per-order records and per-account and per-order locks only while they
+    are needed: once every order is done, none is left (before, the route of every order ever
+    placed and a lock per account ever seen stayed for the life of the process)."""
+    async def main() -> None:
+        async with pair(redis_server) as p:
+            primary = p.node(Role.PRIMARY)
+            await wait_active(primary)
+            replies = await asyncio.gather(
+                *(p.request(Role.PRIMARY, order(f"m{i}", account=f"a{i % 7}"))
+                  for i in range(40)))
+            assert all(isinstance(r, OrderAck) for r in replies), replies
+            await wait_until(lambda: primary.stats.reports == 40, 5, "every fill")
+            cancel = await p.request(Role.PRIMARY, CancelOrder("a0", "x0", "m0"))
+            assert isinstance(cancel, OrderReject)
+            assert cancel.reason is RejectReason.NOT_CANCELLABLE  # filled already
+            await wait_until(lambda: len(primary.service) == 0, 2, "records dropped")
+            assert len(primary.orders) == 0 and primary.service.in_service() == 0
+            assert len(primary._account_locks) == 0 and len(primary._order_locks) == 0
+            assert primary.collect()["records"] == 0
     run(main())

@@ -141,7 +141,8 @@ def test_progress_of_a_working_order_holds_its_re_drive_back(
                 routed = time.monotonic()
                 await wait_until(lambda: primary.stats.reports >= 3, 10, "three slices")
                 assert ack.order_id in primary.orders  # still working
-                assert primary._sent[ack.order_id] > routed  # progress reset the clock
+                record = primary.service.record(ack.order_id)
+                assert record is not None and record.sent > routed  # progress reset the clock
                 store = RedisOrderStore(p.cfg.redis.url, "bk")
                 try:
                     await wait_filled(store, ack.order_id, 15)
@@ -311,7 +312,8 @@ def test_replace_without_an_executor_is_a_retryable_reject(redis_server: RedisPr
             stored = await store.get(ack.order_id)
             await store.close()
             assert stored is not None and stored.quantity == 1.0  # unchanged
-            assert primary.amends == {}
+            record = primary.service.record(ack.order_id)
+            assert record is None or record.replace is None  # no replace left pending
     run(main())
 
 

@@ -16,37 +16,28 @@ import zmq.asyncio
 from bus.config import MeshConfig, MeshSection, RedisSection
 from bus.store.orders import RedisOrderStore
 from bus.store.ticks import CheckpointRun, RedisTickStore
-from nodes.orders.executor import ExecutorNode, decide, usable_quote
+from nodes.orders.executor import ExecutorNode
 from nodes.servers.redis_server import RedisProcess, free_port
 from protocols.orders.codec import decode_order, encode_order
+from protocols.orders.execution import decide
 from protocols.orders.messages import (
+    CancelRequest,
     ExecutionReport,
-    NewOrder,
     Order,
-    OrderReject,
     OrderState,
     OrderType,
     RejectReason,
+    ReplaceRefused,
+    ReplaceRequest,
     Side,
 )
+from tests.protocols.orders.test_execution import assert_applies, routed
 from tests.support import scaled, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
 PREFIX = "ex"
 BID, ASK = 1.1000, 1.1002
-
-
-def routed(order_id: str, side: Side = Side.BUY, type_: OrderType = OrderType.MARKET,
-           price: float | None = None, quantity: float = 2.0,
-           symbol: str = "EURUSD") -> Order:
-    """An order as the backend routes it: NEW -> ACCEPTED -> ROUTED through Order.apply."""
-    new = NewOrder("acc", f"c-{order_id}", symbol, side, type_, quantity, price, sent_ns=1)
-    order = Order.from_new(order_id, new, epoch=1, now_ns=1)
-    for n, state in enumerate((OrderState.ACCEPTED, OrderState.ROUTED), start=2):
-        report = order.status_report(state, exec_id=f"{order_id}:b{n}", epoch=1)
-        order = order.apply(report, epoch=1, now_ns=n)
-    return order
 
 
 class FakeBackend:
@@ -78,12 +69,12 @@ class FakeBackend:
     async def order(self, order: Order) -> None:
         await self.send(encode_order(order))
 
-    async def message(self, timeout: float = 2.0) -> ExecutionReport | OrderReject:
+    async def message(self, timeout: float = 2.0) -> ExecutionReport | ReplaceRefused:
         async with asyncio.timeout(scaled(timeout)):
             ident, *frames = await self.sock.recv_multipart()
         assert ident == b"executor"
         msg = decode_order(frames)
-        assert isinstance(msg, (ExecutionReport, OrderReject))
+        assert isinstance(msg, (ExecutionReport, ReplaceRefused))
         return msg
 
     async def report(self, timeout: float = 2.0) -> ExecutionReport:
@@ -154,48 +145,6 @@ def run(redis: RedisProcess, body: Callable[[Rig], Awaitable[None]],
             await ticks.close()
             await orders.close()
     asyncio.run(main())
-
-
-def assert_applies(order: Order, report: ExecutionReport, state: OrderState) -> Order:
-    """The backend can apply the report to its record."""
-    after = order.apply(report, epoch=1, now_ns=10)
-    assert after.state is state
-    return after
-
-
-# --- the decision, without I/O ---------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("side", "type_", "price", "quote", "expect"), [
-    (Side.BUY, OrderType.MARKET, None, (BID, ASK), ASK),
-    (Side.SELL, OrderType.MARKET, None, (BID, ASK), BID),
-    (Side.BUY, OrderType.MARKET, None, None, "reject"),
-    (Side.BUY, OrderType.LIMIT, ASK, (BID, ASK), ASK),
-    (Side.BUY, OrderType.LIMIT, 1.1001, (BID, ASK), None),
-    (Side.SELL, OrderType.LIMIT, BID, (BID, ASK), BID),
-    (Side.SELL, OrderType.LIMIT, 1.1001, (BID, ASK), None),
-    (Side.SELL, OrderType.LIMIT, 1.1001, None, None),
-])
-def test_decide_table(side: Side, type_: OrderType, price: float | None,
-                      quote: tuple[float, float] | None, expect: float | str | None) -> None:
-    order = routed("o1", side, type_, price)
-    report = decide(order, quote, 5)
-    if expect is None:
-        assert report is None
-    elif expect == "reject":
-        assert report is not None and report.state is OrderState.REJECTED
-        assert (report.exec_id, report.seq) == ("o1:1", 1)
-        assert_applies(order, report, OrderState.REJECTED)
-    else:
-        assert report is not None and report.state is OrderState.FILLED
-        assert (report.last_price, report.last_quantity, report.exec_id) == (expect, 2.0, "o1:1")
-        assert assert_applies(order, report, OrderState.FILLED).avg_price == expect
-
-
-def test_usable_quote() -> None:
-    assert usable_quote(1.0, 1.1) == (1.0, 1.1)
-    for bid, ask in ((0.0, 1.0), (1.2, 1.1), (float("nan"), 1.0), (1.0, float("inf"))):
-        assert usable_quote(bid, ask) is None
 
 
 # --- the node --------------------------------------------------------------------------------
@@ -393,9 +342,9 @@ def test_order_id_too_long_for_an_exec_id_is_malformed(redis_server: RedisProces
     run(redis_server, body)
 
 
-def cancel_request(order: Order) -> ExecutionReport:
-    """What the backend sends to cancel: a CANCELLED report for the order."""
-    return order.status_report(OrderState.CANCELLED, exec_id=f"{order.order_id}:cxl", epoch=1)
+def cancel_request(order: Order) -> CancelRequest:
+    """What the backend sends to cancel."""
+    return CancelRequest(order.order_id, epoch=1)
 
 
 def test_cancel_after_the_fill_answers_the_fill(redis_server: RedisProcess) -> None:
@@ -442,10 +391,9 @@ def test_cancel_of_a_resting_order_removes_it(redis_server: RedisProcess) -> Non
     run(redis_server, body)
 
 
-def replace_request(order: Order, quantity: float, price: float | None) -> ExecutionReport:
-    """What the backend sends to replace: a replace report without a log position."""
-    return order.replace_report(quantity, price, exec_id=f"{order.order_id}:rpl", epoch=1,
-                                client_order_id=f"r-{order.order_id}")
+def replace_request(order: Order, quantity: float, price: float | None) -> ReplaceRequest:
+    """What the backend sends to replace."""
+    return ReplaceRequest(order.order_id, f"r-{order.order_id}", quantity, price, epoch=1)
 
 
 def test_a_cancel_for_an_order_the_store_does_not_know_is_counted(
@@ -458,7 +406,7 @@ def test_a_cancel_for_an_order_the_store_does_not_know_is_counted(
             msg = replace_request(routed("nobody"), 3.0, None)
             await rig.backends[0].send(encode_order(msg))
             refused = await rig.backends[0].message()
-            assert refused == OrderReject("nobody", RejectReason.UNKNOWN_ORDER, "no such order")
+            assert refused == ReplaceRefused("nobody", RejectReason.UNKNOWN_ORDER, "no such order")
     run(redis_server, body)
 
 
@@ -559,8 +507,8 @@ def test_a_replace_below_what_filled_meanwhile_is_refused(redis_server: RedisPro
             # The backend saw nothing filled yet: replacing down to 1 lot looked fine there.
             await rig.backends[0].send(encode_order(replace_request(order, 1.0, None)))
             refused = await rig.backends[0].message()
-            assert isinstance(refused, OrderReject)
-            assert (refused.client_order_id, refused.reason) == ("r3",
+            assert isinstance(refused, ReplaceRefused)
+            assert (refused.order_id, refused.reason) == ("r3",
                                                                  RejectReason.BAD_QUANTITY)
             assert node.stats.amends_refused == 1 and node.stats.replaces == 0
     run(redis_server, body)
@@ -575,7 +523,7 @@ def test_a_replace_of_a_filled_order_is_refused(redis_server: RedisProcess) -> N
             await rig.backends[0].report()
             await rig.backends[0].send(encode_order(replace_request(order, 3.0, None)))
             refused = await rig.backends[0].message()
-            assert isinstance(refused, OrderReject)
+            assert isinstance(refused, ReplaceRefused)
             assert refused.reason is RejectReason.NOT_CANCELLABLE
             assert "FILLED" in refused.message
     run(redis_server, body)

@@ -26,6 +26,7 @@ from protocols.orders.codec import (
 )
 from protocols.orders.messages import (
     CancelOrder,
+    CancelRequest,
     ExecutionReport,
     NewOrder,
     Order,
@@ -37,6 +38,8 @@ from protocols.orders.messages import (
     OrderType,
     RejectReason,
     ReplaceOrder,
+    ReplaceRefused,
+    ReplaceRequest,
     Side,
 )
 from protocols.ticks.codec import MAGIC, encode_recovery
@@ -85,7 +88,15 @@ MESSAGES: list[Any] = [
                  id="report-replace-limit"),
     pytest.param(dataclasses.replace(Order.from_new("o-2", MARKET, epoch=1, now_ns=5),
                                      state=S.ROUTED).replace_report(
-        0.02, None, exec_id="o-2:cxl", epoch=1), id="report-replace-market-request"),
+        0.02, None, exec_id="o-2:9", epoch=1), id="report-replace-market-no-position"),
+    pytest.param(CancelRequest("o-1", 3, 2**64 - 1), id="cancel-request"),
+    pytest.param(CancelRequest("o-1", 1), id="cancel-request-no-time"),
+    pytest.param(ReplaceRequest("o-1", "c-3", 2.0, 1.0845, 3, 7), id="replace-request-limit"),
+    pytest.param(ReplaceRequest("o-2", "c-4", 0.02, None, 1), id="replace-request-market"),
+    *[pytest.param(ReplaceRefused("o-1", r, f"because {r.name}"),
+                   id=f"replace-refused-{r.name.lower()}")
+      for r in (RejectReason.NOT_CANCELLABLE, RejectReason.BAD_QUANTITY,
+                RejectReason.UNKNOWN_ORDER)],
     pytest.param(RECORD, id="order-record-replaced"),
     pytest.param(dataclasses.replace(RECORD, exec_seq=9, client_id="trader-7"),
                  id="order-record-exec-seq-client"),
@@ -113,6 +124,9 @@ def test_every_message_type_and_kind_is_in_the_round_trip_table() -> None:
     (OrderReject("c", RejectReason.FENCED, ""), OrderKind.ORDER_REJECT),
     (FILL, OrderKind.EXECUTION_REPORT), (RECORD, OrderKind.ORDER),
     (OrderPending(1), OrderKind.ORDER_PENDING),
+    (CancelRequest("o", 1), OrderKind.CANCEL_REQUEST),
+    (ReplaceRequest("o", "c", 1.0, None, 1), OrderKind.REPLACE_REQUEST),
+    (ReplaceRefused("o", RejectReason.NOT_CANCELLABLE, ""), OrderKind.REPLACE_REFUSED),
 ], ids=lambda v: v.name if isinstance(v, OrderKind) else "")
 def test_header_is_magic_version_kind(msg: OrderMessage, kind: OrderKind) -> None:
     header, _body = encode_order(msg)
@@ -122,7 +136,8 @@ def test_header_is_magic_version_kind(msg: OrderMessage, kind: OrderKind) -> Non
 def test_order_kinds_are_fixed_and_never_collide_with_tick_kinds() -> None:
     assert {k.name: int(k) for k in OrderKind} == {
         "NEW_ORDER": 32, "CANCEL_ORDER": 33, "REPLACE_ORDER": 34, "ORDER_ACK": 40,
-        "ORDER_REJECT": 41, "ORDER_PENDING": 42, "EXECUTION_REPORT": 48, "ORDER": 56}
+        "ORDER_REJECT": 41, "ORDER_PENDING": 42, "EXECUTION_REPORT": 48,
+        "CANCEL_REQUEST": 49, "REPLACE_REQUEST": 50, "REPLACE_REFUSED": 51, "ORDER": 56}
     assert all(32 <= k <= 63 for k in OrderKind)
     assert not {int(k) for k in OrderKind} & {int(k) for k in Kind}
 
@@ -171,6 +186,15 @@ def test_whole_numbers_sent_as_integers_decode_as_floats() -> None:
     assert isinstance(msg, NewOrder)
     assert (msg.quantity, msg.price) == (3.0, 2.0)
     assert isinstance(msg.quantity, float) and isinstance(msg.price, float)
+    replace = ReplaceOrder("ACC-1", "c-3", "c-1", 2.0, 1.0845)
+    body = {**msgpack.unpackb(encode_order(replace)[1]), "quantity": 4, "price": 1}
+    got = decode_order([short(OrderKind.REPLACE_ORDER), msgpack.packb(body)])
+    assert isinstance(got, ReplaceOrder) and isinstance(got.quantity, float)
+    assert (got.quantity, got.price) == (4.0, 1.0)
+    request = ReplaceRequest("o-1", "c-3", 2.0, None, 1)
+    body = {**msgpack.unpackb(encode_order(request)[1]), "quantity": 5}
+    assert decode_order([short(OrderKind.REPLACE_REQUEST), msgpack.packb(body)]) == \
+        dataclasses.replace(request, quantity=5.0)
 
 
 def test_unknown_keys_are_ignored() -> None:

@@ -879,3 +879,38 @@ def test_open_orders_exposure_equals_a_fresh_sum(steps: list[tuple[int, float, b
             book.remove(o.order_id)
         fresh = sum(OpenOrders.notional(x) for x in book.values())
         assert book.exposure("ACC-1") == pytest.approx(fresh, rel=1e-9, abs=1e-9)
+
+
+# --- one vocabulary of working states ----------------------------------------------------------
+
+STATE_NAMES = [
+    # (state, terminal, replaceable, at_executor, unrouted)
+    (S.NEW, False, False, False, True),
+    (S.ACCEPTED, False, True, False, True),
+    (S.ROUTED, False, True, True, False),
+    (S.PARTIALLY_FILLED, False, True, True, False),
+    (S.FILLED, True, False, False, False),
+    (S.REJECTED, True, False, False, False),
+    (S.CANCELLED, True, False, False, False),
+    (S.EXPIRED, True, False, False, False),
+]
+
+
+@pytest.mark.parametrize(("state", "terminal", "replaceable", "at_executor", "unrouted"),
+                         STATE_NAMES)
+def test_state_names(state: OrderState, terminal: bool, replaceable: bool, at_executor: bool,
+                     unrouted: bool) -> None:
+    assert (state.terminal, state.replaceable, state.at_executor, state.unrouted) == (
+        terminal, replaceable, at_executor, unrouted)
+    # replaceable is what the lifecycle table allows a cancel and a replace in
+    assert state.replaceable is (E.REPLACE in TRANSITIONS[state]) is (
+        E.CANCEL in TRANSITIONS[state])
+
+
+def test_the_price_band_and_the_executor_share_one_quote_rule() -> None:
+    from protocols.orders.messages import usable_quote
+    order = new(type=OrderType.MARKET, price=None)
+    for bid, ask in ((0.0, 1.0), (1.2, 1.1), (float("nan"), 1.0), (1.0, float("inf"))):
+        assert usable_quote(bid, ask) is None
+        assert validate(order, limits=LIMITS, last_bid_ask=(bid, ask),
+                        exposure=0.0) is RejectReason.PRICE_BAND

@@ -1,0 +1,452 @@
+"""The order service's decisions, without I/O: what the active backend knows per order and
+what it does next (see ``nodes.orders.backend`` for the node that carries them out).
+
+Rules:
+
+* One :class:`OrderRecord` per order the service is working on: where its reports go (the
+  client's routing id), when it last went to the executor or made progress there, the cancel
+  request in flight and the replace waiting for the executor's decision. A record goes when its
+  order is terminal, when it is neither open nor waiting on a request (swept each re-drive
+  round), and all of them when the node steps down: memory follows the open orders, not every
+  order ever seen.
+* Open orders and each account's exposure are an :class:`OpenOrders`; new orders being stored
+  are *reserved* in a second :class:`OpenOrders` (the same running sum), so concurrent orders
+  of one account cannot pass the exposure check on the same headroom.
+* A request is *in service* from its arrival to its answer; a client's retry of it (same key,
+  same content) joins it and gets the same answer (:meth:`OrderService.join`).
+* A replace is decided by the executor: the service keeps it pending (one per order) until the
+  executor's replace entry is applied, the executor refuses it, it times out or the node steps
+  down. Decided outcomes are kept for the last :data:`RECENT_REPLACES` replaces, so a client's
+  retry gets the same answer, not a second decision.
+* Re-drives: open orders at the executor that made no progress for ``redrive_s`` (oldest
+  first, at most :data:`REDRIVE_BATCH` a round) and cancels unanswered as long; an order whose
+  executor log arrives with a gap is re-sent at most every :data:`GAP_RETRY_S`.
+
+Times: ``now`` is a monotonic clock in seconds, ``now_ns`` the wall clock in nanoseconds, both
+from the caller.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from protocols.orders.messages import (
+    EXEC_ACCEPT,
+    EXEC_ROUTE,
+    CancelOrder,
+    CancelRequest,
+    ExecutionReport,
+    Limits,
+    NewOrder,
+    OpenOrders,
+    Order,
+    OrderAck,
+    OrderReject,
+    OrderRequest,
+    OrderState,
+    RejectReason,
+    ReplaceOrder,
+    ReplaceRefused,
+    ReplaceRequest,
+    amend_text,
+    check_amend,
+    idempotency,
+    validate,
+    validate_replace,
+)
+
+REDRIVE_BATCH = 500  # unconfirmed orders re-sent per re-drive round
+GAP_RETRY_S = 0.05  # an order whose log entries arrive with a gap is re-driven at most this often
+RECENT_REPLACES = 1_000  # replace outcomes kept to answer a client's retry the same way
+
+Key = tuple[str, str]  # (account, client order id)
+Reply = OrderAck | OrderReject
+Decision = Order | ReplaceRefused  # the executor's answer to a replace: the record, or a refusal
+
+
+@dataclass(eq=False, slots=True)
+class PendingReplace:
+    """A replace waiting for the executor's decision. ``waiters`` are called once with it."""
+
+    order_id: str
+    client_order_id: str
+    request: ReplaceRequest  # what goes to the executor
+    waiters: list[Callable[[Decision], None]] = field(default_factory=list)
+    decided: Decision | None = None
+
+    def _settle(self, outcome: Decision) -> None:
+        if self.decided is None:
+            self.decided = outcome
+            for waiter in self.waiters:
+                waiter(outcome)
+
+
+@dataclass(frozen=True, slots=True)
+class SendCancel:
+    """Effect: send ``request`` to the executor, then answer the client ``ack``."""
+
+    request: CancelRequest
+    ack: OrderAck
+
+
+@dataclass(frozen=True, slots=True)
+class SendReplace:
+    """Effect: send ``pending.request`` to the executor, then wait for its decision."""
+
+    pending: PendingReplace
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitReplace:
+    """Effect: a retry of a replace sent already: wait for the same decision."""
+
+    pending: PendingReplace
+
+
+@dataclass(slots=True)
+class OrderRecord:
+    """What the service knows of one order besides its :class:`Order` (kept in ``open``)."""
+
+    route: bytes = b""  # the client's routing id ("": use the order's client_id)
+    sent: float = 0.0  # when it last went to the executor or made progress there
+    cancel: CancelRequest | None = None  # the cancel request in flight
+    replace: PendingReplace | None = None
+
+
+@dataclass(slots=True)
+class InService:
+    """A request being served, who asked for it (retries included), since when."""
+
+    request: OrderRequest
+    identities: set[bytes]
+    since: float
+
+
+def route_accepted(order: Order, *, epoch: int, now_ns: int) -> Order:
+    """An ACCEPTED order (a NEW one is accepted first) moved on to ROUTED by the backend's
+    own reports, as it is stored before it goes to the executor."""
+    if order.state is OrderState.NEW:
+        order = order.apply(order.status_report(OrderState.ACCEPTED, exec_id=EXEC_ACCEPT,
+                                                epoch=epoch), epoch=epoch, now_ns=now_ns)
+    return order.apply(order.status_report(OrderState.ROUTED, exec_id=EXEC_ROUTE, epoch=epoch),
+                       epoch=epoch, now_ns=now_ns)
+
+
+class OrderService:
+    """The active backend's order state and decisions (sans-I/O)."""
+
+    def __init__(self, limits: Limits, *, tag: str, redrive_s: float = 1.0) -> None:
+        self.limits = limits
+        self.redrive_s = redrive_s
+        self.open = OpenOrders()
+        self._tag = tag
+        self._ids = itertools.count(1)
+        self._records: dict[str, OrderRecord] = {}
+        self._reserved = OpenOrders()  # new orders being stored, by their order id
+        self._in_service: dict[Key, InService] = {}
+        self._replaced: OrderedDict[Key, Reply] = OrderedDict()
+
+    # -- records ---------------------------------------------------------------------------
+
+    def record(self, order_id: str) -> OrderRecord | None:
+        return self._records.get(order_id)
+
+    def _record(self, order_id: str) -> OrderRecord:
+        record = self._records.get(order_id)
+        if record is None:
+            record = self._records[order_id] = OrderRecord()
+        return record
+
+    def __len__(self) -> int:
+        """How many records are kept (open orders and orders with a request in flight)."""
+        return len(self._records)
+
+    def route_of(self, order: Order) -> bytes:
+        """Where ``order``'s reports go: the client's latest routing id, else its client_id."""
+        record = self._records.get(order.order_id)
+        return record.route if record is not None and record.route else order.client_id.encode()
+
+    def sent(self, order_id: str, now: float) -> None:
+        """``order_id`` (or a request for it) went to the executor at ``now``."""
+        self._record(order_id).sent = now
+
+    def reload(self, orders: list[Order]) -> None:
+        """Active from now on with these open orders (records of others are dropped)."""
+        self.open = OpenOrders(orders)
+        self._records = {i: r for i, r in self._records.items() if i in self.open}
+
+    def step_down(self, message: str) -> None:
+        """Passive from now on: forget the open orders and every record; pending replaces are
+        refused with FENCED."""
+        self.open.clear()
+        records, self._records = self._records, {}
+        for record in records.values():
+            if record.replace is not None:
+                record.replace._settle(ReplaceRefused(record.replace.order_id,
+                                                      RejectReason.FENCED, message))
+
+    # -- requests in service ---------------------------------------------------------------
+
+    def join(self, req: OrderRequest, identity: bytes) -> bool:
+        """True if ``req`` is a retry of a request in service: ``identity`` gets its answer.
+        Thousands of retries of a held request must not become thousands of tasks."""
+        joined = self._in_service.get((req.account, req.client_order_id))
+        if joined is None or idempotency(joined.request, req) != "duplicate":
+            return False
+        joined.identities.add(identity)
+        return True
+
+    def begin(self, req: OrderRequest, identity: bytes, now: float) -> None:
+        """``req`` from ``identity`` is in service from ``now``."""
+        self._in_service.setdefault((req.account, req.client_order_id),
+                                    InService(req, {identity}, now))
+
+    def finish(self, req: OrderRequest, identity: bytes) -> set[bytes]:
+        """``req`` is answered: who to send the answer to."""
+        key = (req.account, req.client_order_id)
+        joined = self._in_service.get(key)
+        if joined is None or joined.request is not req:
+            return {identity}
+        del self._in_service[key]
+        return joined.identities
+
+    def in_service(self) -> int:
+        return len(self._in_service)
+
+    def pending_notices(self, now: float, after_s: float) -> dict[bytes, int]:
+        """Per client, how many of its requests have been in service ``after_s`` or more."""
+        older = now - after_s
+        waiting: Counter[bytes] = Counter()
+        for held in self._in_service.values():
+            if held.since <= older:
+                waiting.update(held.identities)
+        return dict(waiting)
+
+    # -- new orders ------------------------------------------------------------------------
+
+    def exposure(self, account: str, excluding: str = "") -> float:
+        """The account's exposure: what its open orders still have to fill at their price
+        (a MARKET order counts 0: it fills at once or is rejected), and the orders being
+        stored."""
+        return self.open.exposure(account, excluding) + self._reserved.exposure(account)
+
+    def reserved(self) -> int:
+        """How many new orders are reserved (being stored)."""
+        return len(self._reserved)
+
+    def reserve(self, req: NewOrder, quote: tuple[float, float] | None, *, epoch: int,
+                now_ns: int, client_id: str) -> Order | RejectReason:
+        """Check a new order; if it passes, the ROUTED record to store, counted in its
+        account's exposure until :meth:`placed` or :meth:`release` (briefly twice after
+        :meth:`placed`: the safe side)."""
+        reason = validate(req, limits=self.limits, last_bid_ask=quote,
+                          exposure=self.exposure(req.account))
+        if reason is not None:
+            return reason
+        order = Order.from_new(f"O{epoch}.{self._tag}.{next(self._ids)}", req, epoch=epoch,
+                               now_ns=now_ns, client_id=client_id)
+        order = route_accepted(order, epoch=epoch, now_ns=now_ns)
+        self._reserved.put(order)
+        return order
+
+    def release(self, order_id: str) -> None:
+        """The reservation of a new order ends (stored and placed, or failed)."""
+        self._reserved.remove(order_id)
+
+    def placed(self, order: Order, identity: bytes) -> None:
+        """``order`` is stored: open, its reports go to ``identity``."""
+        self._record(order.order_id).route = identity
+        self.open.put(order)
+
+    def duplicate(self, existing: Order, req: NewOrder, identity: bytes, epoch: int) -> Reply:
+        """The answer to a new order whose key names the stored ``existing``."""
+        if idempotency(existing.order, req) == "conflict":
+            return OrderReject(req.client_order_id, RejectReason.DUPLICATE_DIFFERENT,
+                               f"client order id already names order {existing.order_id}")
+        if not existing.terminal:
+            self._record(existing.order_id).route = identity  # reports go where it is now
+            if existing.order_id not in self.open and existing.state is OrderState.ROUTED:
+                # Stored by a write whose answer was lost (the store failed over, or the
+                # request gave up at the deadline after the write): adopt it, the re-drive
+                # routes it.
+                self.open.put(existing)
+        state = existing.state if existing.state is not OrderState.NEW else OrderState.ACCEPTED
+        return OrderAck(req.client_order_id, existing.order_id, state, epoch)
+
+    # -- cancels ---------------------------------------------------------------------------
+
+    def cancel(self, req: CancelOrder, target: Order | None, *, epoch: int, now_ns: int
+               ) -> Reply | SendCancel:
+        """The answer to a cancel of ``target`` (as the store has it), or the request to send
+        to the executor and the ack that follows it: "cancel requested", with the cancel's own
+        client order id, the target's order id and the target's state *before* the cancel
+        (the outcome, CANCELLED or the fill that won, comes as a report). Cancelling an order
+        cancelled already is acknowledged again (state CANCELLED): a retried cancel is
+        harmless."""
+        if target is not None and target.state is OrderState.CANCELLED:
+            return OrderAck(req.client_order_id, target.order_id, target.state, epoch)
+        reason = check_amend(target, req)
+        if reason is not None or target is None:
+            why = reason or RejectReason.UNKNOWN_ORDER
+            return OrderReject(req.client_order_id, why, why.name.lower())
+        request = CancelRequest(target.order_id, epoch, now_ns)
+        self._record(target.order_id).cancel = request
+        return SendCancel(request, OrderAck(req.client_order_id, target.order_id, target.state,
+                                            epoch))
+
+    # -- replaces --------------------------------------------------------------------------
+
+    def replaced(self, req: ReplaceOrder) -> Reply | None:
+        """The answer given already to this replace (a client's retry), if any."""
+        return self._replaced.get((req.account, req.client_order_id))
+
+    def replace_target(self, req: ReplaceOrder, target: Order | None) -> Order | OrderReject:
+        """The order a replace acts on (``target`` as the store has it, or as this backend
+        has seen it since), or why the replace cannot act on it. The market is consulted
+        only after this passes."""
+        if target is not None:
+            target = self.open.get(target.order_id) or target
+        reason = check_amend(target, req)
+        if reason is not None or target is None:
+            why = reason or RejectReason.UNKNOWN_ORDER
+            return OrderReject(req.client_order_id, why, amend_text(why))
+        return target
+
+    def replace(self, req: ReplaceOrder, target: Order | None,
+                quote: tuple[float, float] | None, *, epoch: int, now_ns: int,
+                identity: bytes) -> OrderReject | SendReplace | AwaitReplace:
+        """Check a replace of ``target`` (see :meth:`replace_target`) and its new terms
+        against ``quote``; if it passes, send it to the executor as a new pending replace, or
+        (a retry of one pending already) wait for that one."""
+        checked = self.replace_target(req, target)
+        if isinstance(checked, OrderReject):
+            return checked
+        target = checked
+        reason = validate_replace(target, req, limits=self.limits, last_bid_ask=quote,
+                                  exposure=self.exposure(req.account, target.order_id))
+        if reason is not None:
+            return OrderReject(req.client_order_id, reason, reason.name.lower())
+        record = self._record(target.order_id)
+        pending = record.replace
+        if pending is not None:
+            if pending.client_order_id == req.client_order_id:
+                return AwaitReplace(pending)  # the client's retry while the executor decides
+            return OrderReject(req.client_order_id, RejectReason.NOT_CANCELLABLE,
+                               "another replace of this order is being decided")
+        request = ReplaceRequest(target.order_id, req.client_order_id, req.quantity, req.price,
+                                 epoch, now_ns)
+        record.replace = PendingReplace(target.order_id, req.client_order_id, request)
+        record.route = identity
+        return SendReplace(record.replace)
+
+    def abandon(self, pending: PendingReplace) -> None:
+        """``pending`` gets no decision (not sent, or none in time): forget it."""
+        record = self._records.get(pending.order_id)
+        if record is not None and record.replace is pending:
+            record.replace = None
+
+    def refused(self, refusal: ReplaceRefused) -> None:
+        """The executor refused the replace pending for ``refusal.order_id``."""
+        self._settle(refusal.order_id, refusal)
+
+    def _settle(self, order_id: str, outcome: Decision) -> None:
+        record = self._records.get(order_id)
+        if record is not None and record.replace is not None:
+            pending, record.replace = record.replace, None
+            pending._settle(outcome)
+
+    def replace_answer(self, req: ReplaceOrder, outcome: Decision | None,
+                       timeout_s: float) -> Reply:
+        """The answer to ``req`` after the executor's ``outcome`` (None: none came in
+        ``timeout_s``: EXECUTOR_UNAVAILABLE, retryable): an ack with the replace's own client
+        order id, the order id, and the state and epoch of the record as stored with the
+        replace applied (the state a replace leaves unchanged); or a reject with the
+        executor's reason. Final answers are remembered."""
+        if outcome is None:
+            return OrderReject(req.client_order_id, RejectReason.EXECUTOR_UNAVAILABLE,
+                               f"no decision from the executor in {timeout_s:g} s")
+        reply: Reply
+        if isinstance(outcome, ReplaceRefused):
+            reply = OrderReject(req.client_order_id, outcome.reason, outcome.message)
+        else:
+            reply = OrderAck(req.client_order_id, outcome.order_id, outcome.state,
+                             outcome.epoch)
+        if not (isinstance(reply, OrderReject) and reply.retryable):
+            self._replaced[(req.account, req.client_order_id)] = reply
+            if len(self._replaced) > RECENT_REPLACES:
+                self._replaced.popitem(last=False)
+        return reply
+
+    # -- executor reports ------------------------------------------------------------------
+
+    def gap_retry(self, order_id: str, now: float) -> bool:
+        """A report of ``order_id`` arrived beyond a gap: whether to re-send the order now."""
+        record = self._records.get(order_id)
+        return record is None or now - record.sent >= GAP_RETRY_S
+
+    def settled(self, order: Order) -> None:
+        """A report of ``order`` was a replay of what its record has: if it is terminal, its
+        record goes (e.g. a cancel answered with the order's final entry)."""
+        if order.terminal and order.order_id not in self.open:
+            self._records.pop(order.order_id, None)
+
+    def applied(self, report: ExecutionReport, updated: Order, now: float) -> bytes:
+        """``report`` is applied and stored as ``updated``: where to send the report."""
+        if report.is_replace:
+            self._settle(updated.order_id, updated)
+        route = self.route_of(updated)
+        if updated.terminal:
+            self.open.remove(updated.order_id)
+            record = self._records.get(updated.order_id)
+            if record is not None and record.replace is None:  # else: the executor refuses it
+                del self._records[updated.order_id]
+            elif record is not None:
+                record.cancel = None
+        else:
+            self.open.put(updated)
+            # Progress is confirmation: an order the executor is filling slice by slice is
+            # not re-driven. Re-drives are for orders the executor lost; re-sending working
+            # ones made it replay them (10,000-20,000 replays a Redis drill run).
+            self._record(updated.order_id).sent = now
+        return route
+
+    # -- re-drives -------------------------------------------------------------------------
+
+    def redrive(self, now: float, *, force: bool = False
+                ) -> tuple[list[Order], list[CancelRequest]]:
+        """The open orders to send to the executor again (oldest first, at most
+        REDRIVE_BATCH, each at most once per ``redrive_s``) and the cancels to send again.
+        Records of orders no longer open and waiting on nothing go."""
+        for order_id in [i for i, r in self._records.items()
+                         if i not in self.open and r.cancel is None and r.replace is None]:
+            del self._records[order_id]
+        due = [o for o in self.open.values()
+               if o.state.at_executor and (force or now - self._last_sent(o.order_id)
+                                           >= self.redrive_s)]
+        due.sort(key=lambda o: o.updated_ns)
+        cancels = [r.cancel for r in itertools.islice(
+            (r for r in self._records.values() if r.cancel is not None), REDRIVE_BATCH)
+            if now - r.sent >= self.redrive_s]
+        return due[:REDRIVE_BATCH], [c for c in cancels if c is not None]
+
+    def _last_sent(self, order_id: str) -> float:
+        record = self._records.get(order_id)
+        return 0.0 if record is None else record.sent
+
+
+__all__ = [
+    "GAP_RETRY_S",
+    "RECENT_REPLACES",
+    "REDRIVE_BATCH",
+    "AwaitReplace",
+    "InService",
+    "OrderRecord",
+    "OrderService",
+    "PendingReplace",
+    "SendCancel",
+    "SendReplace",
+    "route_accepted",
+]

@@ -1,0 +1,469 @@
+"""The order service's decisions, driven directly: joining retries, exposure reservations,
+cancels, replaces and their remembered outcomes, re-drive selection, gap retries, and that
+every record and lock-free map is bounded (records go with their orders)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from protocols.orders.messages import (
+    CancelOrder,
+    CancelRequest,
+    ExecutionReport,
+    Limits,
+    NewOrder,
+    Order,
+    OrderAck,
+    OrderReject,
+    OrderState,
+    OrderType,
+    RejectReason,
+    ReplaceOrder,
+    ReplaceRefused,
+    ReplaceRequest,
+    Side,
+)
+from protocols.orders.service import (
+    GAP_RETRY_S,
+    RECENT_REPLACES,
+    REDRIVE_BATCH,
+    AwaitReplace,
+    OrderService,
+    PendingReplace,
+    SendCancel,
+    SendReplace,
+    route_accepted,
+)
+
+LIMITS = Limits(frozenset({"EURUSD"}), max_quantity=100.0, price_band=0.05,
+                max_exposure_per_account=1_000.0)
+QUOTE = (1.0999, 1.1001)
+NOW_NS = 1_732_450_000_000_000_000
+
+
+def new(coid: str = "c1", **changes: Any) -> NewOrder:
+    base: dict[str, Any] = dict(account="acc", client_order_id=coid, symbol="EURUSD",
+                                side=Side.BUY, type=OrderType.LIMIT, quantity=1.0, price=1.1,
+                                sent_ns=NOW_NS)
+    base.update(changes)
+    return NewOrder(**base)
+
+
+def service() -> OrderService:
+    return OrderService(LIMITS, tag="t", redrive_s=1.0)
+
+
+def placed(svc: OrderService, coid: str = "c1", identity: bytes = b"cl", **changes: Any
+           ) -> Order:
+    order = svc.reserve(new(coid, **changes), QUOTE, epoch=1, now_ns=NOW_NS, client_id="cl")
+    assert isinstance(order, Order)
+    svc.placed(order, identity)
+    svc.release(order.order_id)
+    return order
+
+
+def fill(order: Order, quantity: float, seq: int) -> ExecutionReport:
+    return order.fill_report(quantity, 1.1, seq=seq, exec_id=f"{order.order_id}:{seq}")
+
+
+# -- requests in service ----------------------------------------------------------------------
+
+JOIN_CASES = [
+    # (first request, retry, joins)
+    (new(), new(), True),
+    (new(), new(sent_ns=NOW_NS + 5), True),  # a re-stamped retry is the same order
+    (new(), new(quantity=2.0), False),  # a conflict is served (and refused) on its own
+    (new(), new("c2"), False),
+    (CancelOrder("acc", "x1", "c1"), CancelOrder("acc", "x1", "c1"), True),
+]
+
+
+@pytest.mark.parametrize(("first", "retry", "joins"), JOIN_CASES)
+def test_a_retry_joins_the_request_in_service(first: Any, retry: Any, joins: bool) -> None:
+    svc = service()
+    assert not svc.join(first, b"a")
+    svc.begin(first, b"a", 0.0)
+    assert svc.join(retry, b"b") is joins
+    assert svc.finish(first, b"a") == ({b"a", b"b"} if joins else {b"a"})
+    assert svc.in_service() == 0
+
+
+def test_pending_notices_count_only_requests_in_service_long_enough() -> None:
+    svc = service()
+    svc.begin(new("c1"), b"a", 0.0)
+    svc.begin(new("c2"), b"a", 0.015)
+    svc.begin(new("c3"), b"b", 0.0)
+    assert svc.join(new("c3"), b"a")
+    assert svc.pending_notices(0.02, 0.02) == {b"a": 2, b"b": 1}
+    assert svc.pending_notices(0.035, 0.02) == {b"a": 3, b"b": 1}
+
+
+# -- new orders and exposure ------------------------------------------------------------------
+
+RESERVE_CASES = [
+    # (order, reserved before, result)
+    (new(), 0, OrderState.ROUTED),
+    (new(symbol="GBPUSD"), 0, RejectReason.UNKNOWN_SYMBOL),
+    (new(quantity=900.0), 0, RejectReason.QUANTITY_LIMIT),
+    (new(quantity=90.0), 10, RejectReason.EXPOSURE_LIMIT),  # 10 x 99 reserved already
+    (new(quantity=90.0), 9, OrderState.ROUTED),
+    (new(type=OrderType.MARKET, price=None), 0, OrderState.ROUTED),
+]
+
+
+@pytest.mark.parametrize(("req", "before", "result"), RESERVE_CASES)
+def test_reserve(req: NewOrder, before: int, result: Any) -> None:
+    svc = service()
+    for i in range(before):
+        assert isinstance(svc.reserve(new(f"r{i}", quantity=90.0), QUOTE, epoch=1,
+                                      now_ns=NOW_NS, client_id=""), Order)
+    got = svc.reserve(req, QUOTE, epoch=1, now_ns=NOW_NS, client_id="cl")
+    if isinstance(result, RejectReason):
+        assert got is result
+    else:
+        assert isinstance(got, Order) and got.state is result and got.client_id == "cl"
+
+
+def test_reservations_are_one_running_sum_released_to_exactly_zero() -> None:
+    svc = service()
+    orders = [svc.reserve(new(f"c{i}", quantity=0.1, price=1.1 + i * 1e-5), QUOTE, epoch=1,
+                          now_ns=NOW_NS, client_id="") for i in range(7)]
+    assert svc.reserved() == 7
+    assert svc.exposure("acc") == pytest.approx(sum(0.1 * (1.1 + i * 1e-5) for i in range(7)))
+    for order in orders:
+        assert isinstance(order, Order)
+        svc.release(order.order_id)
+    assert svc.reserved() == 0 and svc.exposure("acc") == 0.0
+
+
+def test_order_ids_are_unique_and_tagged() -> None:
+    svc = service()
+    ids = {placed(svc, f"c{i}").order_id for i in range(5)}
+    assert len(ids) == 5 and all(i.startswith("O1.t.") for i in ids)
+
+
+DUPLICATE_CASES = [
+    # (stored state, retry, reply)
+    (OrderState.ROUTED, new(), (OrderAck, OrderState.ROUTED)),
+    (OrderState.FILLED, new(), (OrderAck, OrderState.FILLED)),
+    (OrderState.ROUTED, new(quantity=3.0), (OrderReject, RejectReason.DUPLICATE_DIFFERENT)),
+]
+
+
+@pytest.mark.parametrize(("state", "retry", "reply"), DUPLICATE_CASES)
+def test_duplicate(state: OrderState, retry: NewOrder, reply: tuple[type, Any]) -> None:
+    svc = service()
+    stored = route_accepted(Order.from_new("O1.t.1", new(), epoch=1, now_ns=NOW_NS),
+                            epoch=1, now_ns=NOW_NS)
+    if state is OrderState.FILLED:
+        stored = stored.apply(fill(stored, 1.0, 1), epoch=1, now_ns=NOW_NS)
+    got = svc.duplicate(stored, retry, b"new-session", 1)
+    assert isinstance(got, reply[0])
+    assert (got.state if isinstance(got, OrderAck) else got.reason) is reply[1]
+    adopted = isinstance(got, OrderAck) and not stored.terminal
+    assert (stored.order_id in svc.open) is adopted  # a lost write's order is adopted
+    assert (svc.record(stored.order_id) is not None) is adopted  # none kept for a done one
+    if adopted:
+        assert svc.route_of(stored) == b"new-session"
+
+
+# -- cancels ----------------------------------------------------------------------------------
+
+def test_cancel_table() -> None:
+    svc = service()
+    order = placed(svc)
+    req = CancelOrder("acc", "x1", "c1")
+    sent = svc.cancel(req, order, epoch=1, now_ns=NOW_NS)
+    assert isinstance(sent, SendCancel)
+    assert sent.request == CancelRequest(order.order_id, 1, NOW_NS)
+    record = svc.record(order.order_id)
+    assert record is not None and record.cancel == sent.request
+    other = svc.cancel(CancelOrder("other", "x1", "c1"), order, epoch=1, now_ns=NOW_NS)
+    assert isinstance(other, OrderReject) and other.reason is RejectReason.UNKNOWN_ORDER
+    none = svc.cancel(req, None, epoch=1, now_ns=NOW_NS)
+    assert isinstance(none, OrderReject) and none.reason is RejectReason.UNKNOWN_ORDER
+    cancelled = order.apply(order.status_report(OrderState.CANCELLED, exec_id="e", epoch=1,
+                                                seq=1), epoch=1, now_ns=NOW_NS)
+    again = svc.cancel(req, cancelled, epoch=1, now_ns=NOW_NS)
+    assert isinstance(again, OrderAck) and again.state is OrderState.CANCELLED
+    filled = order.apply(fill(order, 1.0, 1), epoch=1, now_ns=NOW_NS)
+    late = svc.cancel(req, filled, epoch=1, now_ns=NOW_NS)
+    assert isinstance(late, OrderReject) and late.reason is RejectReason.NOT_CANCELLABLE
+
+
+# -- replaces ---------------------------------------------------------------------------------
+
+def test_replace_is_sent_once_and_a_retry_waits_for_the_same_decision() -> None:
+    svc = service()
+    order = placed(svc)
+    req = ReplaceOrder("acc", "r1", "c1", 2.0, 1.1)
+    first = svc.replace(req, order, QUOTE, epoch=1, now_ns=NOW_NS, identity=b"cl")
+    assert isinstance(first, SendReplace)
+    assert first.pending.request == ReplaceRequest(order.order_id, "r1", 2.0, 1.1, 1, NOW_NS)
+    retry = svc.replace(req, order, QUOTE, epoch=1, now_ns=NOW_NS, identity=b"cl")
+    assert isinstance(retry, AwaitReplace) and retry.pending is first.pending
+    other = svc.replace(ReplaceOrder("acc", "r2", "c1", 3.0, 1.1), order, QUOTE, epoch=1,
+                        now_ns=NOW_NS, identity=b"cl")
+    assert isinstance(other, OrderReject) and other.reason is RejectReason.NOT_CANCELLABLE
+
+
+REPLACE_REFUSALS = [
+    (ReplaceOrder("acc", "r1", "zz", 2.0, 1.1), None, RejectReason.UNKNOWN_ORDER),
+    (ReplaceOrder("other", "r1", "c1", 2.0, 1.1), "order", RejectReason.UNKNOWN_ORDER),
+    (ReplaceOrder("acc", "r1", "c1", 2.0, None), "order", RejectReason.BAD_PRICE),
+    (ReplaceOrder("acc", "r1", "c1", 2.0, 1.3), "order", RejectReason.PRICE_BAND),
+    (ReplaceOrder("acc", "r1", "c1", 950.0, 1.1), "order", RejectReason.QUANTITY_LIMIT),
+    (ReplaceOrder("acc", "r1", "c1", 95.0, 1.1), "order", RejectReason.EXPOSURE_LIMIT),
+]
+
+
+@pytest.mark.parametrize(("req", "target", "reason"), REPLACE_REFUSALS)
+def test_replace_refusals(req: ReplaceOrder, target: str | None, reason: RejectReason) -> None:
+    svc = service()
+    order = placed(svc)
+    for i in range(10):  # 990 of the 1,000 exposure used by other orders
+        placed(svc, f"o{i}", quantity=90.0)
+    got = svc.replace(req, order if target else None, QUOTE, epoch=1, now_ns=NOW_NS,
+                      identity=b"cl")
+    assert isinstance(got, OrderReject) and got.reason is reason
+
+
+def pending_of(svc: OrderService, order: Order, coid: str = "r1") -> PendingReplace:
+    got = svc.replace(ReplaceOrder("acc", coid, order.order.client_order_id, 2.0, 1.1), order,
+                      QUOTE, epoch=1, now_ns=NOW_NS, identity=b"cl")
+    assert isinstance(got, SendReplace)
+    return got.pending
+
+
+def test_replace_outcomes_reach_the_waiters_and_final_ones_are_remembered() -> None:
+    svc = service()
+    order = placed(svc)
+    pending = pending_of(svc, order)
+    seen: list[Any] = []
+    pending.waiters.append(seen.append)
+    entry = order.replace_report(2.0, 1.1, exec_id="e1", epoch=1, client_order_id="r1", seq=1)
+    updated = order.apply(entry, epoch=1, now_ns=NOW_NS)
+    assert svc.applied(entry, updated, 5.0) == b"cl"
+    assert seen == [updated] and pending.decided == updated
+    req = ReplaceOrder("acc", "r1", "c1", 2.0, 1.1)
+    reply = svc.replace_answer(req, updated, 0.5)
+    assert isinstance(reply, OrderAck) and reply.order_id == order.order_id
+    assert svc.replaced(req) == reply
+
+
+REPLACE_ANSWERS = [
+    # (executor's outcome, reply reason, remembered)
+    (None, RejectReason.EXECUTOR_UNAVAILABLE, False),
+    (ReplaceRefused("O1.t.1", RejectReason.NOT_CANCELLABLE, "filled"),
+     RejectReason.NOT_CANCELLABLE, True),
+    (ReplaceRefused("O1.t.1", RejectReason.FENCED, "stepped down"), RejectReason.FENCED,
+     False),
+]
+
+
+@pytest.mark.parametrize(("outcome", "reason", "remembered"), REPLACE_ANSWERS)
+def test_replace_answers(outcome: ReplaceRefused | None, reason: RejectReason,
+                         remembered: bool) -> None:
+    svc = service()
+    req = ReplaceOrder("acc", "r1", "c1", 2.0, 1.1)
+    reply = svc.replace_answer(req, outcome, 0.5)
+    assert isinstance(reply, OrderReject) and reply.reason is reason
+    assert reply.client_order_id == "r1"  # the client's id, not the order id it carried
+    assert (svc.replaced(req) is not None) is remembered
+
+
+def test_replace_outcomes_kept_are_capped() -> None:
+    svc = service()
+    refusal = ReplaceRefused("O1.t.1", RejectReason.NOT_CANCELLABLE, "no")
+    for i in range(RECENT_REPLACES + 10):
+        svc.replace_answer(ReplaceOrder("acc", f"r{i}", "c1", 2.0, 1.1), refusal, 0.5)
+    assert svc.replaced(ReplaceOrder("acc", "r0", "c1", 2.0, 1.1)) is None
+    assert svc.replaced(ReplaceOrder("acc", f"r{RECENT_REPLACES + 9}", "c1", 2.0, 1.1))
+    assert len(svc._replaced) == RECENT_REPLACES
+
+
+def test_refusal_abandon_and_step_down_settle_pending_replaces() -> None:
+    svc = service()
+    a, b, c = placed(svc, "a"), placed(svc, "b"), placed(svc, "c")
+    refusal = ReplaceRefused(a.order_id, RejectReason.NOT_CANCELLABLE, "filled")
+    pa, pb, pc = pending_of(svc, a, "ra"), pending_of(svc, b, "rb"), pending_of(svc, c, "rc")
+    svc.refused(refusal)
+    assert pa.decided == refusal
+    svc.abandon(pb)
+    record = svc.record(b.order_id)
+    assert pb.decided is None and record is not None and record.replace is None
+    svc.step_down("stepped down")
+    assert isinstance(pc.decided, ReplaceRefused) and pc.decided.reason is RejectReason.FENCED
+    assert len(svc) == 0 and len(svc.open) == 0
+
+
+# -- reports, re-drives and bounds ------------------------------------------------------------
+
+def test_records_go_with_terminal_orders() -> None:
+    svc = service()
+    order = placed(svc)
+    svc.sent(order.order_id, 1.0)
+    sent = svc.cancel(CancelOrder("acc", "x1", "c1"), order, epoch=1, now_ns=NOW_NS)
+    assert isinstance(sent, SendCancel)
+    entry = order.status_report(OrderState.CANCELLED, exec_id="e", epoch=1, seq=1)
+    done = order.apply(entry, epoch=1, now_ns=NOW_NS)
+    assert svc.applied(entry, done, 2.0) == b"cl"  # the report still reaches the client
+    assert svc.record(order.order_id) is None and order.order_id not in svc.open
+    assert len(svc) == 0
+
+
+def test_a_replayed_final_entry_drops_the_record_of_a_terminal_order() -> None:
+    svc = service()
+    order = placed(svc)
+    entry = fill(order, 1.0, 1)
+    filled = order.apply(entry, epoch=1, now_ns=NOW_NS)
+    svc.open.remove(order.order_id)
+    svc.sent(order.order_id, 1.0)
+    svc.settled(filled)
+    assert len(svc) == 0
+
+
+def test_progress_resets_the_redrive_clock() -> None:
+    svc = service()
+    order = placed(svc)
+    svc.sent(order.order_id, 0.0)
+    entry = fill(order, 0.5, 1)
+    svc.applied(entry, order.apply(entry, epoch=1, now_ns=NOW_NS), 0.9)
+    assert svc.redrive(1.5) == ([], [])
+    assert [o.order_id for o in svc.redrive(2.0)[0]] == [order.order_id]
+
+
+def test_redrive_selection() -> None:
+    svc = service()
+    old = placed(svc, "old")
+    young = placed(svc, "young")
+    svc.sent(old.order_id, 0.0)
+    svc.sent(young.order_id, 0.8)
+    sent = svc.cancel(CancelOrder("acc", "x1", "old"), old, epoch=1, now_ns=NOW_NS)
+    assert isinstance(sent, SendCancel)
+    assert svc.redrive(0.5) == ([], [])
+    orders, cancels = svc.redrive(1.0)
+    assert [o.order_id for o in orders] == [old.order_id] and cancels == [sent.request]
+    forced, _ = svc.redrive(0.5, force=True)
+    assert {o.order_id for o in forced} == {old.order_id, young.order_id}
+
+
+def test_redrive_is_oldest_first_and_batched() -> None:
+    svc = service()
+    orders = [route_accepted(Order.from_new(f"O1.t.{i}", new(f"c{i}", quantity=0.001),
+                                            epoch=1, now_ns=NOW_NS - i), epoch=1,
+                             now_ns=NOW_NS - i) for i in range(REDRIVE_BATCH + 5)]
+    svc.reload(orders)
+    due, _ = svc.redrive(10.0)
+    assert len(due) == REDRIVE_BATCH
+    assert due[0].order_id == orders[-1].order_id  # the oldest
+    assert [o.updated_ns for o in due] == sorted(o.updated_ns for o in due)
+
+
+def test_records_of_orders_no_longer_open_are_swept() -> None:
+    svc = service()
+    order = placed(svc)
+    svc.sent("O9.x.1", 0.0)  # e.g. a gap retry of an order read from the store
+    svc.reload([])
+    svc.sent("O9.x.2", 0.0)
+    svc.redrive(5.0)
+    assert len(svc) == 0 and svc.record(order.order_id) is None
+
+
+GAP_CASES = [
+    # (last sent, now, retry)
+    (None, 0.0, True),
+    (1.0, 1.0 + GAP_RETRY_S / 2, False),
+    (1.0, 1.0 + GAP_RETRY_S, True),
+]
+
+
+@pytest.mark.parametrize(("sent", "now", "retry"), GAP_CASES)
+def test_gap_retry(sent: float | None, now: float, retry: bool) -> None:
+    svc = service()
+    if sent is not None:
+        svc.sent("O1.t.1", sent)
+    assert svc.gap_retry("O1.t.1", now) is retry
+
+
+def test_route_accepted_moves_new_and_accepted_orders_to_routed() -> None:
+    fresh = Order.from_new("O1.t.1", new(), epoch=1, now_ns=NOW_NS)
+    routed = route_accepted(fresh, epoch=2, now_ns=NOW_NS + 1)
+    assert routed.state is OrderState.ROUTED and routed.epoch == 2
+    accepted = fresh.apply(fresh.status_report(OrderState.ACCEPTED, exec_id="accept", epoch=1),
+                           epoch=1, now_ns=NOW_NS)
+    assert route_accepted(accepted, epoch=1, now_ns=NOW_NS).state is OrderState.ROUTED
+
+
+# -- what PROTOCOL.md §14 says of acks, refusals and exposure -----------------------------------
+
+def test_a_cancel_ack_names_the_cancel_the_order_and_the_state_before_it() -> None:
+    svc = service()
+    order = placed(svc)
+    partial = order.apply(fill(order, 0.25, 1), epoch=1, now_ns=NOW_NS)
+    sent = svc.cancel(CancelOrder("acc", "x1", "c1"), partial, epoch=4, now_ns=NOW_NS)
+    assert isinstance(sent, SendCancel)
+    assert sent.ack == OrderAck("x1", order.order_id, OrderState.PARTIALLY_FILLED, 4)
+
+
+def test_a_replace_ack_names_the_replace_and_the_record_as_stored_after_it() -> None:
+    svc = service()
+    order = placed(svc)
+    entry = order.replace_report(2.0, 1.1, exec_id="e1", epoch=1, client_order_id="r1", seq=1)
+    stored = order.apply(entry, epoch=3, now_ns=NOW_NS)
+    reply = svc.replace_answer(ReplaceOrder("acc", "r1", "c1", 2.0, 1.1), stored, 0.5)
+    assert reply == OrderAck("r1", order.order_id, OrderState.ROUTED, 3)
+
+
+@pytest.mark.parametrize("state", [OrderState.CANCELLED, OrderState.FILLED])
+def test_replacing_a_done_order_is_not_cancellable(state: OrderState) -> None:
+    svc = service()
+    order = placed(svc)
+    report = (fill(order, 1.0, 1) if state is OrderState.FILLED
+              else order.status_report(state, exec_id="e1", epoch=1, seq=1))
+    done = order.apply(report, epoch=1, now_ns=NOW_NS)
+    svc.applied(report, done, 1.0)
+    got = svc.replace(ReplaceOrder("acc", "r1", "c1", 2.0, 1.1), done, QUOTE, epoch=1,
+                      now_ns=NOW_NS, identity=b"cl")
+    assert isinstance(got, OrderReject) and got.reason is RejectReason.NOT_CANCELLABLE
+
+
+def test_exposure_is_what_open_orders_leave_to_fill_at_their_price_sides_adding_up() -> None:
+    svc = service()
+    buy = placed(svc, "b", quantity=2.0, price=1.1)
+    svc.open.put(buy.apply(fill(buy, 0.5, 1), epoch=1, now_ns=NOW_NS))  # leaves 1.5
+    placed(svc, "s", side=Side.SELL, quantity=1.0, price=1.1001)  # a sell adds, too
+    placed(svc, "m", type=OrderType.MARKET, price=None, quantity=5.0)  # 0 once open
+    assert svc.exposure("acc") == pytest.approx(1.5 * 1.1 + 1.0 * 1.1001)
+    reserved = svc.reserve(new("r", quantity=3.0, price=1.1), QUOTE, epoch=1, now_ns=NOW_NS,
+                           client_id="")
+    assert isinstance(reserved, Order)  # being stored: counted as well
+    assert svc.exposure("acc") == pytest.approx(1.5 * 1.1 + 1.0 * 1.1001 + 3.0 * 1.1)
+
+
+def test_a_market_order_is_valued_at_the_mid_when_checked() -> None:
+    svc = OrderService(Limits(frozenset({"EURUSD"}), max_quantity=100.0, price_band=0.05,
+                              max_exposure_per_account=11.5), tag="t")
+    wide = (1.0, 1.2)  # mid 1.1: 10 lots are 11.0 at the mid, 12.0 at the ask
+    ok = svc.reserve(new("m1", type=OrderType.MARKET, price=None, quantity=10.0), wide,
+                     epoch=1, now_ns=NOW_NS, client_id="")
+    assert isinstance(ok, Order)
+    assert svc.exposure("acc") == 0.0  # open (reserved) MARKET orders count 0
+    over = svc.reserve(new("m2", type=OrderType.MARKET, price=None, quantity=10.5), wide,
+                       epoch=1, now_ns=NOW_NS, client_id="")
+    assert over is RejectReason.EXPOSURE_LIMIT  # 11.55 at the mid
+
+
+def test_a_replace_acts_on_the_order_as_this_backend_has_seen_it_since_the_store() -> None:
+    svc = service()
+    order = placed(svc)
+    entry = fill(order, 0.5, 1)
+    svc.applied(entry, order.apply(entry, epoch=1, now_ns=NOW_NS), 1.0)
+    seen = svc.replace_target(ReplaceOrder("acc", "r1", "c1", 1.5, 1.1), order)
+    assert isinstance(seen, Order) and seen.filled_quantity == 0.5
+    req = ReplaceOrder("acc", "r2", "c1", 0.4, 1.1)  # fine for the stored view: 0 filled
+    for got in (svc.replace_target(req, order),
+                svc.replace(req, order, QUOTE, epoch=1, now_ns=NOW_NS, identity=b"cl")):
+        assert isinstance(got, OrderReject) and got.reason is RejectReason.BAD_QUANTITY
