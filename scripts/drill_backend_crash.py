@@ -66,7 +66,7 @@ from nodes.drills.orders import (
     seed_tick,
 )
 from nodes.drills.ports import tcp_endpoint
-from nodes.drills.procs import DrillError, Node
+from nodes.drills.procs import DrillError, Node, unwind_on_sigterm
 from nodes.drills.report import aligned, conclude, dash, markdown_table, round1
 from protocols.stats import percentile
 
@@ -363,10 +363,14 @@ def main(argv: list[str] | None = None) -> int:
     report = args.report or run_dir / "drill-backend-crash.md"
     command = "./scripts/drill-backend-crash " + " ".join(argv if argv is not None
                                                          else sys.argv[1:])
+    unwind_on_sigterm()
     try:
         summary = asyncio.run(run_drill(args, run_dir))
     except (DrillError, OSError) as exc:
         print(f"drill-backend-crash: {exc} (logs in {run_dir})", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"drill-backend-crash: interrupted (logs in {run_dir})", file=sys.stderr)
         return 2
     return conclude(summary, ok=passed(summary), run_dir=run_dir, report=report,
                     markdown=lambda s: markdown(s, command.strip()), human=human,

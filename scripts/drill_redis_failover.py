@@ -56,7 +56,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -84,6 +83,7 @@ from nodes.drills.procs import (
     child_setup,
     read_command,
     stdin_lines,
+    unwind_on_sigterm,
 )
 from nodes.drills.report import aligned, conclude, dash, markdown_table, round1
 from nodes.servers.redis_ha import DEFAULT_DOWN_AFTER_MS
@@ -745,10 +745,7 @@ def main(argv: list[str] | None = None) -> int:
     report = args.report or run_dir / "drill-redis-failover.md"
     command = "./scripts/drill-redis-failover " + " ".join(argv)
 
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    unwind_on_sigterm()
     try:
         summary = asyncio.run(run_drill(args, run_dir))
     except (DrillError, OSError) as exc:

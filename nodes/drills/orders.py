@@ -74,6 +74,7 @@ class Load:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def acked(self) -> list[Placed]:
+        """The orders acknowledged so far, in the order they were placed."""
         return [r for r in self.records if r.outcome == "acked"]
 
 

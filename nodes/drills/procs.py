@@ -46,6 +46,7 @@ __all__ = [
     "read_command",
     "stdin_lines",
     "stop_process",
+    "unwind_on_sigterm",
 ]
 
 # The repository root: children run from here, as they would from ./scripts/.
@@ -57,6 +58,17 @@ STOP_TIMEOUT_S = 5.0
 class DrillError(TickmeshError, RuntimeError):
     """The drill or benchmark could not run: a process failed to start, answer or stop, or
     the system under test never reached the state the drill needs."""
+
+
+def unwind_on_sigterm() -> None:
+    """Make SIGTERM raise ``KeyboardInterrupt`` in the main thread, as Ctrl-C does, so a
+    drill that is told to stop unwinds through the ``finally`` blocks that stop its children
+    (which run in their own sessions and would otherwise outlive it)."""
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_S, *,
@@ -119,6 +131,7 @@ class Children:
         return proc
 
     def log_path(self, name: str) -> Path:
+        """Where child ``name`` logs (stderr, and stdout unless it is a pipe)."""
         return self.workdir / f"{name}.log"
 
     def log_tail(self, name: str, lines: int = 15) -> str:
@@ -209,10 +222,12 @@ class Node:
 
     @property
     def pid(self) -> int:
+        """The pid of the current (latest) process; only after :meth:`start`."""
         assert self.proc is not None
         return self.proc.pid
 
     def alive(self) -> bool:
+        """True while the latest process runs."""
         return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:

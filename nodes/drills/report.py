@@ -16,16 +16,14 @@ import math
 import os
 import platform
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nodes.drills.procs import Children, DrillError
+from nodes.drills.procs import Children, DrillError, unwind_on_sigterm
 
 __all__ = [
     "aligned",
@@ -149,8 +147,7 @@ def drive(args: argparse.Namespace, prefix: str,
     """The main of a benchmark: a work directory, the run (or, with ``args.profile``, the
     profile), every child process stopped whatever happens, the table, and with
     ``args.json`` the JSON line last (the summary, machine, steps, raw references)."""
-    # SIGTERM must unwind through the finally blocks that stop the children.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    unwind_on_sigterm()
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
     t0 = time.monotonic()
     with Children(workdir) as procs:
@@ -163,6 +160,10 @@ def drive(args: argparse.Namespace, prefix: str,
             say(f"failed: {exc} (logs in {workdir})")
             args.keep = True
             return 1
+        except KeyboardInterrupt:
+            say(f"interrupted (logs in {workdir})")
+            args.keep = True
+            return 130
         finally:
             procs.stop_all()
             if args.keep:

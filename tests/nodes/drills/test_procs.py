@@ -4,6 +4,7 @@ JSON-line protocol both ways."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import textwrap
@@ -78,3 +79,37 @@ def test_the_async_child_speaks_the_same_protocol(tmp_path: Path) -> None:
         assert child.proc is not None and child.proc.returncode is not None
 
     asyncio.run(run())
+
+
+# A drill that starts a long-lived child in its own session, then waits to be told to stop.
+DRILL = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from nodes.drills.procs import Children, unwind_on_sigterm
+    unwind_on_sigterm()
+    with Children(Path(sys.argv[1])) as children:
+        child = children.start("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"])
+        print(child.pid, flush=True)
+        time.sleep(60)
+""")
+
+
+def test_sigterm_to_a_drill_stops_its_children(tmp_path: Path) -> None:
+    import subprocess
+
+    import psutil
+
+    drill = subprocess.Popen([sys.executable, "-c", DRILL, str(tmp_path)],
+                             stdout=subprocess.PIPE)
+    try:
+        assert drill.stdout is not None
+        child_pid = int(drill.stdout.readline())
+        assert psutil.pid_exists(child_pid)
+        drill.terminate()
+        drill.wait(timeout=10)
+        child = None
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child = psutil.Process(child_pid)
+        assert child is None or child.status() == psutil.STATUS_ZOMBIE
+    finally:
+        stop_process(drill)
