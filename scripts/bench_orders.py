@@ -282,11 +282,7 @@ class Mesh:
             if spy:
                 self.spied[name] = (proc, pid)
             self.cpu.pids[name] = pid
-            deadline = time.monotonic() + 15
-            while not stats.exists():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise DrillError(f"{name} did not start:\n{self.procs.log_tail(name)}")
-                time.sleep(0.01)
+            self.procs.wait_file(stats, proc, name)
 
     async def wait_idle(self, timeout: float) -> float:
         """Wait until the backends' request counters stop moving (their stats files, written

@@ -441,7 +441,7 @@ class Mesh:
         stats = self.workdir / "recovery.json"
         self.recovery = self.procs.start("recovery", [
             sys.executable, "-m", "nodes.cli", *self._node_args("recovery", base, stats)])
-        self._wait_file(stats, self.recovery, "recovery")
+        self.procs.wait_file(stats, self.recovery, "recovery")
         self.cpu.pids["recovery"] = self.recovery.pid
         cmd = [sys.executable, str(Path(__file__).resolve()), "_mesh-sub", str(base)]
         spy = self.profile is not None and self.profile.sampler.startswith("py-spy")
@@ -462,18 +462,6 @@ class Mesh:
             self._options_after = "--config" in out
         opts = ["--config", str(config), "--log-level", "WARNING", "--stats", str(stats)]
         return [command, *opts] if self._options_after else [*opts, command]
-
-    def _wait_file(self, path: Path, proc: subprocess.Popen[bytes], name: str,
-                   timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not path.exists():
-            if proc.poll() is not None:
-                raise DrillError(f"{name} exited with code {proc.returncode}:\n"
-                                 f"{self.procs.log_tail(name)}")
-            if time.monotonic() > deadline:
-                raise DrillError(f"{name} did not start within {timeout:.0f} s:\n"
-                                 f"{self.procs.log_tail(name)}")
-            time.sleep(0.01)
 
     def _store_seq(self) -> dict[str, int]:
         raw = self._store.hgetall(f"{self.cfg.mesh.key_prefix}:seq")
@@ -515,7 +503,7 @@ class Mesh:
         feed_pid = self.procs.wrapped_pid(feed) if spy else feed.pid
         self.cpu.pids["feed"] = feed_pid
         try:
-            self._wait_file(stats_path, feed, name)
+            self.procs.wait_file(stats_path, feed, name)
             time.sleep(t.warmup_s)
             mt_a, st_a = self._next_stats(stats_path, time.time_ns(), feed)
             w0 = self.sub.ask("window_start")

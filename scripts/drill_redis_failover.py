@@ -84,6 +84,7 @@ from nodes.drills.procs import (
     read_command,
     stdin_lines,
     unwind_on_sigterm,
+    wait_for,
 )
 from nodes.drills.report import aligned, conclude, dash, markdown_table, round1
 from nodes.servers.redis_ha import DEFAULT_DOWN_AFTER_MS
@@ -299,17 +300,6 @@ def write_config(run_dir: Path, ha: Any, args: argparse.Namespace) -> Path:
     path.write_text(dump_toml(cfg))
     load_config(path)  # the file says what we meant, or this raises
     return path
-
-
-async def wait_for(check: Any, timeout: float, what: str, nodes: dict[str, Node]) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        dead = [n.name for n in nodes.values() if n.proc is not None and not n.alive()]
-        if dead:
-            raise DrillError(f"{', '.join(dead)} exited while waiting for {what}")
-        if time.monotonic() > deadline:
-            raise DrillError(f"timed out after {timeout:.0f} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @dataclass(slots=True)

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -47,6 +47,7 @@ __all__ = [
     "stdin_lines",
     "stop_process",
     "unwind_on_sigterm",
+    "wait_for",
 ]
 
 # The repository root: children run from here, as they would from ./scripts/.
@@ -169,6 +170,20 @@ class Children:
 
     stop = staticmethod(stop_process)
 
+    def wait_file(self, path: Path, proc: subprocess.Popen[bytes], name: str,
+                  timeout: float = 15.0) -> None:
+        """Wait until child ``name`` has written ``path`` (a node's first stats file says it
+        is up); DrillError with the end of its log when it exits or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if proc.poll() is not None:
+                raise DrillError(f"{name} exited with code {proc.returncode}:\n"
+                                 f"{self.log_tail(name)}")
+            if time.monotonic() > deadline:
+                raise DrillError(f"{name} did not start within {timeout:.0f} s:\n"
+                                 f"{self.log_tail(name)}")
+            time.sleep(0.01)
+
     def stop_all(self) -> None:
         """Stop every child (and adopted grandchild) this object started."""
         if self._adopted:
@@ -249,6 +264,20 @@ class Node:
         except (OSError, ValueError):
             return None
         return data
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: str,
+                   nodes: Mapping[str, Node], poll_s: float = 0.05) -> None:
+    """Wait until ``check()`` is true; DrillError naming ``what`` when a started node of
+    ``nodes`` exits first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        dead = [n.name for n in nodes.values() if n.proc is not None and not n.alive()]
+        if dead:
+            raise DrillError(f"{', '.join(dead)} exited while waiting for {what}")
+        if time.monotonic() > deadline:
+            raise DrillError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(poll_s)
 
 
 def _command(cmd: str, kw: dict[str, Any]) -> bytes:

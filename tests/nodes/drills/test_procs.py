@@ -113,3 +113,32 @@ def test_sigterm_to_a_drill_stops_its_children(tmp_path: Path) -> None:
         assert child is None or child.status() == psutil.STATUS_ZOMBIE
     finally:
         stop_process(drill)
+
+
+def test_wait_file_names_a_child_that_exits_first(tmp_path: Path) -> None:
+    with Children(tmp_path) as children:
+        proc = children.start("dies", [sys.executable, "-c", "import sys; print('boom', "
+                                       "file=sys.stderr); sys.exit(3)"])
+        with pytest.raises(DrillError, match=r"dies exited with code 3:\nboom"):
+            children.wait_file(tmp_path / "never.json", proc, "dies", timeout=10)
+        writes = children.start("writes", [sys.executable, "-c",
+                                           f"open({str(tmp_path / 'up.json')!r}, 'w')"])
+        children.wait_file(tmp_path / "up.json", writes, "writes", timeout=10)
+
+
+def test_wait_for_stops_at_a_dead_node_or_the_deadline(tmp_path: Path) -> None:
+    from nodes.drills.procs import Node, wait_for
+
+    node = Node("short", [sys.executable, "-c", "pass"], tmp_path / "s.json", tmp_path / "s.log")
+
+    async def never() -> bool:
+        return False
+
+    async def run() -> None:
+        node.start()
+        with pytest.raises(DrillError, match="short exited while waiting for godot"):
+            await wait_for(never, 10, "godot", {"short": node})
+        with pytest.raises(DrillError, match="timed out"):
+            await wait_for(never, 0.1, "godot", {})
+
+    asyncio.run(run())
