@@ -54,24 +54,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-for _p in (ROOT, ROOT / "scripts"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-# The process and measurement helpers are bench-ticks' own: one copy of them.
-from bench_ticks import (  # noqa: E402
-    BenchError,
-    CpuMeter,
-    Procs,
-    Profile,
-    _fmt,
-    _peak_rss_mb,
-    _percentiles_us,
-    drive,
-    folded_summary,
-    machine,
-)
+from nodes.drills.measure import CpuMeter, latency_us, peak_rss_mb
+from nodes.drills.orders import seed_tick
+from nodes.drills.ports import bind_loopback, tcp_endpoint, udp_address
+from nodes.drills.procs import ROOT, Children, DrillError
+from nodes.drills.profile import Profile, folded_summary
+from nodes.drills.report import drive, fmt, machine
 
 SYMBOL = "EURUSD"
 TARGETS = {"p99_us_1k": 2000.0}
@@ -90,13 +78,14 @@ def _say(msg: str) -> None:
 
 
 def _raw_echo(argv: list[str]) -> int:
-    """A ROUTER that sends every message back to its sender until it receives b"END"."""
+    """A ROUTER that sends every message back to its sender until it receives b"END"; it
+    binds a port of the kernel's choice and says which on its ready line."""
     import zmq
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
-    sock.bind(argv[0])
-    print(json.dumps({"ready": True}), flush=True)
+    endpoint = bind_loopback(sock)
+    print(json.dumps({"ready": True, "endpoint": endpoint}), flush=True)
     try:
         while True:
             frames = sock.recv_multipart()
@@ -118,7 +107,7 @@ def _paced(n: int, interval_s: float, warmup: int, one: Any) -> dict[str, Any]:
         if i >= warmup:
             lat.append(pc() - t0)
         sleep(interval_s)
-    return _percentiles_us(lat)
+    return latency_us(lat)
 
 
 def _raw_dealer(argv: list[str]) -> int:
@@ -172,7 +161,7 @@ def _raw_redis(argv: list[str]) -> int:
             await r.aclose()
         import redis.utils
 
-        return {**_percentiles_us(lat), "hiredis": bool(redis.utils.HIREDIS_AVAILABLE)}
+        return {**latency_us(lat), "hiredis": bool(redis.utils.HIREDIS_AVAILABLE)}
 
     print(json.dumps(_run_loop(main())), flush=True)
     return 0
@@ -210,15 +199,14 @@ QUICK = Timing(window_s=2.0, raw_n=2000, ramp=(2000, 4000, 6000, 8000),
                down=(700, 500, 300, 100), retry=False)
 
 
-def raw_refs(procs: Procs, redis_url: str, n: int) -> dict[str, Any]:
-    from nodes.servers.redis_server import free_port
-
+def raw_refs(procs: Children, redis_url: str, n: int) -> dict[str, Any]:
     me = [sys.executable, str(Path(__file__).resolve())]
-    ep = f"tcp://127.0.0.1:{free_port()}"
-    echo = procs.start("raw-echo", [*me, "_raw-echo", ep], pipes=True)
+    echo = procs.start("raw-echo", [*me, "_raw-echo"], pipes=True)
     assert echo.stdout is not None
-    if not echo.stdout.readline():
-        raise BenchError(f"raw echo did not start: {procs.log_tail('raw-echo')}")
+    line = echo.stdout.readline()
+    if not line.startswith(b"{"):
+        raise DrillError(f"raw echo did not start: {procs.log_tail('raw-echo')}")
+    ep = json.loads(line)["endpoint"]
     out: dict[str, Any] = {}
     for name, args in (("zmq", ["_raw-dealer", ep]), ("redis", ["_raw-redis", redis_url])):
         _say(f"raw {'DEALER/ROUTER' if name == 'zmq' else 'Redis SET'} round trips x {n:,}")
@@ -227,17 +215,17 @@ def raw_refs(procs: Procs, redis_url: str, n: int) -> dict[str, Any]:
                                  timeout=60, check=False)
             out[name] = json.loads(res.stdout.decode().strip().splitlines()[-1])
         except (subprocess.TimeoutExpired, IndexError, ValueError):
-            raise BenchError(f"raw {name} run failed") from None
+            raise DrillError(f"raw {name} run failed") from None
         if "error" in out[name]:
-            raise BenchError(f"raw {name} run failed: {out[name]}")
-    Procs.stop(echo)
+            raise DrillError(f"raw {name} run failed: {out[name]}")
+    Children.stop(echo)
     return out
 
 
 class Mesh:
     """redis-server, the backend pair and the executor, started with the real CLI."""
 
-    def __init__(self, procs: Procs, workdir: Path, *, aof: bool,
+    def __init__(self, procs: Children, workdir: Path, *, aof: bool,
                  profile: Profile | None = None) -> None:
         from bus.config import (
             FeedSection,
@@ -247,10 +235,10 @@ class Mesh:
             RecoverySection,
             RedisSection,
         )
-        from nodes.servers.redis_server import RedisProcess, free_port
+        from nodes.servers.redis_server import RedisProcess
 
-        def tcp() -> str:
-            return f"tcp://127.0.0.1:{free_port()}"
+        # The nodes bind these from the mesh file, so the ports are named before they start.
+        tcp = tcp_endpoint
 
         self.procs, self.workdir, self.profile = procs, workdir, profile
         self.redis = RedisProcess(data_dir=workdir / "redis", appendonly=aof)
@@ -258,7 +246,7 @@ class Mesh:
             mesh=MeshSection(name="bench", key_prefix="bench"),
             redis=RedisSection(url=self.redis.url),
             feeds=(FeedSection(name="bench", symbols=(SYMBOL,), pub=tcp(),
-                               udp_targets=(f"127.0.0.1:{free_port()}",)),),
+                               udp_targets=(udp_address(),)),),
             recovery=(RecoverySection(bind=tcp()),),
             orders=OrdersSection(trader_rate=0.0, clients=(tcp(), tcp()), peers=(tcp(), tcp()),
                                  updates=(tcp(), tcp()), executor=(tcp(), tcp()),
@@ -277,8 +265,8 @@ class Mesh:
         path = self.workdir / "mesh.toml"
         path.write_text(dump_toml(self.cfg))
         if load_config(path) != self.cfg:
-            raise BenchError("the mesh file does not read back as written")
-        _run_loop(self._seed_tick())
+            raise DrillError("the mesh file does not read back as written")
+        _run_loop(seed_tick(self.cfg.redis.url, self.cfg.mesh.key_prefix, SYMBOL))
         for name, args in (("primary", ["backend", "--role", "primary"]),
                            ("backup", ["backend", "--role", "backup"]),
                            ("executor", ["executor"])):
@@ -294,23 +282,7 @@ class Mesh:
             if spy:
                 self.spied[name] = (proc, pid)
             self.cpu.pids[name] = pid
-            deadline = time.monotonic() + 15
-            while not stats.exists():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise BenchError(f"{name} did not start:\n{self.procs.log_tail(name)}")
-                time.sleep(0.01)
-
-    async def _seed_tick(self) -> None:
-        """A last tick, so the backend's price check and the executor's market fills work."""
-        from bus.store.ticks import CheckpointRun, RedisTickStore
-
-        ticks = RedisTickStore(self.cfg.redis.url, self.cfg.mesh.key_prefix)
-        try:
-            await ticks.start_session("seed", 1, [SYMBOL], 100)
-            await ticks.write([CheckpointRun(SYMBOL, 1, 1, [(1.08, 1.0802, 0.0, 1.0, 1, 1)])],
-                              100)
-        finally:
-            await ticks.close()
+            self.procs.wait_file(stats, proc, name)
 
     async def wait_idle(self, timeout: float) -> float:
         """Wait until the backends' request counters stop moving (their stats files, written
@@ -342,12 +314,12 @@ class Mesh:
 
     def note_rss(self) -> None:
         for name, pid in self.cpu.pids.items():
-            self.peak_rss[name] = max(self.peak_rss.get(name, 0.0), _peak_rss_mb(pid))
+            self.peak_rss[name] = max(self.peak_rss.get(name, 0.0), peak_rss_mb(pid))
 
     def stop_spied(self) -> None:
         """Stop the py-spy wrapped nodes first, so py-spy writes its output."""
         for proc, pid in self.spied.values():
-            Procs.stop_wrapped(proc, pid)
+            Children.stop_wrapped(proc, pid)
         self.spied.clear()
 
     def close(self) -> None:
@@ -434,7 +406,7 @@ class Load:
         return {"rate": rate, "placed": n, "placed_per_s": round(n / seconds),
                 "acked": len(ack), "filled": len(rtt), "errors": dict(self.errors),
                 "other_reports": dict(self.other_reports),
-                "rtt_us": _percentiles_us(rtt), "ack_us": _percentiles_us(ack)}
+                "rtt_us": latency_us(rtt), "ack_us": latency_us(ack)}
 
 
 async def run_steps(mesh: Mesh, t: Timing, *, profile_s: float = 0.0,
@@ -454,7 +426,7 @@ async def run_steps(mesh: Mesh, t: Timing, *, profile_s: float = 0.0,
                 if all(c in load.filled for c in ids):
                     break
                 if time.monotonic() > deadline:
-                    raise BenchError(f"no fills after 20 s: errors {load.errors}")
+                    raise DrillError(f"no fills after 20 s: errors {load.errors}")
                 load.errors.clear()
             await load.paced(500, 0.5)
             await asyncio.sleep(0.2)
@@ -479,8 +451,8 @@ async def run_steps(mesh: Mesh, t: Timing, *, profile_s: float = 0.0,
                                   and s["placed"] >= PLACED_FRACTION * rate * seconds
                                   and s["rtt_us"]["p99"] <= P99_BOUND_MS * 1000)
                 _say(f"  placed {s['placed_per_s']:,}/s, acked {s['acked']}, filled "
-                     f"{s['filled']}/{s['placed']}, rtt p50/p99 {_fmt(s['rtt_us']['p50'])}/"
-                     f"{_fmt(s['rtt_us']['p99'])} us, errors {s['errors'] or 0}, cpu "
+                     f"{s['filled']}/{s['placed']}, rtt p50/p99 {fmt(s['rtt_us']['p50'])}/"
+                     f"{fmt(s['rtt_us']['p99'])} us, errors {s['errors'] or 0}, cpu "
                      f"{s['cpu_pct']}{'' if s['sustained'] else '  NOT SUSTAINED'}")
                 steps.append(s)
                 # Retries the backends have queued but not read yet belong to this step.
@@ -555,34 +527,34 @@ def render(result: dict[str, Any]) -> str:
     lines = [f"tickmesh order benchmark, {m['date']}: {m['nproc']} cores {m['cpu']}, "
              f"Python {m['python']}, pyzmq {m['pyzmq']}, redis {m['redis']}", "",
              "reference round trips (same run)          p50 us   p99 us   max us",
-             f"  raw DEALER/ROUTER echo, 64 B       {_fmt(raw['zmq']['p50']):>10} "
-             f"{_fmt(raw['zmq']['p99']):>8} {_fmt(raw['zmq']['max']):>8}",
-             f"  raw Redis SET (asyncio + hiredis)  {_fmt(raw['redis']['p50']):>10} "
-             f"{_fmt(raw['redis']['p99']):>8} {_fmt(raw['redis']['max']):>8}", "",
+             f"  raw DEALER/ROUTER echo, 64 B       {fmt(raw['zmq']['p50']):>10} "
+             f"{fmt(raw['zmq']['p99']):>8} {fmt(raw['zmq']['max']):>8}",
+             f"  raw Redis SET (asyncio + hiredis)  {fmt(raw['redis']['p50']):>10} "
+             f"{fmt(raw['redis']['p99']):>8} {fmt(raw['redis']['max']):>8}", "",
              "  rate  placed/s  filled   rtt p50  rtt p99  ack p50  ack p99  retries  active   "
              "sustained  "
              "cpu % bench/primary/backup/executor/redis"]
     for s in result["steps"]:
         c = s["cpu_pct"]
-        cpu = "/".join(_fmt(c.get(k, math.nan)) for k in
+        cpu = "/".join(fmt(c.get(k, math.nan)) for k in
                        ("bench", "primary", "backup", "executor", "redis"))
         lines.append(f"{s['rate']:>6} {s['placed_per_s']:>9,} {s['filled']:>7,} "
-                     f"{_fmt(s['rtt_us']['p50']):>9} {_fmt(s['rtt_us']['p99']):>8} "
-                     f"{_fmt(s['ack_us']['p50']):>8} {_fmt(s['ack_us']['p99']):>8} "
+                     f"{fmt(s['rtt_us']['p50']):>9} {fmt(s['rtt_us']['p99']):>8} "
+                     f"{fmt(s['ack_us']['p50']):>8} {fmt(s['ack_us']['p99']):>8} "
                      f"{s['retries']:>8,} {s['active']:>7} "
                      f"{'yes' if s['sustained'] else 'NO':>10}  {cpu}"
                      + (f"  errors {s['errors']}" if s["errors"] else ""))
-    lines += ["", f"order round trip at 1,000/s: p50 {_fmt(sm['p50_us_1k'])} us, p99 "
-              f"{_fmt(sm['p99_us_1k'])} us (target <= {TARGETS['p99_us_1k']:,.0f}: "
-              f"{'PASS' if sm['pass_p99_1k'] else 'FAIL'}); ack p50 {_fmt(sm['ack_p50_us_1k'])}"
-              f" us, p99 {_fmt(sm['ack_p99_us_1k'])} us",
+    lines += ["", f"order round trip at 1,000/s: p50 {fmt(sm['p50_us_1k'])} us, p99 "
+              f"{fmt(sm['p99_us_1k'])} us (target <= {TARGETS['p99_us_1k']:,.0f}: "
+              f"{'PASS' if sm['pass_p99_1k'] else 'FAIL'}); ack p50 {fmt(sm['ack_p50_us_1k'])}"
+              f" us, p99 {fmt(sm['ack_p99_us_1k'])} us",
               f"max sustained: {sm['max_orders_per_s']:,} orders/s (step {sm['max_rate_step']:,}"
               f"); sustained = {sm['criterion']}",
               f"peak RSS MiB: {sm['peak_rss_mb']}"]
     return "\n".join(lines)
 
 
-def run_bench(args: argparse.Namespace, procs: Procs, workdir: Path) -> dict[str, Any]:
+def run_bench(args: argparse.Namespace, procs: Children, workdir: Path) -> dict[str, Any]:
     t = QUICK if args.quick else FULL
     if args.rates:
         t = replace(t, ramp=tuple(int(r) for r in args.rates.split(",")))
@@ -598,7 +570,7 @@ def run_bench(args: argparse.Namespace, procs: Procs, workdir: Path) -> dict[str
             "summary": summarize(raw, steps, mesh.peak_rss)}
 
 
-def run_profile(args: argparse.Namespace, procs: Procs, workdir: Path) -> None:
+def run_profile(args: argparse.Namespace, procs: Children, workdir: Path) -> None:
     prof = Profile(Path(args.profile).resolve(), "py-spy")
     prof.dir.mkdir(parents=True, exist_ok=True)
     mesh = Mesh(procs, workdir, aof=args.aof, profile=prof)
@@ -612,8 +584,8 @@ def run_profile(args: argparse.Namespace, procs: Procs, workdir: Path) -> None:
     s = steps[-1]
     print(f"profiled (py-spy) at {args.profile_rate:,} orders/s: placed "
           f"{s['placed_per_s']:,}/s, filled "
-          f"{s['filled']}/{s['placed']}, rtt p50/p99 {_fmt(s['rtt_us']['p50'])}/"
-          f"{_fmt(s['rtt_us']['p99'])} us, cpu % {s['cpu_pct']}")
+          f"{s['filled']}/{s['placed']}, rtt p50/p99 {fmt(s['rtt_us']['p50'])}/"
+          f"{fmt(s['rtt_us']['p99'])} us, cpu % {s['cpu_pct']}")
     for name in ("primary", "executor"):
         path = prof.dir / f"{name}.folded"
         print(f"\n=== {name}: {path} ===")

@@ -42,27 +42,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import json
 import math
 import os
-import platform
 import select
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from array import array
-from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from nodes.drills.measure import CpuMeter, latency_us, peak_rss_mb
+from nodes.drills.ports import bind_loopback, tcp_endpoint, udp_address
+from nodes.drills.procs import (
+    ROOT,
+    Children,
+    DrillError,
+    LineChild,
+    child_setup,
+    read_command,
+    stdin_lines,
+)
+from nodes.drills.profile import Profile, folded_summary
+from nodes.drills.report import drive, fmt, machine
 
 SYMBOLS = ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD")
 TARGETS = {"p99_us_10k": 1000.0, "p99_us_50k": 5000.0, "mesh_msgs_per_s": 100_000.0,
@@ -71,10 +75,6 @@ SUSTAINED_FRACTION = 0.999
 DRAIN_S = 0.25  # after the window: how long the consumer may take for the window's last ticks
 FEED_SHORT = 0.9  # a feed publishing below this fraction of its nominal rate is the limit
 RAW_HWM = 10_000_000
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not run (a process failed to start, answer or stop)."""
 
 
 # ============================================================================================
@@ -88,12 +88,12 @@ def _tick_msg(i: int, now_ns: int) -> tuple[str, float, float, float, float, int
 
 
 def _raw_pub(argv: list[str]) -> int:
-    """Bind an XPUB (a PUB that sees subscriptions), wait for the subscriber, then send."""
+    """Bind an XPUB (a PUB that sees subscriptions) to a port of the kernel's choice, say
+    which (one JSON line), wait for the subscriber, then send."""
     import msgpack
     import zmq
 
     p = argparse.ArgumentParser()
-    p.add_argument("endpoint")
     p.add_argument("--rate", type=float, default=0.0, help="0: as fast as possible")
     p.add_argument("--seconds", type=float, default=2.0)
     a = p.parse_args(argv)
@@ -101,7 +101,8 @@ def _raw_pub(argv: list[str]) -> int:
     sock = ctx.socket(zmq.XPUB)
     sock.setsockopt(zmq.SNDHWM, RAW_HWM)
     sock.setsockopt(zmq.RCVTIMEO, 10_000)
-    sock.bind(a.endpoint)
+    endpoint = bind_loopback(sock)
+    print(json.dumps({"endpoint": endpoint}), flush=True)
     try:
         sock.recv()  # the subscription: from now on nothing is lost to the slow joiner
     except zmq.Again:
@@ -139,20 +140,6 @@ def _raw_pub(argv: list[str]) -> int:
     return 0
 
 
-def _percentiles_us(lat_ns: array[int] | list[int]) -> dict[str, float]:
-    n = len(lat_ns)
-    if n == 0:
-        return {"n": 0, "p50": math.nan, "p90": math.nan, "p99": math.nan, "p999": math.nan,
-                "max": math.nan}
-    data = sorted(lat_ns)
-
-    def at(q: float) -> float:
-        return data[min(n - 1, int(q * n))] / 1000
-
-    return {"n": n, "p50": at(0.50), "p90": at(0.90), "p99": at(0.99), "p999": at(0.999),
-            "max": data[-1] / 1000}
-
-
 def _raw_sub(argv: list[str]) -> int:
     """Receive and decode until END; report the receive rate or the latency percentiles."""
     import msgpack
@@ -186,7 +173,7 @@ def _raw_sub(argv: list[str]) -> int:
                     lat.append(now - sent_ns)
                 n += 1
                 msg = recv()
-            out = {"received": n, **_percentiles_us(lat)}
+            out = {"received": n, **latency_us(lat)}
         else:
             unpackb(first)
             n = 1
@@ -232,7 +219,7 @@ class _Consumer:
     def report(self) -> dict[str, Any]:
         """Latency percentiles, and the worst get_many calls (stalls) of the window."""
         at, n, oldest = self.calls
-        out = _percentiles_us(self.lat)
+        out = latency_us(self.lat)
         out["calls"] = len(at)
         out["max_ticks_per_call"] = max(n, default=0)
         t0 = at[0] if at else 0
@@ -264,33 +251,6 @@ class _Consumer:
                         break
 
 
-def child_setup(argv: list[str]) -> tuple[Any, Callable[[dict[str, Any]], None]]:
-    """For a measuring child process (bench and drill subscribers): its mesh config (the one
-    argument) and the function that answers the parent with one JSON line on stdout."""
-    p = argparse.ArgumentParser()
-    p.add_argument("config")
-    a = p.parse_args(argv)
-
-    from bus.config import load_config
-    from nodes.common import setup_logging
-
-    setup_logging("WARNING")
-
-    def reply(obj: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(obj) + "\n")
-        sys.stdout.flush()
-    return load_config(a.config), reply
-
-
-async def stdin_lines() -> asyncio.StreamReader:
-    """The parent's commands to a measuring child, one per line, read without blocking the
-    child's event loop."""
-    reader = asyncio.StreamReader()
-    await asyncio.get_running_loop().connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    return reader
-
-
 def _mesh_sub(argv: list[str]) -> int:
     """A tickmesh subscriber driven by JSON-line commands on stdin, answers on stdout."""
     from bus.ticks.subscriber import Subscriber, SubscriberOptions
@@ -310,10 +270,9 @@ def _mesh_sub(argv: list[str]) -> int:
         reply({"ready": True, "pid": os.getpid()})
         try:
             while not stop.is_set():
-                line = await reader.readline()
-                if not line:
+                cmd = await read_command(reader)
+                if cmd is None:
                     break
-                cmd = json.loads(line)
                 op = cmd["cmd"]
                 base = {"t_ns": time.time_ns(), "delivered": sub.delivered,
                         "consumed": consumer.consumed, "pos": dict(consumer.pos)}
@@ -364,275 +323,53 @@ def _say(msg: str) -> None:
     print(f"bench-ticks: {msg}", file=sys.stderr, flush=True)
 
 
-def _free_udp_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _peak_rss_mb(pid: int | None) -> float:
-    """VmHWM (the kernel's peak resident set) of a live process, in MiB."""
-    if pid is None:
-        return math.nan
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return math.nan
-
-
-class Procs:
-    """Every child process this run started; :meth:`stop_all` ends each of them."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self._procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-        self._adopted: list[int] = []  # grandchildren (the program a py-spy wrapper runs)
-
-    def start(self, name: str, args: list[str], *, pipes: bool = False) -> subprocess.Popen[bytes]:
-        log = (self.workdir / f"{name}.log").open("ab")
-        try:
-            proc = subprocess.Popen(
-                args, cwd=ROOT, stdout=subprocess.PIPE if pipes else log, stderr=log,
-                stdin=subprocess.PIPE if pipes else subprocess.DEVNULL, bufsize=0,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        finally:
-            log.close()
-        self._procs.append((name, proc))
-        return proc
-
-    def wrapped_pid(self, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
-        """The pid of the program a wrapper (py-spy) started; it is stopped with the rest."""
-        import psutil
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(psutil.Error):
-                kids = psutil.Process(proc.pid).children()
-                if kids:
-                    self._adopted.append(kids[0].pid)
-                    return kids[0].pid
-            time.sleep(0.01)
-        raise BenchError(f"the wrapped program of pid {proc.pid} did not start")
-
-    @staticmethod
-    def stop_wrapped(proc: subprocess.Popen[bytes], pid: int, timeout: float = 15.0) -> None:
-        """Stop the wrapped program with SIGTERM and let its wrapper write its output."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            Procs.stop(proc)
-
-    def log_tail(self, name: str, lines: int = 15) -> str:
-        try:
-            text = (self.workdir / f"{name}.log").read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    @staticmethod
-    def stop(proc: subprocess.Popen[bytes], timeout: float = 5.0, *,
-             abort: bool = False) -> int | None:
-        """SIGTERM, wait, SIGKILL if needed; the exit code (None if it had to be killed).
-
-        ``abort``: before SIGKILL, ask the child where it is stuck: SIGUSR1 (a tickmesh node
-        logs every asyncio task's stack), then SIGABRT (``-X faulthandler`` writes every
-        thread's stack to its log).
-        """
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                return proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                for sig in (signal.SIGUSR1, signal.SIGABRT) if abort else ():
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.send_signal(sig)
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        proc.wait(1)
-                proc.kill()
-                proc.wait()
-                return None
-        return proc.returncode
-
-    def stop_all(self) -> None:
-        import psutil
-
-        for pid in self._adopted:
-            with contextlib.suppress(psutil.Error):
-                child = psutil.Process(pid)
-                child.terminate()
-                try:
-                    child.wait(5)
-                except psutil.TimeoutExpired:
-                    child.kill()
-        self._adopted.clear()
-        for _name, proc in reversed(self._procs):
-            self.stop(proc)
-            for stream in (proc.stdin, proc.stdout):
-                if stream is not None:
-                    with contextlib.suppress(OSError):
-                        stream.close()
-        self._procs.clear()
-
-
-class LineChild:
-    """JSON-line request/response over a child's stdin/stdout, with deadlines."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], name: str) -> None:
-        assert proc.stdin is not None and proc.stdout is not None
-        self.proc, self.name = proc, name
-        self._buf = b""
-
-    def read(self, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while True:
-            while b"\n" not in self._buf:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise BenchError(f"{self.name} did not answer within {timeout:.0f} s")
-                ready, _, _ = select.select([fd], [], [], left)
-                if ready:
-                    chunk = os.read(fd, 1 << 16)
-                    if not chunk:
-                        raise BenchError(f"{self.name} exited (code {self.proc.poll()})")
-                    self._buf += chunk
-            line, self._buf = self._buf.split(b"\n", 1)
-            if not line.startswith(b"{"):
-                continue  # not ours: a wrapper (py-spy) writes to the same stdout
-            out: dict[str, Any] = json.loads(line)
-            return out
-
-    def ask(self, cmd: str, timeout: float = 10.0, **kw: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps({"cmd": cmd, **kw}) + "\n").encode())
-        return self.read(timeout)
-
-
-class CpuMeter:
-    """CPU seconds (user + system, all threads) of named processes between two samples."""
-
-    def __init__(self) -> None:
-        import psutil
-
-        self._psutil = psutil
-        self.pids: dict[str, int] = {}
-
-    def rss_mb(self) -> dict[str, float]:
-        out = {}
-        for name, pid in self.pids.items():
-            try:
-                out[name] = round(self._psutil.Process(pid).memory_info().rss / 2**20, 1)
-            except self._psutil.Error:
-                out[name] = math.nan
-        return out
-
-    def sample(self) -> dict[str, float]:
-        t = self._psutil.cpu_times()
-        out = {"_wall": time.monotonic(), "_busy": sum(t) - t.idle - getattr(t, "iowait", 0.0)}
-        for name, pid in self.pids.items():
-            try:
-                t = self._psutil.Process(pid).cpu_times()
-                out[name] = t.user + t.system
-            except self._psutil.Error:
-                out[name] = math.nan
-        return out
-
-    @staticmethod
-    def percent(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
-        """CPU % per process (100 = one core), and "other": everything else on the machine."""
-        wall = b["_wall"] - a["_wall"]
-        if wall <= 0:
-            return {}
-        out = {k: round(100 * (b[k] - a[k]) / wall, 1) for k in a
-               if not k.startswith("_") and k in b}
-        ours = sum(v for v in out.values() if not math.isnan(v))
-        out["other"] = round(max(0.0, 100 * (b["_busy"] - a["_busy"]) / wall - ours), 1)
-        return out
-
-
-# --------------------------------------------------------------------------------------------
-# Raw reference
-# --------------------------------------------------------------------------------------------
-
-
-def raw_run(procs: Procs, *, rate: float, seconds: float, warmup: float = 0.3
+def raw_run(procs: Children, *, rate: float, seconds: float, warmup: float = 0.3
             ) -> dict[str, Any]:
-    from nodes.servers.redis_server import free_port
-
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
     me = [sys.executable, str(Path(__file__).resolve())]
     tag = "lat" if rate else "thr"
+    # The publisher binds a port of the kernel's choice and says which: no port race.
+    pub = procs.start(f"raw-pub-{tag}{int(rate)}",
+                      [*me, "_raw-pub", "--rate", str(rate), "--seconds", str(seconds)],
+                      pipes=True)
+    endpoint = _first_line(procs, pub, f"raw-pub-{tag}{int(rate)}")["endpoint"]
     sub_args = [endpoint, "--warmup", str(warmup)] + (["--latency"] if rate else [])
     sub = procs.start(f"raw-sub-{tag}{int(rate)}", [*me, "_raw-sub", *sub_args], pipes=True)
-    pub = procs.start(f"raw-pub-{tag}{int(rate)}",
-                      [*me, "_raw-pub", endpoint, "--rate", str(rate), "--seconds",
-                       str(seconds)], pipes=True)
     try:
         sub_out, _ = sub.communicate(timeout=seconds + 60)
         pub_out, _ = pub.communicate(timeout=40)
     except subprocess.TimeoutExpired:
-        raise BenchError("raw PUB/SUB run did not finish") from None
+        raise DrillError("raw PUB/SUB run did not finish") from None
     finally:
-        Procs.stop(sub)
-        Procs.stop(pub)
+        Children.stop(sub)
+        Children.stop(pub)
     try:
         res: dict[str, Any] = json.loads(sub_out.decode().strip().splitlines()[-1])
         sent = json.loads(pub_out.decode().strip().splitlines()[-1])
     except (IndexError, ValueError):
-        raise BenchError(f"raw PUB/SUB run failed: {procs.log_tail(f'raw-sub-{tag}{int(rate)}')}"
+        raise DrillError(f"raw PUB/SUB run failed: {procs.log_tail(f'raw-sub-{tag}{int(rate)}')}"
                          ) from None
     if "error" in res or "error" in sent:
-        raise BenchError(f"raw PUB/SUB run failed: {res} {sent}")
+        raise DrillError(f"raw PUB/SUB run failed: {res} {sent}")
     res["sent"] = sent["sent"]
     res["send_seconds"] = sent["seconds"]
     return res
 
 
+def _first_line(procs: Children, proc: subprocess.Popen[bytes], name: str,
+                timeout: float = 15.0) -> dict[str, Any]:
+    """A child's first JSON line (its ready line), read before ``communicate`` takes the rest."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline() if ready else b""
+    if not line.startswith(b"{"):
+        raise DrillError(f"{name} did not start: {procs.log_tail(name)}")
+    out: dict[str, Any] = json.loads(line)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # tickmesh
 # --------------------------------------------------------------------------------------------
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"no TOML for {v!r}")
-
-
-def mesh_toml(cfg: Any) -> str:
-    """The mesh file of a MeshConfig (flat sections only, which is all a MeshConfig has)."""
-    out: list[str] = []
-
-    def table(header: str, section: Any) -> None:
-        out.append(header)
-        out.extend(f"{f.name} = {_toml_value(getattr(section, f.name))}"
-                   for f in fields(section))
-        out.append("")
-
-    table("[mesh]", cfg.mesh)
-    table("[redis]", cfg.redis)
-    for feed in cfg.feeds:
-        table("[[feeds]]", feed)
-    for rec in cfg.recovery:
-        table("[[recovery]]", rec)
-    table("[subscriber]", cfg.subscriber)
-    return "\n".join(out)
 
 
 @dataclass(frozen=True)
@@ -653,7 +390,7 @@ QUICK = Timing(warmup_s=0.5, window_s=1.5, raw_seconds=1.0,
 class Mesh:
     """redis-server + recovery node + subscriber process; feeds come and go per step."""
 
-    def __init__(self, procs: Procs, workdir: Path, *, aof: bool,
+    def __init__(self, procs: Children, workdir: Path, *, aof: bool,
                  profile: Profile | None = None) -> None:
         from bus.config import (
             FeedSection,
@@ -662,16 +399,17 @@ class Mesh:
             RedisSection,
             SubscriberSection,
         )
-        from nodes.servers.redis_server import RedisProcess, free_port
+        from nodes.servers.redis_server import RedisProcess
 
         self.procs, self.workdir, self.profile = procs, workdir, profile
         self.redis = RedisProcess(data_dir=workdir / "redis", appendonly=aof)
-        udp = f"127.0.0.1:{_free_udp_port()}"
+        # The nodes bind these from the mesh file, so the ports are named before they start.
+        udp = udp_address()
         self.cfg = MeshConfig(
             redis=RedisSection(url=self.redis.url),
             feeds=(FeedSection(name="bench", symbols=SYMBOLS,
-                               pub=f"tcp://127.0.0.1:{free_port()}", udp_targets=(udp,)),),
-            recovery=(RecoverySection(bind=f"tcp://127.0.0.1:{free_port()}"),),
+                               pub=tcp_endpoint(), udp_targets=(udp,)),),
+            recovery=(RecoverySection(bind=tcp_endpoint()),),
             subscriber=SubscriberSection(udp_bind=udp, snapshot=True),
         ).validate()
         self.cpu = CpuMeter()
@@ -685,11 +423,11 @@ class Mesh:
         self._step = 0
 
     def _write_config(self, name: str, rate: float) -> Path:
-        from bus.config import load_config
+        from bus.config import dump_toml, load_config
 
         cfg = replace(self.cfg, feeds=(replace(self.cfg.feeds[0], rate=float(rate)),))
         path = self.workdir / f"{name}.toml"
-        path.write_text(mesh_toml(cfg))
+        path.write_text(dump_toml(cfg))
         load_config(path)  # the file says what we meant, or this raises
         return path
 
@@ -703,7 +441,7 @@ class Mesh:
         stats = self.workdir / "recovery.json"
         self.recovery = self.procs.start("recovery", [
             sys.executable, "-m", "nodes.cli", *self._node_args("recovery", base, stats)])
-        self._wait_file(stats, self.recovery, "recovery")
+        self.procs.wait_file(stats, self.recovery, "recovery")
         self.cpu.pids["recovery"] = self.recovery.pid
         cmd = [sys.executable, str(Path(__file__).resolve()), "_mesh-sub", str(base)]
         spy = self.profile is not None and self.profile.sampler.startswith("py-spy")
@@ -725,18 +463,6 @@ class Mesh:
         opts = ["--config", str(config), "--log-level", "WARNING", "--stats", str(stats)]
         return [command, *opts] if self._options_after else [*opts, command]
 
-    def _wait_file(self, path: Path, proc: subprocess.Popen[bytes], name: str,
-                   timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not path.exists():
-            if proc.poll() is not None:
-                raise BenchError(f"{name} exited with code {proc.returncode}:\n"
-                                 f"{self.procs.log_tail(name)}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"{name} did not start within {timeout:.0f} s:\n"
-                                 f"{self.procs.log_tail(name)}")
-            time.sleep(0.01)
-
     def _store_seq(self) -> dict[str, int]:
         raw = self._store.hgetall(f"{self.cfg.mesh.key_prefix}:seq")
         return {k.decode(): int(v) for k, v in raw.items()}
@@ -753,7 +479,7 @@ class Mesh:
                     data: dict[str, Any] = json.loads(path.read_text())
                     return mtime, data
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise BenchError("the feed stopped writing its stats")
+                raise DrillError("the feed stopped writing its stats")
             time.sleep(0.005)
 
     def step(self, rate: int, t: Timing, *, profiled: bool = False) -> dict[str, Any]:
@@ -777,7 +503,7 @@ class Mesh:
         feed_pid = self.procs.wrapped_pid(feed) if spy else feed.pid
         self.cpu.pids["feed"] = feed_pid
         try:
-            self._wait_file(stats_path, feed, name)
+            self.procs.wait_file(stats_path, feed, name)
             time.sleep(t.warmup_s)
             mt_a, st_a = self._next_stats(stats_path, time.time_ns(), feed)
             w0 = self.sub.ask("window_start")
@@ -793,20 +519,20 @@ class Mesh:
             w1 = self.sub.ask("window_end")
             time.sleep(DRAIN_S)
             after = self.sub.ask("pos")
-            self.peak_rss["feed"] = max(self.peak_rss.get("feed", 0.0), _peak_rss_mb(feed_pid))
+            self.peak_rss["feed"] = max(self.peak_rss.get("feed", 0.0), peak_rss_mb(feed_pid))
             t_stop = time.monotonic()
             if spy:
-                Procs.stop_wrapped(feed, feed_pid)
+                Children.stop_wrapped(feed, feed_pid)
                 code = feed.returncode
             else:
-                code = Procs.stop(feed, timeout=10, abort=True)
+                code = Children.stop(feed, timeout=10, abort=True)
             stop_s = time.monotonic() - t_stop
             if code != 0:
                 _say(f"feed at {rate:,}/s did not stop cleanly (exit {code} after "
                      f"{stop_s:.1f} s); end of its log (task and thread stacks):\n"
                      f"{self.procs.log_tail(name, 80)}")
         finally:
-            Procs.stop(feed)
+            Children.stop(feed)
             self.cpu.pids.pop("feed", None)
         seq_after = self._store_seq()
         published_total = sum(seq_after.get(s, 0) - seq_before.get(s, 0) for s in SYMBOLS)
@@ -883,16 +609,16 @@ class Mesh:
         """Final subscriber statistics and peak memory of the long-lived processes."""
         assert self.sub is not None and self.recovery is not None
         final = self.sub.ask("mark")
-        self.peak_rss["subscriber"] = _peak_rss_mb(self.sub_pid)
-        self.peak_rss["recovery"] = _peak_rss_mb(self.recovery.pid)
-        self.peak_rss["redis"] = _peak_rss_mb(self.redis.pid)
+        self.peak_rss["subscriber"] = peak_rss_mb(self.sub_pid)
+        self.peak_rss["recovery"] = peak_rss_mb(self.recovery.pid)
+        self.peak_rss["redis"] = peak_rss_mb(self.redis.pid)
         rec_stats = json.loads((self.workdir / "recovery.json").read_text())
         return {"subscriber": final["stats"], "recovery": rec_stats}
 
     def close(self) -> None:
         try:
             if self.sub is not None and self.sub.proc.poll() is None:
-                with contextlib.suppress(BenchError, OSError, ValueError):
+                with contextlib.suppress(DrillError, OSError, ValueError):
                     self.sub.ask("quit", timeout=5)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.sub.proc.wait(15)  # a py-spy wrapper writes its samples on exit
@@ -907,46 +633,18 @@ class Mesh:
 # --------------------------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    import msgpack
-    import zmq
-
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    redis_version = ""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
-        redis_version = subprocess.run([exe, "--version"], capture_output=True, text=True,
-                                       timeout=5).stdout.split()[2].removeprefix("v=")
-    return {"nproc": os.cpu_count(), "cpu": model, "loadavg_1m": os.getloadavg()[0],
-            "python": platform.python_version(),
-            "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(),
-            "msgpack": ".".join(map(str, msgpack.version)), "redis": redis_version,
-            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}
-
-
-def _fmt(v: float, nd: int = 0) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return f"{v:,.{nd}f}"
-
-
 def render(result: dict[str, Any]) -> str:
     m, raw = result["machine"], result["raw"]
     lines = [f"tickmesh tick benchmark, {m['date']}: {m['nproc']} cores {m['cpu']}, "
              f"Python {m['python']}, pyzmq {m['pyzmq']} / libzmq {m['libzmq']}, "
              f"redis {m['redis']}", ""]
     lines.append("Raw pyzmq PUB/SUB, one msgpack tick per message, decoded:")
-    lines.append(f"  throughput  {_fmt(raw['thr']['per_s'])} msg/s received "
-                 f"({_fmt(raw['thr']['received'])} of {_fmt(raw['thr']['sent'])} sent)")
+    lines.append(f"  throughput  {fmt(raw['thr']['per_s'])} msg/s received "
+                 f"({fmt(raw['thr']['received'])} of {fmt(raw['thr']['sent'])} sent)")
     for k in ("10k", "50k"):
         r = raw[f"lat_{k}"]
-        lines.append(f"  @{k:>3}/s     p50 {_fmt(r['p50'])} us  p99 {_fmt(r['p99'])} us  "
-                     f"p99.9 {_fmt(r['p999'])} us  max {_fmt(r['max'])} us  (n={r['n']:,})")
+        lines.append(f"  @{k:>3}/s     p50 {fmt(r['p50'])} us  p99 {fmt(r['p99'])} us  "
+                     f"p99.9 {fmt(r['p999'])} us  max {fmt(r['max'])} us  (n={r['n']:,})")
     lines.append("")
     lines.append("tickmesh steps (feed -> ZeroMQ + UDP -> subscriber; latency = consumer time "
                  "- feed_time_ns):")
@@ -956,7 +654,7 @@ def render(result: dict[str, Any]) -> str:
     lines.append(head)
     for s in result["steps"]:
         c = s["cpu_pct"]
-        cpu = "/".join(_fmt(c.get(k, math.nan)) for k in ("feed", "recovery", "subscriber",
+        cpu = "/".join(fmt(c.get(k, math.nan)) for k in ("feed", "recovery", "subscriber",
                                                             "redis"))
         lat = s["latency_us"]
         ok = "yes" if s["sustained"] else "NO"
@@ -965,24 +663,24 @@ def render(result: dict[str, Any]) -> str:
         lines.append(
             f"  {s['rate']:>8,} {s['published_per_s']:>11,} "
             f"{100 * s['delivered_fraction']:>8.2f} {s['lost']:>5} {s['gaps']:>5} "
-            f"{s['filled_by_path']:>3}/{s['filled_by_recovery']:<4} {_fmt(lat['p50']):>7} "
-            f"{_fmt(lat['p99']):>7} {_fmt(lat['p999']):>7} {_fmt(lat['max']):>7}  "
-            f"{cpu:<24} {_fmt(c.get('other', math.nan)):>5} {ok}")
+            f"{s['filled_by_path']:>3}/{s['filled_by_recovery']:<4} {fmt(lat['p50']):>7} "
+            f"{fmt(lat['p99']):>7} {fmt(lat['p999']):>7} {fmt(lat['max']):>7}  "
+            f"{cpu:<24} {fmt(c.get('other', math.nan)):>5} {ok}")
     lines.append("")
     sm = result["summary"]
     lines.append(f"  {'':28} {'raw':>10} {'tickmesh':>10} {'ratio':>6}  target")
-    lines.append(f"  {'throughput (ticks/s)':28} {_fmt(sm['raw_msgs_per_s']):>10} "
-                 f"{_fmt(sm['mesh_msgs_per_s']):>10} {sm['ratio']:>6.2f}  "
+    lines.append(f"  {'throughput (ticks/s)':28} {fmt(sm['raw_msgs_per_s']):>10} "
+                 f"{fmt(sm['mesh_msgs_per_s']):>10} {sm['ratio']:>6.2f}  "
                  f">= 100,000 and >= 0.5 x raw: {_pass(sm['pass_throughput'])}")
     for k, tgt in (("10k", 1000), ("50k", 5000)):
         for q in ("p50", "p99"):
             r, t = sm[f"raw_{q}_us_{k}"], sm[f"{q}_us_{k}"]
             ratio = t / r if r else math.nan
             target = (f"p99 <= {tgt:,} us: {_pass(sm[f'pass_p99_{k}'])}" if q == "p99" else "")
-            lines.append(f"  {f'{q} latency @{k}/s (us)':28} {_fmt(r):>10} {_fmt(t):>10} "
+            lines.append(f"  {f'{q} latency @{k}/s (us)':28} {fmt(r):>10} {fmt(t):>10} "
                          f"{ratio:>6.1f}  {target}")
     lines.append(f"  {'sustained with p99 <= 5 ms':28} {'':>10} "
-                 f"{_fmt(sm['mesh_msgs_per_s_p99_5ms']):>10}")
+                 f"{fmt(sm['mesh_msgs_per_s_p99_5ms']):>10}")
     lines.append(f"  unrecoverable ticks: {sm['unrecoverable']}  "
                  f"(gaps {sm['gaps']}, filled by the other path {sm['filled_by_path']}, "
                  f"by recovery {sm['filled_by_recovery']})")
@@ -991,7 +689,7 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"  the feed did not stop within 10 s of SIGTERM (killed) after the {hung} "
                      "step(s); the next session skips a void range")
     rss = sm["peak_rss_mb"]
-    lines.append("  peak RSS MiB: " + ", ".join(f"{k} {_fmt(v, 1)}" for k, v in rss.items()))
+    lines.append("  peak RSS MiB: " + ", ".join(f"{k} {fmt(v, 1)}" for k, v in rss.items()))
     return "\n".join(lines)
 
 
@@ -1057,7 +755,7 @@ def summarize(raw: dict[str, Any], steps: list[dict[str, Any]], peak_rss: dict[s
 # --------------------------------------------------------------------------------------------
 
 
-def run_bench(args: argparse.Namespace, procs: Procs, workdir: Path) -> dict[str, Any]:
+def run_bench(args: argparse.Namespace, procs: Children, workdir: Path) -> dict[str, Any]:
     t = QUICK if args.quick else FULL
     if args.rates:
         t = replace(t, ramp=tuple(int(r) for r in args.rates.split(",")))
@@ -1078,7 +776,7 @@ def run_bench(args: argparse.Namespace, procs: Procs, workdir: Path) -> dict[str
             steps.append(s)
             _say(f"  published {s['published_per_s']:,}/s, delivered "
                  f"{100 * s['delivered_fraction']:.2f} %, lost {s['lost']}, p99 "
-                 f"{_fmt(s['latency_us']['p99'])} us, cpu {s['cpu_pct']}"
+                 f"{fmt(s['latency_us']['p99'])} us, cpu {s['cpu_pct']}"
                  f"{'' if s['sustained'] else '  NOT SUSTAINED'}")
             if args.verbose:
                 _say(f"  worst get_many calls: {s['latency_us']['worst_calls']}; "
@@ -1099,46 +797,7 @@ def run_bench(args: argparse.Namespace, procs: Procs, workdir: Path) -> dict[str
             "summary": summarize(raw, steps, mesh.peak_rss, final)}
 
 
-@dataclass(frozen=True)
-class Profile:
-    """Where and how to profile the feed and the subscriber."""
-
-    dir: Path
-    sampler: str  # "cprofile" (deterministic, slow), "py-spy" (sampling), "py-spy-native"
-
-    def py_spy(self, name: str) -> list[str]:
-        exe = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
-        # --native (C frames too) must pause the process for each sample.
-        mode = ["--native"] if self.sampler == "py-spy-native" else ["--nonblocking"]
-        return [exe, "record", "--format", "raw", "--function", *mode, "--rate", "250",
-                "-o", str(self.dir / f"{name}.folded"), "--"]
-
-
-def folded_summary(path: Path, top: int = 25) -> str:
-    """Own and inclusive share of the samples per function, from py-spy's raw output."""
-    own: dict[str, int] = {}
-    incl: dict[str, int] = {}
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack:
-            continue
-        n = int(count)
-        frames = stack.split(";")
-        total += n
-        own[frames[-1]] = own.get(frames[-1], 0) + n
-        for f in set(frames):
-            incl[f] = incl.get(f, 0) + n
-    out = [f"{total} samples (busy threads only)", "  own %  incl %  function"]
-    for f, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
-        out.append(f"  {100 * n / total:5.1f}  {100 * incl[f] / total:6.1f}  {f}")
-    out.append("  -- by inclusive share --")
-    for f, n in sorted(incl.items(), key=lambda kv: -kv[1])[:top]:
-        out.append(f"  {100 * own.get(f, 0) / total:5.1f}  {100 * n / total:6.1f}  {f}")
-    return "\n".join(out)
-
-
-def run_profile(args: argparse.Namespace, procs: Procs, workdir: Path) -> None:
+def run_profile(args: argparse.Namespace, procs: Children, workdir: Path) -> None:
     import pstats
 
     prof = Profile(Path(args.profile).resolve(), args.sampler)
@@ -1153,7 +812,7 @@ def run_profile(args: argparse.Namespace, procs: Procs, workdir: Path) -> None:
         mesh.close()
     print(f"profiled ({prof.sampler}) at {args.profile_rate:,} ticks/s: published "
           f"{s['published_per_s']:,}/s, delivered {100 * s['delivered_fraction']:.2f} %, "
-          f"gaps {s['gaps']}, p99 {_fmt(s['latency_us']['p99'])} us, cpu % {s['cpu_pct']}")
+          f"gaps {s['gaps']}, p99 {fmt(s['latency_us']['p99'])} us, cpu % {s['cpu_pct']}")
     for name in ("feed", "subscriber"):
         if prof.sampler.startswith("py-spy"):
             path = prof.dir / f"{name}.folded"
@@ -1192,52 +851,6 @@ def main(argv: list[str] | None = None) -> int:
 
     return drive(args, "tickmesh-bench-", run_profile, run_bench, render, _say)
 
-
-def drive(args: argparse.Namespace, prefix: str,
-          profile: Callable[[argparse.Namespace, Procs, Path], None],
-          bench: Callable[[argparse.Namespace, Procs, Path], dict[str, Any]],
-          render_result: Callable[[dict[str, Any]], str], say: Callable[[str], None]) -> int:
-    """The main of every benchmark: a work directory, the run (or the profile), every child
-    process stopped whatever happens, the table, and with ``--json`` the JSON line last."""
-    # SIGTERM must unwind through the finally blocks that stop the children.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    workdir = Path(tempfile.mkdtemp(prefix=prefix))
-    procs = Procs(workdir)
-    t0 = time.monotonic()
-    try:
-        if args.profile:
-            profile(args, procs, workdir)
-            return 0
-        result = bench(args, procs, workdir)
-    except BenchError as exc:
-        say(f"failed: {exc} (logs in {workdir})")
-        args.keep = True
-        return 1
-    finally:
-        procs.stop_all()
-        if args.keep:
-            say(f"work directory kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    result["elapsed_s"] = round(time.monotonic() - t0, 1)
-    print(render_result(result))
-    print(f"\n(elapsed {result['elapsed_s']} s)")
-    if args.json:
-        print(json.dumps(_no_nan({**result["summary"], "machine": result["machine"],
-                                  "steps": result["steps"], "raw": result["raw"],
-                                  "elapsed_s": result["elapsed_s"]}), allow_nan=False))
-    return 0
-
-
-def _no_nan(obj: Any) -> Any:
-    """The object with NaN (a measurement that could not be taken) as null: strict JSON."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _no_nan(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_no_nan(v) for v in obj]
-    return obj
 
 
 if __name__ == "__main__":

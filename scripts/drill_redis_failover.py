@@ -56,7 +56,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -66,26 +65,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-for _p in (ROOT, ROOT / "scripts"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-import drill_backend_crash as bdrill  # noqa: E402  (the backend drill's load and counting)
-from drill_backend_crash import (  # noqa: E402
-    ACCOUNT,
+from nodes.drills.measure import latency_ms
+from nodes.drills.orders import (
     PREFIX,
     SYMBOL,
-    DrillError,
     Load,
-    Node,
-    _client_load,
-    _f,
-    _r,
-    percentile,
+    client_load,
+    close_load,
+    count_orders,
+    find_active,
 )
-
-from nodes.servers.redis_ha import DEFAULT_DOWN_AFTER_MS  # noqa: E402
+from nodes.drills.ports import tcp_endpoint, udp_address
+from nodes.drills.procs import (
+    AsyncLineChild,
+    DrillError,
+    Node,
+    child_setup,
+    read_command,
+    stdin_lines,
+    unwind_on_sigterm,
+    wait_for,
+)
+from nodes.drills.report import aligned, conclude, dash, markdown_table, round1
+from nodes.servers.redis_ha import DEFAULT_DOWN_AFTER_MS
+from protocols.stats import percentile
 
 SYMBOLS = ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD", "USDCHF", "AUDUSD", "NZDUSD", "USDCAD")
 FAILOVER_TAIL_S = 1.0  # a failover window ends this long after the switch
@@ -99,16 +102,14 @@ TARGET_RESUME_MS = 200.0
 DEFAULT_REALTIME_PRIORITY = 40  # SCHED_FIFO for the tick path (bus.sched); below the kernel's
 # own threaded-IRQ handlers (50), far above nothing else: every other process is SCHED_OTHER
 
-assert SYMBOL in SYMBOLS and ACCOUNT
+assert SYMBOL in SYMBOLS
 
 
 # --- the subscriber process ------------------------------------------------------------------
 
 
 def _sub_main(argv: list[str]) -> int:
-    """A tickmesh subscriber that times every tick; ``start`` / ``stop`` lines on stdin."""
-    from bench_ticks import child_setup, stdin_lines
-
+    """A tickmesh subscriber that times every tick; ``start`` / ``stop`` commands on stdin."""
     from bus.ticks.subscriber import Subscriber, SubscriberOptions
     from nodes.common import run_node
 
@@ -153,10 +154,10 @@ def _sub_main(argv: list[str]) -> int:
         reply({"ready": True, "pid": os.getpid()})
         try:
             while not stop.is_set():
-                line = await reader.readline()
-                if not line:
+                cmd = await read_command(reader)
+                if cmd is None:
                     break
-                op = line.decode().strip()
+                op = cmd["cmd"]
                 if op == "start":
                     recording = True
                     reply({"consumed": consumed})
@@ -164,7 +165,7 @@ def _sub_main(argv: list[str]) -> int:
                     recording = False
                     worst.sort(reverse=True)
                     reply({"consumed": consumed, "ticks": len(src_lat),
-                           "src_ms": _pcts(src_lat), "feed_ms": _pcts(feed_lat),
+                           "src_ms": latency_ms(src_lat), "feed_ms": latency_ms(feed_lat),
                            "buckets": sorted([k * BUCKET_NS, v[0], v[1]]
                                              for k, v in buckets.items()),
                            "worst": worst[:20], "stats": sub.stats()})
@@ -178,56 +179,10 @@ def _sub_main(argv: list[str]) -> int:
     return run_node(main, sched=cfg.sched, kind="subscriber", what="the drill's subscriber")
 
 
-def _pcts(lat_ns: array[int]) -> dict[str, float | None]:
-    data = sorted(lat_ns)
-    out: dict[str, float | None] = {}
-    for name, q in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999)):
-        v = percentile(data, q) if data else None  # type: ignore[arg-type]
-        out[name] = None if v is None else round(v / 1e6, 3)
-    out["max"] = round(data[-1] / 1e6, 3) if data else None
-    return out
-
-
-class SubProcess:
-    """The subscriber child, spoken to in lines."""
-
-    def __init__(self, config: Path, log_path: Path) -> None:
-        self.config, self.log_path = config, log_path
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(Path(__file__).resolve()), "_sub", str(self.config),
-                cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=log, start_new_session=True, limit=64 * 1024 * 1024)
-        await self.ask(None, timeout=START_TIMEOUT_S)
-
-    async def ask(self, cmd: str | None, timeout: float = 30.0) -> dict[str, Any]:
-        assert self.proc is not None and self.proc.stdin and self.proc.stdout
-        if cmd is not None:
-            self.proc.stdin.write(cmd.encode() + b"\n")
-            await self.proc.stdin.drain()
-        async with asyncio.timeout(timeout):
-            line = await self.proc.stdout.readline()
-        if not line:
-            raise DrillError(f"the subscriber exited (see {self.log_path})")
-        out: dict[str, Any] = json.loads(line)
-        return out
-
-    async def stop(self) -> None:
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(5.0):
-                await proc.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+def subscriber(config: Path, log_path: Path) -> AsyncLineChild:
+    """The subscriber child (``_sub_main``), spoken to in JSON lines."""
+    return AsyncLineChild("the subscriber", [sys.executable, str(Path(__file__).resolve()),
+                                             "_sub", str(config)], log_path)
 
 
 # --- records ---------------------------------------------------------------------------------
@@ -321,18 +276,12 @@ def write_config(run_dir: Path, ha: Any, args: argparse.Namespace) -> Path:
         load_config,
     )
     from nodes.servers.redis_ha import Role
-    from nodes.servers.redis_server import free_port
 
-    ports: set[int] = set()
-    while len(ports) < 11:  # free_port may hand out the same port twice in a row
-        ports.add(free_port())
-    pool = [f"tcp://127.0.0.1:{port}" for port in sorted(ports)]
-
+    # The nodes bind these from the mesh file, so the ports are named before they start.
     def eps() -> tuple[str, str]:
-        return pool.pop(), pool.pop()
+        return tcp_endpoint(), tcp_endpoint()
 
-    udp_port = bdrill_free_udp_port()
-    udp = f"127.0.0.1:{udp_port}"
+    udp = udp_address()
     cfg = MeshConfig(
         mesh=MeshSection(name="drill", key_prefix=PREFIX),
         redis=RedisSection(sentinels=tuple(f"{h}:{p}" for h, p in ha.sentinels),
@@ -340,8 +289,8 @@ def write_config(run_dir: Path, ha: Any, args: argparse.Namespace) -> Path:
                            orders_master=ha.master_names[Role.RTSS],
                            password=ha.password or ""),
         feeds=(FeedSection(name="sim", symbols=SYMBOLS[:args.symbols], rate=args.tick_rate,
-                           pub=pool.pop(), udp_targets=(udp,)),),
-        recovery=(RecoverySection(bind=pool.pop()),),
+                           pub=tcp_endpoint(), udp_targets=(udp,)),),
+        recovery=(RecoverySection(bind=tcp_endpoint()),),
         subscriber=SubscriberSection(udp_bind=udp, snapshot=True),
         orders=OrdersSection(enabled=True, trader_rate=0.0, clients=eps(), peers=eps(),
                              updates=eps(), executor=eps(), symbols=(SYMBOL,)),
@@ -353,31 +302,11 @@ def write_config(run_dir: Path, ha: Any, args: argparse.Namespace) -> Path:
     return path
 
 
-def bdrill_free_udp_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-async def wait_for(check: Any, timeout: float, what: str, nodes: dict[str, Node]) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        dead = [n.name for n in nodes.values() if n.proc is not None and not n.alive()]
-        if dead:
-            raise DrillError(f"{', '.join(dead)} exited while waiting for {what}")
-        if time.monotonic() > deadline:
-            raise DrillError(f"timed out after {timeout:.0f} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 @dataclass(slots=True)
 class Run:
     ha: Any = None
     nodes: dict[str, Node] = field(default_factory=dict)
-    sub: SubProcess | None = None
+    sub: AsyncLineChild | None = None
     load: Load | None = None
     redis: Any = None  # RTSS master through the Sentinels (verification)
     store: Any = None  # RedisOrderStore through the Sentinels (verification)
@@ -432,9 +361,9 @@ async def run_drill(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         for name in ("primary", "backup", "executor"):
             run.nodes[name].start()
         backends = {k: run.nodes[k] for k in ("primary", "backup")}
-        await bdrill.find_active(backends, run.redis, START_TIMEOUT_S)
-        run.sub = SubProcess(config, run_dir / "subscriber.log")
-        await run.sub.start()
+        await find_active(backends, run.redis, START_TIMEOUT_S)
+        run.sub = subscriber(config, run_dir / "subscriber.log")
+        await run.sub.start(START_TIMEOUT_S)
         run.sched = tick_path_policies(run)
 
         clients = [OrderClient(OrderClientOptions.from_config(
@@ -445,7 +374,7 @@ async def run_drill(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         for c in clients:
             await c.start()
         run_id = f"r{time.time_ns()}"
-        loaders = [asyncio.create_task(_client_load(load, i, args.rate / args.clients, run_id))
+        loaders = [asyncio.create_task(client_load(load, i, args.rate / args.clients, run_id))
                    for i in range(args.clients)]
         load_start = time.monotonic()
         await asyncio.sleep(args.warmup / 2)  # the subscriber's snapshot and first fills
@@ -470,12 +399,11 @@ async def run_drill(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         ticks = await run.sub.ask("stop")
         record_end_wall = time.time_ns()
         feed_stats = run.nodes["feed"].stats() or {}
-        vargs = argparse.Namespace(drain_timeout=args.drain_timeout, kills=args.kills,
-                                   rate=args.rate, clients=args.clients, interval=args.settle,
-                                   request_timeout=args.request_timeout)
-        orders = await bdrill.verify(vargs, load, [],  run.redis, run.store,
-                                     {k: run.nodes[k] for k in ("primary", "backup",
-                                                                "executor")})
+        orders = await count_orders(load, run.redis, run.store,
+                                    drain_timeout=args.drain_timeout)
+        for name in ("primary", "backup", "executor"):  # a clean stop writes final stats
+            run.nodes[name].stop()
+        orders["final_epoch"] = int(await run.redis.get(f"{PREFIX}:epoch") or 0)
         run.nodes["feed"].stop()  # a clean stop writes the final stats
         feed_stats = run.nodes["feed"].stats() or feed_stats
         return summarize(args, kills, load, ticks, orders, feed_stats, kill_error,
@@ -514,13 +442,7 @@ async def one_kill(ha: Any, role: Any, n: int, kills: list[Kill]) -> None:
 
 
 async def cleanup(run: Run) -> None:
-    if run.load is not None:
-        run.load.stop.set()
-        for task in list(run.load.tasks):
-            task.cancel()
-        for c in run.load.clients:
-            with contextlib.suppress(Exception):
-                await c.close()
+    await close_load(run.load)
     if run.sub is not None:
         await run.sub.stop()
     for node in run.nodes.values():
@@ -580,7 +502,7 @@ def summarize(args: argparse.Namespace, kills: list[Kill], load: Load, ticks: di
         per_kill.append({
             "n": k.n, "role": k.role, "old": f"{k.old[0]}:{k.old[1]}",
             "new": k.new and f"{k.new[0]}:{k.new[1]}",
-            "switch_ms": _r(k.switch_s and k.switch_s * 1000),
+            "switch_ms": round1(k.switch_s and k.switch_s * 1000),
             "resume_ms": k.resume_ms(), "first_ack_ms": k.first_ack_ms(),
             "at_s": round((k.at_wall_ns - recorded[0]) / 1e9, 2),
             "restart_ms": round(k.restart_s * 1000), "error": k.error})
@@ -598,14 +520,14 @@ def summarize(args: argparse.Namespace, kills: list[Kill], load: Load, ticks: di
         "kills": len([k for k in kills if k.switch_s is not None]),
         "kills_requested": args.kills, "kill_error": kill_error,
         "kills_resumed": len(resume_all), "role": args.role,
-        "switch_ms_p50": _r(percentile(switch, 0.5)), "switch_ms_max": _r(max(switch,
+        "switch_ms_p50": round1(percentile(switch, 0.5)), "switch_ms_max": round1(max(switch,
                                                                              default=None)),
-        "resume_after_switch_ms_p50": _r(percentile(resume_all, 0.5)),
-        "resume_after_switch_ms_p99": _r(percentile(resume_all, 0.99)),
-        "resume_after_switch_ms_max": _r(max(resume_all, default=None)),
-        "resume_rts_ms_max": _r(max(resume["rts"], default=None)),
-        "resume_rtss_ms_max": _r(max(resume["rtss"], default=None)),
-        "first_ack_after_switch_ms_max": _r(max(first_ack, default=None)),
+        "resume_after_switch_ms_p50": round1(percentile(resume_all, 0.5)),
+        "resume_after_switch_ms_p99": round1(percentile(resume_all, 0.99)),
+        "resume_after_switch_ms_max": round1(max(resume_all, default=None)),
+        "resume_rts_ms_max": round1(max(resume["rts"], default=None)),
+        "resume_rtss_ms_max": round1(max(resume["rtss"], default=None)),
+        "first_ack_after_switch_ms_max": round1(max(first_ack, default=None)),
         "tick_latency_p50_ms": ticks.get("src_ms", {}).get("p50"),
         "tick_latency_p99_ms": ticks.get("src_ms", {}).get("p99"),
         "tick_latency_p999_ms": ticks.get("src_ms", {}).get("p999"),
@@ -620,10 +542,10 @@ def summarize(args: argparse.Namespace, kills: list[Kill], load: Load, ticks: di
         "checkpoint": {k: cp.get(k) for k in ("written", "failures", "dropped", "flushes")},
         "feed_unreserved": feed.get("unreserved"),
         "recovery_stats": recovery,
-        "order_p99_ms_failover": _r(percentile(lat_fail, 0.99)),
-        "order_max_ms_failover": _r(max(lat_fail, default=None)),
-        "order_p50_ms_calm": _r(percentile(lat_calm, 0.5)),
-        "order_p99_ms_calm": _r(percentile(lat_calm, 0.99)),
+        "order_p99_ms_failover": round1(percentile(lat_fail, 0.99)),
+        "order_max_ms_failover": round1(max(lat_fail, default=None)),
+        "order_p50_ms_calm": round1(percentile(lat_calm, 0.5)),
+        "order_p99_ms_calm": round1(percentile(lat_calm, 0.99)),
         "orders_in_failover_windows": len(lat_fail),
         "sent": orders["sent"], "acked": orders["acked"], "rejected": orders["rejected"],
         "timed_out": orders["timed_out"], "other_errors": orders["other_errors"],
@@ -691,29 +613,29 @@ def markdown(s: dict[str, Any], command: str) -> str:
         + (f" ({s['kill_error']})" if s["kill_error"] else ""), "",
         "| figure | value | target |", "|---|---|---|",
         f"| kills (requested), role | {s['kills']} ({s['kills_requested']}), {s['role']} | |",
-        f"| Sentinel switch ms p50 / max | {_f(s['switch_ms_p50'])} / {_f(s['switch_ms_max'])}"
+        f"| Sentinel switch ms p50 / max | {dash(s['switch_ms_p50'])} / {dash(s['switch_ms_max'])}"
         " | |",
-        f"| resume after switch ms p50 / p99 / max | {_f(s['resume_after_switch_ms_p50'])} / "
-        f"{_f(s['resume_after_switch_ms_p99'])} / {_f(s['resume_after_switch_ms_max'])} | |",
+        f"| resume after switch ms p50 / p99 / max | {dash(s['resume_after_switch_ms_p50'])} / "
+        f"{dash(s['resume_after_switch_ms_p99'])} / {dash(s['resume_after_switch_ms_max'])} | |",
         f"| checkpoints on the new RTS master, ms after switch (max) | "
-        f"{_f(s['resume_rts_ms_max'])} | <= 200: "
+        f"{dash(s['resume_rts_ms_max'])} | <= 200: "
         f"{_met(t['checkpoints_resume_le_200ms'])} |",
         f"| first order write on the new RTSS master / first ack, ms after switch (max) | "
-        f"{_f(s['resume_rtss_ms_max'])} / {_f(s['first_ack_after_switch_ms_max'])} | |",
-        f"| tick latency ms p50 / p99 / p99.9 / max | {_f(s['tick_latency_p50_ms'])} / "
-        f"{_f(s['tick_latency_p99_ms'])} / {_f(s['tick_latency_p999_ms'])} / "
-        f"{_f(s['tick_latency_max_ms'])} | max <= 10: {_met(t['tick_latency_max_le_10ms'])} |",
+        f"{dash(s['resume_rtss_ms_max'])} / {dash(s['first_ack_after_switch_ms_max'])} | |",
+        f"| tick latency ms p50 / p99 / p99.9 / max | {dash(s['tick_latency_p50_ms'])} / "
+        f"{dash(s['tick_latency_p99_ms'])} / {dash(s['tick_latency_p999_ms'])} / "
+        f"{dash(s['tick_latency_max_ms'])} | max <= 10: {_met(t['tick_latency_max_le_10ms'])} |",
         f"| largest tick latency ms in / outside failover windows | "
         f"{s['tick_latency_max_failover_ms']} / {s['tick_latency_max_calm_ms']} | |",
-        f"| ticks timed / lost | {_f(s['ticks_timed'])} / {_f(s['ticks_lost'])} | 0 lost: "
+        f"| ticks timed / lost | {dash(s['ticks_timed'])} / {dash(s['ticks_lost'])} | 0 lost: "
         f"{_met(t['ticks_lost_0'])} |",
         f"| feed checkpoints written / failed flushes / dropped | "
-        f"{_f(s['checkpoint']['written'])} / {_f(s['checkpoint']['failures'])} / "
-        f"{_f(s['checkpoint']['dropped'])} | |",
+        f"{dash(s['checkpoint']['written'])} / {dash(s['checkpoint']['failures'])} / "
+        f"{dash(s['checkpoint']['dropped'])} | |",
         f"| order latency ms p99 (max) in failover windows, {s['orders_in_failover_windows']} "
-        f"orders | {_f(s['order_p99_ms_failover'])} ({_f(s['order_max_ms_failover'])}) | |",
-        f"| order latency ms p50 / p99 outside | {_f(s['order_p50_ms_calm'])} / "
-        f"{_f(s['order_p99_ms_calm'])} | |",
+        f"orders | {dash(s['order_p99_ms_failover'])} ({dash(s['order_max_ms_failover'])}) | |",
+        f"| order latency ms p50 / p99 outside | {dash(s['order_p50_ms_calm'])} / "
+        f"{dash(s['order_p99_ms_calm'])} | |",
         f"| load | {s['tick_rate']:g} ticks/s ({s['symbols']} symbols), {s['rate']:g} orders/s "
         f"over {s['clients']} clients, {s['load_s']} s | |",
         f"| sent / acked / rejected / timed out / other | {s['sent']} / {s['acked']} / "
@@ -724,12 +646,12 @@ def markdown(s: dict[str, Any], command: str) -> str:
         f"| backend takeovers (should be 0) | {s['backend_takeovers']} | |",
         f"| tick path scheduling (`[sched]`, as the kernel reported it) | "
         f"{', '.join(f'{k} {v}' for k, v in s['sched'].items())} | |",
-        "", "| kill | role | at s | switch ms | resume ms | first ack ms | restart ms | note |",
-        "|---|---|---|---|---|---|---|---|",
+        "",
     ]
-    lines += [f"| {k['n']} | {k['role']} | {k['at_s']} | {_f(k['switch_ms'])} | "
-              f"{_f(k['resume_ms'])} | {_f(k['first_ack_ms'])} | {k['restart_ms']} | "
-              f"{k['error']} |" for k in s["per_kill"]]
+    lines += markdown_table(
+        ["kill", "role", "at s", "switch ms", "resume ms", "first ack ms", "restart ms", "note"],
+        [[k["n"], k["role"], k["at_s"], k["switch_ms"], k["resume_ms"], k["first_ack_ms"],
+          k["restart_ms"], k["error"]] for k in s["per_kill"]])
     lines += ["", f"Reject reasons: {json.dumps(s['reject_reasons'])}",
               f"Client counters: {json.dumps(s['client_stats'])}",
               f"Subscriber gap figures: {json.dumps(s['tick_gaps_filled'])}", "",
@@ -745,16 +667,16 @@ def markdown(s: dict[str, Any], command: str) -> str:
 def human(s: dict[str, Any]) -> str:
     rows = [
         ("kills", f"{s['kills']} of {s['kills_requested']} ({s['role']})"),
-        ("switch ms p50/max", f"{_f(s['switch_ms_p50'])} / {_f(s['switch_ms_max'])}"),
-        ("resume ms p50/p99/max", f"{_f(s['resume_after_switch_ms_p50'])} / "
-                                  f"{_f(s['resume_after_switch_ms_p99'])} / "
-                                  f"{_f(s['resume_after_switch_ms_max'])}"),
-        ("tick latency ms p50/p99/max", f"{_f(s['tick_latency_p50_ms'])} / "
-                                        f"{_f(s['tick_latency_p99_ms'])} / "
-                                        f"{_f(s['tick_latency_max_ms'])}"),
-        ("ticks lost", _f(s["ticks_lost"])),
-        ("order p99 ms failover/calm", f"{_f(s['order_p99_ms_failover'])} / "
-                                       f"{_f(s['order_p99_ms_calm'])}"),
+        ("switch ms p50/max", f"{dash(s['switch_ms_p50'])} / {dash(s['switch_ms_max'])}"),
+        ("resume ms p50/p99/max", f"{dash(s['resume_after_switch_ms_p50'])} / "
+                                  f"{dash(s['resume_after_switch_ms_p99'])} / "
+                                  f"{dash(s['resume_after_switch_ms_max'])}"),
+        ("tick latency ms p50/p99/max", f"{dash(s['tick_latency_p50_ms'])} / "
+                                        f"{dash(s['tick_latency_p99_ms'])} / "
+                                        f"{dash(s['tick_latency_max_ms'])}"),
+        ("ticks lost", dash(s["ticks_lost"])),
+        ("order p99 ms failover/calm", f"{dash(s['order_p99_ms_failover'])} / "
+                                       f"{dash(s['order_p99_ms_calm'])}"),
         ("sent / acked", f"{s['sent']} / {s['acked']}"),
         ("rejected / timed out", f"{s['rejected']} / {s['timed_out']}"),
         ("lost / duplicated", f"{s['lost']} / {s['duplicated']}"),
@@ -763,7 +685,7 @@ def human(s: dict[str, Any]) -> str:
                               for k, v in s["targets"].items())),
         ("result", "PASS" if s["ok"] else "FAIL"),
     ]
-    return bdrill.aligned(rows)
+    return aligned(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -813,10 +735,7 @@ def main(argv: list[str] | None = None) -> int:
     report = args.report or run_dir / "drill-redis-failover.md"
     command = "./scripts/drill-redis-failover " + " ".join(argv)
 
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    unwind_on_sigterm()
     try:
         summary = asyncio.run(run_drill(args, run_dir))
     except (DrillError, OSError) as exc:
@@ -825,9 +744,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"drill-redis-failover: interrupted (logs in {run_dir})", file=sys.stderr)
         return 2
-    return bdrill.conclude(summary, ok=passed(summary), run_dir=run_dir, report=report,
-                           markdown=lambda s: markdown(s, command.strip()), human=human,
-                           as_json=args.json)
+    return conclude(summary, ok=passed(summary), run_dir=run_dir, report=report,
+                    markdown=lambda s: markdown(s, command.strip()), human=human,
+                    as_json=args.json)
 
 
 if __name__ == "__main__":

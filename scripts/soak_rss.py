@@ -20,9 +20,11 @@ ends by itself after ``--seconds``; this script kills it if it overruns by 60 s.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -32,15 +34,11 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
+from nodes.drills.ports import free_port
+from nodes.drills.procs import ROOT, stop_process
+
 MIB = 1024 * 1024
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+UP_STOP_S = 30.0  # up stops every node on SIGTERM; give it that long before SIGKILL
 
 
 def _free_block(count: int) -> int:
@@ -123,7 +121,7 @@ def main() -> int:
     base = args.base_port or _free_block(11)
     _mesh_file(mesh, args.rate, base)
     cmd = [sys.executable, "-m", "nodes.cli", "up", "--for", f"{args.seconds:g}", "--config",
-           str(mesh), "--run-dir", str(run_dir), "--redis-port", str(_free_port()), "--json"]
+           str(mesh), "--run-dir", str(run_dir), "--redis-port", str(free_port()), "--json"]
     print(f"soak: {args.seconds:g} s at {args.rate:g} orders/s, run dir {run_dir}", flush=True)
     series: dict[str, list[tuple[float, int]]] = {}
     out_path = run_dir / "up.out"
@@ -135,14 +133,14 @@ def main() -> int:
             while proc.poll() is None:
                 t = time.monotonic() - start
                 if t > args.seconds + 60:
-                    proc.kill()
                     break
                 _sample(run_dir, series, t)
                 time.sleep(args.every)
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, 9)
-            proc.wait()
+            # SIGTERM first (up stops its nodes), SIGKILL for the whole session if it hangs.
+            if stop_process(proc, UP_STOP_S) is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
     lines = out_path.read_text().splitlines()
     summary: dict[str, object] = {}
     for line in reversed(lines):

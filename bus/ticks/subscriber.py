@@ -36,6 +36,7 @@ from bus.config import MeshConfig, parse_hostport
 from bus.logutil import RateLimitedLog
 from bus.ticks.recovery_client import RecoveryClient
 from protocols.errors import ConfigError, RecoveryError, RemoteProtocolError
+from protocols.stats import nearest_rank
 from protocols.ticks.arbitration import (
     ArbiterConfig,
     ArbiterStats,
@@ -101,11 +102,13 @@ class LatencyRecorder:
         self.count = i
 
     def percentiles(self, *ps: float) -> list[float]:
+        """The nearest-rank percentiles (``protocols.stats``) of the recorded latencies, each
+        ``p`` in percent (50, 99); 0.0 for each while nothing is recorded."""
         n = min(self.count, self._size)
         if n == 0:
             return [0.0 for _ in ps]
         data = sorted(self._buf[:n])
-        return [float(data[min(n - 1, int(p / 100 * n))]) for p in ps]
+        return [float(data[nearest_rank(n, p / 100)]) for p in ps]
 
 
 @dataclass(slots=True)

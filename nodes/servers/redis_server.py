@@ -51,8 +51,10 @@ _FALLBACK_DIRS: tuple[Path, ...] = (Path("/usr/bin"), Path("/usr/sbin"))
 
 _LOG_TAIL_LINES = 20
 _PING_INTERVAL_S = 0.02
-# A port picked by free_port() can be taken by someone else before the server binds it.
-_PORT_RACE_RETRIES = 3
+# A port picked by free_port() can be taken by someone else before the server binds it:
+# start() then tries again on another port, this many times in all.
+_PORT_RACE_RETRIES = 5
+_ADDRESS_IN_USE = "Address already in use"
 
 _live: set[subprocess.Popen[bytes]] = set()
 
@@ -81,7 +83,20 @@ _handed_out: set[int] = set()
 
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port on ``host`` that was free a moment ago, is not ephemeral, and was not
-    returned before by this process."""
+    returned before by this process.
+
+    Check-then-use: another process may bind the port between this check and the caller's
+    bind, so use it only where nothing better exists:
+
+    * a socket bound in this process binds port 0 (ZeroMQ: ``tcp://127.0.0.1:*``) and reads
+      the port back (``LAST_ENDPOINT``; ``nodes.drills.ports.bind_loopback``);
+    * a server that cannot bind port 0 (redis-server, redis-sentinel) takes this as its first
+      choice, and ``RedisProcess``/``SentinelProcess.start`` move to another port when the
+      bind fails;
+    * what remains: endpoints a mesh file must name before the nodes that bind them start,
+      and the fixed ports of a Redis HA topology (its replicas and Sentinels are configured
+      with them).
+    """
     for _ in range(200):
         port = _rnd.randrange(*_PORTS)
         if port in _handed_out:
@@ -328,16 +343,18 @@ class _ServerProcess:
         binary = _find_binary(self._binary, self._package)
         self._data_dir.mkdir(parents=True, exist_ok=True)
         for attempt in range(_PORT_RACE_RETRIES):
+            log_start = self._log_size()
             try:
                 self._launch(binary, timeout)
             except ServerError:
                 # Only a port we picked ourselves, and never served on, may move: a restart
-                # must come back where clients expect it.
+                # must come back where clients expect it. Only this attempt's log lines
+                # count: the log file is kept across starts.
                 if (
                     self._port_was_given
                     or self._started_once
                     or attempt == _PORT_RACE_RETRIES - 1
-                    or "Address already in use" not in self._log_tail()
+                    or _ADDRESS_IN_USE not in self._log_since(log_start)
                 ):
                     raise
                 log.info(
@@ -429,7 +446,11 @@ class _ServerProcess:
                     f"{self._binary} on port {self._port} exited with code {proc.returncode} "
                     f"while starting; end of {self.log_path}:\n{self._log_tail()}"
                 )
-            if _ping(self._host, self._port, self._ping_password, timeout=0.5):
+            # Ready when *this* process answers: when the port was taken by another server,
+            # that one answers PING until ours exits with "Address already in use".
+            if _ping(self._host, self._port, self._ping_password, timeout=0.5) and (
+                self._answering_pid() == proc.pid
+            ):
                 return
             if time.monotonic() >= deadline:
                 self.kill()
@@ -443,6 +464,34 @@ class _ServerProcess:
         _live.discard(proc)
         if self._proc is proc:
             self._proc = None
+
+    def _answering_pid(self) -> int | None:
+        """The process id of the server answering at this address (``INFO server``)."""
+        try:
+            info = command(self.address, "INFO", "server", password=self._ping_password,
+                           timeout=0.5)
+        except (OSError, ServerError):
+            return None
+        for line in str(info).splitlines():
+            if line.startswith("process_id:"):
+                with contextlib.suppress(ValueError):
+                    return int(line.split(":", 1)[1])
+        return None
+
+    def _log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _log_since(self, offset: int) -> str:
+        """What the server logged after ``offset`` (bytes), e.g. since an attempt began."""
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def _log_tail(self) -> str:
         try:
