@@ -178,7 +178,7 @@ class FeedNode:
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {"node": "feed", "name": self.feed.name, "session": self.session,
-                               "source": asdict(self.source.stats),
+                               "source": self.source.stats.as_dict(),
                                "unreserved": self.unreserved,
                                "next_seq": dict(self.next_seq)}
         if self.publisher is not None:
