@@ -278,14 +278,19 @@ def _decode_body(frames: list[bytes] | tuple[bytes, ...]) -> tuple[Kind, dict[st
 
 
 def request_id_of(frames: list[bytes] | tuple[bytes, ...]) -> int:
-    """Best-effort request id of a (possibly malformed) request, for the error reply; else 0."""
-    try:
-        _kind, data = _decode_body(frames)
-        rid = data.get("id", 0)
-        ok = isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid < 2**63
-        return rid if ok else 0
-    except RemoteProtocolError:
+    """The id of a (possibly malformed) request, for its error reply: read from the second
+    frame whenever that is a msgpack map with a valid ``id``, whatever else is wrong with the
+    request (header, kind, other keys); 0 only when no id can be read."""
+    if len(frames) < 2:
         return 0
+    try:
+        data = msgpack.unpackb(frames[1], raw=False, strict_map_key=False)
+    except Exception:  # msgpack raises several unrelated types on bad input
+        return 0
+    rid = data.get("id") if isinstance(data, dict) else None
+    if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid < 2**63:
+        return rid
+    return 0
 
 
 def decode_request(frames: list[bytes] | tuple[bytes, ...]) -> RecoveryRequest:

@@ -420,6 +420,28 @@ def test_request_id_of_a_malformed_request_with_an_id_is_that_id() -> None:
     assert request_id_of(frames) == 77
 
 
+@pytest.mark.parametrize("frames", [
+    pytest.param([b"TM\x02\x12", msgpack.packb({"id": 77})], id="version-2"),
+    pytest.param([b"XX\x01\x12", msgpack.packb({"id": 77})], id="bad-magic"),
+    pytest.param([b"TM\x01\x12\x00", msgpack.packb({"id": 77})], id="long-header"),
+    pytest.param([b"TM\x01", msgpack.packb({"id": 77})], id="short-header"),
+    pytest.param([short(99), msgpack.packb({"id": 77})], id="unknown-kind"),
+    pytest.param([short(Kind.TICKS), msgpack.packb({"id": 77})], id="feed-kind"),
+    pytest.param([short(Kind.GAP_FILL_REPLY), msgpack.packb({"id": 77})], id="reply-kind"),
+    pytest.param([short(Kind.GAP_FILL_REQUEST), msgpack.packb({"id": 77, 1: 2})],
+                 id="non-string-key"),
+    pytest.param([short(Kind.GAP_FILL_REQUEST), msgpack.packb({"id": 77}), b"x"],
+                 id="three-frames"),
+    pytest.param([short(Kind.SNAPSHOT_REQUEST), msgpack.packb({"id": 77, "prefixes": 5})],
+                 id="bad-prefixes"),
+])
+def test_request_id_is_echoed_whenever_it_can_be_read(frames: list[bytes]) -> None:
+    """Issue 9: the id was 0 for a bad header or kind but echoed for a bad key."""
+    with pytest.raises(RemoteProtocolError):
+        decode_request(frames)
+    assert request_id_of(frames) == 77
+
+
 # --- malformed recovery input --------------------------------------------------------------
 
 GF = short(Kind.GAP_FILL_REQUEST)
