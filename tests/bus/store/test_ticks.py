@@ -178,6 +178,21 @@ def test_checkpointer_buffers_while_store_is_down_then_catches_up(
     with_store(redis_server, body)
 
 
+@pytest.mark.parametrize("interval_s", [0.001, 0.1, 2.0])
+def test_checkpointer_takes_any_interval_the_config_allows(interval_s: float) -> None:
+    """checkpoint_ms above 100 made the retry back-off refuse (base above its 100 ms cap), so
+    such a feed died at start-up."""
+    async def main() -> None:
+        store = RedisTickStore("redis://127.0.0.1:1/0", "t")  # never contacted
+        try:
+            cp = Checkpointer(store, interval_s=interval_s, capacity=10, stream_cap=10,
+                              reserve_block=100, reserved={})
+            assert cp.stats.written == 0
+        finally:
+            await store.close()
+    asyncio.run(main())
+
+
 def test_checkpointer_overflow_drops_oldest_and_counts(redis_server: RedisProcess) -> None:
     async def body(store: RedisTickStore) -> None:
         await store.start_session("f", 1, ["X"], 1000)
