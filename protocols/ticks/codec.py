@@ -232,11 +232,13 @@ def encode_recovery(msg: RecoveryRequest | RecoveryReply) -> list[bytes]:
         case SnapshotReply(rid, entries):
             return [_short(Kind.SNAPSHOT_REPLY), _pack(
                 {"id": rid, "entries": [[e.stream, e.session, e.seq, e.row] for e in entries]})]
-        case GapFillReply(rid, stream, lo, settled, batches, void):
-            return [_short(Kind.GAP_FILL_REPLY), _pack({
-                "id": rid, "stream": stream, "from": lo, "settled_to": settled,
-                "batches": [[b.session, b.first_seq, b.rows] for b in batches],
-                "void": [[r.first, r.last] for r in void]})]
+        case GapFillReply(rid, stream, lo, settled, batches, void, unknown):
+            body = {"id": rid, "stream": stream, "from": lo, "settled_to": settled,
+                    "batches": [[b.session, b.first_seq, b.rows] for b in batches],
+                    "void": [[r.first, r.last] for r in void]}
+            if unknown:  # a later key: sent only when there is one (docs/PROTOCOL.md 8)
+                body["unknown"] = [[r.first, r.last] for r in unknown]
+            return [_short(Kind.GAP_FILL_REPLY), _pack(body)]
         case ErrorReply(rid, code, message):
             return [_short(Kind.ERROR_REPLY),
                     _pack({"id": rid, "code": int(code), "message": message})]
@@ -321,7 +323,8 @@ def decode_reply(frames: list[bytes] | tuple[bytes, ...]) -> RecoveryReply:
                 d["id"], stream, d["from"], d["settled_to"],
                 tuple(TickBatch(stream, ses, first, tuple(check_row(r) for r in rows))
                       for ses, first, rows in d["batches"]),
-                tuple(SeqRange(a, b) for a, b in d["void"]))
+                tuple(SeqRange(a, b) for a, b in d["void"]),
+                tuple(SeqRange(a, b) for a, b in d.get("unknown", ())))
         if kind == Kind.ERROR_REPLY:
             return ErrorReply(d["id"], ErrorCode(d["code"]), str(d["message"]))
     except (KeyError, TypeError, ValueError) as exc:

@@ -299,10 +299,12 @@ class GapFillReply:
     """The answer to a :class:`GapFillRequest`.
 
     ``settled_to`` is the highest sequence the service can speak for: every sequence in
-    ``from_seq .. settled_to`` is either in ``batches``, inside a ``void`` range (never carried a
-    tick: numbers a crashed feed had reserved but not used), or lost for good (trimmed from the
-    capped stream). Sequences above ``settled_to`` were not checkpointed yet; ask again later.
-    ``settled_to`` is ``from_seq - 1`` when nothing is settled yet.
+    ``from_seq .. settled_to`` is either in ``batches``, inside a ``void`` range (proven never to
+    have carried a tick), inside an ``unknown`` range (reserved by a feed that died before its
+    checkpoints caught up: it may have published ticks there, of which no copy is stored), or
+    lost for good (trimmed from the capped stream). Sequences above ``settled_to`` were not
+    checkpointed yet; ask again later. ``settled_to`` is ``from_seq - 1`` when nothing is
+    settled yet.
     """
 
     request_id: int
@@ -311,6 +313,7 @@ class GapFillReply:
     settled_to: int
     batches: tuple[TickBatch, ...] = ()
     void: tuple[SeqRange, ...] = ()
+    unknown: tuple[SeqRange, ...] = ()
 
     def __post_init__(self) -> None:
         _check_request_id(self.request_id)

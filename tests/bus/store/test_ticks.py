@@ -80,7 +80,8 @@ def test_fill_speaks_only_for_what_is_checkpointed(redis_server: RedisProcess) -
     with_store(redis_server, body)
 
 
-def test_crash_restart_resumes_above_reservation_with_void(redis_server: RedisProcess) -> None:
+def test_crash_restart_resumes_above_reservation_with_unknown(
+        redis_server: RedisProcess) -> None:
     async def body(store: RedisTickStore) -> None:
         await store.start_session("f", 1, ["X"], 100)
         await store.write([CheckpointRun("X", 1, 1, rows(1, 10))], 10_000)
@@ -89,8 +90,11 @@ def test_crash_restart_resumes_above_reservation_with_void(redis_server: RedisPr
         assert starts == {"X": 101}
         res = await store.fill("X", 5, 101, 1000)
         assert filled_seqs(res) == list(range(5, 11))
-        assert res.void == (SeqRange(11, 100),)
+        # Not void (proven unused): the killed feed may have published there (issue 9).
+        assert res.unknown == (SeqRange(11, 100),) and res.void == ()
         assert res.settled_to == 100
+        part = await store.fill("X", 50, 60, 1000)
+        assert part.unknown == (SeqRange(50, 60),) and part.settled_to == 60
     with_store(redis_server, body)
 
 
@@ -100,7 +104,21 @@ def test_clean_end_releases_reservation(redis_server: RedisProcess) -> None:
         await store.write([CheckpointRun("X", 1, 1, rows(1, 10))], 10_000)
         await store.end_session("f", {"X": 10})
         assert await store.start_session("f", 2, ["X"], 100) == {"X": 11}
-        assert (await store.fill("X", 1, 10, 100)).void == ()
+        res = await store.fill("X", 1, 10, 100)
+        assert res.void == () and res.unknown == ()
+    with_store(redis_server, body)
+
+
+def test_a_stream_no_feed_opened_is_settled_with_nothing(redis_server: RedisProcess) -> None:
+    """Issue 9: an unknown stream was answered "not checkpointed yet", retried until give-up."""
+    async def body(store: RedisTickStore) -> None:
+        await store.start_session("f", 1, ["X"], 100)
+        res = await store.fill("NOPE", 5, 20, 1000)
+        assert (res.settled_to, res.batches, res.void, res.unknown) == (20, (), (), ())
+        assert not res.known_stream
+        # A stream a feed opened but has not checkpointed yet: nothing is settled, ask again.
+        opened = await store.fill("X", 1, 20, 1000)
+        assert opened.settled_to == 0 and opened.known_stream
     with_store(redis_server, body)
 
 

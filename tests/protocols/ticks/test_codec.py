@@ -360,6 +360,10 @@ RECOVERY_REPLIES = [
                               (TickBatch("EURUSD", 5, 10, (row(1), row(2))),
                                TickBatch("EURUSD", 6, 25, (row(3),))),
                               (SeqRange(12, 20), SeqRange(26, 30))), id="fill-batches-void"),
+    pytest.param(GapFillReply(7, "EURUSD", 10, 100, (TickBatch("EURUSD", 5, 10, (row(1),)),),
+                              (), (SeqRange(11, 100),)), id="fill-unknown"),
+    pytest.param(GapFillReply(8, "EURUSD", 1, 30, (), (SeqRange(1, 5),),
+                              (SeqRange(6, 10), SeqRange(20, 30))), id="fill-void-and-unknown"),
     pytest.param(ErrorReply(5, ErrorCode.BAD_REQUEST, "bad magic"), id="error-bad-request"),
     pytest.param(ErrorReply(6, ErrorCode.STORE_UNAVAILABLE, "redis down"), id="error-store"),
     pytest.param(ErrorReply(0, ErrorCode.INTERNAL, ""), id="error-internal"),
@@ -396,6 +400,18 @@ def test_recovery_body_uses_the_documented_keys() -> None:
     assert msgpack.unpackb(raw) == {"id": 9, "entries": [["EURUSD", 5, 10, list(ROW)]]}
     _h, raw = encode_recovery(ErrorReply(1, ErrorCode.STORE_UNAVAILABLE, "x"))
     assert msgpack.unpackb(raw) == {"id": 1, "code": 2, "message": "x"}
+
+
+def test_unknown_ranges_travel_under_a_key_old_peers_ignore() -> None:
+    """Issue 9: ``unknown`` came after version 1's first release. It is sent only when there
+    is one (a reply without it is byte-identical to before), an old client ignores it (and so
+    reports those numbers lost, not skipped), and a reply from an old service has none."""
+    _h, raw = encode_recovery(GapFillReply(4, "EURUSD", 10, 100, (), (), (SeqRange(11, 100),)))
+    assert msgpack.unpackb(raw) == {"id": 4, "stream": "EURUSD", "from": 10, "settled_to": 100,
+                                    "batches": [], "void": [], "unknown": [[11, 100]]}
+    old = _reply(Kind.GAP_FILL_REPLY, GOOD_FILL_REPLY)
+    assert "unknown" not in GOOD_FILL_REPLY
+    assert decode_reply(old).unknown == ()  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("frames", [
@@ -521,6 +537,11 @@ MALFORMED_RECOVERY: list[tuple[str, Any, list[bytes], str]] = [
      "bad GAP_FILL_REPLY: ValueError"),
     ("fill-reply-inverted-void", decode_reply,
      _reply(Kind.GAP_FILL_REPLY, {**GOOD_FILL_REPLY, "void": [[9, 3]]}), "inverted range"),
+    ("fill-reply-inverted-unknown", decode_reply,
+     _reply(Kind.GAP_FILL_REPLY, {**GOOD_FILL_REPLY, "unknown": [[9, 3]]}), "inverted range"),
+    ("fill-reply-unknown-not-pairs", decode_reply,
+     _reply(Kind.GAP_FILL_REPLY, {**GOOD_FILL_REPLY, "unknown": [5]}),
+     "bad GAP_FILL_REPLY: TypeError"),
     ("snapshot-reply-entry-short", decode_reply,
      _reply(Kind.SNAPSHOT_REPLY, {"id": 1, "entries": [["EURUSD", 1, 2]]}),
      "bad SNAPSHOT_REPLY: ValueError"),
@@ -638,7 +659,8 @@ RECOVERY_VALUES = st.recursive(
     | st.text(max_size=6) | st.binary(max_size=4),
     lambda inner: st.lists(inner, max_size=5) | st.fixed_dictionaries(
         {}, optional={k: inner for k in ("id", "prefixes", "stream", "from", "to",
-                                         "settled_to", "batches", "void", "entries",
+                                         "settled_to", "batches", "void", "unknown",
+                                         "entries",
                                          "code", "message")}),
     max_leaves=30)
 
