@@ -536,12 +536,14 @@ class Mesh:
             self.cpu.pids.pop("feed", None)
         seq_after = self._store_seq()
         published_total = sum(seq_after.get(s, 0) - seq_before.get(s, 0) for s in SYMBOLS)
-        skipped0 = int(m0["stats"]["skipped"])
+        # Numbers a killed feed had reserved are skipped (void) or counted unknown, not delivered.
+        skipped0 = int(m0["stats"]["skipped"]) + int(m0["stats"]["unknown"])
         target = m0["delivered"] + published_total
         deadline = time.monotonic() + 3.0
         while True:  # the session's tail: everything published, then the feed's clean stop
             m1 = self.sub.ask("mark")
-            caught_up = m1["delivered"] + int(m1["stats"]["skipped"]) - skipped0 >= target
+            caught_up = (m1["delivered"] + int(m1["stats"]["skipped"])
+                         + int(m1["stats"]["unknown"]) - skipped0 >= target)
             if caught_up or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
@@ -576,12 +578,13 @@ class Mesh:
             "fill_requests": delta("fill_requests"),
             "dropped_slow": delta("dropped_slow"),
             "skipped": delta("skipped"),
+            "unknown": delta("unknown"),
             "resets": delta("resets"),
             "session_published": published_total,
             "session_delivered": done["delivered"] - m0["delivered"],
-            # Void ranges (numbers a killed feed had reserved) are skipped, not delivered.
+            # Numbers a killed feed had reserved are skipped or unknown, not delivered.
             "complete": (done["delivered"] - m0["delivered"] + delta("skipped")
-                         == published_total),
+                         + delta("unknown") == published_total),
             "feed_exit": code,
             "feed_stop_s": round(stop_s, 2),
             "cpu_pct": CpuMeter.percent(cpu_a, cpu_b),
@@ -687,7 +690,7 @@ def render(result: dict[str, Any]) -> str:
     hung = ", ".join(f"{s['rate']:,}" for s in result["steps"] if s["feed_exit"] is None)
     if hung:
         lines.append(f"  the feed did not stop within 10 s of SIGTERM (killed) after the {hung} "
-                     "step(s); the next session skips a void range")
+                     "step(s); the next session counts an unknown range")
     rss = sm["peak_rss_mb"]
     lines.append("  peak RSS MiB: " + ", ".join(f"{k} {fmt(v, 1)}" for k, v in rss.items()))
     return "\n".join(lines)

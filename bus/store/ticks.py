@@ -5,7 +5,8 @@ Redis. Keys, under the mesh's ``key_prefix`` ``P``::
 
     P:ticks:{stream}   Redis stream, one entry per checkpointed run of ticks. Entry id is
                        "{last_seq}-0"; fields f (first seq), s (session), d (msgpack rows), or
-                       f + v=1 for a *void* range (numbers a crashed feed reserved, never used).
+                       f + v=1 for an *unknown* range (numbers a crashed feed reserved: it may
+                       have published ticks there that no checkpoint holds).
                        Capped by MINID ~ (last_seq - stream_cap).
     P:last             hash stream -> msgpack [session, seq, row]: the last value (snapshots)
     P:seq              hash stream -> last checkpointed sequence (everything <= it is settled)
@@ -16,8 +17,11 @@ Redis. Keys, under the mesh's ``key_prefix`` ``P``::
 Why reservations: checkpoints trail the live stream by a few milliseconds. A feed killed with
 SIGKILL may have published ticks its checkpoint never saw; restarting at the checkpointed
 sequence would reuse those numbers for different ticks. So a feed reserves numbers ahead
-(``reserve_block``) and a new session starts above the reservation, recording the unused
-remainder as a void range that subscribers skip.
+(``reserve_block``) and a new session starts above the reservation, recording the remainder
+as an *unknown* range: a gap fill reports it as such, and a subscriber that did not receive a
+number there live counts it as unknown (or lost, if it knows a tick was published there) rather
+than skipping it. (The entry's ``v`` field predates the distinction: a recovery node of an
+older version reads the range as void, as it always did.)
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ class FillResult:
     settled_to: int
     batches: tuple[TickBatch, ...]
     void: tuple[SeqRange, ...]
+    unknown: tuple[SeqRange, ...] = ()
+    known_stream: bool = True  # False: no feed ever opened the stream in this store
 
 
 class TickStore(Protocol):
@@ -188,7 +194,7 @@ class RedisTickStore:
                 if res > last:
                     # The previous session may have published up to `res` without a
                     # checkpoint: nobody can tell which numbers carried ticks, so settle the
-                    # range as void rather than reuse it.
+                    # range as unknown rather than reuse it.
                     tx.xadd(self._k("ticks", stream), {"f": last + 1, "v": 1}, id=f"{res}-0")
                     tx.hset(self._k("seq"), stream, res)
                 tx.hset(self._k("reserved"), stream, top + reserve_block)
@@ -281,17 +287,22 @@ class RedisTickStore:
         key = self._k("ticks", stream)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(self._k("seq"), stream)
+        pipe.hget(self._k("reserved"), stream)
         # Entry ids are last sequences: every entry that overlaps [from, to] has an id in
         # [from, +), and the first with an id above `to` may still start inside the range.
         pipe.xrange(key, f"{from_seq}-0", f"{to_seq}-0", count=max(16, max_ticks // 8))
         pipe.xrange(key, f"{to_seq + 1}-0", "+", count=1)
         try:
-            checkpointed_b, entries, after = await pipe.execute()
+            checkpointed_b, reserved_b, entries, after = await pipe.execute()
         except REDIS_ERRORS as exc:
             raise store_error(exc) from exc
+        if checkpointed_b is None and reserved_b is None and not entries and not after:
+            # No feed ever opened the stream here (a session reserves before it publishes):
+            # nothing will be stored for these numbers, so say so rather than "not yet".
+            return FillResult(to_seq, (), (), known_stream=False)
         checkpointed = int(checkpointed_b or 0)
         batches: list[TickBatch] = []
-        void: list[SeqRange] = []
+        unknown: list[SeqRange] = []
         settled = min(to_seq, checkpointed)
         total = 0
         for entry_id, data in [*entries, *after]:
@@ -301,7 +312,7 @@ class RedisTickStore:
             if lo > hi:
                 continue
             if data.get(b"v"):
-                void.append(SeqRange(lo, hi))
+                unknown.append(SeqRange(lo, hi))
             else:
                 rows = msgpack.unpackb(data[b"d"], use_list=False)
                 batches.append(TickBatch(stream, int(data[b"s"]), lo,
@@ -314,7 +325,7 @@ class RedisTickStore:
             if len(entries) >= max(16, max_ticks // 8) and entries:
                 # The page was cut: speak only for what it covered.
                 settled = min(settled, int(entries[-1][0].split(b"-")[0]))
-        return FillResult(max(settled, from_seq - 1), tuple(batches), tuple(void))
+        return FillResult(max(settled, from_seq - 1), tuple(batches), (), tuple(unknown))
 
     async def close(self) -> None:
         if self._connection is not None:

@@ -68,8 +68,9 @@ class Checkpointer:
         self._recent_cap = recent
         self._suspect = False  # a flush failed: the store may have lost what it had
         # Capped at 100 ms: after a Redis failover the buffered checkpoints must reach the new
-        # master within ~200 ms of its announcement, not at the next of 1 s retries.
-        self._backoff = Backoff(base_s=interval_s, cap_s=0.1)
+        # master within ~200 ms of its announcement, not at the next of 1 s retries. (Never
+        # below the interval: a checkpoint_ms above 100 made Backoff refuse and the feed die.)
+        self._backoff = Backoff(base_s=interval_s, cap_s=max(0.1, interval_s))
         self._failures = 0
         self._wake = asyncio.Event()
         self.stats = CheckpointStats()

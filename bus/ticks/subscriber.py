@@ -48,6 +48,7 @@ from protocols.ticks.arbitration import (
     Reset,
     Skipped,
     StreamArbiter,
+    Unknown,
 )
 from protocols.ticks.codec import FeedHeader, decode_header, decode_rows, topic
 from protocols.ticks.messages import GapFillReply, Kind, Row, Tick
@@ -154,6 +155,7 @@ class Subscriber:
         self.lost_events: deque[Lost] = deque(maxlen=1000)
         self._bad = RateLimitedLog(log, "malformed feed message")
         self._lost_log = RateLimitedLog(log, "unrecoverable ticks")
+        self._unknown_log = RateLimitedLog(log, "unknown sequence numbers")
         self._tasks: list[asyncio.Task[None]] = []
         self._ctx: zmq.asyncio.Context | None = None
         self._sub: zmq.asyncio.Socket | None = None
@@ -363,6 +365,10 @@ class Subscriber:
                 case Skipped(stream, lo, hi):
                     log.info("%s: skipped void sequences %d..%d after a feed restart",
                              stream, lo, hi)
+                case Unknown(stream, lo, hi):
+                    self._unknown_log.warning(
+                        "%s %d..%d (%d numbers a crashed feed reserved; not received, not "
+                        "stored: perhaps ticks, perhaps unused)", stream, lo, hi, hi - lo + 1)
                 case Reset(stream, old, new, seq):
                     log.warning("%s: sequence reset by session %d (was %d), now at %d",
                                 stream, new, old, seq)
@@ -404,7 +410,7 @@ class Subscriber:
             return
         batches = tuple((b.session, b.first_seq, b.rows) for b in reply.batches)
         self._apply(arb, arb.on_fill(reply.from_seq, reply.settled_to, batches, reply.void,
-                                     self._loop.time()))
+                                     self._loop.time(), reply.unknown))
 
     # -- timers ----------------------------------------------------------------------------
 

@@ -164,7 +164,7 @@ class FeedNode:
                     self.publisher.publish(EndOfSession(stream, self.session, nxt))
             if self.checkpointer is not None and await self.checkpointer.flush():
                 # Everything published is checkpointed: give back the unused reservation so
-                # the next session continues without a void range.
+                # the next session continues without an unknown range.
                 await self.store.end_session(self.feed.name,
                                              {s: n - 1 for s, n in self.next_seq.items()})
         except StoreError as exc:
@@ -178,7 +178,7 @@ class FeedNode:
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {"node": "feed", "name": self.feed.name, "session": self.session,
-                               "source": asdict(self.source.stats),
+                               "source": self.source.stats.as_dict(),
                                "unreserved": self.unreserved,
                                "next_seq": dict(self.next_seq)}
         if self.publisher is not None:

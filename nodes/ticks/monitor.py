@@ -25,8 +25,8 @@ class MonitorNode:
         self.stats_path = stats_path
         self.per_symbol: dict[str, int] = {}
         # A tick whose sequence is not above the previous one (a duplicate or a step back).
-        # Forward jumps are not errors here: a lost range is counted as `lost`, and a void
-        # range after a feed crash is skipped on purpose.
+        # Forward jumps are not errors here: a lost range is counted as `lost`, and the
+        # unknown range after a feed crash as `unknown`.
         self.order_errors = 0
         self._last_seq: dict[str, int] = {}
 

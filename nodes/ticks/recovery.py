@@ -1,7 +1,9 @@
 """The recovery service node: a ZeroMQ ROUTER answering snapshot and gap-fill requests.
 
 Stateless: every answer is read from the store, so any number of recovery nodes can run and a
-client uses whichever answers. A malformed request gets an ``ErrorReply(BAD_REQUEST)``; a store
+client uses whichever answers. A malformed request gets an ``ErrorReply(BAD_REQUEST)`` (with its
+id whenever the id can be read); a gap fill for a stream the store does not know settles the
+whole range with nothing in it (the client reports it lost and stops asking); a store
 that cannot be reached gets ``ErrorReply(STORE_UNAVAILABLE)``; the node keeps serving.
 Requests are served concurrently up to ``MAX_IN_FLIGHT`` (each is one pipelined Redis call).
 """
@@ -47,6 +49,7 @@ class RecoveryStats:
     ticks_served: int = 0
     bad_requests: int = 0
     store_errors: int = 0
+    unknown_streams: int = 0  # gap fills for a stream no feed opened in the store (all lost)
 
 
 class RecoveryNode:
@@ -78,7 +81,10 @@ class RecoveryNode:
                     res = await self.store.fill(stream, lo, hi, self.section.max_fill)
                     self.stats.fills += 1
                     self.stats.ticks_served += sum(len(b.rows) for b in res.batches)
-                    return GapFillReply(rid, stream, lo, res.settled_to, res.batches, res.void)
+                    if not res.known_stream:
+                        self.stats.unknown_streams += 1
+                    return GapFillReply(rid, stream, lo, res.settled_to, res.batches, res.void,
+                                        res.unknown)
         except StoreError as exc:
             self.stats.store_errors += 1
             code = (ErrorCode.STORE_UNAVAILABLE if isinstance(exc, StoreUnavailable)

@@ -13,6 +13,9 @@ socket to the feed's PULL endpoint and sends one message per tick or per batch, 
 
 ``last`` and ``volume`` default to 0; the time is ``time_msc`` (MT5's milliseconds) or
 ``time_ns``, and defaults to the time of arrival. A batch is an array of such maps.
+
+A rejected tick is counted under one of :data:`REASONS` (a fixed set, so a peer sending junk
+cannot grow the counter; the detail goes to the log).
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import asyncio
 import csv
 import json
 import logging
-import math
 import random
 import time
 from collections import Counter
@@ -36,11 +38,23 @@ import zmq.asyncio
 
 from bus.logutil import RateLimitedLog
 from protocols.errors import ConfigError, InvalidTick
-from protocols.ticks.messages import check_row
+from protocols.ticks.messages import check_price, check_row, check_time
 
 log = logging.getLogger(__name__)
 
 RawTick = tuple[str, float, float, float, float, int]
+
+
+# The reasons a rejected tick is counted under (docs/PROTOCOL.md section 9).
+REASONS = ("wrong frame count", "undecodable message", "tick is not a map", "unknown symbol",
+           "bad bid", "bad ask", "bad last", "bad volume", "crossed quote", "bad time",
+           "bad CSV row")
+
+
+def invalid(reason: str, detail: str) -> InvalidTick:
+    """An :class:`InvalidTick` counted under ``reason`` (one of :data:`REASONS`)."""
+    assert reason in REASONS, reason
+    return InvalidTick(f"{reason}: {detail}")
 
 
 @dataclass(slots=True)
@@ -48,6 +62,12 @@ class SourceStats:
     accepted: int = 0
     rejected: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        # Not dataclasses.asdict: it rebuilds a Counter from its (key, count) pairs, counting
+        # the pairs, and the tuple keys then broke the feed's JSON stats file.
+        return {"accepted": self.accepted, "rejected": self.rejected,
+                "reasons": dict(self.reasons)}
 
 
 class Source(Protocol):
@@ -58,6 +78,20 @@ class Source(Protocol):
 
     def close(self) -> None:
         ...
+
+
+def _row_reason(bid: object, ask: object, last: object, volume: object, time_ns: object) -> str:
+    """The reason a row that ``check_row`` refused is counted under (the rejection path only)."""
+    for name, value in (("bid", bid), ("ask", ask), ("last", last), ("volume", volume)):
+        try:
+            check_price(name, value)
+        except ValueError:
+            return f"bad {name}"
+    try:
+        check_time("time", time_ns)
+    except ValueError:
+        return "bad time"
+    return "crossed quote"
 
 
 class _Validator:
@@ -71,15 +105,15 @@ class _Validator:
     def check(self, symbol: object, bid: object, ask: object, last: object, volume: object,
               time_ns: object) -> RawTick:
         if not isinstance(symbol, str) or symbol not in self.symbols:
-            raise InvalidTick(f"unknown symbol {symbol!r:.40}")
+            raise invalid("unknown symbol", f"{symbol!r:.40}")
         try:
             row = check_row((bid, ask, last, volume, time_ns, 0))
         except ValueError as exc:
-            raise InvalidTick(str(exc)) from None
+            raise invalid(_row_reason(bid, ask, last, volume, time_ns), str(exc)) from None
         return (symbol, row[0], row[1], row[2], row[3], row[4])
 
-    def reject(self, exc: Exception) -> None:
-        reason = str(exc).split(":")[0][:60]
+    def reject(self, exc: InvalidTick) -> None:
+        reason = str(exc).partition(":")[0]
         self.stats.rejected += 1
         self.stats.reasons[reason] += 1
         self._log.warning("%s", exc)
@@ -190,7 +224,7 @@ class Replay:
         except (TypeError, ValueError) as exc:
             if isinstance(exc, InvalidTick):
                 raise
-            raise InvalidTick(f"bad CSV row: {exc}") from None
+            raise invalid("bad CSV row", str(exc)) from None
 
     async def batches(self) -> AsyncIterator[list[RawTick]]:
         loop = asyncio.get_running_loop()
@@ -253,15 +287,17 @@ class EaBridge:
     def parse(self, frames: list[bytes]) -> list[RawTick]:
         """Decode one message into valid ticks; invalid ones are rejected and counted."""
         if len(frames) != 1:
-            self._v.reject(InvalidTick(f"message of {len(frames)} frames, need 1"))
+            self._v.reject(invalid("wrong frame count", f"{len(frames)} frames, need 1"))
             return []
         data = frames[0]
         try:
+            # JSON is sniffed after ASCII whitespace; a msgpack value starting with those bytes
+            # or with { or [ is a small integer, never a tick.
             doc: Any = (json.loads(data) if data.lstrip()[:1] in (b"{", b"[")
                         else msgpack.unpackb(data, raw=False))
         except (ValueError, TypeError, RecursionError, msgpack.ExtraData, msgpack.FormatError,
                 msgpack.StackError) as exc:
-            self._v.reject(InvalidTick(f"undecodable message: {exc}"))
+            self._v.reject(invalid("undecodable message", str(exc)))
             return []
         items = doc if isinstance(doc, list) else [doc]
         out: list[RawTick] = []
@@ -276,19 +312,16 @@ class EaBridge:
 
     def _tick(self, item: Any, now: int) -> RawTick:
         if not isinstance(item, dict):
-            raise InvalidTick(f"tick is not a map: {item!r:.60}")
+            raise invalid("tick is not a map", f"{item!r:.60}")
         t: Any = now
         if "time_ns" in item:
             t = item["time_ns"]
         elif "time_msc" in item:
-            t = item["time_msc"] * 1_000_000 if isinstance(item["time_msc"], int) else None
-        if not isinstance(t, int) or isinstance(t, bool):
-            raise InvalidTick("time must be an integer (time_msc or time_ns)")
-        last, volume = item.get("last", 0.0), item.get("volume", 0.0)
-        if isinstance(volume, float) and math.isnan(volume):
-            raise InvalidTick("volume is NaN")
-        return self._v.check(item.get("symbol"), item.get("bid"), item.get("ask"), last,
-                             volume, t)
+            msc = item["time_msc"]
+            # Not an integer: the validator rejects the None as "bad time" in its turn.
+            t = msc * 1_000_000 if isinstance(msc, int) and not isinstance(msc, bool) else None
+        return self._v.check(item.get("symbol"), item.get("bid"), item.get("ask"),
+                             item.get("last", 0.0), item.get("volume", 0.0), t)
 
     async def batches(self) -> AsyncIterator[list[RawTick]]:
         shadow: zmq.Socket[bytes] = zmq.Socket.shadow(self._sock.underlying)

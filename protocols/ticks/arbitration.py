@@ -8,9 +8,12 @@ Rules (after CME MDP 3.0 feed arbitration, MoldUDP64 re-requests and the ZeroMQ 
   sequence opens a *gap*: live data is queued (bounded) and the other path gets ``grace_s`` to
   fill the hole (GAP_WAIT). Then the recovery service is asked (RECOVERING) for everything from
   the hole to the newest sequence known; whatever arrives first, path or reply, fills it.
-* A reply *settles* a range: a sequence there that the reply neither carries nor declares void is
-  lost for good, and is reported as :class:`Lost`. Void ranges (sequence numbers a crashed feed
-  reserved but never used) are skipped and reported as :class:`Skipped`. An unsettled range (not
+* A reply *settles* a range: a sequence there that the reply neither carries nor declares void
+  or unknown is lost for good, and is reported as :class:`Lost`. Void ranges (proven never used)
+  are skipped and reported as :class:`Skipped`. Unknown ranges (numbers a crashed feed reserved:
+  it may have published ticks there, of which no copy is stored) are never skipped silently:
+  a number this receiver knows was published (it saw it, or a heartbeat past it, under the old
+  session) is :class:`Lost`, the rest is reported as :class:`Unknown`. An unsettled range (not
   checkpointed yet) is asked for again after ``retry_s``; a hole older than ``give_up_s`` is lost.
 * A heartbeat tells the next sequence of an idle stream, so a lost tail is detected too.
 * Sessions: a batch from an older session is stale and dropped. A newer session that continues
@@ -154,6 +157,16 @@ class Skipped:
 
 
 @dataclass(frozen=True, slots=True)
+class Unknown:
+    """Sequences ``first .. last`` may have carried ticks that this receiver did not get and no
+    store holds (reserved by a feed that crashed): perhaps lost, perhaps never used."""
+
+    stream: str
+    first: int
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
 class Reset:
     """The stream's sequence started over under ``new_session`` at ``new_seq``."""
 
@@ -163,7 +176,7 @@ class Reset:
     new_seq: int
 
 
-Effect = Deliver | DeliverSnapshot | RequestFill | Lost | Skipped | Reset
+Effect = Deliver | DeliverSnapshot | RequestFill | Lost | Skipped | Unknown | Reset
 
 
 @dataclass(slots=True)
@@ -174,29 +187,31 @@ class ArbiterStats:
     unrecoverable_gaps: int = 0  # closed with at least one tick lost
     lost: int = 0  # ticks lost
     skipped: int = 0  # void sequence numbers skipped
+    unknown: int = 0  # numbers of unknown ranges not received: perhaps ticks, perhaps unused
     stale: int = 0  # messages from an older session
     resets: int = 0
     pending_overflow: int = 0  # queued ticks dropped because the queue was full (re-fetched)
     fill_requests: int = 0
 
 
-def _split_void(first: int, last: int, void: tuple[SeqRange, ...]
-                ) -> list[tuple[int, int, bool]]:
-    """Split ``first..last`` into pieces ``(a, b, is_void)`` by the void ranges."""
-    pieces: list[tuple[int, int, bool]] = []
+def _split_ranges(first: int, last: int, void: tuple[SeqRange, ...],
+                  unknown: tuple[SeqRange, ...] = ()) -> list[tuple[int, int, str]]:
+    """Split ``first..last`` into pieces ``(a, b, kind)``, kind "void", "unknown" or "missing"."""
+    pieces: list[tuple[int, int, str]] = []
     cur = first
-    for r in sorted(void, key=lambda r: r.first):
+    marked = [(r, "void") for r in void] + [(r, "unknown") for r in unknown]
+    for r, kind in sorted(marked, key=lambda m: m[0].first):
         if r.last < cur or r.first > last:
             continue
         if r.first > cur:
-            pieces.append((cur, r.first - 1, False))
+            pieces.append((cur, r.first - 1, "missing"))
         hi = min(r.last, last)
-        pieces.append((max(cur, r.first), hi, True))
+        pieces.append((max(cur, r.first), hi, kind))
         cur = hi + 1
         if cur > last:
             break
     if cur <= last:
-        pieces.append((cur, last, False))
+        pieces.append((cur, last, "missing"))
     return pieces
 
 
@@ -215,6 +230,9 @@ class StreamArbiter:
     timer_at: float | None = None
     hole_since: float = 0.0
     hole_at: int = 0  # next_seq when the current hole was first seen
+    # known_end when each newer session took over: the numbers up to it were published, so
+    # those of an unknown range that never arrived are lost (kept while a hole may reach them)
+    restart_ends: list[int] = field(default_factory=list)
     stats: ArbiterStats = field(default_factory=ArbiterStats)
     history: deque[tuple[StreamState, Event, StreamState]] = field(default_factory=new_history)
     _lost_in_gap: bool = False
@@ -296,7 +314,8 @@ class StreamArbiter:
         return eff
 
     def on_fill(self, from_seq: int, settled_to: int, batches: tuple[tuple[int, int,
-                tuple[Row, ...]], ...], void: tuple[SeqRange, ...], now: float) -> list[Effect]:
+                tuple[Row, ...]], ...], void: tuple[SeqRange, ...], now: float,
+                unknown: tuple[SeqRange, ...] = ()) -> list[Effect]:
         """A gap-fill reply: ``batches`` are ``(session, first_seq, rows)``; it speaks for
         ``from_seq .. settled_to`` (``from_seq - 1``: nothing settled yet)."""
         if not 1 <= from_seq <= settled_to + 1:
@@ -320,7 +339,7 @@ class StreamArbiter:
             while self.next_seq <= limit:
                 above = next((s for s in queued if s > self.next_seq), None)
                 stop = limit if above is None else min(limit, above - 1)
-                self._settle_missing(self.next_seq, stop, void, eff)
+                self._settle_missing(self.next_seq, stop, void, eff, unknown)
                 self.next_seq = stop + 1
                 self._drain(eff)
         if not self._maybe_close(now):
@@ -398,7 +417,13 @@ class StreamArbiter:
             self.pending.clear()
             self._transition(Event.RESET)
             self.next_seq, self.known_end, self.timer_at = seq, seq - 1, None
-        self.session = session  # a newer session continuing the sequence: the feed restarted
+            self.restart_ends.clear()
+        else:  # a newer session continuing the sequence: the feed restarted
+            ends = [e for e in self.restart_ends if e >= self.next_seq]
+            if self.known_end >= max(self.next_seq, 1):
+                ends.append(self.known_end)
+            self.restart_ends = ends
+        self.session = session
         return True
 
     def _take(self, session: int, first_seq: int, rows: tuple[Row, ...],
@@ -480,14 +505,27 @@ class StreamArbiter:
         return True
 
     def _settle_missing(self, first: int, last: int, void: tuple[SeqRange, ...],
-                        eff: list[Effect]) -> None:
+                        eff: list[Effect], unknown: tuple[SeqRange, ...] = ()) -> None:
         if first > last:
             return
-        for a, b, is_void in _split_void(first, last, void):
-            if is_void:
+        for a, b, kind in _split_ranges(first, last, void, unknown):
+            if kind == "void":
                 eff.append(Skipped(self.stream, a, b))
                 self.stats.skipped += b - a + 1
+            elif kind == "unknown":
+                # The end known before the session that followed this range took over: ends
+                # of earlier restarts lie below the range, of later ones above it.
+                published = max((e for e in self.restart_ends if e <= b), default=0)
+                if published >= a:
+                    self._lose(a, published, eff)
+                if b > published:
+                    lo = max(a, published + 1)
+                    eff.append(Unknown(self.stream, lo, b))
+                    self.stats.unknown += b - lo + 1
             else:
-                eff.append(Lost(self.stream, a, b))
-                self.stats.lost += b - a + 1
-                self._lost_in_gap = True
+                self._lose(a, b, eff)
+
+    def _lose(self, first: int, last: int, eff: list[Effect]) -> None:
+        eff.append(Lost(self.stream, first, last))
+        self.stats.lost += last - first + 1
+        self._lost_in_gap = True

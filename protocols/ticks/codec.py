@@ -232,11 +232,13 @@ def encode_recovery(msg: RecoveryRequest | RecoveryReply) -> list[bytes]:
         case SnapshotReply(rid, entries):
             return [_short(Kind.SNAPSHOT_REPLY), _pack(
                 {"id": rid, "entries": [[e.stream, e.session, e.seq, e.row] for e in entries]})]
-        case GapFillReply(rid, stream, lo, settled, batches, void):
-            return [_short(Kind.GAP_FILL_REPLY), _pack({
-                "id": rid, "stream": stream, "from": lo, "settled_to": settled,
-                "batches": [[b.session, b.first_seq, b.rows] for b in batches],
-                "void": [[r.first, r.last] for r in void]})]
+        case GapFillReply(rid, stream, lo, settled, batches, void, unknown):
+            body = {"id": rid, "stream": stream, "from": lo, "settled_to": settled,
+                    "batches": [[b.session, b.first_seq, b.rows] for b in batches],
+                    "void": [[r.first, r.last] for r in void]}
+            if unknown:  # a later key: sent only when there is one (docs/PROTOCOL.md 8)
+                body["unknown"] = [[r.first, r.last] for r in unknown]
+            return [_short(Kind.GAP_FILL_REPLY), _pack(body)]
         case ErrorReply(rid, code, message):
             return [_short(Kind.ERROR_REPLY),
                     _pack({"id": rid, "code": int(code), "message": message})]
@@ -278,14 +280,19 @@ def _decode_body(frames: list[bytes] | tuple[bytes, ...]) -> tuple[Kind, dict[st
 
 
 def request_id_of(frames: list[bytes] | tuple[bytes, ...]) -> int:
-    """Best-effort request id of a (possibly malformed) request, for the error reply; else 0."""
-    try:
-        _kind, data = _decode_body(frames)
-        rid = data.get("id", 0)
-        ok = isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid < 2**63
-        return rid if ok else 0
-    except RemoteProtocolError:
+    """The id of a (possibly malformed) request, for its error reply: read from the second
+    frame whenever that is a msgpack map with a valid ``id``, whatever else is wrong with the
+    request (header, kind, other keys); 0 only when no id can be read."""
+    if len(frames) < 2:
         return 0
+    try:
+        data = msgpack.unpackb(frames[1], raw=False, strict_map_key=False)
+    except Exception:  # msgpack raises several unrelated types on bad input
+        return 0
+    rid = data.get("id") if isinstance(data, dict) else None
+    if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid < 2**63:
+        return rid
+    return 0
 
 
 def decode_request(frames: list[bytes] | tuple[bytes, ...]) -> RecoveryRequest:
@@ -316,7 +323,8 @@ def decode_reply(frames: list[bytes] | tuple[bytes, ...]) -> RecoveryReply:
                 d["id"], stream, d["from"], d["settled_to"],
                 tuple(TickBatch(stream, ses, first, tuple(check_row(r) for r in rows))
                       for ses, first, rows in d["batches"]),
-                tuple(SeqRange(a, b) for a, b in d["void"]))
+                tuple(SeqRange(a, b) for a, b in d["void"]),
+                tuple(SeqRange(a, b) for a, b in d.get("unknown", ())))
         if kind == Kind.ERROR_REPLY:
             return ErrorReply(d["id"], ErrorCode(d["code"]), str(d["message"]))
     except (KeyError, TypeError, ValueError) as exc:

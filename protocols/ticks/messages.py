@@ -43,16 +43,23 @@ def check_stream(stream: object) -> str:
     return stream
 
 
-def _check_price(name: str, value: object) -> None:
+def check_price(name: str, value: object) -> None:
+    """Raise ``ValueError`` unless ``value`` is a valid price or volume (section 7)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise ValueError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer beyond the float range (JSON has no size limit)
+        finite = False
+    if not finite or value < 0:
+        raise ValueError(f"{name} must be finite and >= 0, got {value!r:.40}")
 
 
-def _check_time(name: str, value: object) -> None:
+def check_time(name: str, value: object) -> None:
+    """Raise ``ValueError`` unless ``value`` is a time in ns that fits a u64 (section 7)."""
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 2**64 - 1:
-        raise ValueError(f"{name} must be an integer of nanoseconds >= 0, got {value!r}")
+        raise ValueError(f"{name} must be an integer of nanoseconds in 0..2**64-1, "
+                         f"got {value!r:.40}")
 
 
 def check_row(row: object) -> Row:
@@ -60,12 +67,12 @@ def check_row(row: object) -> Row:
     if not isinstance(row, (list, tuple)) or len(row) < ROW_FIELDS:
         raise ValueError(f"a tick row needs {ROW_FIELDS} fields, got {row!r:.80}")
     bid, ask, last, volume, src, feed = row[:ROW_FIELDS]
-    _check_price("bid", bid)
-    _check_price("ask", ask)
-    _check_price("last", last)
-    _check_price("volume", volume)
-    _check_time("source_time_ns", src)
-    _check_time("feed_time_ns", feed)
+    check_price("bid", bid)
+    check_price("ask", ask)
+    check_price("last", last)
+    check_price("volume", volume)
+    check_time("source_time_ns", src)
+    check_time("feed_time_ns", feed)
     if bid > ask and ask > 0:
         raise ValueError(f"crossed quote: bid {bid} > ask {ask}")
     return (float(bid), float(ask), float(last), float(volume), src, feed)
@@ -292,10 +299,12 @@ class GapFillReply:
     """The answer to a :class:`GapFillRequest`.
 
     ``settled_to`` is the highest sequence the service can speak for: every sequence in
-    ``from_seq .. settled_to`` is either in ``batches``, inside a ``void`` range (never carried a
-    tick: numbers a crashed feed had reserved but not used), or lost for good (trimmed from the
-    capped stream). Sequences above ``settled_to`` were not checkpointed yet; ask again later.
-    ``settled_to`` is ``from_seq - 1`` when nothing is settled yet.
+    ``from_seq .. settled_to`` is either in ``batches``, inside a ``void`` range (proven never to
+    have carried a tick), inside an ``unknown`` range (reserved by a feed that died before its
+    checkpoints caught up: it may have published ticks there, of which no copy is stored), or
+    lost for good (trimmed from the capped stream). Sequences above ``settled_to`` were not
+    checkpointed yet; ask again later. ``settled_to`` is ``from_seq - 1`` when nothing is
+    settled yet.
     """
 
     request_id: int
@@ -304,6 +313,7 @@ class GapFillReply:
     settled_to: int
     batches: tuple[TickBatch, ...] = ()
     void: tuple[SeqRange, ...] = ()
+    unknown: tuple[SeqRange, ...] = ()
 
     def __post_init__(self) -> None:
         _check_request_id(self.request_id)
@@ -361,6 +371,8 @@ __all__ = [
     "SnapshotRequest",
     "Tick",
     "TickBatch",
+    "check_price",
     "check_row",
     "check_stream",
+    "check_time",
 ]

@@ -87,9 +87,10 @@ class Mesh:
                 truth = await store.fill(stream, seqs[0], last, 10**7)
                 stored: dict[int, Row] = {b.first_seq + i: r for b in truth.batches
                                           for i, r in enumerate(b.rows)}
-                # Only numbers a killed feed reserved and the store marks void may be absent
-                # (a void range may also hold ticks the dead feed did publish: delivered live).
-                void = {s for r in truth.void for s in range(r.first, r.last + 1)}
+                # Only numbers a killed feed reserved (an unknown range in the store) may be
+                # absent: it may have published some of them (delivered live), or not.
+                void = {s for r in (*truth.void, *truth.unknown)
+                        for s in range(r.first, r.last + 1)}
                 missing = set(range(seqs[0], last + 1)) - set(seqs) - void
                 assert not missing, f"{stream}: {len(missing)} ticks never delivered"
                 for tick in self.got[stream]:

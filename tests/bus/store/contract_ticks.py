@@ -3,7 +3,11 @@ whatever keeps the ticks.
 
 * A feed session starts each stream above every number an earlier session may have used: new
   streams at 1, after a clean end right after the last checkpoint, after a crash above the
-  reservation, whose unused numbers are then reported as *void* (never as ticks).
+  reservation. The numbers between the last checkpoint and that reservation are reported as
+  *unknown*: the killed feed may have published some of them (issue 9), so a receiver that did
+  not see one counts it, never skips it. *Void* is only for numbers proven unused.
+* A fill of a stream no feed ever opened is settled over the whole range with nothing in it
+  (``known_stream`` False), so a client stops asking.
 * A write persists runs of ticks, the last value and the checkpointed sequence of each stream,
   and may extend the stream's reservation; a retried write is harmless.
 * ``fill`` speaks only for what is checkpointed (``settled_to``), returns ticks exactly as
@@ -87,7 +91,7 @@ class TickStoreContract:
             assert nothing.settled_to == 10 and not nothing.batches
         run_with(tick_store, body)
 
-    def test_a_session_never_ended_is_resumed_above_its_reservation_with_a_void(
+    def test_a_session_never_ended_is_resumed_above_its_reservation_with_an_unknown_range(
             self, tick_store: OpenTickStore) -> None:
         async def body(store: TickStore) -> None:
             await store.start_session("f", 1, ["X"], 100)
@@ -97,8 +101,11 @@ class TickStoreContract:
             assert starts == {"X": 101}
             res = await store.fill("X", 5, 101, 1000)
             assert filled_seqs(res) == list(range(5, 11))
-            assert res.void == (SeqRange(11, 100),)
+            # Not void (proven unused): the killed feed may have published there.
+            assert res.unknown == (SeqRange(11, 100),) and res.void == ()
             assert res.settled_to == 100
+            part = await store.fill("X", 50, 60, 1000)
+            assert part.unknown == (SeqRange(50, 60),) and part.settled_to == 60
         run_with(tick_store, body)
 
     def test_a_write_extends_the_reservation(self, tick_store: OpenTickStore) -> None:
@@ -108,7 +115,7 @@ class TickStoreContract:
             assert await store.start_session("f", 2, ["X"], 100) == {"X": 501}  # killed
             res = await store.fill("X", 1, 600, 1000)
             assert filled_seqs(res) == list(range(1, 11))
-            assert (res.void, res.settled_to) == ((SeqRange(11, 500),), 500)
+            assert (res.unknown, res.void, res.settled_to) == ((SeqRange(11, 500),), (), 500)
         run_with(tick_store, body)
 
     def test_a_clean_end_releases_the_reservation(self, tick_store: OpenTickStore) -> None:
@@ -117,7 +124,20 @@ class TickStoreContract:
             await store.write([CheckpointRun("X", 1, 1, rows(1, 10))], 10_000)
             await store.end_session("f", {"X": 10})
             assert await store.start_session("f", 2, ["X"], 100) == {"X": 11}
-            assert (await store.fill("X", 1, 10, 100)).void == ()
+            res = await store.fill("X", 1, 10, 100)
+            assert res.void == () and res.unknown == ()
+        run_with(tick_store, body)
+
+    def test_a_stream_no_feed_opened_is_settled_with_nothing(
+            self, tick_store: OpenTickStore) -> None:
+        async def body(store: TickStore) -> None:
+            await store.start_session("f", 1, ["X"], 100)
+            res = await store.fill("NOPE", 5, 20, 1000)
+            assert (res.settled_to, res.batches, res.void, res.unknown) == (20, (), (), ())
+            assert not res.known_stream
+            # A stream a feed opened but has not checkpointed yet: nothing settled, ask again.
+            opened = await store.fill("X", 1, 20, 1000)
+            assert opened.settled_to == 0 and opened.known_stream
         run_with(tick_store, body)
 
     def test_each_batch_carries_the_session_that_published_it(

@@ -4,6 +4,7 @@ checkpointer against a real redis-server."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -87,6 +88,21 @@ def test_checkpointer_buffers_while_store_is_down_then_catches_up(
         assert cp.reserved("X") == 170  # 70 + block: extended past half the block
         assert filled_seqs(await store.fill("X", 1, 70, 100)) == list(range(1, 71))
     with_store(redis_server, body)
+
+
+@pytest.mark.parametrize("interval_s", [0.001, 0.1, 2.0])
+def test_checkpointer_takes_any_interval_the_config_allows(interval_s: float) -> None:
+    """checkpoint_ms above 100 made the retry back-off refuse (base above its 100 ms cap), so
+    such a feed died at start-up."""
+    async def main() -> None:
+        store = RedisTickStore("redis://127.0.0.1:1/0", "t")  # never contacted
+        try:
+            cp = Checkpointer(store, interval_s=interval_s, capacity=10, stream_cap=10,
+                              reserve_block=100, reserved={})
+            assert cp.stats.written == 0
+        finally:
+            await store.close()
+    asyncio.run(main())
 
 
 def test_checkpointer_overflow_drops_oldest_and_counts(redis_server: RedisProcess) -> None:

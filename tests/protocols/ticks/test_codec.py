@@ -360,6 +360,10 @@ RECOVERY_REPLIES = [
                               (TickBatch("EURUSD", 5, 10, (row(1), row(2))),
                                TickBatch("EURUSD", 6, 25, (row(3),))),
                               (SeqRange(12, 20), SeqRange(26, 30))), id="fill-batches-void"),
+    pytest.param(GapFillReply(7, "EURUSD", 10, 100, (TickBatch("EURUSD", 5, 10, (row(1),)),),
+                              (), (SeqRange(11, 100),)), id="fill-unknown"),
+    pytest.param(GapFillReply(8, "EURUSD", 1, 30, (), (SeqRange(1, 5),),
+                              (SeqRange(6, 10), SeqRange(20, 30))), id="fill-void-and-unknown"),
     pytest.param(ErrorReply(5, ErrorCode.BAD_REQUEST, "bad magic"), id="error-bad-request"),
     pytest.param(ErrorReply(6, ErrorCode.STORE_UNAVAILABLE, "redis down"), id="error-store"),
     pytest.param(ErrorReply(0, ErrorCode.INTERNAL, ""), id="error-internal"),
@@ -398,6 +402,18 @@ def test_recovery_body_uses_the_documented_keys() -> None:
     assert msgpack.unpackb(raw) == {"id": 1, "code": 2, "message": "x"}
 
 
+def test_unknown_ranges_travel_under_a_key_old_peers_ignore() -> None:
+    """Issue 9: ``unknown`` came after version 1's first release. It is sent only when there
+    is one (a reply without it is byte-identical to before), an old client ignores it (and so
+    reports those numbers lost, not skipped), and a reply from an old service has none."""
+    _h, raw = encode_recovery(GapFillReply(4, "EURUSD", 10, 100, (), (), (SeqRange(11, 100),)))
+    assert msgpack.unpackb(raw) == {"id": 4, "stream": "EURUSD", "from": 10, "settled_to": 100,
+                                    "batches": [], "void": [], "unknown": [[11, 100]]}
+    old = _reply(Kind.GAP_FILL_REPLY, GOOD_FILL_REPLY)
+    assert "unknown" not in GOOD_FILL_REPLY
+    assert decode_reply(old).unknown == ()  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize("frames", [
     pytest.param([], id="no-frames"),
     pytest.param([b"junk"], id="one-frame"),
@@ -415,6 +431,28 @@ def test_request_id_of_junk_is_0(frames: list[bytes]) -> None:
 
 def test_request_id_of_a_malformed_request_with_an_id_is_that_id() -> None:
     frames = [short(Kind.GAP_FILL_REQUEST), msgpack.packb({"id": 77, "stream": "EURUSD"})]
+    with pytest.raises(RemoteProtocolError):
+        decode_request(frames)
+    assert request_id_of(frames) == 77
+
+
+@pytest.mark.parametrize("frames", [
+    pytest.param([b"TM\x02\x12", msgpack.packb({"id": 77})], id="version-2"),
+    pytest.param([b"XX\x01\x12", msgpack.packb({"id": 77})], id="bad-magic"),
+    pytest.param([b"TM\x01\x12\x00", msgpack.packb({"id": 77})], id="long-header"),
+    pytest.param([b"TM\x01", msgpack.packb({"id": 77})], id="short-header"),
+    pytest.param([short(99), msgpack.packb({"id": 77})], id="unknown-kind"),
+    pytest.param([short(Kind.TICKS), msgpack.packb({"id": 77})], id="feed-kind"),
+    pytest.param([short(Kind.GAP_FILL_REPLY), msgpack.packb({"id": 77})], id="reply-kind"),
+    pytest.param([short(Kind.GAP_FILL_REQUEST), msgpack.packb({"id": 77, 1: 2})],
+                 id="non-string-key"),
+    pytest.param([short(Kind.GAP_FILL_REQUEST), msgpack.packb({"id": 77}), b"x"],
+                 id="three-frames"),
+    pytest.param([short(Kind.SNAPSHOT_REQUEST), msgpack.packb({"id": 77, "prefixes": 5})],
+                 id="bad-prefixes"),
+])
+def test_request_id_is_echoed_whenever_it_can_be_read(frames: list[bytes]) -> None:
+    """Issue 9: the id was 0 for a bad header or kind but echoed for a bad key."""
     with pytest.raises(RemoteProtocolError):
         decode_request(frames)
     assert request_id_of(frames) == 77
@@ -499,6 +537,11 @@ MALFORMED_RECOVERY: list[tuple[str, Any, list[bytes], str]] = [
      "bad GAP_FILL_REPLY: ValueError"),
     ("fill-reply-inverted-void", decode_reply,
      _reply(Kind.GAP_FILL_REPLY, {**GOOD_FILL_REPLY, "void": [[9, 3]]}), "inverted range"),
+    ("fill-reply-inverted-unknown", decode_reply,
+     _reply(Kind.GAP_FILL_REPLY, {**GOOD_FILL_REPLY, "unknown": [[9, 3]]}), "inverted range"),
+    ("fill-reply-unknown-not-pairs", decode_reply,
+     _reply(Kind.GAP_FILL_REPLY, {**GOOD_FILL_REPLY, "unknown": [5]}),
+     "bad GAP_FILL_REPLY: TypeError"),
     ("snapshot-reply-entry-short", decode_reply,
      _reply(Kind.SNAPSHOT_REPLY, {"id": 1, "entries": [["EURUSD", 1, 2]]}),
      "bad SNAPSHOT_REPLY: ValueError"),
@@ -616,7 +659,8 @@ RECOVERY_VALUES = st.recursive(
     | st.text(max_size=6) | st.binary(max_size=4),
     lambda inner: st.lists(inner, max_size=5) | st.fixed_dictionaries(
         {}, optional={k: inner for k in ("id", "prefixes", "stream", "from", "to",
-                                         "settled_to", "batches", "void", "entries",
+                                         "settled_to", "batches", "void", "unknown",
+                                         "entries",
                                          "code", "message")}),
     max_leaves=30)
 
