@@ -65,7 +65,9 @@ class HeartbeatThread:
     def update(self, frames: list[bytes], now: float) -> None:
         """From the event loop: what to publish from now on, and proof that the loop runs.
 
-        One attribute each, replaced whole: the thread reads a consistent list."""
+        ``frames`` is the encoded heartbeat, ``protocols.orders.pair.encode_heartbeat``
+        (docs/PROTOCOL.md section 15), encoded by the caller at each update, not at each beat
+        here. One attribute each, replaced whole: the thread reads a consistent list."""
         self._frames = frames
         self._progress = now
 
