@@ -23,6 +23,8 @@ from typing import Any
 
 import zmq
 
+from bus.sockets import PEER_PUB, open_socket
+
 __all__ = ["HeartbeatThread"]
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,9 @@ class HeartbeatThread:
     def update(self, frames: list[bytes], now: float) -> None:
         """From the event loop: what to publish from now on, and proof that the loop runs.
 
-        One attribute each, replaced whole: the thread reads a consistent list."""
+        ``frames`` is the encoded heartbeat, ``protocols.orders.pair.encode_heartbeat``
+        (docs/PROTOCOL.md section 15), encoded by the caller at each update, not at each beat
+        here. One attribute each, replaced whole: the thread reads a consistent list."""
         self._frames = frames
         self._progress = now
 
@@ -80,13 +84,10 @@ class HeartbeatThread:
         self._thread.join(timeout=2.0)
 
     def _run(self) -> None:
-        sock = self._ctx.socket(zmq.PUB)
-        sock.setsockopt(zmq.LINGER, 0)
         try:
-            sock.bind(self._endpoint)
+            sock = open_socket(self._ctx, PEER_PUB, bind=self._endpoint)
         except zmq.ZMQError as exc:
             self._error = exc
-            sock.close()
             self._bound.set()
             return
         self._bound.set()

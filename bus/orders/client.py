@@ -50,6 +50,7 @@ import zmq.asyncio
 from bus.aio import LoopThread, cancel_and_wait
 from bus.config import MeshConfig
 from bus.logutil import RateLimitedLog
+from bus.sockets import ORDER_CLIENT, open_socket
 from protocols.backoff import Backoff, RequestTimer
 from protocols.errors import (
     ConfigError,
@@ -76,9 +77,6 @@ from protocols.orders.messages import (
 )
 
 log = logging.getLogger(__name__)
-
-RECONNECT_IVL_MS = 10
-RECONNECT_IVL_MAX_MS = 200
 
 
 def _default_backoff() -> Backoff:
@@ -162,13 +160,8 @@ class OrderClient:
         self._started = True
         self._ctx = zmq.asyncio.Context()
         for i, ep in enumerate(self.options.endpoints):
-            sock = self._ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
-            sock.setsockopt(zmq.ROUTING_ID, self.client_id.encode())
-            sock.connect(ep)
+            sock = open_socket(self._ctx, ORDER_CLIENT, connect=(ep,),
+                               routing_id=self.client_id.encode())
             self._socks.append(sock)
             self._tasks.append(asyncio.create_task(self._read(i), name=f"order-reader-{i}"))
 

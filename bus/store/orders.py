@@ -49,6 +49,7 @@ from protocols.backoff import Backoff
 from protocols.errors import Fenced, InvalidOrder, StoreError, StoreUnavailable
 from protocols.orders.codec import decode_order, encode_order
 from protocols.orders.messages import ExecutionReport, Order
+from protocols.wire import HEADER_SIZE
 
 # KEYS: epoch. ARGV: expected. Returns {1, new} on success, {0, current} otherwise.
 _ACQUIRE = """
@@ -105,7 +106,7 @@ return {0, redis.call('LRANGE', KEYS[1], at, -1)}
 """
 
 OPEN_PAGE = 200  # order records read and decoded per round trip by open_orders
-_HEADER = 4  # the order codec's header frame: "TM", version, kind
+_HEADER = HEADER_SIZE  # the order codec's header frame: "TM", version, kind
 
 
 class OrderStore(Protocol):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import zmq
 
+from bus.sockets import FEED_PUB, open_socket
 from protocols.ticks.codec import (
     encode_datagrams,
     encode_feed,
@@ -25,9 +26,6 @@ from protocols.ticks.codec import (
 )
 from protocols.ticks.messages import EndOfSession, FeedMessage, Heartbeat, Kind, Row, TickBatch
 
-# Enough batches queued per subscriber to ride through a GC pause without dropping; PUB's
-# default of 1,000 loses 30-65 % at full speed (see REFERENCES.md, section 6).
-PUB_HWM = 200_000
 UDP_SNDBUF = 4 * 1024 * 1024
 
 
@@ -48,10 +46,7 @@ class Publisher:
                  udp_targets: list[tuple[str, int]], *, max_datagram: int = 1472,
                  multicast_ttl: int = 1, multicast_interface: str = "127.0.0.1") -> None:
         self.stats = PublisherStats()
-        self._pub: zmq.Socket[bytes] = ctx.socket(zmq.PUB)
-        self._pub.setsockopt(zmq.LINGER, 0)
-        self._pub.setsockopt(zmq.SNDHWM, PUB_HWM)
-        self._pub.bind(pub_endpoint)
+        self._pub = open_socket(ctx, FEED_PUB, bind=pub_endpoint)
         self.endpoint: str = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self._targets = udp_targets
         self._max_datagram = max_datagram

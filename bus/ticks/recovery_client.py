@@ -19,6 +19,7 @@ import zmq
 import zmq.asyncio
 
 from bus.logutil import RateLimitedLog
+from bus.sockets import RECOVERY_CLIENT, open_socket
 from protocols.errors import RecoveryError, RecoveryTimeout, RemoteProtocolError
 from protocols.ticks.codec import decode_reply, encode_recovery
 from protocols.ticks.messages import (
@@ -38,13 +39,7 @@ CONNECT_POLL_S = 0.02
 class RecoveryClient:
     def __init__(self, ctx: zmq.asyncio.Context, endpoints: tuple[str, ...],
                  on_fill: Callable[[GapFillReply], None]) -> None:
-        self._sock = ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.IMMEDIATE, 1)
-        self._sock.setsockopt(zmq.RECONNECT_IVL, 50)
-        self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        for ep in endpoints:
-            self._sock.connect(ep)
+        self._sock = open_socket(ctx, RECOVERY_CLIENT, connect=endpoints)
         self._on_fill = on_fill
         self._ids = itertools.count(random.randrange(1, 2**40))
         self._waiters: dict[int, asyncio.Future[RecoveryReply]] = {}

@@ -34,6 +34,7 @@ import zmq.asyncio
 from bus.aio import LoopThread, cancel_and_wait
 from bus.config import MeshConfig, parse_hostport
 from bus.logutil import RateLimitedLog
+from bus.sockets import FEED_SUB, open_socket
 from bus.ticks.recovery_client import RecoveryClient
 from protocols.errors import ConfigError, RecoveryError, RemoteProtocolError
 from protocols.stats import nearest_rank
@@ -169,16 +170,8 @@ class Subscriber:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._ctx = zmq.asyncio.Context()
-        sub = self._ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.RCVHWM, 200_000)
-        sub.setsockopt(zmq.RECONNECT_IVL, 20)
-        sub.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
-        for prefix in self._prefixes:
-            sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())
-        for ep in self.options.feeds:
-            sub.connect(ep)
-        self._sub = sub
+        self._sub = open_socket(self._ctx, FEED_SUB, connect=self.options.feeds,
+                                subscribe=[prefix.encode() for prefix in self._prefixes])
         if self.options.udp_bind:
             try:
                 self._udp_sock = self._open_udp()

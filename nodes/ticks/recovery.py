@@ -22,6 +22,7 @@ import zmq.asyncio
 from bus.aio import cancel_and_wait
 from bus.config import MeshConfig, RecoverySection
 from bus.logutil import RateLimitedLog
+from bus.sockets import RECOVERY_SERVER, open_socket
 from bus.store.ticks import RedisTickStore, TickStore
 from nodes.common import stats_writer, supervise_tasks, write_json_atomic
 from protocols.errors import RemoteProtocolError, StoreError, StoreUnavailable
@@ -58,10 +59,7 @@ class RecoveryNode:
         self.section = section
         self.store: TickStore = store or RedisTickStore.from_config(cfg)
         self.ctx = zmq.asyncio.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a client gone: drop its reply
-        self.sock.bind(section.bind)
+        self.sock = open_socket(self.ctx, RECOVERY_SERVER, bind=section.bind)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.stats_path = stats_path
         self.stats = RecoveryStats()

@@ -37,6 +37,7 @@ import zmq
 import zmq.asyncio
 
 from bus.logutil import RateLimitedLog
+from bus.sockets import EA_BRIDGE, open_socket
 from protocols.errors import ConfigError, InvalidTick
 from protocols.ticks.messages import check_price, check_row, check_time
 
@@ -278,10 +279,7 @@ class EaBridge:
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, symbols: Iterable[str]) -> None:
         self._v = _Validator(symbols, "ea bridge")
         self.stats = self._v.stats
-        self._sock = ctx.socket(zmq.PULL)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.RCVHWM, 100_000)
-        self._sock.bind(endpoint)
+        self._sock = open_socket(ctx, EA_BRIDGE, bind=endpoint)
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def parse(self, frames: list[bytes]) -> list[RawTick]:

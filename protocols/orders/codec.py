@@ -1,6 +1,6 @@
 """Encode and decode order-path messages to ZeroMQ frames (sans-I/O).
 
-Every order message is two frames, like a recovery message::
+Every order message is two frames, the envelope of ``protocols.wire``::
 
     [magic "TM" | version u8 | kind u8, msgpack map]
 
@@ -16,11 +16,8 @@ Decoding is strict: anything malformed raises :class:`RemoteProtocolError` namin
 
 from __future__ import annotations
 
-import struct
 from enum import IntEnum
 from typing import Any, TypeVar
-
-import msgpack
 
 from protocols.errors import InvalidOrder, LocalProtocolError, RemoteProtocolError
 from protocols.orders.messages import (
@@ -45,10 +42,9 @@ from protocols.orders.messages import (
     check_id,
     reject_reason_for,
 )
-from protocols.ticks.codec import MAGIC, decode_envelope
-from protocols.ticks.messages import PROTOCOL_VERSION
-
-_HEADER = struct.Struct(">2sBB")
+from protocols.wire import decode_envelope
+from protocols.wire import pack_body as _pack
+from protocols.wire import pack_header as _header
 
 
 class OrderKind(IntEnum):
@@ -69,14 +65,6 @@ class OrderKind(IntEnum):
 
 _REQUESTS = frozenset({OrderKind.NEW_ORDER, OrderKind.CANCEL_ORDER, OrderKind.REPLACE_ORDER})
 _REPLIES = frozenset({OrderKind.ORDER_ACK, OrderKind.ORDER_REJECT})
-
-
-def _header(kind: OrderKind) -> bytes:
-    return _HEADER.pack(MAGIC, PROTOCOL_VERSION, kind)
-
-
-def _pack(body: dict[str, Any]) -> bytes:
-    return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def _new_order_map(m: NewOrder) -> dict[str, Any]:

@@ -9,7 +9,8 @@ heartbeats). On ZeroMQ the message is three frames ``[topic, header, body]`` whe
 the stream name plus a NUL byte, so a SUB socket can filter by exact symbol (``b"EURUSD\\0"``) or
 by prefix (``b"EUR"``). On UDP one datagram is ``header + body``.
 
-Recovery messages are two frames ``[magic "TM" | version | kind, msgpack map]``.
+Recovery messages are two frames ``[magic "TM" | version | kind, msgpack map]``: the shared
+envelope of ``protocols.wire``, which also opens the feed header.
 
 Decoding is strict: anything malformed raises :class:`RemoteProtocolError` naming the reason.
 docs/PROTOCOL.md is the normative description.
@@ -19,8 +20,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from enum import IntEnum
-from typing import Any, TypeVar
+from typing import Any
 
 import msgpack
 
@@ -28,7 +28,6 @@ from protocols.errors import LocalProtocolError, RemoteProtocolError
 from protocols.ticks.messages import (
     MAX_BATCH,
     MAX_STREAM_BYTES,
-    PROTOCOL_VERSION,
     EndOfSession,
     ErrorCode,
     ErrorReply,
@@ -47,11 +46,13 @@ from protocols.ticks.messages import (
     TickBatch,
     check_row,
 )
+from protocols.wire import MAGIC, PREFIX, PROTOCOL_VERSION, check_prefix, decode_envelope
+from protocols.wire import pack_body as _pack
+from protocols.wire import pack_header as _short
 
-MAGIC = b"TM"
-_FEED_HEADER = struct.Struct(">2sBBQQHB")
+# The envelope's prefix (magic, version, kind), then session, first_seq, count, stream length.
+_FEED_HEADER = struct.Struct(PREFIX.format + "QQHB")
 FEED_HEADER_MIN = _FEED_HEADER.size  # 23 bytes, then the stream name
-_SHORT_HEADER = struct.Struct(">2sBB")
 _FEED_KINDS = frozenset({Kind.TICKS, Kind.HEARTBEAT, Kind.END_OF_SESSION})
 # A datagram that fits a 1500-byte Ethernet MTU after IPv4 (20) and UDP (8) headers.
 DEFAULT_DATAGRAM_BYTES = 1472
@@ -140,10 +141,7 @@ def decode_header(buf: bytes | memoryview) -> FeedHeader:
     if len(buf) < FEED_HEADER_MIN:
         raise RemoteProtocolError(f"feed header of {len(buf)} bytes, need >= {FEED_HEADER_MIN}")
     magic, version, kind, session, first_seq, count, n = _FEED_HEADER.unpack_from(buf)
-    if magic != MAGIC:
-        raise RemoteProtocolError(f"bad magic {bytes(magic)!r}")
-    if version != PROTOCOL_VERSION:
-        raise RemoteProtocolError(f"unsupported protocol version {version}")
+    check_prefix(magic, version)
     if kind not in _FEED_KINDS:
         raise RemoteProtocolError(f"kind {kind} is not a feed message")
     if not 0 < n <= MAX_STREAM_BYTES or len(buf) < FEED_HEADER_MIN + n:
@@ -213,14 +211,6 @@ def decode_datagram(data: bytes | memoryview) -> FeedMessage:
 # --- recovery request/reply ------------------------------------------------------------------
 
 
-def _short(kind: Kind) -> bytes:
-    return _SHORT_HEADER.pack(MAGIC, PROTOCOL_VERSION, kind)
-
-
-def _pack(body: dict[str, Any]) -> bytes:
-    return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
-
-
 def encode_recovery(msg: RecoveryRequest | RecoveryReply) -> list[bytes]:
     """Encode a recovery request or reply as ZeroMQ frames ``[header, body]``."""
     match msg:
@@ -243,36 +233,6 @@ def encode_recovery(msg: RecoveryRequest | RecoveryReply) -> list[bytes]:
             return [_short(Kind.ERROR_REPLY),
                     _pack({"id": rid, "code": int(code), "message": message})]
     raise LocalProtocolError(f"not a recovery message: {msg!r:.80}")
-
-
-EnvelopeKind = TypeVar("EnvelopeKind", bound=IntEnum)
-
-
-def decode_envelope(frames: list[bytes] | tuple[bytes, ...], kinds: type[EnvelopeKind],
-                    what: str, kind_label: str = "") -> tuple[EnvelopeKind, dict[str, Any]]:
-    """Check the two-frame envelope ``[magic | version | kind, msgpack map]`` shared by the
-    recovery and order protocols; return the kind (one of ``kinds``) and the map."""
-    if len(frames) != 2:
-        raise RemoteProtocolError(f"{what} message of {len(frames)} frames, need 2")
-    header, body = frames
-    if len(header) != _SHORT_HEADER.size:
-        raise RemoteProtocolError(f"{what} header of {len(header)} bytes")
-    magic, version, raw_kind = _SHORT_HEADER.unpack(header)
-    if magic != MAGIC:
-        raise RemoteProtocolError(f"bad magic {bytes(magic)!r}")
-    if version != PROTOCOL_VERSION:
-        raise RemoteProtocolError(f"unsupported protocol version {version}")
-    try:
-        kind = kinds(raw_kind)
-    except ValueError:
-        raise RemoteProtocolError(f"unknown {kind_label}kind {raw_kind}") from None
-    try:
-        data = msgpack.unpackb(body, raw=False, strict_map_key=True)
-    except Exception as exc:  # msgpack raises several unrelated types on bad input
-        raise RemoteProtocolError(f"body is not msgpack: {exc}") from exc
-    if not isinstance(data, dict):
-        raise RemoteProtocolError("body is not a map")
-    return kind, data
 
 
 def _decode_body(frames: list[bytes] | tuple[bytes, ...]) -> tuple[Kind, dict[str, Any]]:

@@ -17,10 +17,11 @@ import math
 from dataclasses import dataclass
 from enum import IntEnum
 
+from protocols.wire import PROTOCOL_VERSION
+
 _new = object.__new__
 _set = object.__setattr__  # frozen dataclasses are filled this way by their own __init__
 
-PROTOCOL_VERSION = 1
 MAX_STREAM_BYTES = 64
 MAX_BATCH = 0xFFFE  # u16 count; 0xFFFF is reserved (MoldUDP64's end-of-session marker)
 MAX_SEQ = 2**63 - 1  # fits i64 as well as u64, so non-C peers and Redis ids stay simple

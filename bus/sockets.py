@@ -1,0 +1,181 @@
+"""Every ZeroMQ socket of the mesh is made here: :func:`open_socket` with a role's spec.
+
+    sock = open_socket(ctx, FEED_SUB, connect=feeds, subscribe=[b"EUR"])
+
+A :class:`SocketSpec` is the whole configuration of one socket role, frozen: its type,
+high-water marks, reconnect intervals, ``IMMEDIATE``, ``ROUTER_HANDOVER`` and
+``ROUTER_MANDATORY``, and the largest frame it accepts from a peer (``MAXMSGSIZE``). Every
+socket gets ``LINGER`` 0: a node that stops drops what it has not sent (the peers' retries and
+the recovery service cover it) instead of hanging in ``ctx.term()``. The values are the ones
+each site set by hand before this module, so behaviour is unchanged except for ``MAXMSGSIZE``,
+which no socket had.
+
+**Frame limits.** libzmq checks ``MAXMSGSIZE`` against every *frame* a peer sends, including
+the handshake's commands, and disconnects a peer whose frame is larger: that frame is never
+read into memory, the socket goes on serving its other peers, and the peer reconnects. Each
+limit is the largest frame the role's protocol allows, rounded up (docs/PROTOCOL.md section 16):
+
+* ``HANDSHAKE_BYTES`` 1 KiB, the floor of every limit: a READY command naming a 255-byte
+  routing id is about 300 bytes, CURVE's INITIATE about as much.
+* ``SUBSCRIPTION_BYTES`` 1 KiB: a PUB reads only SUBSCRIBE commands (10 bytes and a topic of at
+  most 65).
+* ``FEED_FRAME_BYTES`` 4 MiB: a TICKS body of ``MAX_BATCH`` rows with every number 9 bytes wide
+  is 3.6 MB (``TICK_BODY_MAX``); the rest leaves rows room for later fields.
+* ``RECOVERY_REQUEST_BYTES`` 128 KiB: a snapshot request of 1,024 prefixes of 64 bytes is 68 KB.
+* ``RECOVERY_REPLY_BYTES`` 16 MiB: a gap fill of 200,000 ticks even at one tick per batch (15
+  MB; a recovery node's ``max_fill`` is 50,000 by default), or a snapshot of 100,000 streams
+  with 64-byte names (14 MB).
+* ``ORDER_FRAME_BYTES`` 64 KiB: the largest order message, an ORDER record (five ids of at most
+  64 bytes, a dozen numbers), is under 1 KiB; the rest leaves a reject's free-text ``message``
+  room.
+* ``EA_FRAME_BYTES`` 1 MiB: an EA bridge message, one tick or a batch of thousands.
+* ``HEARTBEAT_BYTES`` 1 KiB: a PEER_HEARTBEAT is about 20 bytes.
+
+**Security.** :func:`open_socket` is the one place that configures a socket before it binds
+or connects; the security issue adds CURVE there, once for every role (the marked line).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import zmq
+
+from protocols.ticks.messages import MAX_BATCH, ROW_FIELDS
+
+__all__ = [
+    "BACKEND_CLIENTS",
+    "BACKEND_EXECUTOR",
+    "BACKEND_UPDATES",
+    "EA_BRIDGE",
+    "EXECUTOR",
+    "FEED_PUB",
+    "FEED_SUB",
+    "ORDER_CLIENT",
+    "PEER_PUB",
+    "PEER_SUB",
+    "RECOVERY_CLIENT",
+    "RECOVERY_SERVER",
+    "SocketSpec",
+    "open_socket",
+]
+
+KiB = 1024
+MiB = 1024 * KiB
+
+# The widest msgpack number (a float64, a u64) with its type byte, and the array headers.
+_NUMBER = 9
+TICK_BODY_MAX = 3 + MAX_BATCH * (1 + ROW_FIELDS * _NUMBER)  # 3,604,373 bytes
+
+HANDSHAKE_BYTES = 1 * KiB
+SUBSCRIPTION_BYTES = HANDSHAKE_BYTES
+FEED_FRAME_BYTES = 4 * MiB
+RECOVERY_REQUEST_BYTES = 128 * KiB
+RECOVERY_REPLY_BYTES = 16 * MiB
+ORDER_FRAME_BYTES = 64 * KiB
+EA_FRAME_BYTES = 1 * MiB
+HEARTBEAT_BYTES = HANDSHAKE_BYTES
+
+# libzmq's defaults, named so that every spec states each value.
+DEFAULT_HWM = 1000
+DEFAULT_RECONNECT_IVL_MS = 100
+DEFAULT_RECONNECT_IVL_MAX_MS = 0  # 0: no backoff, every retry after RECONNECT_IVL
+
+_S = TypeVar("_S", bound="zmq.Socket[Any]")
+
+
+@dataclass(frozen=True, slots=True)
+class SocketSpec:
+    """How one socket role is configured; :func:`open_socket` applies it."""
+
+    role: str  # for errors and logs
+    kind: int  # zmq.PUB, zmq.SUB, ...
+    maxmsgsize: int  # the largest frame read from a peer (MAXMSGSIZE)
+    sndhwm: int = DEFAULT_HWM
+    rcvhwm: int = DEFAULT_HWM
+    reconnect_ivl_ms: int = DEFAULT_RECONNECT_IVL_MS
+    reconnect_ivl_max_ms: int = DEFAULT_RECONNECT_IVL_MAX_MS
+    immediate: bool = False  # queue only for connected peers: a send to none fails at once
+    handover: bool = False  # ROUTER: a peer reconnecting with its routing id takes the route
+    mandatory: bool = False  # ROUTER: a send to an unknown routing id raises (else dropped)
+
+    def __post_init__(self) -> None:
+        if self.maxmsgsize < HANDSHAKE_BYTES:
+            raise ValueError(f"{self.role}: maxmsgsize {self.maxmsgsize} is below the "
+                             f"handshake's {HANDSHAKE_BYTES} bytes")
+        if (self.handover or self.mandatory) and self.kind != zmq.ROUTER:
+            raise ValueError(f"{self.role}: handover and mandatory are ROUTER options")
+
+    def options(self) -> list[tuple[int, int]]:
+        """The (option, value) pairs set on the socket, in order."""
+        opts: list[tuple[int, int]] = [
+            (zmq.LINGER, 0), (zmq.SNDHWM, self.sndhwm), (zmq.RCVHWM, self.rcvhwm),
+            (zmq.RECONNECT_IVL, self.reconnect_ivl_ms),
+            (zmq.RECONNECT_IVL_MAX, self.reconnect_ivl_max_ms),
+            (zmq.MAXMSGSIZE, self.maxmsgsize), (zmq.IMMEDIATE, int(self.immediate))]
+        if self.kind == zmq.ROUTER:
+            opts += [(zmq.ROUTER_HANDOVER, int(self.handover)),
+                     (zmq.ROUTER_MANDATORY, int(self.mandatory))]
+        return opts
+
+
+def open_socket(ctx: zmq.Context[_S], spec: SocketSpec, *, bind: str | None = None,
+                connect: Iterable[str] = (), routing_id: bytes | None = None,
+                subscribe: Iterable[bytes] = ()) -> _S:
+    """A new socket of ``ctx`` configured by ``spec``, then bound and/or connected.
+
+    ``routing_id`` is the identity a ROUTER peer sees; ``subscribe`` the topic prefixes of a
+    SUB. The options are all set before the first bind or connect (most apply only to
+    connections made after them). If binding or connecting fails the socket is closed and
+    the :class:`zmq.ZMQError` raised."""
+    sock = ctx.socket(spec.kind)
+    try:
+        for option, value in spec.options():
+            sock.setsockopt(option, value)
+        if routing_id is not None:
+            sock.setsockopt(zmq.ROUTING_ID, routing_id)
+        # Security: CURVE keys (CURVE_SERVER and the node's key pair where it binds,
+        # CURVE_SERVERKEY where it connects) and the ZAP domain are set here, for every role.
+        for prefix in subscribe:
+            sock.setsockopt(zmq.SUBSCRIBE, prefix)
+        if bind is not None:
+            sock.bind(bind)
+        for endpoint in connect:
+            sock.connect(endpoint)
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
+# --- the roles ------------------------------------------------------------------------------
+
+# Ticks. The feed's PUB queues enough batches per subscriber to ride through a GC pause: PUB's
+# default of 1,000 loses 30-65 % at full speed (REFERENCES.md, section 6).
+FEED_PUB = SocketSpec("feed pub", zmq.PUB, SUBSCRIPTION_BYTES, sndhwm=200_000)
+FEED_SUB = SocketSpec("feed sub", zmq.SUB, FEED_FRAME_BYTES, rcvhwm=200_000,
+                      reconnect_ivl_ms=20, reconnect_ivl_max_ms=500)
+# A client gone: drop its reply (not mandatory). Clients use random routing ids: no handover.
+RECOVERY_SERVER = SocketSpec("recovery", zmq.ROUTER, RECOVERY_REQUEST_BYTES)
+# IMMEDIATE: a request never queues for a recovery node that is not connected.
+RECOVERY_CLIENT = SocketSpec("recovery client", zmq.DEALER, RECOVERY_REPLY_BYTES,
+                             immediate=True, reconnect_ivl_ms=50, reconnect_ivl_max_ms=1000)
+EA_BRIDGE = SocketSpec("ea bridge", zmq.PULL, EA_FRAME_BYTES, rcvhwm=100_000)
+
+# Orders. Clients and executors keep their routing id across reconnects and restarts: the
+# backend's ROUTERs hand the route to the newest connection instead of refusing it.
+ORDER_CLIENT = SocketSpec("order client", zmq.DEALER, ORDER_FRAME_BYTES, immediate=True,
+                          reconnect_ivl_ms=10, reconnect_ivl_max_ms=200)
+BACKEND_CLIENTS = SocketSpec("backend clients", zmq.ROUTER, ORDER_FRAME_BYTES, handover=True)
+# The executor is addressed by its configured routing id; mandatory, an absent one raises
+# instead of the order vanishing (the backend's re-drive sends it again later).
+BACKEND_EXECUTOR = SocketSpec("backend executor", zmq.ROUTER, ORDER_FRAME_BYTES,
+                              handover=True, mandatory=True)
+BACKEND_UPDATES = SocketSpec("backend updates", zmq.PUB, SUBSCRIPTION_BYTES)
+EXECUTOR = SocketSpec("executor", zmq.DEALER, ORDER_FRAME_BYTES, reconnect_ivl_ms=10,
+                      reconnect_ivl_max_ms=200)
+# The backend pair's heartbeats (bus.orders.beacon publishes, the other node subscribes).
+PEER_PUB = SocketSpec("peer pub", zmq.PUB, SUBSCRIPTION_BYTES)
+PEER_SUB = SocketSpec("peer sub", zmq.SUB, HEARTBEAT_BYTES)

@@ -1,0 +1,111 @@
+"""The pair heartbeat codec: round trips of every state, the byte layout, fixed codes, a table
+of malformed frames with the reason each names, and junk that raises only RemoteProtocolError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protocols.errors import RemoteProtocolError
+from protocols.orders.binary_star import State
+from protocols.orders.codec import OrderKind
+from protocols.orders.pair import (
+    STATE_CODES,
+    PairKind,
+    PeerHeartbeat,
+    decode_heartbeat,
+    encode_heartbeat,
+)
+from protocols.ticks.messages import Kind
+
+
+@pytest.mark.parametrize("state", list(State), ids=lambda s: s.name)
+@pytest.mark.parametrize("epoch", [0, 1, 2**63 - 1])
+def test_round_trip(state: State, epoch: int) -> None:
+    beat = PeerHeartbeat(state, epoch)
+    frames = encode_heartbeat(beat)
+    assert decode_heartbeat(frames) == beat
+    assert decode_heartbeat(tuple(frames)) == beat
+
+
+def test_layout_is_the_envelope_with_kind_64_and_a_two_key_map() -> None:
+    assert encode_heartbeat(PeerHeartbeat(State.ACTIVE, 7)) == [
+        b"TM\x01\x40", b"\x82\xa5state\x04\xa5epoch\x07"]
+
+
+def test_state_codes_are_fixed_and_cover_every_state() -> None:
+    assert {s.name: c for s, c in STATE_CODES.items()} == {
+        "PRIMARY": 1, "BACKUP": 2, "TAKING_OVER": 3, "ACTIVE": 4, "PASSIVE": 5}
+    assert set(STATE_CODES) == set(State)
+
+
+def test_pair_kinds_never_collide_with_tick_or_order_kinds() -> None:
+    assert {k.name: int(k) for k in PairKind} == {"PEER_HEARTBEAT": 64}
+    assert all(64 <= k <= 71 for k in PairKind)
+    assert not {int(k) for k in PairKind} & ({int(k) for k in Kind} | {int(k) for k in OrderKind})
+
+
+def test_unknown_keys_are_ignored() -> None:
+    body = msgpack.packb({"state": 5, "epoch": 3, "later": [1, 2]})
+    assert decode_heartbeat([b"TM\x01\x40", body]) == PeerHeartbeat(State.PASSIVE, 3)
+
+
+def _beat(**body: Any) -> list[bytes]:
+    return [b"TM\x01\x40", msgpack.packb(body)]
+
+
+MALFORMED: list[Any] = [
+    pytest.param([b"active", b"1"], "pair header of 6 bytes", id="legacy-text-frames"),
+    pytest.param([b"TM\x01\x40"], "pair message of 1 frames, need 2", id="one-frame"),
+    pytest.param([b"TM\x02\x40", msgpack.packb({"state": 4, "epoch": 1})],
+                 "unsupported protocol version 2", id="version-2"),
+    pytest.param([b"TM\x01\x20", msgpack.packb({"state": 4, "epoch": 1})],
+                 "unknown pair kind 32", id="an-order-kind"),
+    pytest.param([b"TM\x01\x40", b"\xc1"], "body is not msgpack", id="not-msgpack"),
+    pytest.param(_beat(epoch=1), "KeyError 'state'", id="no-state"),
+    pytest.param(_beat(state=4), "KeyError 'epoch'", id="no-epoch"),
+    pytest.param(_beat(state=0, epoch=1), "unknown state code 0", id="state-0"),
+    pytest.param(_beat(state=6, epoch=1), "unknown state code 6", id="state-6"),
+    pytest.param(_beat(state="active", epoch=1), "unknown state code 'active'",
+                 id="state-as-name"),
+    pytest.param(_beat(state=True, epoch=1), "unknown state code True", id="state-bool"),
+    pytest.param(_beat(state=4, epoch=-1), "epoch must be an integer", id="epoch-negative"),
+    pytest.param(_beat(state=4, epoch=2**63), "epoch must be an integer", id="epoch-2^63"),
+    pytest.param(_beat(state=4, epoch=1.0), "epoch must be an integer", id="epoch-float"),
+    pytest.param(_beat(state=4, epoch="1"), "epoch must be an integer", id="epoch-text"),
+    pytest.param(_beat(state=4, epoch=None), "epoch must be an integer", id="epoch-nil"),
+]
+
+
+@pytest.mark.parametrize("frames, reason", MALFORMED)
+def test_malformed_heartbeats_name_the_reason(frames: list[bytes], reason: str) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_heartbeat(frames)
+    assert reason in info.value.reason
+
+
+@pytest.mark.parametrize("state, epoch", [("active", 1), (State.ACTIVE, -1),
+                                          (State.ACTIVE, True)])
+def test_a_heartbeat_validates_on_construction(state: Any, epoch: Any) -> None:
+    with pytest.raises(ValueError):
+        PeerHeartbeat(state, epoch)
+
+
+@given(st.lists(st.binary(max_size=24), max_size=3))
+def test_junk_raises_only_remote_protocol_errors(frames: list[bytes]) -> None:
+    with contextlib.suppress(RemoteProtocolError):
+        decode_heartbeat(frames)
+
+
+@given(st.dictionaries(st.sampled_from(["state", "epoch", "x"]),
+                       st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1)
+                       | st.floats() | st.text()))
+def test_any_map_decodes_or_names_its_fault(body: dict[str, Any]) -> None:
+    with contextlib.suppress(RemoteProtocolError):
+        decode_heartbeat([b"TM\x01\x40", msgpack.packb(body)])
