@@ -37,6 +37,13 @@ from bus.aio import KeyedLocks, cancel_and_wait, watchdog_from_env
 from bus.config import MeshConfig
 from bus.logutil import RateLimitedLog
 from bus.orders.beacon import HeartbeatThread
+from bus.sockets import (
+    BACKEND_CLIENTS,
+    BACKEND_EXECUTOR,
+    BACKEND_UPDATES,
+    PEER_SUB,
+    open_socket,
+)
 from bus.store.orders import OrderStore, RedisOrderStore
 from bus.store.ticks import QuoteCache, RedisTickStore
 from nodes.common import stats_writer, supervise_tasks, write_json_atomic
@@ -54,7 +61,6 @@ from protocols.orders.binary_star import (
     Effect,
     PairConfig,
     Role,
-    State,
     SteppedDown,
 )
 from protocols.orders.codec import (
@@ -93,6 +99,7 @@ from protocols.orders.service import (
     SendReplace,
     route_accepted,
 )
+from protocols.orders.pair import PeerHeartbeat, decode_heartbeat, encode_heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -180,32 +187,16 @@ class BackendNode:
         self._reload_pending = False  # a takeover could not read the open orders yet
         self._ignored = RateLimitedLog(log, f"backend {role.value}: report ignored")
         ctx = self.ctx = zmq.asyncio.Context()
-        self.clients = self._sock(zmq.ROUTER, endpoints.clients)
-        self.executor = self._sock(zmq.ROUTER, endpoints.executor)
-        # The executor is addressed by its configured routing id; with MANDATORY an absent one
-        # raises instead of the order vanishing (the re-drive loop sends it again later).
-        self.executor.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.updates = self._sock(zmq.PUB, endpoints.updates)
+        self.clients = open_socket(ctx, BACKEND_CLIENTS, bind=endpoints.clients)
+        self.executor = open_socket(ctx, BACKEND_EXECUTOR, bind=endpoints.executor)
+        self.updates = open_socket(ctx, BACKEND_UPDATES, bind=endpoints.updates)
         # Heartbeats from a thread: on time while the loop is busy, withheld once it is stuck
         # for stall_budget_s (bus.orders.beacon: why).
         self.peer_pub = HeartbeatThread(ctx, endpoints.peer_pub,
                                         interval_s=self.star.config.heartbeat_s,
                                         stall_budget_s=stall_budget_s, name=role.value)
-        self.peer_sub = ctx.socket(zmq.SUB)
-        self.peer_sub.setsockopt(zmq.LINGER, 0)
-        self.peer_sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.peer_sub.connect(endpoints.peer_sub)
-
-    def _sock(self, kind: int, endpoint: str) -> zmq.asyncio.Socket:
-        sock = self.ctx.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        if kind == zmq.ROUTER:
-            sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a peer gone: drop its message
-            # Clients and executors keep their routing id across reconnects and restarts; the
-            # newest connection must take the route over, not be refused as a duplicate.
-            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        sock.bind(endpoint)
-        return sock
+        self.peer_sub = open_socket(ctx, PEER_SUB, connect=(endpoints.peer_sub,),
+                                    subscribe=[b""])
 
     @property
     def orders(self) -> OpenOrders:
@@ -219,18 +210,18 @@ class BackendNode:
         goes out with the next beat, and the stamps prove the loop is running."""
         while True:
             state, epoch = self.star.heartbeat()
-            self.peer_pub.update([state.value.encode(), str(epoch).encode()], time.monotonic())
+            self.peer_pub.update(encode_heartbeat(PeerHeartbeat(state, epoch)), time.monotonic())
             await asyncio.sleep(self.star.config.heartbeat_s / 4)
 
     async def _peer(self) -> None:
         while True:
             frames = await self.peer_sub.recv_multipart()
             try:
-                state, epoch = State(frames[0].decode()), int(frames[1])
-                effects = self.star.on_peer(state, epoch, time.monotonic())
-            except (ValueError, IndexError, UnicodeDecodeError):  # RemoteProtocolError too
+                beat = decode_heartbeat(frames)
+                effects = self.star.on_peer(beat.state, beat.epoch, time.monotonic())
+            except RemoteProtocolError as exc:
                 self.stats.malformed += 1
-                self._bad.warning("peer heartbeat %r", frames[:2])
+                self._bad.warning("peer heartbeat: %s", exc.reason)
                 continue
             await self._effects(effects)
 

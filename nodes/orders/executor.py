@@ -57,6 +57,7 @@ import zmq.asyncio
 from bus.aio import KeyedLocks
 from bus.config import MeshConfig
 from bus.logutil import RateLimitedLog
+from bus.sockets import EXECUTOR, open_socket
 from bus.store.orders import OrderStore, RedisOrderStore
 from bus.store.ticks import QuoteCache, RedisTickStore, TickStore
 from nodes.common import stats_writer, supervise_tasks, write_json_atomic
@@ -146,12 +147,7 @@ class ExecutorNode:
         self.ctx = zmq.asyncio.Context()
         self.socks: list[zmq.asyncio.Socket] = []
         for endpoint in backends:
-            sock = self.ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.ROUTING_ID, name.encode())
-            sock.setsockopt(zmq.RECONNECT_IVL, 10)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
-            sock.connect(endpoint)
+            sock = open_socket(self.ctx, EXECUTOR, connect=(endpoint,), routing_id=name.encode())
             self.socks.append(sock)
         self._working: dict[str, _Order] = {}
         self._done: OrderedDict[str, _Order] = OrderedDict()  # finished, for replays
