@@ -6,6 +6,9 @@ feed (FeedNode) --PUB--> [TcpProxy] --> Subscriber <-- [UdpRelay] <--UDP-- feed
 
 Every tick the subscriber delivers is recorded per stream, and :meth:`Mesh.verify` checks the
 delivery against the store: in order, no duplicate, no hole, the same bytes as were published.
+
+A node that a test crashes runs as a child process instead (:class:`NodeProcesses`): the
+crash is a SIGKILL of its PID, never its sockets closed from inside the test's process.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from bus.config import (
@@ -24,10 +29,12 @@ from bus.config import (
     RecoverySection,
     RedisSection,
     SubscriberSection,
+    dump_toml,
 )
 from bus.store.ticks import RedisTickStore
 from bus.ticks.subscriber import Subscriber, SubscriberOptions
 from nodes.common import dump_tasks
+from nodes.drills.procs import Node
 from nodes.servers.faults import TcpProxy, UdpRelay
 from nodes.servers.redis_server import RedisProcess, free_port
 from nodes.ticks.feed import FeedNode
@@ -37,6 +44,72 @@ from protocols.ticks.messages import Row, Tick
 from tests.support import scaled, wait_until
 
 SYMBOLS = ("EURUSD", "GBPUSD", "USDJPY")
+
+
+class NodeProcesses:
+    """Nodes as child processes, ``python -m nodes.cli COMMAND --config F --stats S``, for
+    tests that crash one: :meth:`start` returns once the node serves (its first stats file is
+    written after it bound its sockets), ``Node.kill()`` is a SIGKILL of its PID, and
+    ``Node.stats()`` reads what a test would otherwise read from the node's internals (the
+    file is rewritten every 0.5 s, and once more on a clean stop). Use :func:`node_processes`,
+    which stops and reaps every one at teardown."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.nodes: dict[str, Node] = {}
+
+    def config(self, cfg: MeshConfig, name: str = "mesh") -> Path:
+        """Write ``cfg`` as a mesh file for the children; its path."""
+        path = self.workdir / f"{name}.toml"
+        path.write_text(dump_toml(cfg))
+        return path
+
+    async def start(self, name: str, command: list[str], config: Path,
+                    timeout: float = 15.0) -> Node:
+        """Start node ``name`` (``command``: e.g. ``["backend", "--role", "primary"]``) and
+        wait until it serves; a node of that name started before is started again."""
+        node = self.nodes.get(name)
+        if node is None:
+            stats = self.workdir / f"{name}.stats.json"
+            node = Node(name, [sys.executable, "-m", "nodes.cli", *command, "--config",
+                               str(config), "--stats", str(stats)],
+                        stats, self.workdir / f"{name}.log")
+            self.nodes[name] = node
+        node.start()
+        await self.wait_serving(node, timeout)
+        return node
+
+    async def wait_serving(self, node: Node, timeout: float = 15.0) -> None:
+        await wait_until(lambda: node.stats() is not None or not node.alive(), timeout,
+                         f"{node.name} serving")
+        assert node.alive(), f"{node.name} exited at start:\n{self.log_tail(node)}"
+
+    @staticmethod
+    def log_tail(node: Node, chars: int = 3000) -> str:
+        try:
+            return node.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+    def stop_all(self) -> None:
+        """Stop (SIGTERM, then SIGKILL) and reap every child still running."""
+        for node in self.nodes.values():
+            node.stop()
+
+
+@contextlib.contextmanager
+def node_processes(workdir: Path) -> Iterator[NodeProcesses]:
+    """:class:`NodeProcesses` in ``workdir``; on failure each child's log is printed, and at
+    exit every child is stopped and reaped."""
+    procs = NodeProcesses(workdir)
+    try:
+        yield procs
+    except BaseException:
+        for node in procs.nodes.values():
+            print(f"--- {node.name}\n{procs.log_tail(node)}")
+        raise
+    finally:
+        procs.stop_all()
 
 
 def mesh_config(redis: RedisProcess, *, rate: float = 3000.0, udp_target: str,
@@ -61,7 +134,8 @@ class Mesh:
     feed: FeedNode | None
     proxy: TcpProxy | None
     relay: UdpRelay | None
-    recovery: list[RecoveryNode] = field(default_factory=list)
+    recovery: dict[int, RecoveryNode] = field(default_factory=dict)  # by index in the config
+    recovery_procs: dict[int, Node] = field(default_factory=dict)  # those run as children
     got: dict[str, list[Tick]] = field(default_factory=dict)
 
     def delivered(self, stream: str) -> list[int]:
@@ -141,8 +215,10 @@ async def run_recovery(cfg: MeshConfig, index: int = 0) -> AsyncIterator[Recover
 async def mesh(redis: RedisProcess, *, tcp_proxy: bool = False, udp_relay: bool = False,
                udp_drop: float = 0.0, in_process_feed: bool = True, snapshot: bool = False,
                rate: float = 3000.0, udp_target_override: str = "", recoveries: int = 1,
+               children: NodeProcesses | None = None, child_recoveries: tuple[int, ...] = (),
                **feed: Any) -> AsyncIterator[Mesh]:
-    """Start recovery, feed and a subscriber (with fault wrappers when asked)."""
+    """Start recovery, feed and a subscriber (with fault wrappers when asked); the recovery
+    nodes of ``child_recoveries`` (indexes) run as processes of ``children``."""
     sub_udp = f"127.0.0.1:{free_port()}"
     relay = None
     if udp_relay:
@@ -166,8 +242,16 @@ async def mesh(redis: RedisProcess, *, tcp_proxy: bool = False, udp_relay: bool 
         cfg, feeds=feeds, snapshot=snapshot,
         arbiter=ArbiterConfig(grace_s=0.003, fill_timeout_s=0.2, retry_s=0.01, give_up_s=5.0))
     async with contextlib.AsyncExitStack() as stack:
-        recovery = [await stack.enter_async_context(run_recovery(cfg, i))
-                    for i in range(recoveries)]
+        recovery = {i: await stack.enter_async_context(run_recovery(cfg, i))
+                    for i in range(recoveries) if i not in child_recoveries}
+        recovery_procs: dict[int, Node] = {}
+        if child_recoveries:
+            assert children is not None, "child recovery nodes need node_processes()"
+            config = children.config(cfg)
+            for i in child_recoveries:
+                name = cfg.recovery[i].name
+                recovery_procs[i] = await children.start(name, ["recovery", "--name", name],
+                                                         config)
         sub = Subscriber(opts)
         await sub.start()
         stack.push_async_callback(sub.close)
@@ -175,7 +259,7 @@ async def mesh(redis: RedisProcess, *, tcp_proxy: bool = False, udp_relay: bool 
             stack.push_async_callback(proxy.close)
         if relay is not None:
             stack.callback(relay.close)
-        m = Mesh(cfg, sub, None, proxy, relay, recovery)
+        m = Mesh(cfg, sub, None, proxy, relay, recovery, recovery_procs)
         collector = asyncio.create_task(_collect(sub, m.got))
 
         async def stop_collector() -> None:

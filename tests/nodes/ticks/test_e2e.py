@@ -8,13 +8,8 @@ that the store holds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,53 +19,29 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from bus.config import dump_toml
 from bus.store.ticks import RedisTickStore
+from nodes.drills.procs import Node, stop_process
 from nodes.servers.redis_server import RedisProcess
 from protocols.ticks.codec import encode_recovery
-from protocols.ticks.messages import GapFillRequest
-from tests.nodes.harness import mesh
+from protocols.ticks.messages import GapFillRequest, Tick
+from tests.nodes.harness import Mesh, mesh, node_processes
 from tests.support import scaled, wait_until
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[3]
 
 
 def run(coro: Coroutine[Any, Any, None]) -> None:
     asyncio.run(coro)
 
 
+def clean_stop(node: Node) -> int | None:
+    """SIGTERM (an orderly stop: the session ends, checkpoints flush); its exit code."""
+    assert node.proc is not None
+    return stop_process(node.proc, scaled(20))
+
+
 def last_seqs(feed_next: dict[str, int]) -> dict[str, int]:
     return {s: n - 1 for s, n in feed_next.items()}
-
-
-Spawn = Callable[[Path], "subprocess.Popen[bytes]"]  # start a feed process from a mesh file
-
-
-@contextlib.contextmanager
-def feed_processes(tmp_path: Path) -> Iterator[Spawn]:
-    """``spawn(mesh_file)`` starts a feed process; on failure their logs are printed; on exit
-    every one still running is killed."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def spawn(config: Path) -> subprocess.Popen[bytes]:
-        log = (tmp_path / f"feed-{len(procs)}.log").open("wb")
-        cmd = [sys.executable, "-m", "nodes.cli", "feed", "--config", str(config)]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=log))
-        return procs[-1]
-
-    try:
-        yield spawn
-    except BaseException:
-        for log in sorted(tmp_path.glob("feed-*.log")):
-            print(f"--- {log.name}\n{log.read_text()[-3000:]}")
-        raise
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
 
 def test_clean_paths_deliver_everything(redis_server: RedisProcess) -> None:
@@ -172,9 +143,12 @@ def test_late_joiner_gets_snapshot_then_live(redis_server: RedisProcess) -> None
             from bus.ticks.subscriber import Subscriber, SubscriberOptions
             opts = SubscriberOptions.from_config(m.cfg, udp_bind="", snapshot=True)
             async with Subscriber(opts) as late:
-                ticks = await asyncio.wait_for(late.get_many(), scaled(5))
-                while len({t.symbol for t in ticks}) < 3:
-                    ticks += await asyncio.wait_for(late.get_many(), scaled(5))
+                ticks: list[Tick] = []
+
+                async def every_symbol() -> bool:
+                    ticks.extend(await asyncio.wait_for(late.get_many(), scaled(5)))
+                    return len({t.symbol for t in ticks}) >= 3
+                await wait_until(every_symbol, 10, "a tick of every symbol")
                 assert all(t.snapshot for t in ticks)
                 for t in ticks:
                     assert t.seq == m.feed.next_seq[t.symbol] - 1
@@ -216,18 +190,15 @@ def test_feed_killed_and_restarted_resumes_sequence(redis_server: RedisProcess,
                                                     tmp_path: Path) -> None:
     async def main() -> None:
         async with mesh(redis_server, in_process_feed=False) as m:
-            toml = tmp_path / "mesh.toml"
-            toml.write_text(dump_toml(m.cfg))
-            with feed_processes(tmp_path) as spawn:
+            with node_processes(tmp_path) as children:
+                toml = children.config(m.cfg)
                 for _ in range(2):
-                    proc = spawn(toml)
+                    feed = await children.start("feed", ["feed"], toml)
                     await m.wait_for_ticks(2000, timeout=20)
-                    os.kill(proc.pid, signal.SIGKILL)  # a crash: no end, no flush
-                    proc.wait(timeout=10)
-                proc = spawn(toml)
+                    feed.kill()  # a crash (SIGKILL): no end, no flush
+                feed = await children.start("feed", ["feed"], toml)
                 await m.wait_for_ticks(2000, timeout=20)
-                proc.send_signal(signal.SIGTERM)  # an orderly stop flushes checkpoints
-                assert proc.wait(timeout=20) == 0
+                assert clean_stop(feed) == 0  # an orderly stop flushes checkpoints
             store = RedisTickStore(m.cfg.redis.url, m.cfg.mesh.key_prefix)
             raw = await store.redis.hgetall(f"{m.cfg.mesh.key_prefix}:seq")
             await store.close()
@@ -247,7 +218,6 @@ def test_ticks_a_killed_feed_published_past_its_checkpoint_are_reported_not_skip
     """Issue 9, defect 2: a feed SIGKILLed after publishing ticks its checkpoint never saw; a
     subscriber that missed them on both paths counts them as unknown, never skips them."""
     from bus.ticks.subscriber import Subscriber, SubscriberOptions
-    from protocols.ticks.messages import Tick
 
     async def main() -> None:
         # 600 ticks/s: the 2 s between checkpoints (below) are written in one slice.
@@ -258,9 +228,6 @@ def test_ticks_a_killed_feed_published_past_its_checkpoint_are_reported_not_skip
             # The first feed checkpoints every 2 s: what it publishes after a checkpoint
             # stays unstored when it is killed well within that.
             slow = replace(m.cfg, feeds=(replace(m.cfg.feeds[0], checkpoint_ms=2000),))
-            configs = {name: tmp_path / f"{name}.toml" for name in ("slow", "normal")}
-            configs["slow"].write_text(dump_toml(slow))
-            configs["normal"].write_text(dump_toml(m.cfg))
             store = RedisTickStore(m.cfg.redis.url, m.cfg.mesh.key_prefix)
             # A witness on the feed's own endpoint, no faults: it sees what was published.
             witness_got: dict[str, list[Tick]] = {}
@@ -274,13 +241,18 @@ def test_ticks_a_killed_feed_published_past_its_checkpoint_are_reported_not_skip
                         witness_got.setdefault(t.symbol, []).append(t)
             watcher = asyncio.create_task(watch())
             try:
-                with feed_processes(tmp_path) as spawn:
-                    proc = spawn(configs["slow"])
+                with node_processes(tmp_path) as children:
+                    configs = {"slow": children.config(slow, "slow"),
+                               "normal": children.config(m.cfg, "normal")}
+                    feed = await children.start("feed-slow", ["feed"], configs["slow"])
                     await m.wait_for_ticks(600, timeout=20)
                     before = await store.checkpointed(streams)
-                    async with asyncio.timeout(scaled(10)):
-                        while (checkpoint := await store.checkpointed(streams)) == before:
-                            await asyncio.sleep(0.005)
+
+                    async def next_checkpoint() -> dict[str, int] | None:
+                        now = await store.checkpointed(streams)
+                        return now if now != before else None
+                    checkpoint = await wait_until(next_checkpoint, 10, "the next checkpoint",
+                                                  interval=0.001)
                     # A checkpoint just landed; the next is 2 s away. Both paths go dark.
                     m.proxy.cut()
                     m.relay.blackout(True)
@@ -288,8 +260,7 @@ def test_ticks_a_killed_feed_published_past_its_checkpoint_are_reported_not_skip
                     await wait_until(
                         lambda: sum(len(v) for v in witness_got.values()) >= seen + 150, 5,
                         "ticks published during the blackout")
-                    os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=10)
+                    feed.kill()
                     assert await store.checkpointed(streams) == checkpoint  # none stored
                     published = {s: witness_got[s][-1].seq for s in streams}
                     received = {s: m.delivered(s)[-1] for s in streams}
@@ -297,10 +268,9 @@ def test_ticks_a_killed_feed_published_past_its_checkpoint_are_reported_not_skip
                         assert published[s] > max(checkpoint[s], received[s]), (s, published)
                     m.relay.blackout(False)
                     m.proxy.restore()
-                    proc = spawn(configs["normal"])
+                    feed = await children.start("feed-normal", ["feed"], configs["normal"])
                     await m.wait_for_ticks(600, timeout=20)
-                    proc.send_signal(signal.SIGTERM)
-                    assert proc.wait(timeout=20) == 0
+                    assert clean_stop(feed) == 0
                 last = await store.checkpointed(streams)
                 await m.verify(last)
                 expected_unknown = 0
@@ -353,11 +323,11 @@ def test_slow_consumer_drop_and_repair_delivers_everything_in_order(
                 m.feed.source.close()
                 last = last_seqs(m.feed.next_seq)
 
-                def done() -> bool:
-                    return all(got.get(s, [0])[-1] == n for s, n in last.items())
-                while not done():
+                async def drained() -> bool:
                     for t in await asyncio.wait_for(slow.get_many(50), scaled(10)):
                         got.setdefault(t.symbol, []).append(t.seq)
+                    return all(got.get(s, [0])[-1] == n for s, n in last.items())
+                await wait_until(drained, 30, "every tick through the last")
                 s = slow.stats()
             assert s["dropped_slow"] > 500 and s["lost"] == 0
             assert s["filled_by_recovery"] >= 1
@@ -441,25 +411,31 @@ def test_ea_bridge_ticks_reach_subscribers(redis_server: RedisProcess) -> None:
     run(main())
 
 
-def test_fills_come_from_whichever_recovery_node_is_alive(redis_server: RedisProcess) -> None:
+def test_fills_come_from_whichever_recovery_node_is_alive(redis_server: RedisProcess,
+                                                         tmp_path: Path) -> None:
     async def main() -> None:
-        async with mesh(redis_server, tcp_proxy=True, udp_relay=True, recoveries=2) as m:
-            assert m.proxy is not None and m.relay is not None and m.feed is not None
-            # One recovery node goes away: its socket closes, clients stop sending to it.
-            m.recovery[0].sock.close(linger=0)
+        with node_processes(tmp_path) as children:
+            async with mesh(redis_server, tcp_proxy=True, udp_relay=True, recoveries=2,
+                            children=children, child_recoveries=(0,)) as m:
+                await body(m)
+
+    async def body(m: Mesh) -> None:
+        assert m.proxy is not None and m.relay is not None and m.feed is not None
+        # One recovery node (a process) dies: clients stop sending to it.
+        m.recovery_procs[0].kill()
+        await m.wait_for_ticks(500)
+        for _ in range(3):
+            m.proxy.cut()
+            m.relay.blackout(True)
+            await asyncio.sleep(scaled(0.2))
+            m.relay.blackout(False)
+            m.proxy.restore()
             await m.wait_for_ticks(500)
-            for _ in range(3):
-                m.proxy.cut()
-                m.relay.blackout(True)
-                await asyncio.sleep(scaled(0.2))
-                m.relay.blackout(False)
-                m.proxy.restore()
-                await m.wait_for_ticks(500)
-            m.feed.source.close()
-            await m.verify(last_seqs(m.feed.next_seq))
-            s = m.sub.stats()
-            assert s["filled_by_recovery"] >= 3 and s["lost"] == 0
-            assert m.recovery[1].stats.fills >= 3
+        m.feed.source.close()
+        await m.verify(last_seqs(m.feed.next_seq))
+        s = m.sub.stats()
+        assert s["filled_by_recovery"] >= 3 and s["lost"] == 0
+        assert m.recovery[1].stats.fills >= 3
     run(main())
 
 
