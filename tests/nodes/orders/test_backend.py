@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
 import zmq.asyncio
 
-from bus.config import MeshConfig, MeshSection, OrdersSection, RedisSection, dump_toml
+from bus.config import MeshConfig, MeshSection, OrdersSection, RedisSection
 from bus.store.orders import RedisOrderStore
-from bus.store.ticks import CheckpointRun, RedisTickStore
-from nodes.orders.backend import BackendEndpoints, BackendNode
+from bus.store.ticks import CheckpointRun, QuoteCache, RedisTickStore
+from nodes.drills.procs import Node
+from nodes.orders.backend import QUOTE_TTL_S, BackendEndpoints, BackendNode
 from nodes.orders.executor import ExecutorNode
 from nodes.servers.redis_server import RedisProcess, free_port
 from protocols.orders.binary_star import PairConfig, Role, State
@@ -40,7 +38,8 @@ from protocols.orders.messages import (
     RejectReason,
     Side,
 )
-from tests.support import scaled, wait_until
+from tests.nodes.harness import NodeProcesses, node_processes
+from tests.support import FakeClock, scaled, wait_until
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
 PAIR = PairConfig(heartbeat_s=0.02, peer_timeout_s=0.06, cold_start_s=0.3, holdoff_s=0.5)
@@ -67,11 +66,17 @@ class Pair:
     ctx: zmq.asyncio.Context
     executed: list[Order] = field(default_factory=list)
     executor: ExecutorNode | None = None
+    procs: dict[str, Node] = field(default_factory=dict)  # nodes run as children, by name
 
     def node(self, role: Role) -> BackendNode:
         node = self.primary if role is Role.PRIMARY else self.backup
         assert node is not None
         return node
+
+    def stat(self, name: str, key: str) -> Any:
+        """A figure from the last stats file of child ``name`` ("primary", "executor"):
+        rewritten every 0.5 s, so it may lag the node by that much."""
+        return (self.procs[name].stats() or {}).get(key)
 
     async def request(self, role: Role, msg: OrderRequest, timeout: float = 2.0
                       ) -> OrderAck | OrderReject:
@@ -138,53 +143,112 @@ async def fake_executor(ctx: zmq.asyncio.Context, ends: list[str], executed: lis
             s.close(linger=0)
 
 
+def child_config(cfg: MeshConfig, ends: dict[Role, BackendEndpoints],
+                 fill_lots: float | None) -> MeshConfig:
+    """``cfg`` with the [orders] section that gives a child backend or executor the endpoints,
+    LIMITS and PAIR timings of the in-process nodes."""
+    def both(name: str) -> tuple[str, str]:
+        return (getattr(ends[Role.PRIMARY], name), getattr(ends[Role.BACKUP], name))
+    orders = OrdersSection(
+        enabled=True, symbols=tuple(sorted(LIMITS.symbols)), clients=both("clients"),
+        peers=both("peer_pub"), updates=both("updates"), executor=both("executor"),
+        max_quantity=LIMITS.max_quantity, price_band=LIMITS.price_band,
+        max_exposure=LIMITS.max_exposure_per_account, heartbeat_ms=PAIR.heartbeat_s * 1000,
+        peer_timeout_ms=PAIR.peer_timeout_s * 1000, cold_start_ms=PAIR.cold_start_s * 1000,
+        **({} if fill_lots is None else {"fill_lots": fill_lots}))
+    return replace(cfg, orders=orders).validate()
+
+
 @contextlib.asynccontextmanager
 async def pair(redis: RedisProcess, *, roles: tuple[Role, ...] = (Role.PRIMARY, Role.BACKUP),
                cut_heartbeats: bool = False, real_executor: bool = False,
-               fill_lots: float | None = None, deadline_ms: int = 300
+               fill_lots: float | None = None, deadline_ms: int = 300,
+               clock: FakeClock | None = None, children: NodeProcesses | None = None,
+               child_primary: bool = False, child_executor: bool = False
                ) -> AsyncIterator[Pair]:
+    """The backend pair (and an executor: a fake one, or the real one with
+    ``real_executor``), in this process except the nodes a test kills: with
+    ``child_primary`` the primary and with ``child_executor`` the (real) executor run as
+    processes of ``children`` (``p.procs["primary"]``, ``p.procs["executor"]``). ``clock``
+    ages the in-process backends' quote caches."""
     # A short store deadline: tests of a store outage want the reject, not a 5 s ride.
     cfg = MeshConfig(mesh=MeshSection(key_prefix="bk"),
                      redis=RedisSection(url=redis.url, deadline_ms=deadline_ms))
     await seed_tick(cfg)
+    # The nodes bind their own endpoints, which must be known before any starts (each
+    # connects to its peer's at construction, and children read them from a mesh file):
+    # free ports, not port 0 (nodes.drills.ports, case 4).
     pubs = {Role.PRIMARY: tcp(), Role.BACKUP: tcp()}
     other = {Role.PRIMARY: Role.BACKUP, Role.BACKUP: Role.PRIMARY}
     ends = {r: BackendEndpoints(clients=tcp(), peer_pub=pubs[r],
                                 # a cut link: each listens where nobody publishes
                                 peer_sub=tcp() if cut_heartbeats else pubs[other[r]],
                                 updates=tcp(), executor=tcp()) for r in Role}
+    in_process = tuple(r for r in roles if not (child_primary and r is Role.PRIMARY))
     nodes = {r: BackendNode(cfg, r, ends[r], limits=LIMITS, pair=PAIR, redrive_s=0.2)
-             for r in roles}
-    stops = {r: asyncio.Event() for r in roles}
-    tasks = {r: asyncio.create_task(nodes[r].run(stops[r])) for r in roles}
+             for r in in_process}
+    if clock is not None:
+        for node in nodes.values():
+            node._quotes = QuoteCache(node.ticks, QUOTE_TTL_S, stale_s=node._quotes.stale_s,
+                                      clock=clock)
+    stops = {r: asyncio.Event() for r in in_process}
+    tasks = {r: asyncio.create_task(nodes[r].run(stops[r])) for r in in_process}
     ctx = zmq.asyncio.Context()
     p = Pair(cfg, nodes.get(Role.PRIMARY), nodes.get(Role.BACKUP), ends, ctx)
+    if child_primary or child_executor:
+        assert children is not None, "child nodes need node_processes()"
+        config = children.config(child_config(cfg, ends, fill_lots), "pair")
+        if child_primary:
+            p.procs["primary"] = await children.start(
+                "primary", ["backend", "--role", "primary"], config)
+        if child_executor:
+            assert real_executor, "a child executor is the real one"
+            p.procs["executor"] = await children.start("executor", ["executor"], config)
     exec_ends = tuple(ends[r].executor for r in Role)
     ex_stop = asyncio.Event()
-    if real_executor:
+    executors: list[asyncio.Task[Any]] = []
+    if real_executor and not child_executor:
         p.executor = ExecutorNode(cfg, name="executor", backends=exec_ends, fill_lots=fill_lots)
-        ex = asyncio.create_task(p.executor.run(ex_stop))
-    else:
-        ex = asyncio.create_task(fake_executor(ctx, list(exec_ends), p.executed))
+        executors.append(asyncio.create_task(p.executor.run(ex_stop)))
+    elif not real_executor:
+        executors.append(asyncio.create_task(fake_executor(ctx, list(exec_ends), p.executed)))
     try:
         yield p
     finally:
         ex_stop.set()
         if not real_executor:
-            ex.cancel()
-        await asyncio.gather(ex, return_exceptions=True)
-        for r in roles:
+            for ex in executors:
+                ex.cancel()
+        await asyncio.gather(*executors, return_exceptions=True)
+        for r in in_process:
             stops[r].set()
         await asyncio.gather(*tasks.values(), return_exceptions=True)
         ctx.term()
 
 
-async def wait_active(node: BackendNode, timeout: float = 3.0) -> None:
-    await wait_until(lambda: node.star.serving, timeout, f"{node.role.value} active")
+async def wait_active(node: BackendNode | Node, timeout: float = 3.0) -> None:
+    """Until the backend serves (a child: until its stats file says so)."""
+    if isinstance(node, Node):
+        await wait_until(lambda: (node.stats() or {}).get("state") == State.ACTIVE.value,
+                         timeout, f"{node.name} active")
+    else:
+        await wait_until(lambda: node.star.serving, timeout, f"{node.role.value} active")
 
 
 def run(coro: object) -> None:
     asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def run_with_children(redis: RedisProcess, workdir: Path,
+                      body: Callable[[Pair], Awaitable[None]], **kw: Any) -> None:
+    """Run ``body`` on a :func:`pair` some of whose nodes are child processes (``kw``:
+    ``child_primary``, ``child_executor``, and the rest of its options), each stopped and
+    reaped at the end, its log printed on failure."""
+    async def main() -> None:
+        with node_processes(workdir) as children:
+            async with pair(redis, children=children, **kw) as p:
+                await body(p)
+    run(main())
 
 
 def test_order_is_accepted_routed_filled_and_reported(redis_server: RedisProcess) -> None:
@@ -235,12 +299,13 @@ def test_a_retry_gets_the_stored_order_even_after_the_market_moved(
     """The idempotency check rides on the fenced write; a retry that would now fail the
     pre-trade checks (the price band moved away) must still get the order it created."""
     async def main() -> None:
-        async with pair(redis_server) as p:
+        clock = FakeClock()
+        async with pair(redis_server, clock=clock) as p:
             await wait_active(p.node(Role.PRIMARY))
             first = await p.request(Role.PRIMARY, order("lim", price=1.0750))
             assert isinstance(first, OrderAck)
             await seed_tick(p.cfg, bid=2.0, ask=2.0002)  # 1.0750 is far outside the band now
-            await asyncio.sleep(0.06)  # past the backend's 50 ms quote cache
+            clock.advance(2 * QUOTE_TTL_S)  # past the backend's quote cache
             fresh = await p.request(Role.PRIMARY, order("other", price=1.0750))
             assert isinstance(fresh, OrderReject) and fresh.reason is RejectReason.PRICE_BAND
             again = await p.request(Role.PRIMARY, order("lim", price=1.0750))
@@ -330,26 +395,25 @@ def test_malformed_frames_get_an_error_reply(redis_server: RedisProcess) -> None
     run(main())
 
 
-def test_backup_takes_over_when_the_primary_dies(redis_server: RedisProcess) -> None:
-    async def main() -> None:
-        async with pair(redis_server) as p:
-            primary, backup = p.node(Role.PRIMARY), p.node(Role.BACKUP)
-            await wait_active(primary)
-            assert isinstance(await p.request(Role.PRIMARY, order("c1")), OrderAck)
-            # The primary goes silent, as a crashed process would: no heartbeats, no answers.
-            primary.peer_pub.close(linger=0)
-            primary.clients.close(linger=0)
-            t0 = time.monotonic()
-            reply: OrderAck | OrderReject | None = None
-            while not isinstance(reply, OrderAck):  # the client's retry loop, by hand
-                reply = await p.request(Role.BACKUP, order("c2"))
-                assert time.monotonic() - t0 < scaled(3), reply
-            assert backup.star.serving and backup.star.epoch == 2
-            assert backup.stats.takeovers == 1
-            # The order placed before the failover is still known (idempotent retry).
-            again = await p.request(Role.BACKUP, order("c1"))
-            assert isinstance(again, OrderAck)
-    run(main())
+def test_backup_takes_over_when_the_primary_dies(redis_server: RedisProcess,
+                                                 tmp_path: Path) -> None:
+    async def body(p: Pair) -> None:
+        primary, backup = p.procs["primary"], p.node(Role.BACKUP)
+        await wait_active(primary)
+        assert isinstance(await p.request(Role.PRIMARY, order("c1")), OrderAck)
+        primary.kill()  # SIGKILL: no more heartbeats, no answers
+        replies: list[OrderAck | OrderReject] = []
+
+        async def acked() -> bool:  # the client's retry loop
+            replies.append(await p.request(Role.BACKUP, order("c2")))
+            return isinstance(replies[-1], OrderAck)
+        await wait_until(acked, 3, "the backup's ack")
+        assert backup.star.serving and backup.star.epoch == 2
+        assert backup.stats.takeovers == 1
+        # The order placed before the failover is still known (idempotent retry).
+        again = await p.request(Role.BACKUP, order("c1"))
+        assert isinstance(again, OrderAck)
+    run_with_children(redis_server, tmp_path, body, child_primary=True)
 
 
 def test_cut_heartbeat_link_leaves_at_most_one_writer(redis_server: RedisProcess) -> None:
@@ -359,13 +423,14 @@ def test_cut_heartbeat_link_leaves_at_most_one_writer(redis_server: RedisProcess
         async with pair(redis_server, cut_heartbeats=True) as p:
             primary, backup = p.node(Role.PRIMARY), p.node(Role.BACKUP)
             # Cold start on both sides: clients' requests make each take over in turn.
-            deadline = time.monotonic() + scaled(3)
-            while not primary.star.serving:
-                await p.request(Role.PRIMARY, order(f"a{time.monotonic_ns()}"))
-                assert time.monotonic() < deadline
-            while not backup.star.serving:
-                await p.request(Role.BACKUP, order(f"b{time.monotonic_ns()}"))
-                assert time.monotonic() < deadline
+            for role, node, prefix in ((Role.PRIMARY, primary, "a"), (Role.BACKUP, backup, "b")):
+                async def serving(role: Role = role, node: BackendNode = node,
+                                  prefix: str = prefix) -> bool:
+                    if node.star.serving:
+                        return True
+                    await p.request(role, order(f"{prefix}{time.monotonic_ns()}"))
+                    return False
+                await wait_until(serving, 3, f"{role.value} serving on a client's request")
             assert backup.star.epoch > primary.star.epoch  # both think they are active
             stale = await p.request(Role.PRIMARY, order("stale"))
             assert isinstance(stale, OrderReject) and stale.reason is RejectReason.FENCED
@@ -398,14 +463,6 @@ def test_cli_pair_fails_over_when_the_primary_is_killed(redis_server: RedisProce
     eps = {name: (tcp(), tcp()) for name in ("clients", "peers", "updates", "executor")}
     cfg = MeshConfig(mesh=MeshSection(key_prefix="bk"), redis=RedisSection(url=redis_server.url),
                      orders=OrdersSection(enabled=True, symbols=("EURUSD",), **eps)).validate()
-    toml = tmp_path / "mesh.toml"
-    toml.write_text(dump_toml(cfg))
-    root = Path(__file__).resolve().parents[3]
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    procs = {role: subprocess.Popen(
-        [sys.executable, "-m", "nodes.cli", "backend", "--role", role, "--config", str(toml)],
-        cwd=root, env=env, stderr=(tmp_path / f"{role}.log").open("wb")) for role in
-        ("primary", "backup")}
     ends = {Role.PRIMARY: BackendEndpoints(eps["clients"][0], "", "", "", ""),
             Role.BACKUP: BackendEndpoints(eps["clients"][1], "", "", "", "")}
 
@@ -413,41 +470,32 @@ def test_cli_pair_fails_over_when_the_primary_is_killed(redis_server: RedisProce
         await seed_tick(cfg)
         p = Pair(cfg, None, None, ends, zmq.asyncio.Context())
         try:
-            async def until_ack(role: Role, coid: str, limit: float) -> OrderAck:
-                deadline = time.monotonic() + scaled(limit)
-                while True:  # what the order client does: retry on silence or "retryable"
-                    assert time.monotonic() < deadline, f"no ack for {coid}"
-                    try:
-                        reply = await p.request(role, order(coid), timeout=0.2)
-                    except TimeoutError:
-                        continue  # the process is still starting, or just died
-                    if isinstance(reply, OrderAck):
-                        return reply
-                    assert reply.retryable, reply
-                    await asyncio.sleep(0.01)
-            first = await until_ack(Role.PRIMARY, "c1", 10)
-            os.kill(procs["primary"].pid, signal.SIGKILL)
-            second = await until_ack(Role.BACKUP, "c2", 5)
-            assert second.epoch > first.epoch
-            again = await until_ack(Role.BACKUP, "c1", 2)
-            assert again.order_id == first.order_id  # a retry, not a second order
+            with node_processes(tmp_path) as children:
+                toml = children.config(cfg)
+                procs = {role: await children.start(role, ["backend", "--role", role], toml)
+                         for role in ("primary", "backup")}
+
+                async def until_ack(role: Role, coid: str, limit: float) -> OrderAck:
+                    async def acked() -> OrderAck | None:
+                        # What the order client does: retry on silence or "retryable".
+                        try:
+                            reply = await p.request(role, order(coid), timeout=0.2)
+                        except TimeoutError:
+                            return None  # the process is still starting, or just died
+                        if isinstance(reply, OrderAck):
+                            return reply
+                        assert reply.retryable, reply
+                        return None
+                    return await wait_until(acked, limit, f"an ack for {coid}", interval=0.01)
+                first = await until_ack(Role.PRIMARY, "c1", 10)
+                procs["primary"].kill()
+                second = await until_ack(Role.BACKUP, "c2", 5)
+                assert second.epoch > first.epoch
+                again = await until_ack(Role.BACKUP, "c1", 2)
+                assert again.order_id == first.order_id  # a retry, not a second order
         finally:
             p.ctx.term()
-    try:
-        run(main())
-    except BaseException:
-        for role in procs:
-            print(f"--- {role}\n{(tmp_path / f'{role}.log').read_text()[-2000:]}")
-        raise
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+    run(main())
 
 
 @pytest.mark.parametrize(("field", "value", "reason"), [

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -17,10 +18,26 @@ from bus.store.orders import RedisOrderStore
 from nodes.servers.redis_server import RedisProcess
 from protocols.orders.binary_star import Role
 from protocols.orders.messages import Order, OrderState
-from tests.nodes.orders.test_backend import Pair, order, pair, run, wait_active
+from tests.nodes.orders.test_backend import (
+    Pair,
+    order,
+    pair,
+    run,
+    run_with_children,
+    wait_active,
+)
 from tests.support import wait_until
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
+
+
+async def executed_entries(p: Pair, order_ids: list[str]) -> int:
+    """How many fills the execution logs of ``order_ids`` hold, in all."""
+    store = RedisOrderStore(p.cfg.redis.url, "bk")
+    try:
+        return sum([len(await store.executions(order_id)) for order_id in order_ids])
+    finally:
+        await store.close()
 
 
 def both_backends(p: Pair) -> OrderClientOptions:
@@ -30,100 +47,95 @@ def both_backends(p: Pair) -> OrderClientOptions:
 
 
 async def wait_filled(store: RedisOrderStore, order_id: str, timeout: float) -> Order:
-    """The order's record once it is FILLED (fails with the record after ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """The order's record once it is FILLED."""
+    async def filled() -> Order | None:
         stored = await store.get(order_id)
-        if stored is not None and stored.state is OrderState.FILLED:
-            return stored
-        assert time.monotonic() < deadline, stored
-        await asyncio.sleep(0.05)
+        return stored if stored is not None and stored.state is OrderState.FILLED else None
+    return await wait_until(filled, timeout, f"{order_id} FILLED", interval=0.05)
 
 
-def test_orders_survive_the_death_of_the_active_backend(redis_server: RedisProcess) -> None:
-    async def main() -> None:
-        async with pair(redis_server) as p:
-            primary = p.node(Role.PRIMARY)
-            await wait_active(primary)
-            opts = OrderClientOptions(endpoints=(p.ends[Role.PRIMARY].clients,
-                                                 p.ends[Role.BACKUP].clients),
-                                      request_timeout_s=0.05, deadline_s=5.0)
-            async with OrderClient(opts) as client:
-                acks: dict[str, str] = {}
+async def wait_all_filled(store: RedisOrderStore, order_ids: list[str], timeout: float,
+                          what: str) -> None:
+    async def filled() -> bool:
+        got = [await store.get(order_id) for order_id in order_ids]
+        return all(o is not None and o.state is OrderState.FILLED for o in got)
+    await wait_until(filled, timeout, what, interval=0.05)
 
-                async def place(i: int) -> None:
-                    ack = await client.place(order(f"o{i}"))
-                    acks[ack.client_order_id] = ack.order_id
 
-                first = [asyncio.create_task(place(i)) for i in range(40)]
-                await asyncio.sleep(0.02)  # some in flight when the primary dies
-                # The primary goes silent, as a crashed process would.
-                primary.peer_pub.close(linger=0)
-                primary.clients.close(linger=0)
-                primary.executor.close(linger=0)
-                t0 = time.monotonic()
-                second = [asyncio.create_task(place(i)) for i in range(40, 80)]
-                await asyncio.gather(*first, *second)
-                failover_s = time.monotonic() - t0
-                assert len(acks) == 80 and len(set(acks.values())) == 80
-                await wait_until(lambda: len(p.executed) >= 80, 10, "80 executions")
-                executed = [o.order_id for o in p.executed]
-                assert sorted(executed) == sorted(acks.values()), "lost or extra executions"
-                store = RedisOrderStore(p.cfg.redis.url, "bk")
-                try:
-                    await wait_until(lambda: p.node(Role.BACKUP).stats.reports +
-                                     primary.stats.reports >= 80, 10, "80 fills applied")
-                    for order_id in acks.values():
-                        stored = await store.get(order_id)
-                        assert stored is not None, order_id
-                        assert stored.state in (OrderState.FILLED, OrderState.ROUTED), stored
-                finally:
-                    await store.close()
-                s = client.stats()
-                assert s["switches"] >= 1  # requests left the dead primary for the backup
-                print(f"failover completed in {failover_s * 1000:.0f} ms, stats {s}")
-    run(main())
+def test_orders_survive_the_death_of_the_active_backend(redis_server: RedisProcess,
+                                                        tmp_path: Path) -> None:
+    async def body(p: Pair) -> None:
+        primary = p.procs["primary"]
+        await wait_active(primary)
+        opts = OrderClientOptions(endpoints=(p.ends[Role.PRIMARY].clients,
+                                             p.ends[Role.BACKUP].clients),
+                                  request_timeout_s=0.05, deadline_s=5.0)
+        async with OrderClient(opts) as client:
+            acks: dict[str, str] = {}
+
+            async def place(i: int) -> None:
+                ack = await client.place(order(f"o{i}"))
+                acks[ack.client_order_id] = ack.order_id
+
+            first = [asyncio.create_task(place(i)) for i in range(40)]
+            await asyncio.sleep(0.02)  # some in flight when the primary dies
+            primary.kill()  # SIGKILL
+            t0 = time.monotonic()
+            second = [asyncio.create_task(place(i)) for i in range(40, 80)]
+            await asyncio.gather(*first, *second)
+            failover_s = time.monotonic() - t0
+            assert len(acks) == 80 and len(set(acks.values())) == 80
+            await wait_until(lambda: len(p.executed) >= 80, 10, "80 executions")
+            executed = [o.order_id for o in p.executed]
+            assert sorted(executed) == sorted(acks.values()), "lost or extra executions"
+            store = RedisOrderStore(p.cfg.redis.url, "bk")
+            try:
+                # Each fill applied, by the primary before it died or by the backup
+                # (the dead primary's own count is not readable: its last stats file
+                # may be 0.5 s old).
+                await wait_all_filled(store, list(acks.values()), 10, "80 fills applied")
+                for order_id in acks.values():
+                    stored = await store.get(order_id)
+                    assert stored is not None, order_id
+                    assert stored.state in (OrderState.FILLED, OrderState.ROUTED), stored
+            finally:
+                await store.close()
+            s = client.stats()
+            assert s["switches"] >= 1  # requests left the dead primary for the backup
+            print(f"failover completed in {failover_s * 1000:.0f} ms, stats {s}")
+    run_with_children(redis_server, tmp_path, body, child_primary=True)
 
 
 def test_real_executor_executes_each_order_once_across_a_failover(
-        redis_server: RedisProcess) -> None:
-    async def main() -> None:
-        async with pair(redis_server, real_executor=True) as p:
-            primary, backup = p.node(Role.PRIMARY), p.node(Role.BACKUP)
-            assert p.executor is not None
-            await wait_active(primary)
-            opts = both_backends(p)
-            async with OrderClient(opts) as client:
-                acks = await asyncio.gather(*(client.place(order(f"a{i}")) for i in range(30)))
-                await wait_until(lambda: primary.stats.reports == 30, 10, "30 fills at primary")
-                # Orders in flight while the active backend dies, then more on the backup.
-                tail = [asyncio.create_task(client.place(order(f"b{i}"))) for i in range(30)]
-                await asyncio.sleep(0.01)
-                primary.peer_pub.close(linger=0)
-                primary.clients.close(linger=0)
-                primary.executor.close(linger=0)
-                acks += await asyncio.gather(*tail)
-                # The tail may all have been answered before the primary went silent; the
-                # backup takes over on a client's request (the binary star's client vote).
-                acks.append(await client.place(order("wake")))
-                assert len({a.order_id for a in acks}) == 61
-                await wait_until(lambda: p.executor is not None and
-                                 p.executor.stats.fills == 61, 10, "61 executions")
-                store = RedisOrderStore(p.cfg.redis.url, "bk")
-                try:
-                    async def all_filled() -> bool:
-                        states = [await store.get(a.order_id) for a in acks]
-                        return all(s is not None and s.state is OrderState.FILLED
-                                   for s in states)
-                    deadline = time.monotonic() + 10
-                    while not await all_filled():  # re-drives converge on the backup
-                        assert time.monotonic() < deadline, "orders not all FILLED"
-                        await asyncio.sleep(0.05)
-                finally:
-                    await store.close()
-                assert p.executor.stats.fills == 61  # none executed twice
-                assert backup.star.serving
-    run(main())
+        redis_server: RedisProcess, tmp_path: Path) -> None:
+    async def body(p: Pair) -> None:
+        primary, backup = p.procs["primary"], p.node(Role.BACKUP)
+        assert p.executor is not None
+        await wait_active(primary)
+        async with OrderClient(both_backends(p)) as client:
+            acks = await asyncio.gather(*(client.place(order(f"a{i}")) for i in range(30)))
+            await wait_until(lambda: p.stat("primary", "reports") == 30, 10,
+                             "30 fills at primary")
+            # Orders in flight while the active backend dies, then more on the backup.
+            tail = [asyncio.create_task(client.place(order(f"b{i}"))) for i in range(30)]
+            await asyncio.sleep(0.01)
+            primary.kill()  # SIGKILL
+            acks += await asyncio.gather(*tail)
+            # The tail may all have been answered before the primary went silent; the
+            # backup takes over on a client's request (the binary star's client vote).
+            acks.append(await client.place(order("wake")))
+            assert len({a.order_id for a in acks}) == 61
+            await wait_until(lambda: p.executor is not None and
+                             p.executor.stats.fills == 61, 10, "61 executions")
+            store = RedisOrderStore(p.cfg.redis.url, "bk")
+            try:  # re-drives converge on the backup
+                await wait_all_filled(store, [a.order_id for a in acks], 10,
+                                      "every order FILLED")
+            finally:
+                await store.close()
+            assert p.executor.stats.fills == 61  # none executed twice
+            assert backup.star.serving
+    run_with_children(redis_server, tmp_path, body, real_executor=True, child_primary=True)
 
 
 def test_progress_of_a_working_order_holds_its_re_drive_back(
@@ -152,50 +164,51 @@ def test_progress_of_a_working_order_holds_its_re_drive_back(
 
 
 def test_executor_killed_mid_stream_executes_each_order_once(
-        redis_server: RedisProcess) -> None:
+        redis_server: RedisProcess, tmp_path: Path) -> None:
     from nodes.orders.executor import ExecutorNode
 
-    async def main() -> None:
-        async with pair(redis_server, real_executor=True) as p:
-            primary = p.node(Role.PRIMARY)
-            first = p.executor
-            assert first is not None
-            await wait_active(primary)
-            opts = both_backends(p)
-            async with OrderClient(opts) as client:
-                acks = list(await asyncio.gather(*(client.place(order(f"a{i}"))
-                                                   for i in range(20))))
-                # The executor dies (its sockets vanish, as with SIGKILL) with orders routed.
-                tail = [asyncio.create_task(client.place(order(f"b{i}"))) for i in range(20)]
-                await asyncio.sleep(0.005)
-                for sock in first.socks:
-                    sock.close(linger=0)
-                first_fills = first.stats.fills
-                acks += await asyncio.gather(*tail)
-                # A new executor process takes its place, same name, same Redis.
-                second = ExecutorNode(p.cfg, name="executor",
-                                      backends=(p.ends[Role.PRIMARY].executor,
-                                                p.ends[Role.BACKUP].executor))
-                stop = asyncio.Event()
-                task = asyncio.create_task(second.run(stop))
+    async def body(p: Pair) -> None:
+        primary = p.node(Role.PRIMARY)
+        first = p.procs["executor"]
+        await wait_active(primary)
+        opts = both_backends(p)
+        async with OrderClient(opts) as client:
+            acks = list(await asyncio.gather(*(client.place(order(f"a{i}"))
+                                               for i in range(20))))
+            # The executor dies (SIGKILL of its process) with orders routed.
+            tail = [asyncio.create_task(client.place(order(f"b{i}"))) for i in range(20)]
+            await asyncio.sleep(0.005)
+            first.kill()
+            acks += await asyncio.gather(*tail)
+            # What the dead executor executed: the fills it appended to the orders'
+            # logs (it counts a fill once appended; its stats file may lag 0.5 s).
+            first_fills = await executed_entries(p, [a.order_id for a in acks])
+            # A new executor process takes its place, same name, same Redis.
+            second = ExecutorNode(p.cfg, name="executor",
+                                  backends=(p.ends[Role.PRIMARY].executor,
+                                            p.ends[Role.BACKUP].executor))
+            stop = asyncio.Event()
+            task = asyncio.create_task(second.run(stop))
+            try:
+                await wait_until(lambda: primary.stats.reports == 40, 10,
+                                 "every order reported after the re-drive")
+                # Each order executed once in all: the new executor only replays.
+                assert first_fills + second.stats.fills <= 40
+                store = RedisOrderStore(p.cfg.redis.url, "bk")
                 try:
-                    await wait_until(lambda: primary.stats.reports == 40, 10,
-                                     "every order reported after the re-drive")
-                    # Each order executed once in all: the new executor only replays.
-                    assert first_fills + second.stats.fills <= 40
-                    store = RedisOrderStore(p.cfg.redis.url, "bk")
-                    try:
-                        for a in acks:
-                            stored = await store.get(a.order_id)
-                            assert stored is not None and stored.state is OrderState.FILLED
-                            n = await store.redis.scard(f"bk:executed:{a.order_id}")
-                            assert n == 1, (a.order_id, n)
-                    finally:
-                        await store.close()
+                    for a in acks:
+                        stored = await store.get(a.order_id)
+                        assert stored is not None and stored.state is OrderState.FILLED
+                        n = await store.redis.scard(f"bk:executed:{a.order_id}")
+                        assert n == 1, (a.order_id, n)
+                    # The log: one fill per order, whichever process appended it.
+                    assert await executed_entries(p, [a.order_id for a in acks]) == 40
                 finally:
-                    stop.set()
-                    await task
-    run(main())
+                    await store.close()
+            finally:
+                stop.set()
+                await task
+    run_with_children(redis_server, tmp_path, body, real_executor=True, child_executor=True)
 
 
 def test_cancel_settles_against_fills_through_the_executor(redis_server: RedisProcess) -> None:
@@ -290,61 +303,58 @@ def test_replace_is_decided_by_the_executor_and_acknowledged_after(
     run(main())
 
 
-def test_replace_without_an_executor_is_a_retryable_reject(redis_server: RedisProcess) -> None:
+def test_replace_without_an_executor_is_a_retryable_reject(redis_server: RedisProcess,
+                                                            tmp_path: Path) -> None:
     from protocols.orders.messages import OrderAck, OrderReject, RejectReason, ReplaceOrder
 
-    async def main() -> None:
-        async with pair(redis_server, real_executor=True) as p:
-            primary = p.node(Role.PRIMARY)
-            assert p.executor is not None
-            await wait_active(primary)
-            ack = await p.request(Role.PRIMARY, order("lim", price=1.0750))
-            await wait_until(lambda: p.executor is not None and
-                             p.executor.stats.resting == 1, 5, "the order resting")
-            for sock in p.executor.socks:  # the executor dies
-                sock.close(linger=0)
-            primary.amend_timeout_s = 0.1
-            reply = await p.request(Role.PRIMARY, ReplaceOrder("acc", "r1", "lim", 2.0, 1.0760))
-            assert isinstance(reply, OrderReject), reply
-            assert reply.reason is RejectReason.EXECUTOR_UNAVAILABLE and reply.retryable
-            store = RedisOrderStore(p.cfg.redis.url, "bk")
-            assert isinstance(ack, OrderAck)
-            stored = await store.get(ack.order_id)
-            await store.close()
-            assert stored is not None and stored.quantity == 1.0  # unchanged
-            record = primary.service.record(ack.order_id)
-            assert record is None or record.replace is None  # no replace left pending
-    run(main())
+    async def body(p: Pair) -> None:
+        primary = p.node(Role.PRIMARY)
+        await wait_active(primary)
+        ack = await p.request(Role.PRIMARY, order("lim", price=1.0750))
+        await wait_until(lambda: p.stat("executor", "resting") == 1, 5,
+                         "the order resting")
+        p.procs["executor"].kill()  # the executor dies (SIGKILL)
+        primary.amend_timeout_s = 0.1
+        reply = await p.request(Role.PRIMARY, ReplaceOrder("acc", "r1", "lim", 2.0, 1.0760))
+        assert isinstance(reply, OrderReject), reply
+        assert reply.reason is RejectReason.EXECUTOR_UNAVAILABLE and reply.retryable
+        store = RedisOrderStore(p.cfg.redis.url, "bk")
+        assert isinstance(ack, OrderAck)
+        stored = await store.get(ack.order_id)
+        await store.close()
+        assert stored is not None and stored.quantity == 1.0  # unchanged
+        record = primary.service.record(ack.order_id)
+        assert record is None or record.replace is None  # no replace left pending
+    run_with_children(redis_server, tmp_path, body, real_executor=True, child_executor=True)
 
 
-def test_partial_fills_converge_across_a_failover(redis_server: RedisProcess) -> None:
+def test_partial_fills_converge_across_a_failover(redis_server: RedisProcess,
+                                                  tmp_path: Path) -> None:
     """A 6-lot order fills one lot per executor poll; the active backend dies after the
     first fills. The backup re-drives the order, the executor replays what it missed and
     goes on: the record ends FILLED with exactly 6 lots from 6 log entries."""
-    async def main() -> None:
-        async with pair(redis_server, real_executor=True, fill_lots=1.0) as p:
-            primary, backup = p.node(Role.PRIMARY), p.node(Role.BACKUP)
-            assert p.executor is not None
-            await wait_active(primary)
-            opts = both_backends(p)
-            async with OrderClient(opts) as client:
-                ack = await client.place(order("big", qty=6.0))
-                await wait_until(lambda: primary.stats.reports >= 2, 5, "two fills applied")
-                primary.peer_pub.close(linger=0)
-                primary.clients.close(linger=0)
-                primary.executor.close(linger=0)
-                await client.place(order("wake"))  # a request makes the backup take over
-                await wait_active(backup)
-                store = RedisOrderStore(p.cfg.redis.url, "bk")
-                try:
-                    stored = await wait_filled(store, ack.order_id, 10)
-                    assert (stored.filled_quantity, stored.exec_seq) == (6.0, 6)
-                    entries = await store.executions(ack.order_id)
-                    assert [e.last_quantity for e in entries] == [1.0] * 6
-                    assert await store.redis.scard(f"bk:executed:{ack.order_id}") == 6
-                finally:
-                    await store.close()
-    run(main())
+    async def body(p: Pair) -> None:
+        primary, backup = p.procs["primary"], p.node(Role.BACKUP)
+        assert p.executor is not None
+        await wait_active(primary)
+        async with OrderClient(both_backends(p)) as client:
+            ack = await client.place(order("big", qty=6.0))
+            await wait_until(lambda: (p.stat("primary", "reports") or 0) >= 2, 5,
+                             "two fills applied")
+            primary.kill()  # SIGKILL
+            await client.place(order("wake"))  # a request makes the backup take over
+            await wait_active(backup)
+            store = RedisOrderStore(p.cfg.redis.url, "bk")
+            try:
+                stored = await wait_filled(store, ack.order_id, 10)
+                assert (stored.filled_quantity, stored.exec_seq) == (6.0, 6)
+                entries = await store.executions(ack.order_id)
+                assert [e.last_quantity for e in entries] == [1.0] * 6
+                assert await store.redis.scard(f"bk:executed:{ack.order_id}") == 6
+            finally:
+                await store.close()
+    run_with_children(redis_server, tmp_path, body,
+                      real_executor=True, fill_lots=1.0, child_primary=True)
 
 
 def test_orders_are_held_while_the_store_is_away_and_acknowledged_after(
@@ -368,13 +378,8 @@ def test_orders_are_held_while_the_store_is_away_and_acknowledged_after(
                 assert len({a.order_id for a in acks}) == 5
                 store = RedisOrderStore(p.cfg.redis.url, "bk")
                 try:
-                    async def filled() -> bool:
-                        got = [await store.get(a.order_id) for a in acks]
-                        return all(o is not None and o.state is OrderState.FILLED for o in got)
-                    deadline = time.monotonic() + 10
-                    while not await filled():
-                        assert time.monotonic() < deadline, "held orders not all FILLED"
-                        await asyncio.sleep(0.05)
+                    await wait_all_filled(store, [a.order_id for a in acks], 10,
+                                          "held orders all FILLED")
                 finally:
                     await store.close()
                 assert primary.store.stats.ridden >= 1  # type: ignore[attr-defined]
