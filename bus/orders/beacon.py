@@ -47,6 +47,7 @@ class HeartbeatThread:
             raise ValueError("need 0 < interval_s < stall_budget_s")
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.shadow(ctx.underlying)
         self._endpoint = endpoint
+        self.endpoint = endpoint  # once bound, the one it got (a port 0 or * bind: its port)
         self._interval_s = interval_s
         self._budget_s = stall_budget_s
         self._frames: list[bytes] | None = None
@@ -90,6 +91,7 @@ class HeartbeatThread:
             self._error = exc
             self._bound.set()
             return
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._bound.set()
         try:
             while not self._stop.wait(self._interval_s):

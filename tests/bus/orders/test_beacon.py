@@ -11,7 +11,6 @@ import pytest
 import zmq
 
 from bus.orders.beacon import HeartbeatThread
-from nodes.servers.redis_server import free_port
 from tests.support import wait_until_sync
 
 
@@ -59,9 +58,9 @@ def _wait_for_beats(receiver: Receiver, count: int, timeout: float = 5.0) -> Non
 
 def test_beats_keep_time_while_the_loop_is_busy_and_stop_once_it_is_stuck(
         ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    beacon = HeartbeatThread(ctx, endpoint, interval_s=0.02, stall_budget_s=0.3, name="t")
-    receiver = Receiver(ctx, endpoint)
+    beacon = HeartbeatThread(ctx, "tcp://127.0.0.1:*", interval_s=0.02, stall_budget_s=0.3,
+                             name="t")
+    receiver = Receiver(ctx, beacon.endpoint)
     try:
         beacon.update([b"active", b"1"], time.monotonic())
         _wait_for_beats(receiver, 3)  # the subscription is up
@@ -88,11 +87,11 @@ def test_beats_keep_time_while_the_loop_is_busy_and_stop_once_it_is_stuck(
 
 def test_an_endpoint_in_use_is_a_bind_error_at_once(
         ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    first = HeartbeatThread(ctx, endpoint, interval_s=0.02, stall_budget_s=0.3, name="a")
+    first = HeartbeatThread(ctx, "tcp://127.0.0.1:*", interval_s=0.02, stall_budget_s=0.3,
+                            name="a")
     try:
         with pytest.raises(zmq.ZMQError):
-            HeartbeatThread(ctx, endpoint, interval_s=0.02, stall_budget_s=0.3, name="b")
+            HeartbeatThread(ctx, first.endpoint, interval_s=0.02, stall_budget_s=0.3, name="b")
     finally:
         first.close()
 

@@ -18,7 +18,7 @@ import pytest
 import zmq
 
 from bus.orders.client import BlockingOrderClient, OrderClient, OrderClientOptions
-from nodes.servers.redis_server import free_port
+from nodes.drills.ports import bind_loopback, free_port
 from protocols.backoff import Backoff
 from protocols.errors import (
     OrderClientClosed,
@@ -77,7 +77,6 @@ class FakeBackend:
     connected, as ROUTER_MANDATORY refuses an unknown routing id)."""
 
     def __init__(self, answer: Answer) -> None:
-        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
         self.answer = answer
         self.received: list[tuple[bytes, OrderRequest]] = []
         self._outbox: queue.Queue[list[bytes]] = queue.Queue()
@@ -86,7 +85,7 @@ class FakeBackend:
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self._sock.bind(self.endpoint)
+        self.endpoint = bind_loopback(self._sock)
         self._thread = threading.Thread(target=self._run, name="fake-backend", daemon=True)
         self._thread.start()
 
@@ -138,6 +137,8 @@ def backend() -> Iterator[MakeBackend]:
 
 
 def dead_endpoint() -> str:
+    """An endpoint nobody listens on: a port that was free a moment ago (nothing here binds
+    it, so the check-then-use race of ``free_port`` can only make it live by accident)."""
     return f"tcp://127.0.0.1:{free_port()}"
 
 

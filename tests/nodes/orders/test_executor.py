@@ -16,8 +16,9 @@ import zmq.asyncio
 from bus.config import MeshConfig, MeshSection, RedisSection
 from bus.store.orders import RedisOrderStore
 from bus.store.ticks import CheckpointRun, RedisTickStore
+from nodes.drills.ports import bind_loopback
 from nodes.orders.executor import ExecutorNode
-from nodes.servers.redis_server import RedisProcess, free_port
+from nodes.servers.redis_server import RedisProcess
 from protocols.orders.codec import decode_order, encode_order
 from protocols.orders.execution import decide
 from protocols.orders.messages import (
@@ -49,8 +50,7 @@ class FakeBackend:
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unknown executor: EHOSTUNREACH
         # As nodes/orders/backend.py: a restarted executor reconnects under the same routing id.
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
-        self.sock.bind(self.endpoint)
+        self.endpoint = bind_loopback(self.sock)
 
     async def send(self, frames: list[bytes], to: bytes = b"executor") -> None:
         """Send once the executor's DEALER has connected (its routing id is known)."""
@@ -62,9 +62,7 @@ class FakeBackend:
                     raise
                 return False
             return True
-        async with asyncio.timeout(scaled(3)):
-            while not await attempt():
-                await asyncio.sleep(0.005)
+        await wait_until(attempt, 3, "the executor connected")
 
     async def order(self, order: Order) -> None:
         await self.send(encode_order(order))
