@@ -115,6 +115,9 @@ def node_processes(workdir: Path) -> Iterator[NodeProcesses]:
 def mesh_config(redis: RedisProcess, *, rate: float = 3000.0, udp_target: str,
                 symbols: tuple[str, ...] = SYMBOLS, recoveries: int = 1,
                 **feed: Any) -> MeshConfig:
+    # Free ports, not port 0: the nodes bind these themselves, in this process or as children
+    # reading a mesh file, and the config must name each port before they start (bus.config
+    # refuses 0 and *: a peer is told the endpoint). nodes.drills.ports, case 4.
     return MeshConfig(
         mesh=MeshSection(key_prefix="e2e"),
         redis=RedisSection(url=redis.url),

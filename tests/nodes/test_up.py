@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_mesh(tmp_path: Path, feeds: int = 1) -> Path:
+    # Child processes bind every endpoint of this mesh file: free ports (nodes.drills.ports,
+    # case 4).
     udp = f"127.0.0.1:{free_port()}"
     symbols = [("EURUSD", "GBPUSD", "USDJPY", "XAUUSD"), ("US500", "BTCUSD")]
     cfg = MeshConfig(

@@ -384,7 +384,7 @@ def test_ea_bridge_ticks_reach_subscribers(redis_server: RedisProcess) -> None:
     from nodes.servers.redis_server import free_port
 
     async def main() -> None:
-        pull = f"tcp://127.0.0.1:{free_port()}"
+        pull = f"tcp://127.0.0.1:{free_port()}"  # named in the feed's config: not port 0
         async with mesh(redis_server, source="ea", pull=pull) as m:
             assert m.feed is not None
             ctx = zmq.asyncio.Context()

@@ -24,6 +24,9 @@ pytestmark = [pytest.mark.timeout(60)]
 
 
 def ea_config(redis: RedisProcess) -> MeshConfig:
+    # The node binds these from its config, which must name a port (bus.config refuses 0
+    # and *): free ports (nodes.drills.ports, case 4). The test reads the PULL endpoint
+    # back from the node (node.source.endpoint).
     return MeshConfig(
         mesh=MeshSection(key_prefix="feedtest"), redis=RedisSection(url=redis.url),
         feeds=(FeedSection(name="ea", source="ea", symbols=("EURUSD", "GBPUSD"),

@@ -18,7 +18,7 @@ import zmq.asyncio
 from nodes.ticks.sources import REASONS, EaBridge, RawTick, Replay, Simulator
 from protocols.errors import ConfigError
 from protocols.ticks.messages import check_row
-from tests.support import scaled
+from tests.support import scaled, wait_until
 
 SYMBOLS = ("EURUSD", "GBPUSD")
 _endpoints = itertools.count()
@@ -255,9 +255,12 @@ def test_bridge_receives_from_a_push_socket() -> None:
             await push.send(json.dumps([tick_map(symbol="GBPUSD"), tick_map(bid=...)]).encode())
             got: list[RawTick] = []
             batches = src.batches()
-            async with asyncio.timeout(scaled(5)):
-                while len(got) < 2:
+
+            async def both() -> bool:
+                async with asyncio.timeout(scaled(5)):  # a batch that never comes
                     got.extend(await anext(batches))
+                return len(got) >= 2
+            await wait_until(both, 5, "both ticks")
             await batches.aclose()  # type: ignore[attr-defined]
             return got
         finally:
