@@ -48,6 +48,8 @@ LIMITS = Limits(frozenset({"EURUSD", "GBPUSD"}), max_quantity=100.0, price_band=
 
 
 def tcp() -> str:
+    """An endpoint on a port that was free a moment ago: only for what a child binds, or
+    what must be named before its binder exists (pair(): why)."""
     return f"tcp://127.0.0.1:{free_port()}"
 
 
@@ -143,6 +145,18 @@ async def fake_executor(ctx: zmq.asyncio.Context, ends: list[str], executed: lis
             s.close(linger=0)
 
 
+ANY_PORT = "tcp://127.0.0.1:*"  # a bind on a port the kernel picks
+
+
+def bound_endpoints(node: BackendNode) -> BackendEndpoints:
+    """The endpoints an in-process node bound (a bind to ANY_PORT: the port it got)."""
+    def bound(sock: zmq.asyncio.Socket) -> str:
+        return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    return BackendEndpoints(clients=bound(node.clients), peer_pub=node.peer_pub.endpoint,
+                            peer_sub=node.endpoints.peer_sub, updates=bound(node.updates),
+                            executor=bound(node.executor))
+
+
 def child_config(cfg: MeshConfig, ends: dict[Role, BackendEndpoints],
                  fill_lots: float | None) -> MeshConfig:
     """``cfg`` with the [orders] section that gives a child backend or executor the endpoints,
@@ -175,18 +189,31 @@ async def pair(redis: RedisProcess, *, roles: tuple[Role, ...] = (Role.PRIMARY, 
     cfg = MeshConfig(mesh=MeshSection(key_prefix="bk"),
                      redis=RedisSection(url=redis.url, deadline_ms=deadline_ms))
     await seed_tick(cfg)
-    # The nodes bind their own endpoints, which must be known before any starts (each
-    # connects to its peer's at construction, and children read them from a mesh file):
-    # free ports, not port 0 (nodes.drills.ports, case 4).
-    pubs = {Role.PRIMARY: tcp(), Role.BACKUP: tcp()}
+    # In-process nodes bind port 0 and the endpoints are read back (bound_endpoints), except
+    # those that must be known before their binder exists: the heartbeat endpoint of the
+    # node made second (the first connects to it when it is made) and every endpoint of a
+    # child (its mesh file names them): free ports there (nodes.drills.ports, case 4).
     other = {Role.PRIMARY: Role.BACKUP, Role.BACKUP: Role.PRIMARY}
-    ends = {r: BackendEndpoints(clients=tcp(), peer_pub=pubs[r],
-                                # a cut link: each listens where nobody publishes
-                                peer_sub=tcp() if cut_heartbeats else pubs[other[r]],
-                                updates=tcp(), executor=tcp()) for r in Role}
-    in_process = tuple(r for r in roles if not (child_primary and r is Role.PRIMARY))
-    nodes = {r: BackendNode(cfg, r, ends[r], limits=LIMITS, pair=PAIR, redrive_s=0.2)
-             for r in in_process}
+    in_process = tuple(r for r in (Role.BACKUP, Role.PRIMARY) if r in roles
+                       and not (child_primary and r is Role.PRIMARY))
+    if not child_primary:
+        in_process = in_process[::-1]  # the primary first
+    reserved = tcp()  # the peer_pub of the node made last
+    ends: dict[Role, BackendEndpoints] = {}
+    nodes: dict[Role, BackendNode] = {}
+    for r in in_process:
+        peer = ends.get(other[r])
+        want = BackendEndpoints(
+            clients=ANY_PORT, updates=ANY_PORT, executor=ANY_PORT,
+            peer_pub=reserved if peer is not None and not cut_heartbeats else ANY_PORT,
+            # a cut link: each listens where nobody publishes
+            peer_sub=tcp() if cut_heartbeats else peer.peer_pub if peer else reserved)
+        nodes[r] = BackendNode(cfg, r, want, limits=LIMITS, pair=PAIR, redrive_s=0.2)
+        ends[r] = bound_endpoints(nodes[r])
+    if child_primary:
+        ends[Role.PRIMARY] = BackendEndpoints(clients=tcp(), peer_pub=reserved,
+                                              peer_sub=ends[Role.BACKUP].peer_pub,
+                                              updates=tcp(), executor=tcp())
     if clock is not None:
         for node in nodes.values():
             node._quotes = QuoteCache(node.ticks, QUOTE_TTL_S, stale_s=node._quotes.stale_s,
@@ -204,7 +231,7 @@ async def pair(redis: RedisProcess, *, roles: tuple[Role, ...] = (Role.PRIMARY, 
         if child_executor:
             assert real_executor, "a child executor is the real one"
             p.procs["executor"] = await children.start("executor", ["executor"], config)
-    exec_ends = tuple(ends[r].executor for r in Role)
+    exec_ends = tuple(ends[r].executor for r in Role if r in ends)
     ex_stop = asyncio.Event()
     executors: list[asyncio.Task[Any]] = []
     if real_executor and not child_executor:
@@ -460,6 +487,7 @@ def test_cli_pair_fails_over_when_the_primary_is_killed(redis_server: RedisProce
                                                         tmp_path: Path) -> None:
     """Both nodes as real processes (the CLI); SIGKILL the active one; the client's retry
     on the other gets its order accepted, and the earlier order is still known."""
+    # The children bind what their mesh file names: free ports (nodes.drills.ports, case 4).
     eps = {name: (tcp(), tcp()) for name in ("clients", "peers", "updates", "executor")}
     cfg = MeshConfig(mesh=MeshSection(key_prefix="bk"), redis=RedisSection(url=redis_server.url),
                      orders=OrdersSection(enabled=True, symbols=("EURUSD",), **eps)).validate()
@@ -585,10 +613,11 @@ def test_takeover_retries_the_reload_of_open_orders(redis_server: RedisProcess) 
                         now_ns=2)
         await seed.write(o, epoch)
         await seed.close()
-        ends = BackendEndpoints(clients=tcp(), peer_pub=tcp(), peer_sub=tcp(), updates=tcp(),
-                                executor=tcp())
-        node = BackendNode(cfg, Role.BACKUP, ends, limits=LIMITS, pair=PAIR, redrive_s=0.1,
+        alone = BackendEndpoints(clients=ANY_PORT, peer_pub=ANY_PORT, peer_sub=tcp(),
+                                 updates=ANY_PORT, executor=ANY_PORT)  # no peer publishes
+        node = BackendNode(cfg, Role.BACKUP, alone, limits=LIMITS, pair=PAIR, redrive_s=0.1,
                            store=ReloadFailsOnce(cfg.redis.url, "bk"))
+        ends = bound_endpoints(node)
         stop = asyncio.Event()
         task = asyncio.create_task(node.run(stop))
         ctx = zmq.asyncio.Context()
