@@ -344,7 +344,7 @@ class Load:
         self._prefix = f"b{time.time_ns()}"
 
     async def reports(self) -> None:
-        from protocols.orders.messages import OrderState
+        from protocols.orders.lifecycle import OrderState
 
         pc = time.perf_counter_ns
         while True:

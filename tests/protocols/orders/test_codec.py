@@ -24,17 +24,15 @@ from protocols.orders.codec import (
     encode_order,
     reject_reason_of,
 )
+from protocols.orders.lifecycle import OrderState
 from protocols.orders.messages import (
     CancelOrder,
     CancelRequest,
     ExecutionReport,
     NewOrder,
-    Order,
     OrderAck,
-    OrderMessage,
     OrderPending,
     OrderReject,
-    OrderState,
     OrderType,
     RejectReason,
     ReplaceOrder,
@@ -42,6 +40,7 @@ from protocols.orders.messages import (
     ReplaceRequest,
     Side,
 )
+from protocols.orders.record import Order, OrderMessage
 from protocols.ticks.codec import MAGIC, encode_recovery
 from protocols.ticks.messages import (
     MAX_STREAM_BYTES,

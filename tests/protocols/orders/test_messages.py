@@ -22,31 +22,29 @@ from protocols.errors import (
     OrderStateError,
     StoreError,
 )
-from protocols.orders.messages import (
+from protocols.orders.fields import check_id
+from protocols.orders.lifecycle import (
     REPORT_EVENTS,
     TRANSITIONS,
+    OrderEvent,
+    OrderState,
+    next_state,
+)
+from protocols.orders.messages import (
     CancelOrder,
     ExecutionReport,
-    Limits,
     NewOrder,
-    OpenOrders,
-    Order,
     OrderAck,
-    OrderEvent,
     OrderReject,
-    OrderState,
     OrderType,
     RejectReason,
     ReplaceOrder,
     Side,
-    check_amend,
-    check_id,
     idempotency,
-    next_state,
     reject_reason_for,
-    validate,
-    validate_replace,
 )
+from protocols.orders.record import OpenOrders, Order, check_amend
+from protocols.orders.risk import Limits, validate, validate_replace
 from protocols.ticks.messages import check_stream
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -817,14 +815,9 @@ def test_random_reports_keep_the_record_consistent(quantity: float, n: int,
 
 def test_average_price_of_a_tiny_first_fill_is_its_price() -> None:
     """Regression (found by hypothesis): 5e-324 lots at 1.5 once averaged to 2.0."""
-    from protocols.orders.messages import (
-        ExecutionReport,
-        NewOrder,
-        Order,
-        OrderState,
-        OrderType,
-        Side,
-    )
+    from protocols.orders.lifecycle import OrderState
+    from protocols.orders.messages import ExecutionReport, NewOrder, OrderType, Side
+    from protocols.orders.record import Order
     new = NewOrder("ACC-1", "c-1", "EURUSD", Side.BUY, OrderType.LIMIT, 1.0, 1.6, 1)
     rec = Order.from_new("o-1", new, epoch=1, now_ns=1)
     for n, state in enumerate((OrderState.ACCEPTED, OrderState.ROUTED), start=2):
@@ -908,7 +901,7 @@ def test_state_names(state: OrderState, terminal: bool, replaceable: bool, at_ex
 
 
 def test_the_price_band_and_the_executor_share_one_quote_rule() -> None:
-    from protocols.orders.messages import usable_quote
+    from protocols.orders.risk import usable_quote
     order = new(type=OrderType.MARKET, price=None)
     for bid, ask in ((0.0, 1.0), (1.2, 1.1), (float("nan"), 1.0), (1.0, float("inf"))):
         assert usable_quote(bid, ask) is None
