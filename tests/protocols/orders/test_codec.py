@@ -41,7 +41,7 @@ from protocols.orders.messages import (
     Side,
 )
 from protocols.orders.record import Order, OrderMessage
-from protocols.ticks.codec import MAGIC, encode_recovery
+from protocols.ticks.codec import encode_recovery
 from protocols.ticks.messages import (
     MAX_STREAM_BYTES,
     PROTOCOL_VERSION,
@@ -49,6 +49,7 @@ from protocols.ticks.messages import (
     Heartbeat,
     Kind,
 )
+from protocols.wire import MAGIC
 
 FAST = settings(max_examples=200, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
