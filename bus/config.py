@@ -191,6 +191,9 @@ class FeedSection:
             _check_endpoint(f"{key}.pull", self.pull)
 
 
+MAX_FILL = 200_000  # ticks in one gap-fill reply at most
+
+
 @dataclass(frozen=True, slots=True)
 class RecoverySection:
     name: str = "recovery"
@@ -200,6 +203,11 @@ class RecoverySection:
     def validate(self, key: str) -> None:
         _check_endpoint(f"{key}.bind", self.bind)
         _positive(f"{key}.max_fill", self.max_fill, "e.g. 50000")
+        # A reply must fit the recovery client's frame limit (bus.sockets.RECOVERY_REPLY_BYTES,
+        # sized for 200,000 ticks): a larger one would cut the client off instead of filling.
+        if self.max_fill > MAX_FILL:
+            raise ConfigError(f"{key}.max_fill", f"must be at most {MAX_FILL:,}, got "
+                              f"{self.max_fill!r}", "a client asks again for the rest")
 
 
 @dataclass(frozen=True, slots=True)

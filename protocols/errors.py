@@ -24,6 +24,7 @@ builtin it resembles so callers can catch either::
     │   ├── OrderTimeout(TimeoutError)     ... no backend answered before the deadline
     │   └── OrderClientClosed(ConnectionError) ... the client closed while it was pending
     ├── ServerError(RuntimeError)          a helper server process (redis, ...) failed to run
+    ├── DrillError(RuntimeError)           a drill or benchmark could not run its system
     └── PeerConflict                       a binary-star pair is misconfigured (two primaries)
 
 Split by fault as h11 does: a ``RemoteProtocolError`` is counted and logged by the receiving node,
@@ -180,6 +181,11 @@ class OrderClientClosed(OrderError, ConnectionError):
 
 class ServerError(TickmeshError, RuntimeError):
     """A server process that tickmesh manages (redis-server, ...) failed to start or run."""
+
+
+class DrillError(TickmeshError, RuntimeError):
+    """A drill or benchmark could not run: a process failed to start, answer or stop, or the
+    system under test never reached the state the drill needs."""
 
 
 class PeerConflict(TickmeshError):

@@ -123,14 +123,10 @@ def new_history() -> deque[tuple[Any, Any, Any]]:
 def machines() -> tuple[Machine[Any, Any], ...]:
     """Every state machine of tickmesh, in the order docs/MACHINES.md shows them."""
     # Imported here: the machines' modules import this one for Machine.
-    from protocols.errors import OrderStateError
-    from protocols.orders import binary_star, messages
+    from protocols.orders import binary_star, lifecycle
     from protocols.ticks import arbitration
 
-    lifecycle = Machine("order", messages.OrderState, messages.OrderEvent,
-                        messages.TRANSITIONS, initial=(messages.OrderState.NEW,),
-                        error=OrderStateError, title="Order lifecycle")
-    return binary_star.MACHINE, arbitration.MACHINE, lifecycle
+    return binary_star.MACHINE, arbitration.MACHINE, lifecycle.MACHINE
 
 
 __all__ = ["HISTORY_SIZE", "Kind", "Machine", "machines", "new_history"]

@@ -57,9 +57,10 @@ from typing import Any
 from nodes.drills.measure import CpuMeter, latency_us, peak_rss_mb
 from nodes.drills.orders import seed_tick
 from nodes.drills.ports import bind_loopback, tcp_endpoint, udp_address
-from nodes.drills.procs import ROOT, Children, DrillError
+from nodes.drills.procs import ROOT, Children
 from nodes.drills.profile import Profile, folded_summary
 from nodes.drills.report import drive, fmt, machine
+from protocols.errors import DrillError
 
 SYMBOL = "EURUSD"
 TARGETS = {"p99_us_1k": 2000.0}
@@ -344,7 +345,7 @@ class Load:
         self._prefix = f"b{time.time_ns()}"
 
     async def reports(self) -> None:
-        from protocols.orders.messages import OrderState
+        from protocols.orders.lifecycle import OrderState
 
         pc = time.perf_counter_ns
         while True:

@@ -66,8 +66,9 @@ from nodes.drills.orders import (
     seed_tick,
 )
 from nodes.drills.ports import tcp_endpoint
-from nodes.drills.procs import DrillError, Node, unwind_on_sigterm
+from nodes.drills.procs import Node, unwind_on_sigterm
 from nodes.drills.report import aligned, conclude, dash, markdown_table, round1
+from protocols.errors import DrillError
 from protocols.stats import percentile
 
 FIND_ACTIVE_TIMEOUT_S = 10.0

@@ -92,7 +92,11 @@ def _slope_mib_per_min(samples: list[tuple[float, int]]) -> float:
     return cov / var * 60 / MIB
 
 
-def _sample(run_dir: Path, series: dict[str, list[tuple[float, int]]], t: float) -> None:
+def _sample(run_dir: Path, series: dict[str, list[tuple[float, int]]],
+            active: dict[str, float], t: float, every: float) -> None:
+    """One RSS sample per node; a backend that reports itself ACTIVE is credited ``every``
+    seconds of active time (a pair may fail over during a soak: the active node's growth is
+    the one that measures per-order memory)."""
     try:
         pids: dict[str, int] = json.loads((run_dir / "pids.json").read_text())
     except (OSError, ValueError):
@@ -103,6 +107,13 @@ def _sample(run_dir: Path, series: dict[str, list[tuple[float, int]]], t: float)
         except psutil.Error:
             continue
         series.setdefault(name, []).append((t, rss))
+        if name.startswith("backend"):
+            try:
+                state = json.loads((run_dir / "stats" / f"{name}.json").read_text())["state"]
+            except (OSError, ValueError, KeyError):
+                continue
+            if state == "active":
+                active[name] = active.get(name, 0.0) + every
 
 
 def main() -> int:
@@ -124,6 +135,7 @@ def main() -> int:
            str(mesh), "--run-dir", str(run_dir), "--redis-port", str(free_port()), "--json"]
     print(f"soak: {args.seconds:g} s at {args.rate:g} orders/s, run dir {run_dir}", flush=True)
     series: dict[str, list[tuple[float, int]]] = {}
+    active: dict[str, float] = {}
     out_path = run_dir / "up.out"
     with out_path.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
@@ -134,13 +146,14 @@ def main() -> int:
                 t = time.monotonic() - start
                 if t > args.seconds + 60:
                     break
-                _sample(run_dir, series, t)
+                _sample(run_dir, series, active, t, args.every)
                 time.sleep(args.every)
         finally:
             # SIGTERM first (up stops its nodes), SIGKILL for the whole session if it hangs.
             if stop_process(proc, UP_STOP_S) is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
+    (run_dir / "rss.json").write_text(json.dumps(series))
     lines = out_path.read_text().splitlines()
     summary: dict[str, object] = {}
     for line in reversed(lines):
@@ -148,15 +161,18 @@ def main() -> int:
             summary = json.loads(line)
             break
     nodes: dict[str, dict[str, float]] = {}
-    print(f"{'node':<18}{'RSS@warm-up':>14}{'RSS@end':>12}{'delta':>10}{'MiB/min':>10}")
+    print(f"{'node':<18}{'RSS@warm-up':>14}{'RSS@end':>12}{'delta':>10}{'MiB/min':>10}"
+          f"{'active s':>10}")
     for name, samples in sorted(series.items()):
         after = [(t, r) for t, r in samples if t >= args.warmup] or samples
         first, last = after[0][1] / MIB, after[-1][1] / MIB
         slope = _slope_mib_per_min(after)
         nodes[name] = {"rss_warm_mib": round(first, 1), "rss_end_mib": round(last, 1),
                        "delta_mib": round(last - first, 1), "slope_mib_per_min": round(slope, 3),
-                       "samples": len(after)}
-        print(f"{name:<18}{first:>13.1f}M{last:>11.1f}M{last - first:>+9.1f}M{slope:>+10.3f}")
+                       "samples": len(after), "active_s": active.get(name, 0.0)}
+        act = f"{active[name]:>10.0f}" if name in active else ""
+        print(f"{name:<18}{first:>13.1f}M{last:>11.1f}M{last - first:>+9.1f}M{slope:>+10.3f}"
+              + act)
     print("up summary: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
     if args.json:
         print(json.dumps({"seconds": args.seconds, "rate": args.rate, "warmup": args.warmup,

@@ -48,7 +48,8 @@ from bus.store.connection import (
 from protocols.backoff import Backoff
 from protocols.errors import Fenced, InvalidOrder, StoreError, StoreUnavailable
 from protocols.orders.codec import decode_order, encode_order
-from protocols.orders.messages import ExecutionReport, Order
+from protocols.orders.messages import ExecutionReport
+from protocols.orders.record import Order
 from protocols.wire import HEADER_SIZE
 
 # KEYS: epoch. ARGV: expected. Returns {1, new} on success, {0, current} otherwise.

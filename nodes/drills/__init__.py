@@ -11,7 +11,7 @@ and so are the next drills (ClickHouse, EA, gateway, the combined drill):
     :class:`~nodes.drills.procs.LineChild` / :class:`~nodes.drills.procs.AsyncLineChild`
     speak the JSON-line protocol to a measuring child, and
     :func:`~nodes.drills.procs.child_setup` / :func:`~nodes.drills.procs.stdin_lines` are the
-    child's side of it. :class:`~nodes.drills.procs.DrillError`: the drill could not run.
+    child's side of it. :class:`~protocols.errors.DrillError`: the drill could not run.
 ``nodes.drills.ports``
     Ports for children that bind themselves (ZeroMQ endpoints in a mesh file, UDP), and
     :func:`~nodes.drills.ports.bind_loopback` for a socket bound in this process.

@@ -26,9 +26,11 @@ from typing import Any
 
 from bus.orders.client import OrderClient
 from bus.store.orders import OrderStore
-from nodes.drills.procs import DrillError, Node
-from protocols.errors import OrderClientClosed, OrderRejected, OrderTimeout
-from protocols.orders.messages import NewOrder, Order, OrderState, OrderType, Side
+from nodes.drills.procs import Node
+from protocols.errors import DrillError, OrderClientClosed, OrderRejected, OrderTimeout
+from protocols.orders.lifecycle import OrderState
+from protocols.orders.messages import NewOrder, OrderType, Side
+from protocols.orders.record import Order
 
 __all__ = [
     "ACCOUNT",

@@ -33,13 +33,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from protocols.errors import TickmeshError
+from protocols.errors import DrillError
 
 __all__ = [
     "ROOT",
     "AsyncLineChild",
     "Children",
-    "DrillError",
     "LineChild",
     "Node",
     "child_setup",
@@ -54,11 +53,6 @@ __all__ = [
 ROOT = Path(__file__).resolve().parents[2]
 
 STOP_TIMEOUT_S = 5.0
-
-
-class DrillError(TickmeshError, RuntimeError):
-    """The drill or benchmark could not run: a process failed to start, answer or stop, or
-    the system under test never reached the state the drill needs."""
 
 
 def unwind_on_sigterm() -> None:

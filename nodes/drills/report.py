@@ -23,7 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nodes.drills.procs import Children, DrillError, unwind_on_sigterm
+from nodes.drills.procs import Children, unwind_on_sigterm
+from protocols.errors import DrillError
 
 __all__ = [
     "aligned",

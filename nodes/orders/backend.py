@@ -70,26 +70,26 @@ from protocols.orders.codec import (
     encode_order,
     reject_reason_of,
 )
+from protocols.orders.fields import check_id
+from protocols.orders.lifecycle import OrderState
 from protocols.orders.messages import (
     PENDING_AFTER_S,
     PENDING_INTERVAL_S,
     CancelOrder,
     ExecutionReport,
     ExecutorRequest,
-    Limits,
     NewOrder,
-    OpenOrders,
-    Order,
     OrderAck,
     OrderPending,
     OrderReject,
     OrderRequest,
-    OrderState,
     RejectReason,
     ReplaceOrder,
     ReplaceRefused,
-    check_id,
 )
+from protocols.orders.pair import PeerHeartbeat, decode_heartbeat, encode_heartbeat
+from protocols.orders.record import OpenOrders, Order
+from protocols.orders.risk import Limits
 from protocols.orders.service import (
     AwaitReplace,
     Decision,
@@ -99,7 +99,6 @@ from protocols.orders.service import (
     SendReplace,
     route_accepted,
 )
-from protocols.orders.pair import PeerHeartbeat, decode_heartbeat, encode_heartbeat
 
 log = logging.getLogger(__name__)
 

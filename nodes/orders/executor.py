@@ -64,19 +64,18 @@ from nodes.common import stats_writer, supervise_tasks, write_json_atomic
 from protocols.errors import InvalidOrder, OrderStateError, RemoteProtocolError, StoreError
 from protocols.orders.codec import decode_order, encode_order
 from protocols.orders.execution import answer, decide, exec_id, over_capacity, reject_entry
+from protocols.orders.fields import check_id
+from protocols.orders.lifecycle import OrderState
 from protocols.orders.messages import (
     CancelRequest,
     ExecutionReport,
     ExecutorRequest,
-    Order,
-    OrderState,
-    Quote,
     RejectReason,
     ReplaceRefused,
     ReplaceRequest,
-    check_id,
-    usable_quote,
 )
+from protocols.orders.record import Order
+from protocols.orders.risk import Quote, usable_quote
 
 log = logging.getLogger(__name__)
 

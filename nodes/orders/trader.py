@@ -23,7 +23,8 @@ from bus.config import MeshConfig
 from bus.orders.client import OrderClient, OrderClientOptions
 from nodes.common import stats_writer, supervise_tasks, write_json_atomic
 from protocols.errors import OrderRejected, OrderTimeout, TooManyInFlight
-from protocols.orders.messages import NewOrder, OrderState, OrderType, Side
+from protocols.orders.lifecycle import OrderState
+from protocols.orders.messages import NewOrder, OrderType, Side
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from enum import Enum
 
 from protocols.errors import PeerConflict, RemoteProtocolError
 from protocols.machines import Machine, new_history
-from protocols.orders.messages import MAX_EPOCH
+from protocols.orders.fields import MAX_EPOCH
 
 
 class Role(Enum):

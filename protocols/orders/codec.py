@@ -20,28 +20,27 @@ from enum import IntEnum
 from typing import Any, TypeVar
 
 from protocols.errors import InvalidOrder, LocalProtocolError, RemoteProtocolError
+from protocols.orders.fields import check_id
+from protocols.orders.lifecycle import OrderState
 from protocols.orders.messages import (
     CancelOrder,
     CancelRequest,
     ExecutionReport,
     NewOrder,
-    Order,
     OrderAck,
-    OrderMessage,
     OrderPending,
     OrderReject,
     OrderReply,
     OrderRequest,
-    OrderState,
     OrderType,
     RejectReason,
     ReplaceOrder,
     ReplaceRefused,
     ReplaceRequest,
     Side,
-    check_id,
     reject_reason_for,
 )
+from protocols.orders.record import Order, OrderMessage
 from protocols.wire import decode_envelope
 from protocols.wire import pack_body as _pack
 from protocols.wire import pack_header as _header

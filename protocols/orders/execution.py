@@ -22,21 +22,19 @@ Rules:
 
 from __future__ import annotations
 
+from protocols.orders.lifecycle import OrderState
 from protocols.orders.messages import (
     CancelRequest,
     ExecutionReport,
     ExecutorRequest,
-    Order,
-    OrderState,
     OrderType,
-    Quote,
     RejectReason,
     ReplaceRefused,
     ReplaceRequest,
     Side,
-    amend_reason,
-    amend_text,
 )
+from protocols.orders.record import Order, amend_reason, amend_text
+from protocols.orders.risk import Quote
 
 
 def exec_id(order_id: str, seq: int) -> str:

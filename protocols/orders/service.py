@@ -33,30 +33,25 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from protocols.orders.lifecycle import OrderState
 from protocols.orders.messages import (
     EXEC_ACCEPT,
     EXEC_ROUTE,
     CancelOrder,
     CancelRequest,
     ExecutionReport,
-    Limits,
     NewOrder,
-    OpenOrders,
-    Order,
     OrderAck,
     OrderReject,
     OrderRequest,
-    OrderState,
     RejectReason,
     ReplaceOrder,
     ReplaceRefused,
     ReplaceRequest,
-    amend_text,
-    check_amend,
     idempotency,
-    validate,
-    validate_replace,
 )
+from protocols.orders.record import OpenOrders, Order, amend_text, check_amend
+from protocols.orders.risk import Limits, validate, validate_replace
 
 REDRIVE_BATCH = 500  # unconfirmed orders re-sent per re-drive round
 GAP_RETRY_S = 0.05  # an order whose log entries arrive with a gap is re-driven at most this often

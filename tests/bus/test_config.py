@@ -204,6 +204,8 @@ WRONG: list[tuple[str, dict[str, Any], str, str]] = [
     ("bad-recovery-bind", {"recovery": [{"bind": "udp://127.0.0.1:7300"}]},
      "recovery[0].bind", 'use "tcp://127.0.0.1:PORT"'),
     ("zero-max-fill", {"recovery": [{"max_fill": 0}]}, "recovery[0].max_fill", "e.g. 50000"),
+    ("max-fill-over-the-reply-limit", {"recovery": [{"max_fill": 200_001}]},
+     "recovery[0].max_fill", "must be at most 200,000"),
     ("bad-hostport-no-colon", feed(udp_targets=["127.0.0.1"]), "feeds[0].udp_targets[0]",
      'is not host:port (fix: e.g. "127.0.0.1:7200")'),
     ("bad-hostport-port-0", feed(udp_targets=["127.0.0.1:0"]), "feeds[0].udp_targets[0]",

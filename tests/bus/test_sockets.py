@@ -42,8 +42,10 @@ from nodes.ticks.recovery import RecoveryNode
 from nodes.ticks.sources import EaBridge
 from protocols.orders.binary_star import State
 from protocols.orders.codec import encode_order
-from protocols.orders.messages import NewOrder, Order, OrderState, OrderType, Side
+from protocols.orders.lifecycle import OrderState
+from protocols.orders.messages import NewOrder, OrderType, Side
 from protocols.orders.pair import PeerHeartbeat, encode_heartbeat
+from protocols.orders.record import Order
 from protocols.ticks.codec import encode_recovery, encode_rows
 from protocols.ticks.messages import (
     MAX_BATCH,

@@ -10,7 +10,7 @@ import pytest
 
 from protocols.errors import IllegalTransition, LocalProtocolError, OrderStateError
 from protocols.machines import HISTORY_SIZE, Kind, Machine, machines, new_history
-from protocols.orders.messages import OrderEvent, OrderState, next_state
+from protocols.orders.lifecycle import OrderEvent, OrderState, next_state
 
 MACHINES = machines()
 PAIRS = [(m, s, e) for m in MACHINES for s in m.states for e in m.events]
@@ -24,7 +24,7 @@ def test_the_machines() -> None:
     assert [m.name for m in MACHINES] == ["binary star", "stream arbiter", "order"]
     assert [m.module for m in MACHINES] == ["protocols.orders.binary_star",
                                             "protocols.ticks.arbitration",
-                                            "protocols.orders.messages"]
+                                            "protocols.orders.lifecycle"]
 
 
 @pytest.mark.parametrize(("m", "state", "event"), PAIRS, ids=[pair_id(*p) for p in PAIRS])

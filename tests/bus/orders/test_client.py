@@ -28,6 +28,7 @@ from protocols.errors import (
     TooManyInFlight,
 )
 from protocols.orders.codec import decode_order_request, encode_order
+from protocols.orders.lifecycle import OrderState
 from protocols.orders.messages import (
     PENDING_AFTER_S,
     PENDING_HOLD_S,
@@ -40,7 +41,6 @@ from protocols.orders.messages import (
     OrderReject,
     OrderReply,
     OrderRequest,
-    OrderState,
     OrderType,
     RejectReason,
     ReplaceOrder,

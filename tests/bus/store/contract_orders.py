@@ -28,7 +28,9 @@ import pytest
 
 from bus.store.orders import OrderStore
 from protocols.errors import Fenced, InvalidOrder, StoreError
-from protocols.orders.messages import NewOrder, Order, OrderState, OrderType, Side
+from protocols.orders.lifecycle import OrderState
+from protocols.orders.messages import NewOrder, OrderType, Side
+from protocols.orders.record import Order
 from tests.support import run_with, run_with_two
 
 OpenOrderStore = Callable[[], Awaitable[OrderStore]]

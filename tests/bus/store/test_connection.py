@@ -15,7 +15,8 @@ from bus.store.orders import RedisOrderStore
 from bus.store.ticks import QuoteCache, RedisTickStore
 from nodes.servers.redis_server import RedisProcess, command, free_port
 from protocols.errors import StoreError, StoreUnavailable
-from protocols.orders.messages import NewOrder, Order, OrderType, Side
+from protocols.orders.messages import NewOrder, OrderType, Side
+from protocols.orders.record import Order
 from protocols.ticks.messages import SnapshotEntry
 from tests.support import FakeClock, wait_until
 

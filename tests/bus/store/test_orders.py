@@ -13,7 +13,7 @@ import pytest
 from bus.store.orders import RedisOrderStore
 from nodes.servers.redis_server import RedisProcess
 from protocols.errors import StoreUnavailable
-from protocols.orders.messages import OrderState
+from protocols.orders.lifecycle import OrderState
 from tests.bus.store.contract_orders import order, routed
 from tests.support import run_with
 

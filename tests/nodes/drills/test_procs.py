@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from nodes.drills.procs import AsyncLineChild, Children, DrillError, LineChild, stop_process
+from nodes.drills.procs import AsyncLineChild, Children, LineChild, stop_process
+from protocols.errors import DrillError
 
 pytestmark = pytest.mark.timeout(30)
 

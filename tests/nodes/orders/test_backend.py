@@ -23,21 +23,21 @@ from nodes.orders.executor import ExecutorNode
 from nodes.servers.redis_server import RedisProcess, free_port
 from protocols.orders.binary_star import PairConfig, Role, State
 from protocols.orders.codec import decode_order, encode_order
+from protocols.orders.lifecycle import OrderState
 from protocols.orders.messages import (
     CancelOrder,
     ExecutionReport,
-    Limits,
     NewOrder,
-    Order,
     OrderAck,
     OrderPending,
     OrderReject,
     OrderRequest,
-    OrderState,
     OrderType,
     RejectReason,
     Side,
 )
+from protocols.orders.record import Order
+from protocols.orders.risk import Limits
 from tests.nodes.harness import NodeProcesses, node_processes
 from tests.support import FakeClock, scaled, wait_until
 

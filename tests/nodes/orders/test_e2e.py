@@ -17,7 +17,8 @@ from bus.orders.client import OrderClient, OrderClientOptions
 from bus.store.orders import RedisOrderStore
 from nodes.servers.redis_server import RedisProcess
 from protocols.orders.binary_star import Role
-from protocols.orders.messages import Order, OrderState
+from protocols.orders.lifecycle import OrderState
+from protocols.orders.record import Order
 from tests.nodes.orders.test_backend import (
     Pair,
     order,

@@ -21,17 +21,17 @@ from nodes.orders.executor import ExecutorNode
 from nodes.servers.redis_server import RedisProcess
 from protocols.orders.codec import decode_order, encode_order
 from protocols.orders.execution import decide
+from protocols.orders.lifecycle import OrderState
 from protocols.orders.messages import (
     CancelRequest,
     ExecutionReport,
-    Order,
-    OrderState,
     OrderType,
     RejectReason,
     ReplaceRefused,
     ReplaceRequest,
     Side,
 )
+from protocols.orders.record import Order
 from tests.protocols.orders.test_execution import assert_applies, routed
 from tests.support import scaled, wait_until
 

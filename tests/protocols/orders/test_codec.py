@@ -24,17 +24,15 @@ from protocols.orders.codec import (
     encode_order,
     reject_reason_of,
 )
+from protocols.orders.lifecycle import OrderState
 from protocols.orders.messages import (
     CancelOrder,
     CancelRequest,
     ExecutionReport,
     NewOrder,
-    Order,
     OrderAck,
-    OrderMessage,
     OrderPending,
     OrderReject,
-    OrderState,
     OrderType,
     RejectReason,
     ReplaceOrder,
@@ -42,7 +40,8 @@ from protocols.orders.messages import (
     ReplaceRequest,
     Side,
 )
-from protocols.ticks.codec import MAGIC, encode_recovery
+from protocols.orders.record import Order, OrderMessage
+from protocols.ticks.codec import encode_recovery
 from protocols.ticks.messages import (
     MAX_STREAM_BYTES,
     PROTOCOL_VERSION,
@@ -50,6 +49,7 @@ from protocols.ticks.messages import (
     Heartbeat,
     Kind,
 )
+from protocols.wire import MAGIC
 
 FAST = settings(max_examples=200, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

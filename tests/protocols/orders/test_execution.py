@@ -14,19 +14,19 @@ from protocols.orders.execution import (
     over_capacity,
     reject_entry,
 )
+from protocols.orders.lifecycle import OrderState
 from protocols.orders.messages import (
     CancelRequest,
     ExecutionReport,
     NewOrder,
-    Order,
-    OrderState,
     OrderType,
     RejectReason,
     ReplaceRefused,
     ReplaceRequest,
     Side,
-    usable_quote,
 )
+from protocols.orders.record import Order
+from protocols.orders.risk import usable_quote
 
 BID, ASK = 1.1000, 1.1002
 

@@ -8,16 +8,14 @@ from typing import Any
 
 import pytest
 
+from protocols.orders.lifecycle import OrderState
 from protocols.orders.messages import (
     CancelOrder,
     CancelRequest,
     ExecutionReport,
-    Limits,
     NewOrder,
-    Order,
     OrderAck,
     OrderReject,
-    OrderState,
     OrderType,
     RejectReason,
     ReplaceOrder,
@@ -25,6 +23,8 @@ from protocols.orders.messages import (
     ReplaceRequest,
     Side,
 )
+from protocols.orders.record import Order
+from protocols.orders.risk import Limits
 from protocols.orders.service import (
     GAP_RETRY_S,
     RECENT_REPLACES,
