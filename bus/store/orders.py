@@ -90,6 +90,8 @@ return {1}
 # KEYS: the log, the executed set. ARGV: position - 1, entry, exec id ("" : not an execution).
 # Returns {1} appended, {0, entries from the position on} when the log is longer already, or
 # {2, length} when it is shorter (a position beyond the end: the caller's bug, never written).
+# The same entry found as the last one is {1} too: the command is retried when its reply is lost
+# (a store failing over), and that retry must not read its own write as another decider's.
 _APPEND = """
 local n = redis.call('LLEN', KEYS[1])
 local at = tonumber(ARGV[1])
@@ -102,6 +104,9 @@ if n == at then
 end
 if n < at then
   return {2, n}
+end
+if n == at + 1 and redis.call('LINDEX', KEYS[1], at) == ARGV[2] then
+  return {1}
 end
 return {0, redis.call('LRANGE', KEYS[1], at, -1)}
 """
@@ -136,8 +141,9 @@ class OrderStore(Protocol):
     async def append_execution(self, entry: ExecutionReport) -> list[ExecutionReport]:
         """Append ``entry`` to its order's execution log at position ``entry.seq`` if the log
         holds exactly ``entry.seq - 1`` entries, and record a fill or final decision as
-        executed in the same step. Returns [] when appended, else the entries from position
-        ``entry.seq`` on (decided by someone else first)."""
+        executed in the same step. Returns [] when appended (also when the log's last entry is
+        ``entry`` itself: the same append sent again after its reply was lost), else the
+        entries from position ``entry.seq`` on (decided by someone else first)."""
         ...
 
     async def executions(self, order_id: str, after: int = 0) -> list[ExecutionReport]:

@@ -177,6 +177,23 @@ class OrderStoreContract:
             assert await s.executions("o2") == []
         run_with(order_store, body)
 
+    def test_an_append_sent_again_after_a_lost_reply_is_appended_once(
+            self, order_store: OpenOrderStore) -> None:
+        """A store failing over loses the reply of a command that ran, and the command is
+        sent again: the same entry, found as the log's last one, counts as appended, not as
+        another decider's (issue 9: an executor counted its own fill as a conflict)."""
+        async def body(s: OrderStore) -> None:
+            first = routed().fill_report(0.5, 1.1, seq=1, exec_id="o1:1")
+            assert await s.append_execution(first) == []
+            assert await s.append_execution(first) == []
+            assert await s.executions("o1") == [first]
+            # Once a later entry follows it, the same entry is history, not a retry.
+            second = routed().apply(first, epoch=1, now_ns=2).fill_report(
+                0.5, 1.1, seq=2, exec_id="o1:2")
+            assert await s.append_execution(second) == []
+            assert await s.append_execution(first) == [first, second]
+        run_with(order_store, body)
+
     def test_an_entry_without_a_position_is_refused(self, order_store: OpenOrderStore) -> None:
         async def body(s: OrderStore) -> None:
             with pytest.raises(ValueError, match="position >= 1"):
