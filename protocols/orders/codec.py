@@ -88,10 +88,12 @@ def encode_order(msg: OrderMessage) -> list[bytes]:
             return [_header(OrderKind.ORDER_ACK), _pack(
                 {"client_order_id": cid, "order_id": order_id, "state": int(state),
                  "epoch": epoch})]
-        case OrderReject(cid, reason, message):
-            return [_header(OrderKind.ORDER_REJECT), _pack(
-                {"client_order_id": cid, "reason": int(reason), "message": message,
-                 "retryable": reason.retryable})]
+        case OrderReject(cid, reason, message, retry_after_ms):
+            body = {"client_order_id": cid, "reason": int(reason), "message": message,
+                    "retryable": reason.retryable}
+            if retry_after_ms:  # absent means 0: peers that predate the hint read it as such
+                body["retry_after_ms"] = retry_after_ms
+            return [_header(OrderKind.ORDER_REJECT), _pack(body)]
         case OrderPending(in_service):
             return [_header(OrderKind.ORDER_PENDING), _pack({"in_service": in_service})]
         case ExecutionReport():
@@ -169,7 +171,7 @@ def _reject(d: dict[str, Any]) -> OrderReject:
     if d["retryable"] is not reason.retryable:
         raise InvalidOrder("retryable", f"must be {reason.retryable} for {reason.name}, "
                                         f"got {d['retryable']!r}")
-    return OrderReject(d["client_order_id"], reason, d["message"])
+    return OrderReject(d["client_order_id"], reason, d["message"], d.get("retry_after_ms", 0))
 
 
 def _decode(kind: OrderKind, d: dict[str, Any]) -> OrderMessage:

@@ -83,7 +83,7 @@ class RejectReason(IntEnum):
     NOT_CANCELLABLE = 13  # the target is terminal (or not yet accepted)
     MALFORMED = 14
     EXECUTOR_UNAVAILABLE = 15  # a replace got no answer from the executor in time: resend it
-
+    BUSY = 16  # the active backend is at its admission bound: resend after ``retry_after_ms``
 
     @property
     def retryable(self) -> bool:
@@ -92,7 +92,10 @@ class RejectReason(IntEnum):
 
 
 _RETRYABLE = frozenset({RejectReason.NOT_ACTIVE, RejectReason.STORE_UNAVAILABLE,
-                        RejectReason.FENCED, RejectReason.EXECUTOR_UNAVAILABLE})
+                        RejectReason.FENCED, RejectReason.EXECUTOR_UNAVAILABLE,
+                        RejectReason.BUSY})
+
+MAX_RETRY_AFTER_MS = 60_000  # a back-off hint beyond a minute is a bug, not a hint
 
 
 def check_price(order_type: OrderType, price: object) -> None:
@@ -203,11 +206,13 @@ class OrderAck:
 @dataclass(frozen=True, slots=True)
 class OrderReject:
     """The request ``client_order_id`` was refused. ``client_order_id`` is "" when it could not
-    be read from a malformed request."""
+    be read from a malformed request. ``retry_after_ms`` is a back-off hint (0: none): a BUSY
+    backend asks the client to resend the same request to it after that long."""
 
     client_order_id: str
     reason: RejectReason
     message: str
+    retry_after_ms: int = 0
 
     def __post_init__(self) -> None:
         if self.client_order_id != "":
@@ -215,6 +220,11 @@ class OrderReject:
         check_enum("reason", self.reason, RejectReason)
         if not isinstance(self.message, str):
             raise InvalidOrder("message", f"must be a string, got {type(self.message).__name__}")
+        if type(self.retry_after_ms) is not int or not 0 <= self.retry_after_ms \
+                <= MAX_RETRY_AFTER_MS:
+            raise InvalidOrder("retry_after_ms", f"must be an integer in [0, "
+                                                 f"{MAX_RETRY_AFTER_MS}], got "
+                                                 f"{self.retry_after_ms!r}")
 
     @property
     def retryable(self) -> bool:
@@ -447,6 +457,7 @@ def reject_reason_for(error: InvalidOrder) -> RejectReason:
 __all__ = [
     "EXEC_ACCEPT",
     "EXEC_ROUTE",
+    "MAX_RETRY_AFTER_MS",
     "PENDING_AFTER_S",
     "PENDING_HOLD_S",
     "PENDING_INTERVAL_S",

@@ -78,6 +78,7 @@ MESSAGES: list[Any] = [
     *[pytest.param(OrderReject("c-1", r, f"because {r.name}"), id=f"reject-{r.name.lower()}")
       for r in RejectReason],
     pytest.param(OrderReject("", RejectReason.MALFORMED, ""), id="reject-unknown-id"),
+    pytest.param(OrderReject("c-1", RejectReason.BUSY, "at the bound", 7), id="reject-busy-hint"),
     pytest.param(OrderPending(3), id="pending"),
     pytest.param(OrderPending(0), id="pending-none-left"),
     pytest.param(FILL, id="report-partial-fill"),
@@ -155,6 +156,10 @@ def test_body_uses_the_documented_keys() -> None:
         "client_order_id": "c-1", "order_id": "o-1", "state": 3, "epoch": 7}
     assert msgpack.unpackb(encode_order(OrderReject("c-1", RejectReason.NOT_ACTIVE, "m"))[1]) == {
         "client_order_id": "c-1", "reason": 9, "message": "m", "retryable": True}
+    # The hint travels only when there is one: older peers never see the key.
+    assert msgpack.unpackb(encode_order(OrderReject("c-1", RejectReason.BUSY, "m", 12))[1]) == {
+        "client_order_id": "c-1", "reason": 16, "message": "m", "retryable": True,
+        "retry_after_ms": 12}
     assert msgpack.unpackb(encode_order(FILL)[1]) == {
         "order_id": "o-1", "client_order_id": "c-1", "account": "ACC-1", "symbol": "EURUSD",
         "side": 1, "state": 4, "filled_quantity": 1.0, "last_quantity": 0.5,

@@ -73,7 +73,7 @@ def test_idempotency_across_keys_is_a_local_error(other: NewOrder) -> None:
 # --- reject reasons --------------------------------------------------------------------------
 
 RETRYABLE = {RejectReason.NOT_ACTIVE, RejectReason.STORE_UNAVAILABLE, RejectReason.FENCED,
-             RejectReason.EXECUTOR_UNAVAILABLE}
+             RejectReason.EXECUTOR_UNAVAILABLE, RejectReason.BUSY}
 
 
 @pytest.mark.parametrize("reason", list(RejectReason), ids=[r.name for r in RejectReason])
@@ -138,6 +138,14 @@ INVALID: list[tuple[str, Callable[[], Any], str, str]] = [
     ("reject-message-none",
      lambda: OrderReject("c-1", RejectReason.MALFORMED, None),  # type: ignore[arg-type]
      "message", "must be a string"),
+    ("reject-retry-after-negative", lambda: OrderReject("c-1", RejectReason.BUSY, "", -1),
+     "retry_after_ms", "must be an integer in [0, 60000]"),
+    ("reject-retry-after-float", lambda: OrderReject("c-1", RejectReason.BUSY, "", 1.5),
+     "retry_after_ms", "must be an integer"),
+    ("reject-retry-after-bool", lambda: OrderReject("c-1", RejectReason.BUSY, "", True),
+     "retry_after_ms", "must be an integer"),
+    ("reject-retry-after-too-long", lambda: OrderReject("c-1", RejectReason.BUSY, "", 60_001),
+     "retry_after_ms", "must be an integer in [0, 60000]"),
     ("reject-bad-id", lambda: OrderReject("c\x01", RejectReason.MALFORMED, ""),
      "client_order_id", "control"),
     ("report-new", lambda: report(S.NEW), "state", "NEW is never reported"),
