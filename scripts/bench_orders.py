@@ -312,7 +312,7 @@ class Mesh:
         last: tuple[int, ...] = ()
         while time.monotonic() - t0 < timeout:
             now: list[int] = []
-            for name in ("primary", "backup"):
+            for name in BACKENDS:
                 with contextlib.suppress(OSError, ValueError):
                     now.append(int(json.loads(
                         (self.workdir / f"{name}.json").read_text())["requests"]))
@@ -325,7 +325,7 @@ class Mesh:
     def backends(self) -> dict[str, dict[str, Any]]:
         """Each backend's state, epoch and counters, from its latest stats file."""
         out: dict[str, dict[str, Any]] = {}
-        for name in ("primary", "backup"):
+        for name in BACKENDS:
             with contextlib.suppress(OSError, ValueError):
                 st = json.loads((self.workdir / f"{name}.json").read_text())
                 out[name] = {k: st.get(k) for k in ("state", "epoch", "requests", "acks",
