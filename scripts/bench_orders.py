@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Order benchmark: tickmesh's order round trip beside raw ZeroMQ and Redis round trips, in one run.
 
-    ./scripts/bench-orders            # about 60-80 seconds
-    ./scripts/bench-orders --quick    # about 20 seconds
+    ./scripts/bench-orders            # about 60-90 seconds
+    ./scripts/bench-orders --quick    # about 20-40 seconds
     ./scripts/bench-orders --json     # the last line of stdout is one JSON object
     ./scripts/bench-orders --profile DIR   # py-spy the backend and the executor at 1,000/s
 
@@ -35,6 +35,19 @@ to the first rate that is (each failure retried once without ``--quick``: the ma
 Between steps the bench waits until the backends' request counters stop moving, so retries a
 backend still has queued do not spill into the next step.
 
+Per step, **orders per CPU-second** of each process: the orders acknowledged between two psutil
+samples taken just before and just after the window, over the CPU seconds (user + system) the
+process used between them; for the backend active at the step's start, its passive peer, the
+executor and the client (this process: the ``OrderClient`` and the load's bookkeeping).
+
+**The overload step** follows the search: one window at ``--overload-factor`` (default 2) times
+the highest sustained rate, and then every request is let run to its answer or its
+``OrderTimeout``. It reports the acknowledged orders' round trip, the BUSY replies (the
+backends' ``busy`` stat, 0 where there is none; and those the client decoded,
+``nodes.drills.orders.BusyTap``), how fast a BUSY came (just before ``place()`` to the first BUSY
+the client decoded for the order), client timeouts, and takeovers (the store's epoch before and
+after). It is not one of the search's steps: it never changes the highest sustained rate.
+
 docs/BENCHMARKS.md, section "Orders", describes the method and the results.
 """
 
@@ -54,8 +67,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from nodes.drills.measure import CpuMeter, latency_us, peak_rss_mb
-from nodes.drills.orders import seed_tick
+from nodes.drills.measure import CpuMeter, latency_us, peak_rss_mb, per_cpu_second
+from nodes.drills.orders import BusyTap, seed_tick
 from nodes.drills.ports import bind_loopback, tcp_endpoint, udp_address
 from nodes.drills.procs import ROOT, Children
 from nodes.drills.profile import Profile, folded_summary
@@ -64,9 +77,16 @@ from protocols.errors import DrillError
 
 SYMBOL = "EURUSD"
 TARGETS = {"p99_us_1k": 2000.0}
+# Issue 10's targets: the 1k round-trip p99 as a multiple of the raw DEALER/ROUTER p99 of the
+# same run, and the overload step's bounds (acked round trip p99, BUSY answer p99).
+P99_1K_VS_RAW_ZMQ = 10.0
+OVERLOAD_RTT_P99_MS = 20.0
+OVERLOAD_BUSY_P99_MS = 5.0
 P99_BOUND_MS = 20.0  # a sustained rate keeps the round-trip p99 below this
 DRAIN_S = 2.0  # after the window: how long the last orders may take to fill
 PLACED_FRACTION = 0.95  # the client must place this share of the nominal rate
+OVERLOAD_IDLE_S = 10.0  # after the overload step: the longest wait for the backends to go idle
+BACKENDS = ("primary", "backup")
 
 
 def _say(msg: str) -> None:
@@ -292,7 +312,7 @@ class Mesh:
         last: tuple[int, ...] = ()
         while time.monotonic() - t0 < timeout:
             now: list[int] = []
-            for name in ("primary", "backup"):
+            for name in BACKENDS:
                 with contextlib.suppress(OSError, ValueError):
                     now.append(int(json.loads(
                         (self.workdir / f"{name}.json").read_text())["requests"]))
@@ -305,13 +325,24 @@ class Mesh:
     def backends(self) -> dict[str, dict[str, Any]]:
         """Each backend's state, epoch and counters, from its latest stats file."""
         out: dict[str, dict[str, Any]] = {}
-        for name in ("primary", "backup"):
+        for name in BACKENDS:
             with contextlib.suppress(OSError, ValueError):
                 st = json.loads((self.workdir / f"{name}.json").read_text())
                 out[name] = {k: st.get(k) for k in ("state", "epoch", "requests", "acks",
                                                      "rejects", "not_active", "duplicates",
-                                                     "fenced", "reports", "redriven")}
+                                                     "fenced", "reports", "redriven", "busy",
+                                                     "takeovers")}
         return out
+
+    async def epoch(self) -> int:
+        """The fencing epoch in the store now (each takeover raises it by one)."""
+        import redis.asyncio as aredis
+
+        r = aredis.Redis.from_url(self.cfg.redis.url)
+        try:
+            return int(await r.get(f"{self.cfg.mesh.key_prefix}:epoch") or 0)
+        finally:
+            await r.aclose()
 
     def note_rss(self) -> None:
         for name, pid in self.cpu.pids.items():
@@ -339,6 +370,7 @@ class Load:
         self.acked: dict[str, int] = {}
         self.filled: dict[str, int] = {}
         self.errors: dict[str, int] = {}
+        self.busy_raised: dict[str, int] = {}  # place() raised OrderRejected(BUSY): when
         self.other_reports: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._n = 0
@@ -370,6 +402,8 @@ class Load:
             reason = getattr(exc, "reason", None)
             key = f"{name}:{reason.name}" if reason is not None else name
             self.errors[key] = self.errors.get(key, 0) + 1
+            if key == "OrderRejected:BUSY":
+                self.busy_raised[cid] = time.perf_counter_ns()
 
     def place_one(self) -> str:
         self._n += 1
@@ -400,6 +434,20 @@ class Load:
                 return
             await asyncio.sleep(0.005)
 
+    def acked_between(self, t0_ns: int, t1_ns: int) -> int:
+        """Orders acknowledged between two ``perf_counter_ns`` times (a CPU window)."""
+        return sum(1 for t in self.acked.values() if t0_ns <= t <= t1_ns)
+
+    def busy_us(self, ids: list[str], tap: BusyTap) -> dict[str, float]:
+        """From just before ``place()`` to the first BUSY the client decoded for the order
+        (the tap), or else to ``place()`` raising ``OrderRejected(BUSY)``: percentiles."""
+        lat = []
+        for c in ids:
+            t = tap.first_busy_ns.get(c) or self.busy_raised.get(c)
+            if t is not None and c in self.sent:
+                lat.append(t - self.sent[c])
+        return latency_us(lat)
+
     def result(self, ids: list[str], rate: float, seconds: float) -> dict[str, Any]:
         rtt = [self.filled[c] - self.sent[c] for c in ids if c in self.filled and c in self.sent]
         ack = [self.acked[c] - self.sent[c] for c in ids if c in self.acked and c in self.sent]
@@ -410,12 +458,43 @@ class Load:
                 "rtt_us": latency_us(rtt), "ack_us": latency_us(ack)}
 
 
-async def run_steps(mesh: Mesh, t: Timing, *, profile_s: float = 0.0,
-                    profile_rate: int = 1000) -> list[dict[str, Any]]:
+def _roles(active: str) -> dict[str, str]:
+    """The process behind each role of a step: the backend active at its start, its peer,
+    the executor and the client (this process)."""
+    passive = next((b for b in BACKENDS if b != active), "") if active in BACKENDS else ""
+    return {"active": active if active in BACKENDS else "", "passive": passive,
+            "executor": "executor", "client": "bench"}
+
+
+def _active(backends: dict[str, dict[str, Any]]) -> str:
+    return "/".join(n for n, b in backends.items() if b["state"] == "active") or "none"
+
+
+def _busy(backends: dict[str, dict[str, Any]]) -> int | None:
+    """The backends' BUSY replies so far (their ``busy`` stat), None when neither has one."""
+    got = [b["busy"] for b in backends.values() if b.get("busy") is not None]
+    return sum(got) if got else None
+
+
+async def run_steps(mesh: Mesh, t: Timing, *, profile_s: float = 0.0, profile_rate: int = 1000,
+                    overload_factor: float = 2.0
+                    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The warm-up, the 1,000/s step, the search for the highest sustained rate, then the
+    overload step at ``overload_factor`` times that rate (0: none). The search's steps, and
+    the overload step (None when there was none)."""
     from bus.orders.client import OrderClient, OrderClientOptions
 
+    options = OrderClientOptions.from_config(mesh.cfg)
+    with BusyTap() as tap:
+        return await _run_steps(mesh, t, OrderClient(options), tap, profile_s, profile_rate,
+                                overload_factor)
+
+
+async def _run_steps(mesh: Mesh, t: Timing, client: Any, tap: BusyTap, profile_s: float,
+                     profile_rate: int, overload_factor: float
+                     ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     steps: list[dict[str, Any]] = []
-    async with OrderClient(OrderClientOptions.from_config(mesh.cfg)) as client:
+    async with client:
         load = Load(client)
         reader = asyncio.create_task(load.reports())
         try:
@@ -431,67 +510,112 @@ async def run_steps(mesh: Mesh, t: Timing, *, profile_s: float = 0.0,
                 load.errors.clear()
             await load.paced(500, 0.5)
             await asyncio.sleep(0.2)
+            first_active = ""
 
-            async def step(rate: int, seconds: float) -> dict[str, Any]:
+            async def step(rate: int, seconds: float, *, settle_s: float = DRAIN_S,
+                           idle_s: float = 30.0) -> dict[str, Any]:
+                nonlocal first_active
                 load.errors.clear()
                 load.other_reports.clear()
                 _say(f"tickmesh at {rate:,} orders/s for {seconds} s")
-                retries0 = client.stats()["retries"]
-                c0 = mesh.cpu.sample()
+                before = mesh.backends()
+                roles = _roles(_active(before))
+                client0, tap_busy0 = client.stats(), tap.busy
+                c0, w0 = mesh.cpu.sample(), time.perf_counter_ns()
                 ids, took = await load.paced(rate, seconds)
-                c1 = mesh.cpu.sample()
-                await load.settle(ids, DRAIN_S)
+                c1, w1 = mesh.cpu.sample(), time.perf_counter_ns()
+                await load.settle(ids, settle_s)
                 mesh.note_rss()
                 s = load.result(ids, rate, took)
-                s["retries"] = client.stats()["retries"] - retries0
+                s["retries"] = client.stats()["retries"] - client0["retries"]
                 s["cpu_pct"] = CpuMeter.percent(c0, c1)
+                s["acked_in_window"] = load.acked_between(w0, w1)
+                s["cpu_roles"] = roles
+                s.update(per_cpu_second(s["acked_in_window"], CpuMeter.seconds(c0, c1), roles))
                 s["client"] = client.stats()
                 s["sustained"] = (not s["errors"] and s["acked"] == s["placed"]
                                   and s["filled"] == s["placed"]
                                   and s["retries"] == 0
                                   and s["placed"] >= PLACED_FRACTION * rate * seconds
                                   and s["rtt_us"]["p99"] <= P99_BOUND_MS * 1000)
+                per = s["orders_per_cpu_s"]
                 _say(f"  placed {s['placed_per_s']:,}/s, acked {s['acked']}, filled "
                      f"{s['filled']}/{s['placed']}, rtt p50/p99 {fmt(s['rtt_us']['p50'])}/"
                      f"{fmt(s['rtt_us']['p99'])} us, errors {s['errors'] or 0}, cpu "
-                     f"{s['cpu_pct']}{'' if s['sustained'] else '  NOT SUSTAINED'}")
-                steps.append(s)
+                     f"{s['cpu_pct']}, orders/cpu-s active {fmt(per['active'])} executor "
+                     f"{fmt(per['executor'])}{'' if s['sustained'] else '  NOT SUSTAINED'}")
                 # Retries the backends have queued but not read yet belong to this step.
-                s["idle_after_s"] = await mesh.wait_idle(30.0)
+                s["idle_after_s"] = await mesh.wait_idle(idle_s)
                 s["backends"] = mesh.backends()
-                s["active"] = "/".join(n for n, b in s["backends"].items()
-                                       if b["state"] == "active") or "none"
-                if s["active"] != steps[0]["active"]:
+                s["active"] = _active(s["backends"])
+                busy0, busy1 = _busy(before), _busy(s["backends"])
+                s["busy"] = busy1 - (busy0 or 0) if busy1 is not None else 0
+                s["busy_client"] = tap.busy - tap_busy0
+                s["busy_us"] = load.busy_us(ids, tap)
+                # attempts the client gave up waiting for (each retried or the request's end)
+                s["attempt_timeouts"] = (s["client"].get("timeouts", 0)
+                                         - client0.get("timeouts", 0))
+                first_active = first_active or s["active"]
+                if s["active"] != first_active:
                     _say(f"  the active backend is now {s['active']} (epoch "
                          f"{[b['epoch'] for b in s['backends'].values()]})")
                 return s
 
+            async def search(rate: int) -> dict[str, Any]:
+                s = await step(rate, t.window_s)
+                steps.append(s)
+                return s
+
             if profile_s:
-                await step(profile_rate, profile_s)
-                return steps
-            s = await step(1000, t.window_s)
+                steps.append(await step(profile_rate, profile_s))
+                return steps, None
+            s = await search(1000)
             if s["sustained"]:
                 for rate in t.ramp:  # up to the first rate that is not sustained
-                    s = await step(rate, t.window_s)
+                    s = await search(rate)
                     if not s["sustained"] and t.retry:
-                        s = await step(rate, t.window_s)
+                        s = await search(rate)
                     if not s["sustained"]:
                         break
             else:
                 for rate in t.down:  # down to the first rate that is sustained
-                    s = await step(rate, t.window_s)
+                    s = await search(rate)
                     if not s["sustained"] and t.retry:
-                        s = await step(rate, t.window_s)
+                        s = await search(rate)
                     if s["sustained"]:
                         break
+            best = max((s["rate"] for s in steps if s["sustained"]), default=0)
+            if not (overload_factor > 0 and best):
+                return steps, None
+            epoch0 = await mesh.epoch()
+            # Every request placed gets its answer or its OrderTimeout before the count.
+            s = await step(round(overload_factor * best), t.window_s,
+                           settle_s=client.options.deadline_s + DRAIN_S,
+                           idle_s=OVERLOAD_IDLE_S)
+            epoch1 = await mesh.epoch()
+            s.update(overload_of(s, best, overload_factor, tap.decoded, epoch0, epoch1))
+            return steps, s
         finally:
             reader.cancel()
             await asyncio.gather(reader, *load._tasks, return_exceptions=True)
-    return steps
 
 
-def summarize(raw: dict[str, Any], steps: list[dict[str, Any]],
-              peak_rss: dict[str, float]) -> dict[str, Any]:
+def overload_of(s: dict[str, Any], best: int, factor: float, decoded: int, epoch0: int,
+                epoch1: int) -> dict[str, Any]:
+    """What the overload step adds to a step's figures: the factor and the rate it multiplies,
+    BUSY replies and how fast they came, client timeouts, takeovers."""
+    source = ("client: the first BUSY reject the client decoded per order (BusyTap), from just "
+              "before place()" if decoded else
+              "client: place() raising OrderRejected(BUSY) (the tap saw no reply); "
+              "count: the backends' busy stat")
+    return {"overload_factor": factor, "of_rate": best, "busy_latency_source": source,
+            "timeouts": s["errors"].get("OrderTimeout", 0),
+            "unanswered": s["placed"] - s["acked"] - sum(s["errors"].values()),
+            "epoch_before": epoch0, "epoch_after": epoch1, "takeovers": epoch1 - epoch0}
+
+
+def summarize(raw: dict[str, Any], steps: list[dict[str, Any]], peak_rss: dict[str, float],
+              overload: dict[str, Any] | None = None) -> dict[str, Any]:
     s1k = next((s for s in steps if s["rate"] == 1000), None)
     ok = [s for s in steps if s["sustained"]]
     best = max(ok, key=lambda s: s["rate"]) if ok else None
@@ -520,7 +644,44 @@ def summarize(raw: dict[str, Any], steps: list[dict[str, Any]],
                            if x.get("active") != y.get("active"))
     out["ratio_p50_rtt_vs_raw_zmq"] = out["p50_us_1k"] / out["raw_zmq_rtt_p50_us"]
     out["pass_p99_1k"] = out["p99_us_1k"] <= TARGETS["p99_us_1k"]
+    out["ratio_p99_rtt_1k_vs_raw_zmq_p99"] = out["p99_us_1k"] / out["raw_zmq_rtt_p99_us"]
+    out["pass_p99_1k_vs_raw_zmq"] = out["ratio_p99_rtt_1k_vs_raw_zmq_p99"] <= P99_1K_VS_RAW_ZMQ
+    for key, s in (("1k", s1k), ("max", best)):
+        out[f"orders_per_cpu_s_{key}"] = s["orders_per_cpu_s"] if s else {}
+        out[f"cpu_s_{key}"] = s["cpu_s"] if s else {}
+    out["overload"] = overload_summary(overload)
+    out["overload_step"] = overload
     return out
+
+
+def overload_summary(o: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The overload step's headline figures (None when it did not run)."""
+    if o is None:
+        return None
+    return {"rate": o["rate"], "of_rate": o["of_rate"], "factor": o["overload_factor"],
+            "placed_per_s": o["placed_per_s"], "acked": o["acked"],
+            "rtt_p50_us": o["rtt_us"]["p50"], "rtt_p99_us": o["rtt_us"]["p99"],
+            "busy": o["busy"], "busy_client": o["busy_client"],
+            "busy_p50_us": o["busy_us"]["p50"], "busy_p99_us": o["busy_us"]["p99"],
+            "busy_latency_source": o["busy_latency_source"], "timeouts": o["timeouts"],
+            "unanswered": o["unanswered"], "attempt_timeouts": o["attempt_timeouts"],
+            "errors": o["errors"], "retries": o["retries"],
+            "epoch_before": o["epoch_before"], "epoch_after": o["epoch_after"],
+            "takeovers": o["takeovers"], "orders_per_cpu_s": o["orders_per_cpu_s"],
+            "cpu_s": o["cpu_s"], "targets": overload_targets(o)}
+
+
+def overload_targets(o: dict[str, Any]) -> dict[str, bool | None]:
+    """Issue 10 at 2 x the highest sustained rate: acked orders keep their round-trip p99, the
+    rest get BUSY fast, no client timeout, no takeover. ``busy_p99`` is None without a BUSY."""
+    busy_p99 = o["busy_us"]["p99"]
+    return {"rtt_p99": o["rtt_us"]["p99"] <= OVERLOAD_RTT_P99_MS * 1000,
+            "busy_p99": None if math.isnan(busy_p99) else busy_p99 <= OVERLOAD_BUSY_P99_MS * 1000,
+            "no_timeout": o["timeouts"] == 0 and o["unanswered"] == 0,
+            "no_takeover": o["takeovers"] == 0}
+
+
+CPU_COLUMNS = (("active", 26), ("passive", 26), ("executor", 20), ("client", 20))
 
 
 def render(result: dict[str, Any]) -> str:
@@ -535,7 +696,8 @@ def render(result: dict[str, Any]) -> str:
              "  rate  placed/s  filled   rtt p50  rtt p99  ack p50  ack p99  retries  active   "
              "sustained  "
              "cpu % bench/primary/backup/executor/redis"]
-    for s in result["steps"]:
+    shown = [*result["steps"], *([result["overload"]] if result.get("overload") else [])]
+    for s in shown:
         c = s["cpu_pct"]
         cpu = "/".join(fmt(c.get(k, math.nan)) for k in
                        ("bench", "primary", "backup", "executor", "redis"))
@@ -544,14 +706,49 @@ def render(result: dict[str, Any]) -> str:
                      f"{fmt(s['ack_us']['p50']):>8} {fmt(s['ack_us']['p99']):>8} "
                      f"{s['retries']:>8,} {s['active']:>7} "
                      f"{'yes' if s['sustained'] else 'NO':>10}  {cpu}"
-                     + (f"  errors {s['errors']}" if s["errors"] else ""))
+                     + (f"  errors {s['errors']}" if s["errors"] else "")
+                     + ("  (overload step)" if "overload_factor" in s else ""))
+    lines += ["", "orders acked in the window per CPU second of each process (CPU s in the "
+              "window; the backend active at the step's start)",
+              ("  rate    acked  " + "".join(r.ljust(w) for r, w in CPU_COLUMNS)).rstrip()]
+    for s in shown:
+        per, cpu, roles = s["orders_per_cpu_s"], s["cpu_s"], s["cpu_roles"]
+        cells = []
+        for role, width in CPU_COLUMNS:
+            who = f" {roles[role]}" if role in ("active", "passive") else ""
+            cells.append(f"{fmt(per[role])} ({cpu[role]:.2f} s{who})".ljust(width))
+        tag = " (overload step)" if "overload_factor" in s else ""
+        lines.append(f"{s['rate']:>6} {s['acked_in_window']:>8,}  {''.join(cells)}{tag}".rstrip())
     lines += ["", f"order round trip at 1,000/s: p50 {fmt(sm['p50_us_1k'])} us, p99 "
               f"{fmt(sm['p99_us_1k'])} us (target <= {TARGETS['p99_us_1k']:,.0f}: "
               f"{'PASS' if sm['pass_p99_1k'] else 'FAIL'}); ack p50 {fmt(sm['ack_p50_us_1k'])}"
               f" us, p99 {fmt(sm['ack_p99_us_1k'])} us",
               f"max sustained: {sm['max_orders_per_s']:,} orders/s (step {sm['max_rate_step']:,}"
               f"); sustained = {sm['criterion']}",
-              f"peak RSS MiB: {sm['peak_rss_mb']}"]
+              f"peak RSS MiB: {sm['peak_rss_mb']}",
+              f"round-trip p99 at 1,000/s / raw DEALER/ROUTER p99: "
+              f"{fmt(sm['ratio_p99_rtt_1k_vs_raw_zmq_p99'], 1)} (issue 10: <= "
+              f"{P99_1K_VS_RAW_ZMQ:g}: {'PASS' if sm['pass_p99_1k_vs_raw_zmq'] else 'FAIL'})",
+              f"orders per CPU second at 1,000/s: {sm['orders_per_cpu_s_1k']}; at the highest "
+              f"sustained rate: {sm['orders_per_cpu_s_max']}"]
+    o = sm.get("overload")
+    if o is None:
+        lines.append("overload step: not run (no sustained rate, or --overload-factor 0)")
+    else:
+        lines += [f"overload step at {o['factor']:g} x {o['of_rate']:,} = {o['rate']:,} orders/s"
+                  f" (placed {o['placed_per_s']:,}/s): acked {o['acked']:,}, rtt p50/p99 "
+                  f"{fmt(o['rtt_p50_us'])}/{fmt(o['rtt_p99_us'])} us; BUSY {o['busy']:,} "
+                  f"(backends), {o['busy_client']:,} (seen by the client), BUSY answer p50/p99 "
+                  f"{fmt(o['busy_p50_us'])}/{fmt(o['busy_p99_us'])} us; client timeouts "
+                  f"{o['timeouts']:,} (unanswered {o['unanswered']:,}; attempts timed out "
+                  f"{o['attempt_timeouts']:,}), retries "
+                  f"{o['retries']:,}; epoch {o['epoch_before']} -> {o['epoch_after']} "
+                  f"({o['takeovers']} takeovers)"
+                  + (f"; errors {o['errors']}" if o["errors"] else ""),
+                  f"  issue 10 at overload (rtt p99 <= {OVERLOAD_RTT_P99_MS:g} ms, BUSY p99 <= "
+                  f"{OVERLOAD_BUSY_P99_MS:g} ms, no timeout, no takeover): "
+                  + ", ".join(f"{k} {'-' if v is None else 'PASS' if v else 'FAIL'}"
+                              for k, v in o["targets"].items())]
     return "\n".join(lines)
 
 
@@ -563,12 +760,12 @@ def run_bench(args: argparse.Namespace, procs: Children, workdir: Path) -> dict[
     try:
         mesh.start()
         raw = raw_refs(procs, mesh.redis.url, t.raw_n)
-        steps = _run_loop(run_steps(mesh, t))
+        steps, overload = _run_loop(run_steps(mesh, t, overload_factor=args.overload_factor))
         mesh.note_rss()
     finally:
         mesh.close()
-    return {"machine": machine(), "raw": raw, "steps": steps,
-            "summary": summarize(raw, steps, mesh.peak_rss)}
+    return {"machine": machine(), "raw": raw, "steps": steps, "overload": overload,
+            "summary": summarize(raw, steps, mesh.peak_rss, overload)}
 
 
 def run_profile(args: argparse.Namespace, procs: Children, workdir: Path) -> None:
@@ -577,7 +774,7 @@ def run_profile(args: argparse.Namespace, procs: Children, workdir: Path) -> Non
     mesh = Mesh(procs, workdir, aof=args.aof, profile=prof)
     try:
         mesh.start()
-        steps = _run_loop(run_steps(mesh, QUICK, profile_s=args.profile_seconds,
+        steps, _ = _run_loop(run_steps(mesh, QUICK, profile_s=args.profile_seconds,
                                     profile_rate=args.profile_rate))
         mesh.stop_spied()
     finally:
@@ -599,9 +796,12 @@ def main(argv: list[str] | None = None) -> int:
         return ROLES[argv[0]](argv[1:])
     p = argparse.ArgumentParser(prog="bench-orders", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="shorter windows and ramp (~20 s)")
+    p.add_argument("--quick", action="store_true", help="shorter windows and ramp (~20-40 s)")
     p.add_argument("--json", action="store_true", help="print the result as JSON, last line")
     p.add_argument("--rates", help="comma-separated ramp of orders/s (after the 1k step)")
+    p.add_argument("--overload-factor", type=float, default=2.0, metavar="F",
+                   help="after the search: one step at F x the highest sustained rate "
+                        "(default 2; 0: none)")
     p.add_argument("--aof", action="store_true",
                    help="run redis with appendonly yes / everysec (default: no persistence)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, stats)")

@@ -24,7 +24,8 @@ and so are the next drills (ClickHouse, EA, gateway, the combined drill):
     main of a drill or a benchmark.
 ``nodes.drills.orders``
     Order load (paced ``OrderClient`` placements) and the count of what happened to every
-    acknowledged order (lost, duplicated, mismatched), shared by the order drills.
+    acknowledged order (lost, duplicated, mismatched), shared by the order drills;
+    :class:`~nodes.drills.orders.BusyTap`, the BUSY rejects a client decoded and when.
 
 Blocking where a drill's orchestration is synchronous (``Children``, ``LineChild``); asyncio
 where it is not (``AsyncLineChild``, ``nodes.drills.orders``). Nothing here is used by a node

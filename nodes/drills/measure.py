@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from protocols.stats import percentiles
 
-__all__ = ["CpuMeter", "latency_ms", "latency_us", "peak_rss_mb"]
+__all__ = ["CpuMeter", "latency_ms", "latency_us", "peak_rss_mb", "per_cpu_second"]
 
 _US_KEYS = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p999", 0.999))
 _MS_KEYS = (("p50", 0.5), ("p99", 0.99), ("p999", 0.999))
@@ -55,6 +55,24 @@ def peak_rss_mb(pid: int | None) -> float:
     return math.nan
 
 
+def per_cpu_second(count: int, cpu_s: Mapping[str, float],
+                   roles: Mapping[str, str]) -> dict[str, dict[str, float]]:
+    """``count`` (e.g. orders acknowledged in a window) per CPU second of each role's process.
+
+    ``cpu_s`` holds CPU seconds per process name (:meth:`CpuMeter.seconds`), ``roles`` the
+    process name behind each role (``{"active": "primary", ...}``). The result holds per role
+    ``cpu_s`` (rounded to the millisecond) and ``orders_per_cpu_s``: NaN when the process is
+    unknown or used no CPU (a figure that could not be measured, not an infinite one).
+    """
+    cpu: dict[str, float] = {}
+    per: dict[str, float] = {}
+    for role, name in roles.items():
+        sec = cpu_s.get(name, math.nan)
+        cpu[role] = round(sec, 3)
+        per[role] = round(count / sec, 1) if sec > 0 else math.nan  # NaN > 0 is False too
+    return {"cpu_s": cpu, "orders_per_cpu_s": per}
+
+
 class CpuMeter:
     """CPU seconds (user + system, all threads) of named processes between two samples."""
 
@@ -87,14 +105,19 @@ class CpuMeter:
         return out
 
     @staticmethod
+    def seconds(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+        """CPU seconds (user + system) of each named process between samples ``a`` and ``b``
+        (NaN for one that was gone at either)."""
+        return {k: b[k] - a[k] for k in a if not k.startswith("_") and k in b}
+
+    @staticmethod
     def percent(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
         """CPU % per process between samples ``a`` and ``b`` (100 = one core), and "other":
         everything else on the machine."""
         wall = b["_wall"] - a["_wall"]
         if wall <= 0:
             return {}
-        out = {k: round(100 * (b[k] - a[k]) / wall, 1) for k in a
-               if not k.startswith("_") and k in b}
+        out = {k: round(100 * v / wall, 1) for k, v in CpuMeter.seconds(a, b).items()}
         ours = sum(v for v in out.values() if not math.isnan(v))
         out["other"] = round(max(0.0, 100 * (b["_busy"] - a["_busy"]) / wall - ours), 1)
         return out

@@ -12,6 +12,9 @@ time, the ack (order id, epoch, state) or how it ended instead. At the end
   order's quantity (an order may fill in several slices);
 * ``ack_mismatch``: an ack whose order id is not the one the store maps its client order id
   to.
+
+:class:`BusyTap` sees the ``BUSY`` rejects that reach an ``OrderClient`` in this process, also
+those the client answers itself by trying again, and when each arrived.
 """
 
 from __future__ import annotations
@@ -20,22 +23,25 @@ import asyncio
 import contextlib
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from types import ModuleType, TracebackType
+from typing import Any, Self
 
+import bus.orders.client
 from bus.orders.client import OrderClient
 from bus.store.orders import OrderStore
 from nodes.drills.procs import Node
 from protocols.errors import DrillError, OrderClientClosed, OrderRejected, OrderTimeout
 from protocols.orders.lifecycle import OrderState
-from protocols.orders.messages import NewOrder, OrderType, Side
+from protocols.orders.messages import NewOrder, OrderReject, OrderType, RejectReason, Side
 from protocols.orders.record import Order
 
 __all__ = [
     "ACCOUNT",
     "PREFIX",
     "SYMBOL",
+    "BusyTap",
     "Load",
     "Placed",
     "client_load",
@@ -78,6 +84,52 @@ class Load:
     def acked(self) -> list[Placed]:
         """The orders acknowledged so far, in the order they were placed."""
         return [r for r in self.records if r.outcome == "acked"]
+
+
+class BusyTap:
+    """Counts the ``BUSY`` rejects an ``OrderClient`` of this process decodes, and the time
+    (``time.perf_counter_ns``) the first one for each client order id arrived.
+
+    The client may answer a BUSY itself (wait and send again) and never raise it, so the tap
+    sits where every reply passes: while installed (``with BusyTap():``) it wraps the decoders
+    the client module imported (``decode_order``, ``decode_order_reply``) and hands every
+    message on unchanged. ``decoded`` counts the messages it saw: 0 after replies came means
+    the client decodes some other way, and the tap saw nothing.
+    """
+
+    DECODERS = ("decode_order", "decode_order_reply")
+
+    def __init__(self, module: ModuleType = bus.orders.client) -> None:
+        self.module = module
+        self.decoded = 0
+        self.busy = 0
+        self.first_busy_ns: dict[str, int] = {}
+        self._real: dict[str, Callable[..., Any]] = {}
+
+    def _tap(self, real: Callable[..., Any]) -> Callable[..., Any]:
+        def decode(frames: Any) -> Any:
+            msg = real(frames)
+            self.decoded += 1
+            if isinstance(msg, OrderReject) and msg.reason is RejectReason.BUSY:
+                self.busy += 1
+                self.first_busy_ns.setdefault(msg.client_order_id, time.perf_counter_ns())
+            return msg
+
+        return decode
+
+    def __enter__(self) -> Self:
+        for name in self.DECODERS:
+            real = getattr(self.module, name, None)
+            if real is not None:
+                self._real[name] = real
+                setattr(self.module, name, self._tap(real))
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        for name, real in self._real.items():
+            setattr(self.module, name, real)
+        self._real.clear()
 
 
 async def _place(load: Load, client: OrderClient, rec: Placed) -> None:
