@@ -34,6 +34,10 @@ Rules (docs/ORDERS.md, "Client retries"):
 * An ack from any backend ends the request; so does a non-retryable reject
   (:class:`OrderRejected`). After ``deadline_s`` it ends with :class:`OrderTimeout`. A
   retryable reject from a backend the request has already left is stale and ignored.
+* Batches: sends go out synchronously (no await between the requests started in one
+  loop iteration), and each wake-up of a reader drains every reply already queued (up to
+  ``READ_BATCH``) before it yields; at low load a batch is one message, so nothing waits to
+  fill one.
 * Requests in flight are bounded (``max_in_flight``): one more raises
   :class:`TooManyInFlight` at once. Execution reports go to a bounded queue; when it is full
   the oldest report is dropped and counted (``updates_dropped``).
@@ -87,6 +91,10 @@ from protocols.orders.messages import (
 )
 
 log = logging.getLogger(__name__)
+
+# Replies one reader wake-up takes at most before it yields to the loop (the requests it woke
+# and the other reader run then): bounded so one busy backend cannot starve the rest.
+READ_BATCH = 256
 
 
 def _default_backoff() -> Backoff:
@@ -153,6 +161,10 @@ class OrderClient:
         self.client_id = options.client_id or f"oc-{uuid.uuid4().hex}"
         self._ctx: zmq.asyncio.Context | None = None
         self._socks: list[zmq.asyncio.Socket] = []
+        # The same sockets without the asyncio layer: a send or a drain of one message costs no
+        # Future (see _send and _read for the FD edge this leaves to handle).
+        self._raw: list[zmq.Socket[bytes]] = []
+        self._send_batch_open = False
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: dict[str, _Pending] = {}
         self._preferred = 0  # the backend that last gave a final answer
@@ -165,7 +177,8 @@ class OrderClient:
         self._counts = dict.fromkeys(
             ("sent", "unsent", "retries", "switches", "acks", "rejects", "timeouts",
              "late_replies", "updates", "updates_dropped", "malformed", "pending_notices",
-             "held", "busy", "busy_deadline"), 0)
+             "held", "busy", "busy_deadline", "send_batches", "read_batches",
+             "read_messages", "read_batch_max"), 0)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -178,6 +191,7 @@ class OrderClient:
             sock = open_socket(self._ctx, ORDER_CLIENT, connect=(ep,),
                                routing_id=self.client_id.encode())
             self._socks.append(sock)
+            self._raw.append(zmq.Socket.shadow(sock.underlying))
             self._tasks.append(asyncio.create_task(self._read(i), name=f"order-reader-{i}"))
 
     async def close(self) -> None:
@@ -368,37 +382,73 @@ class OrderClient:
             return None
 
     def _send(self, idx: int, frames: list[bytes]) -> bool:
-        """Queue ``frames`` on backend ``idx``; False if it is not connected (IMMEDIATE)."""
-        fut: asyncio.Future[Any] = self._socks[idx].send_multipart(  # type: ignore[assignment]
-            frames, flags=zmq.NOBLOCK)
-        if fut.done() and fut.exception() is not None:
+        """Queue ``frames`` on backend ``idx``; False if it is not connected (IMMEDIATE).
+
+        The send itself is synchronous, on the raw socket: the requests started in one loop
+        iteration go out back to back, and libzmq's I/O thread writes them as one batch."""
+        try:
+            self._raw[idx].send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError:  # EAGAIN: not connected, or its queue is full
             self._counts["unsent"] += 1
             return False
         self._counts["sent"] += 1
+        if not self._send_batch_open:
+            self._send_batch_open = True
+            asyncio.get_running_loop().call_soon(self._close_send_batch)
         return True
+
+    def _close_send_batch(self) -> None:
+        """After the sends of one loop iteration. A send on a raw socket may consume the edge
+        of the socket's FD (libzmq processes its commands, a reply's among them) without the
+        asyncio layer seeing it, and a reader waiting on that edge would sleep on queued
+        replies: reading EVENTS through the asyncio socket makes it look again. Once per
+        batch, not per send."""
+        self._send_batch_open = False
+        self._counts["send_batches"] += 1
+        if not self._closed:
+            for sock in self._socks:
+                sock.get(zmq.EVENTS)
 
     # -- replies and reports ---------------------------------------------------------------
 
     async def _read(self, idx: int) -> None:
-        sock, endpoint = self._socks[idx], self.options.endpoints[idx]
+        """Each wake-up drains what is queued (up to READ_BATCH) with non-blocking receives on
+        the raw socket, then yields: the requests it answered run after the drain, together.
+        Draining until EAGAIN leaves no FD edge unseen; ``poll`` looks at EVENTS first."""
+        sock, raw, counts = self._socks[idx], self._raw[idx], self._counts
         while True:
-            frames = await sock.recv_multipart()
-            try:
-                msg = decode_order(frames)
-            except RemoteProtocolError as exc:
+            await sock.poll()
+            n = 0
+            while n < READ_BATCH:
+                try:
+                    frames = raw.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                n += 1
+                self._on_frames(idx, frames)
+            if n:
+                counts["read_batches"] += 1
+                counts["read_messages"] += n
+                counts["read_batch_max"] = max(counts["read_batch_max"], n)
+
+    def _on_frames(self, idx: int, frames: list[bytes]) -> None:
+        try:
+            msg = decode_order(frames)
+        except RemoteProtocolError as exc:
+            self._counts["malformed"] += 1
+            self._bad.warning("%s: %s", self.options.endpoints[idx], exc.reason)
+            return
+        match msg:
+            case OrderAck() | OrderReject():
+                self._on_reply(idx, msg)
+            case OrderPending():
+                self._on_pending(idx)
+            case ExecutionReport():
+                self._on_report(msg)
+            case _:
                 self._counts["malformed"] += 1
-                self._bad.warning("%s: %s", endpoint, exc.reason)
-                continue
-            match msg:
-                case OrderAck() | OrderReject():
-                    self._on_reply(idx, msg)
-                case OrderPending():
-                    self._on_pending(idx)
-                case ExecutionReport():
-                    self._on_report(msg)
-                case _:
-                    self._counts["malformed"] += 1
-                    self._bad.warning("%s: unexpected %s", endpoint, type(msg).__name__)
+                self._bad.warning("%s: unexpected %s", self.options.endpoints[idx],
+                                  type(msg).__name__)
 
     def _on_reply(self, idx: int, reply: OrderReply) -> None:
         if isinstance(reply, OrderAck):
@@ -458,7 +508,9 @@ class OrderClient:
         ``acks`` and ``rejects`` received (``late_replies``: answers nobody waited for any
         more; ``busy``: BUSY rejects among them, ``busy_deadline``: requests given up during a
         BUSY wait), ``updates`` received, ``updates_dropped`` (queue full), ``malformed``
-        replies, ``pending_notices`` and ``held`` waits; and gauges ``in_flight``,
+        replies, ``pending_notices`` and ``held`` waits; batches: ``send_batches`` (loop
+        iterations that sent), ``read_batches`` (reader wake-ups that drained
+        ``read_messages`` in all, ``read_batch_max`` at most); and gauges ``in_flight``,
         ``updates_queued`` and ``request_timeout_us`` (the adaptive wait for an answer
         now)."""
         return {**self._counts, "in_flight": len(self._pending),

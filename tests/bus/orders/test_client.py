@@ -585,3 +585,31 @@ def test_busy_until_the_deadline_ends_with_the_busy_reject(
 def test_busy_options_are_checked() -> None:
     with pytest.raises(ValueError, match="max_busy_resends"):
         options("tcp://127.0.0.1:1", max_busy_resends=-1)
+
+
+# --- batches ----------------------------------------------------------------------------------
+
+
+def test_a_burst_of_200_in_flight_is_sent_and_read_in_batches(backend: MakeBackend) -> None:
+    """200 requests started together go out in one loop iteration; their answers, queued at
+    the client together, are drained several per reader wake-up; every request is answered."""
+    a = backend(silent)
+
+    async def scenario() -> None:
+        opts = options(a.endpoint, request_timeout_s=5.0, max_request_timeout_s=5.0,
+                       deadline_s=10.0)
+        async with OrderClient(opts) as client:
+            await connected(client)
+            placing = asyncio.gather(*(client.place(new_order(f"c-{i}")) for i in range(200)))
+            await wait_until(lambda: len(a.received) == 200, 5, "200 requests at the backend")
+            s = client.stats()
+            assert (s["sent"], s["retries"]) == (200, 0) and s["send_batches"] <= 2, s
+            ident = client.client_id.encode()
+            for req in a.requests():
+                a.push(ident, encode_order(ack(req)[0]))
+            acks = await placing
+            assert [x.client_order_id for x in acks] == [f"c-{i}" for i in range(200)]
+            s = client.stats()
+            assert s["acks"] == s["read_messages"] == 200, s
+            assert s["read_batch_max"] > 1 and s["read_batches"] < 200, s
+    run(scenario)
