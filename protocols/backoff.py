@@ -1,6 +1,7 @@
-"""Retry timing as pure policy: back-off (after redis-py's ``backoff.py``) and an adaptive
-request timeout (RFC 6298's retransmission timer). No clock, no randomness: the caller passes
-the failure count, the random number and the measured round trips, so tests are exact.
+"""Retry timing as pure policy: back-off (after redis-py's ``backoff.py``), the resend delay
+after a busy server's retry-after hint (:class:`RetryAfter`) and an adaptive request timeout
+(RFC 6298's retransmission timer). No clock, no randomness: the caller passes the failure
+count, the hint, the random number and the measured round trips, so tests are exact.
 """
 
 from __future__ import annotations
@@ -30,6 +31,32 @@ class Backoff:
         """Delay before the next attempt after ``failures`` consecutive failures (>= 0)."""
         raw: float = min(self.cap_s, self.base_s * 2.0 ** min(failures, 62))
         return raw * (1 - self.jitter * rand)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryAfter:
+    """When to resend a request that a busy server refused with a retry-after hint.
+
+    The hint is the server's own pacing, so the delay is never shorter than it: it is drawn
+    from [1, 1 + ``spread``] x the hint, so that clients refused at the same moment do not come
+    back in lockstep, and never below ``floor_s``. A hint of 0 ("busy", no estimate) gives
+    ``no_hint_s``, the caller's own (jittered, exponential) back-off.
+    """
+
+    spread: float = 0.5
+    floor_s: float = 0.001
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.spread <= 1:
+            raise ValueError("spread must be in [0, 1]")
+        if not self.floor_s > 0:
+            raise ValueError("floor_s must be > 0")
+
+    def compute(self, retry_after_ms: int, rand: float, no_hint_s: float) -> float:
+        """Delay before resending, for a hint of ``retry_after_ms`` (>= 0)."""
+        if retry_after_ms <= 0:
+            return max(self.floor_s, no_hint_s)
+        return max(self.floor_s, retry_after_ms / 1000 * (1 + self.spread * rand))
 
 
 @dataclass(slots=True)

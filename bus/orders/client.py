@@ -22,9 +22,22 @@ Rules (docs/ORDERS.md, "Client retries"):
 * An ``OrderPending`` notice from a backend ("your requests are in service, answers follow")
   holds the requests sent there ``PENDING_AFTER_S`` ago or more: the client waits on without
   re-sending them, until ``PENDING_HOLD_S`` pass without a notice (then as a timeout).
+* A BUSY reject ("active, at its admission bound") is honoured, not failed over: the client
+  resends the same request *to the same backend* after the reject's ``retry_after_ms`` hint,
+  drawn from 1..1.5 x the hint so that requests refused together come back spread out
+  (``protocols.backoff.RetryAfter``; no hint: the ``backoff`` policy). It is no timeout and no
+  sample for the adaptive timeout (Karn), and it does not count towards a round. If the
+  deadline passes during such a wait, or after ``max_busy_resends`` resends, the request ends
+  with :class:`OrderRejected` carrying the BUSY reject (``reason`` BUSY, retryable): an
+  overload is told apart from a dead pair (:class:`OrderTimeout`). Other answers that arrive
+  during the wait count as usual (an ack ends it), retryable ones are absorbed.
 * An ack from any backend ends the request; so does a non-retryable reject
   (:class:`OrderRejected`). After ``deadline_s`` it ends with :class:`OrderTimeout`. A
   retryable reject from a backend the request has already left is stale and ignored.
+* Batches: sends go out synchronously (no await between the requests started in one
+  loop iteration), and each wake-up of a reader drains every reply already queued (up to
+  ``READ_BATCH``) before it yields; at low load a batch is one message, so nothing waits to
+  fill one.
 * Requests in flight are bounded (``max_in_flight``): one more raises
   :class:`TooManyInFlight` at once. Execution reports go to a bounded queue; when it is full
   the oldest report is dropped and counted (``updates_dropped``).
@@ -51,7 +64,7 @@ from bus.aio import LoopThread, cancel_and_wait
 from bus.config import MeshConfig
 from bus.logutil import RateLimitedLog
 from bus.sockets import ORDER_CLIENT, open_socket
-from protocols.backoff import Backoff, RequestTimer
+from protocols.backoff import Backoff, RequestTimer, RetryAfter
 from protocols.errors import (
     ConfigError,
     InvalidOrder,
@@ -73,10 +86,15 @@ from protocols.orders.messages import (
     OrderReject,
     OrderReply,
     OrderRequest,
+    RejectReason,
     ReplaceOrder,
 )
 
 log = logging.getLogger(__name__)
+
+# Replies one reader wake-up takes at most before it yields to the loop (the requests it woke
+# and the other reader run then): bounded so one busy backend cannot starve the rest.
+READ_BATCH = 256
 
 
 def _default_backoff() -> Backoff:
@@ -91,6 +109,8 @@ class OrderClientOptions:
     max_request_timeout_s: float = 1.0  # the adaptive wait never exceeds this
     backoff: Backoff = field(default_factory=_default_backoff)  # after a full failed round
     deadline_s: float = 5.0  # give a request up (OrderTimeout) after this
+    retry_after: RetryAfter = field(default_factory=RetryAfter)  # resend delay after BUSY
+    max_busy_resends: int | None = None  # resends after BUSY; None: until the deadline
     max_in_flight: int = 1000  # one more concurrent request raises TooManyInFlight
     updates_queue: int = 10_000  # execution reports kept for the consumer; oldest dropped
 
@@ -111,6 +131,9 @@ class OrderClientOptions:
         for name in ("max_in_flight", "updates_queue"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be >= 1, got {getattr(self, name)!r}")
+        if self.max_busy_resends is not None and self.max_busy_resends < 0:
+            raise ConfigError("max_busy_resends", f"must be >= 0 or None, got "
+                                                  f"{self.max_busy_resends!r}")
 
     @classmethod
     def from_config(cls, cfg: MeshConfig, **overrides: Any) -> OrderClientOptions:
@@ -138,6 +161,10 @@ class OrderClient:
         self.client_id = options.client_id or f"oc-{uuid.uuid4().hex}"
         self._ctx: zmq.asyncio.Context | None = None
         self._socks: list[zmq.asyncio.Socket] = []
+        # The same sockets without the asyncio layer: a send or a drain of one message costs no
+        # Future (see _send and _read for the FD edge this leaves to handle).
+        self._raw: list[zmq.Socket[bytes]] = []
+        self._send_batch_open = False
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: dict[str, _Pending] = {}
         self._preferred = 0  # the backend that last gave a final answer
@@ -150,7 +177,8 @@ class OrderClient:
         self._counts = dict.fromkeys(
             ("sent", "unsent", "retries", "switches", "acks", "rejects", "timeouts",
              "late_replies", "updates", "updates_dropped", "malformed", "pending_notices",
-             "held"), 0)
+             "held", "busy", "busy_deadline", "send_batches", "read_batches",
+             "read_messages", "read_batch_max"), 0)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -163,6 +191,7 @@ class OrderClient:
             sock = open_socket(self._ctx, ORDER_CLIENT, connect=(ep,),
                                routing_id=self.client_id.encode())
             self._socks.append(sock)
+            self._raw.append(zmq.Socket.shadow(sock.underlying))
             self._tasks.append(asyncio.create_task(self._read(i), name=f"order-reader-{i}"))
 
     async def close(self) -> None:
@@ -233,8 +262,14 @@ class OrderClient:
         frames = encode_order(msg)
         started = loop.time()
         deadline = started + opts.deadline_s
-        attempts = failed_in_round = rounds = 0
+        attempts = failed_in_round = rounds = busy_resends = 0
+        busy: OrderReject | None = None  # the last answer, when BUSY: wait before resending
         while True:
+            if busy is not None:
+                ack = await self._busy_pause(msg, busy, busy_resends, pending, deadline, loop)
+                if ack is not None:
+                    return ack
+                busy, busy_resends = None, busy_resends + 1
             left = deadline - loop.time()
             if left <= 0:
                 raise OrderTimeout(msg.client_order_id, attempts, loop.time() - started)
@@ -266,6 +301,11 @@ class OrderClient:
             ack = self._settle(msg, answer, pending, loop)
             if ack is not None:
                 return ack
+            if (busy := _busy(answer)) is not None:
+                # Active, at its bound: the same backend again after its hint; no switch, and
+                # no failure of the round (the passive one would only say NOT_ACTIVE).
+                self._preferred = idx
+                continue
             pending.endpoint = (idx + 1) % n
             if n > 1:
                 self._counts["switches"] += 1
@@ -278,6 +318,34 @@ class OrderClient:
                 ack = self._settle(msg, answer, pending, loop)  # a late answer ends the pause
                 if ack is not None:
                     return ack
+                busy = _busy(answer)  # a late BUSY from the next attempt's backend: honoured
+
+    async def _busy_pause(self, msg: OrderRequest, busy: OrderReject, resends: int,
+                          pending: _Pending, deadline: float,
+                          loop: asyncio.AbstractEventLoop) -> OrderAck | None:
+        """Wait out a BUSY reject's hint before the request goes to the same backend again
+        (None: resend now). An answer to an earlier attempt that arrives meanwhile counts: an
+        ack ends the request, a final reject raises, a retryable one is absorbed. Raises
+        :class:`OrderRejected` with ``busy`` when the deadline passes first or the resends
+        are used up."""
+        opts = self.options
+        if opts.max_busy_resends is not None and resends >= opts.max_busy_resends:
+            raise OrderRejected(busy)
+        rand = random.random()
+        pause = opts.retry_after.compute(busy.retry_after_ms, rand,
+                                         opts.backoff.compute(resends, rand))
+        resend_at = loop.time() + pause
+        while (left := min(resend_at, deadline) - loop.time()) > 0:
+            answer = await self._await(pending, left)
+            if answer is None:
+                break
+            ack = self._settle(msg, answer, pending, loop)
+            if ack is not None:
+                return ack
+        if loop.time() >= deadline:
+            self._counts["busy_deadline"] += 1
+            raise OrderRejected(busy)
+        return None
 
     def _settle(self, msg: OrderRequest, answer: tuple[int, OrderReply] | None,
                 pending: _Pending, loop: asyncio.AbstractEventLoop) -> OrderAck | None:
@@ -291,8 +359,10 @@ class OrderClient:
         if not reply.retryable:
             self._preferred = src  # it answered for real: it is the active one
             raise OrderRejected(reply)
-        log.info("order %r: %s from %s, retrying", msg.client_order_id, reply.reason.name,
-                 self.options.endpoints[src])
+        # BUSY is routine under load (counted in stats): not a line per refusal
+        (log.debug if _busy(answer) else log.info)(
+            "order %r: %s from %s, retrying", msg.client_order_id, reply.reason.name,
+            self.options.endpoints[src])
         pending.future = loop.create_future()  # the reject consumed the previous one
         return None
 
@@ -312,43 +382,81 @@ class OrderClient:
             return None
 
     def _send(self, idx: int, frames: list[bytes]) -> bool:
-        """Queue ``frames`` on backend ``idx``; False if it is not connected (IMMEDIATE)."""
-        fut: asyncio.Future[Any] = self._socks[idx].send_multipart(  # type: ignore[assignment]
-            frames, flags=zmq.NOBLOCK)
-        if fut.done() and fut.exception() is not None:
+        """Queue ``frames`` on backend ``idx``; False if it is not connected (IMMEDIATE).
+
+        The send itself is synchronous, on the raw socket: the requests started in one loop
+        iteration go out back to back, and libzmq's I/O thread writes them as one batch."""
+        try:
+            self._raw[idx].send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError:  # EAGAIN: not connected, or its queue is full
             self._counts["unsent"] += 1
             return False
         self._counts["sent"] += 1
+        if not self._send_batch_open:
+            self._send_batch_open = True
+            asyncio.get_running_loop().call_soon(self._close_send_batch)
         return True
+
+    def _close_send_batch(self) -> None:
+        """After the sends of one loop iteration. A send on a raw socket may consume the edge
+        of the socket's FD (libzmq processes its commands, a reply's among them) without the
+        asyncio layer seeing it, and a reader waiting on that edge would sleep on queued
+        replies: reading EVENTS through the asyncio socket makes it look again. Once per
+        batch, not per send."""
+        self._send_batch_open = False
+        self._counts["send_batches"] += 1
+        if not self._closed:
+            for sock in self._socks:
+                sock.get(zmq.EVENTS)
 
     # -- replies and reports ---------------------------------------------------------------
 
     async def _read(self, idx: int) -> None:
-        sock, endpoint = self._socks[idx], self.options.endpoints[idx]
+        """Each wake-up drains what is queued (up to READ_BATCH) with non-blocking receives on
+        the raw socket, then yields: the requests it answered run after the drain, together.
+        Draining until EAGAIN leaves no FD edge unseen; ``poll`` looks at EVENTS first."""
+        sock, raw, counts = self._socks[idx], self._raw[idx], self._counts
         while True:
-            frames = await sock.recv_multipart()
-            try:
-                msg = decode_order(frames)
-            except RemoteProtocolError as exc:
+            await sock.poll()
+            n = 0
+            while n < READ_BATCH:
+                try:
+                    frames = raw.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                n += 1
+                self._on_frames(idx, frames)
+            if n:
+                counts["read_batches"] += 1
+                counts["read_messages"] += n
+                counts["read_batch_max"] = max(counts["read_batch_max"], n)
+
+    def _on_frames(self, idx: int, frames: list[bytes]) -> None:
+        try:
+            msg = decode_order(frames)
+        except RemoteProtocolError as exc:
+            self._counts["malformed"] += 1
+            self._bad.warning("%s: %s", self.options.endpoints[idx], exc.reason)
+            return
+        match msg:
+            case OrderAck() | OrderReject():
+                self._on_reply(idx, msg)
+            case OrderPending():
+                self._on_pending(idx)
+            case ExecutionReport():
+                self._on_report(msg)
+            case _:
                 self._counts["malformed"] += 1
-                self._bad.warning("%s: %s", endpoint, exc.reason)
-                continue
-            match msg:
-                case OrderAck() | OrderReject():
-                    self._on_reply(idx, msg)
-                case OrderPending():
-                    self._on_pending(idx)
-                case ExecutionReport():
-                    self._on_report(msg)
-                case _:
-                    self._counts["malformed"] += 1
-                    self._bad.warning("%s: unexpected %s", endpoint, type(msg).__name__)
+                self._bad.warning("%s: unexpected %s", self.options.endpoints[idx],
+                                  type(msg).__name__)
 
     def _on_reply(self, idx: int, reply: OrderReply) -> None:
         if isinstance(reply, OrderAck):
             self._counts["acks"] += 1
         else:
             self._counts["rejects"] += 1
+            if _busy((idx, reply)):
+                self._counts["busy"] += 1
         pending = self._pending.get(reply.client_order_id)
         stale = (pending is None or pending.future.done()
                  or (isinstance(reply, OrderReject) and reply.retryable
@@ -398,12 +506,24 @@ class OrderClient:
         """Counters: messages ``sent`` (``unsent``: backend not connected), ``retries`` (attempts
         after the first), endpoint ``switches``, ``timeouts`` (attempts unanswered in time),
         ``acks`` and ``rejects`` received (``late_replies``: answers nobody waited for any
-        more), ``updates`` received, ``updates_dropped`` (queue full), ``malformed`` replies,
-        and gauges ``in_flight``, ``updates_queued`` and ``request_timeout_us`` (the adaptive
-        wait for an answer now)."""
+        more; ``busy``: BUSY rejects among them, ``busy_deadline``: requests given up during a
+        BUSY wait), ``updates`` received, ``updates_dropped`` (queue full), ``malformed``
+        replies, ``pending_notices`` and ``held`` waits; batches: ``send_batches`` (loop
+        iterations that sent), ``read_batches`` (reader wake-ups that drained
+        ``read_messages`` in all, ``read_batch_max`` at most); and gauges ``in_flight``,
+        ``updates_queued`` and ``request_timeout_us`` (the adaptive wait for an answer
+        now)."""
         return {**self._counts, "in_flight": len(self._pending),
                 "updates_queued": len(self._updates),
                 "request_timeout_us": round(self._timer.timeout() * 1e6)}
+
+
+def _busy(answer: tuple[int, OrderReply] | None) -> OrderReject | None:
+    """The reply of ``answer`` if it is a BUSY reject, else None."""
+    if answer is not None and isinstance(reply := answer[1], OrderReject) \
+            and reply.reason is RejectReason.BUSY:
+        return reply
+    return None
 
 
 class BlockingOrderClient:

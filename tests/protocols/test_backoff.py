@@ -1,4 +1,5 @@
-"""Backoff.compute: exponential growth, the cap, the jitter share, parameter checks."""
+"""Backoff.compute: exponential growth, the cap, the jitter share, parameter checks;
+RetryAfter.compute: the busy server's hint, spread and floored; the adaptive request timer."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols.backoff import Backoff, RequestTimer
+from protocols.backoff import Backoff, RequestTimer, RetryAfter
 
 ALMOST_1 = 1 - 2**-53  # the largest value random.random() can return
 
@@ -65,6 +66,47 @@ def test_delay_is_within_jitter_bounds_and_never_above_cap(base: float, cap_fact
     # Without jitter the delay never shrinks as failures pile up.
     assert Backoff(base, base * cap_factor, 0).compute(failures + 1, rand) >= \
         Backoff(base, base * cap_factor, 0).compute(failures, rand)
+
+
+# --- the resend delay after a BUSY's retry-after hint ------------------------------------------
+
+# (id, policy, hint ms, rand, no-hint delay, expected delay)
+RETRY_AFTER: list[tuple[str, RetryAfter, int, float, float, float]] = [
+    ("hint-at-rand-0-is-the-hint", RetryAfter(), 20, 0.0, 0.5, 0.020),
+    ("hint-at-rand-half", RetryAfter(), 20, 0.5, 0.5, 0.025),
+    ("hint-at-rand-1-is-1.5x", RetryAfter(), 20, ALMOST_1, 0.5, 0.030),
+    ("no-spread-is-the-hint", RetryAfter(spread=0.0), 20, 0.9, 0.5, 0.020),
+    ("full-spread-doubles", RetryAfter(spread=1.0), 20, ALMOST_1, 0.5, 0.040),
+    ("1-ms-hint-spread", RetryAfter(), 1, ALMOST_1, 0.5, 0.0015),
+    ("floor-above-a-tiny-result", RetryAfter(floor_s=0.005), 2, 0.5, 0.5, 0.005),
+    ("no-hint-is-the-back-off", RetryAfter(), 0, 0.9, 0.04, 0.04),
+    ("no-hint-floored", RetryAfter(), 0, 0.9, 0.0, 0.001),
+    ("longest-hint", RetryAfter(), 60_000, ALMOST_1, 0.5, 90.0),
+]
+
+
+@pytest.mark.parametrize("policy, hint_ms, rand, no_hint_s, expected",
+                         [pytest.param(p, h, r, n, e, id=i) for i, p, h, r, n, e in RETRY_AFTER])
+def test_retry_after(policy: RetryAfter, hint_ms: int, rand: float, no_hint_s: float,
+                     expected: float) -> None:
+    assert policy.compute(hint_ms, rand, no_hint_s) == pytest.approx(expected, abs=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 60_000), st.floats(0, 1), st.floats(0, 1, exclude_max=True))
+def test_a_resend_never_comes_before_the_hint(hint_ms: int, spread: float, rand: float) -> None:
+    delay = RetryAfter(spread=spread).compute(hint_ms, rand, 0.0)
+    assert max(0.001, hint_ms / 1000) <= delay <= hint_ms / 1000 * (1 + spread) + 1e-12
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    pytest.param({"spread": -0.1}, "spread", id="spread-negative"),
+    pytest.param({"spread": 1.5}, "spread", id="spread-above-1"),
+    pytest.param({"floor_s": 0.0}, "floor_s", id="floor-0"),
+])
+def test_retry_after_refuses_bad_parameters(kwargs: dict[str, float], fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        RetryAfter(**kwargs)
 
 
 # --- the adaptive request timeout ---------------------------------------------------------------

@@ -71,14 +71,29 @@ def reject(reason: RejectReason) -> Answer:
     return answer
 
 
+def busy_first(hint_ms: int, times: int = 1) -> Answer:
+    """BUSY with ``hint_ms`` to the first ``times`` copies of each request, then an ack."""
+    seen: dict[str, int] = {}
+
+    def answer(req: OrderRequest) -> list[OrderReply]:
+        seen[req.client_order_id] = seen.get(req.client_order_id, 0) + 1
+        if seen[req.client_order_id] <= times:
+            return [OrderReject(req.client_order_id, RejectReason.BUSY, "at the bound",
+                                hint_ms)]
+        return ack(req)
+    return answer
+
+
 class FakeBackend:
-    """A backend's client ROUTER: records ``(routing id, request)`` and answers with
-    ``answer(request)``; :meth:`push` sends frames to a client (retried until it is
-    connected, as ROUTER_MANDATORY refuses an unknown routing id)."""
+    """A backend's client ROUTER: records ``(routing id, request)`` (and in ``received_at``
+    when, on the monotonic clock) and answers with ``answer(request)``; :meth:`push` sends
+    frames to a client (retried until it is connected, as ROUTER_MANDATORY refuses an unknown
+    routing id)."""
 
     def __init__(self, answer: Answer) -> None:
         self.answer = answer
         self.received: list[tuple[bytes, OrderRequest]] = []
+        self.received_at: list[float] = []
         self._outbox: queue.Queue[list[bytes]] = queue.Queue()
         self._stop = threading.Event()
         self._ctx = zmq.Context()
@@ -101,6 +116,7 @@ class FakeBackend:
             if self._sock.poll(2, zmq.POLLIN):
                 ident, *body = self._sock.recv_multipart()
                 req = decode_order_request(body)
+                self.received_at.append(time.monotonic())
                 self.received.append((ident, req))
                 for reply in self.answer(req):
                     self._sock.send_multipart([ident, *encode_order(reply)])
@@ -481,3 +497,119 @@ def test_options_are_checked() -> None:
         options("tcp://127.0.0.1:1", max_in_flight=0)
     assert options("tcp://127.0.0.1:1").backoff == Backoff(0.01, 0.5)
     assert OrderClient(options("x")).client_id != OrderClient(options("x")).client_id
+
+
+# --- BUSY: honoured on the same backend, after the hint, with jitter ----------------------------
+
+
+def test_busy_is_resent_to_the_same_backend_after_the_hint(backend: MakeBackend) -> None:
+    """BUSY means "active, overloaded": the same request goes to the same backend again after
+    at least the hint, never to the other one, and it is no timeout for the adaptive wait."""
+    a, b = backend(busy_first(100)), backend(ack)
+
+    async def scenario() -> None:
+        # A first timeout of 1 s: a BUSY late on a loaded machine is still an answer in time.
+        opts = options(a.endpoint, b.endpoint, request_timeout_s=1.0, max_request_timeout_s=4.0)
+        async with OrderClient(opts) as client:
+            await connected(client)
+            got = await client.place(new_order())
+            assert got == ack(new_order())[0]
+            assert a.requests() == [new_order(), new_order()] and b.received == []
+            assert a.received_at[1] - a.received_at[0] >= 0.1  # the hint, at least
+            s = client.stats()
+            assert (s["busy"], s["retries"], s["switches"], s["timeouts"], s["sent"]) == \
+                (1, 1, 0, 0, 2), s
+            assert s["request_timeout_us"] == 1_000_000  # not backed off: BUSY is an answer
+            await client.place(new_order("c-2"))  # the busy one is the active one
+            assert b.received == []
+    run(scenario)
+
+
+def test_many_busy_requests_come_back_spread_out(backend: MakeBackend) -> None:
+    """Twenty requests refused together with the same hint are resent over 1..1.5 x the hint,
+    not in lockstep."""
+    a = backend(busy_first(100))
+
+    async def scenario() -> None:
+        async with OrderClient(options(a.endpoint, request_timeout_s=1.0)) as client:
+            await connected(client)
+            acks = await asyncio.gather(*(client.place(new_order(f"c-{i}"))
+                                          for i in range(20)))
+            assert len(acks) == 20 and client.stats()["busy"] == 20
+    run(scenario)
+    first: dict[str, float] = {}
+    delays: list[float] = []
+    for (_ident, req), at in zip(list(a.received), list(a.received_at), strict=True):
+        if req.client_order_id in first:
+            delays.append(at - first[req.client_order_id])
+        else:
+            first[req.client_order_id] = at
+    assert len(delays) == 20
+    assert min(delays) >= 0.1, delays
+    # 20 uniform draws over 50 ms: their range is under 15 ms with probability < 1e-9
+    assert max(delays) - min(delays) >= 0.015, sorted(delays)
+
+
+@pytest.mark.parametrize("max_busy_resends", [None, 0])
+def test_busy_until_the_deadline_ends_with_the_busy_reject(
+        backend: MakeBackend, max_busy_resends: int | None) -> None:
+    """A backend BUSY to the end: the request ends in OrderRejected carrying the BUSY reject
+    (retryable), at the deadline or once the resends are used up: an overload, told apart
+    from a dead pair (OrderTimeout). The passive backend is never asked."""
+    a, b = backend(busy_first(50, times=1_000)), backend(ack)
+
+    async def scenario() -> None:
+        opts = options(a.endpoint, b.endpoint, deadline_s=0.5, request_timeout_s=1.0,
+                       max_busy_resends=max_busy_resends)
+        async with OrderClient(opts) as client:
+            await connected(client)
+            t0 = time.monotonic()
+            with pytest.raises(OrderRejected) as info:
+                await client.place(new_order())
+            elapsed = time.monotonic() - t0
+            assert not isinstance(info.value, OrderTimeout)
+            assert info.value.reason is RejectReason.BUSY and info.value.reject.retryable
+            assert info.value.reject.retry_after_ms == 50
+            assert b.received == []
+            s = client.stats()
+            assert s["timeouts"] == 0 and s["in_flight"] == 0
+            if max_busy_resends is None:
+                assert elapsed >= 0.5 and s["busy_deadline"] == 1
+                # resent every 50-75 ms: 7-11 copies in 0.5 s, fewer on a slow machine
+                assert 3 <= len(a.received) <= 11, len(a.received)
+            else:
+                assert elapsed < 0.5 and len(a.received) == 1 and s["busy_deadline"] == 0
+    run(scenario)
+
+
+def test_busy_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="max_busy_resends"):
+        options("tcp://127.0.0.1:1", max_busy_resends=-1)
+
+
+# --- batches ----------------------------------------------------------------------------------
+
+
+def test_a_burst_of_200_in_flight_is_sent_and_read_in_batches(backend: MakeBackend) -> None:
+    """200 requests started together go out in one loop iteration; their answers, queued at
+    the client together, are drained several per reader wake-up; every request is answered."""
+    a = backend(silent)
+
+    async def scenario() -> None:
+        opts = options(a.endpoint, request_timeout_s=5.0, max_request_timeout_s=5.0,
+                       deadline_s=10.0)
+        async with OrderClient(opts) as client:
+            await connected(client)
+            placing = asyncio.gather(*(client.place(new_order(f"c-{i}")) for i in range(200)))
+            await wait_until(lambda: len(a.received) == 200, 5, "200 requests at the backend")
+            s = client.stats()
+            assert (s["sent"], s["retries"]) == (200, 0) and s["send_batches"] <= 2, s
+            ident = client.client_id.encode()
+            for req in a.requests():
+                a.push(ident, encode_order(ack(req)[0]))
+            acks = await placing
+            assert [x.client_order_id for x in acks] == [f"c-{i}" for i in range(200)]
+            s = client.stats()
+            assert s["acks"] == s["read_messages"] == 200, s
+            assert s["read_batch_max"] > 1 and s["read_batches"] < 200, s
+    run(scenario)
