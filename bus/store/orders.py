@@ -21,7 +21,9 @@ The executor's log is append-only with a compare-and-set on its length
 (:meth:`RedisOrderStore.append_execution`): an entry for position ``seq`` is written only if the
 log holds exactly ``seq - 1`` entries, so two deciders (an executor and its restarted self, or a
 fill and a cancel racing) can never both decide the same step: the loser gets the entries it
-missed instead and decides again from there.
+missed instead and decides again from there. :meth:`RedisOrderStore.append_executions` does the
+same for a batch of entries (several orders, several positions of one) in one script call and
+one ``WAIT``.
 """
 
 from __future__ import annotations
@@ -87,28 +89,69 @@ end
 return {1}
 """
 
-# KEYS: the log, the executed set. ARGV: position - 1, entry, exec id ("" : not an execution).
-# Returns {1} appended, {0, entries from the position on} when the log is longer already, or
-# {2, length} when it is shorter (a position beyond the end: the caller's bug, never written).
-# The same entry found as the last one is {1} too: the command is retried when its reply is lost
-# (a store failing over), and that retry must not read its own write as another decider's.
-_APPEND = """
-local n = redis.call('LLEN', KEYS[1])
-local at = tonumber(ARGV[1])
-if n == at then
-  redis.call('RPUSH', KEYS[1], ARGV[2])
-  if ARGV[3] ~= '' then
-    redis.call('SADD', KEYS[2], ARGV[3])
+# The executor's appends, one batch per call: KEYS holds (the log, the executed set) and ARGV
+# (position - 1, entry, exec id or "" : not an execution) per entry, in batch order. The entries
+# of one order in the batch are its "run", at consecutive positions from the run's first. Per
+# log, the compare-and-set of one append: the run is appended if the log holds exactly as many
+# entries as precede the run; found there already as the log's last entries it counts as
+# appended too (the command is retried when its reply is lost, a store failing over, and that
+# retry must not read its own write as another decider's); else it is lost and not written,
+# every entry of it (a later one was decided from an earlier one's state). Returns per entry
+# {1} appended or {0, entries from the run's first position on}. A run whose first position is
+# beyond the log's end (the caller's bug) makes the whole batch refused before anything is
+# written: that entry gets {2, length}, every other {3}.
+_APPEND_MANY = """
+local runs, logs = {}, {}
+local count = #KEYS / 2
+for i = 1, count do
+  local key = KEYS[2 * i - 1]
+  local run = runs[key]
+  if not run then
+    run = {at = tonumber(ARGV[3 * i - 2]), n = redis.call('LLEN', key), idx = {}}
+    runs[key] = run
+    logs[#logs + 1] = key
   end
-  return {1}
+  run.idx[#run.idx + 1] = i
 end
-if n < at then
-  return {2, n}
+local out = {}
+for _, key in ipairs(logs) do
+  local run = runs[key]
+  if run.n < run.at then
+    for i = 1, count do
+      out[i] = {3}
+    end
+    out[run.idx[1]] = {2, run.n}
+    return out
+  end
 end
-if n == at + 1 and redis.call('LINDEX', KEYS[1], at) == ARGV[2] then
-  return {1}
+for _, key in ipairs(logs) do
+  local run = runs[key]
+  local result = {1}
+  if run.n == run.at then
+    for _, i in ipairs(run.idx) do
+      redis.call('RPUSH', key, ARGV[3 * i - 1])
+      if ARGV[3 * i] ~= '' then
+        redis.call('SADD', KEYS[2 * i], ARGV[3 * i])
+      end
+    end
+  else
+    local logged = redis.call('LRANGE', key, run.at, -1)
+    local same = #logged == #run.idx
+    for j = 1, #logged do
+      if not same then
+        break
+      end
+      same = logged[j] == ARGV[3 * run.idx[j] - 1]
+    end
+    if not same then
+      result = {0, logged}
+    end
+  end
+  for _, i in ipairs(run.idx) do
+    out[i] = result
+  end
 end
-return {0, redis.call('LRANGE', KEYS[1], at, -1)}
+return out
 """
 
 OPEN_PAGE = 200  # order records read and decoded per round trip by open_orders
@@ -144,6 +187,16 @@ class OrderStore(Protocol):
         executed in the same step. Returns [] when appended (also when the log's last entry is
         ``entry`` itself: the same append sent again after its reply was lost), else the
         entries from position ``entry.seq`` on (decided by someone else first)."""
+        ...
+
+    async def append_executions(self, entries: Sequence[ExecutionReport]
+                                ) -> list[list[ExecutionReport]]:
+        """:meth:`append_execution` for a batch, in one step (and one replica confirmation):
+        per entry, in batch order, [] when appended, else the entries the caller missed. The
+        entries of one order must be at consecutive positions (``ValueError`` otherwise); an
+        entry after one of its order's that lost is not appended either, and gets the same
+        missed entries. A position beyond its log's end writes nothing of the batch
+        (``StoreError``)."""
         ...
 
     async def executions(self, order_id: str, after: int = 0) -> list[ExecutionReport]:
@@ -219,7 +272,7 @@ class RedisOrderStore:
         self._connection: RedisConnection | None = None
         self._acquire = self.redis.register_script(_ACQUIRE)
         self._write = self.redis.register_script(_WRITE)
-        self._append = self.redis.register_script(_APPEND)
+        self._append_many = self.redis.register_script(_APPEND_MANY)
         self._backoff = Backoff(base_s=0.005, cap_s=0.1)
         self._replicas = (0, -1.0)  # (connected replicas, when known by the loop's clock)
         self._replicas_lock = asyncio.Lock()  # one INFO when it is stale, not one per caller
@@ -356,17 +409,31 @@ class RedisOrderStore:
         return self._k("executed", order_id)
 
     async def append_execution(self, entry: ExecutionReport) -> list[ExecutionReport]:
-        if entry.seq < 1:
-            raise ValueError(f"an execution log entry needs a position >= 1, got {entry.seq}")
-        oid = entry.order_id
-        exec_id = entry.exec_id if is_execution(entry) else ""
-        keys = [self._k("xlog", oid), self.executed_key(oid)]
-        args = [entry.seq - 1, _blob(entry), exec_id]
-        result = await self._call(lambda: self._decide(self._append, keys, args))
-        if result[0] == 2:
-            raise StoreError(f"execution log of {oid} holds {result[1]} entries: position "
-                             f"{entry.seq} is beyond its end")
-        return [] if result[0] == 1 else [_entry(b) for b in result[1]]
+        return (await self.append_executions([entry]))[0]
+
+    async def append_executions(self, entries: Sequence[ExecutionReport]
+                                ) -> list[list[ExecutionReport]]:
+        keys: list[str] = []
+        args: list[Any] = []
+        following: dict[str, int] = {}  # order id -> the position its next entry must have
+        for entry in entries:
+            if entry.seq < 1:
+                raise ValueError(f"an execution log entry needs a position >= 1, got {entry.seq}")
+            oid = entry.order_id
+            if following.get(oid, entry.seq) != entry.seq:
+                raise ValueError(f"order {oid}: position {entry.seq} in a batch after "
+                                 f"{following[oid] - 1}")
+            following[oid] = entry.seq + 1
+            keys += [self._k("xlog", oid), self.executed_key(oid)]
+            args += [entry.seq - 1, _blob(entry), entry.exec_id if is_execution(entry) else ""]
+        if not entries:
+            return []
+        results = await self._call(lambda: self._decide(self._append_many, keys, args))
+        for entry, result in zip(entries, results, strict=True):
+            if result[0] == 2:
+                raise StoreError(f"execution log of {entry.order_id} holds {result[1]} entries: "
+                                 f"position {entry.seq} is beyond its end")
+        return [[] if result[0] == 1 else [_entry(b) for b in result[1]] for result in results]
 
     async def executions(self, order_id: str, after: int = 0) -> list[ExecutionReport]:
         blobs = await self._call(lambda: self.redis.lrange(self._k("xlog", order_id), after, -1))

@@ -18,9 +18,18 @@ Rules:
   replace is the next entry with the new terms, or a :class:`ReplaceRefused` if the order
   cannot take them any more (it may have filled since the backend checked). For a terminal
   order a replace is refused and a cancel is answered with the order's final entry again.
+* Batches (:class:`Batch`): the executor decides every message of a wake-up (and the resting
+  poller every working order of a round) before it records them all in one store round trip.
+  Each decision is taken against the order as the batch's earlier decisions leave it, so two
+  for one order are consecutive positions of its log (the store appends them together, or
+  none from the first that loses). An answer that is not an entry (a refusal, a finished
+  order's final entry again) to a request for an order the batch has decided already waits
+  for the next batch (:data:`LATER`): it depends on whether those entries are appended.
 """
 
 from __future__ import annotations
+
+from typing import Final, Literal
 
 from protocols.orders.lifecycle import OrderState
 from protocols.orders.messages import (
@@ -120,7 +129,59 @@ def answer(order: Order, request: ExecutorRequest, now_ns: int
     return replace_entry(order, request, now_ns)
 
 
+Later = Literal["later"]
+LATER: Final[Later] = "later"
+
+
+class Batch:
+    """The decisions of one batch, in the order they are taken (:attr:`entries`: what to
+    append, in one store call)."""
+
+    def __init__(self, now_ns: int, *, fill_lots: float = 0.0) -> None:
+        self.now_ns = now_ns
+        self.fill_lots = fill_lots
+        self.entries: list[ExecutionReport] = []
+        self._after: dict[str, Order] = {}  # order id -> the order with its entries applied
+
+    def order(self, order: Order) -> Order:
+        """``order`` as this batch's decisions leave it."""
+        return self._after.get(order.order_id, order)
+
+    def decided(self, order_id: str) -> bool:
+        """Whether this batch holds an entry for the order."""
+        return order_id in self._after
+
+    def decide(self, order: Order, quote: Quote | None) -> ExecutionReport | None:
+        """:func:`decide` for ``order`` as the batch leaves it; the entry joins the batch."""
+        current = self.order(order)
+        entry = decide(current, quote, self.now_ns, fill_lots=self.fill_lots)
+        return None if entry is None else self._add(current, entry)
+
+    def reject(self, order: Order) -> ExecutionReport:
+        """:func:`reject_entry` for ``order`` as the batch leaves it; it joins the batch."""
+        current = self.order(order)
+        return self._add(current, reject_entry(current, self.now_ns))
+
+    def answer(self, order: Order, request: ExecutorRequest
+               ) -> ExecutionReport | ReplaceRefused | Later | None:
+        """:func:`answer` for ``order`` as the batch leaves it (an entry joins the batch), or
+        :data:`LATER` when that answer is not an entry and the batch decided the order."""
+        current = self.order(order)
+        got = answer(current, request, self.now_ns)
+        if isinstance(got, ExecutionReport):
+            return self._add(current, got)
+        return LATER if self.decided(order.order_id) else got
+
+    def _add(self, order: Order, entry: ExecutionReport) -> ExecutionReport:
+        self._after[order.order_id] = order.apply(entry, epoch=order.epoch, now_ns=self.now_ns)
+        self.entries.append(entry)
+        return entry
+
+
 __all__ = [
+    "LATER",
+    "Batch",
+    "Later",
     "answer",
     "cancel_entry",
     "decide",

@@ -12,6 +12,10 @@ rely on, whatever keeps the orders.
 * The execution log of an order appends with a compare-and-set on its length: an entry at
   position ``seq`` lands only if the log holds ``seq - 1`` entries; a loser is told what it
   missed; a position beyond the end is an error that writes nothing.
+* A batch of appends (``append_executions``) is that compare-and-set per entry in one step:
+  per-entry results; entries of one order are consecutive positions, and those after one that
+  lost are not appended; a batch sent again after a lost reply is appended once; a position
+  beyond its log's end refuses the whole batch.
 
 An implementation runs it with one fixture named ``order_store``: an async function that opens
 a store on this test's own empty data (each call opens another client on the same data); see
@@ -29,7 +33,7 @@ import pytest
 from bus.store.orders import OrderStore
 from protocols.errors import Fenced, InvalidOrder, StoreError
 from protocols.orders.lifecycle import OrderState
-from protocols.orders.messages import NewOrder, OrderType, Side
+from protocols.orders.messages import ExecutionReport, NewOrder, OrderType, Side
 from protocols.orders.record import Order
 from tests.support import run_with, run_with_two
 
@@ -44,15 +48,74 @@ def order(order_id: str = "o1", coid: str = "c1", epoch: int = 1) -> Order:
     return Order.from_new(order_id, new(coid), epoch=epoch, now_ns=10)
 
 
-def routed(quantity: float = 2.0) -> Order:
-    rec = Order.from_new("o1", NewOrder("acc", "c1", "EURUSD", Side.BUY, OrderType.MARKET,
-                                        quantity, None, 1), epoch=1, now_ns=1)
+def routed(quantity: float = 2.0, order_id: str = "o1") -> Order:
+    rec = Order.from_new(order_id, NewOrder("acc", "c1", "EURUSD", Side.BUY, OrderType.MARKET,
+                                            quantity, None, 1), epoch=1, now_ns=1)
     for state in (OrderState.ACCEPTED, OrderState.ROUTED):
         rec = rec.apply(rec.status_report(state, exec_id="b", epoch=1), epoch=1, now_ns=1)
     return rec
 
 
-class OrderStoreContract:
+def slice_of(rec: Order, seq: int, price: float = 1.1) -> ExecutionReport:
+    """A fill of half a lot at position ``seq`` of ``rec``'s log."""
+    return rec.fill_report(0.5, price, seq=seq, exec_id=f"{rec.order_id}:{seq}")
+
+
+class ExecutionBatchContract:
+    """``append_executions``: the executor's batch of log appends (issue 10)."""
+
+    def test_a_batch_of_appends_is_decided_per_entry(self, order_store: OpenOrderStore) -> None:
+        """Several orders in one batch: two consecutive positions of one, one that lost a race
+        (and its next entry, decided from it, not appended), one re-sent after a lost reply."""
+        async def body(s: OrderStore) -> None:
+            a, b, c = routed(order_id="oA"), routed(order_id="oB"), routed(order_id="oC")
+            theirs = slice_of(b, 1, price=1.2)  # another decider got to oB first
+            mine = slice_of(c, 1)  # appended before, its reply lost
+            assert await s.append_executions([theirs, mine]) == [[], []]
+            a1 = slice_of(a, 1)
+            a2 = slice_of(a.apply(a1, epoch=1, now_ns=2), 2)
+            b1 = slice_of(b, 1)
+            b2 = slice_of(b.apply(b1, epoch=1, now_ns=2), 2)
+            got = await s.append_executions([a1, b1, mine, a2, b2])
+            assert got == [[], [theirs], [], [], [theirs]]
+            assert await s.executions("oA") == [a1, a2]
+            assert await s.executions("oB") == [theirs]
+            assert await s.executions("oC") == [mine]
+            assert await s.append_executions([]) == []
+        run_with(order_store, body)
+
+    def test_a_batch_sent_again_after_a_lost_reply_is_appended_once(
+            self, order_store: OpenOrderStore) -> None:
+        async def body(s: OrderStore) -> None:
+            a, b = routed(order_id="oA"), routed(order_id="oB")
+            a1 = slice_of(a, 1)
+            a2 = slice_of(a.apply(a1, epoch=1, now_ns=2), 2)
+            batch = [a1, slice_of(b, 1), a2]
+            assert await s.append_executions(batch) == [[], [], []]
+            assert await s.append_executions(batch) == [[], [], []]
+            assert await s.executions("oA") == [a1, a2]
+            assert await s.executions("oB") == [batch[1]]
+            # Part of what is logged is history, not a retry: the run lost.
+            assert await s.append_executions([a1]) == [[a1, a2]]
+        run_with(order_store, body)
+
+    def test_a_position_beyond_the_end_refuses_the_whole_batch(
+            self, order_store: OpenOrderStore) -> None:
+        async def body(s: OrderStore) -> None:
+            a, b = routed(order_id="oA"), routed(order_id="oB")
+            with pytest.raises(StoreError, match="oB holds 0 entries: position 3 is beyond"):
+                await s.append_executions([slice_of(a, 1), slice_of(b, 3)])
+            assert await s.executions("oA") == []
+            a1 = slice_of(a, 1)
+            with pytest.raises(ValueError, match="position 3 in a batch after 1"):
+                await s.append_executions([a1, slice_of(a.apply(a1, epoch=1, now_ns=2), 3)])
+            with pytest.raises(ValueError, match="position >= 1"):
+                await s.append_executions([a1, slice_of(b, 0)])
+            assert await s.executions("oA") == []
+        run_with(order_store, body)
+
+
+class OrderStoreContract(ExecutionBatchContract):
     """Every test takes ``order_store``; a subclass in a test module runs them all."""
 
     def test_the_epoch_is_a_compare_and_swap(self, order_store: OpenOrderStore) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -524,4 +524,137 @@ def test_a_replace_of_a_filled_order_is_refused(redis_server: RedisProcess) -> N
             assert isinstance(refused, ReplaceRefused)
             assert refused.reason is RejectReason.NOT_CANCELLABLE
             assert "FILLED" in refused.message
+    run(redis_server, body)
+
+
+# --- batches ----------------------------------------------------------------------------------
+
+
+class SlowStore(RedisOrderStore):
+    """The order store with every call that records log entries counted and delayed by
+    ``delay_s`` (a slow store: the executor's burst queues up meanwhile)."""
+
+    def __init__(self, url: str, delay_s: float = 0.0) -> None:
+        super().__init__(url, PREFIX)
+        self.delay_s = delay_s
+        self.calls: list[list[ExecutionReport]] = []
+
+    async def append_executions(self, entries: Sequence[ExecutionReport]
+                                ) -> list[list[ExecutionReport]]:
+        self.calls.append(list(entries))
+        await asyncio.sleep(self.delay_s)  # the delay is the fault injected, not a wait
+        return await super().append_executions(entries)
+
+
+@contextlib.asynccontextmanager
+async def slow_store(redis: RedisProcess, delay_s: float = 0.0) -> AsyncIterator[SlowStore]:
+    store = SlowStore(redis.url, delay_s)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def by_order(reports: Sequence[ExecutionReport]) -> dict[str, list[ExecutionReport]]:
+    out: dict[str, list[ExecutionReport]] = {}
+    for report in reports:
+        out.setdefault(report.order_id, []).append(report)
+    return out
+
+
+def test_a_burst_on_a_slow_store_is_recorded_in_few_calls_and_a_restart_continues(
+        redis_server: RedisProcess) -> None:
+    """200 orders and 100 cancels arrive while each store call takes 50 ms: they are decided
+    in batches, each order's entries at consecutive positions (a fill, then its cancel, often
+    in one call), every entry recorded once. A restarted executor finishes the rest from the
+    log."""
+    count = 200
+    async def body(rig: Rig) -> None:
+        await rig.tick(BID, ASK)
+        orders = [routed(f"b{i}") for i in range(count)]  # 2 lots: a slice of 1 now
+        cancelled = {o.order_id for o in orders[::2]}
+        async with slow_store(redis_server, 0.05) as store, \
+                rig.executor(store=store, fill_lots=1.0, poll_s=30) as node:
+            for order in orders:
+                await rig.backends[0].order(order)
+                if order.order_id in cancelled:
+                    await rig.backends[0].send(encode_order(cancel_request(order)))
+            got = by_order(await rig.backends[0].reports(count + len(cancelled), timeout=5))
+            assert len(store.calls) <= 10, [len(c) for c in store.calls]  # not 300
+            assert sum(len(c) for c in store.calls) == count + len(cancelled)
+            # Some call held a fill and the cancel decided from it: consecutive positions.
+            assert any(len({e.order_id for e in c}) < len(c) for c in store.calls)
+            assert (node.stats.fills, node.stats.cancels, node.stats.conflicts) == (
+                count, len(cancelled), 0)
+        records = {}
+        for order in orders:
+            reports = got[order.order_id]
+            assert [r.seq for r in reports] == ([1, 2] if order.order_id in cancelled else [1])
+            record = order
+            for report in reports:  # the backend applies them in order
+                record = record.apply(report, epoch=1, now_ns=5)
+            assert record.state is (OrderState.CANCELLED if order.order_id in cancelled
+                                    else OrderState.PARTIALLY_FILLED)
+            assert await rig.orders.executions(order.order_id) == reports
+            records[order.order_id] = record
+        # A new executor, empty memory: the backend re-drives each order as it has it.
+        async with slow_store(redis_server) as store, \
+                rig.executor(store=store, fill_lots=1.0) as node:
+            for order in orders:
+                await rig.backends[1].order(records[order.order_id])
+            rest = by_order(await rig.backends[1].reports(count - len(cancelled), timeout=5))
+            assert set(rest) == {o.order_id for o in orders} - cancelled
+            assert all(r.state is OrderState.FILLED and r.seq == 2 for (r,) in rest.values())
+            assert (node.stats.fills, node.stats.conflicts) == (count - len(cancelled), 0)
+            assert len(store.calls) < count - len(cancelled)
+        for order in orders:
+            log_ = await rig.orders.executions(order.order_id)
+            assert [e.seq for e in log_] == [1, 2]
+            assert sum(e.last_quantity for e in log_) == (
+                1.0 if order.order_id in cancelled else 2.0)  # never more than the order
+    run(redis_server, body)
+
+
+def test_two_decisions_for_one_order_in_one_batch_are_consecutive_positions(
+        redis_server: RedisProcess) -> None:
+    async def body(rig: Rig) -> None:
+        await rig.tick(BID, ASK)
+        async with slow_store(redis_server) as store, \
+                rig.executor(store=store, fill_lots=1.0, poll_s=30) as node:
+            a, b = routed("a1"), routed("a2", quantity=1.0)
+            await rig.backends[0].order(routed("warm", quantity=1.0))  # the DEALER connected
+            await rig.backends[0].report()
+            store.calls.clear()
+            await node.handle([encode_order(a), encode_order(replace_request(a, 3.0, None)),
+                               encode_order(cancel_request(a)),
+                               encode_order(b), encode_order(cancel_request(b))], 0)
+            # a: a slice, the replace and the cancel decided from it; b: filled whole, so its
+            # cancel is answered with the fill, once that is recorded (a second round).
+            assert [[(e.order_id, e.seq) for e in c] for c in store.calls] == [
+                [("a1", 1), ("a1", 2), ("a1", 3), ("a2", 1)]]
+            got = await rig.backends[0].reports(5)
+            assert [(r.order_id, r.seq) for r in got] == [("a1", 1), ("a1", 2), ("a1", 3),
+                                                          ("a2", 1), ("a2", 1)]
+            assert [r.state for r in got] == [OrderState.PARTIALLY_FILLED] * 2 + [
+                OrderState.CANCELLED, OrderState.FILLED, OrderState.FILLED]
+            assert got[1].is_replace and got[1].quantity == 3.0
+            assert (node.stats.replays, node.stats.cancels, node.stats.resting) == (1, 1, 0)
+            assert await rig.orders.executions("a1") == got[:3]
+    run(redis_server, body)
+
+
+def test_the_poller_records_a_round_in_one_store_call(redis_server: RedisProcess) -> None:
+    async def body(rig: Rig) -> None:
+        await rig.tick(BID, ASK)
+        async with slow_store(redis_server) as store, rig.executor(store=store) as node:
+            for i in range(5):
+                await rig.backends[0].order(routed(f"l{i}", Side.SELL, OrderType.LIMIT, 1.1010))
+            await wait_until(lambda: node.stats.resting == 5, 2, "five orders resting")
+            store.calls.clear()
+            await rig.tick(1.1010, 1.1012)  # all five marketable at once
+            got = await rig.backends[0].reports(5)
+            assert sorted(r.order_id for r in got) == [f"l{i}" for i in range(5)]
+            assert all(r.state is OrderState.FILLED for r in got)
+            assert [len(c) for c in store.calls] == [5]
+            assert node.stats.resting == 0
     run(redis_server, body)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 
 from protocols.orders.execution import (
+    LATER,
+    Batch,
     answer,
     cancel_entry,
     decide,
@@ -162,3 +164,63 @@ def test_answers_to_requests(order: Order, request_: CancelRequest | ReplaceRequ
         assert got.client_order_id == order.order.client_order_id  # the order's own id
         assert got == cancel_entry(order, 9)
         assert_applies(order, got, OrderState.CANCELLED)
+
+
+# --- batches ----------------------------------------------------------------------------------
+
+
+def test_a_batch_decides_each_order_against_its_earlier_decisions() -> None:
+    """Two decisions for one order in one batch are consecutive positions of its log, each
+    taken against the order as the one before leaves it; another order's are its own."""
+    a, b = routed("a"), routed("b", Side.SELL)
+    batch = Batch(5, fill_lots=0.5)
+    steps = [batch.decide(a, (BID, ASK)),
+             batch.answer(a, ReplaceRequest("a", "r", 3.0, None, 1)),
+             batch.decide(b, (BID, ASK)),
+             batch.decide(a, (BID, ASK)),
+             batch.answer(a, CancelRequest("a", 1))]
+    assert all(isinstance(e, ExecutionReport) for e in steps)
+    assert batch.entries == steps
+    assert [(e.order_id, e.seq) for e in batch.entries] == [
+        ("a", 1), ("a", 2), ("b", 1), ("a", 3), ("a", 4)]
+    for entry in batch.entries:
+        if entry.order_id == "a":
+            a = a.apply(entry, epoch=1, now_ns=6)
+    assert (a.state, a.quantity, a.filled_quantity) == (OrderState.CANCELLED, 3.0, 1.0)
+    assert batch.order(a).state is OrderState.CANCELLED
+    assert batch.order(b).filled_quantity == 0.5 and batch.decided("b")
+    assert not batch.decided("c") and batch.order(routed("c")) == routed("c")
+
+
+@pytest.mark.parametrize(("decided_first", "request_", "expect"), [
+    # The batch filled the order: an answer that is not an entry waits for the next batch
+    # (it depends on whether that fill is appended).
+    (True, CancelRequest("m", 1), LATER),
+    (True, ReplaceRequest("m", "r", 3.0, None, 1), LATER),
+    # Nothing decided in the batch: the answer as ever.
+    (False, CancelRequest("m", 1), OrderState.CANCELLED),
+    (False, ReplaceRequest("m", "r", 1.0, 1.1, 1), RejectReason.BAD_PRICE),
+])
+def test_a_batch_answers_a_request_or_leaves_it_for_the_next(
+        decided_first: bool, request_: CancelRequest | ReplaceRequest, expect: object) -> None:
+    order = routed("m")
+    batch = Batch(5)
+    if decided_first:
+        assert batch.decide(order, (BID, ASK)) is not None  # the whole order: FILLED
+    got = batch.answer(order, request_)
+    if isinstance(expect, OrderState):
+        assert isinstance(got, ExecutionReport) and (got.state, got.seq) == (expect, 1)
+    elif isinstance(expect, RejectReason):
+        assert isinstance(got, ReplaceRefused) and got.reason is expect
+    else:
+        assert got == expect
+    assert len(batch.entries) == int(decided_first) + isinstance(got, ExecutionReport)
+
+
+def test_a_batch_rejects_against_its_own_view() -> None:
+    order = routed("k", type_=OrderType.LIMIT, price=BID - 0.01)
+    batch = Batch(5)
+    assert batch.decide(order, (BID, ASK)) is None  # rests
+    entry = batch.reject(order)
+    assert (entry.seq, entry.state) == (1, OrderState.REJECTED)
+    assert batch.entries == [entry] and batch.order(order).terminal
