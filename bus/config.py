@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from protocols.errors import ConfigError
+from protocols.orders.service import MAX_IN_SERVICE
 from protocols.ticks.messages import check_stream
 
 SourceKind = Literal["simulator", "replay", "ea"]
@@ -254,6 +255,9 @@ class OrdersSection:
     max_exposure: float = 1_000_000.0
     fill_lots: float = 2.0  # simulated liquidity: lots per fill (0: a whole order at once)
     amend_timeout_ms: float = 500.0  # a replace waits this long for the executor's decision
+    # Requests the active backend has in service at once (new orders waiting for the store
+    # included); one more is answered BUSY at once, with a retry-after hint, never queued.
+    max_in_service: int = MAX_IN_SERVICE
 
     def validate(self, key: str) -> None:
         for name in ("clients", "peers", "updates", "executor"):
@@ -276,6 +280,7 @@ class OrdersSection:
         _positive(f"{key}.max_exposure", self.max_exposure, "e.g. max_exposure = 1000000")
         _non_negative(f"{key}.fill_lots", self.fill_lots, "lots per fill, 0: whole orders")
         _positive(f"{key}.amend_timeout_ms", self.amend_timeout_ms, "e.g. 500")
+        _positive(f"{key}.max_in_service", self.max_in_service, "e.g. max_in_service = 2000")
 
 
 NodeKind = Literal["feed", "recovery", "subscriber", "monitor", "backend", "executor", "trader"]

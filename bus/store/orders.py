@@ -3,7 +3,9 @@
 :class:`OrderStore` is the seam (a ``typing.Protocol``); :class:`RedisOrderStore` implements it.
 Every order write runs as one Lua script that first compares the writer's epoch with the
 store's and refuses a stale one (:class:`~protocols.errors.Fenced`), so a backend that lost the
-active role can never write, whatever the network did. Becoming active is a compare-and-swap on
+active role can never write, whatever the network did. A batch of orders is one call of the same
+script (:meth:`RedisOrderStore.write_batch`, one ``WAIT`` after it): the epoch is checked once,
+then each order in turn by the rules of a single write. Becoming active is a compare-and-swap on
 the epoch (:meth:`acquire_epoch`), which is what
 ``protocols.orders.binary_star.AcquireEpoch`` asks for.
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from functools import partial
 from typing import Any, Protocol
 
@@ -64,29 +67,41 @@ end
 return {0, cur}
 """
 
-# KEYS: epoch, order, client, open. ARGV: epoch, order_id, blob, terminal (0/1).
-# Returns {1} written, {0, current} fenced, {2, other_order_id} client id taken by another order,
-# {3} the order id already names another client order's record (never overwritten).
+# KEYS: epoch, open, then per order its record and its client order id key. ARGV: epoch, then
+# per order its order_id, blob and terminal (0/1). The epoch is checked once: {0, current} when
+# fenced (nothing written). Otherwise {1, code, other, code, other, ...}, one pair per order in
+# turn (a later order of the batch sees the earlier ones' writes): code 1 written, 2 the client
+# order id names another order (other: its order id), 3 the order id already names another
+# client order's record (never overwritten).
 _WRITE = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 if cur ~= tonumber(ARGV[1]) then
   return {0, cur}
 end
-local owner = redis.call('GET', KEYS[3])
-if owner and owner ~= ARGV[2] then
-  return {2, owner}
+local out = {1}
+for i = 0, (#ARGV - 1) / 3 - 1 do
+  local rec, cid = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
+  local oid, blob, terminal = ARGV[2 + 3 * i], ARGV[3 + 3 * i], ARGV[4 + 3 * i]
+  local owner = redis.call('GET', cid)
+  if owner and owner ~= oid then
+    out[#out + 1] = 2
+    out[#out + 1] = owner
+  elseif not owner and redis.call('EXISTS', rec) == 1 then
+    out[#out + 1] = 3
+    out[#out + 1] = ''
+  else
+    redis.call('SET', cid, oid)
+    redis.call('SET', rec, blob)
+    if terminal == '1' then
+      redis.call('SREM', KEYS[2], oid)
+    else
+      redis.call('SADD', KEYS[2], oid)
+    end
+    out[#out + 1] = 1
+    out[#out + 1] = ''
+  end
 end
-if not owner and redis.call('EXISTS', KEYS[2]) == 1 then
-  return {3}
-end
-redis.call('SET', KEYS[3], ARGV[2])
-redis.call('SET', KEYS[2], ARGV[3])
-if ARGV[4] == '1' then
-  redis.call('SREM', KEYS[4], ARGV[2])
-else
-  redis.call('SADD', KEYS[4], ARGV[2])
-end
-return {1}
+return out
 """
 
 # The executor's appends, one batch per call: KEYS holds (the log, the executed set) and ARGV
@@ -169,7 +184,15 @@ class OrderStore(Protocol):
         ...
 
     async def write(self, order: Order, epoch: int) -> None:
-        """Persist ``order`` under ``epoch``; ``Fenced`` if a newer epoch is active."""
+        """Persist ``order`` under ``epoch``; ``Fenced`` if a newer epoch is active,
+        ``InvalidOrder`` if its client order id names another order, ``StoreError`` if its
+        order id names another client order's record (nothing written then)."""
+        ...
+
+    async def write_batch(self, orders: Sequence[Order], epoch: int) -> list[WriteOutcome]:
+        """Persist ``orders`` under ``epoch`` in one step, each by the rules of :meth:`write`
+        (in turn: a later order sees the earlier ones), and say per order what was done.
+        ``Fenced`` (nothing written) if a newer epoch is active."""
         ...
 
     async def get(self, order_id: str) -> Order | None:
@@ -207,9 +230,21 @@ class OrderStore(Protocol):
         ...
 
 
+class WriteOutcome(Enum):
+    """What a batched order write did with one order of the batch."""
+
+    WRITTEN = 1
+    CLIENT_ID_TAKEN = 2  # its client order id names another order: not written
+    ORDER_ID_TAKEN = 3  # its order id names another client order's record: not written
+
+
 def _blob(order: Order | ExecutionReport) -> bytes:
     header, body = encode_order(order)
     return header + body
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _order(blob: bytes) -> Order:
@@ -368,20 +403,36 @@ class RedisOrderStore:
         return bool(won), int(epoch)
 
     async def write(self, order: Order, epoch: int) -> None:
+        [(outcome, other)] = await self._write_orders([order], epoch)
         o = order.order
-        keys = [self._k("epoch"), self._k("order", order.order_id),
-                self._k("client", o.account, o.client_order_id), self._k("open")]
-        args = [epoch, order.order_id, _blob(order), int(order.terminal)]
+        if outcome is WriteOutcome.CLIENT_ID_TAKEN:
+            raise InvalidOrder("client_order_id", f"{o.client_order_id!r} of account "
+                               f"{o.account!r} already names order {other}")
+        if outcome is WriteOutcome.ORDER_ID_TAKEN:
+            raise StoreError(f"order id {order.order_id} already names another client "
+                             "order's record: not overwritten")
+
+    async def write_batch(self, orders: Sequence[Order], epoch: int) -> list[WriteOutcome]:
+        if not orders:
+            return []
+        return [outcome for outcome, _ in await self._write_orders(orders, epoch)]
+
+    async def _write_orders(self, orders: Sequence[Order], epoch: int
+                            ) -> list[tuple[WriteOutcome, str]]:
+        """One fenced script call (and one WAIT) for ``orders``: per order, the outcome and
+        the order id its client order id names when that is another order's."""
+        keys = [self._k("epoch"), self._k("open")]
+        args: list[Any] = [epoch]
+        for order in orders:
+            o = order.order
+            keys += [self._k("order", order.order_id),
+                     self._k("client", o.account, o.client_order_id)]
+            args += [order.order_id, _blob(order), int(order.terminal)]
         result = await self._call(lambda: self._decide(self._write, keys, args))
         if result[0] == 0:
             raise Fenced(epoch, int(result[1]))
-        if result[0] == 2:
-            other = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
-            raise InvalidOrder("client_order_id", f"{o.client_order_id!r} of account "
-                               f"{o.account!r} already names order {other}")
-        if result[0] == 3:
-            raise StoreError(f"order id {order.order_id} already names another client "
-                             "order's record: not overwritten")
+        return [(WriteOutcome(int(code)), _text(other))
+                for code, other in zip(result[1::2], result[2::2], strict=True)]
 
     async def get(self, order_id: str) -> Order | None:
         blob = await self._call(lambda: self.redis.get(self._k("order", order_id)))

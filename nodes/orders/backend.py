@@ -11,12 +11,16 @@ The decisions (what is known per order, exposure reservations, joined retries, r
 outcomes, re-drive selection) are ``protocols.orders.service.OrderService``'s; this node keeps
 the sockets, the timers and the store, and carries the decisions out.
 
-Requests: new orders (idempotency, validation, accept, route), cancels and replaces. The
-executor owns a working order and decides its fills, cancels and replaces in the order's
-execution log; this node applies the log's entries strictly in order (``Order.position``) and
-re-drives an order whose record lags, so after a takeover it converges on the executor's
-history. A cancel is acknowledged once requested (the outcome is a report); a replace is
-acknowledged only once the executor has decided it (or refused with the executor's reason).
+Requests: new orders (idempotency, validation, accept, route), cancels and replaces. Each
+wake-up drains every request already queued (bounded); the new orders among them are checked
+one by one and stored in one fenced script call and one ``WAIT`` (the placer); past
+``[orders] max_in_service`` requests in service one more is refused at once, BUSY with a
+retry-after hint (``OrderService.busy``). The executor owns a working order and decides its
+fills, cancels and replaces in the order's execution log; this node applies the log's entries
+strictly in order (``Order.position``) and re-drives an order whose record lags, so after a
+takeover it converges on the executor's history. A cancel is acknowledged once requested (the
+outcome is a report); a replace is acknowledged only once the executor has decided it (or
+refused with the executor's reason).
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Coroutine
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,7 +49,7 @@ from bus.sockets import (
     PEER_SUB,
     open_socket,
 )
-from bus.store.orders import OrderStore, RedisOrderStore
+from bus.store.orders import OrderStore, RedisOrderStore, WriteOutcome
 from bus.store.ticks import QuoteCache, RedisTickStore
 from nodes.common import stats_writer, supervise_tasks, write_json_atomic
 from protocols.errors import (
@@ -102,16 +107,14 @@ from protocols.orders.service import (
 
 log = logging.getLogger(__name__)
 
-MAX_CONCURRENT = 256  # requests in service at once; more wait on the socket (backpressure)
+# Requests read from the clients socket per wake-up, and new orders stored per script call:
+# a wake-up takes everything already queued up to this, never waits to fill a batch.
+DRAIN_BATCH = 256
+PLACE_BATCH = 256
 # Execution reports applied at once. Few: after a takeover the executor replays every open
 # order's log at once, and 256 report writes ahead of them in the store's queue held the first
 # client orders back (backend failover p50 58 -> 75-92 ms in the backend drill).
 REPORT_SLOTS = 8
-# New orders stored at once. Enough to keep the store busy (a backlog of held orders drains at
-# several thousand a second), few enough that a burst is answered in arrival order: with all
-# of a takeover's retried orders in flight together, every ack came at the end of the burst
-# (backend failover p99 82 -> 125-140 ms).
-PLACE_SLOTS = 8
 QUOTE_TTL_S = 0.05  # the last tick is read from Redis at most this often per symbol
 YIELD_EVERY = 50  # re-drive and reload give the event loop back this often
 
@@ -142,6 +145,8 @@ class BackendStats:
     redriven: int = 0
     replaced: int = 0
     joined: int = 0  # client retries answered with the in-flight request's reply
+    busy: int = 0  # requests refused BUSY at the admission bound
+    place_batches: int = 0  # store round trips for new orders (each one script call + WAIT)
     gaps: int = 0  # reports that arrived beyond a missing one: the order was re-driven
 
 
@@ -165,22 +170,24 @@ class BackendNode:
         # Order ids must never repeat, even if an epoch increment is lost with a Redis master
         # that died before replicating it: a per-process tag keeps two holders of one epoch
         # number apart.
-        self.service = OrderService(limits, tag=secrets.token_hex(2), redrive_s=redrive_s)
+        self.service = OrderService(limits, tag=secrets.token_hex(2), redrive_s=redrive_s,
+                                    max_in_service=cfg.orders.max_in_service)
         self._bad = RateLimitedLog(log, f"backend {role.value}: malformed frame")
-        # New orders are served concurrently (PLACE_SLOTS at once), even for one account: the
-        # store's write is the idempotency check, and exposure is reserved in memory before it
-        # (``OrderService.reserve``).
-        # Serialising them per account capped one account at one store round trip (with its
-        # WAIT) per order, about 400 orders/s on this machine under load: below the Redis
-        # drill's 500/s, so a backlog never drained. Cancels and replaces, which read an
+        # New orders go to one placer that stores them in batches (:meth:`_placer`), even
+        # for one account: the store's write is the idempotency check, and exposure is
+        # reserved in memory before it (``OrderService.reserve``). Serialising them per
+        # account capped one account at one store round trip (with its WAIT) per order,
+        # about 400 orders/s on this machine under load. Cancels and replaces, which read an
         # order and decide on it, stay serialised per account; reports per order. Both kinds
         # of lock exist only while held or waited for.
         self._account_locks = KeyedLocks()
         self._order_locks = KeyedLocks()
         self._reports: set[asyncio.Task[None]] = set()
         self._report_slots = asyncio.Semaphore(REPORT_SLOTS)
-        self._place_slots = asyncio.Semaphore(PLACE_SLOTS)
-        self._slots = asyncio.Semaphore(MAX_CONCURRENT)
+        # New orders admitted and waiting for the placer: bounded by the admission bound
+        # (each is in service), so never more than max_in_service.
+        self._placing: deque[tuple[bytes, NewOrder, int]] = deque()
+        self._place_wanted = asyncio.Event()
         self._requests: set[asyncio.Task[None]] = set()
         self._quotes = QuoteCache(self.ticks, QUOTE_TTL_S, stale_s=cfg.redis.deadline_ms / 1000)
         self._reload_pending = False  # a takeover could not read the open orders yet
@@ -294,66 +301,97 @@ class BackendNode:
     # -- clients ---------------------------------------------------------------------------
 
     async def _clients(self) -> None:
+        """Read requests: each wake-up takes every request already queued (up to
+        DRAIN_BATCH, without waiting for more) and admits them in turn; the new orders among
+        them reach the placer together, as one batch."""
         while True:
-            msg = await self.clients.recv_multipart()
-            identity, frames = msg[0], msg[1:]
-            self.stats.requests += 1
-            # A heartbeat already waiting to be read means the peer is alive and we are late.
-            pending = not self.star.serving and self._peer_waiting()
-            _serving, effects = self.star.on_request(time.monotonic(), peer_pending=pending)
-            await self._effects(effects)
-            if not self.star.serving:
-                self.stats.not_active += 1
-                await self._reply(identity, OrderReject(
-                    client_order_id_of(frames), RejectReason.NOT_ACTIVE,
-                    f"backend {self.role.value} is {self.star.state.value}"))
-                continue
-            try:
-                req = decode_order_request(frames)
-            except RemoteProtocolError as exc:
-                self.stats.malformed += 1
-                self._bad.warning("%s", exc.reason)
-                await self._reply(identity, OrderReject(client_order_id_of(frames),
-                                                        reject_reason_of(exc), exc.reason))
-                continue
-            if self.service.join(req, identity):
-                # A client's retry of a request still being served (e.g. held while the store
-                # fails over): it gets that request's answer, not a task of its own queueing on
-                # the account's lock.
-                self.stats.joined += 1
-                continue
-            await self._slots.acquire()
-            self.service.begin(req, identity, time.monotonic())
-            task = asyncio.create_task(self._serve(identity, req, self.star.epoch))
-            self._requests.add(task)
-            task.add_done_callback(self._served)
+            batch = [await self.clients.recv_multipart()]
+            while len(batch) < DRAIN_BATCH:
+                try:
+                    batch.append(await self.clients.recv_multipart(flags=zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+            for msg in batch:
+                await self._admit(msg[0], msg[1:])
+
+    async def _admit(self, identity: bytes, frames: list[bytes]) -> None:
+        """One request: refused at once (not active, malformed, BUSY), joined to the same
+        request in service, queued for the placer (a new order) or served by a task of its
+        own (a cancel or a replace). A refusal creates no task and decodes no more than the
+        join needs."""
+        self.stats.requests += 1
+        now = time.monotonic()
+        # A heartbeat already waiting to be read means the peer is alive and we are late.
+        pending = not self.star.serving and self._peer_waiting()
+        _serving, effects = self.star.on_request(now, peer_pending=pending)
+        await self._effects(effects)
+        if not self.star.serving:  # a passive node never says BUSY
+            self.stats.not_active += 1
+            await self._reply(identity, OrderReject(
+                client_order_id_of(frames), RejectReason.NOT_ACTIVE,
+                f"backend {self.role.value} is {self.star.state.value}"))
+            return
+        try:
+            req = decode_order_request(frames)
+        except RemoteProtocolError as exc:
+            self.stats.malformed += 1
+            self._bad.warning("%s", exc.reason)
+            await self._reply(identity, OrderReject(client_order_id_of(frames),
+                                                    reject_reason_of(exc), exc.reason))
+            return
+        if self.service.join(req, identity):
+            # A client's retry of a request still being served (e.g. held while the store
+            # fails over): it gets that request's answer, not a task of its own queueing on
+            # the account's lock; never BUSY.
+            self.stats.joined += 1
+            return
+        busy = self.service.busy(req, now)
+        if busy is not None:
+            self.stats.busy += 1
+            await self._reply(identity, busy)
+            return
+        self.service.begin(req, identity, now)
+        if isinstance(req, NewOrder):
+            self._placing.append((identity, req, self.star.epoch))
+            self._place_wanted.set()
+            return
+        task = asyncio.create_task(self._serve(identity, req, self.star.epoch))
+        self._requests.add(task)
+        task.add_done_callback(self._served)
 
     def _served(self, task: asyncio.Task[None]) -> None:
         self._requests.discard(task)
-        self._slots.release()
         if not task.cancelled() and task.exception() is not None:
             log.error("backend %s: request failed", self.role.value, exc_info=task.exception())
 
-    async def _serve(self, identity: bytes, req: OrderRequest, epoch: int) -> None:
-        """Serve one request taken while active at ``epoch``, and answer it (and the retries
-        that joined it)."""
+    async def _serve(self, identity: bytes, req: CancelOrder | ReplaceOrder, epoch: int
+                     ) -> None:
+        """Serve one cancel or replace taken while active at ``epoch``, and answer it (and
+        the retries that joined it)."""
         reply: OrderAck | OrderReject | PendingReplace
         try:
-            async with (self._place_slots if isinstance(req, NewOrder)
-                        else self._account_locks.hold(req.account)):
-                if self.star.serving and self.star.epoch == epoch:
+            async with self._account_locks.hold(req.account):
+                if self._still_active(epoch):
                     reply = await self._handle(identity, req)
                 else:  # it stepped down while the request waited: the epoch is not its own
-                    reply = OrderReject(req.client_order_id, RejectReason.NOT_ACTIVE,
-                                        f"backend {self.role.value} is no longer active")
+                    reply = self._no_longer_active(req)
             if isinstance(reply, PendingReplace):  # waited for outside the lock: not to hold
                 # up the account's other cancels and replaces meanwhile
                 assert isinstance(req, ReplaceOrder)
                 reply = await self._replace_outcome(reply, req)
         finally:
             identities = self.service.finish(req, identity)
+            self.service.served(time.monotonic())
         for who in identities:
             await self._reply(who, reply)
+
+    def _still_active(self, epoch: int) -> bool:
+        """Whether a request taken at ``epoch`` may be served now (not stepped down since)."""
+        return self.star.serving and self.star.epoch == epoch
+
+    def _no_longer_active(self, req: OrderRequest) -> OrderReject:
+        return OrderReject(req.client_order_id, RejectReason.NOT_ACTIVE,
+                           f"backend {self.role.value} is no longer active")
 
     async def _reply(self, identity: bytes, reply: OrderAck | OrderReject) -> None:
         if isinstance(reply, OrderAck):
@@ -362,50 +400,142 @@ class BackendNode:
             self.stats.rejects += 1
         await self.clients.send_multipart([identity, *encode_order(reply)])
 
-    async def _handle(self, identity: bytes, req: OrderRequest
+    async def _handle(self, identity: bytes, req: CancelOrder | ReplaceOrder
                       ) -> OrderAck | OrderReject | PendingReplace:
-        if isinstance(req, NewOrder):
-            return await self._guarded(req.client_order_id, self._place(identity, req))
         if isinstance(req, CancelOrder):
             return await self._guarded(req.client_order_id, self._cancel(req))
         return await self._guarded(req.client_order_id, self._replace(identity, req))
 
-    async def _place(self, identity: bytes, req: NewOrder) -> OrderAck | OrderReject:
-        epoch = self.star.epoch
-        quote = await self._quote(req.symbol)
-        # From the check to the reservation nothing awaits: no other request of the account
-        # can pass the exposure check on the same headroom.
-        order = self.service.reserve(req, quote, epoch=epoch, now_ns=time.time_ns(),
-                                     client_id=_client_id(identity))
-        if isinstance(order, Order):
+    # -- new orders, in batches ------------------------------------------------------------
+
+    async def _placer(self) -> None:
+        """Store new orders in batches: each round takes every order queued (up to
+        PLACE_BATCH) and stores them in one round trip; the next batch forms meanwhile. No
+        timer: an order that finds the placer idle is a batch of one."""
+        while True:
+            while not self._placing:
+                self._place_wanted.clear()
+                await self._place_wanted.wait()
+            # One batch is one epoch: the one its orders were taken at.
+            epoch = self._placing[0][2]
+            batch: list[tuple[bytes, NewOrder, int]] = []
+            while self._placing and len(batch) < PLACE_BATCH and self._placing[0][2] == epoch:
+                batch.append(self._placing.popleft())
             try:
-                return await self._store_and_route(identity, req, order, epoch)
+                await self._place_batch(batch, epoch)
+            except Exception:  # the next batch is still served; its clients retry
+                log.exception("backend %s: a batch of %d new orders failed", self.role.value,
+                              len(batch))
+
+    async def _place_batch(self, batch: list[tuple[bytes, NewOrder, int]], epoch: int
+                           ) -> None:
+        """Decide, store and answer a batch of new orders taken at ``epoch``, each answered
+        on its own (and the retries that joined it)."""
+        replies: list[OrderAck | OrderReject] = []
+        try:
+            replies = await self._placed(batch, epoch)
+        finally:
+            # Each leaves the service, answered or not (a failed batch: the client retries).
+            answers = [self.service.finish(req, identity) for identity, req, _ in batch]
+            self.service.served(time.monotonic(), len(batch))
+        for who, reply in zip(answers, replies, strict=True):
+            for identity in who:
+                await self._reply(identity, reply)
+
+    async def _placed(self, batch: list[tuple[bytes, NewOrder, int]], epoch: int
+                      ) -> list[OrderAck | OrderReject]:
+        """The answers to a batch of new orders taken at ``epoch``: per order the checks and
+        the exposure reservation (``OrderService.reserve``, in arrival order, so the batch's
+        orders of one account cannot share headroom), then one fenced write of every order
+        that passed (``OrderStore.write_batch``), then the routes to the executor.
+
+        The write is under ``epoch``, never one learnt since (that would write past
+        fencing): if the node stepped down meanwhile, the store decides (it still holds
+        ``epoch``, or refuses: FENCED); if it is active again at a newer epoch, they are
+        NOT_ACTIVE (a FENCED write would depose the active node it is now)."""
+        quotes = {symbol: await self._guarded("", self._quote(symbol))
+                  for symbol in {req.symbol for _, req, _ in batch}}
+        replies: list[OrderAck | OrderReject | None] = [None] * len(batch)
+        valid: list[tuple[int, Order]] = []  # (position in the batch, the order to store)
+        refused: list[tuple[int, RejectReason]] = []
+        now_ns = time.time_ns()
+        stale = self.star.serving and self.star.epoch != epoch
+        # From the checks to the write nothing awaits: no order of the account can pass the
+        # exposure check on the same headroom.
+        for i, (identity, req, _) in enumerate(batch):
+            quote = quotes[req.symbol]
+            if stale:
+                replies[i] = self._no_longer_active(req)
+            elif isinstance(quote, OrderReject):  # the tick store is away
+                replies[i] = replace(quote, client_order_id=req.client_order_id)
+            else:
+                checked = self.service.reserve(req, quote, epoch=epoch, now_ns=now_ns,
+                                               client_id=_client_id(identity))
+                if isinstance(checked, Order):
+                    valid.append((i, checked))
+                else:
+                    refused.append((i, checked))
+        lookups: list[int] = [i for i, _ in refused]  # retries of stored orders, maybe
+        if valid:
+            try:
+                # One fenced write, before the acks: stored as ROUTED, so a takeover
+                # re-drives an order even if this node dies before the executor has it (the
+                # executor dedupes). The write is also the idempotency check: it refuses,
+                # writing nothing, a client order id that already names an order (no read
+                # before it on the common path).
+                self.stats.place_batches += 1
+                outcomes = await self._guarded(
+                    "", self.store.write_batch([order for _, order in valid], epoch))
             finally:
-                self.service.release(order.order_id)
-        # A retry of an order stored earlier answers with its state, even if the market has
-        # moved since: the rare path pays the idempotency read.
+                for _, order in valid:
+                    self.service.release(order.order_id)
+            for (i, order), outcome in zip(valid, self._per_order(outcomes, len(valid)),
+                                           strict=True):
+                identity, req, _ = batch[i]
+                if isinstance(outcome, OrderReject):
+                    replies[i] = replace(outcome, client_order_id=req.client_order_id)
+                elif outcome is WriteOutcome.WRITTEN:
+                    if self._still_active(epoch):  # else the next active routes it (reload)
+                        self.service.placed(order, identity)
+                        await self._route(order)
+                    replies[i] = OrderAck(req.client_order_id, order.order_id, order.state,
+                                          epoch)
+                elif outcome is WriteOutcome.CLIENT_ID_TAKEN:
+                    lookups.append(i)  # a retry of a stored order, or a reused client id
+                else:  # pragma: no cover - order ids are unique per process and epoch
+                    replies[i] = OrderReject(
+                        req.client_order_id, RejectReason.STORE_UNAVAILABLE,
+                        f"order id {order.order_id} already names another client order's "
+                        "record: not overwritten")
+        # The rare paths pay the idempotency read, all of them at once: a retry of an order
+        # stored earlier answers with its state, even if the market has moved since.
+        reasons = dict(refused)
+        found = await asyncio.gather(*(self._guarded(batch[i][1].client_order_id,
+                                                     self._existing(batch[i], reasons.get(i)))
+                                       for i in lookups))
+        for i, reply in zip(lookups, found, strict=True):
+            replies[i] = reply
+        assert all(r is not None for r in replies)
+        return [r for r in replies if r is not None]
+
+    @staticmethod
+    def _per_order(outcomes: list[WriteOutcome] | OrderReject, count: int
+                   ) -> list[WriteOutcome] | list[OrderReject]:
+        """The batch write's outcome of each order (a reject for the whole batch: each)."""
+        return [outcomes] * count if isinstance(outcomes, OrderReject) else outcomes
+
+    async def _existing(self, item: tuple[bytes, NewOrder, int], reason: RejectReason | None
+                        ) -> OrderAck | OrderReject:
+        """The answer to a new order refused by its checks (``reason``) or by the store (its
+        client order id names an order): the stored order's state if it is a retry of it."""
+        identity, req, _ = item
         existing = await self.store.by_client_id(req.account, req.client_order_id)
         if existing is not None:
             return self._duplicate(existing, req, identity)
-        return OrderReject(req.client_order_id, order, f"{order.name.lower()}")
-
-    async def _store_and_route(self, identity: bytes, req: NewOrder, order: Order, epoch: int
-                               ) -> OrderAck | OrderReject:
-        try:
-            # One fenced write, before the ack: stored as ROUTED, so a takeover re-drives it
-            # even if this node dies before the executor has it (the executor dedupes). The
-            # write is also the idempotency check: it refuses, writing nothing, a client order
-            # id that already names an order (no read before it on the common path).
-            await self.store.write(order, epoch)
-        except InvalidOrder as exc:  # a retry of a stored order, or a reused client order id
-            existing = await self.store.by_client_id(req.account, req.client_order_id)
-            if existing is None:  # pragma: no cover - the id key is never deleted
-                return OrderReject(req.client_order_id, RejectReason.DUPLICATE_DIFFERENT,
-                                   str(exc))
-            return self._duplicate(existing, req, identity)
-        self.service.placed(order, identity)
-        await self._route(order)
-        return OrderAck(req.client_order_id, order.order_id, order.state, epoch)
+        if reason is None:  # pragma: no cover - the id key is never deleted
+            return OrderReject(req.client_order_id, RejectReason.DUPLICATE_DIFFERENT,
+                               "client order id already names another order")
+        return OrderReject(req.client_order_id, reason, f"{reason.name.lower()}")
 
     async def _quote(self, symbol: str) -> tuple[float, float] | None:
         """The last tick's (bid, ask) for the price band: cached for QUOTE_TTL_S, and while the
@@ -625,6 +755,7 @@ class BackendNode:
                  asyncio.create_task(self._pending_notices(), name="pending notices"),
                  asyncio.create_task(self._peer(), name="peer"),
                  asyncio.create_task(self._clients(), name="clients"),
+                 asyncio.create_task(self._placer(), name="placer"),
                  asyncio.create_task(self._executor_reports(), name="executor")]
         if self.stats_path is not None:
             tasks.append(asyncio.create_task(stats_writer(self.stats_path, 0.5, self.collect),

@@ -18,6 +18,11 @@ Rules:
   executor's replace entry is applied, the executor refuses it, it times out or the node steps
   down. Decided outcomes are kept for the last :data:`RECENT_REPLACES` replaces, so a client's
   retry gets the same answer, not a second decision.
+* Admission: at most ``max_in_service`` requests are in service (new orders waiting for the
+  store included); one more is refused at once, ``BUSY`` with a retry-after hint: the time the
+  backlog takes at the recent service rate (:func:`retry_after_ms`), 1..1,000 ms. Cancels have
+  a reserve above the bound (:data:`CANCEL_RESERVE`): under overload a client can still take
+  risk off. A retry of a request in service joins it (checked first), never refused.
 * Re-drives: open orders at the executor that made no progress for ``redrive_s`` (oldest
   first, at most :data:`REDRIVE_BATCH` a round) and cancels unanswered as long; an order whose
   executor log arrives with a gap is re-sent at most every :data:`GAP_RETRY_S`.
@@ -29,6 +34,7 @@ from the caller.
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,6 +62,11 @@ from protocols.orders.risk import Limits, validate, validate_replace
 REDRIVE_BATCH = 500  # unconfirmed orders re-sent per re-drive round
 GAP_RETRY_S = 0.05  # an order whose log entries arrive with a gap is re-driven at most this often
 RECENT_REPLACES = 1_000  # replace outcomes kept to answer a client's retry the same way
+MAX_IN_SERVICE = 2_000  # requests in service at once by default ([orders] max_in_service)
+CANCEL_RESERVE = 0.1  # cancels are refused only past the bound plus this fraction of it
+RETRY_AFTER_MIN_MS = 1
+RETRY_AFTER_MAX_MS = 1_000
+RATE_WINDOW_S = 1.0  # the service rate is measured over about this long
 
 Key = tuple[str, str]  # (account, client order id)
 Reply = OrderAck | OrderReject
@@ -120,6 +131,45 @@ class InService:
     since: float
 
 
+def retry_after_ms(backlog: int, rate_per_s: float) -> int:
+    """The back-off hint of a BUSY: how long ``backlog`` requests take at ``rate_per_s``
+    (the recent service rate), within RETRY_AFTER_MIN_MS..RETRY_AFTER_MAX_MS; the longest
+    when nothing was served lately (the store is held up: there is no rate to go by)."""
+    if rate_per_s <= 0:
+        return RETRY_AFTER_MAX_MS
+    wait_ms = math.ceil(backlog * 1000 / rate_per_s)
+    return max(RETRY_AFTER_MIN_MS, min(RETRY_AFTER_MAX_MS, wait_ms))
+
+
+class ServiceRate:
+    """Requests answered per second lately: counts in two windows of ``window_s`` (the
+    current one and the one before it, weighted by how much of it is still inside the last
+    ``window_s``), so the rate follows a change within a window in O(1) memory."""
+
+    def __init__(self, window_s: float = RATE_WINDOW_S) -> None:
+        self.window_s = window_s
+        self._start = 0.0  # when the current window began
+        self._current = 0
+        self._previous = 0
+
+    def _advance(self, now: float) -> None:
+        elapsed = now - self._start
+        if elapsed >= 2 * self.window_s:
+            self._start, self._current, self._previous = now, 0, 0
+        elif elapsed >= self.window_s:
+            self._start += self.window_s
+            self._current, self._previous = 0, self._current
+
+    def served(self, now: float, count: int = 1) -> None:
+        self._advance(now)
+        self._current += count
+
+    def per_second(self, now: float) -> float:
+        self._advance(now)
+        inside = 1.0 - (now - self._start) / self.window_s  # of the previous window
+        return (self._current + self._previous * inside) / self.window_s
+
+
 def route_accepted(order: Order, *, epoch: int, now_ns: int) -> Order:
     """An ACCEPTED order (a NEW one is accepted first) moved on to ROUTED by the backend's
     own reports, as it is stored before it goes to the executor."""
@@ -133,9 +183,12 @@ def route_accepted(order: Order, *, epoch: int, now_ns: int) -> Order:
 class OrderService:
     """The active backend's order state and decisions (sans-I/O)."""
 
-    def __init__(self, limits: Limits, *, tag: str, redrive_s: float = 1.0) -> None:
+    def __init__(self, limits: Limits, *, tag: str, redrive_s: float = 1.0,
+                 max_in_service: int = MAX_IN_SERVICE) -> None:
         self.limits = limits
         self.redrive_s = redrive_s
+        self.max_in_service = max_in_service
+        self.rate = ServiceRate()
         self.open = OpenOrders()
         self._tag = tag
         self._ids = itertools.count(1)
@@ -210,6 +263,24 @@ class OrderService:
 
     def in_service(self) -> int:
         return len(self._in_service)
+
+    def busy(self, req: OrderRequest, now: float) -> OrderReject | None:
+        """BUSY if ``req`` (not a retry that joins one in service: ask :meth:`join` first)
+        finds the service full, else None (admitted: :meth:`begin` it)."""
+        load = len(self._in_service)
+        bound = self.max_in_service
+        if isinstance(req, CancelOrder):
+            bound += math.ceil(bound * CANCEL_RESERVE)
+        if load < bound:
+            return None
+        hint = retry_after_ms(load, self.rate.per_second(now))
+        return OrderReject(req.client_order_id, RejectReason.BUSY,
+                           f"{load} requests in service, retry in {hint} ms",
+                           retry_after_ms=hint)
+
+    def served(self, now: float, count: int = 1) -> None:
+        """``count`` requests in service were answered at ``now`` (the service rate)."""
+        self.rate.served(now, count)
 
     def pending_notices(self, now: float, after_s: float) -> dict[bytes, int]:
         """Per client, how many of its requests have been in service ``after_s`` or more."""
@@ -433,9 +504,13 @@ class OrderService:
 
 
 __all__ = [
+    "CANCEL_RESERVE",
     "GAP_RETRY_S",
+    "MAX_IN_SERVICE",
     "RECENT_REPLACES",
     "REDRIVE_BATCH",
+    "RETRY_AFTER_MAX_MS",
+    "RETRY_AFTER_MIN_MS",
     "AwaitReplace",
     "InService",
     "OrderRecord",
@@ -443,5 +518,7 @@ __all__ = [
     "PendingReplace",
     "SendCancel",
     "SendReplace",
+    "ServiceRate",
+    "retry_after_ms",
     "route_accepted",
 ]

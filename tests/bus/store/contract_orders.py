@@ -8,6 +8,8 @@ rely on, whatever keeps the orders.
 * A client order id names one order: the same order may be written again (a retry, a new
   state), another order with that client order id is refused (``InvalidOrder``), and an order
   id never overwrites another client order's record (``StoreError``).
+* A batch of orders is written in one step, each by the rules of a single write, in turn, with
+  an outcome per order (written, client order id taken, order id taken); fenced as a whole.
 * ``open_orders`` holds every order not yet terminal, however many.
 * The execution log of an order appends with a compare-and-set on its length: an entry at
   position ``seq`` lands only if the log holds ``seq - 1`` entries; a loser is told what it
@@ -30,7 +32,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from bus.store.orders import OrderStore
+from bus.store.orders import OrderStore, WriteOutcome
 from protocols.errors import Fenced, InvalidOrder, StoreError
 from protocols.orders.lifecycle import OrderState
 from protocols.orders.messages import ExecutionReport, NewOrder, OrderType, Side
@@ -184,6 +186,52 @@ class OrderStoreContract(ExecutionBatchContract):
             assert await s.get("o1") == first
             assert await s.by_client_id("acc", "c2") is None
             await s.write(first, epoch)  # its own client order id: an idempotent rewrite
+        run_with(order_store, body)
+
+    def test_a_batch_is_written_in_one_step_with_an_outcome_per_order(
+            self, order_store: OpenOrderStore) -> None:
+        """``write_batch``: each order by the rules of ``write``, in turn (a later order of
+        the batch sees the earlier ones), an outcome per order; a stale epoch writes none."""
+        async def body(s: OrderStore) -> None:
+            _, stale = await s.acquire_epoch(0)
+            _, epoch = await s.acquire_epoch(stale)
+            stored = order("o1", "c1", epoch)
+            await s.write(stored, epoch)
+            batch = [order("o2", "c2", epoch),  # new
+                     stored,  # a duplicate of a stored order, same content
+                     order("o3", "c1", epoch),  # a reused client order id
+                     order("o1", "c4", epoch),  # an order id naming another client order's
+                     order("o5", "c2", epoch)]  # reuses the client id written just before
+            assert await s.write_batch(batch, epoch) == [
+                WriteOutcome.WRITTEN, WriteOutcome.WRITTEN, WriteOutcome.CLIENT_ID_TAKEN,
+                WriteOutcome.ORDER_ID_TAKEN, WriteOutcome.CLIENT_ID_TAKEN]
+            assert await s.get("o1") == stored and await s.get("o2") == batch[0]
+            assert await s.get("o3") is None and await s.get("o5") is None
+            assert await s.by_client_id("acc", "c1") == stored
+            assert await s.by_client_id("acc", "c2") == batch[0]
+            assert await s.by_client_id("acc", "c4") is None
+            assert sorted(o.order_id for o in await s.open_orders()) == ["o1", "o2"]
+            assert await s.write_batch([], epoch) == []
+            with pytest.raises(Fenced) as info:  # a stale epoch: the whole batch refused
+                await s.write_batch([order("o6", "c6", stale), order("o2", "c2", stale)], stale)
+            assert (info.value.epoch, info.value.current) == (stale, epoch)
+            assert await s.get("o6") is None and await s.by_client_id("acc", "c6") is None
+            # Sent again (its reply lost while the store failed over): the same outcomes.
+            assert await s.write_batch(batch, epoch) == [
+                WriteOutcome.WRITTEN, WriteOutcome.WRITTEN, WriteOutcome.CLIENT_ID_TAKEN,
+                WriteOutcome.ORDER_ID_TAKEN, WriteOutcome.CLIENT_ID_TAKEN]
+        run_with(order_store, body)
+
+    def test_a_batch_moves_terminal_orders_out_of_the_open_set(
+            self, order_store: OpenOrderStore) -> None:
+        async def body(s: OrderStore) -> None:
+            _, epoch = await s.acquire_epoch(0)
+            first, second = order("o1", "c1", epoch), order("o2", "c2", epoch)
+            assert await s.write_batch([first, second], epoch) == [WriteOutcome.WRITTEN] * 2
+            done = Order(first.order_id, first.order, OrderState.REJECTED, 0.0, 0.0, epoch, 12,
+                         first.quantity, first.price)
+            assert await s.write_batch([done], epoch) == [WriteOutcome.WRITTEN]
+            assert await s.open_orders() == [second] and await s.get("o1") == done
         run_with(order_store, body)
 
     def test_a_new_state_replaces_the_record_and_terminal_orders_leave_the_open_set(

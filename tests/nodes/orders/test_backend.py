@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ import zmq
 import zmq.asyncio
 
 from bus.config import MeshConfig, MeshSection, OrdersSection, RedisSection
-from bus.store.orders import RedisOrderStore
+from bus.store.orders import OrderStore, RedisOrderStore, WriteOutcome
 from bus.store.ticks import CheckpointRun, QuoteCache, RedisTickStore
 from nodes.drills.procs import Node
 from nodes.orders.backend import QUOTE_TTL_S, BackendEndpoints, BackendNode
@@ -69,6 +69,7 @@ class Pair:
     executed: list[Order] = field(default_factory=list)
     executor: ExecutorNode | None = None
     procs: dict[str, Node] = field(default_factory=dict)  # nodes run as children, by name
+    on_exit: list[Callable[[], None]] = field(default_factory=list)  # before the nodes stop
 
     def node(self, role: Role) -> BackendNode:
         node = self.primary if role is Role.PRIMARY else self.backup
@@ -80,11 +81,12 @@ class Pair:
         rewritten every 0.5 s, so it may lag the node by that much."""
         return (self.procs[name].stats() or {}).get(key)
 
-    async def request(self, role: Role, msg: OrderRequest, timeout: float = 2.0
-                      ) -> OrderAck | OrderReject:
+    async def request(self, role: Role, msg: OrderRequest, timeout: float = 2.0,
+                      client: str = "") -> OrderAck | OrderReject:
+        """``msg`` from a DEALER of its own, as ``client-{client or its client order id}``."""
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTING_ID, b"client-" + msg.client_order_id.encode())
+        sock.setsockopt(zmq.ROUTING_ID, f"client-{client or msg.client_order_id}".encode())
         sock.connect(self.ends[role].clients)
         try:
             await sock.send_multipart(encode_order(msg))
@@ -178,16 +180,20 @@ async def pair(redis: RedisProcess, *, roles: tuple[Role, ...] = (Role.PRIMARY, 
                cut_heartbeats: bool = False, real_executor: bool = False,
                fill_lots: float | None = None, deadline_ms: int = 300,
                clock: FakeClock | None = None, children: NodeProcesses | None = None,
-               child_primary: bool = False, child_executor: bool = False
+               child_primary: bool = False, child_executor: bool = False,
+               primary_store: OrderStore | None = None, max_in_service: int | None = None
                ) -> AsyncIterator[Pair]:
     """The backend pair (and an executor: a fake one, or the real one with
     ``real_executor``), in this process except the nodes a test kills: with
     ``child_primary`` the primary and with ``child_executor`` the (real) executor run as
     processes of ``children`` (``p.procs["primary"]``, ``p.procs["executor"]``). ``clock``
-    ages the in-process backends' quote caches."""
+    ages the in-process backends' quote caches; ``primary_store`` is the in-process
+    primary's order store (a wrapper), ``max_in_service`` its admission bound."""
     # A short store deadline: tests of a store outage want the reject, not a 5 s ride.
     cfg = MeshConfig(mesh=MeshSection(key_prefix="bk"),
                      redis=RedisSection(url=redis.url, deadline_ms=deadline_ms))
+    if max_in_service is not None:
+        cfg = replace(cfg, orders=replace(cfg.orders, max_in_service=max_in_service))
     await seed_tick(cfg)
     # In-process nodes bind port 0 and the endpoints are read back (bound_endpoints), except
     # those that must be known before their binder exists: the heartbeat endpoint of the
@@ -208,7 +214,8 @@ async def pair(redis: RedisProcess, *, roles: tuple[Role, ...] = (Role.PRIMARY, 
             peer_pub=reserved if peer is not None and not cut_heartbeats else ANY_PORT,
             # a cut link: each listens where nobody publishes
             peer_sub=tcp() if cut_heartbeats else peer.peer_pub if peer else reserved)
-        nodes[r] = BackendNode(cfg, r, want, limits=LIMITS, pair=PAIR, redrive_s=0.2)
+        nodes[r] = BackendNode(cfg, r, want, limits=LIMITS, pair=PAIR, redrive_s=0.2,
+                               store=primary_store if r is Role.PRIMARY else None)
         ends[r] = bound_endpoints(nodes[r])
     if child_primary:
         ends[Role.PRIMARY] = BackendEndpoints(clients=tcp(), peer_pub=reserved,
@@ -242,6 +249,8 @@ async def pair(redis: RedisProcess, *, roles: tuple[Role, ...] = (Role.PRIMARY, 
     try:
         yield p
     finally:
+        for undo in p.on_exit:
+            undo()
         ex_stop.set()
         if not real_executor:
             for ex in executors:
@@ -402,6 +411,130 @@ def test_concurrent_orders_of_one_account_cannot_share_its_headroom(
             assert {r.reason for r in refused} == {RejectReason.EXPOSURE_LIMIT}
             assert primary.service.reserved() == 0  # every reservation released
             assert primary.service.exposure("acc") == pytest.approx(10 * 90 * 1.08)
+    run(main())
+
+
+class HeldStore(RedisOrderStore):
+    """A fault wrapper: counts the batched order writes (their sizes) and holds each while
+    ``gate`` is closed (open at first)."""
+
+    def __init__(self, url: str, key_prefix: str) -> None:
+        super().__init__(url, key_prefix)
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.batches: list[int] = []
+        self.waiting = 0
+
+    async def write_batch(self, orders: Sequence[Order], epoch: int) -> list[WriteOutcome]:
+        self.batches.append(len(orders))
+        self.waiting += 1
+        try:
+            await self.gate.wait()
+        finally:
+            self.waiting -= 1
+        return await super().write_batch(orders, epoch)
+
+
+def test_a_batch_of_mixed_orders_is_answered_per_order_in_one_store_call(
+        redis_server: RedisProcess) -> None:
+    """The new orders read in one wake-up (here: queued while the store holds the batch
+    before them) are checked one by one and stored in one script call; each is answered on
+    its own: refused by its checks, a retry of a stored order, a reused client order id,
+    stored."""
+    async def main() -> None:
+        store = HeldStore(redis_server.url, "bk")
+        async with pair(redis_server, primary_store=store) as p:
+            primary = p.node(Role.PRIMARY)
+            await wait_active(primary)
+            stored = await p.request(Role.PRIMARY, order("stored"))
+            assert isinstance(stored, OrderAck)
+            store.gate.clear()
+            p.on_exit.append(store.gate.set)  # a failing test does not leave writes held
+            first = asyncio.create_task(p.request(Role.PRIMARY, order("first"), timeout=10))
+            await wait_until(lambda: store.waiting == 1, 3, "the first batch at the store")
+            mixed = [order("unknown", symbol="XAGUSD"), order("over", qty=101.0),
+                     order("stored"), order("stored", qty=2.0), order("valid")]
+            replies = [asyncio.create_task(p.request(Role.PRIMARY, m, timeout=10,
+                                                     client=f"mixed-{i}"))
+                       for i, m in enumerate(mixed)]
+            await wait_until(lambda: len(primary._placing) == len(mixed), 3, "all queued")
+            calls = len(store.batches)
+            store.gate.set()
+            assert isinstance(await first, OrderAck)
+            unknown, over, retry, reused, valid = await asyncio.gather(*replies)
+            # One script call for the three orders that passed their checks.
+            assert store.batches[calls:] == [3], store.batches
+            assert isinstance(unknown, OrderReject)
+            assert unknown.reason is RejectReason.UNKNOWN_SYMBOL
+            assert isinstance(over, OrderReject) and over.reason is RejectReason.QUANTITY_LIMIT
+            assert isinstance(retry, OrderAck) and retry.order_id == stored.order_id
+            assert isinstance(reused, OrderReject)
+            assert reused.reason is RejectReason.DUPLICATE_DIFFERENT
+            assert isinstance(valid, OrderAck) and valid.state is OrderState.ROUTED
+            assert len({stored.order_id, valid.order_id}) == 2
+            reader = RedisOrderStore(p.cfg.redis.url, "bk")
+            try:
+                assert await reader.by_client_id("acc", "unknown") is None
+                assert await reader.by_client_id("acc", "over") is None
+                kept = await reader.by_client_id("acc", "stored")
+                assert kept is not None and kept.order_id == stored.order_id
+                assert kept.quantity == 1.0  # the reuse wrote nothing
+            finally:
+                await reader.close()
+            assert primary.service.reserved() == 0 and primary.service.in_service() == 0
+            await wait_until(lambda: len(p.executed) == 3, 3, "three orders routed")
+    run(main())
+
+
+def test_busy_at_the_admission_bound_and_everything_acknowledged_once_after(
+        redis_server: RedisProcess) -> None:
+    """With max_in_service requests held (the store holds their writes), one more new order
+    is refused at once with BUSY and a retry-after hint; a retry of a held one joins it; the
+    passive still says NOT_ACTIVE, and nobody takes over. Once the store lets go, every held
+    order is acknowledged once."""
+    bound = 4
+
+    async def main() -> None:
+        store = HeldStore(redis_server.url, "bk")
+        async with pair(redis_server, primary_store=store, max_in_service=bound) as p:
+            primary, backup = p.node(Role.PRIMARY), p.node(Role.BACKUP)
+            await wait_active(primary)
+            await wait_until(lambda: backup.star.state is State.PASSIVE, 3, "backup passive")
+            store.gate.clear()
+            p.on_exit.append(store.gate.set)
+            held = [asyncio.create_task(p.request(Role.PRIMARY, order(f"h{i}"), timeout=10))
+                    for i in range(bound)]
+            await wait_until(lambda: primary.service.in_service() == bound, 3, "bound full")
+            began = time.monotonic()
+            busy = await p.request(Role.PRIMARY, order("one-more"))
+            took = time.monotonic() - began
+            assert isinstance(busy, OrderReject) and busy.reason is RejectReason.BUSY, busy
+            assert busy.retryable and busy.client_order_id == "one-more"
+            assert 1 <= busy.retry_after_ms <= 1000
+            assert took < scaled(0.05), took  # at once, not after the held ones
+            assert primary.stats.busy == 1
+            # A client's retry of a held order (another socket, same request): joined.
+            retry = asyncio.create_task(p.request(Role.PRIMARY, order("h0"), timeout=10,
+                                                  client="retrier"))
+            await wait_until(lambda: primary.stats.joined == 1, 3, "the retry joined")
+            passive = await p.request(Role.BACKUP, order("elsewhere"))
+            assert isinstance(passive, OrderReject)
+            assert passive.reason is RejectReason.NOT_ACTIVE  # never BUSY from the passive
+            await asyncio.sleep(scaled(3 * PAIR.peer_timeout_s))  # a failover's worth
+            assert primary.star.serving and backup.star.state is State.PASSIVE
+            assert backup.stats.takeovers == 0 and primary.stats.busy == 1
+            store.gate.set()
+            acks = await asyncio.gather(*held)
+            assert all(isinstance(a, OrderAck) for a in acks), acks
+            again = await retry
+            assert isinstance(again, OrderAck) and again.order_id == acks[0].order_id
+            assert len({a.order_id for a in acks if isinstance(a, OrderAck)}) == bound
+            await wait_until(lambda: len(p.executed) == bound, 3, "each routed once")
+            assert sorted(o.order.client_order_id for o in p.executed) == \
+                [f"h{i}" for i in range(bound)]
+            assert primary.service.in_service() == 0
+            later = await p.request(Role.PRIMARY, order("later"))  # room again
+            assert isinstance(later, OrderAck)
     run(main())
 
 

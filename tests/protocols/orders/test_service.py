@@ -4,6 +4,7 @@ every record and lock-free map is bounded (records go with their orders)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -26,14 +27,19 @@ from protocols.orders.messages import (
 from protocols.orders.record import Order
 from protocols.orders.risk import Limits
 from protocols.orders.service import (
+    CANCEL_RESERVE,
     GAP_RETRY_S,
     RECENT_REPLACES,
     REDRIVE_BATCH,
+    RETRY_AFTER_MAX_MS,
+    RETRY_AFTER_MIN_MS,
     AwaitReplace,
     OrderService,
     PendingReplace,
     SendCancel,
     SendReplace,
+    ServiceRate,
+    retry_after_ms,
     route_accepted,
 )
 
@@ -99,6 +105,95 @@ def test_pending_notices_count_only_requests_in_service_long_enough() -> None:
     assert svc.pending_notices(0.02, 0.02) == {b"a": 2, b"b": 1}
     assert svc.pending_notices(0.035, 0.02) == {b"a": 3, b"b": 1}
 
+
+
+# -- admission ----------------------------------------------------------------------------------
+
+RETRY_AFTER_CASES = [
+    # (backlog, service rate per second, hint in ms)
+    (2_000, 4_000.0, 500),  # the time the backlog takes at the recent rate
+    (2_000, 20_000.0, 100),
+    (10, 100_000.0, 1),  # never 0 (0 means "no hint")
+    (1, 3_000.0, 1),  # rounded up
+    (2_000, 1_000.0, 1_000),  # capped: no client is told to stay away for long
+    (2_000, 100.0, 1_000),
+    (2_000, 0.0, 1_000),  # nothing served lately (the store is held up): the longest
+]
+
+
+@pytest.mark.parametrize(("backlog", "rate", "hint"), RETRY_AFTER_CASES)
+def test_retry_after_is_the_backlog_at_the_recent_rate_bounded(backlog: int, rate: float,
+                                                                hint: int) -> None:
+    assert retry_after_ms(backlog, rate) == hint
+    assert RETRY_AFTER_MIN_MS <= hint <= RETRY_AFTER_MAX_MS
+
+
+RATE_CASES = [
+    # (answers as (now, count), asked at, per second)
+    ([], 10.0, 0.0),
+    ([(10.0, 100)], 10.5, 100.0),  # the current window (1 s) so far
+    ([(10.0, 100), (11.2, 50)], 11.2, 50.0 + 100.0 * 0.8),  # the previous one, weighted
+    ([(10.0, 100), (11.2, 50)], 11.99, 50.0 + 100.0 * 0.01),
+    ([(10.0, 100), (11.2, 50)], 12.5, 50.0 * 0.5),  # the windows move on
+    ([(10.0, 100)], 12.0, 0.0),  # two windows without an answer: nothing left
+    ([(10.0, 100)], 50.0, 0.0),
+]
+
+
+@pytest.mark.parametrize(("answers", "at", "rate"), RATE_CASES)
+def test_the_service_rate_counts_the_last_window(answers: list[tuple[float, int]], at: float,
+                                                 rate: float) -> None:
+    meter = ServiceRate(window_s=1.0)
+    for now, count in answers:
+        meter.served(now, count)
+    assert meter.per_second(at) == pytest.approx(rate)
+
+
+def full(bound: int = 4, load: int | None = None, rate: float = 0.0) -> OrderService:
+    """A service of ``bound`` with ``load`` requests in service (default: the bound), having
+    answered ``rate`` a second."""
+    svc = OrderService(LIMITS, tag="t", max_in_service=bound)
+    if rate:
+        svc.served(9.5, int(rate))
+    for i in range(bound if load is None else load):
+        svc.begin(new(f"h{i}"), b"a", 9.0)
+    return svc
+
+
+BUSY_CASES = [
+    # (in service, request, refused)
+    (3, new("n"), False),
+    (4, new("n"), True),
+    (4, ReplaceOrder("acc", "r", "h0", 2.0, 1.1), True),
+    (4, CancelOrder("acc", "x", "h0"), False),  # cancels have a reserve above the bound
+    (4 + math.ceil(4 * CANCEL_RESERVE), CancelOrder("acc", "x", "h0"), True),
+]
+
+
+@pytest.mark.parametrize(("load", "req", "refused"), BUSY_CASES)
+def test_busy_past_the_bound(load: int, req: Any, refused: bool) -> None:
+    svc = full(4, load)
+    reply = svc.busy(req, 10.0)
+    if not refused:
+        assert reply is None
+        return
+    assert isinstance(reply, OrderReject) and reply.reason is RejectReason.BUSY
+    assert reply.retryable and reply.client_order_id == req.client_order_id
+    assert reply.retry_after_ms == RETRY_AFTER_MAX_MS  # nothing served yet: the longest
+
+
+def test_the_busy_hint_follows_the_service_rate() -> None:
+    svc = full(4, rate=2_000.0)  # 4 in service at 2,000 a second: 2 ms
+    reply = svc.busy(new("n"), 10.0)
+    assert reply is not None and reply.retry_after_ms == 2
+
+
+def test_a_retry_of_a_request_in_service_joins_it_even_when_full() -> None:
+    """The node asks join first: a retry is never BUSY, and does not add to the load."""
+    svc = full(4)
+    assert svc.join(new("h1"), b"b")
+    assert svc.in_service() == 4
+    assert svc.busy(new("n"), 10.0) is not None
 
 # -- new orders and exposure ------------------------------------------------------------------
 
