@@ -107,6 +107,7 @@ MACHINE: Machine[State, Event] = Machine("binary star", State, Event, TRANSITION
                                          FATAL, initial=(S.PRIMARY, S.BACKUP),
                                          title="Binary star (the order backend pair)")
 
+_NOT_SERVING = frozenset({S.PRIMARY, S.BACKUP, S.PASSIVE})  # peer states that start a takeover
 _PEER_EVENT = {S.PRIMARY: E.PEER_PRIMARY, S.BACKUP: E.PEER_BACKUP,
                S.TAKING_OVER: E.PEER_TAKING_OVER, S.PASSIVE: E.PEER_PASSIVE}
 
@@ -201,9 +202,13 @@ class BinaryStar:
                                       f"in 0 .. {MAX_EPOCH}")
         self.peer_state = peer_state
         self.peer_expiry = now + self.config.peer_timeout_s
-        if peer_state is State.PASSIVE and now < self.holdoff_until:
+        if peer_state in _NOT_SERVING and now < self.holdoff_until:
+            # We just stepped down: the peer is the one to take over. A PRIMARY or BACKUP
+            # heartbeat here is as often a stale one, sent before the peer heard us step down,
+            # as a restarted peer: taking over on it bounced a handover straight back (seen in
+            # test_operator_handover_moves_the_active_role). After the hold-off it counts again.
             self.epoch = max(self.epoch, peer_epoch)
-            return []  # we just stepped down: the peer is the one to take over
+            return []
         if peer_state is State.ACTIVE:
             event = E.PEER_ACTIVE_NEWER if peer_epoch > self.epoch else E.PEER_ACTIVE
         else:

@@ -152,6 +152,17 @@ SCENARIOS: list[tuple[str, Role, list[tuple[Any, ...]], State, int, list[Any], l
      [("peer", S.ACTIVE, 1, 0.0), ("epoch", True, 9, 0.01)], S.PASSIVE, 1, [], []),
     ("handover_on_passive_ignored", Role.BACKUP,
      [("peer", S.ACTIVE, 1, 0.0), ("handover", 0.01)], S.PASSIVE, 1, [], []),
+    # A heartbeat the backup sent before it heard the handover still says BACKUP: within the
+    # hold-off it is no reason to take the role straight back (it bounced handovers back).
+    ("handed_over_active_ignores_a_stale_backup_heartbeat", Role.PRIMARY,
+     [("peer", S.BACKUP, 0, 0.0), ("epoch", True, 1, 0.0), ("handover", 0.5),
+      ("peer", S.BACKUP, 1, 0.51), ("peer", S.PRIMARY, 1, 0.52)],
+     S.PASSIVE, 1, [AcquireEpoch(0), BecameActive(1), SteppedDown(E.HANDOVER)], []),
+    ("after_the_holdoff_a_restarted_backup_counts_again", Role.PRIMARY,
+     [("peer", S.BACKUP, 0, 0.0), ("epoch", True, 1, 0.0), ("handover", 0.5),
+      ("peer", S.BACKUP, 1, 0.51), ("peer", S.BACKUP, 1, 1.6)],
+     S.TAKING_OVER, 1, [AcquireEpoch(0), BecameActive(1), SteppedDown(E.HANDOVER),
+                        AcquireEpoch(1)], []),
 ]
 
 
