@@ -380,8 +380,7 @@ class BackendNode:
                 assert isinstance(req, ReplaceOrder)
                 reply = await self._replace_outcome(reply, req)
         finally:
-            identities = self.service.finish(req, identity)
-            self.service.served(time.monotonic())
+            identities = self.service.finish(req, identity, time.monotonic())
         for who in identities:
             await self._reply(who, reply)
 
@@ -436,8 +435,8 @@ class BackendNode:
             replies = await self._placed(batch, epoch)
         finally:
             # Each leaves the service, answered or not (a failed batch: the client retries).
-            answers = [self.service.finish(req, identity) for identity, req, _ in batch]
-            self.service.served(time.monotonic(), len(batch))
+            now = time.monotonic()
+            answers = [self.service.finish(req, identity, now) for identity, req, _ in batch]
         for who, reply in zip(answers, replies, strict=True):
             for identity in who:
                 await self._reply(identity, reply)

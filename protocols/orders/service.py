@@ -252,8 +252,10 @@ class OrderService:
         self._in_service.setdefault((req.account, req.client_order_id),
                                     InService(req, {identity}, now))
 
-    def finish(self, req: OrderRequest, identity: bytes) -> set[bytes]:
-        """``req`` is answered: who to send the answer to."""
+    def finish(self, req: OrderRequest, identity: bytes, now: float) -> set[bytes]:
+        """``req`` is answered at ``now`` (it counts in the service rate): who to send the
+        answer to."""
+        self.rate.served(now)
         key = (req.account, req.client_order_id)
         joined = self._in_service.get(key)
         if joined is None or joined.request is not req:
@@ -277,10 +279,6 @@ class OrderService:
         return OrderReject(req.client_order_id, RejectReason.BUSY,
                            f"{load} requests in service, retry in {hint} ms",
                            retry_after_ms=hint)
-
-    def served(self, now: float, count: int = 1) -> None:
-        """``count`` requests in service were answered at ``now`` (the service rate)."""
-        self.rate.served(now, count)
 
     def pending_notices(self, now: float, after_s: float) -> dict[bytes, int]:
         """Per client, how many of its requests have been in service ``after_s`` or more."""

@@ -92,7 +92,7 @@ def test_a_retry_joins_the_request_in_service(first: Any, retry: Any, joins: boo
     assert not svc.join(first, b"a")
     svc.begin(first, b"a", 0.0)
     assert svc.join(retry, b"b") is joins
-    assert svc.finish(first, b"a") == ({b"a", b"b"} if joins else {b"a"})
+    assert svc.finish(first, b"a", 1.0) == ({b"a", b"b"} if joins else {b"a"})
     assert svc.in_service() == 0
 
 
@@ -154,7 +154,7 @@ def full(bound: int = 4, load: int | None = None, rate: float = 0.0) -> OrderSer
     answered ``rate`` a second."""
     svc = OrderService(LIMITS, tag="t", max_in_service=bound)
     if rate:
-        svc.served(9.5, int(rate))
+        svc.rate.served(9.5, int(rate))
     for i in range(bound if load is None else load):
         svc.begin(new(f"h{i}"), b"a", 9.0)
     return svc
