@@ -12,8 +12,9 @@ at the end, the difference, and the slope of a least-squares line through the sa
 warm-up (MiB per minute; flat memory is ~0). It then prints the supervisor's own summary
 (orders placed, acked, filled; ticks per path).
 
-Only the mesh's command line is used (``python -m nodes.cli up``), so the same script measures
-an older commit's code for comparison (run it from that checkout). Bounded in time: ``up``
+The nodes run from the checkout this script lives in (``python -m nodes.cli up``). Its first
+version (commit a6dd311) used nothing but that command line, and measured 7dde414 from a
+worktree of it; this one writes its mesh file with ``bus.config.dump_toml``. Bounded in time: ``up``
 ends by itself after ``--seconds``; this script kills it if it overruns by 60 s.
 """
 
@@ -30,10 +31,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
 
+from bus.config import default_config, dump_toml
 from nodes.drills.ports import free_port
 from nodes.drills.procs import ROOT, stop_process
 
@@ -58,24 +61,19 @@ def _free_block(count: int) -> int:
 
 
 def _mesh_file(path: Path, rate: float, base: int) -> None:
-    """A mesh file on ports from ``base`` up (so it does not meet a mesh on the defaults)."""
-    ep = "tcp://127.0.0.1:{}"
-    path.write_text(
-        "[[feeds]]\n"
-        'name = "sim"\n'
-        f'pub = "{ep.format(base)}"\n'
-        f'udp_targets = ["127.0.0.1:{base + 1}"]\n'
-        "[[recovery]]\n"
-        'name = "recovery"\n'
-        f'bind = "{ep.format(base + 2)}"\n'
-        "[subscriber]\n"
-        f'udp_bind = "127.0.0.1:{base + 1}"\n'
-        "[orders]\n"
-        f'clients = ["{ep.format(base + 3)}", "{ep.format(base + 4)}"]\n'
-        f'peers = ["{ep.format(base + 5)}", "{ep.format(base + 6)}"]\n'
-        f'updates = ["{ep.format(base + 7)}", "{ep.format(base + 8)}"]\n'
-        f'executor = ["{ep.format(base + 9)}", "{ep.format(base + 10)}"]\n'
-        f"trader_rate = {rate:g}\n")
+    """The local mesh on ports from ``base`` up (so it does not meet a mesh on the defaults),
+    with the trader at ``rate`` orders/s."""
+    cfg = default_config()
+    ep = [f"tcp://127.0.0.1:{base + i}" for i in range(11)]
+    udp = f"127.0.0.1:{base + 1}"
+    cfg = replace(
+        cfg,
+        feeds=tuple(replace(f, pub=ep[0], udp_targets=(udp,)) for f in cfg.feeds[:1]),
+        recovery=tuple(replace(r, bind=ep[2]) for r in cfg.recovery[:1]),
+        subscriber=replace(cfg.subscriber, udp_bind=udp),
+        orders=replace(cfg.orders, clients=(ep[3], ep[4]), peers=(ep[5], ep[6]),
+                       updates=(ep[7], ep[8]), executor=(ep[9], ep[10]), trader_rate=rate))
+    path.write_text(dump_toml(cfg.validate()))
 
 
 def _slope_mib_per_min(samples: list[tuple[float, int]]) -> float:
