@@ -242,6 +242,13 @@ class OrdersSection:
     peers: tuple[str, ...] = ("tcp://127.0.0.1:7410", "tcp://127.0.0.1:7411")
     updates: tuple[str, ...] = ("tcp://127.0.0.1:7420", "tcp://127.0.0.1:7421")
     executor: tuple[str, ...] = ("tcp://127.0.0.1:7430", "tcp://127.0.0.1:7431")
+    # The pair's replication link (bus.orders.pair_store): each node binds its own.
+    replicas: tuple[str, ...] = ("tcp://127.0.0.1:7440", "tcp://127.0.0.1:7441")
+    # Acknowledge an order once the passive node holds it, Redis written behind; false: once
+    # Redis has it (fenced, WAIT-confirmed), the pair replicating nothing.
+    replicate: bool = True
+    idempotency_window_s: float = 120.0  # client order ids de-duplicated in memory this far back
+    max_write_behind: int = 20_000  # records not yet in Redis; past it new orders get BUSY
     executor_id: str = "executor"
     heartbeat_ms: float = 20.0
     peer_timeout_ms: float = 60.0
@@ -260,7 +267,7 @@ class OrdersSection:
     max_in_service: int = MAX_IN_SERVICE
 
     def validate(self, key: str) -> None:
-        for name in ("clients", "peers", "updates", "executor"):
+        for name in ("clients", "peers", "updates", "executor", "replicas"):
             eps = getattr(self, name)
             if len(eps) != 2:
                 raise ConfigError(f"{key}.{name}", f"needs 2 endpoints (primary, backup), got "
@@ -281,6 +288,8 @@ class OrdersSection:
         _non_negative(f"{key}.fill_lots", self.fill_lots, "lots per fill, 0: whole orders")
         _positive(f"{key}.amend_timeout_ms", self.amend_timeout_ms, "e.g. 500")
         _positive(f"{key}.max_in_service", self.max_in_service, "e.g. max_in_service = 2000")
+        _positive(f"{key}.idempotency_window_s", self.idempotency_window_s, "e.g. 120")
+        _positive(f"{key}.max_write_behind", self.max_write_behind, "e.g. 20000")
 
 
 NodeKind = Literal["feed", "recovery", "subscriber", "monitor", "backend", "executor", "trader"]

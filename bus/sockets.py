@@ -58,6 +58,8 @@ __all__ = [
     "PEER_SUB",
     "RECOVERY_CLIENT",
     "RECOVERY_SERVER",
+    "REPLICA_CLIENT",
+    "REPLICA_SERVER",
     "SocketSpec",
     "open_socket",
 ]
@@ -77,6 +79,9 @@ RECOVERY_REPLY_BYTES = 16 * MiB
 ORDER_FRAME_BYTES = 64 * KiB
 EA_FRAME_BYTES = 1 * MiB
 HEARTBEAT_BYTES = HANDSHAKE_BYTES
+# A reset batch of the pair's replication carries up to MAX_BACKLOG records of a few hundred
+# bytes each.
+REPLICA_BATCH_BYTES = 16 * MiB
 
 # libzmq's defaults, named so that every spec states each value.
 DEFAULT_HWM = 1000
@@ -179,3 +184,9 @@ EXECUTOR = SocketSpec("executor", zmq.DEALER, ORDER_FRAME_BYTES, reconnect_ivl_m
 # The backend pair's heartbeats (bus.orders.beacon publishes, the other node subscribes).
 PEER_PUB = SocketSpec("peer pub", zmq.PUB, SUBSCRIPTION_BYTES)
 PEER_SUB = SocketSpec("peer sub", zmq.SUB, HEARTBEAT_BYTES)
+# Replication (bus.orders.pair_store): the active's DEALER to the passive's ROUTER. IMMEDIATE:
+# a batch for a peer that is not connected fails at once, and the active waits for the store
+# instead of for a confirmation that cannot come. The passive drops an answer to a sender gone.
+REPLICA_SERVER = SocketSpec("replica", zmq.ROUTER, REPLICA_BATCH_BYTES)
+REPLICA_CLIENT = SocketSpec("replica client", zmq.DEALER, HEARTBEAT_BYTES, immediate=True,
+                            reconnect_ivl_ms=10, reconnect_ivl_max_ms=200)

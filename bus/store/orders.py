@@ -15,6 +15,9 @@ Keys, under the mesh's ``key_prefix`` ``P`` (the RTSS role: never evicted before
     P:order:{order_id}           the order record (the order codec's frames, joined)
     P:client:{account}:{coid}    -> order_id: the idempotency key of a client order id
     P:open                       set of order ids not yet terminal (reloaded on takeover)
+    P:recent                     sorted set: "account US coid US order_id" of the client order
+                                 ids written within the window, score: when (ms); the pair's
+                                 client index is loaded from it (US: the byte 0x1f)
     P:xlog:{order_id}            list: the executor's log of the order (report frames, joined);
                                  entry ``seq`` is at index ``seq - 1``
     P:executed:{order_id}        set of exec ids of the log's fills and final decisions
@@ -31,6 +34,7 @@ one ``WAIT``.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -52,10 +56,10 @@ from bus.store.connection import (
 )
 from protocols.backoff import Backoff
 from protocols.errors import Fenced, InvalidOrder, StoreError, StoreUnavailable
-from protocols.orders.codec import decode_order, encode_order
+from protocols.orders.codec import from_blob, to_blob
 from protocols.orders.messages import ExecutionReport
 from protocols.orders.record import Order
-from protocols.wire import HEADER_SIZE
+from protocols.orders.replication import WINDOW_S
 
 # KEYS: epoch. ARGV: expected. Returns {1, new} on success, {0, current} otherwise.
 _ACQUIRE = """
@@ -67,30 +71,39 @@ end
 return {0, cur}
 """
 
-# KEYS: epoch, open, then per order its record and its client order id key. ARGV: epoch, then
-# per order its order_id, blob and terminal (0/1). The epoch is checked once: {0, current} when
-# fenced (nothing written). Otherwise {1, code, other, code, other, ...}, one pair per order in
-# turn (a later order of the batch sees the earlier ones' writes): code 1 written, 2 the client
-# order id names another order (other: its order id), 3 the order id already names another
-# client order's record (never overwritten).
+# KEYS: epoch, open, recent, then per order its record and its client order id key. ARGV:
+# epoch, force (0/1), now_ms, window_ms, then per order its order_id, blob, terminal (0/1) and
+# its member of the recent set. The epoch is checked once: {0, current} when fenced (nothing
+# written). Otherwise {1, code, other, code, other, ...}, one pair per order in turn (a later
+# order of the batch sees the earlier ones' writes): code 1 written, 2 the client order id
+# names another order (other: its order id), 3 the order id already names another client
+# order's record (never overwritten). With force (the pair's write-behind: its client index
+# decided already) a client order id naming another order is pointed at this one (an id
+# reused past the index's window names a new order). A client order id that now names its
+# order is added to the recent set (score: now_ms); entries older than the window are trimmed.
 _WRITE = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 if cur ~= tonumber(ARGV[1]) then
   return {0, cur}
 end
+local force, now = ARGV[2] == '1', tonumber(ARGV[3])
 local out = {1}
-for i = 0, (#ARGV - 1) / 3 - 1 do
-  local rec, cid = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
-  local oid, blob, terminal = ARGV[2 + 3 * i], ARGV[3 + 3 * i], ARGV[4 + 3 * i]
+for i = 0, (#ARGV - 4) / 4 - 1 do
+  local rec, cid = KEYS[4 + 2 * i], KEYS[5 + 2 * i]
+  local oid, blob, terminal, member = ARGV[5 + 4 * i], ARGV[6 + 4 * i], ARGV[7 + 4 * i],
+    ARGV[8 + 4 * i]
   local owner = redis.call('GET', cid)
-  if owner and owner ~= oid then
+  if owner and owner ~= oid and not force then
     out[#out + 1] = 2
     out[#out + 1] = owner
-  elseif not owner and redis.call('EXISTS', rec) == 1 then
+  elseif owner ~= oid and redis.call('EXISTS', rec) == 1 then
     out[#out + 1] = 3
     out[#out + 1] = ''
   else
-    redis.call('SET', cid, oid)
+    if owner ~= oid then
+      redis.call('SET', cid, oid)
+      redis.call('ZADD', KEYS[3], now, member)
+    end
     redis.call('SET', rec, blob)
     if terminal == '1' then
       redis.call('SREM', KEYS[2], oid)
@@ -101,6 +114,7 @@ for i = 0, (#ARGV - 1) / 3 - 1 do
     out[#out + 1] = ''
   end
 end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (now - tonumber(ARGV[4])))
 return out
 """
 
@@ -170,7 +184,8 @@ return out
 """
 
 OPEN_PAGE = 200  # order records read and decoded per round trip by open_orders
-_HEADER = HEADER_SIZE  # the order codec's header frame: "TM", version, kind
+RECENT_PAGE = 5_000  # members of the recent set read per round trip
+_US = "\x1f"  # separates the fields of a recent-set member: ids hold no control characters
 
 
 class OrderStore(Protocol):
@@ -238,24 +253,23 @@ class WriteOutcome(Enum):
     ORDER_ID_TAKEN = 3  # its order id names another client order's record: not written
 
 
-def _blob(order: Order | ExecutionReport) -> bytes:
-    header, body = encode_order(order)
-    return header + body
-
-
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _member(account: str, client_order_id: str, order_id: str) -> str:
+    return _US.join((account, client_order_id, order_id))
+
+
 def _order(blob: bytes) -> Order:
-    msg = decode_order([blob[:_HEADER], blob[_HEADER:]])
+    msg = from_blob(blob)
     if not isinstance(msg, Order):
         raise StoreError(f"an order key holds a {type(msg).__name__}, not an Order")
     return msg
 
 
 def _entry(blob: bytes) -> ExecutionReport:
-    msg = decode_order([blob[:_HEADER], blob[_HEADER:]])
+    msg = from_blob(blob)
     if not isinstance(msg, ExecutionReport) or msg.seq < 1:
         raise StoreError(f"an execution log holds a {type(msg).__name__} without a position")
     return msg
@@ -299,8 +313,9 @@ class RedisOrderStore:
 
     def __init__(self, url: str, key_prefix: str = "tm", socket_timeout_s: float = 1.0,
                  client: aioredis.Redis | None = None, *, deadline_s: float = 0.0,
-                 wait_timeout_s: float = 0.1) -> None:
+                 wait_timeout_s: float = 0.1, window_s: float = WINDOW_S) -> None:
         self.prefix = key_prefix
+        self.window_s = window_s  # the recent set keeps client order ids this long
         self.redis = client or redis_client(url, socket_timeout_s)
         self.deadline_s = deadline_s
         self.wait_timeout_s = wait_timeout_s
@@ -417,17 +432,27 @@ class RedisOrderStore:
             return []
         return [outcome for outcome, _ in await self._write_orders(orders, epoch)]
 
-    async def _write_orders(self, orders: Sequence[Order], epoch: int
+    async def write_behind(self, orders: Sequence[Order], epoch: int) -> list[WriteOutcome]:
+        """:meth:`write_batch` for the pair's write-behind: its client index has decided
+        every client order id already, so one naming another order is pointed at this one
+        (reused past the window); ``ORDER_ID_TAKEN`` is still refused."""
+        if not orders:
+            return []
+        return [o for o, _ in await self._write_orders(orders, epoch, force=True)]
+
+    async def _write_orders(self, orders: Sequence[Order], epoch: int, *, force: bool = False
                             ) -> list[tuple[WriteOutcome, str]]:
         """One fenced script call (and one WAIT) for ``orders``: per order, the outcome and
         the order id its client order id names when that is another order's."""
-        keys = [self._k("epoch"), self._k("open")]
-        args: list[Any] = [epoch]
+        keys = [self._k("epoch"), self._k("open"), self._k("recent")]
+        args: list[Any] = [epoch, int(force), int(time.time() * 1000),
+                           int(self.window_s * 1000)]
         for order in orders:
             o = order.order
             keys += [self._k("order", order.order_id),
                      self._k("client", o.account, o.client_order_id)]
-            args += [order.order_id, _blob(order), int(order.terminal)]
+            args += [order.order_id, to_blob(order), int(order.terminal),
+                     _member(o.account, o.client_order_id, order.order_id)]
         result = await self._call(lambda: self._decide(self._write, keys, args))
         if result[0] == 0:
             raise Fenced(epoch, int(result[1]))
@@ -437,6 +462,49 @@ class RedisOrderStore:
     async def get(self, order_id: str) -> Order | None:
         blob = await self._call(lambda: self.redis.get(self._k("order", order_id)))
         return None if blob is None else _order(blob)
+
+    async def get_many(self, order_ids: Sequence[str]) -> dict[str, Order]:
+        """The records of ``order_ids`` the store has, by order id (one MGET a page)."""
+        out: dict[str, Order] = {}
+        for start in range(0, len(order_ids), OPEN_PAGE):
+            page = order_ids[start:start + OPEN_PAGE]
+            blobs = await self._call(partial(self.redis.mget,
+                                             [self._k("order", i) for i in page]))
+            out.update((i, _order(b)) for i, b in zip(page, blobs, strict=True) if b is not None)
+        return out
+
+    async def client_owners(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """The order id each (account, client order id) names, for those that name one."""
+        if not keys:
+            return {}
+        ids = await self._call(partial(self.redis.mget,
+                                       [self._k("client", a, c) for a, c in keys]))
+        return {key: _text(i) for key, i in zip(keys, ids, strict=True) if i is not None}
+
+    async def recent_clients(self, since_s: float) -> list[tuple[tuple[str, str], str, float]]:
+        """The recent set from ``since_s`` (wall-clock seconds) on: ((account, client order
+        id), order id, when in seconds), oldest first, read in pages."""
+        out: list[tuple[tuple[str, str], str, float]] = []
+        low: str = str(int(since_s * 1000))
+        while True:
+            page = await self._call(partial(self.redis.zrangebyscore, self._k("recent"), low,
+                                            "+inf", start=0, num=RECENT_PAGE, withscores=True))
+            for member, score in page:
+                account, coid, oid = _text(member).split(_US)
+                out.append(((account, coid), oid, float(score) / 1000))
+            if len(page) < RECENT_PAGE:
+                return out
+            # Scores repeat (one ms, many orders): go on from the last one, dropping what a
+            # page already had.
+            seen = {m for m, sc in page if sc == page[-1][1]}
+            low = str(int(page[-1][1]))
+            rest = await self._call(partial(self.redis.zrangebyscore, self._k("recent"), low,
+                                            low, withscores=True))
+            for member, score in rest:
+                if member not in seen:
+                    account, coid, oid = _text(member).split(_US)
+                    out.append(((account, coid), oid, float(score) / 1000))
+            low = "(" + low
 
     async def by_client_id(self, account: str, client_order_id: str) -> Order | None:
         key = self._k("client", account, client_order_id)
@@ -476,7 +544,7 @@ class RedisOrderStore:
                                  f"{following[oid] - 1}")
             following[oid] = entry.seq + 1
             keys += [self._k("xlog", oid), self.executed_key(oid)]
-            args += [entry.seq - 1, _blob(entry), entry.exec_id if is_execution(entry) else ""]
+            args += [entry.seq - 1, to_blob(entry), entry.exec_id if is_execution(entry) else ""]
         if not entries:
             return []
         results = await self._call(lambda: self._decide(self._append_many, keys, args))

@@ -42,6 +42,7 @@ from bus.aio import KeyedLocks, cancel_and_wait, watchdog_from_env
 from bus.config import MeshConfig
 from bus.logutil import RateLimitedLog
 from bus.orders.beacon import HeartbeatThread
+from bus.orders.pair_store import PairStore
 from bus.sockets import (
     BACKEND_CLIENTS,
     BACKEND_EXECUTOR,
@@ -66,6 +67,7 @@ from protocols.orders.binary_star import (
     Effect,
     PairConfig,
     Role,
+    State,
     SteppedDown,
 )
 from protocols.orders.codec import (
@@ -96,6 +98,7 @@ from protocols.orders.pair import PeerHeartbeat, decode_heartbeat, encode_heartb
 from protocols.orders.record import OpenOrders, Order
 from protocols.orders.risk import Limits
 from protocols.orders.service import (
+    RETRY_AFTER_MAX_MS,
     AwaitReplace,
     Decision,
     OrderService,
@@ -128,6 +131,8 @@ class BackendEndpoints:
     peer_sub: str  # the other node's peer_pub
     updates: str
     executor: str
+    replica: str = ""  # the pair's replication link: this node binds it ("": no replication)
+    peer_replica: str = ""  # ... and connects to the other node's
 
 
 @dataclass(slots=True)
@@ -162,9 +167,18 @@ class BackendNode:
         self.redrive_s = redrive_s
         self.endpoints = endpoints
         self.limits = limits
-        self.store: OrderStore = store or RedisOrderStore.from_config(cfg)
-        self.ticks = RedisTickStore.from_config(cfg)
         self.star = BinaryStar(role, pair or PairConfig(), started=time.monotonic())
+        ctx = self.ctx = zmq.asyncio.Context()
+        backing = store or RedisOrderStore.from_config(cfg)
+        self.pair_store: PairStore | None = None
+        if cfg.orders.replicate and endpoints.replica and isinstance(backing, RedisOrderStore):
+            self.pair_store = PairStore(
+                backing, ctx, self, bind=endpoints.replica, peer=endpoints.peer_replica,
+                ack_timeout_s=self.star.config.peer_timeout_s,
+                window_s=cfg.orders.idempotency_window_s,
+                max_backlog=cfg.orders.max_write_behind, on_fenced=self._store_fenced)
+        self.store: OrderStore = self.pair_store or backing
+        self.ticks = RedisTickStore.from_config(cfg)
         self.stats = BackendStats()
         self.stats_path = stats_path
         # Order ids must never repeat, even if an epoch increment is lost with a Redis master
@@ -192,7 +206,6 @@ class BackendNode:
         self._quotes = QuoteCache(self.ticks, QUOTE_TTL_S, stale_s=cfg.redis.deadline_ms / 1000)
         self._reload_pending = False  # a takeover could not read the open orders yet
         self._ignored = RateLimitedLog(log, f"backend {role.value}: report ignored")
-        ctx = self.ctx = zmq.asyncio.Context()
         self.clients = open_socket(ctx, BACKEND_CLIENTS, bind=endpoints.clients)
         self.executor = open_socket(ctx, BACKEND_EXECUTOR, bind=endpoints.executor)
         self.updates = open_socket(ctx, BACKEND_UPDATES, bind=endpoints.updates)
@@ -231,6 +244,18 @@ class BackendNode:
                 continue
             await self._effects(effects)
 
+    # -- what the pair store asks (PairView) ------------------------------------------------
+
+    def pair_state(self) -> tuple[bool, int]:
+        return self.star.state is State.PASSIVE, self.star.epoch
+
+    def peer_ready(self) -> bool:
+        return self.star.peer_passive(time.monotonic())
+
+    async def _store_fenced(self, current: int) -> None:
+        # Not counted in stats.fenced: the write waiting for it is, as a FENCED answer.
+        await self._effects(self.star.on_fenced(current, time.monotonic()))
+
     def _peer_waiting(self) -> bool:
         """Whether a peer heartbeat is waiting to be read (ZMQ_EVENTS, no I/O)."""
         events = self.peer_sub.get(zmq.EVENTS)
@@ -264,6 +289,8 @@ class BackendNode:
                     await self._take_over(epoch)
                 case SteppedDown(reason):
                     log.warning("backend %s: stepped down (%s)", self.role.value, reason.name)
+                    if self.pair_store is not None:
+                        self.pair_store.deactivate()
                     self.service.step_down(
                         f"backend {self.role.value} stepped down ({reason.name})")
 
@@ -281,6 +308,10 @@ class BackendNode:
             self._reload_pending = True
 
     async def _reload(self, epoch: int) -> None:
+        if self.pair_store is not None and self.pair_store.replicator is None:
+            # What this node holds of the old active goes to Redis first (where newer), so
+            # the open orders read next are the pair's, not only what Redis had.
+            await self.pair_store.activate(epoch)
         self.service.reload(await self.store.open_orders())
         self._reload_pending = False
         log.info("backend %s: active at epoch %d with %d open orders", self.role.value, epoch,
@@ -349,6 +380,14 @@ class BackendNode:
         if busy is not None:
             self.stats.busy += 1
             await self._reply(identity, busy)
+            return
+        if isinstance(req, NewOrder) and self.pair_store is not None and self.pair_store.full():
+            # Redis is behind by the write-behind bound: orders wait outside, not in memory.
+            self.stats.busy += 1
+            await self._reply(identity, OrderReject(
+                req.client_order_id, RejectReason.BUSY,
+                f"{self.pair_store.backlog()} records not yet in Redis",
+                retry_after_ms=RETRY_AFTER_MAX_MS))
             return
         self.service.begin(req, identity, now)
         if isinstance(req, NewOrder):
@@ -756,6 +795,12 @@ class BackendNode:
                  asyncio.create_task(self._clients(), name="clients"),
                  asyncio.create_task(self._placer(), name="placer"),
                  asyncio.create_task(self._executor_reports(), name="executor")]
+        if self.pair_store is not None:
+            ps = self.pair_store
+            tasks += [asyncio.create_task(ps.serve_replica(), name="replica"),
+                      asyncio.create_task(ps.acks(), name="replica acks"),
+                      asyncio.create_task(ps.flusher(), name="write-behind"),
+                      asyncio.create_task(ps.catch_up(), name="client index")]
         if self.stats_path is not None:
             tasks.append(asyncio.create_task(stats_writer(self.stats_path, 0.5, self.collect),
                                              name="stats"))
@@ -783,7 +828,10 @@ class BackendNode:
                 "epoch": self.star.epoch, "open_orders": len(self.orders),
                 "records": len(self.service),
                 "heartbeats_sent": self.peer_pub.sent,
-                "heartbeats_withheld": self.peer_pub.withheld, **asdict(self.stats)}
+                "heartbeats_withheld": self.peer_pub.withheld, **asdict(self.stats),
+                **({} if self.pair_store is None else {
+                    "write_behind": self.pair_store.backlog(),
+                    "pair_store": asdict(self.pair_store.stats)})}
 
 
 def _client_id(identity: bytes) -> str:
@@ -801,7 +849,8 @@ def backend_from_config(cfg: MeshConfig, role: Role, stats_path: Path | None = N
     o = cfg.orders
     i = 0 if role is Role.PRIMARY else 1
     ends = BackendEndpoints(clients=o.clients[i], peer_pub=o.peers[i], peer_sub=o.peers[1 - i],
-                            updates=o.updates[i], executor=o.executor[i])
+                            updates=o.updates[i], executor=o.executor[i],
+                            replica=o.replicas[i], peer_replica=o.replicas[1 - i])
     symbols = o.symbols or tuple(s for f in cfg.feeds for s in f.symbols)
     limits = Limits(frozenset(symbols), o.max_quantity, o.price_band, o.max_exposure)
     pair = PairConfig(heartbeat_s=o.heartbeat_ms / 1000, peer_timeout_s=o.peer_timeout_ms / 1000,

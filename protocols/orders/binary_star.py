@@ -184,6 +184,11 @@ class BinaryStar:
         """What to publish to the peer now."""
         return self.state, self.epoch
 
+    def peer_passive(self, now: float) -> bool:
+        """Whether the peer said it is passive within the peer timeout (it can hold a
+        replicated batch)."""
+        return self.peer_state is State.PASSIVE and now < self.peer_expiry
+
     def peer_expired(self, now: float) -> bool:
         if now < self.holdoff_until:
             return False

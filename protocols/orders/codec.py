@@ -41,7 +41,7 @@ from protocols.orders.messages import (
     reject_reason_for,
 )
 from protocols.orders.record import Order, OrderMessage
-from protocols.wire import decode_envelope
+from protocols.wire import HEADER_SIZE, decode_envelope
 from protocols.wire import pack_body as _pack
 from protocols.wire import pack_header as _header
 
@@ -250,6 +250,18 @@ def decode_order_reply(frames: list[bytes] | tuple[bytes, ...]) -> OrderReply:
     return msg
 
 
+def to_blob(msg: OrderMessage) -> bytes:
+    """One message as one byte string (its two frames joined): how the store keeps a record
+    or a log entry, and how the pair's replication carries records."""
+    header, body = encode_order(msg)
+    return header + body
+
+
+def from_blob(blob: bytes) -> OrderMessage:
+    """The message of :func:`to_blob`; :class:`RemoteProtocolError` if malformed."""
+    return decode_order([blob[:HEADER_SIZE], blob[HEADER_SIZE:]])
+
+
 def client_order_id_of(frames: list[bytes] | tuple[bytes, ...]) -> str:
     """Best-effort client order id of a (possibly malformed) request, for the reject; else ""."""
     try:
@@ -275,5 +287,7 @@ __all__ = [
     "decode_order_reply",
     "decode_order_request",
     "encode_order",
+    "from_blob",
     "reject_reason_of",
+    "to_blob",
 ]

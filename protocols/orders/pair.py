@@ -1,4 +1,4 @@
-"""The backend pair's heartbeat: what each node of the binary-star pair tells the other.
+"""The backend pair's own link: heartbeats, and the replication of order records.
 
 Each backend publishes a :class:`PeerHeartbeat` (its :class:`~protocols.orders.binary_star.State`
 and the highest epoch it knows) every ``heartbeat_ms`` on its "peer" PUB socket; the other node
@@ -10,15 +10,28 @@ hands it to ``BinaryStar.on_peer``. On the wire it is the envelope of :mod:`prot
 States travel as the fixed codes of :data:`STATE_CODES`, not as the enum's names, so renaming
 a state in the code never changes the wire. Decoding is strict: anything malformed raises
 :class:`RemoteProtocolError` naming the reason; unknown keys are ignored.
+
+Replication (``protocols.orders.replication``: the rules) runs on a DEALER of the active
+node connected to the passive node's "replica" ROUTER (docs/PROTOCOL.md section 15)::
+
+    REPLICA_BATCH   (65) {"epoch", "term", "seq", "flushed", "reset", "records": [bin, ...]}
+    REPLICA_ACK     (66) {"epoch", "term", "seq"}
+    REPLICA_REFUSED (67) {"epoch", "term", "seq", "reason": int}
+
+A record is an order-codec ``Order`` message, its two frames joined (``codec.to_blob``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from protocols.errors import RemoteProtocolError
 from protocols.orders.binary_star import State
+from protocols.orders.codec import from_blob, to_blob
+from protocols.orders.fields import check_id
+from protocols.orders.record import Order
 from protocols.wire import decode_envelope, encode_envelope
 
 MAX_EPOCH = 2**63 - 1  # a Redis integer
@@ -28,6 +41,9 @@ class PairKind(IntEnum):
     """Kinds of the backend pair's own socket (64..71: never a tick or an order kind)."""
 
     PEER_HEARTBEAT = 64
+    REPLICA_BATCH = 65
+    REPLICA_ACK = 66
+    REPLICA_REFUSED = 67
 
 
 STATE_CODES: dict[State, int] = {
@@ -55,6 +71,134 @@ class PeerHeartbeat:
             raise ValueError(f"epoch must be an integer in 0..2^63-1, got {self.epoch!r:.40}")
 
 
+def _check_epoch(epoch: object) -> None:
+    if type(epoch) is not int or not 0 <= epoch <= MAX_EPOCH:
+        raise ValueError(f"epoch must be an integer in 0..2^63-1, got {epoch!r:.40}")
+
+
+def _check_seq(field: str, value: object) -> None:
+    if type(value) is not int or not 0 <= value <= MAX_EPOCH:
+        raise ValueError(f"{field} must be an integer in 0..2^63-1, got {value!r:.40}")
+
+
+class RefuseReason(IntEnum):
+    """Why a passive node did not take a replicated batch (the wire's codes)."""
+
+    STALE_EPOCH = 1  # it knows a newer epoch: the sender is no longer the active node
+    NOT_PASSIVE = 2  # it is taking over or active: it holds no other node's writes now
+    OUT_OF_SYNC = 3  # not the next batch of the term it holds: send a reset first
+    FULL = 4  # the batch would take it past its bound on records held
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaBatch:
+    """Order records the active node replicates (``term``: the sender's active term, a random
+    token; ``seq``: 1, 2, ... within it). ``flushed``: every batch of the term up to this seq
+    is in the store (the passive drops those). ``reset``: the passive drops what it holds of
+    any term and takes this batch as the start of ``term`` (it then carries every record the
+    store may lack)."""
+
+    epoch: int
+    term: str
+    seq: int
+    flushed: int
+    records: tuple[Order, ...]
+    reset: bool = False
+
+    def __post_init__(self) -> None:
+        _check_epoch(self.epoch)
+        check_id("term", self.term)
+        _check_seq("seq", self.seq)
+        _check_seq("flushed", self.flushed)
+        if self.seq < 1 or self.flushed >= self.seq:
+            raise ValueError(f"need 0 <= flushed < seq, 1 <= seq; got flushed {self.flushed}, "
+                             f"seq {self.seq}")
+        if not all(isinstance(r, Order) for r in self.records):
+            raise ValueError("records must be Order records")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaAck:
+    """The passive node holds batch ``seq`` of ``term`` (and every one before it)."""
+
+    epoch: int
+    term: str
+    seq: int
+
+    def __post_init__(self) -> None:
+        _check_epoch(self.epoch)
+        check_id("term", self.term)
+        _check_seq("seq", self.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRefused:
+    """The passive node did not take batch ``seq``; ``epoch``: the highest it knows."""
+
+    epoch: int
+    term: str
+    seq: int
+    reason: RefuseReason
+
+    def __post_init__(self) -> None:
+        _check_epoch(self.epoch)
+        check_id("term", self.term)
+        _check_seq("seq", self.seq)
+        if not isinstance(self.reason, RefuseReason):
+            raise ValueError(f"reason must be a RefuseReason, got {self.reason!r:.40}")
+
+
+PairMessage = PeerHeartbeat | ReplicaBatch | ReplicaAck | ReplicaRefused
+
+
+def encode_pair(msg: PairMessage) -> list[bytes]:
+    """Frames ``[header, body]`` of any message of the pair's link."""
+    match msg:
+        case PeerHeartbeat():
+            return encode_heartbeat(msg)
+        case ReplicaBatch(epoch, term, seq, flushed, records, reset):
+            return encode_envelope(PairKind.REPLICA_BATCH, {
+                "epoch": epoch, "term": term, "seq": seq, "flushed": flushed, "reset": reset,
+                "records": [to_blob(r) for r in records]})
+        case ReplicaAck(epoch, term, seq):
+            return encode_envelope(PairKind.REPLICA_ACK,
+                                   {"epoch": epoch, "term": term, "seq": seq})
+        case ReplicaRefused(epoch, term, seq, reason):
+            return encode_envelope(PairKind.REPLICA_REFUSED, {
+                "epoch": epoch, "term": term, "seq": seq, "reason": int(reason)})
+
+
+def decode_pair(frames: list[bytes] | tuple[bytes, ...]) -> PairMessage:
+    """Decode any message of the pair's link; :class:`RemoteProtocolError` if malformed."""
+    kind, d = decode_envelope(frames, PairKind, "pair", kind_label="pair ")
+    try:
+        return _decode(kind, d)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise RemoteProtocolError(f"bad {kind.name}: {type(exc).__name__} {exc}") from exc
+
+
+def _decode(kind: PairKind, d: dict[str, Any]) -> PairMessage:
+    if kind is PairKind.PEER_HEARTBEAT:
+        return _heartbeat(d)
+    if kind is PairKind.REPLICA_BATCH:
+        blobs = d["records"]
+        if not isinstance(blobs, list) or not all(isinstance(b, bytes) for b in blobs):
+            raise ValueError("records must be a list of byte strings")
+        records = tuple(from_blob(b) for b in blobs)
+        reset = d["reset"]
+        if not isinstance(reset, bool):
+            raise ValueError(f"reset must be a boolean, got {reset!r:.40}")
+        # ReplicaBatch checks that every record is an Order.
+        return ReplicaBatch(d["epoch"], d["term"], d["seq"], d["flushed"],
+                            records, reset)  # type: ignore[arg-type]
+    if kind is PairKind.REPLICA_ACK:
+        return ReplicaAck(d["epoch"], d["term"], d["seq"])
+    code = d["reason"]
+    if type(code) is not int:
+        raise ValueError(f"reason must be an integer, got {code!r:.40}")
+    return ReplicaRefused(d["epoch"], d["term"], d["seq"], RefuseReason(code))
+
+
 def encode_heartbeat(beat: PeerHeartbeat) -> list[bytes]:
     """Frames ``[header, body]`` of a heartbeat."""
     return encode_envelope(PairKind.PEER_HEARTBEAT,
@@ -63,20 +207,30 @@ def encode_heartbeat(beat: PeerHeartbeat) -> list[bytes]:
 
 def decode_heartbeat(frames: list[bytes] | tuple[bytes, ...]) -> PeerHeartbeat:
     """Decode a peer's heartbeat frames; :class:`RemoteProtocolError` if malformed."""
-    _kind, d = decode_envelope(frames, PairKind, "pair", kind_label="pair ")
-    try:
-        code = d["state"]
-        if not isinstance(code, int) or isinstance(code, bool) or code not in _STATES:
-            raise ValueError(f"unknown state code {code!r:.40}")
-        return PeerHeartbeat(_STATES[code], d["epoch"])
-    except (KeyError, ValueError) as exc:
-        raise RemoteProtocolError(f"bad PEER_HEARTBEAT: {type(exc).__name__} {exc}") from exc
+    msg = decode_pair(frames)
+    if not isinstance(msg, PeerHeartbeat):
+        raise RemoteProtocolError(f"a {type(msg).__name__} where a heartbeat belongs")
+    return msg
+
+
+def _heartbeat(d: dict[str, Any]) -> PeerHeartbeat:
+    code = d["state"]
+    if not isinstance(code, int) or isinstance(code, bool) or code not in _STATES:
+        raise ValueError(f"unknown state code {code!r:.40}")
+    return PeerHeartbeat(_STATES[code], d["epoch"])
 
 
 __all__ = [
     "STATE_CODES",
     "PairKind",
+    "PairMessage",
     "PeerHeartbeat",
+    "RefuseReason",
+    "ReplicaAck",
+    "ReplicaBatch",
+    "ReplicaRefused",
     "decode_heartbeat",
+    "decode_pair",
     "encode_heartbeat",
+    "encode_pair",
 ]

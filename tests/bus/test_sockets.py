@@ -81,10 +81,13 @@ EXPECTED: dict[str, dict[str, int]] = {name: LIBZMQ | row for name, row in {
                      MAXMSGSIZE=64 * KiB),
     "PEER_PUB": dict(TYPE=zmq.PUB, MAXMSGSIZE=KiB),
     "PEER_SUB": dict(TYPE=zmq.SUB, MAXMSGSIZE=KiB),
+    "REPLICA_SERVER": dict(TYPE=zmq.ROUTER, MAXMSGSIZE=16 * MiB),
+    "REPLICA_CLIENT": dict(TYPE=zmq.DEALER, IMMEDIATE=1, RECONNECT_IVL=10,
+                           RECONNECT_IVL_MAX=200, MAXMSGSIZE=KiB),
 }.items()}
 # ROUTER_HANDOVER and ROUTER_MANDATORY are write-only: checked by behaviour below.
 ROUTERS = {"RECOVERY_SERVER": (False, False), "BACKEND_CLIENTS": (True, False),
-           "BACKEND_EXECUTOR": (True, True)}
+           "BACKEND_EXECUTOR": (True, True), "REPLICA_SERVER": (False, False)}
 
 
 @pytest.fixture

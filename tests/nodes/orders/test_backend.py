@@ -156,7 +156,8 @@ def bound_endpoints(node: BackendNode) -> BackendEndpoints:
         return sock.getsockopt_string(zmq.LAST_ENDPOINT)
     return BackendEndpoints(clients=bound(node.clients), peer_pub=node.peer_pub.endpoint,
                             peer_sub=node.endpoints.peer_sub, updates=bound(node.updates),
-                            executor=bound(node.executor))
+                            executor=bound(node.executor), replica=node.endpoints.replica,
+                            peer_replica=node.endpoints.peer_replica)
 
 
 def child_config(cfg: MeshConfig, ends: dict[Role, BackendEndpoints],
@@ -168,6 +169,7 @@ def child_config(cfg: MeshConfig, ends: dict[Role, BackendEndpoints],
     orders = OrdersSection(
         enabled=True, symbols=tuple(sorted(LIMITS.symbols)), clients=both("clients"),
         peers=both("peer_pub"), updates=both("updates"), executor=both("executor"),
+        replicas=both("replica"),
         max_quantity=LIMITS.max_quantity, price_band=LIMITS.price_band,
         max_exposure=LIMITS.max_exposure_per_account, heartbeat_ms=PAIR.heartbeat_s * 1000,
         peer_timeout_ms=PAIR.peer_timeout_s * 1000, cold_start_ms=PAIR.cold_start_s * 1000,
@@ -181,19 +183,22 @@ async def pair(redis: RedisProcess, *, roles: tuple[Role, ...] = (Role.PRIMARY, 
                fill_lots: float | None = None, deadline_ms: int = 300,
                clock: FakeClock | None = None, children: NodeProcesses | None = None,
                child_primary: bool = False, child_executor: bool = False,
-               primary_store: OrderStore | None = None, max_in_service: int | None = None
-               ) -> AsyncIterator[Pair]:
+               primary_store: OrderStore | None = None, max_in_service: int | None = None,
+               replicate: bool = True) -> AsyncIterator[Pair]:
     """The backend pair (and an executor: a fake one, or the real one with
     ``real_executor``), in this process except the nodes a test kills: with
     ``child_primary`` the primary and with ``child_executor`` the (real) executor run as
     processes of ``children`` (``p.procs["primary"]``, ``p.procs["executor"]``). ``clock``
     ages the in-process backends' quote caches; ``primary_store`` is the in-process
-    primary's order store (a wrapper), ``max_in_service`` its admission bound."""
+    primary's order store (a wrapper), ``max_in_service`` its admission bound;
+    ``replicate=False``: acknowledged once in Redis, as without a passive node (the tests that
+    hold Redis's writes to hold the acknowledgement)."""
     # A short store deadline: tests of a store outage want the reject, not a 5 s ride.
     cfg = MeshConfig(mesh=MeshSection(key_prefix="bk"),
                      redis=RedisSection(url=redis.url, deadline_ms=deadline_ms))
     if max_in_service is not None:
         cfg = replace(cfg, orders=replace(cfg.orders, max_in_service=max_in_service))
+    cfg = replace(cfg, orders=replace(cfg.orders, replicate=replicate))
     await seed_tick(cfg)
     # In-process nodes bind port 0 and the endpoints are read back (bound_endpoints), except
     # those that must be known before their binder exists: the heartbeat endpoint of the
@@ -205,6 +210,9 @@ async def pair(redis: RedisProcess, *, roles: tuple[Role, ...] = (Role.PRIMARY, 
     if not child_primary:
         in_process = in_process[::-1]  # the primary first
     reserved = tcp()  # the peer_pub of the node made last
+    # The replication links: each node binds its own and connects to the other's (a cut
+    # link: to where nobody listens).
+    replica = {Role.PRIMARY: tcp(), Role.BACKUP: tcp()}
     ends: dict[Role, BackendEndpoints] = {}
     nodes: dict[Role, BackendNode] = {}
     for r in in_process:
@@ -213,14 +221,17 @@ async def pair(redis: RedisProcess, *, roles: tuple[Role, ...] = (Role.PRIMARY, 
             clients=ANY_PORT, updates=ANY_PORT, executor=ANY_PORT,
             peer_pub=reserved if peer is not None and not cut_heartbeats else ANY_PORT,
             # a cut link: each listens where nobody publishes
-            peer_sub=tcp() if cut_heartbeats else peer.peer_pub if peer else reserved)
+            peer_sub=tcp() if cut_heartbeats else peer.peer_pub if peer else reserved,
+            replica=replica[r], peer_replica=tcp() if cut_heartbeats else replica[other[r]])
         nodes[r] = BackendNode(cfg, r, want, limits=LIMITS, pair=PAIR, redrive_s=0.2,
                                store=primary_store if r is Role.PRIMARY else None)
         ends[r] = bound_endpoints(nodes[r])
     if child_primary:
         ends[Role.PRIMARY] = BackendEndpoints(clients=tcp(), peer_pub=reserved,
                                               peer_sub=ends[Role.BACKUP].peer_pub,
-                                              updates=tcp(), executor=tcp())
+                                              updates=tcp(), executor=tcp(),
+                                              replica=replica[Role.PRIMARY],
+                                              peer_replica=replica[Role.BACKUP])
     if clock is not None:
         for node in nodes.values():
             node._quotes = QuoteCache(node.ticks, QUOTE_TTL_S, stale_s=node._quotes.stale_s,
@@ -443,7 +454,7 @@ def test_a_batch_of_mixed_orders_is_answered_per_order_in_one_store_call(
     stored."""
     async def main() -> None:
         store = HeldStore(redis_server.url, "bk")
-        async with pair(redis_server, primary_store=store) as p:
+        async with pair(redis_server, primary_store=store, replicate=False) as p:
             primary = p.node(Role.PRIMARY)
             await wait_active(primary)
             stored = await p.request(Role.PRIMARY, order("stored"))
@@ -496,7 +507,8 @@ def test_busy_at_the_admission_bound_and_everything_acknowledged_once_after(
 
     async def main() -> None:
         store = HeldStore(redis_server.url, "bk")
-        async with pair(redis_server, primary_store=store, max_in_service=bound) as p:
+        async with pair(redis_server, primary_store=store, max_in_service=bound,
+                        replicate=False) as p:
             primary, backup = p.node(Role.PRIMARY), p.node(Role.BACKUP)
             await wait_active(primary)
             await wait_until(lambda: backup.star.state is State.PASSIVE, 3, "backup passive")
@@ -776,13 +788,14 @@ def test_takeover_retries_the_reload_of_open_orders(redis_server: RedisProcess) 
 
 def test_a_client_waits_out_a_store_outage_without_resending(
         redis_server: RedisProcess) -> None:
-    """The active backend holds an order while the store is away and says so every 25 ms
-    (OrderPending): the client sends it once, waits, and gets the ack once the store is back,
-    with no retry and no request to the passive (no client vote against a live active)."""
+    """Acknowledged in Redis (no replication), the active backend holds an order while the
+    store is away and says so every 25 ms (OrderPending): the client sends it once, waits, and
+    gets the ack once the store is back, with no retry and no request to the passive (no
+    client vote against a live active)."""
     from bus.orders.client import OrderClient, OrderClientOptions
 
     async def main() -> None:
-        async with pair(redis_server, deadline_ms=10_000) as p:
+        async with pair(redis_server, deadline_ms=10_000, replicate=False) as p:
             primary, backup = p.node(Role.PRIMARY), p.node(Role.BACKUP)
             await wait_active(primary)
             # A first timeout of 200 ms: the first notice (20-45 ms) lands inside it even on a

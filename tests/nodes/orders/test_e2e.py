@@ -27,7 +27,7 @@ from tests.nodes.orders.test_backend import (
     run_with_children,
     wait_active,
 )
-from tests.support import wait_until
+from tests.support import scaled, wait_until
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
 
@@ -358,24 +358,35 @@ def test_partial_fills_converge_across_a_failover(redis_server: RedisProcess,
                       real_executor=True, fill_lots=1.0, child_primary=True)
 
 
-def test_orders_are_held_while_the_store_is_away_and_acknowledged_after(
-        redis_server: RedisProcess) -> None:
-    """Redis goes away (as during a Sentinel switch): orders placed meanwhile are neither
-    refused nor lost; they are acknowledged once the store is back, each once, and filled."""
+@pytest.mark.parametrize("replicate", [True, False], ids=["replicated", "redis-acked"])
+def test_orders_placed_while_the_store_is_away_are_acknowledged_once_and_filled(
+        redis_server: RedisProcess, replicate: bool) -> None:
+    """Redis goes away (as during a Sentinel switch). Replicated, orders placed meanwhile are
+    acknowledged at once (the passive node holds them) and reach Redis behind; acknowledged
+    in Redis (replicate = false), they are held, neither refused nor lost, and acknowledged
+    once the store is back. Either way each is acknowledged once and filled."""
     async def main() -> None:
-        async with pair(redis_server, real_executor=True, deadline_ms=5000) as p:
+        async with pair(redis_server, real_executor=True, deadline_ms=5000,
+                        replicate=replicate) as p:
             primary = p.node(Role.PRIMARY)
             assert p.executor is not None
             await wait_active(primary)
+            await wait_until(lambda: primary.peer_ready(), 3, "the backup passive")
             opts = replace(both_backends(p), deadline_s=10.0)
             async with OrderClient(opts) as client:
                 await client.place(order("before"))
                 await asyncio.to_thread(redis_server.stop)
-                held = [asyncio.create_task(client.place(order(f"held{i}"))) for i in range(5)]
-                await asyncio.sleep(0.5)
-                assert not any(t.done() for t in held), "held, not refused"
+                placed = [asyncio.create_task(client.place(order(f"held{i}")))
+                          for i in range(5)]
+                if replicate:
+                    await asyncio.wait_for(asyncio.gather(*placed), scaled(2.0))
+                    assert primary.pair_store is not None
+                    assert primary.pair_store.backlog() >= 5  # not in Redis yet
+                else:
+                    await asyncio.sleep(0.5)
+                    assert not any(t.done() for t in placed), "held, not refused"
                 await asyncio.to_thread(redis_server.start)
-                acks = await asyncio.gather(*held)
+                acks = await asyncio.gather(*placed)
                 assert len({a.order_id for a in acks}) == 5
                 store = RedisOrderStore(p.cfg.redis.url, "bk")
                 try:
@@ -383,6 +394,7 @@ def test_orders_are_held_while_the_store_is_away_and_acknowledged_after(
                                           "held orders all FILLED")
                 finally:
                     await store.close()
-                assert primary.store.stats.ridden >= 1  # type: ignore[attr-defined]
+                redis_store = primary.pair_store.backing if primary.pair_store else primary.store
+                assert redis_store.stats.ridden >= 1  # type: ignore[attr-defined]
                 assert primary.star.serving and p.executor.stats.fills == 6
     run(main())

@@ -5,6 +5,7 @@ of malformed frames with the reason each names, and junk that raises only Remote
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from typing import Any
 
 import msgpack
@@ -14,15 +15,25 @@ from hypothesis import strategies as st
 
 from protocols.errors import RemoteProtocolError
 from protocols.orders.binary_star import State
-from protocols.orders.codec import OrderKind
+from protocols.orders.codec import OrderKind, to_blob
+from protocols.orders.lifecycle import OrderState
 from protocols.orders.pair import (
     STATE_CODES,
     PairKind,
+    PairMessage,
     PeerHeartbeat,
+    RefuseReason,
+    ReplicaAck,
+    ReplicaBatch,
+    ReplicaRefused,
     decode_heartbeat,
+    decode_pair,
     encode_heartbeat,
+    encode_pair,
 )
+from protocols.orders.record import Order
 from protocols.ticks.messages import Kind
+from tests.protocols.orders import builders
 
 
 @pytest.mark.parametrize("state", list(State), ids=lambda s: s.name)
@@ -46,7 +57,8 @@ def test_state_codes_are_fixed_and_cover_every_state() -> None:
 
 
 def test_pair_kinds_never_collide_with_tick_or_order_kinds() -> None:
-    assert {k.name: int(k) for k in PairKind} == {"PEER_HEARTBEAT": 64}
+    assert {k.name: int(k) for k in PairKind} == {"PEER_HEARTBEAT": 64, "REPLICA_BATCH": 65,
+                                                  "REPLICA_ACK": 66, "REPLICA_REFUSED": 67}
     assert all(64 <= k <= 71 for k in PairKind)
     assert not {int(k) for k in PairKind} & ({int(k) for k in Kind} | {int(k) for k in OrderKind})
 
@@ -109,3 +121,59 @@ def test_junk_raises_only_remote_protocol_errors(frames: list[bytes]) -> None:
 def test_any_map_decodes_or_names_its_fault(body: dict[str, Any]) -> None:
     with contextlib.suppress(RemoteProtocolError):
         decode_heartbeat([b"TM\x01\x40", msgpack.packb(body)])
+
+
+# --- replication messages ---------------------------------------------------------------------
+
+
+def _record(order_id: str = "o-1", coid: str = "c-1") -> Order:
+    return replace(builders.order(), order_id=order_id,
+                   order=replace(builders.new(), client_order_id=coid))
+
+
+REPLICATION_MESSAGES = [
+    ReplicaBatch(3, "t1", 1, 0, ()),
+    ReplicaBatch(3, "t1", 7, 5, (_record("a"), _record("b", "c-2")), reset=True),
+    ReplicaAck(3, "t1", 7),
+    *(ReplicaRefused(9, "t1", 2, reason) for reason in RefuseReason),
+]
+
+
+@pytest.mark.parametrize("msg", REPLICATION_MESSAGES, ids=lambda m: type(m).__name__)
+def test_replication_messages_round_trip(msg: PairMessage) -> None:
+    assert decode_pair(encode_pair(msg)) == msg
+
+
+def test_a_heartbeat_is_a_pair_message_and_a_batch_is_no_heartbeat() -> None:
+    beat = PeerHeartbeat(State.PASSIVE, 4)
+    assert decode_pair(encode_pair(beat)) == beat
+    with pytest.raises(RemoteProtocolError, match="where a heartbeat belongs"):
+        decode_heartbeat(encode_pair(ReplicaAck(1, "t", 1)))
+
+
+def _batch_body(**changes: Any) -> list[bytes]:
+    body: dict[str, Any] = {"epoch": 1, "term": "t", "seq": 2, "flushed": 1, "reset": False,
+                            "records": [to_blob(_record())]}
+    body.update(changes)
+    return [b"TM\x01\x41", msgpack.packb(body)]
+
+
+@pytest.mark.parametrize(("changes", "reason"), [
+    ({"seq": 0}, "flushed < seq"),
+    ({"flushed": 2}, "flushed < seq"),
+    ({"epoch": -1}, "epoch must be"),
+    ({"term": ""}, "term"),
+    ({"reset": 1}, "reset must be a boolean"),
+    ({"records": "x"}, "records must be a list"),
+    ({"records": [b"junk"]}, "REPLICA_BATCH"),
+    ({"records": [to_blob(builders.report(OrderState.ROUTED))]}, "must be Order records"),
+])
+def test_malformed_batches_name_their_reason(changes: dict[str, Any], reason: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=reason):
+        decode_pair(_batch_body(**changes))
+
+
+def test_a_refusal_with_an_unknown_reason_is_malformed() -> None:
+    body = msgpack.packb({"epoch": 1, "term": "t", "seq": 1, "reason": 99})
+    with pytest.raises(RemoteProtocolError, match="REPLICA_REFUSED"):
+        decode_pair([b"TM\x01\x43", body])

@@ -1,0 +1,449 @@
+"""The order store of a backend pair node: acknowledged once the pair holds it, Redis behind.
+
+:class:`PairStore` is an :class:`~bus.store.orders.OrderStore` over the fenced Redis store. While
+its node is active (:meth:`activate`), a batch of records it writes is numbered, kept in memory,
+replicated to the passive node over the pair's own link and answered once the passive node
+confirms it (or, with no passive node to hold it, once the write-behind has put it in Redis,
+fenced and ``WAIT``-confirmed: today's write). Redis gets every batch write-behind, in order,
+by one task. While its node is passive, the store holds what the active node replicates
+(:meth:`serve_replica`) and gives it back at takeover, written to Redis under the new epoch
+where it is newer than Redis's, before the node serves. The rules are
+``protocols.orders.replication``'s; this module adds the sockets, the timers and Redis.
+
+Reads (:meth:`get`, :meth:`by_client_id`) see the records Redis does not have yet, and answer
+from memory only what is durable: a record whose batch is neither confirmed nor in Redis is
+waited for (its order is not acknowledged yet either). The executor's log
+(``append_executions``, ``executions``) is still Redis's, unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import zmq
+import zmq.asyncio
+
+from bus.logutil import RateLimitedLog
+from bus.sockets import REPLICA_CLIENT, REPLICA_SERVER, open_socket
+from bus.store.orders import RedisOrderStore, WriteOutcome
+from protocols.backoff import Backoff
+from protocols.errors import Fenced, InvalidOrder, RemoteProtocolError, StoreError
+from protocols.orders.messages import ExecutionReport
+from protocols.orders.pair import (
+    RefuseReason,
+    ReplicaAck,
+    ReplicaBatch,
+    ReplicaRefused,
+    decode_pair,
+    encode_pair,
+)
+from protocols.orders.record import Order
+from protocols.orders.replication import (
+    CLOCK_MARGIN_S,
+    MAX_BACKLOG,
+    WINDOW_S,
+    ClientIndex,
+    Replica,
+    Replicator,
+    client_key,
+    newer,
+)
+
+log = logging.getLogger(__name__)
+
+FLUSH_RECORDS = 512  # records per write-behind script call
+
+
+class PairView(Protocol):
+    """What the store needs to know of its node's pair state."""
+
+    def pair_state(self) -> tuple[bool, int]:
+        """(passive now, the highest epoch known)."""
+        ...
+
+    def peer_ready(self) -> bool:
+        """Whether the peer is alive and passive (it can hold a batch)."""
+        ...
+
+
+@dataclass(slots=True)
+class PairStoreStats:
+    replicated: int = 0  # batches acknowledged on the passive node's confirmation
+    written_through: int = 0  # batches acknowledged once in Redis (no passive node to hold them)
+    resets: int = 0  # reset batches sent (the passive node re-synced)
+    unconfirmed: int = 0  # batches the passive node did not confirm in time
+    refused: int = 0  # batches it refused
+    flushes: int = 0  # write-behind script calls
+    flush_errors: int = 0
+    held: int = 0  # (passive) batches taken
+    refusals: int = 0  # (passive) batches refused
+    store_checks: int = 0  # client order ids looked up in Redis (the index did not cover them)
+    index_loads: int = 0
+    reconciled: int = 0  # records written at takeover: newer in memory than in Redis
+    reused: int = 0  # write-behind found a client order id naming an older order (past window)
+
+
+class PairStore:
+    """An order store acknowledged by the pair, with Redis written behind."""
+
+    def __init__(self, backing: RedisOrderStore, ctx: zmq.asyncio.Context, node: PairView, *,
+                 bind: str, peer: str, ack_timeout_s: float, window_s: float = WINDOW_S,
+                 max_backlog: int = MAX_BACKLOG,
+                 on_fenced: Callable[[int], Awaitable[None]] | None = None) -> None:
+        self.backing = backing
+        self.node = node
+        self.ack_timeout_s = ack_timeout_s
+        self.max_backlog = max_backlog
+        self.on_fenced = on_fenced
+        self.index = ClientIndex(window_s)
+        # The passive's bound leaves the active room for the records of reports applied while its
+        # own backlog is full (only new orders are refused then).
+        self.replica = Replica(2 * max_backlog)
+        self.replicator: Replicator | None = None  # while active
+        self.stats = PairStoreStats()
+        self.server = open_socket(ctx, REPLICA_SERVER, bind=bind)
+        self.client = open_socket(ctx, REPLICA_CLIENT, connect=(peer,))
+        self._acks: dict[int, asyncio.Future[bool]] = {}
+        self._flush_wanted = asyncio.Event()
+        self._progress = asyncio.Event()  # replaced after every write-behind attempt
+        self._flush_error: StoreError | None = None
+        self._catch_up = asyncio.Event()  # the index lacks part of the window: load it
+        self._catch_up.set()
+        self._bad = RateLimitedLog(log, "pair store: malformed message")
+        self._flush_log = RateLimitedLog(log, "pair store: write-behind failed")
+
+    # -- the OrderStore seam ---------------------------------------------------------------
+
+    async def current_epoch(self) -> int:
+        return await self.backing.current_epoch()
+
+    async def acquire_epoch(self, expected: int) -> tuple[bool, int]:
+        return await self.backing.acquire_epoch(expected)
+
+    async def write(self, order: Order, epoch: int) -> None:
+        [outcome] = await self.write_batch([order], epoch)
+        if outcome is WriteOutcome.CLIENT_ID_TAKEN:
+            o = order.order
+            owner = self.index.get(client_key(order), time.time())
+            raise InvalidOrder("client_order_id", f"{o.client_order_id!r} of account "
+                               f"{o.account!r} already names order {owner}")
+
+    async def write_batch(self, orders: Sequence[Order], epoch: int) -> list[WriteOutcome]:
+        rep = self.replicator
+        if rep is None or rep.epoch != epoch:
+            # Not this node's term: Redis decides (fenced), as a node stepped down expects.
+            return await self.backing.write_batch(orders, epoch)
+        outcomes = await self._claim(orders)
+        written = [o for o, out in zip(orders, outcomes, strict=True)
+                   if out is WriteOutcome.WRITTEN]
+        if written:
+            await self._durable(rep, rep.append(written))
+        return outcomes
+
+    async def get(self, order_id: str) -> Order | None:
+        rep = self.replicator
+        if rep is not None:
+            held = rep.backlog.get(order_id)
+            if held is not None:
+                await self._durable_record(rep, order_id)
+                return rep.backlog.get(order_id) or held
+        return await self.backing.get(order_id)
+
+    async def by_client_id(self, account: str, client_order_id: str) -> Order | None:
+        order_id = self.index.get((account, client_order_id), time.time())
+        if order_id is not None:
+            found = await self.get(order_id)
+            if found is not None:
+                return found
+        return await self.backing.by_client_id(account, client_order_id)
+
+    async def open_orders(self) -> list[Order]:
+        stored = {o.order_id: o for o in await self.backing.open_orders()}
+        rep = self.replicator
+        if rep is not None:  # newer records of this term the store may lack
+            for record in rep.backlog.newest():
+                if record.terminal:
+                    stored.pop(record.order_id, None)
+                else:
+                    stored[record.order_id] = record
+        return list(stored.values())
+
+    async def append_execution(self, entry: ExecutionReport) -> list[ExecutionReport]:
+        return await self.backing.append_execution(entry)
+
+    async def append_executions(self, entries: Sequence[ExecutionReport]
+                                ) -> list[list[ExecutionReport]]:
+        return await self.backing.append_executions(entries)
+
+    async def executions(self, order_id: str, after: int = 0) -> list[ExecutionReport]:
+        return await self.backing.executions(order_id, after)
+
+    async def close(self) -> None:
+        self._fail_acks(False)
+        self.server.close(linger=0)
+        self.client.close(linger=0)
+        await self.backing.close()
+
+    # -- the active side -------------------------------------------------------------------
+
+    def backlog(self) -> int:
+        """Records this node holds that Redis may lack (active: its own; passive: the peer's)."""
+        rep = self.replicator
+        return rep.backlog.records if rep is not None else self.replica.backlog.records
+
+    def full(self) -> bool:
+        """Whether the write-behind backlog is at its bound (new orders wait: BUSY)."""
+        return self.backlog() >= self.max_backlog
+
+    async def _claim(self, orders: Sequence[Order]) -> list[WriteOutcome]:
+        """The idempotency check of a batch, in turn, against the client index (and Redis for
+        what the index cannot answer); a written order's client order id names it from now."""
+        now = time.time()
+        unknown = [client_key(o) for o in orders if self.index.get(client_key(o), now) is None]
+        owners: dict[tuple[str, str], str] = {}
+        if unknown and not self.index.complete(now):
+            self.stats.store_checks += len(unknown)
+            owners = await self.backing.client_owners(unknown)
+        outcomes: list[WriteOutcome] = []
+        for order in orders:
+            key = client_key(order)
+            owner = self.index.get(key, now) or owners.get(key)
+            if owner is not None and owner != order.order_id:
+                outcomes.append(WriteOutcome.CLIENT_ID_TAKEN)
+                if self.index.get(key, now) is None:
+                    self.index.add(key, owner, now)
+                continue
+            self.index.add(key, order.order_id, now)
+            outcomes.append(WriteOutcome.WRITTEN)
+        return outcomes
+
+    async def _durable(self, rep: Replicator, seq: int) -> None:
+        """Return once batch ``seq`` survives the loss of either node: confirmed by the passive
+        node, else in Redis. ``Fenced`` if the passive node knows a newer epoch or Redis
+        does; ``StoreError`` if Redis is away and no passive node holds it."""
+        self._flush_wanted.set()
+        batch = rep.batch(seq, peer_ready=self.node.peer_ready())
+        if batch is not None and await self._replicate(rep, batch):
+            self.stats.replicated += 1
+            return
+        self.stats.written_through += 1
+        await self._wait_durable(rep, seq)
+
+    async def _replicate(self, rep: Replicator, batch: ReplicaBatch) -> bool:
+        """Send ``batch`` and wait for the passive node's confirmation (False: none came)."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._acks[batch.seq] = done
+        if batch.reset:
+            self.stats.resets += 1
+        try:
+            await self.client.send_multipart(encode_pair(batch), flags=zmq.NOBLOCK)
+        except zmq.Again:  # not connected (IMMEDIATE): nobody to hold it
+            self._lost(rep)
+        try:
+            return await asyncio.wait_for(asyncio.shield(done), self.ack_timeout_s)
+        except TimeoutError:
+            self.stats.unconfirmed += 1
+            log.warning("pair store: batch %d not confirmed within %g ms; Redis decides",
+                        batch.seq, self.ack_timeout_s * 1000)
+            self._lost(rep)
+            return False
+        finally:
+            self._acks.pop(batch.seq, None)
+
+    def _lost(self, rep: Replicator) -> None:
+        """The passive node holds nothing to count on: every batch waiting for it waits for
+        Redis instead; the next batch is a reset."""
+        rep.lost()
+        self._fail_acks(False)
+
+    def _fail_acks(self, value: bool | BaseException) -> None:
+        for seq, done in list(self._acks.items()):
+            if not done.done():
+                if isinstance(value, BaseException):
+                    done.set_exception(value)
+                else:
+                    done.set_result(value)
+            self._acks.pop(seq, None)
+
+    async def _wait_durable(self, rep: Replicator, seq: int) -> None:
+        while not rep.durable(seq):
+            if self.replicator is not rep:
+                raise Fenced(rep.epoch, self.node.pair_state()[1])
+            progress = self._progress
+            self._flush_wanted.set()
+            await progress.wait()
+            error = self._flush_error
+            if error is not None and not rep.durable(seq):
+                raise error
+
+    async def _durable_record(self, rep: Replicator, order_id: str) -> None:
+        """Wait until the batch holding ``order_id``'s newest record is durable."""
+        for seq, records in reversed(rep.backlog.batches()):
+            if any(r.order_id == order_id for r in records):
+                await self._wait_durable(rep, seq)
+                return
+
+    async def acks(self) -> None:
+        """Task: read the passive node's confirmations and refusals."""
+        while True:
+            frames = await self.client.recv_multipart()
+            try:
+                msg = decode_pair(frames)
+            except RemoteProtocolError as exc:
+                self._bad.warning("from the passive node: %s", exc.reason)
+                continue
+            rep = self.replicator
+            if rep is None or not isinstance(msg, (ReplicaAck, ReplicaRefused)):
+                continue
+            if isinstance(msg, ReplicaAck):
+                if rep.on_ack(msg):
+                    for seq, done in list(self._acks.items()):
+                        if seq <= rep.acked and not done.done():
+                            done.set_result(True)
+            elif msg.term == rep.term:
+                await self._refused(rep, msg)
+
+    async def _refused(self, rep: Replicator, refusal: ReplicaRefused) -> None:
+        self.stats.refused += 1
+        log.warning("pair store: the passive node refused batch %d (%s, its epoch %d)",
+                    refusal.seq, refusal.reason.name, refusal.epoch)
+        if refusal.reason is RefuseReason.STALE_EPOCH or refusal.epoch > rep.epoch:
+            fenced = Fenced(rep.epoch, refusal.epoch)
+            self._fail_acks(fenced)
+            if self.on_fenced is not None:
+                await self.on_fenced(refusal.epoch)
+            return
+        self._lost(rep)
+
+    async def flusher(self) -> None:
+        """Task: write every batch of the term to Redis, in order, behind the acknowledgement."""
+        backoff, failures = Backoff(base_s=0.01, cap_s=0.5), 0
+        while True:
+            rep = self.replicator
+            if rep is None or rep.flushed >= rep.seq:
+                self._flush_wanted.clear()
+                await self._flush_wanted.wait()
+                continue
+            seq, records = rep.to_flush(FLUSH_RECORDS)
+            try:
+                await self._flush(rep, seq, records)
+                self._flush_error = None
+                failures = 0
+            except Fenced as exc:
+                self._flush_error = exc
+                self._signal()
+                if self.on_fenced is not None:
+                    await self.on_fenced(exc.current)
+                continue
+            except StoreError as exc:
+                self.stats.flush_errors += 1
+                self._flush_error = exc
+                self._flush_log.warning("%d records not yet in Redis: %s", rep.backlog.records,
+                                        exc)
+                self._signal()
+                failures += 1
+                await asyncio.sleep(backoff.compute(failures, random.random()))
+                continue
+            self._signal()
+
+    async def _flush(self, rep: Replicator, seq: int, records: list[Order]) -> None:
+        self.stats.flushes += 1
+        outcomes = await self.backing.write_behind(records, rep.epoch)
+        for record, outcome in zip(records, outcomes, strict=True):
+            if outcome is not WriteOutcome.WRITTEN:  # pragma: no cover - ids are unique
+                log.error("pair store: Redis refused %s in the write-behind (%s)",
+                          record.order_id, outcome.name)
+        rep.flushed_to(seq)
+
+    def _signal(self) -> None:
+        progress, self._progress = self._progress, asyncio.Event()
+        progress.set()
+
+    # -- roles -----------------------------------------------------------------------------
+
+    async def activate(self, epoch: int) -> None:
+        """This node won ``epoch``: write what it holds of the old active that Redis lacks
+        (fenced under ``epoch``), bring the client index up to date, start a term. Raises
+        ``Fenced``/``StoreError`` (the node then does not serve yet)."""
+        held, last_batch = self.replica.backlog.newest(), self.replica.last_batch
+        now = time.time()
+        if held:
+            stored = await self.backing.get_many([r.order_id for r in held])
+            newest = [r for r in held if newer(r, stored.get(r.order_id))]
+            if newest:
+                # Under the new epoch: the Lua fence checks the writer's, not the record's.
+                await self.backing.write_behind(newest, epoch)
+                self.stats.reconciled += len(newest)
+                log.info("backend store: %d records of the old active written to Redis "
+                         "(%d held, the rest Redis had)", len(newest), len(held))
+        # What the old active wrote to Redis alone after the last batch this node saw.
+        since = (last_batch if last_batch is not None else now - self.index.window_s)
+        await self._load_index(since - CLOCK_MARGIN_S)
+        self.replica.release()  # only now: until Redis has them, a retry starts over from them
+        self.replicator = Replicator(secrets.token_hex(8), epoch)
+
+    def deactivate(self) -> None:
+        """Stepped down: this term's batches are the new active's business now (it holds
+        every confirmed one; the others were never acknowledged)."""
+        rep, self.replicator = self.replicator, None
+        if rep is not None:
+            self._fail_acks(False)
+            self._signal()
+
+    async def _load_index(self, since: float) -> None:
+        now = time.time()
+        since = max(since, now - self.index.window_s)
+        self.index.load(await self.backing.recent_clients(since), since)
+        self.stats.index_loads += 1
+
+    async def catch_up(self) -> None:
+        """Task: whenever the client index lacks part of the window (at start, after a gap
+        in the replication), load the window from Redis's recent set."""
+        backoff, failures = Backoff(base_s=0.1, cap_s=2.0), 0
+        while True:
+            await self._catch_up.wait()
+            if self.index.complete(time.time()):
+                self._catch_up.clear()
+                continue
+            try:
+                await self._load_index(time.time() - self.index.window_s)
+                failures = 0
+            except StoreError as exc:
+                log.warning("pair store: client index not loaded yet: %s", exc)
+                failures += 1
+                await asyncio.sleep(backoff.compute(failures, random.random()))
+
+    # -- the passive side ------------------------------------------------------------------
+
+    async def serve_replica(self) -> None:
+        """Task: take the active node's batches (while passive) and answer each."""
+        while True:
+            identity, *frames = await self.server.recv_multipart()
+            try:
+                msg = decode_pair(frames)
+                if not isinstance(msg, ReplicaBatch):
+                    raise RemoteProtocolError(f"a {type(msg).__name__} on the replica socket")
+            except RemoteProtocolError as exc:
+                self._bad.warning("from the active node: %s", exc.reason)
+                continue
+            passive, epoch = self.node.pair_state()
+            known = self.index.known_from
+            reply = self.replica.on_batch(msg, passive=passive, epoch=epoch, now=time.time(),
+                                          index=self.index)
+            if isinstance(reply, ReplicaAck):
+                self.stats.held += 1
+                if self.index.known_from != known:
+                    self._catch_up.set()
+            else:
+                self.stats.refusals += 1
+            await self.server.send_multipart([identity, *encode_pair(reply)])
+
+
+__all__ = ["PairStore", "PairStoreStats", "PairView"]
