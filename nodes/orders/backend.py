@@ -171,7 +171,8 @@ class BackendNode:
         # that died before replicating it: a per-process tag keeps two holders of one epoch
         # number apart.
         self.service = OrderService(limits, tag=secrets.token_hex(2), redrive_s=redrive_s,
-                                    max_in_service=cfg.orders.max_in_service)
+                                    max_in_service=cfg.orders.max_in_service,
+                                    max_queue_ms=cfg.orders.max_queue_ms)
         self._bad = RateLimitedLog(log, f"backend {role.value}: malformed frame")
         # New orders go to one placer that stores them in batches (:meth:`_placer`), even
         # for one account: the store's write is the idempotency check, and exposure is
