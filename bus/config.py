@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from protocols.errors import ConfigError
-from protocols.orders.service import MAX_IN_SERVICE
+from protocols.orders.service import MAX_IN_SERVICE, MAX_QUEUE_MS
 from protocols.ticks.messages import check_stream
 
 SourceKind = Literal["simulator", "replay", "ea"]
@@ -265,6 +265,11 @@ class OrdersSection:
     # Requests the active backend has in service at once (new orders waiting for the store
     # included); one more is answered BUSY at once, with a retry-after hint, never queued.
     max_in_service: int = MAX_IN_SERVICE
+    # The longest wait a request may face to be admitted: past it (the oldest new order in
+    # service has waited longer, or the backlog takes longer at the measured service time)
+    # a request is answered BUSY at once. 10 ms: half the 20 ms round trip allowed under
+    # overload (protocols.orders.service.MAX_QUEUE_MS: why).
+    max_queue_ms: float = MAX_QUEUE_MS
 
     def validate(self, key: str) -> None:
         for name in ("clients", "peers", "updates", "executor", "replicas"):
@@ -290,6 +295,7 @@ class OrdersSection:
         _positive(f"{key}.max_in_service", self.max_in_service, "e.g. max_in_service = 2000")
         _positive(f"{key}.idempotency_window_s", self.idempotency_window_s, "e.g. 120")
         _positive(f"{key}.max_write_behind", self.max_write_behind, "e.g. 20000")
+        _positive(f"{key}.max_queue_ms", self.max_queue_ms, "e.g. max_queue_ms = 10")
 
 
 NodeKind = Literal["feed", "recovery", "subscriber", "monitor", "backend", "executor", "trader"]

@@ -185,7 +185,8 @@ class BackendNode:
         # that died before replicating it: a per-process tag keeps two holders of one epoch
         # number apart.
         self.service = OrderService(limits, tag=secrets.token_hex(2), redrive_s=redrive_s,
-                                    max_in_service=cfg.orders.max_in_service)
+                                    max_in_service=cfg.orders.max_in_service,
+                                    max_queue_ms=cfg.orders.max_queue_ms)
         self._bad = RateLimitedLog(log, f"backend {role.value}: malformed frame")
         # New orders go to one placer that stores them in batches (:meth:`_placer`), even
         # for one account: the store's write is the idempotency check, and exposure is
@@ -355,7 +356,10 @@ class BackendNode:
         # A heartbeat already waiting to be read means the peer is alive and we are late.
         pending = not self.star.serving and self._peer_waiting()
         _serving, effects = self.star.on_request(now, peer_pending=pending)
-        await self._effects(effects)
+        if effects:
+            await self._effects(effects)
+            # A takeover took a while: the request is not as old as that (admission's age).
+            now = time.monotonic()
         if not self.star.serving:  # a passive node never says BUSY
             self.stats.not_active += 1
             await self._reply(identity, OrderReject(

@@ -18,11 +18,16 @@ Rules:
   executor's replace entry is applied, the executor refuses it, it times out or the node steps
   down. Decided outcomes are kept for the last :data:`RECENT_REPLACES` replaces, so a client's
   retry gets the same answer, not a second decision.
-* Admission: at most ``max_in_service`` requests are in service (new orders waiting for the
-  store included); one more is refused at once, ``BUSY`` with a retry-after hint: the time the
-  backlog takes at the recent service rate (:func:`retry_after_ms`), 1..1,000 ms. Cancels have
-  a reserve above the bound (:data:`CANCEL_RESERVE`): under overload a client can still take
-  risk off. A retry of a request in service joins it (checked first), never refused.
+* Admission: two bounds, each refusing a request at once with ``BUSY`` and a retry-after
+  hint, 1..1,000 ms. *Count*: at most ``max_in_service`` requests are in service (new orders
+  waiting for the store included; the memory bound); the hint is the time the backlog takes at
+  the recent service rate (:func:`retry_after_ms`). *Time*: no request is admitted while the
+  wait it would see is over ``max_queue_ms``, estimated from the age of the oldest new order
+  in service and the backlog at the measured service time (:meth:`OrderService.waited`: why
+  that estimate); the hint is that wait, or longer while many refused clients wait to resend
+  (:func:`retry_after_wait_ms`). Cancels have a reserve above both (:data:`CANCEL_RESERVE`,
+  :data:`CANCEL_WAIT_RESERVE`): under overload a client can still take risk off. A retry of
+  a request in service joins it (checked first), never refused.
 * Re-drives: open orders at the executor that made no progress for ``redrive_s`` (oldest
   first, at most :data:`REDRIVE_BATCH` a round) and cancels unanswered as long; an order whose
   executor log arrives with a gap is re-sent at most every :data:`GAP_RETRY_S`.
@@ -35,7 +40,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -63,7 +68,18 @@ REDRIVE_BATCH = 500  # unconfirmed orders re-sent per re-drive round
 GAP_RETRY_S = 0.05  # an order whose log entries arrive with a gap is re-driven at most this often
 RECENT_REPLACES = 1_000  # replace outcomes kept to answer a client's retry the same way
 MAX_IN_SERVICE = 2_000  # requests in service at once by default ([orders] max_in_service)
-CANCEL_RESERVE = 0.1  # cancels are refused only past the bound plus this fraction of it
+# The longest wait (OrderService.waited) at which a request is still admitted, by default
+# ([orders] max_queue_ms). Half the 20 ms round trip the design allows an order under
+# overload: the wait runs from arrival to the store's answer, it overshoots the budget by
+# about a tenth at the 99th percentile (test_overload_model), and the executor leg and the
+# reports take the rest (round trip p99 - ack p99 at 1,000/s: about 4 ms, docs/BENCHMARKS.md).
+MAX_QUEUE_MS = 10.0
+CANCEL_RESERVE = 0.1  # cancels are refused only past the count bound plus this fraction of it
+# ... and only past the wait budget plus this fraction of it. A whole budget more: under
+# overload the time bound holds the wait *at* the budget, so the estimate hovers around it (a
+# slow batch, a burst) and a cancel must not be refused for that; only when the backend itself
+# is held up (the store away, a stall), which shows as a wait well over the budget.
+CANCEL_WAIT_RESERVE = 1.0
 RETRY_AFTER_MIN_MS = 1
 RETRY_AFTER_MAX_MS = 1_000
 RATE_WINDOW_S = 1.0  # the service rate is measured over about this long
@@ -141,26 +157,47 @@ def retry_after_ms(backlog: int, rate_per_s: float) -> int:
     return max(RETRY_AFTER_MIN_MS, min(RETRY_AFTER_MAX_MS, wait_ms))
 
 
+def retry_after_wait_ms(wait_s: float, resending: float, rate_per_s: float) -> int:
+    """The back-off hint of a BUSY for time in queue: the longer of the wait a request
+    admitted now would see (``wait_s``) and the time the clients refused lately and waiting to
+    resend (``resending`` of them) take to be admitted at ``rate_per_s`` (the recent service
+    rate; 0: that term is left out), within RETRY_AFTER_MIN_MS..RETRY_AFTER_MAX_MS.
+
+    The wait alone is about the budget under overload, and every client refused comes back
+    that soon: in a model of the backend past its capacity (test_overload_model), clients
+    resending every 10-15 ms spent the backend's CPU on BUSY replies until it served almost
+    nothing else. The second term is Little's law: clients waiting
+    out a BUSY number the refusals per second times their hint, and room opens at the service
+    rate; so resends settle at about one per admitted request, whatever the overload. No
+    rate at all (a cold start, the store held) leaves the wait, which grows with a hold:
+    clients back off by about doubling."""
+    wait_ms = wait_s * 1000
+    if rate_per_s > 0:
+        wait_ms = max(wait_ms, resending * 1000 / rate_per_s)
+    return max(RETRY_AFTER_MIN_MS, min(RETRY_AFTER_MAX_MS, math.ceil(wait_ms)))
+
+
 class ServiceRate:
     """Requests answered per second lately: counts in two windows of ``window_s`` (the
     current one and the one before it, weighted by how much of it is still inside the last
-    ``window_s``), so the rate follows a change within a window in O(1) memory."""
+    ``window_s``), so the rate follows a change within a window in O(1) memory. The count may
+    be any amount (:class:`ServiceTime` sums seconds with it)."""
 
     def __init__(self, window_s: float = RATE_WINDOW_S) -> None:
         self.window_s = window_s
         self._start = 0.0  # when the current window began
-        self._current = 0
-        self._previous = 0
+        self._current = 0.0
+        self._previous = 0.0
 
     def _advance(self, now: float) -> None:
         elapsed = now - self._start
         if elapsed >= 2 * self.window_s:
-            self._start, self._current, self._previous = now, 0, 0
+            self._start, self._current, self._previous = now, 0.0, 0.0
         elif elapsed >= self.window_s:
             self._start += self.window_s
-            self._current, self._previous = 0, self._current
+            self._current, self._previous = 0.0, self._current
 
-    def served(self, now: float, count: int = 1) -> None:
+    def served(self, now: float, count: float = 1) -> None:
         self._advance(now)
         self._current += count
 
@@ -168,6 +205,39 @@ class ServiceRate:
         self._advance(now)
         inside = 1.0 - (now - self._start) / self.window_s  # of the previous window
         return (self._current + self._previous * inside) / self.window_s
+
+
+class ServiceTime:
+    """Seconds of service per new order lately, measured only while the service is saturated:
+    each answer counts the time since the answer before it *when new orders waited all along
+    in between* (an idle gap is no service time), over the same windows as
+    :class:`ServiceRate`; 0.0 when there was no such answer lately (unknown).
+
+    Why not the :class:`ServiceRate`: answers per second are the demand, not the capacity,
+    whenever the backend is not saturated; the gaps between back-to-back answers are the
+    capacity. A batch answered at once counts its whole time once, at its first
+    answer, so the mean is the batch's time over its orders. One gap counts at most
+    ``cap_s``: a batch held far longer (the store away) says nothing about the cost of an
+    order, and left whole it would make every order look that slow until the windows pass,
+    throttling admission after the store is back (the age of the oldest order covers a hold).
+    """
+
+    def __init__(self, cap_s: float, window_s: float = RATE_WINDOW_S) -> None:
+        self.cap_s = cap_s
+        self._seconds = ServiceRate(window_s)
+        self._answers = ServiceRate(window_s)
+        self._last: float | None = None  # the last answer, while new orders still waited
+
+    def answered(self, now: float, still_waiting: bool) -> None:
+        """A new order was answered at ``now``; ``still_waiting``: others still wait."""
+        if self._last is not None:
+            self._seconds.served(now, min(now - self._last, self.cap_s))
+            self._answers.served(now)
+        self._last = now if still_waiting else None
+
+    def per_order(self, now: float) -> float:
+        answers = self._answers.per_second(now)
+        return self._seconds.per_second(now) / answers if answers > 0 else 0.0
 
 
 def route_accepted(order: Order, *, epoch: int, now_ns: int) -> Order:
@@ -184,17 +254,27 @@ class OrderService:
     """The active backend's order state and decisions (sans-I/O)."""
 
     def __init__(self, limits: Limits, *, tag: str, redrive_s: float = 1.0,
-                 max_in_service: int = MAX_IN_SERVICE) -> None:
+                 max_in_service: int = MAX_IN_SERVICE,
+                 max_queue_ms: float = MAX_QUEUE_MS) -> None:
         self.limits = limits
         self.redrive_s = redrive_s
         self.max_in_service = max_in_service
+        self.max_queue_s = max_queue_ms / 1000
         self.rate = ServiceRate()
+        self.service_time = ServiceTime(cap_s=self.max_queue_s)
+        # The retry-after seconds handed out per second by the time bound: how many refused
+        # clients are waiting to resend (Little's law; retry_after_wait_ms).
+        self._resending = ServiceRate()
         self.open = OpenOrders()
         self._tag = tag
         self._ids = itertools.count(1)
         self._records: dict[str, OrderRecord] = {}
         self._reserved = OpenOrders()  # new orders being stored, by their order id
         self._in_service: dict[Key, InService] = {}
+        # The new orders among them in arrival order (the placer's FIFO), answered ones
+        # dropped from the head: the head is the oldest still waiting (:meth:`waited`).
+        self._arrivals: deque[InService] = deque()
+        self._new_in_service = 0
         self._replaced: OrderedDict[Key, Reply] = OrderedDict()
 
     # -- records ---------------------------------------------------------------------------
@@ -249,8 +329,13 @@ class OrderService:
 
     def begin(self, req: OrderRequest, identity: bytes, now: float) -> None:
         """``req`` from ``identity`` is in service from ``now``."""
-        self._in_service.setdefault((req.account, req.client_order_id),
-                                    InService(req, {identity}, now))
+        key = (req.account, req.client_order_id)
+        if key in self._in_service:  # a conflicting request: served (and refused) on its own
+            return
+        held = self._in_service[key] = InService(req, {identity}, now)
+        if isinstance(req, NewOrder):
+            self._arrivals.append(held)
+            self._new_in_service += 1
 
     def finish(self, req: OrderRequest, identity: bytes, now: float) -> set[bytes]:
         """``req`` is answered at ``now`` (it counts in the service rate): who to send the
@@ -261,23 +346,79 @@ class OrderService:
         if joined is None or joined.request is not req:
             return {identity}
         del self._in_service[key]
+        if isinstance(req, NewOrder):
+            self._new_in_service -= 1
+            self.service_time.answered(now, still_waiting=self._new_in_service > 0)
+            self._oldest()
         return joined.identities
 
     def in_service(self) -> int:
         return len(self._in_service)
 
+    def _waiting(self, held: InService) -> bool:
+        request = held.request
+        return self._in_service.get((request.account, request.client_order_id)) is held
+
+    def _oldest(self) -> InService | None:
+        """The oldest new order in service (None: none); answered ones leave the head of
+        ``_arrivals`` here, and the rest once they are more than half of it (orders answered
+        out of arrival order), so it stays within twice what is in service."""
+        arrivals = self._arrivals
+        while arrivals and not self._waiting(arrivals[0]):
+            arrivals.popleft()
+        if len(arrivals) > 2 * len(self._in_service):
+            arrivals = self._arrivals = deque(h for h in arrivals if self._waiting(h))
+        return arrivals[0] if arrivals else None
+
+    def waited(self, now: float) -> float:
+        """The wait a request admitted at ``now`` would see (0.0: nothing waits): the longer
+        of how long the oldest new order in service has waited, and the new orders in service
+        times the recent :class:`ServiceTime` per order (when one is known).
+
+        Why these two. The age of the oldest is the wait itself, measured (CoDel's time in
+        queue), with no model and no rate: new orders wait in one FIFO, the placer's queue
+        and then the store, so the oldest is the head of the queue a newcomer joins. At a
+        cold start or right after a takeover an empty queue has waited 0 and nothing is
+        refused; while the store is held nothing is answered, the age grows and the bound
+        refuses. But the age lags: it says nothing of what was admitted behind the head, and
+        a flood admitted while the head was young (clients refused a moment ago all coming
+        back at once) made the next batch take many times the budget in a model of the
+        backend (test_overload_model). The backlog at the measured service time sees that
+        flood as it is admitted. It is not backlog / :class:`ServiceRate`: answers per
+        second are the demand at light load, so a burst after a quiet second (50 orders after
+        20/s) would read as 2.5 s of wait; and with nothing answered lately (cold start,
+        store held) there is no rate at all. Without a service time yet, the age and the
+        count bound decide alone. Only new orders count: a replace's time in service includes
+        the executor's decision (up to the amend timeout), a cancel's the account's lock;
+        that is no queue."""
+        oldest = self._oldest()
+        if oldest is None:
+            return 0.0
+        backlog_s = self._new_in_service * self.service_time.per_order(now)
+        return max(now - oldest.since, backlog_s)
+
     def busy(self, req: OrderRequest, now: float) -> OrderReject | None:
         """BUSY if ``req`` (not a retry that joins one in service: ask :meth:`join` first)
-        finds the service full, else None (admitted: :meth:`begin` it)."""
+        finds the service full (the count bound) or its queue too slow (the time bound:
+        :meth:`waited` over ``max_queue_ms``), else None (admitted: :meth:`begin` it).
+        Cancels are refused only past both bounds plus their reserves."""
         load = len(self._in_service)
-        bound = self.max_in_service
+        bound, budget = self.max_in_service, self.max_queue_s
         if isinstance(req, CancelOrder):
             bound += math.ceil(bound * CANCEL_RESERVE)
-        if load < bound:
-            return None
-        hint = retry_after_ms(load, self.rate.per_second(now))
-        return OrderReject(req.client_order_id, RejectReason.BUSY,
-                           f"{load} requests in service, retry in {hint} ms",
+            budget *= 1 + CANCEL_WAIT_RESERVE
+        if load >= bound:
+            hint = retry_after_ms(load, self.rate.per_second(now))
+            why = f"{load} requests in service"
+        else:
+            waited = self.waited(now)
+            if waited <= budget:
+                return None
+            hint = retry_after_wait_ms(waited, self._resending.per_second(now),
+                                       self.rate.per_second(now))
+            self._resending.served(now, hint / 1000)
+            why = f"new orders waiting {waited * 1000:.1f} ms"
+        return OrderReject(req.client_order_id, RejectReason.BUSY, f"{why}, retry in {hint} ms",
                            retry_after_ms=hint)
 
     def pending_notices(self, now: float, after_s: float) -> dict[bytes, int]:
@@ -503,8 +644,10 @@ class OrderService:
 
 __all__ = [
     "CANCEL_RESERVE",
+    "CANCEL_WAIT_RESERVE",
     "GAP_RETRY_S",
     "MAX_IN_SERVICE",
+    "MAX_QUEUE_MS",
     "RECENT_REPLACES",
     "REDRIVE_BATCH",
     "RETRY_AFTER_MAX_MS",
@@ -517,6 +660,8 @@ __all__ = [
     "SendCancel",
     "SendReplace",
     "ServiceRate",
+    "ServiceTime",
     "retry_after_ms",
+    "retry_after_wait_ms",
     "route_accepted",
 ]

@@ -5,6 +5,7 @@ reading files, and the ``check-config`` command.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import tomllib
@@ -17,6 +18,7 @@ import bus.config
 from bus.config import (
     FeedSection,
     MeshConfig,
+    OrdersSection,
     RecoverySection,
     default_config,
     load_config,
@@ -24,6 +26,7 @@ from bus.config import (
     parse_hostport,
 )
 from protocols.errors import ConfigError
+from protocols.orders.service import MAX_QUEUE_MS
 from tests.support import scaled
 
 REPO = Path(__file__).resolve().parents[2]
@@ -356,12 +359,28 @@ def test_check_config_exits_2_for_a_bad_file(tmp_path: Path) -> None:
     ({"price_band": -0.1}, "orders.price_band", ">= 0"),
     ({"max_exposure": 0}, "orders.max_exposure", "> 0"),
     ({"enable": True}, "orders.enable", "did you mean 'enabled'"),
+    ({"max_queue_ms": 0}, "orders.max_queue_ms", "> 0"),
+    ({"max_queue_ms": -5}, "orders.max_queue_ms", "> 0"),
+    ({"max_queue_ms": math.inf}, "orders.max_queue_ms", "finite"),
+    ({"max_queue_ms": math.nan}, "orders.max_queue_ms", "finite"),
+    ({"max_queue_ms": "10ms"}, "orders.max_queue_ms", "must be a number"),
+    ({"max_queue_ms": True}, "orders.max_queue_ms", "must be a number"),
+    ({"max_queue": 10}, "orders.max_queue", "did you mean 'max_queue_ms'"),
 ], ids=["one-client-endpoint", "bad-peer", "heartbeat-not-below-timeout", "negative-band",
-        "zero-exposure", "typo"])
+        "zero-exposure", "typo", "zero-queue-budget", "negative-queue-budget",
+        "infinite-queue-budget", "nan-queue-budget", "queue-budget-string",
+        "queue-budget-bool", "queue-budget-without-unit"])
 def test_wrong_orders_section(orders: dict[str, Any], key: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({"orders": orders})
     assert info.value.key == key and fragment in str(info.value)
+
+
+def test_the_queue_budget_defaults_to_the_services_and_takes_an_integer() -> None:
+    assert OrdersSection().max_queue_ms == MAX_QUEUE_MS == 10.0
+    cfg = parse_config({"orders": {"max_queue_ms": 5}})
+    assert cfg.orders.max_queue_ms == 5.0 and isinstance(cfg.orders.max_queue_ms, float)
+    assert parse_config({"orders": {"max_queue_ms": 2.5}}).orders.max_queue_ms == 2.5
 
 
 def test_orders_section_round_trips_through_toml() -> None:

@@ -184,20 +184,23 @@ async def pair(redis: RedisProcess, *, roles: tuple[Role, ...] = (Role.PRIMARY, 
                clock: FakeClock | None = None, children: NodeProcesses | None = None,
                child_primary: bool = False, child_executor: bool = False,
                primary_store: OrderStore | None = None, max_in_service: int | None = None,
-               replicate: bool = True) -> AsyncIterator[Pair]:
+               max_queue_ms: float | None = None, replicate: bool = True
+               ) -> AsyncIterator[Pair]:
     """The backend pair (and an executor: a fake one, or the real one with
     ``real_executor``), in this process except the nodes a test kills: with
     ``child_primary`` the primary and with ``child_executor`` the (real) executor run as
     processes of ``children`` (``p.procs["primary"]``, ``p.procs["executor"]``). ``clock``
     ages the in-process backends' quote caches; ``primary_store`` is the in-process
-    primary's order store (a wrapper), ``max_in_service`` its admission bound;
-    ``replicate=False``: acknowledged once in Redis, as without a passive node (the tests that
-    hold Redis's writes to hold the acknowledgement)."""
+    primary's order store (a wrapper), ``max_in_service`` and ``max_queue_ms`` its admission
+    bounds; ``replicate=False``: acknowledged once in Redis, as without a passive node (the
+    tests that hold Redis's writes to hold the acknowledgement)."""
     # A short store deadline: tests of a store outage want the reject, not a 5 s ride.
     cfg = MeshConfig(mesh=MeshSection(key_prefix="bk"),
                      redis=RedisSection(url=redis.url, deadline_ms=deadline_ms))
     if max_in_service is not None:
         cfg = replace(cfg, orders=replace(cfg.orders, max_in_service=max_in_service))
+    if max_queue_ms is not None:
+        cfg = replace(cfg, orders=replace(cfg.orders, max_queue_ms=max_queue_ms))
     cfg = replace(cfg, orders=replace(cfg.orders, replicate=replicate))
     await seed_tick(cfg)
     # In-process nodes bind port 0 and the endpoints are read back (bound_endpoints), except
@@ -454,7 +457,9 @@ def test_a_batch_of_mixed_orders_is_answered_per_order_in_one_store_call(
     stored."""
     async def main() -> None:
         store = HeldStore(redis_server.url, "bk")
-        async with pair(redis_server, primary_store=store, replicate=False) as p:
+        # No time bound: the orders queue behind the held batch however slowly they come.
+        async with pair(redis_server, primary_store=store, max_queue_ms=60_000.0,
+                        replicate=False) as p:
             primary = p.node(Role.PRIMARY)
             await wait_active(primary)
             stored = await p.request(Role.PRIMARY, order("stored"))
@@ -497,34 +502,48 @@ def test_a_batch_of_mixed_orders_is_answered_per_order_in_one_store_call(
     run(main())
 
 
+QUEUE_BUDGET_MS = 50.0  # the time bound's test: long enough to see a request admitted first
+
+
+@pytest.mark.parametrize("bound", ["count", "time"])
 def test_busy_at_the_admission_bound_and_everything_acknowledged_once_after(
-        redis_server: RedisProcess) -> None:
-    """With max_in_service requests held (the store holds their writes), one more new order
-    is refused at once with BUSY and a retry-after hint; a retry of a held one joins it; the
-    passive still says NOT_ACTIVE, and nobody takes over. Once the store lets go, every held
-    order is acknowledged once."""
-    bound = 4
+        redis_server: RedisProcess, bound: str) -> None:
+    """With the store holding the writes, one more new order is refused at once with BUSY and
+    a retry-after hint, by the count bound (max_in_service requests held; the time bound far
+    away) or by the time bound (one order held past max_queue_ms; the count bound far away,
+    and the hint at least that wait); a retry of a held one joins it; the passive still says
+    NOT_ACTIVE, and nobody takes over. Once the store lets go, every held order is
+    acknowledged once, and the refused one is served when it comes back."""
+    held_n, limits = {"count": (4, dict(max_in_service=4, max_queue_ms=60_000.0)),
+                      "time": (1, dict(max_in_service=100, max_queue_ms=QUEUE_BUDGET_MS))}[bound]
 
     async def main() -> None:
         store = HeldStore(redis_server.url, "bk")
-        async with pair(redis_server, primary_store=store, max_in_service=bound,
-                        replicate=False) as p:
+        async with pair(redis_server, primary_store=store, replicate=False, **limits) as p:
             primary, backup = p.node(Role.PRIMARY), p.node(Role.BACKUP)
             await wait_active(primary)
             await wait_until(lambda: backup.star.state is State.PASSIVE, 3, "backup passive")
             store.gate.clear()
             p.on_exit.append(store.gate.set)
             held = [asyncio.create_task(p.request(Role.PRIMARY, order(f"h{i}"), timeout=10))
-                    for i in range(bound)]
-            await wait_until(lambda: primary.service.in_service() == bound, 3, "bound full")
+                    for i in range(held_n)]
+            await wait_until(lambda: primary.service.in_service() == held_n, 3, "all held")
+            if bound == "time":
+                await wait_until(lambda: primary.service.waited(time.monotonic())
+                                 > QUEUE_BUDGET_MS / 1000, 3, "the held order past the budget")
             began = time.monotonic()
             busy = await p.request(Role.PRIMARY, order("one-more"))
             took = time.monotonic() - began
             assert isinstance(busy, OrderReject) and busy.reason is RejectReason.BUSY, busy
             assert busy.retryable and busy.client_order_id == "one-more"
             assert 1 <= busy.retry_after_ms <= 1000
-            assert took < scaled(0.05), took  # at once, not after the held ones
-            assert primary.stats.busy == 1
+            if bound == "time":
+                assert "waiting" in busy.message and busy.retry_after_ms > QUEUE_BUDGET_MS
+            else:
+                assert "requests in service" in busy.message
+            if bound == "count":
+                assert took < scaled(0.05), took  # at once, not after the held ones
+            assert primary.stats.busy == 1 and primary.service.in_service() == held_n
             # A client's retry of a held order (another socket, same request): joined.
             retry = asyncio.create_task(p.request(Role.PRIMARY, order("h0"), timeout=10,
                                                   client="retrier"))
@@ -540,13 +559,15 @@ def test_busy_at_the_admission_bound_and_everything_acknowledged_once_after(
             assert all(isinstance(a, OrderAck) for a in acks), acks
             again = await retry
             assert isinstance(again, OrderAck) and again.order_id == acks[0].order_id
-            assert len({a.order_id for a in acks if isinstance(a, OrderAck)}) == bound
-            await wait_until(lambda: len(p.executed) == bound, 3, "each routed once")
+            assert len({a.order_id for a in acks if isinstance(a, OrderAck)}) == held_n
+            await wait_until(lambda: len(p.executed) == held_n, 3, "each routed once")
             assert sorted(o.order.client_order_id for o in p.executed) == \
-                [f"h{i}" for i in range(bound)]
+                [f"h{i}" for i in range(held_n)]
             assert primary.service.in_service() == 0
-            later = await p.request(Role.PRIMARY, order("later"))  # room again
-            assert isinstance(later, OrderAck)
+            # Room again; the refused order was not stored: coming back, it is served.
+            later = await p.request(Role.PRIMARY, order("one-more"))
+            assert isinstance(later, OrderAck), later
+            assert later.order_id not in {a.order_id for a in acks if isinstance(a, OrderAck)}
     run(main())
 
 
@@ -821,10 +842,11 @@ def test_a_client_waits_out_a_store_outage_without_resending(
 
 def test_retries_of_a_held_order_join_it_and_get_one_answer(
         redis_server: RedisProcess) -> None:
-    """While the store is away an order is held; the client's retries of it (same routing id,
-    same request) join the one in service instead of queueing tasks of their own."""
+    """While the store is away an order is held (acknowledged in Redis: with replication it
+    would not wait); the client's retries of it (same routing id, same request) join the one
+    in service instead of queueing tasks of their own."""
     async def main() -> None:
-        async with pair(redis_server, deadline_ms=10_000) as p:
+        async with pair(redis_server, deadline_ms=10_000, replicate=False) as p:
             primary = p.node(Role.PRIMARY)
             await wait_active(primary)
             sock = p.ctx.socket(zmq.DEALER)
@@ -861,7 +883,8 @@ def test_requests_in_service_when_the_node_steps_down_keep_their_dispatch_epoch(
     decided by the store under the epoch they were taken with, never one the node learnt
     since (that would write past fencing); a request that arrives after is NOT_ACTIVE."""
     async def main() -> None:
-        async with pair(redis_server, deadline_ms=10_000) as p:
+        # No time bound: the second order queues behind the held first however late it comes.
+        async with pair(redis_server, deadline_ms=10_000, max_queue_ms=60_000.0) as p:
             primary = p.node(Role.PRIMARY)
             await wait_active(primary)
             taken_at = primary.star.epoch

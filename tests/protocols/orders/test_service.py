@@ -4,7 +4,11 @@ every record and lock-free map is bounded (records go with their orders)."""
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
+import random
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -28,6 +32,7 @@ from protocols.orders.record import Order
 from protocols.orders.risk import Limits
 from protocols.orders.service import (
     CANCEL_RESERVE,
+    CANCEL_WAIT_RESERVE,
     GAP_RETRY_S,
     RECENT_REPLACES,
     REDRIVE_BATCH,
@@ -39,7 +44,9 @@ from protocols.orders.service import (
     SendCancel,
     SendReplace,
     ServiceRate,
+    ServiceTime,
     retry_after_ms,
+    retry_after_wait_ms,
     route_accepted,
 )
 
@@ -149,51 +156,271 @@ def test_the_service_rate_counts_the_last_window(answers: list[tuple[float, int]
     assert meter.per_second(at) == pytest.approx(rate)
 
 
-def full(bound: int = 4, load: int | None = None, rate: float = 0.0) -> OrderService:
-    """A service of ``bound`` with ``load`` requests in service (default: the bound), having
-    answered ``rate`` a second."""
-    svc = OrderService(LIMITS, tag="t", max_in_service=bound)
+NOW = 10.0
+BUDGET_MS = 10.0  # the services below: max_queue_ms
+
+
+def loaded(bound: int = 4, *, news: int = 0, age_ms: float = 0.0, others: int = 0,
+           per_order_ms: float = 0.0, rate: float = 0.0) -> OrderService:
+    """A service of count bound ``bound`` and time budget BUDGET_MS with, in service at NOW,
+    ``news`` new orders, the oldest of them ``age_ms`` old, and ``others`` replaces held for
+    a second (waiting for the executor); having measured ``per_order_ms`` of service per new
+    order (0: no measure yet) and answered ``rate`` a second."""
+    svc = OrderService(LIMITS, tag="t", max_in_service=bound, max_queue_ms=BUDGET_MS)
     if rate:
-        svc.rate.served(9.5, int(rate))
-    for i in range(bound if load is None else load):
-        svc.begin(new(f"h{i}"), b"a", 9.0)
+        svc.rate.served(NOW - 0.5, int(rate))
+    if per_order_ms:  # two answers back to back, a first batch and then a second one
+        svc.service_time.answered(NOW - 0.2, still_waiting=True)
+        svc.service_time.answered(NOW - 0.2 + per_order_ms / 1000, still_waiting=False)
+    for i in range(others):
+        svc.begin(ReplaceOrder("acc", f"r{i}", "h0", 2.0, 1.1), b"a", NOW - 1.0)
+    for i in range(news):
+        svc.begin(new(f"h{i}"), b"a", NOW - age_ms / 1000 if i == 0 else NOW)
     return svc
 
 
-BUSY_CASES = [
-    # (in service, request, refused)
-    (3, new("n"), False),
-    (4, new("n"), True),
-    (4, ReplaceOrder("acc", "r", "h0", 2.0, 1.1), True),
-    (4, CancelOrder("acc", "x", "h0"), False),  # cancels have a reserve above the bound
-    (4 + math.ceil(4 * CANCEL_RESERVE), CancelOrder("acc", "x", "h0"), True),
+CANCEL = CancelOrder("acc", "x", "h0")
+REPLACE = ReplaceOrder("acc", "r", "h0", 2.0, 1.1)
+CANCEL_COUNT_BOUND = 4 + math.ceil(4 * CANCEL_RESERVE)
+CANCEL_BUDGET_MS = BUDGET_MS * (1 + CANCEL_WAIT_RESERVE)
+
+ADMISSION_CASES = [
+    # (what is in service, request, refused by: None (admitted), "count" or "time")
+    (dict(), new("n"), None),  # a cold start: nothing in service, no rate, no service time
+    (dict(news=3, age_ms=5.0), new("n"), None),  # under both bounds
+    (dict(news=3, age_ms=5.0), REPLACE, None),
+    (dict(news=3, age_ms=5.0), CANCEL, None),
+    # the count bound (the memory bound)
+    (dict(news=4), new("n"), "count"),
+    (dict(news=4), REPLACE, "count"),
+    (dict(news=2, others=2), new("n"), "count"),  # every request in service counts
+    (dict(news=4), CANCEL, None),  # cancels have a reserve above the bound
+    (dict(news=CANCEL_COUNT_BOUND, bound=4), CANCEL, "count"),
+    # the time bound, from the age of the oldest new order
+    (dict(news=1, age_ms=BUDGET_MS), new("n"), None),  # at the budget: still admitted
+    (dict(news=1, age_ms=BUDGET_MS + 1), new("n"), "time"),
+    (dict(news=1, age_ms=BUDGET_MS + 1), REPLACE, "time"),
+    (dict(news=1, age_ms=BUDGET_MS + 1), CANCEL, None),  # the cancel's reserve
+    (dict(news=1, age_ms=CANCEL_BUDGET_MS), CANCEL, None),
+    (dict(news=1, age_ms=CANCEL_BUDGET_MS + 1), CANCEL, "time"),
+    (dict(news=1, age_ms=60_000.0), new("n"), "time"),  # the store held: the age decides
+    # the time bound, from the backlog at the measured service time
+    (dict(news=3, per_order_ms=3.0), new("n"), None),  # 9 ms
+    (dict(news=3, per_order_ms=4.0), new("n"), "time"),  # 12 ms, though none waited yet
+    (dict(news=3, per_order_ms=4.0), CANCEL, None),
+    (dict(news=3, per_order_ms=7.0), CANCEL, "time"),  # 21 ms
+    # no service time, no rate (a cold start, a takeover): the count bound and the age alone,
+    # never "everything" for want of a rate
+    (dict(news=3, bound=100), new("n"), None),
+    (dict(news=3, bound=100, rate=1.0), new("n"), None),  # a tiny rate is no reason either
+    # only new orders make the wait: replaces held by the executor for a second are no queue
+    (dict(others=2), new("n"), None),
 ]
 
 
-@pytest.mark.parametrize(("load", "req", "refused"), BUSY_CASES)
-def test_busy_past_the_bound(load: int, req: Any, refused: bool) -> None:
-    svc = full(4, load)
-    reply = svc.busy(req, 10.0)
-    if not refused:
+@pytest.mark.parametrize(("load", "req", "refused"), ADMISSION_CASES)
+def test_admission(load: dict[str, Any], req: Any, refused: str | None) -> None:
+    svc = loaded(**load)
+    before = svc.in_service()
+    reply = svc.busy(req, NOW)
+    assert svc.in_service() == before  # asking admits nothing: the node begin()s it
+    if refused is None:
         assert reply is None
         return
     assert isinstance(reply, OrderReject) and reply.reason is RejectReason.BUSY
     assert reply.retryable and reply.client_order_id == req.client_order_id
-    assert reply.retry_after_ms == RETRY_AFTER_MAX_MS  # nothing served yet: the longest
+    assert RETRY_AFTER_MIN_MS <= reply.retry_after_ms <= RETRY_AFTER_MAX_MS
+    assert ("requests in service" if refused == "count" else "waiting") in reply.message
 
 
-def test_the_busy_hint_follows_the_service_rate() -> None:
-    svc = full(4, rate=2_000.0)  # 4 in service at 2,000 a second: 2 ms
-    reply = svc.busy(new("n"), 10.0)
+def test_the_count_hint_follows_the_service_rate() -> None:
+    assert loaded(news=4).busy(new("n"), NOW) == OrderReject(
+        "n", RejectReason.BUSY, "4 requests in service, retry in 1000 ms",
+        retry_after_ms=RETRY_AFTER_MAX_MS)  # nothing served yet: the longest
+    reply = loaded(news=4, rate=2_000.0).busy(new("n"), NOW)  # 4 at 2,000 a second: 2 ms
     assert reply is not None and reply.retry_after_ms == 2
 
 
-def test_a_retry_of_a_request_in_service_joins_it_even_when_full() -> None:
+RETRY_AFTER_WAIT_CASES = [
+    # (the wait, clients refused and waiting to resend, service rate per second, hint in ms)
+    (0.012, 0.0, 0.0, 12),  # no rate (cold start, store held): the wait itself
+    (0.0101, 0.0, 1_000.0, 11),  # rounded up
+    (0.0, 0.0, 0.0, 1),  # never 0 (0 means "no hint")
+    (5.0, 0.0, 0.0, 1_000),  # capped
+    (0.012, 5.0, 1_000.0, 12),  # few waiting to resend: the wait
+    (0.012, 50.0, 1_000.0, 50),  # many: the time they take to be admitted (Little's law)
+    (0.012, 5_000.0, 1_000.0, 1_000),
+    (0.012, 50.0, 0.0, 12),  # no rate to go by: the wait
+]
+
+
+@pytest.mark.parametrize(("wait", "resending", "rate", "hint"), RETRY_AFTER_WAIT_CASES)
+def test_the_time_hint_is_the_wait_or_the_resends_ahead(wait: float, resending: float,
+                                                        rate: float, hint: int) -> None:
+    assert retry_after_wait_ms(wait, resending, rate) == hint
+
+
+def test_the_time_hint_grows_with_the_clients_refused_and_waiting_to_resend() -> None:
+    """Each BUSY of the time bound adds its hint to the clients waiting out a BUSY: once
+    more of them wait than the service admits in the wait (12 ms at 1,000/s: 12), the hint
+    is the time they take to be admitted, so resends come at about the service rate."""
+    svc = loaded(news=1, age_ms=11.5, rate=1_000.0)
+    hints = [r.retry_after_ms for i in range(3_000)
+             if (r := svc.busy(new(f"n{i}"), NOW)) is not None]
+    assert len(hints) == 3_000
+    assert hints[0] == hints[999] == 12  # the wait: fewer than 12 wait to resend
+    assert hints == sorted(hints) and hints[-1] > 4 * hints[0]
+
+
+def test_a_retry_of_a_request_in_service_joins_it_even_over_both_bounds() -> None:
     """The node asks join first: a retry is never BUSY, and does not add to the load."""
-    svc = full(4)
-    assert svc.join(new("h1"), b"b")
+    svc = loaded(news=4, age_ms=1_000.0)
+    assert svc.busy(new("n"), NOW) is not None
+    assert svc.join(new("h0"), b"b") and svc.join(new("h1"), b"b")
     assert svc.in_service() == 4
-    assert svc.busy(new("n"), 10.0) is not None
+
+
+def test_the_wait_is_the_oldest_new_order_still_in_service() -> None:
+    svc = service()
+    first, second, third = new("c1"), new("c2"), new("c3")
+    svc.begin(first, b"a", 1.000)
+    svc.begin(CancelOrder("acc", "x", "c1"), b"a", 0.5)  # not a new order: not the queue
+    svc.begin(second, b"a", 1.004)
+    svc.begin(third, b"a", 1.006)
+    assert svc.waited(1.010) == pytest.approx(0.010)
+    svc.finish(second, b"a", 1.011)  # answered out of order: the oldest is still first
+    assert svc.waited(1.012) == pytest.approx(0.012)
+    svc.finish(first, b"a", 1.013)
+    assert svc.waited(1.013) == pytest.approx(0.007)
+    svc.finish(third, b"a", 1.014)
+    assert svc.waited(1.015) == 0.0
+
+
+def test_new_orders_answered_out_of_order_are_not_kept() -> None:
+    """The arrival queue stays within twice what is in service even when the oldest never
+    leaves (every later one answered before it)."""
+    svc = service()
+    svc.begin(new("stuck"), b"a", 0.0)
+    for i in range(1_000):
+        req = new(f"c{i}")
+        svc.begin(req, b"a", float(i))
+        svc.finish(req, b"a", float(i))
+        assert len(svc._arrivals) <= 2 * svc.in_service()
+    assert svc.waited(2_000.0) == 2_000.0
+
+
+SERVICE_TIME_CASES = [
+    # (answers as (now, new orders still waiting after it), asked at, seconds per order)
+    ([], 1.0, 0.0),  # nothing measured: unknown
+    ([(1.0, False)], 1.0, 0.0),  # a batch of one at light load: no gap measured
+    ([(1.0, False), (1.5, False)], 1.5, 0.0),  # the gap between them was idle
+    ([(1.0, True), (1.004, True), (1.004, True), (1.004, False)], 1.004, 0.004 / 3),
+    ([(1.0, True), (1.004, True), (1.012, False)], 1.012, 0.006),
+    ([(1.0, True), (3.0, False)], 3.0, 0.010),  # a held batch counts the cap, not 2 s
+    ([(1.0, True), (1.004, False)], 4.0, 0.0),  # two windows later: unknown again
+]
+
+
+@pytest.mark.parametrize(("answers", "at", "per_order"), SERVICE_TIME_CASES)
+def test_the_service_time_counts_only_back_to_back_answers(
+        answers: list[tuple[float, bool]], at: float, per_order: float) -> None:
+    meter = ServiceTime(cap_s=0.010, window_s=1.0)
+    for now, waiting in answers:
+        meter.answered(now, still_waiting=waiting)
+    assert meter.per_order(at) == pytest.approx(per_order)
+
+
+def test_finish_measures_the_service_time_of_new_orders() -> None:
+    svc = service()
+    batch = [new(f"c{i}") for i in range(4)]
+    for req in batch:
+        svc.begin(req, b"a", 1.0)
+    svc.finish(batch[0], b"a", 1.002)  # a first batch of one; three still wait
+    for req in batch[1:]:
+        svc.finish(req, b"a", 1.008)  # then the next batch, of three, took 6 ms
+    assert svc.service_time.per_order(1.008) == pytest.approx(0.002)
+
+
+def test_overload_model() -> None:
+    """The admission bounds against a model of the backend: one CPU that serves new orders
+    in FIFO batches (a batch takes a store round trip plus a cost per order) and spends 5 %
+    of an order's cost on each BUSY, and Poisson clients that resend a refused order after
+    its hint (x 1 to 1.5) until their 5 s deadline. Past capacity the admitted orders' wait
+    stays near the budget, resends stay within a few per admitted order (no storm) and the
+    backend keeps serving; at half of it hardly anything is refused (a burst of the random
+    arrivals now and then). At 4 x the hint's 1 s cap lets the clients refused pile up and
+    resend faster than they can be served, and their BUSY replies cost the wait some: still
+    bounded, where the count bound alone queues for over a second."""
+    capacity = 1_600.0
+    under = _model(0.5 * capacity, capacity)
+    assert under.refusals_per_s <= 0.01 * 0.5 * capacity and under.wait_p99_ms < BUDGET_MS
+    for factor in (1.5, 2.0):
+        over = _model(factor * capacity, capacity)
+        assert over.wait_p99_ms <= 1.25 * BUDGET_MS, (factor, over)
+        assert over.served_per_s >= 0.75 * capacity, (factor, over)
+        assert over.refusals_per_s <= 3 * capacity, (factor, over)
+    assert _model(4.0 * capacity, capacity).wait_p99_ms <= 4 * BUDGET_MS
+    assert _model(2.0 * capacity, capacity, budget_ms=1e9).wait_p99_ms > 1_000
+
+
+@dataclass
+class Model:
+    refusals: int
+    refusals_per_s: float
+    served_per_s: float
+    wait_p99_ms: float
+
+
+def _model(rate: float, capacity: float, *, budget_ms: float = BUDGET_MS,
+           seconds: float = 2.0, store_s: float = 0.0005, busy_cost: float = 0.05) -> Model:
+    """``rate`` new orders a second for ``seconds`` against a backend of ``capacity`` (orders
+    a second of CPU besides the store round trip ``store_s`` per batch); a BUSY costs
+    ``busy_cost`` of an order. Virtual time: no clock, no sleep."""
+    rnd = random.Random(7)
+    svc = OrderService(LIMITS, tag="t", max_queue_ms=budget_ms)
+    per_order = 1 / capacity
+    events: list[tuple[float, int, str, Any]] = []
+    seq = itertools.count()
+    t = 0.0
+    while (t := t + rnd.expovariate(rate)) < seconds:
+        heapq.heappush(events, (t, next(seq), "arrive", (new(f"c{next(seq)}"), t)))
+    queue: list[tuple[NewOrder, float]] = []
+    waits: list[float] = []
+    refusals, debt, placing, served = 0, 0.0, False, 0
+    while events:
+        now, _, kind, what = heapq.heappop(events)
+        if kind == "arrive":
+            req, first_sent = what
+            reply = svc.busy(req, now)
+            if reply is not None:
+                refusals += 1
+                debt += busy_cost * per_order
+                again = now + reply.retry_after_ms / 1000 * (1 + 0.5 * rnd.random())
+                if again < first_sent + 5.0:
+                    heapq.heappush(events, (again, next(seq), "arrive", what))
+                continue
+            svc.begin(req, b"c", now)
+            queue.append((req, now))
+            if not placing:
+                placing = True
+                heapq.heappush(events, (now, next(seq), "place", None))
+        elif kind == "place":
+            batch, queue = queue[:256], queue[256:]
+            took, debt = store_s + per_order * len(batch) + debt, 0.0
+            heapq.heappush(events, (now + took, next(seq), "done", batch))
+        else:
+            for req, admitted in what:
+                svc.finish(req, b"c", now)
+                waits.append(now - admitted)
+                served += 1 if now <= seconds else 0
+            if queue:
+                heapq.heappush(events, (now, next(seq), "place", None))
+            else:
+                placing = False
+    waits.sort()
+    return Model(refusals, refusals / seconds, served / seconds,
+                 1000 * waits[int(0.99 * len(waits))])
+
 
 # -- new orders and exposure ------------------------------------------------------------------
 
