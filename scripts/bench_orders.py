@@ -271,6 +271,7 @@ class Mesh:
             recovery=(RecoverySection(bind=tcp()),),
             orders=OrdersSection(trader_rate=0.0, clients=(tcp(), tcp()), peers=(tcp(), tcp()),
                                  updates=(tcp(), tcp()), executor=(tcp(), tcp()),
+                                 replicas=(tcp(), tcp()),
                                  max_quantity=100.0, max_exposure=1e15),
         ).validate()
         self.cpu = CpuMeter()

@@ -125,7 +125,7 @@ def write_config(run_dir: Path, redis_url: str) -> Path:
                      redis=RedisSection(url=redis_url),
                      orders=OrdersSection(enabled=True, trader_rate=0.0, clients=eps(),
                                           peers=eps(), updates=eps(), executor=eps(),
-                                          symbols=(SYMBOL,))).validate()
+                                          replicas=eps(), symbols=(SYMBOL,))).validate()
     path = run_dir / "mesh.toml"
     path.write_text(dump_toml(cfg))
     return path

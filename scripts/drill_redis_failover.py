@@ -293,7 +293,7 @@ def write_config(run_dir: Path, ha: Any, args: argparse.Namespace) -> Path:
         recovery=(RecoverySection(bind=tcp_endpoint()),),
         subscriber=SubscriberSection(udp_bind=udp, snapshot=True),
         orders=OrdersSection(enabled=True, trader_rate=0.0, clients=eps(), peers=eps(),
-                             updates=eps(), executor=eps(), symbols=(SYMBOL,)),
+                             updates=eps(), executor=eps(), replicas=eps(), symbols=(SYMBOL,)),
         sched=SchedSection(realtime_priority=args.realtime_priority, cpus=tick_path_cpus()),
     ).validate()
     path = run_dir / "mesh.toml"

@@ -64,7 +64,7 @@ def _mesh_file(path: Path, rate: float, base: int) -> None:
     """The local mesh on ports from ``base`` up (so it does not meet a mesh on the defaults),
     with the trader at ``rate`` orders/s."""
     cfg = default_config()
-    ep = [f"tcp://127.0.0.1:{base + i}" for i in range(11)]
+    ep = [f"tcp://127.0.0.1:{base + i}" for i in range(13)]
     udp = f"127.0.0.1:{base + 1}"
     cfg = replace(
         cfg,
@@ -72,7 +72,8 @@ def _mesh_file(path: Path, rate: float, base: int) -> None:
         recovery=tuple(replace(r, bind=ep[2]) for r in cfg.recovery[:1]),
         subscriber=replace(cfg.subscriber, udp_bind=udp),
         orders=replace(cfg.orders, clients=(ep[3], ep[4]), peers=(ep[5], ep[6]),
-                       updates=(ep[7], ep[8]), executor=(ep[9], ep[10]), trader_rate=rate))
+                       updates=(ep[7], ep[8]), executor=(ep[9], ep[10]),
+                       replicas=(ep[11], ep[12]), trader_rate=rate))
     path.write_text(dump_toml(cfg.validate()))
 
 
@@ -127,7 +128,7 @@ def main() -> int:
     run_dir = (args.run_dir or Path(tempfile.mkdtemp(prefix="tickmesh-soak-"))).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     mesh = run_dir / "soak.toml"
-    base = args.base_port or _free_block(11)
+    base = args.base_port or _free_block(13)
     _mesh_file(mesh, args.rate, base)
     cmd = [sys.executable, "-m", "nodes.cli", "up", "--for", f"{args.seconds:g}", "--config",
            str(mesh), "--run-dir", str(run_dir), "--redis-port", str(free_port()), "--json"]

@@ -317,6 +317,7 @@ class PairStore:
         if refusal.reason is RefuseReason.STALE_EPOCH or refusal.epoch > rep.epoch:
             fenced = Fenced(rep.epoch, refusal.epoch)
             self._fail_acks(fenced)
+            self._fenced(rep, fenced)
             if self.on_fenced is not None:
                 await self.on_fenced(refusal.epoch)
             return
@@ -337,8 +338,7 @@ class PairStore:
                 self._flush_error = None
                 failures = 0
             except Fenced as exc:
-                self._flush_error = exc
-                self._signal()
+                self._fenced(rep, exc)
                 if self.on_fenced is not None:
                     await self.on_fenced(exc.current)
                 continue
@@ -361,6 +361,14 @@ class PairStore:
                 log.error("pair store: Redis refused %s in the write-behind (%s)",
                           record.order_id, outcome.name)
         rep.flushed_to(seq)
+
+    def _fenced(self, rep: Replicator, exc: Fenced) -> None:
+        """A newer epoch exists: this term can never write again (whatever the node does
+        about it), so it ends here; whoever waits for it is told."""
+        self._flush_error = exc
+        if self.replicator is rep:
+            self.deactivate()
+        self._signal()
 
     def _signal(self) -> None:
         progress, self._progress = self._progress, asyncio.Event()

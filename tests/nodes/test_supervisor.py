@@ -41,7 +41,8 @@ def write_mesh(tmp_path: Path, feeds: int = 1) -> Path:
         subscriber=SubscriberSection(udp_bind=udp),
         orders=OrdersSection(**{name: (f"tcp://127.0.0.1:{free_port()}",
                                        f"tcp://127.0.0.1:{free_port()}")
-                                for name in ("clients", "peers", "updates", "executor")}),
+                                for name in ("clients", "peers", "updates", "executor",
+                                             "replicas")}),
     ).validate()
     path = tmp_path / "mesh.toml"
     path.write_text(dump_toml(cfg))

@@ -654,7 +654,8 @@ def test_cli_pair_fails_over_when_the_primary_is_killed(redis_server: RedisProce
     """Both nodes as real processes (the CLI); SIGKILL the active one; the client's retry
     on the other gets its order accepted, and the earlier order is still known."""
     # The children bind what their mesh file names: free ports (nodes.drills.ports, case 4).
-    eps = {name: (tcp(), tcp()) for name in ("clients", "peers", "updates", "executor")}
+    eps = {name: (tcp(), tcp())
+           for name in ("clients", "peers", "updates", "executor", "replicas")}
     cfg = MeshConfig(mesh=MeshSection(key_prefix="bk"), redis=RedisSection(url=redis_server.url),
                      orders=OrdersSection(enabled=True, symbols=("EURUSD",), **eps)).validate()
     ends = {Role.PRIMARY: BackendEndpoints(eps["clients"][0], "", "", "", ""),
