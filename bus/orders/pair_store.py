@@ -35,6 +35,7 @@ from bus.sockets import REPLICA_CLIENT, REPLICA_SERVER, open_socket
 from bus.store.orders import RedisOrderStore, WriteOutcome
 from protocols.backoff import Backoff
 from protocols.errors import Fenced, InvalidOrder, RemoteProtocolError, StoreError
+from protocols.orders.codec import EncodedOrder
 from protocols.orders.messages import ExecutionReport
 from protocols.orders.pair import (
     RefuseReason,
@@ -59,6 +60,8 @@ from protocols.orders.replication import (
 log = logging.getLogger(__name__)
 
 FLUSH_RECORDS = 512  # records per write-behind script call
+FLUSH_DELAY_S = 0.005  # the write-behind gathers this long when no acknowledgement waits for it
+REPLICA_DRAIN = 256  # batches the passive node takes per wake-up
 
 
 class PairView(Protocol):
@@ -141,7 +144,7 @@ class PairStore:
             # Not this node's term: Redis decides (fenced), as a node stepped down expects.
             return await self.backing.write_batch(orders, epoch)
         outcomes = await self._claim(orders)
-        written = [o for o, out in zip(orders, outcomes, strict=True)
+        written = [EncodedOrder.of(o) for o, out in zip(orders, outcomes, strict=True)
                    if out is WriteOutcome.WRITTEN]
         if written:
             await self._durable(rep, rep.append(written))
@@ -152,8 +155,9 @@ class PairStore:
         if rep is not None:
             held = rep.backlog.get(order_id)
             if held is not None:
-                await self._durable_record(rep, order_id)
-                return rep.backlog.get(order_id) or held
+                seq, record = held
+                await self._wait_durable(rep, seq)  # never answer what may still be lost
+                return record.decode()
         return await self.backing.get(order_id)
 
     async def by_client_id(self, account: str, client_order_id: str) -> Order | None:
@@ -172,7 +176,7 @@ class PairStore:
                 if record.terminal:
                     stored.pop(record.order_id, None)
                 else:
-                    stored[record.order_id] = record
+                    stored[record.order_id] = record.decode()
         return list(stored.values())
 
     async def append_execution(self, entry: ExecutionReport) -> list[ExecutionReport]:
@@ -246,16 +250,22 @@ class PairStore:
             await self.client.send_multipart(encode_pair(batch), flags=zmq.NOBLOCK)
         except zmq.Again:  # not connected (IMMEDIATE): nobody to hold it
             self._lost(rep)
+        # A timer, not wait_for: that is a task per batch.
+        timer = asyncio.get_running_loop().call_later(self.ack_timeout_s, self._unconfirmed,
+                                                      rep, batch.seq, done)
         try:
-            return await asyncio.wait_for(asyncio.shield(done), self.ack_timeout_s)
-        except TimeoutError:
-            self.stats.unconfirmed += 1
-            log.warning("pair store: batch %d not confirmed within %g ms; Redis decides",
-                        batch.seq, self.ack_timeout_s * 1000)
-            self._lost(rep)
-            return False
+            return await done
         finally:
+            timer.cancel()
             self._acks.pop(batch.seq, None)
+
+    def _unconfirmed(self, rep: Replicator, seq: int, done: asyncio.Future[bool]) -> None:
+        if done.done():
+            return
+        self.stats.unconfirmed += 1
+        log.warning("pair store: batch %d not confirmed within %g ms; Redis decides", seq,
+                    self.ack_timeout_s * 1000)
+        self._lost(rep)
 
     def _lost(self, rep: Replicator) -> None:
         """The passive node holds nothing to count on: every batch waiting for it waits for
@@ -283,13 +293,6 @@ class PairStore:
             if error is not None and not rep.durable(seq):
                 raise error
 
-    async def _durable_record(self, rep: Replicator, order_id: str) -> None:
-        """Wait until the batch holding ``order_id``'s newest record is durable."""
-        for seq, records in reversed(rep.backlog.batches()):
-            if any(r.order_id == order_id for r in records):
-                await self._wait_durable(rep, seq)
-                return
-
     async def acks(self) -> None:
         """Task: read the passive node's confirmations and refusals."""
         while True:
@@ -299,16 +302,20 @@ class PairStore:
             except RemoteProtocolError as exc:
                 self._bad.warning("from the passive node: %s", exc.reason)
                 continue
-            rep = self.replicator
-            if rep is None or not isinstance(msg, (ReplicaAck, ReplicaRefused)):
-                continue
-            if isinstance(msg, ReplicaAck):
-                if rep.on_ack(msg):
-                    for seq, done in list(self._acks.items()):
-                        if seq <= rep.acked and not done.done():
-                            done.set_result(True)
-            elif msg.term == rep.term:
-                await self._refused(rep, msg)
+            await self._answer(msg)
+
+    async def _answer(self, msg: object) -> None:
+        """A confirmation or a refusal from the passive node."""
+        rep = self.replicator
+        if rep is None or not isinstance(msg, (ReplicaAck, ReplicaRefused)):
+            return
+        if isinstance(msg, ReplicaAck):
+            if rep.on_ack(msg):
+                for seq, done in list(self._acks.items()):
+                    if seq <= rep.acked and not done.done():
+                        done.set_result(True)
+        elif msg.term == rep.term:
+            await self._refused(rep, msg)
 
     async def _refused(self, rep: Replicator, refusal: ReplicaRefused) -> None:
         self.stats.refused += 1
@@ -332,6 +339,11 @@ class PairStore:
                 self._flush_wanted.clear()
                 await self._flush_wanted.wait()
                 continue
+            if rep.in_sync:
+                # Nobody waits for the write-behind while the passive node confirms: let the
+                # batches of a few milliseconds gather into one script call (a Redis round
+                # trip costs this process more than the records in it).
+                await asyncio.sleep(FLUSH_DELAY_S)
             seq, records = rep.to_flush(FLUSH_RECORDS)
             try:
                 await self._flush(rep, seq, records)
@@ -353,7 +365,7 @@ class PairStore:
                 continue
             self._signal()
 
-    async def _flush(self, rep: Replicator, seq: int, records: list[Order]) -> None:
+    async def _flush(self, rep: Replicator, seq: int, records: list[EncodedOrder]) -> None:
         self.stats.flushes += 1
         outcomes = await self.backing.write_behind(records, rep.epoch)
         for record, outcome in zip(records, outcomes, strict=True):
@@ -384,7 +396,7 @@ class PairStore:
         now = time.time()
         if held:
             stored = await self.backing.get_many([r.order_id for r in held])
-            newest = [r for r in held if newer(r, stored.get(r.order_id))]
+            newest = [r for r in held if newer(r.decode(), stored.get(r.order_id))]
             if newest:
                 # Under the new epoch: the Lua fence checks the writer's, not the record's.
                 await self.backing.write_behind(newest, epoch)
@@ -431,27 +443,49 @@ class PairStore:
     # -- the passive side ------------------------------------------------------------------
 
     async def serve_replica(self) -> None:
-        """Task: take the active node's batches (while passive) and answer each."""
+        """Task: take the active node's batches (while passive) and answer them. Each
+        wake-up takes every batch already queued; a confirmation covers every batch before
+        it, so only the last one of a run is confirmed (one send, not one per batch)."""
         while True:
-            identity, *frames = await self.server.recv_multipart()
-            try:
-                msg = decode_pair(frames)
-                if not isinstance(msg, ReplicaBatch):
-                    raise RemoteProtocolError(f"a {type(msg).__name__} on the replica socket")
-            except RemoteProtocolError as exc:
-                self._bad.warning("from the active node: %s", exc.reason)
-                continue
-            passive, epoch = self.node.pair_state()
-            known = self.index.known_from
-            reply = self.replica.on_batch(msg, passive=passive, epoch=epoch, now=time.time(),
-                                          index=self.index)
-            if isinstance(reply, ReplicaAck):
-                self.stats.held += 1
-                if self.index.known_from != known:
-                    self._catch_up.set()
-            else:
-                self.stats.refusals += 1
-            await self.server.send_multipart([identity, *encode_pair(reply)])
+            msgs = [await self.server.recv_multipart()]
+            while len(msgs) < REPLICA_DRAIN:
+                try:
+                    msgs.append(await self.server.recv_multipart(flags=zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+            answers: list[tuple[bytes, ReplicaAck | ReplicaRefused]] = []
+            for identity, *frames in msgs:
+                reply = self._take(frames)
+                if reply is None:
+                    continue
+                if answers and isinstance(reply, ReplicaAck) and answers[-1][0] == identity \
+                        and isinstance(answers[-1][1], ReplicaAck):
+                    answers[-1] = (identity, reply)  # the later confirmation covers it
+                else:
+                    answers.append((identity, reply))
+            for identity, reply in answers:
+                await self.server.send_multipart([identity, *encode_pair(reply)])
+
+    def _take(self, frames: list[bytes]) -> ReplicaAck | ReplicaRefused | None:
+        """One batch from the active node: held, or why not (None: malformed, dropped)."""
+        try:
+            msg = decode_pair(frames)
+            if not isinstance(msg, ReplicaBatch):
+                raise RemoteProtocolError(f"a {type(msg).__name__} on the replica socket")
+        except RemoteProtocolError as exc:
+            self._bad.warning("from the active node: %s", exc.reason)
+            return None
+        passive, epoch = self.node.pair_state()
+        known = self.index.known_from
+        reply = self.replica.on_batch(msg, passive=passive, epoch=epoch, now=time.time(),
+                                      index=self.index)
+        if isinstance(reply, ReplicaAck):
+            self.stats.held += 1
+            if self.index.known_from != known:
+                self._catch_up.set()
+        else:
+            self.stats.refusals += 1
+        return reply
 
 
 __all__ = ["PairStore", "PairStoreStats", "PairView"]

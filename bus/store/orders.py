@@ -56,7 +56,7 @@ from bus.store.connection import (
 )
 from protocols.backoff import Backoff
 from protocols.errors import Fenced, InvalidOrder, StoreError, StoreUnavailable
-from protocols.orders.codec import from_blob, to_blob
+from protocols.orders.codec import EncodedOrder, from_blob, to_blob
 from protocols.orders.messages import ExecutionReport
 from protocols.orders.record import Order
 from protocols.orders.replication import WINDOW_S
@@ -432,27 +432,31 @@ class RedisOrderStore:
             return []
         return [outcome for outcome, _ in await self._write_orders(orders, epoch)]
 
-    async def write_behind(self, orders: Sequence[Order], epoch: int) -> list[WriteOutcome]:
-        """:meth:`write_batch` for the pair's write-behind: its client index has decided
-        every client order id already, so one naming another order is pointed at this one
-        (reused past the window); ``ORDER_ID_TAKEN`` is still refused."""
-        if not orders:
+    async def write_behind(self, records: Sequence[EncodedOrder], epoch: int
+                           ) -> list[WriteOutcome]:
+        """:meth:`write_batch` of encoded records for the pair's write-behind: its client
+        index has decided every client order id already, so one naming another order is
+        pointed at this one (reused past the window); ``ORDER_ID_TAKEN`` is still refused."""
+        if not records:
             return []
-        return [o for o, _ in await self._write_orders(orders, epoch, force=True)]
+        return [o for o, _ in await self._write_encoded(records, epoch, force=True)]
 
-    async def _write_orders(self, orders: Sequence[Order], epoch: int, *, force: bool = False
+    async def _write_orders(self, orders: Sequence[Order], epoch: int
                             ) -> list[tuple[WriteOutcome, str]]:
-        """One fenced script call (and one WAIT) for ``orders``: per order, the outcome and
+        return await self._write_encoded([EncodedOrder.of(o) for o in orders], epoch)
+
+    async def _write_encoded(self, records: Sequence[EncodedOrder], epoch: int, *,
+                             force: bool = False) -> list[tuple[WriteOutcome, str]]:
+        """One fenced script call (and one WAIT) for ``records``: per record, the outcome and
         the order id its client order id names when that is another order's."""
         keys = [self._k("epoch"), self._k("open"), self._k("recent")]
         args: list[Any] = [epoch, int(force), int(time.time() * 1000),
                            int(self.window_s * 1000)]
-        for order in orders:
-            o = order.order
-            keys += [self._k("order", order.order_id),
-                     self._k("client", o.account, o.client_order_id)]
-            args += [order.order_id, to_blob(order), int(order.terminal),
-                     _member(o.account, o.client_order_id, order.order_id)]
+        for r in records:
+            keys += [self._k("order", r.order_id),
+                     self._k("client", r.account, r.client_order_id)]
+            args += [r.order_id, r.blob, int(r.terminal),
+                     _member(r.account, r.client_order_id, r.order_id)]
         result = await self._call(lambda: self._decide(self._write, keys, args))
         if result[0] == 0:
             raise Fenced(epoch, int(result[1]))

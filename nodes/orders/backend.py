@@ -114,10 +114,6 @@ log = logging.getLogger(__name__)
 # a wake-up takes everything already queued up to this, never waits to fill a batch.
 DRAIN_BATCH = 256
 PLACE_BATCH = 256
-# Execution reports applied at once. Few: after a takeover the executor replays every open
-# order's log at once, and 256 report writes ahead of them in the store's queue held the first
-# client orders back (backend failover p50 58 -> 75-92 ms in the backend drill).
-REPORT_SLOTS = 8
 QUOTE_TTL_S = 0.05  # the last tick is read from Redis at most this often per symbol
 YIELD_EVERY = 50  # re-drive and reload give the event loop back this often
 
@@ -193,12 +189,9 @@ class BackendNode:
         # reserved in memory before it (``OrderService.reserve``). Serialising them per
         # account capped one account at one store round trip (with its WAIT) per order,
         # about 400 orders/s on this machine under load. Cancels and replaces, which read an
-        # order and decide on it, stay serialised per account; reports per order. Both kinds
-        # of lock exist only while held or waited for.
+        # order and decide on it, stay serialised per account (a lock exists only while held
+        # or waited for). Reports are applied in batches by one reader, in log order.
         self._account_locks = KeyedLocks()
-        self._order_locks = KeyedLocks()
-        self._reports: set[asyncio.Task[None]] = set()
-        self._report_slots = asyncio.Semaphore(REPORT_SLOTS)
         # New orders admitted and waiting for the placer: bounded by the admission bound
         # (each is in service), so never more than max_in_service.
         self._placing: deque[tuple[bytes, NewOrder, int]] = deque()
@@ -715,73 +708,85 @@ class BackendNode:
             await self._send_executor(request, request.order_id)
 
     async def _executor_reports(self) -> None:
+        """Read the executor's messages: each wake-up takes every one already queued (up to
+        DRAIN_BATCH) and applies the reports among them as one batch (:meth:`_apply_batch`);
+        the next batch forms while one is at the store."""
         while True:
-            _identity, *frames = await self.executor.recv_multipart()
-            try:
-                report = decode_order(frames)
-            except RemoteProtocolError as exc:
-                self.stats.malformed += 1
-                self._bad.warning("executor: %s", exc.reason)
-                continue
-            if not self.star.serving:
-                continue
-            if isinstance(report, ReplaceRefused):
-                self.service.refused(report)
-            elif isinstance(report, ExecutionReport):
-                # Applied concurrently, in order per order id: one at a time, each a store
-                # round trip, reports fell behind a backlog of fills.
-                await self._report_slots.acquire()
-                task = asyncio.create_task(self._apply_in_turn(report))
-                self._reports.add(task)
-                task.add_done_callback(self._applied)
-            else:
-                self.stats.malformed += 1
-                self._bad.warning("executor sent a %s", type(report).__name__)
+            msgs = [await self.executor.recv_multipart()]
+            while len(msgs) < DRAIN_BATCH:
+                try:
+                    msgs.append(await self.executor.recv_multipart(flags=zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+            reports: list[ExecutionReport] = []
+            for _identity, *frames in msgs:
+                try:
+                    report = decode_order(frames)
+                except RemoteProtocolError as exc:
+                    self.stats.malformed += 1
+                    self._bad.warning("executor: %s", exc.reason)
+                    continue
+                if isinstance(report, ReplaceRefused):
+                    if self.star.serving:
+                        self.service.refused(report)
+                elif isinstance(report, ExecutionReport):
+                    reports.append(report)
+                else:
+                    self.stats.malformed += 1
+                    self._bad.warning("executor sent a %s", type(report).__name__)
+            if reports and self.star.serving:
+                try:
+                    await self._apply_batch(reports)
+                except StoreError as exc:  # the log has them: re-drive and replay converge
+                    log.warning("backend %s: %d reports not applied: %s", self.role.value,
+                                len(reports), exc)
 
-    async def _apply_in_turn(self, report: ExecutionReport) -> None:
-        async with self._order_locks.hold(report.order_id):
-            await self._apply(report)
-
-    def _applied(self, task: asyncio.Task[None]) -> None:
-        self._reports.discard(task)
-        self._report_slots.release()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("backend %s: report failed", self.role.value, exc_info=task.exception())
-
-    async def _apply(self, report: ExecutionReport) -> None:
-        order = self.orders.get(report.order_id) or await self.store.get(report.order_id)
-        if order is None:
-            return
-        where = order.position(report)
-        if where == "applied":  # a replay of what this record has already
-            self.service.settled(order)
-            return
-        if where == "gap":  # entries before it were lost: the executor replays from ours
-            self.stats.gaps += 1
-            if self.service.gap_retry(order.order_id, time.monotonic()):
-                await self._route(order)
-            return
-        if not self.star.serving:  # stepped down while the report waited for the lock
-            return
+    async def _apply_batch(self, reports: list[ExecutionReport]) -> None:
+        """Apply a batch of the executor's log entries, each strictly in its order's log order
+        (``Order.position``: a replay is skipped, a gap re-drives the order), store every
+        changed record in one write, then relay each applied entry to its client and to the
+        updates feed."""
         epoch = self.star.epoch
-        try:
-            updated = order.apply(report, epoch=epoch, now_ns=time.time_ns())
-            await self.store.write(updated, epoch)
-        except OrderStateError as exc:  # e.g. a replayed fill of an order already filled
-            self._ignored.warning("%s", exc)
+        changed: dict[str, Order] = {}  # order id -> its record after this batch's entries
+        applied: list[tuple[ExecutionReport, Order]] = []
+        for report in reports:
+            oid = report.order_id
+            order = changed.get(oid) or self.orders.get(oid) or await self.store.get(oid)
+            if order is None:
+                continue
+            where = order.position(report)
+            if where == "applied":  # a replay of what this record has already
+                self.service.settled(order)
+                continue
+            if where == "gap":  # entries before it were lost: the executor replays from ours
+                self.stats.gaps += 1
+                if self.service.gap_retry(oid, time.monotonic()):
+                    await self._route(order)
+                continue
+            try:
+                changed[oid] = order.apply(report, epoch=epoch, now_ns=time.time_ns())
+            except OrderStateError as exc:  # e.g. a replayed fill of an order already filled
+                self._ignored.warning("%s", exc)
+                continue
+            applied.append((report, changed[oid]))
+        if not applied:
             return
+        try:
+            await self.store.write_batch(list(changed.values()), epoch)
         except Fenced as exc:
             self.stats.fenced += 1
             await self._effects(self.star.on_fenced(exc.current, time.monotonic()))
             return
-        self.stats.reports += 1
-        if report.is_replace:
-            self.stats.replaced += 1
-        identity = self.service.applied(report, updated, time.monotonic())
-        frames = encode_order(report)
-        if identity:
-            await self.clients.send_multipart([identity, *frames])
-        await self.updates.send_multipart([report.account.encode() + b"\x00", *frames])
+        now = time.monotonic()
+        for report, updated in applied:
+            self.stats.reports += 1
+            if report.is_replace:
+                self.stats.replaced += 1
+            identity = self.service.applied(report, updated, now)
+            frames = encode_order(report)
+            if identity:
+                await self.clients.send_multipart([identity, *frames])
+            await self.updates.send_multipart([report.account.encode() + b"\x00", *frames])
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -816,7 +821,7 @@ class BackendNode:
         try:
             return await supervise_tasks(f"backend {self.role.value}", stop, tasks)
         finally:
-            await cancel_and_wait([*self._requests, *self._reports],
+            await cancel_and_wait([*self._requests],
                                   what=f"backend {self.role.value}")
             for sock in (self.clients, self.executor, self.peer_pub, self.updates,
                          self.peer_sub):

@@ -16,6 +16,7 @@ Decoding is strict: anything malformed raises :class:`RemoteProtocolError` namin
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, TypeVar
 
@@ -262,6 +263,44 @@ def from_blob(blob: bytes) -> OrderMessage:
     return decode_order([blob[:HEADER_SIZE], blob[HEADER_SIZE:]])
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedOrder:
+    """An order record as the store and the pair's replication carry it: its keys in the
+    clear and the record encoded once (:func:`to_blob`). Whoever only keeps or forwards it
+    (the passive node, the write-behind) never decodes it; :meth:`decode` does, once."""
+
+    order_id: str
+    account: str
+    client_order_id: str
+    terminal: bool
+    blob: bytes
+    # The record itself where this process encoded it (not compared, not on the wire).
+    cached: Order | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, order: Order) -> EncodedOrder:
+        o = order.order
+        return cls(order.order_id, o.account, o.client_order_id, order.terminal,
+                   to_blob(order), order)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.account, self.client_order_id
+
+    def decode(self) -> Order:
+        """The record; :class:`RemoteProtocolError` if the blob is not an ``Order`` of these
+        keys."""
+        if self.cached is not None:
+            return self.cached
+        msg = from_blob(self.blob)
+        if not isinstance(msg, Order):
+            raise RemoteProtocolError(f"an encoded order holds a {type(msg).__name__}")
+        if (msg.order_id, msg.order.account, msg.order.client_order_id) != (
+                self.order_id, self.account, self.client_order_id):
+            raise RemoteProtocolError(f"the record of {self.order_id} names other keys")
+        return msg
+
+
 def client_order_id_of(frames: list[bytes] | tuple[bytes, ...]) -> str:
     """Best-effort client order id of a (possibly malformed) request, for the reject; else ""."""
     try:
@@ -281,6 +320,7 @@ def reject_reason_of(error: RemoteProtocolError) -> RejectReason:
 
 
 __all__ = [
+    "EncodedOrder",
     "OrderKind",
     "client_order_id_of",
     "decode_order",

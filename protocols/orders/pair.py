@@ -14,11 +14,14 @@ a state in the code never changes the wire. Decoding is strict: anything malform
 Replication (``protocols.orders.replication``: the rules) runs on a DEALER of the active
 node connected to the passive node's "replica" ROUTER (docs/PROTOCOL.md section 15)::
 
-    REPLICA_BATCH   (65) {"epoch", "term", "seq", "flushed", "reset", "records": [bin, ...]}
+    REPLICA_BATCH   (65) {"epoch", "term", "seq", "flushed", "reset",
+                          "records": [[order_id, account, client_order_id, terminal, bin], ...]}
     REPLICA_ACK     (66) {"epoch", "term", "seq"}
     REPLICA_REFUSED (67) {"epoch", "term", "seq", "reason": int}
 
-A record is an order-codec ``Order`` message, its two frames joined (``codec.to_blob``).
+A record's ``bin`` is an order-codec ``Order`` message, its two frames joined
+(``codec.EncodedOrder``); its keys travel beside it, so the passive node never decodes it
+unless it takes over.
 """
 
 from __future__ import annotations
@@ -29,9 +32,8 @@ from typing import Any
 
 from protocols.errors import RemoteProtocolError
 from protocols.orders.binary_star import State
-from protocols.orders.codec import from_blob, to_blob
+from protocols.orders.codec import EncodedOrder
 from protocols.orders.fields import check_id
-from protocols.orders.record import Order
 from protocols.wire import decode_envelope, encode_envelope
 
 MAX_EPOCH = 2**63 - 1  # a Redis integer
@@ -102,7 +104,7 @@ class ReplicaBatch:
     term: str
     seq: int
     flushed: int
-    records: tuple[Order, ...]
+    records: tuple[EncodedOrder, ...]
     reset: bool = False
 
     def __post_init__(self) -> None:
@@ -113,8 +115,8 @@ class ReplicaBatch:
         if self.seq < 1 or self.flushed >= self.seq:
             raise ValueError(f"need 0 <= flushed < seq, 1 <= seq; got flushed {self.flushed}, "
                              f"seq {self.seq}")
-        if not all(isinstance(r, Order) for r in self.records):
-            raise ValueError("records must be Order records")
+        if not all(isinstance(r, EncodedOrder) for r in self.records):
+            raise ValueError("records must be EncodedOrder records")
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +161,8 @@ def encode_pair(msg: PairMessage) -> list[bytes]:
         case ReplicaBatch(epoch, term, seq, flushed, records, reset):
             return encode_envelope(PairKind.REPLICA_BATCH, {
                 "epoch": epoch, "term": term, "seq": seq, "flushed": flushed, "reset": reset,
-                "records": [to_blob(r) for r in records]})
+                "records": [[r.order_id, r.account, r.client_order_id, r.terminal, r.blob]
+                            for r in records]})
         case ReplicaAck(epoch, term, seq):
             return encode_envelope(PairKind.REPLICA_ACK,
                                    {"epoch": epoch, "term": term, "seq": seq})
@@ -181,22 +184,36 @@ def _decode(kind: PairKind, d: dict[str, Any]) -> PairMessage:
     if kind is PairKind.PEER_HEARTBEAT:
         return _heartbeat(d)
     if kind is PairKind.REPLICA_BATCH:
-        blobs = d["records"]
-        if not isinstance(blobs, list) or not all(isinstance(b, bytes) for b in blobs):
-            raise ValueError("records must be a list of byte strings")
-        records = tuple(from_blob(b) for b in blobs)
+        records = _records(d["records"])
         reset = d["reset"]
         if not isinstance(reset, bool):
             raise ValueError(f"reset must be a boolean, got {reset!r:.40}")
-        # ReplicaBatch checks that every record is an Order.
-        return ReplicaBatch(d["epoch"], d["term"], d["seq"], d["flushed"],
-                            records, reset)  # type: ignore[arg-type]
+        return ReplicaBatch(d["epoch"], d["term"], d["seq"], d["flushed"], records, reset)
     if kind is PairKind.REPLICA_ACK:
         return ReplicaAck(d["epoch"], d["term"], d["seq"])
     code = d["reason"]
     if type(code) is not int:
         raise ValueError(f"reason must be an integer, got {code!r:.40}")
     return ReplicaRefused(d["epoch"], d["term"], d["seq"], RefuseReason(code))
+
+
+def _records(raw: object) -> tuple[EncodedOrder, ...]:
+    """The records of a batch, checked but not decoded."""
+    if not isinstance(raw, list):
+        raise ValueError("records must be a list")
+    out = []
+    for item in raw:
+        if not isinstance(item, list) or len(item) != 5:
+            raise ValueError("a record must be [order_id, account, client_order_id, terminal, "
+                             "bin]")
+        order_id, account, coid, terminal, blob = item
+        for name, value in (("order_id", order_id), ("account", account),
+                            ("client_order_id", coid)):
+            check_id(name, value)
+        if not isinstance(terminal, bool) or not isinstance(blob, bytes):
+            raise ValueError("a record's terminal must be a boolean and its record bytes")
+        out.append(EncodedOrder(order_id, account, coid, terminal, blob))
+    return tuple(out)
 
 
 def encode_heartbeat(beat: PeerHeartbeat) -> list[bytes]:

@@ -32,9 +32,10 @@ compared across the two nodes' clocks, within :data:`CLOCK_MARGIN_S`.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from protocols.orders.codec import EncodedOrder
 from protocols.orders.pair import RefuseReason, ReplicaAck, ReplicaBatch, ReplicaRefused
 from protocols.orders.record import Order
 
@@ -48,6 +49,9 @@ Key = tuple[str, str]  # (account, client order id)
 
 def client_key(order: Order) -> Key:
     return order.order.account, order.order.client_order_id
+
+
+Held = EncodedOrder  # a record as a backlog holds it: encoded once, decoded only when read
 
 
 def newer(record: Order, stored: Order | None) -> bool:
@@ -125,14 +129,14 @@ class Backlog:
     each order in them."""
 
     def __init__(self) -> None:
-        self._batches: deque[tuple[int, tuple[Order, ...]]] = deque()
-        self._latest: dict[str, tuple[int, Order]] = {}
+        self._batches: deque[tuple[int, tuple[Held, ...]]] = deque()
+        self._latest: dict[str, tuple[int, Held]] = {}
         self.records = 0
 
     def __len__(self) -> int:
         return len(self._batches)
 
-    def add(self, seq: int, records: Sequence[Order]) -> None:
+    def add(self, seq: int, records: Sequence[Held]) -> None:
         if self._batches and seq <= self._batches[-1][0]:
             raise ValueError(f"batch {seq} after {self._batches[-1][0]}")
         self._batches.append((seq, tuple(records)))
@@ -149,16 +153,18 @@ class Backlog:
                 if self._latest.get(record.order_id, (0, None))[0] == seq:
                     del self._latest[record.order_id]
 
-    def get(self, order_id: str) -> Order | None:
-        hit = self._latest.get(order_id)
-        return None if hit is None else hit[1]
+    def get(self, order_id: str) -> tuple[int, Held] | None:
+        """The newest record of ``order_id`` held, with its batch's seq."""
+        return self._latest.get(order_id)
 
-    def batches(self, after: int = 0, upto: int | None = None
-                ) -> list[tuple[int, tuple[Order, ...]]]:
-        return [(seq, records) for seq, records in self._batches
-                if seq > after and (upto is None or seq <= upto)]
+    def last(self) -> tuple[int, tuple[Held, ...]]:
+        return self._batches[-1]
 
-    def newest(self) -> list[Order]:
+    def batches(self, after: int = 0) -> Iterator[tuple[int, tuple[Held, ...]]]:
+        """The batches after seq ``after``, oldest first (lazily: a caller stops early)."""
+        return ((seq, records) for seq, records in self._batches if seq > after)
+
+    def newest(self) -> list[Held]:
         """The newest record of each order held, in the order they were written."""
         return [record for _seq, record in sorted(self._latest.values(), key=lambda e: e[0])]
 
@@ -203,7 +209,7 @@ class Replica:
         self.seq = batch.seq
         self.last_batch = now
         for record in batch.records:
-            index.add(client_key(record), record.order_id, now)
+            index.add(record.key, record.order_id, now)
         return ReplicaAck(batch.epoch, batch.term, batch.seq)
 
     def release(self) -> None:
@@ -226,7 +232,7 @@ class Replicator:
         self.synced_from = 0  # the reset that began the current sync
         self.backlog = Backlog()
 
-    def append(self, records: Sequence[Order]) -> int:
+    def append(self, records: Sequence[Held]) -> int:
         """Number a batch and keep it until the store has it; its seq."""
         self.seq += 1
         self.backlog.add(self.seq, records)
@@ -236,18 +242,18 @@ class Replicator:
         """What to send the passive node for batch ``seq`` (just appended): the batch while in
         sync; out of sync with a peer ready, one reset carrying every batch the store lacks up
         to ``seq``; None when there is no peer to hold it (wait for the store)."""
+        last, records = self.backlog.last()
+        if seq != last:
+            raise ValueError(f"batch {seq} is not the last appended ({last})")
         if self.in_sync:
-            return ReplicaBatch(self.epoch, self.term, seq, min(self.flushed, seq - 1),
-                                self._records(seq - 1, seq))
+            return ReplicaBatch(self.epoch, self.term, seq, min(self.flushed, seq - 1), records)
         if not peer_ready:
             return None
         self.in_sync = True  # until refused or unconfirmed: later batches follow the reset
         self.synced_from = seq
-        return ReplicaBatch(self.epoch, self.term, seq, min(self.flushed, seq - 1),
-                            self._records(self.flushed, seq), reset=True)
-
-    def _records(self, after: int, upto: int) -> tuple[Order, ...]:
-        return tuple(r for _seq, records in self.backlog.batches(after, upto) for r in records)
+        everything = tuple(r for _seq, held in self.backlog.batches(self.flushed) for r in held)
+        return ReplicaBatch(self.epoch, self.term, seq, min(self.flushed, seq - 1), everything,
+                            reset=True)
 
     def on_ack(self, ack: ReplicaAck) -> bool:
         """A confirmation of this term: True if it is news. One from before the current
@@ -268,10 +274,10 @@ class Replicator:
         the passive node (confirmed while in sync)."""
         return seq <= self.flushed or (self.in_sync and seq <= self.acked)
 
-    def to_flush(self, max_records: int) -> tuple[int, list[Order]]:
+    def to_flush(self, max_records: int) -> tuple[int, list[Held]]:
         """The next batches for the store (up to ``max_records`` records, whole batches, at
         least one): the last seq among them and their records; (flushed, []) if none."""
-        last, out = self.flushed, list[Order]()
+        last, out = self.flushed, list[Held]()
         for seq, records in self.backlog.batches(self.flushed):
             if out and len(out) + len(records) > max_records:
                 break
@@ -291,6 +297,7 @@ __all__ = [
     "WINDOW_S",
     "Backlog",
     "ClientIndex",
+    "Held",
     "Replica",
     "Replicator",
     "client_key",

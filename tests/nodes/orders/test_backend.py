@@ -429,8 +429,8 @@ def test_concurrent_orders_of_one_account_cannot_share_its_headroom(
 
 
 class HeldStore(RedisOrderStore):
-    """A fault wrapper: counts the batched order writes (their sizes) and holds each while
-    ``gate`` is closed (open at first)."""
+    """A fault wrapper: counts the batched writes of new orders (their sizes) and holds each
+    while ``gate`` is closed (open at first); the records of reports pass."""
 
     def __init__(self, url: str, key_prefix: str) -> None:
         super().__init__(url, key_prefix)
@@ -440,6 +440,8 @@ class HeldStore(RedisOrderStore):
         self.waiting = 0
 
     async def write_batch(self, orders: Sequence[Order], epoch: int) -> list[WriteOutcome]:
+        if any(o.exec_seq for o in orders):  # reports applied
+            return await super().write_batch(orders, epoch)
         self.batches.append(len(orders))
         self.waiting += 1
         try:
@@ -982,6 +984,6 @@ def test_memory_follows_the_open_orders(redis_server: RedisProcess) -> None:
             assert cancel.reason is RejectReason.NOT_CANCELLABLE  # filled already
             await wait_until(lambda: len(primary.service) == 0, 2, "records dropped")
             assert len(primary.orders) == 0 and primary.service.in_service() == 0
-            assert len(primary._account_locks) == 0 and len(primary._order_locks) == 0
+            assert len(primary._account_locks) == 0
             assert primary.collect()["records"] == 0
     run(main())

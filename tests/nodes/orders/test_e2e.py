@@ -277,9 +277,11 @@ def test_replace_is_decided_by_the_executor_and_acknowledged_after(
                 # Smaller and still resting: acknowledged once the executor logged it.
                 ack = await client.replace(ReplaceOrder("acc", "rpl-1", "rest", 1.5, 1.0760))
                 assert (ack.order_id, ack.state) == (rest.order_id, OrderState.ROUTED)
-                stored = await store.get(rest.order_id)
-                assert stored is not None
-                assert (stored.quantity, stored.price, stored.exec_seq) == (1.5, 1.0760, 1)
+                held = await primary.store.get(rest.order_id)  # the pair's, at the ack
+                assert held is not None
+                assert (held.quantity, held.price, held.exec_seq) == (1.5, 1.0760, 1)
+                assert await wait_until(lambda: store.get(rest.order_id), 5,
+                                        "the replace in Redis (written behind)") == held
                 # The client's retry of the same replace gets the same answer, no new entry.
                 again = await client.replace(ReplaceOrder("acc", "rpl-1", "rest", 1.5, 1.0760))
                 assert again == ack
@@ -290,8 +292,11 @@ def test_replace_is_decided_by_the_executor_and_acknowledged_after(
                     report = await client.next_update()
                 assert (report.filled_quantity, report.last_price) == (1.5, 1.0805)
                 await wait_until(lambda: primary.stats.reports == 3, 5, "two replaces, a fill")
-                stored = await store.get(rest.order_id)
-                assert stored is not None and stored.state is OrderState.FILLED
+
+                async def filled_in_redis() -> bool:
+                    stored = await store.get(rest.order_id)
+                    return stored is not None and stored.state is OrderState.FILLED
+                await wait_until(filled_in_redis, 5, "FILLED in Redis (written behind)")
                 assert p.executor.stats.replaces == 2
                 # A filled order takes no replace; an unknown one is unknown.
                 with pytest.raises(OrderRejected) as filled:

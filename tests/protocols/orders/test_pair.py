@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 
 from protocols.errors import RemoteProtocolError
 from protocols.orders.binary_star import State
-from protocols.orders.codec import OrderKind, to_blob
-from protocols.orders.lifecycle import OrderState
+from protocols.orders.codec import EncodedOrder, OrderKind
 from protocols.orders.pair import (
     STATE_CODES,
     PairKind,
@@ -31,7 +30,6 @@ from protocols.orders.pair import (
     encode_heartbeat,
     encode_pair,
 )
-from protocols.orders.record import Order
 from protocols.ticks.messages import Kind
 from tests.protocols.orders import builders
 
@@ -126,9 +124,9 @@ def test_any_map_decodes_or_names_its_fault(body: dict[str, Any]) -> None:
 # --- replication messages ---------------------------------------------------------------------
 
 
-def _record(order_id: str = "o-1", coid: str = "c-1") -> Order:
-    return replace(builders.order(), order_id=order_id,
-                   order=replace(builders.new(), client_order_id=coid))
+def _record(order_id: str = "o-1", coid: str = "c-1") -> EncodedOrder:
+    return EncodedOrder.of(replace(builders.order(), order_id=order_id,
+                                   order=replace(builders.new(), client_order_id=coid)))
 
 
 REPLICATION_MESSAGES = [
@@ -141,7 +139,18 @@ REPLICATION_MESSAGES = [
 
 @pytest.mark.parametrize("msg", REPLICATION_MESSAGES, ids=lambda m: type(m).__name__)
 def test_replication_messages_round_trip(msg: PairMessage) -> None:
-    assert decode_pair(encode_pair(msg)) == msg
+    got = decode_pair(encode_pair(msg))
+    assert got == msg
+    if isinstance(msg, ReplicaBatch):  # the records decode to what was encoded
+        assert isinstance(got, ReplicaBatch)
+        assert [r.decode() for r in got.records] == [r.decode() for r in msg.records]
+
+
+def test_an_encoded_record_that_names_other_keys_does_not_decode() -> None:
+    r = _record("o-1", "c-1")
+    forged = EncodedOrder("o-2", r.account, r.client_order_id, False, r.blob)
+    with pytest.raises(RemoteProtocolError, match="names other keys"):
+        forged.decode()
 
 
 def test_a_heartbeat_is_a_pair_message_and_a_batch_is_no_heartbeat() -> None:
@@ -152,8 +161,10 @@ def test_a_heartbeat_is_a_pair_message_and_a_batch_is_no_heartbeat() -> None:
 
 
 def _batch_body(**changes: Any) -> list[bytes]:
+    r = _record()
     body: dict[str, Any] = {"epoch": 1, "term": "t", "seq": 2, "flushed": 1, "reset": False,
-                            "records": [to_blob(_record())]}
+                            "records": [[r.order_id, r.account, r.client_order_id, False,
+                                         r.blob]]}
     body.update(changes)
     return [b"TM\x01\x41", msgpack.packb(body)]
 
@@ -165,8 +176,9 @@ def _batch_body(**changes: Any) -> list[bytes]:
     ({"term": ""}, "term"),
     ({"reset": 1}, "reset must be a boolean"),
     ({"records": "x"}, "records must be a list"),
-    ({"records": [b"junk"]}, "REPLICA_BATCH"),
-    ({"records": [to_blob(builders.report(OrderState.ROUTED))]}, "must be Order records"),
+    ({"records": [b"junk"]}, "a record must be"),
+    ({"records": [["o", "a", "c", 1, b"x"]]}, "terminal must be a boolean"),
+    ({"records": [["o", "a", "", False, b"x"]]}, "client_order_id"),
 ])
 def test_malformed_batches_name_their_reason(changes: dict[str, Any], reason: str) -> None:
     with pytest.raises(RemoteProtocolError, match=reason):

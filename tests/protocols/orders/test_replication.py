@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from protocols.orders.codec import EncodedOrder
 from protocols.orders.pair import RefuseReason, ReplicaAck, ReplicaBatch, ReplicaRefused
 from protocols.orders.record import Order
 from protocols.orders.replication import (
@@ -15,17 +16,20 @@ from protocols.orders.replication import (
     ClientIndex,
     Replica,
     Replicator,
-    client_key,
     newer,
 )
 from tests.protocols.orders import builders
 
 
-def rec(order_id: str, coid: str | None = None, exec_seq: int = 0, updated_ns: int = 100
-        ) -> Order:
+def order(order_id: str, coid: str | None = None, exec_seq: int = 0, updated_ns: int = 100
+          ) -> Order:
     return replace(builders.order(), order_id=order_id, exec_seq=exec_seq,
                    updated_ns=updated_ns,
                    order=replace(builders.new(), client_order_id=coid or f"c-{order_id}"))
+
+
+def rec(order_id: str, coid: str | None = None, exec_seq: int = 0) -> EncodedOrder:
+    return EncodedOrder.of(order(order_id, coid, exec_seq))
 
 
 def batch(seq: int, *records: Order, term: str = "t1", epoch: int = 5, flushed: int = 0,
@@ -67,8 +71,8 @@ def test_the_passive_answer_to_every_kind_of_batch(
         assert got == ReplicaAck(msg.epoch, msg.term, msg.seq)
         assert (replica.term, replica.seq, replica.last_batch) == (msg.term, msg.seq, 50.0)
         for r in msg.records:
-            assert replica.backlog.get(r.order_id) == r
-            assert index.get(client_key(r), 50.0) == r.order_id
+            assert replica.backlog.get(r.order_id) == (msg.seq, r)
+            assert index.get(r.key, 50.0) == r.order_id
     else:
         assert got == ReplicaRefused(epoch, msg.term, msg.seq, answer)
         assert (replica.term, replica.seq) == held  # nothing taken
@@ -130,17 +134,20 @@ def test_out_of_sync_the_first_batch_is_a_reset_with_everything_the_store_lacks(
 def test_durable_once_confirmed_in_sync_or_in_the_store() -> None:
     rep = Replicator("t1", 5)
     seqs = [rep.append([rec(x)]) for x in "abc"]
-    rep.batch(seqs[0], peer_ready=True)  # the reset
+    rep.batch(seqs[-1], peer_ready=True)  # the reset, carrying all three
     assert not any(rep.durable(s) for s in seqs)
-    assert rep.on_ack(ReplicaAck(5, "t1", 2))
-    assert [rep.durable(s) for s in seqs] == [True, True, False]
-    assert not rep.on_ack(ReplicaAck(5, "t1", 1))  # old news
-    assert not rep.on_ack(ReplicaAck(5, "t0", 3))  # another term's
+    four = rep.append([rec("d")])
+    rep.batch(four, peer_ready=True)
+    assert rep.on_ack(ReplicaAck(5, "t1", 3))
+    seqs.append(four)
+    assert [rep.durable(s) for s in seqs] == [True, True, True, False]
+    assert not rep.on_ack(ReplicaAck(5, "t1", 2))  # old news
+    assert not rep.on_ack(ReplicaAck(5, "t0", 4))  # another term's
     rep.lost()  # the passive may have died: only the store counts now
     assert not any(rep.durable(s) for s in seqs)
-    assert not rep.on_ack(ReplicaAck(5, "t1", 3))  # from before the loss
+    assert not rep.on_ack(ReplicaAck(5, "t1", 4))  # from before the loss
     rep.flushed_to(2)
-    assert [rep.durable(s) for s in seqs] == [True, True, False]
+    assert [rep.durable(s) for s in seqs] == [True, True, False, False]
 
 
 def test_a_confirmation_from_before_the_current_reset_does_not_count() -> None:
@@ -175,9 +182,10 @@ def test_the_backlog_keeps_the_newest_record_of_each_order_until_flushed() -> No
     a1, a2, b1 = rec("a", exec_seq=1), rec("a", exec_seq=2), rec("b")
     log.add(1, [a1, b1])
     log.add(2, [a2])
-    assert log.get("a") == a2 and log.newest() == [b1, a2] and log.records == 3
+    assert log.get("a") == (2, a2) and log.newest() == [b1, a2] and log.records == 3
+    assert log.last() == (2, (a2,))
     log.trim(1)
-    assert log.get("a") == a2 and log.get("b") is None and log.records == 1
+    assert log.get("a") == (2, a2) and log.get("b") is None and log.records == 1
     with pytest.raises(ValueError, match="after"):
         log.add(2, [a1])
     log.clear()
@@ -222,11 +230,11 @@ def test_a_load_merges_older_entries_in_front_and_keeps_newer_ones() -> None:
 
 
 @pytest.mark.parametrize(("record", "stored", "expected"), [
-    (rec("a"), None, True),
-    (rec("a", exec_seq=2), rec("a", exec_seq=1, updated_ns=999), True),
-    (rec("a", exec_seq=1, updated_ns=999), rec("a", exec_seq=2), False),
-    (rec("a", exec_seq=1, updated_ns=200), rec("a", exec_seq=1, updated_ns=100), True),
-    (rec("a", exec_seq=1), rec("a", exec_seq=1), False),  # the same: Redis has it
+    (order("a"), None, True),
+    (order("a", exec_seq=2), order("a", exec_seq=1, updated_ns=999), True),
+    (order("a", exec_seq=1, updated_ns=999), order("a", exec_seq=2), False),
+    (order("a", exec_seq=1, updated_ns=200), order("a", exec_seq=1, updated_ns=100), True),
+    (order("a", exec_seq=1), order("a", exec_seq=1), False),  # the same: Redis has it
 ])
 def test_newer(record: Order, stored: Order | None, expected: bool) -> None:
     assert newer(record, stored) is expected
