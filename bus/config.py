@@ -267,8 +267,8 @@ class OrdersSection:
     max_in_service: int = MAX_IN_SERVICE
     # The longest wait a request may face to be admitted: past it (the oldest new order in
     # service has waited longer, or the backlog takes longer at the measured service time)
-    # a request is answered BUSY at once. 10 ms: half the 20 ms round trip allowed under
-    # overload (protocols.orders.service.MAX_QUEUE_MS: why).
+    # a request is answered BUSY at once. 1,000 ms by default, a safety net: about 10 for the
+    # 20 ms round trip under overload (protocols.orders.service.MAX_QUEUE_MS: why).
     max_queue_ms: float = MAX_QUEUE_MS
 
     def validate(self, key: str) -> None:

@@ -69,11 +69,14 @@ GAP_RETRY_S = 0.05  # an order whose log entries arrive with a gap is re-driven 
 RECENT_REPLACES = 1_000  # replace outcomes kept to answer a client's retry the same way
 MAX_IN_SERVICE = 2_000  # requests in service at once by default ([orders] max_in_service)
 # The longest wait (OrderService.waited) at which a request is still admitted, by default
-# ([orders] max_queue_ms). Half the 20 ms round trip the design allows an order under
-# overload: the wait runs from arrival to the store's answer, it overshoots the budget by
-# about a tenth at the 99th percentile (test_overload_model), and the executor leg and the
-# reports take the rest (round trip p99 - ack p99 at 1,000/s: about 4 ms, docs/BENCHMARKS.md).
-MAX_QUEUE_MS = 10.0
+# ([orders] max_queue_ms). A safety net, not a latency target: in the Redis drill (500
+# orders/s on two saturated cores) waits over 10 ms are ordinary, and a 10 ms budget refused
+# 9,000-12,000 of 26,000 requests, the back-off of each refused one putting the order
+# round-trip p99 at 2.5-6.5 s (100 ms: 770 refusals, p99 0.7 s; no time bound: 0, p99
+# 0.19 s). A deployment with CPU to spare that wants the 20 ms overload bound sets about 10
+# (half the round trip: the wait runs from arrival to the store's answer, overshoots the
+# budget by about a tenth at p99, test_overload_model; the executor leg takes the rest).
+MAX_QUEUE_MS = 1000.0
 CANCEL_RESERVE = 0.1  # cancels are refused only past the count bound plus this fraction of it
 # ... and only past the wait budget plus this fraction of it. A whole budget more: under
 # overload the time bound holds the wait *at* the budget, so the estimate hovers around it (a

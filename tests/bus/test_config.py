@@ -377,7 +377,7 @@ def test_wrong_orders_section(orders: dict[str, Any], key: str, fragment: str) -
 
 
 def test_the_queue_budget_defaults_to_the_services_and_takes_an_integer() -> None:
-    assert OrdersSection().max_queue_ms == MAX_QUEUE_MS == 10.0
+    assert OrdersSection().max_queue_ms == MAX_QUEUE_MS == 1000.0
     cfg = parse_config({"orders": {"max_queue_ms": 5}})
     assert cfg.orders.max_queue_ms == 5.0 and isinstance(cfg.orders.max_queue_ms, float)
     assert parse_config({"orders": {"max_queue_ms": 2.5}}).orders.max_queue_ms == 2.5
