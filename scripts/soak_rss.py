@@ -121,7 +121,7 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=300.0, help="trader orders/s (300)")
     p.add_argument("--warmup", type=float, default=60.0, help="seconds before the baseline")
     p.add_argument("--every", type=float, default=10.0, help="seconds between samples")
-    p.add_argument("--base-port", type=int, default=0, help="first of 11 ports (0: pick)")
+    p.add_argument("--base-port", type=int, default=0, help="first of 13 ports (0: pick)")
     p.add_argument("--run-dir", type=Path, help="logs and stats (default: a temp dir)")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     args = p.parse_args()

@@ -90,7 +90,6 @@ class PairStoreStats:
     store_checks: int = 0  # client order ids looked up in Redis (the index did not cover them)
     index_loads: int = 0
     reconciled: int = 0  # records written at takeover: newer in memory than in Redis
-    reused: int = 0  # write-behind found a client order id naming an older order (past window)
 
 
 class PairStore:

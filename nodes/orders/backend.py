@@ -2,10 +2,12 @@
 
 Sockets: ROUTER "clients" (order clients), PUB "peer" + SUB to the other node's "peer"
 (heartbeats), PUB "updates" (execution reports for frontends, topic = account + NUL), ROUTER
-"executor" (the EA's trade side). The pair's state machine is
-``protocols.orders.binary_star``; every order write goes through the fenced store
-(``bus.store.orders``), so a node that lost the active role can never write, and steps down
-when the store tells it so.
+"executor" (the EA's trade side), and the pair's replication link (ROUTER "replica" + a DEALER
+to the other node's). The pair's state machine is ``protocols.orders.binary_star``. Every
+order write goes through the pair store (``bus.orders.pair_store``): acknowledged once the
+passive node holds it, written behind to the fenced Redis store (``bus.store.orders``), or
+without a passive node written there first; a node that lost the active role can never
+write (the passive refuses its stale epoch, Redis fences it) and steps down when told so.
 
 The decisions (what is known per order, exposure reservations, joined retries, replace
 outcomes, re-drive selection) are ``protocols.orders.service.OrderService``'s; this node keeps
@@ -13,12 +15,15 @@ the sockets, the timers and the store, and carries the decisions out.
 
 Requests: new orders (idempotency, validation, accept, route), cancels and replaces. Each
 wake-up drains every request already queued (bounded); the new orders among them are checked
-one by one and stored in one fenced script call and one ``WAIT`` (the placer); past
-``[orders] max_in_service`` requests in service one more is refused at once, BUSY with a
-retry-after hint (``OrderService.busy``). The executor owns a working order and decides its
-fills, cancels and replaces in the order's execution log; this node applies the log's entries
-strictly in order (``Order.position``) and re-drives an order whose record lags, so after a
-takeover it converges on the executor's history. A cancel is acknowledged once requested (the
+one by one and stored as one batch (the placer); past ``[orders] max_in_service`` requests
+in service, or a wait over ``max_queue_ms``, or a write-behind backlog at
+``max_write_behind``, one more is refused at once, BUSY with a retry-after hint
+(``OrderService.busy``). Reports from the executor are applied in batches too.
+
+The executor owns a working order and decides its fills, cancels and replaces in the order's
+execution log; this node applies the log's entries strictly in order (``Order.position``) and
+re-drives an order whose record lags, so after a takeover it converges on the executor's
+history. A cancel is acknowledged once requested (the
 outcome is a report); a replace is acknowledged only once the executor has decided it (or
 refused with the executor's reason).
 """
