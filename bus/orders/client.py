@@ -40,7 +40,9 @@ Rules (docs/ORDERS.md, "Client retries"):
   fill one.
 * Requests in flight are bounded (``max_in_flight``): one more raises
   :class:`TooManyInFlight` at once. Execution reports go to a bounded queue; when it is full
-  the oldest report is dropped and counted (``updates_dropped``).
+  the oldest report is dropped and counted (``updates_dropped``). A report whose exec id was
+  delivered lately (a backend that took over sends again what its predecessor may not have
+  sent) is dropped and counted (``updates_repeated``).
 * Malformed replies are counted and logged (rate-limited); the readers carry on.
 
 :class:`BlockingOrderClient` runs the same client on its own event-loop thread.
@@ -52,7 +54,7 @@ import asyncio
 import logging
 import random
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -170,13 +172,18 @@ class OrderClient:
         self._preferred = 0  # the backend that last gave a final answer
         self._timer = RequestTimer(options.request_timeout_s, options.max_request_timeout_s)
         self._updates: deque[ExecutionReport] = deque()
+        # The exec ids of the latest reports: a backend that took over sends again the last
+        # entry of the orders its predecessor may not have reported (the report is the
+        # executor's log entry; its exec id names the position), and the caller sees it once.
+        self._seen: OrderedDict[str, None] = OrderedDict()
         self._updates_ready = asyncio.Event()
         self._bad = RateLimitedLog(log, "malformed order reply")
         self._started = False
         self._closed = False
         self._counts = dict.fromkeys(
             ("sent", "unsent", "retries", "switches", "acks", "rejects", "timeouts",
-             "late_replies", "updates", "updates_dropped", "malformed", "pending_notices",
+             "late_replies", "updates", "updates_dropped", "updates_repeated", "malformed",
+             "pending_notices",
              "held", "busy", "busy_deadline", "send_batches", "read_batches",
              "read_messages", "read_batch_max"), 0)
 
@@ -478,6 +485,12 @@ class OrderClient:
                 pending.held_until = now + PENDING_HOLD_S
 
     def _on_report(self, report: ExecutionReport) -> None:
+        if report.exec_id in self._seen:
+            self._counts["updates_repeated"] += 1
+            return
+        self._seen[report.exec_id] = None
+        if len(self._seen) > self.options.updates_queue:
+            self._seen.popitem(last=False)
         self._counts["updates"] += 1
         if len(self._updates) >= self.options.updates_queue:
             self._updates.popleft()

@@ -387,10 +387,11 @@ class PairStore:
 
     # -- roles -----------------------------------------------------------------------------
 
-    async def activate(self, epoch: int) -> None:
+    async def activate(self, epoch: int) -> list[Order]:
         """This node won ``epoch``: write what it holds of the old active that Redis lacks
-        (fenced under ``epoch``), bring the client index up to date, start a term. Raises
-        ``Fenced``/``StoreError`` (the node then does not serve yet)."""
+        (fenced under ``epoch``), bring the client index up to date, start a term. Returns the
+        records it held (the old active's last writes: their reports may not have been sent).
+        Raises ``Fenced``/``StoreError`` (the node then does not serve yet)."""
         held, last_batch = self.replica.backlog.newest(), self.replica.last_batch
         now = time.time()
         if held:
@@ -407,6 +408,7 @@ class PairStore:
         await self._load_index(since - CLOCK_MARGIN_S)
         self.replica.release()  # only now: until Redis has them, a retry starts over from them
         self.replicator = Replicator(secrets.token_hex(8), epoch)
+        return [r.decode() for r in held]
 
     def deactivate(self) -> None:
         """Stepped down: this term's batches are the new active's business now (it holds

@@ -310,7 +310,9 @@ class BackendNode:
         if self.pair_store is not None and self.pair_store.replicator is None:
             # What this node holds of the old active goes to Redis first (where newer), so
             # the open orders read next are the pair's, not only what Redis had.
-            await self.pair_store.activate(epoch)
+            held = await self.pair_store.activate(epoch)
+            if held:
+                self._spawn(self._report_again(held))
         self.service.reload(await self.store.open_orders())
         self._reload_pending = False
         log.info("backend %s: active at epoch %d with %d open orders", self.role.value, epoch,
@@ -396,9 +398,34 @@ class BackendNode:
             self._placing.append((identity, req, self.star.epoch))
             self._place_wanted.set()
             return
-        task = asyncio.create_task(self._serve(identity, req, self.star.epoch))
+        self._spawn(self._serve(identity, req, self.star.epoch))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self._requests.add(task)
         task.add_done_callback(self._served)
+
+    async def _report_again(self, records: list[Order]) -> None:
+        """Send again the last log entry of each record the old active wrote last: it may
+        have died between storing an entry and relaying it (a terminal order is re-driven by
+        nobody, so its client would never hear of its end). Clients drop an exec id they
+        have had."""
+        for record in records:
+            if record.exec_seq == 0:
+                continue
+            try:
+                entries = await self.store.executions(record.order_id, record.exec_seq - 1)
+            except StoreError as exc:
+                log.warning("backend %s: last report of %s not sent again: %s",
+                            self.role.value, record.order_id, exc)
+                continue
+            if entries:
+                frames = encode_order(entries[0])
+                identity = self.service.route_of(record)
+                if identity:
+                    await self.clients.send_multipart([identity, *frames])
+                await self.updates.send_multipart(
+                    [record.order.account.encode() + b"\x00", *frames])
 
     def _served(self, task: asyncio.Task[None]) -> None:
         self._requests.discard(task)

@@ -396,6 +396,26 @@ def test_reports_arrive_from_either_backend(backend: MakeBackend) -> None:
     run(scenario)
 
 
+def test_a_report_sent_again_reaches_the_caller_once(backend: MakeBackend) -> None:
+    """A backend that took over sends again the last entry of its predecessor's last orders
+    (it may never have been relayed): the same exec id is delivered once."""
+    a, b = backend(ack), backend(ack)
+
+    async def scenario() -> None:
+        async with OrderClient(options(a.endpoint, b.endpoint)) as client:
+            ident = client.client_id.encode()
+            a.push(ident, encode_order(report("c-1", "e-1")))
+            await wait_until(lambda: client.stats()["updates"] == 1, 2, "the report")
+            b.push(ident, encode_order(report("c-1", "e-1")))  # again, from the new active
+            b.push(ident, encode_order(report("c-1", "e-2")))
+            await wait_until(lambda: client.stats()["updates"] == 2, 2, "the next report")
+            assert client.stats()["updates_repeated"] == 1
+            async with asyncio.timeout(scaled(2)):
+                got = [(await client.next_update()).exec_id for _ in range(2)]
+            assert got == ["e-1", "e-2"]
+    run(scenario)
+
+
 def test_full_update_queue_drops_the_oldest(backend: MakeBackend) -> None:
     a = backend(ack)
 
