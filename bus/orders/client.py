@@ -175,7 +175,7 @@ class OrderClient:
         # The exec ids of the latest reports: a backend that took over sends again the last
         # entry of the orders its predecessor may not have reported (the report is the
         # executor's log entry; its exec id names the position), and the caller sees it once.
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()  # (order id, exec id)
         self._updates_ready = asyncio.Event()
         self._bad = RateLimitedLog(log, "malformed order reply")
         self._started = False
@@ -485,10 +485,11 @@ class OrderClient:
                 pending.held_until = now + PENDING_HOLD_S
 
     def _on_report(self, report: ExecutionReport) -> None:
-        if report.exec_id in self._seen:
+        key = (report.order_id, report.exec_id)  # the backend's own exec ids repeat per order
+        if key in self._seen:
             self._counts["updates_repeated"] += 1
             return
-        self._seen[report.exec_id] = None
+        self._seen[key] = None
         if len(self._seen) > self.options.updates_queue:
             self._seen.popitem(last=False)
         self._counts["updates"] += 1
