@@ -136,6 +136,9 @@ class PairStore:
             owner = self.index.get(client_key(order), time.time())
             raise InvalidOrder("client_order_id", f"{o.client_order_id!r} of account "
                                f"{o.account!r} already names order {owner}")
+        if outcome is WriteOutcome.ORDER_ID_TAKEN:
+            raise StoreError(f"order id {order.order_id} already names another client "
+                             "order's record: not overwritten")
 
     async def write_batch(self, orders: Sequence[Order], epoch: int) -> list[WriteOutcome]:
         rep = self.replicator
@@ -222,6 +225,10 @@ class PairStore:
                 outcomes.append(WriteOutcome.CLIENT_ID_TAKEN)
                 if self.index.get(key, now) is None:
                     self.index.add(key, owner, now)
+                continue
+            named = self.index.key_of(order.order_id)
+            if owner is None and named is not None and named != key:
+                outcomes.append(WriteOutcome.ORDER_ID_TAKEN)  # never overwrite another's
                 continue
             self.index.add(key, order.order_id, now)
             outcomes.append(WriteOutcome.WRITTEN)

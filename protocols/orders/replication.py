@@ -76,9 +76,15 @@ class ClientIndex:
         self.max_keys = max_keys
         self.known_from = known_from  # inf: nothing known yet
         self._keys: OrderedDict[Key, tuple[str, float]] = OrderedDict()
+        # order id -> its key: an order id written under another client order id is refused
+        # (defence in depth, as the store's script does).
+        self._owners: dict[str, Key] = {}
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    def key_of(self, order_id: str) -> Key | None:
+        return self._owners.get(order_id)
 
     def get(self, key: Key, now: float) -> str | None:
         self._expire(now)
@@ -88,8 +94,12 @@ class ClientIndex:
     def add(self, key: Key, order_id: str, now: float) -> None:
         """``key`` names ``order_id`` from ``now`` on (a later use of the key, past the window,
         names a new order: it moves to the end)."""
+        old = self._keys.get(key)
+        if old is not None and self._owners.get(old[0]) == key:
+            del self._owners[old[0]]
         self._keys[key] = (order_id, now)
         self._keys.move_to_end(key)
+        self._owners[order_id] = key
         self._expire(now)
 
     def load(self, entries: Iterable[tuple[Key, str, float]], since: float) -> None:
@@ -102,6 +112,8 @@ class ClientIndex:
             rest = self._keys
             self._keys = OrderedDict((key, (oid, at)) for at, key, oid in merged)
             self._keys.update(rest)
+            for _at, key, oid in merged:
+                self._owners.setdefault(oid, key)
         self.known_from = min(self.known_from, since)
 
     def gap(self, now: float) -> None:
@@ -116,10 +128,12 @@ class ClientIndex:
         horizon = now - self.window_s
         keys = self._keys
         while keys:
-            key, (_oid, at) = next(iter(keys.items()))
+            key, (oid, at) = next(iter(keys.items()))
             if at >= horizon and len(keys) <= self.max_keys:
                 break
             del keys[key]
+            if self._owners.get(oid) == key:
+                del self._owners[oid]
             if at >= horizon:  # evicted for the count: ids from before `at` may be missing
                 self.known_from = max(self.known_from, at)
 

@@ -1,7 +1,9 @@
 """Each store seam's contract run against every implementation there is: the tick store
 (``contract_ticks.py``) and the order store (``contract_orders.py``), on a plain redis-server
-and through Sentinels (the shared HA topology of ``tests/conftest.py``, so its data sits under a
-key prefix of the test's own).
+and through Sentinels (the shared HA topology of ``tests/conftest.py``, so its data sits under
+a key prefix of the test's own); the order store also as the backend pair's store
+(``PairStore``, active with its peer away: its client index, backlog and write-behind in the
+path).
 
 Adding an implementation is one fixture that returns an opener (an async function that opens
 a store on this test's own empty data), and its name in ``TICK_STORES`` or ``ORDER_STORES``.
@@ -9,15 +11,20 @@ a store on this test's own empty data), and its name in ``TICK_STORES`` or ``ORD
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
+import zmq.asyncio
 
+from bus.aio import cancel_and_wait
 from bus.config import MeshConfig, MeshSection, RedisSection
+from bus.orders.pair_store import PairStore
 from bus.store.orders import OrderStore, RedisOrderStore
 from bus.store.ticks import RedisTickStore
+from nodes.drills.ports import tcp_endpoint
 from nodes.servers.redis_ha import MASTER_NAMES, RedisHA, Role
 from nodes.servers.redis_server import RedisProcess
 from tests.bus.store.contract_orders import OpenOrderStore, OrderStoreContract, order
@@ -28,7 +35,7 @@ pytestmark = pytest.mark.timeout(30)
 S = TypeVar("S")
 
 TICK_STORES = ["redis_tick_store", "sentinel_tick_store"]
-ORDER_STORES = ["redis_order_store", "sentinel_order_store"]
+ORDER_STORES = ["redis_order_store", "sentinel_order_store", "pair_order_store"]
 
 
 @pytest.fixture(params=TICK_STORES)
@@ -80,6 +87,49 @@ def sentinel_order_store(redis_ha: RedisHA) -> OpenOrderStore:
     for it (``WAIT``), the path a plain server never takes."""
     cfg = sentinel_mesh(redis_ha)
     return opener(lambda: RedisOrderStore.from_config(cfg))
+
+
+class _Alone:
+    """The pair state of a node whose peer is away: every batch is written through."""
+
+    def pair_state(self) -> tuple[bool, int]:
+        return False, 0
+
+    def peer_ready(self) -> bool:
+        return False
+
+
+class AlonePairStore(PairStore):
+    """The pair store of an active node whose passive peer is away, activated whenever it
+    wins an epoch (the backend activates it at takeover), its tasks running. Its client index
+    decides idempotency, its backlog answers reads, its write-behind writes to Redis."""
+
+    def __init__(self, url: str) -> None:
+        self.ctx = zmq.asyncio.Context()
+        super().__init__(RedisOrderStore(url, "t"), self.ctx, _Alone(), bind=tcp_endpoint(),
+                         peer=tcp_endpoint(), ack_timeout_s=0.05)
+        self.tasks = [asyncio.create_task(t) for t in (self.flusher(), self.acks(),
+                                                        self.catch_up())]
+
+    async def acquire_epoch(self, expected: int) -> tuple[bool, int]:
+        won, epoch = await super().acquire_epoch(expected)
+        if won:
+            self.deactivate()
+            await self.activate(epoch)
+        return won, epoch
+
+    async def close(self) -> None:
+        # Re-cancelled while a library call swallows the first cancel (bus.aio: why).
+        await cancel_and_wait(self.tasks, what="pair store")
+        await super().close()
+        self.ctx.term()
+
+
+@pytest.fixture
+def pair_order_store(redis_server: RedisProcess) -> OpenOrderStore:
+    async def open_store() -> OrderStore:
+        return AlonePairStore(redis_server.url)
+    return open_store
 
 
 class TestTickStore(TickStoreContract):

@@ -204,6 +204,9 @@ def test_the_index_forgets_past_its_window_and_says_when_it_is_complete() -> Non
     index.add(("acc", "y"), "o-y", 6.0)
     assert index.get(("acc", "x"), 11.5) is None  # older than the window
     assert index.get(("acc", "y"), 11.5) == "o-y"
+    assert index.key_of("o-y") == ("acc", "y") and index.key_of("o-x") is None
+    index.add(("acc", "y"), "o-y2", 11.6)  # the id reused past its order: the key moves on
+    assert index.key_of("o-y") is None and index.key_of("o-y2") == ("acc", "y")
     index.gap(12.0)  # batches lost: what came before may be missing
     assert not index.complete(21.0) and index.complete(22.0)
 
