@@ -73,12 +73,8 @@ class PeerHeartbeat:
             raise ValueError(f"epoch must be an integer in 0..2^63-1, got {self.epoch!r:.40}")
 
 
-def _check_epoch(epoch: object) -> None:
-    if type(epoch) is not int or not 0 <= epoch <= MAX_EPOCH:
-        raise ValueError(f"epoch must be an integer in 0..2^63-1, got {epoch!r:.40}")
-
-
-def _check_seq(field: str, value: object) -> None:
+def _check_count(field: str, value: object) -> None:
+    """An epoch or a batch number: an integer in 0..2^63-1 (a Redis integer)."""
     if type(value) is not int or not 0 <= value <= MAX_EPOCH:
         raise ValueError(f"{field} must be an integer in 0..2^63-1, got {value!r:.40}")
 
@@ -108,10 +104,10 @@ class ReplicaBatch:
     reset: bool = False
 
     def __post_init__(self) -> None:
-        _check_epoch(self.epoch)
+        _check_count("epoch", self.epoch)
         check_id("term", self.term)
-        _check_seq("seq", self.seq)
-        _check_seq("flushed", self.flushed)
+        _check_count("seq", self.seq)
+        _check_count("flushed", self.flushed)
         if self.seq < 1 or self.flushed >= self.seq:
             raise ValueError(f"need 0 <= flushed < seq, 1 <= seq; got flushed {self.flushed}, "
                              f"seq {self.seq}")
@@ -128,9 +124,9 @@ class ReplicaAck:
     seq: int
 
     def __post_init__(self) -> None:
-        _check_epoch(self.epoch)
+        _check_count("epoch", self.epoch)
         check_id("term", self.term)
-        _check_seq("seq", self.seq)
+        _check_count("seq", self.seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +139,9 @@ class ReplicaRefused:
     reason: RefuseReason
 
     def __post_init__(self) -> None:
-        _check_epoch(self.epoch)
+        _check_count("epoch", self.epoch)
         check_id("term", self.term)
-        _check_seq("seq", self.seq)
+        _check_count("seq", self.seq)
         if not isinstance(self.reason, RefuseReason):
             raise ValueError(f"reason must be a RefuseReason, got {self.reason!r:.40}")
 
