@@ -280,8 +280,9 @@ def test_replace_is_decided_by_the_executor_and_acknowledged_after(
                 held = await primary.store.get(rest.order_id)  # the pair's, at the ack
                 assert held is not None
                 assert (held.quantity, held.price, held.exec_seq) == (1.5, 1.0760, 1)
-                assert await wait_until(lambda: store.get(rest.order_id), 5,
-                                        "the replace in Redis (written behind)") == held
+                async def replaced_in_redis() -> bool:
+                    return await store.get(rest.order_id) == held
+                await wait_until(replaced_in_redis, 5, "the replace in Redis (written behind)")
                 # The client's retry of the same replace gets the same answer, no new entry.
                 again = await client.replace(ReplaceOrder("acc", "rpl-1", "rest", 1.5, 1.0760))
                 assert again == ack
