@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import zmq
+import zmq.asyncio
 
 from protocols.ticks.messages import MAX_BATCH, ROW_FIELDS
 
@@ -61,7 +62,9 @@ __all__ = [
     "REPLICA_CLIENT",
     "REPLICA_SERVER",
     "SocketSpec",
+    "drain_queued",
     "open_socket",
+    "recv_batch",
 ]
 
 KiB = 1024
@@ -190,3 +193,21 @@ PEER_SUB = SocketSpec("peer sub", zmq.SUB, HEARTBEAT_BYTES)
 REPLICA_SERVER = SocketSpec("replica", zmq.ROUTER, REPLICA_BATCH_BYTES)
 REPLICA_CLIENT = SocketSpec("replica client", zmq.DEALER, HEARTBEAT_BYTES, immediate=True,
                             reconnect_ivl_ms=10, reconnect_ivl_max_ms=200)
+
+
+async def drain_queued(sock: zmq.asyncio.Socket, batch: list[list[bytes]], limit: int) -> None:
+    """Append to ``batch`` every message already queued on ``sock``, up to ``limit`` in all:
+    non-blocking receives until none is left (never a wait to fill a batch)."""
+    while len(batch) < limit:
+        try:
+            batch.append(await sock.recv_multipart(flags=zmq.NOBLOCK))
+        except zmq.Again:
+            return
+
+
+async def recv_batch(sock: zmq.asyncio.Socket, limit: int) -> list[list[bytes]]:
+    """The messages of one wake-up: wait for one, then take what else is queued (at most
+    ``limit``). Batches form under load by themselves; idle, a batch is one message."""
+    batch = [await sock.recv_multipart()]
+    await drain_queued(sock, batch, limit)
+    return batch

@@ -31,10 +31,10 @@ import zmq
 import zmq.asyncio
 
 from bus.logutil import RateLimitedLog
-from bus.sockets import REPLICA_CLIENT, REPLICA_SERVER, open_socket
-from bus.store.orders import RedisOrderStore, WriteOutcome
+from bus.sockets import REPLICA_CLIENT, REPLICA_SERVER, open_socket, recv_batch
+from bus.store.orders import RedisOrderStore, WriteOutcome, raise_for
 from protocols.backoff import Backoff
-from protocols.errors import Fenced, InvalidOrder, RemoteProtocolError, StoreError
+from protocols.errors import Fenced, RemoteProtocolError, StoreError
 from protocols.orders.codec import EncodedOrder
 from protocols.orders.messages import ExecutionReport
 from protocols.orders.pair import (
@@ -131,14 +131,7 @@ class PairStore:
 
     async def write(self, order: Order, epoch: int) -> None:
         [outcome] = await self.write_batch([order], epoch)
-        if outcome is WriteOutcome.CLIENT_ID_TAKEN:
-            o = order.order
-            owner = self.index.get(client_key(order), time.time())
-            raise InvalidOrder("client_order_id", f"{o.client_order_id!r} of account "
-                               f"{o.account!r} already names order {owner}")
-        if outcome is WriteOutcome.ORDER_ID_TAKEN:
-            raise StoreError(f"order id {order.order_id} already names another client "
-                             "order's record: not overwritten")
+        raise_for(outcome, order, self.index.get(client_key(order), time.time()))
 
     async def write_batch(self, orders: Sequence[Order], epoch: int) -> list[WriteOutcome]:
         rep = self.replicator
@@ -455,12 +448,7 @@ class PairStore:
         wake-up takes every batch already queued; a confirmation covers every batch before
         it, so only the last one of a run is confirmed (one send, not one per batch)."""
         while True:
-            msgs = [await self.server.recv_multipart()]
-            while len(msgs) < REPLICA_DRAIN:
-                try:
-                    msgs.append(await self.server.recv_multipart(flags=zmq.NOBLOCK))
-                except zmq.Again:
-                    break
+            msgs = await recv_batch(self.server, REPLICA_DRAIN)
             answers: list[tuple[bytes, ReplicaAck | ReplicaRefused]] = []
             for identity, *frames in msgs:
                 reply = self._take(frames)

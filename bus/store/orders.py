@@ -257,6 +257,18 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def raise_for(outcome: WriteOutcome, order: Order, other: str | None) -> None:
+    """What :meth:`OrderStore.write` raises for a batch outcome other than WRITTEN
+    (``other``: the order its client order id names)."""
+    o = order.order
+    if outcome is WriteOutcome.CLIENT_ID_TAKEN:
+        raise InvalidOrder("client_order_id", f"{o.client_order_id!r} of account "
+                           f"{o.account!r} already names order {other}")
+    if outcome is WriteOutcome.ORDER_ID_TAKEN:
+        raise StoreError(f"order id {order.order_id} already names another client "
+                         "order's record: not overwritten")
+
+
 def _member(account: str, client_order_id: str, order_id: str) -> str:
     return _US.join((account, client_order_id, order_id))
 
@@ -419,13 +431,7 @@ class RedisOrderStore:
 
     async def write(self, order: Order, epoch: int) -> None:
         [(outcome, other)] = await self._write_orders([order], epoch)
-        o = order.order
-        if outcome is WriteOutcome.CLIENT_ID_TAKEN:
-            raise InvalidOrder("client_order_id", f"{o.client_order_id!r} of account "
-                               f"{o.account!r} already names order {other}")
-        if outcome is WriteOutcome.ORDER_ID_TAKEN:
-            raise StoreError(f"order id {order.order_id} already names another client "
-                             "order's record: not overwritten")
+        raise_for(outcome, order, other)
 
     async def write_batch(self, orders: Sequence[Order], epoch: int) -> list[WriteOutcome]:
         if not orders:

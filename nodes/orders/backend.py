@@ -54,6 +54,7 @@ from bus.sockets import (
     BACKEND_UPDATES,
     PEER_SUB,
     open_socket,
+    recv_batch,
 )
 from bus.store.orders import OrderStore, RedisOrderStore, WriteOutcome
 from bus.store.ticks import QuoteCache, RedisTickStore
@@ -337,13 +338,7 @@ class BackendNode:
         DRAIN_BATCH, without waiting for more) and admits them in turn; the new orders among
         them reach the placer together, as one batch."""
         while True:
-            batch = [await self.clients.recv_multipart()]
-            while len(batch) < DRAIN_BATCH:
-                try:
-                    batch.append(await self.clients.recv_multipart(flags=zmq.NOBLOCK))
-                except zmq.Again:
-                    break
-            for msg in batch:
+            for msg in await recv_batch(self.clients, DRAIN_BATCH):
                 await self._admit(msg[0], msg[1:])
 
     async def _admit(self, identity: bytes, frames: list[bytes]) -> None:
@@ -420,12 +415,7 @@ class BackendNode:
                             self.role.value, record.order_id, exc)
                 continue
             if entries:
-                frames = encode_order(entries[0])
-                identity = self.service.route_of(record)
-                if identity:
-                    await self.clients.send_multipart([identity, *frames])
-                await self.updates.send_multipart(
-                    [record.order.account.encode() + b"\x00", *frames])
+                await self._relay(entries[0], self.service.route_of(record))
 
     def _served(self, task: asyncio.Task[None]) -> None:
         self._requests.discard(task)
@@ -744,14 +734,8 @@ class BackendNode:
         DRAIN_BATCH) and applies the reports among them as one batch (:meth:`_apply_batch`);
         the next batch forms while one is at the store."""
         while True:
-            msgs = [await self.executor.recv_multipart()]
-            while len(msgs) < DRAIN_BATCH:
-                try:
-                    msgs.append(await self.executor.recv_multipart(flags=zmq.NOBLOCK))
-                except zmq.Again:
-                    break
             reports: list[ExecutionReport] = []
-            for _identity, *frames in msgs:
+            for _identity, *frames in await recv_batch(self.executor, DRAIN_BATCH):
                 try:
                     report = decode_order(frames)
                 except RemoteProtocolError as exc:
@@ -814,11 +798,14 @@ class BackendNode:
             self.stats.reports += 1
             if report.is_replace:
                 self.stats.replaced += 1
-            identity = self.service.applied(report, updated, now)
-            frames = encode_order(report)
-            if identity:
-                await self.clients.send_multipart([identity, *frames])
-            await self.updates.send_multipart([report.account.encode() + b"\x00", *frames])
+            await self._relay(report, self.service.applied(report, updated, now))
+
+    async def _relay(self, report: ExecutionReport, identity: bytes) -> None:
+        """An applied log entry to its client (``identity``; b"": unknown) and on "updates"."""
+        frames = encode_order(report)
+        if identity:
+            await self.clients.send_multipart([identity, *frames])
+        await self.updates.send_multipart([report.account.encode() + b"\x00", *frames])
 
     # -- lifecycle -------------------------------------------------------------------------
 

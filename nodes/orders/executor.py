@@ -65,7 +65,7 @@ import zmq.asyncio
 
 from bus.config import MeshConfig
 from bus.logutil import RateLimitedLog
-from bus.sockets import EXECUTOR, open_socket
+from bus.sockets import EXECUTOR, drain_queued, open_socket
 from bus.store.orders import OrderStore, RedisOrderStore
 from bus.store.ticks import QuoteCache, RedisTickStore, TickStore
 from nodes.common import stats_writer, supervise_tasks, write_json_atomic
@@ -505,11 +505,7 @@ class ExecutorNode:
             async with self._deciding:
                 # Everything queued by now is this batch, also what queued while another
                 # batch was deciding: one wake-up and one store round trip for all of it.
-                while len(batch) < BATCH:
-                    try:
-                        batch.append(await sock.recv_multipart(flags=zmq.NOBLOCK))
-                    except zmq.Again:
-                        break
+                await drain_queued(sock, batch, BATCH)
                 await self.handle(batch, socket)
 
     async def _poller(self) -> None:
