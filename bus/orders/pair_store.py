@@ -12,8 +12,11 @@ where it is newer than Redis's, before the node serves. The rules are
 
 Reads (:meth:`get`, :meth:`by_client_id`) see the records Redis does not have yet, and answer
 from memory only what is durable: a record whose batch is neither confirmed nor in Redis is
-waited for (its order is not acknowledged yet either). The executor's log
-(``append_executions``, ``executions``) is still Redis's, unchanged.
+waited for (its order is not acknowledged yet either). The executor's log travels with the
+records: the entries a record applied are replicated and written behind with it
+(:meth:`write_batch` ``entries``), so a decision of the executor is final when the pair holds
+it, as an acknowledgement is; :meth:`executions` reads Redis's log and what this term holds
+after it.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import zmq.asyncio
 
 from bus.logutil import RateLimitedLog
 from bus.sockets import REPLICA_CLIENT, REPLICA_SERVER, open_socket, recv_batch
-from bus.store.orders import RedisOrderStore, WriteOutcome, raise_for
+from bus.store.orders import RedisOrderStore, WriteOutcome, raise_for, with_entries
 from protocols.backoff import Backoff
 from protocols.errors import Fenced, RemoteProtocolError, StoreError
 from protocols.orders.codec import EncodedOrder
@@ -82,6 +85,7 @@ class PairStoreStats:
     written_through: int = 0  # batches acknowledged once in Redis (no passive node to hold them)
     resets: int = 0  # reset batches sent (the passive node re-synced)
     unconfirmed: int = 0  # batches the passive node did not confirm in time
+    resynced: int = 0  # ... then confirmed by the empty batch sent after them
     refused: int = 0  # batches it refused
     flushes: int = 0  # write-behind script calls
     flush_errors: int = 0
@@ -133,13 +137,15 @@ class PairStore:
         [outcome] = await self.write_batch([order], epoch)
         raise_for(outcome, order, self.index.get(client_key(order), time.time()))
 
-    async def write_batch(self, orders: Sequence[Order], epoch: int) -> list[WriteOutcome]:
+    async def write_batch(self, orders: Sequence[Order], epoch: int,
+                          entries: Sequence[ExecutionReport] = ()) -> list[WriteOutcome]:
         rep = self.replicator
         if rep is None or rep.epoch != epoch:
             # Not this node's term: Redis decides (fenced), as a node stepped down expects.
-            return await self.backing.write_batch(orders, epoch)
+            return await self.backing.write_batch(orders, epoch, entries)
+        records = with_entries(orders, entries)
         outcomes = await self._claim(orders)
-        written = [EncodedOrder.of(o) for o, out in zip(orders, outcomes, strict=True)
+        written = [r for r, out in zip(records, outcomes, strict=True)
                    if out is WriteOutcome.WRITTEN]
         if written:
             await self._durable(rep, rep.append(written))
@@ -174,15 +180,28 @@ class PairStore:
                     stored[record.order_id] = record.decode()
         return list(stored.values())
 
-    async def append_execution(self, entry: ExecutionReport) -> list[ExecutionReport]:
-        return await self.backing.append_execution(entry)
-
-    async def append_executions(self, entries: Sequence[ExecutionReport]
-                                ) -> list[list[ExecutionReport]]:
-        return await self.backing.append_executions(entries)
+    def held(self, order_id: str) -> Order | None:
+        """The newest record of ``order_id`` this term holds that Redis may lack (None: none),
+        durable or not yet: what the next write of the order builds on."""
+        rep = self.replicator
+        found = rep.backlog.get(order_id) if rep is not None else None
+        return found[1].decode() if found is not None else None
 
     async def executions(self, order_id: str, after: int = 0) -> list[ExecutionReport]:
-        return await self.backing.executions(order_id, after)
+        """The log from Redis and, after it, what this term holds that Redis may lack (once
+        durable, as :meth:`get`; from memory alone when it holds every entry asked for). The
+        held entries are read first: one the write-behind moves
+        to Redis meanwhile is then in both (the positions say which), never in neither."""
+        rep = self.replicator
+        held = rep.backlog.entries(order_id) if rep is not None else []
+        newest = rep.backlog.get(order_id) if rep is not None else None
+        if rep is not None and newest is not None:
+            await self._wait_durable(rep, newest[0])
+        if held and held[0].seq <= after + 1:  # memory has it all: no Redis (it may be away)
+            return [e.decode() for e in held if e.seq > after]
+        stored = await self.backing.executions(order_id, after)
+        end = after + len(stored)
+        return stored + [e.decode() for e in held if e.seq > end]
 
     async def close(self) -> None:
         self._fail_acks(False)
@@ -236,6 +255,16 @@ class PairStore:
         if batch is not None and await self._replicate(rep, batch):
             self.stats.replicated += 1
             return
+        if batch is not None and self.node.peer_ready() and self.replicator is rep:
+            # Unconfirmed, yet the peer still beats as PASSIVE (a late ack, a busy loop): one
+            # more try, an empty batch numbered after this one. Out of sync it is a reset that
+            # carries this batch; in sync (another writer re-synced meanwhile) it follows it.
+            # Its confirmation covers this batch, so a passive that lags once does not leave
+            # the batch waiting for Redis (seconds, in a Sentinel switch).
+            again = rep.batch(rep.append(()), peer_ready=True)
+            if again is not None and await self._replicate(rep, again):
+                self.stats.resynced += 1
+                return
         self.stats.written_through += 1
         await self._wait_durable(rep, seq)
 

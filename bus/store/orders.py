@@ -22,13 +22,13 @@ Keys, under the mesh's ``key_prefix`` ``P`` (the RTSS role: never evicted before
                                  entry ``seq`` is at index ``seq - 1``
     P:executed:{order_id}        set of exec ids of the log's fills and final decisions
 
-The executor's log is append-only with a compare-and-set on its length
-(:meth:`RedisOrderStore.append_execution`): an entry for position ``seq`` is written only if the
-log holds exactly ``seq - 1`` entries, so two deciders (an executor and its restarted self, or a
-fill and a cancel racing) can never both decide the same step: the loser gets the entries it
-missed instead and decides again from there. :meth:`RedisOrderStore.append_executions` does the
-same for a batch of entries (several orders, several positions of one) in one script call and
-one ``WAIT``.
+The executor's log is decided by the active backend (``protocols.orders.record.judge_entry``:
+a position is taken once) and written here with the record that applied it, in the same fenced
+script (:meth:`OrderStore.write_batch` with ``entries``): the record and its log never disagree
+in Redis, and a deposed backend writes neither. An entry is appended only at the log's end; one
+found at its position already is the same write again (a lost reply, the write-behind after a
+takeover) and is skipped; a different one there, or a position past the end, refuses the whole
+call (``StoreError``) before anything is written.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from bus.store.connection import (
 )
 from protocols.backoff import Backoff
 from protocols.errors import Fenced, InvalidOrder, StoreError, StoreUnavailable
-from protocols.orders.codec import EncodedOrder, from_blob, to_blob
+from protocols.orders.codec import EncodedEntry, EncodedOrder, from_blob
 from protocols.orders.messages import ExecutionReport
 from protocols.orders.record import Order
 from protocols.orders.replication import WINDOW_S
@@ -71,27 +71,48 @@ end
 return {0, cur}
 """
 
-# KEYS: epoch, open, recent, then per order its record and its client order id key. ARGV:
-# epoch, force (0/1), now_ms, window_ms, then per order its order_id, blob, terminal (0/1) and
-# its member of the recent set. The epoch is checked once: {0, current} when fenced (nothing
-# written). Otherwise {1, code, other, code, other, ...}, one pair per order in turn (a later
-# order of the batch sees the earlier ones' writes): code 1 written, 2 the client order id
-# names another order (other: its order id), 3 the order id already names another client
-# order's record (never overwritten). With force (the pair's write-behind: its client index
-# decided already) a client order id naming another order is pointed at this one (an id
-# reused past the index's window names a new order). A client order id that now names its
-# order is added to the recent set (score: now_ms); entries older than the window are trimmed.
+# KEYS: epoch, open, recent, then per order its record and its client order id key, then per
+# log entry its log and its executed set. ARGV: epoch, force (0/1), now_ms, window_ms, the number
+# of orders, then per order its order_id, blob, terminal (0/1) and its member of the recent set,
+# then per log entry the (1-based) index of its order, position - 1, the entry and its exec id
+# if an execution (else ""). The epoch is checked once: {0, current} when fenced (nothing
+# written). Then the entries, before anything is written: each must be at its log's end or be
+# there already (the same write again); {2, entry, log length} for one past the end, {3, entry,
+# position} for another entry at its position (nothing written). Otherwise {1, code, other,
+# code, other, ...}, one pair per order in turn (a later order of the batch sees the earlier
+# ones' writes): code 1 written, 2 the client order id names another order (other: its order
+# id), 3 the order id already names another client order's record (never overwritten). With
+# force (the pair's write-behind: its client index decided already) a client order id naming
+# another order is pointed at this one (an id reused past the index's window names a new
+# order). A client order id that now names its order is added to the recent set (score:
+# now_ms); entries older than the window are trimmed. A written order's new log entries are
+# appended, its executions added to its executed set.
 _WRITE = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 if cur ~= tonumber(ARGV[1]) then
   return {0, cur}
 end
-local force, now = ARGV[2] == '1', tonumber(ARGV[3])
+local force, now, n = ARGV[2] == '1', tonumber(ARGV[3]), tonumber(ARGV[5])
+local e0, k0 = 5 + 4 * n, 3 + 2 * n
+local lens, fresh = {}, {}
+for j = 1, (#ARGV - e0) / 4 do
+  local key, at = KEYS[k0 + 2 * j - 1], tonumber(ARGV[e0 + 4 * j - 2])
+  local len = lens[key] or redis.call('LLEN', key)
+  if at > len then
+    return {2, j, len}
+  elseif at == len then
+    fresh[#fresh + 1] = j
+    len = len + 1
+  elseif redis.call('LINDEX', key, at) ~= ARGV[e0 + 4 * j - 1] then
+    return {3, j, at + 1}
+  end
+  lens[key] = len
+end
 local out = {1}
-for i = 0, (#ARGV - 4) / 4 - 1 do
+for i = 0, n - 1 do
   local rec, cid = KEYS[4 + 2 * i], KEYS[5 + 2 * i]
-  local oid, blob, terminal, member = ARGV[5 + 4 * i], ARGV[6 + 4 * i], ARGV[7 + 4 * i],
-    ARGV[8 + 4 * i]
+  local oid, blob, terminal, member = ARGV[6 + 4 * i], ARGV[7 + 4 * i], ARGV[8 + 4 * i],
+    ARGV[9 + 4 * i]
   local owner = redis.call('GET', cid)
   if owner and owner ~= oid and not force then
     out[#out + 1] = 2
@@ -114,72 +135,16 @@ for i = 0, (#ARGV - 4) / 4 - 1 do
     out[#out + 1] = ''
   end
 end
+for _, j in ipairs(fresh) do
+  if out[2 * tonumber(ARGV[e0 + 4 * j - 3])] == 1 then
+    redis.call('RPUSH', KEYS[k0 + 2 * j - 1], ARGV[e0 + 4 * j - 1])
+    local executed = ARGV[e0 + 4 * j]
+    if executed ~= '' then
+      redis.call('SADD', KEYS[k0 + 2 * j], executed)
+    end
+  end
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (now - tonumber(ARGV[4])))
-return out
-"""
-
-# The executor's appends, one batch per call: KEYS holds (the log, the executed set) and ARGV
-# (position - 1, entry, exec id or "" : not an execution) per entry, in batch order. The entries
-# of one order in the batch are its "run", at consecutive positions from the run's first. Per
-# log, the compare-and-set of one append: the run is appended if the log holds exactly as many
-# entries as precede the run; found there already as the log's last entries it counts as
-# appended too (the command is retried when its reply is lost, a store failing over, and that
-# retry must not read its own write as another decider's); else it is lost and not written,
-# every entry of it (a later one was decided from an earlier one's state). Returns per entry
-# {1} appended or {0, entries from the run's first position on}. A run whose first position is
-# beyond the log's end (the caller's bug) makes the whole batch refused before anything is
-# written: that entry gets {2, length}, every other {3}.
-_APPEND_MANY = """
-local runs, logs = {}, {}
-local count = #KEYS / 2
-for i = 1, count do
-  local key = KEYS[2 * i - 1]
-  local run = runs[key]
-  if not run then
-    run = {at = tonumber(ARGV[3 * i - 2]), n = redis.call('LLEN', key), idx = {}}
-    runs[key] = run
-    logs[#logs + 1] = key
-  end
-  run.idx[#run.idx + 1] = i
-end
-local out = {}
-for _, key in ipairs(logs) do
-  local run = runs[key]
-  if run.n < run.at then
-    for i = 1, count do
-      out[i] = {3}
-    end
-    out[run.idx[1]] = {2, run.n}
-    return out
-  end
-end
-for _, key in ipairs(logs) do
-  local run = runs[key]
-  local result = {1}
-  if run.n == run.at then
-    for _, i in ipairs(run.idx) do
-      redis.call('RPUSH', key, ARGV[3 * i - 1])
-      if ARGV[3 * i] ~= '' then
-        redis.call('SADD', KEYS[2 * i], ARGV[3 * i])
-      end
-    end
-  else
-    local logged = redis.call('LRANGE', key, run.at, -1)
-    local same = #logged == #run.idx
-    for j = 1, #logged do
-      if not same then
-        break
-      end
-      same = logged[j] == ARGV[3 * run.idx[j] - 1]
-    end
-    if not same then
-      result = {0, logged}
-    end
-  end
-  for _, i in ipairs(run.idx) do
-    out[i] = result
-  end
-end
 return out
 """
 
@@ -204,10 +169,15 @@ class OrderStore(Protocol):
         order id names another client order's record (nothing written then)."""
         ...
 
-    async def write_batch(self, orders: Sequence[Order], epoch: int) -> list[WriteOutcome]:
+    async def write_batch(self, orders: Sequence[Order], epoch: int,
+                          entries: Sequence[ExecutionReport] = ()) -> list[WriteOutcome]:
         """Persist ``orders`` under ``epoch`` in one step, each by the rules of :meth:`write`
         (in turn: a later order sees the earlier ones), and say per order what was done.
-        ``Fenced`` (nothing written) if a newer epoch is active."""
+        ``entries``: the executor's log entries the records applied (the active backend
+        decided them), appended to their logs with their records, or not at all
+        (:func:`with_entries` says what they must be). ``Fenced`` (nothing written) if a newer
+        epoch is active; ``StoreError`` (nothing written) if the store's log holds another
+        entry at one of their positions or ends before one."""
         ...
 
     async def get(self, order_id: str) -> Order | None:
@@ -219,26 +189,9 @@ class OrderStore(Protocol):
     async def open_orders(self) -> list[Order]:
         ...
 
-    async def append_execution(self, entry: ExecutionReport) -> list[ExecutionReport]:
-        """Append ``entry`` to its order's execution log at position ``entry.seq`` if the log
-        holds exactly ``entry.seq - 1`` entries, and record a fill or final decision as
-        executed in the same step. Returns [] when appended (also when the log's last entry is
-        ``entry`` itself: the same append sent again after its reply was lost), else the
-        entries from position ``entry.seq`` on (decided by someone else first)."""
-        ...
-
-    async def append_executions(self, entries: Sequence[ExecutionReport]
-                                ) -> list[list[ExecutionReport]]:
-        """:meth:`append_execution` for a batch, in one step (and one replica confirmation):
-        per entry, in batch order, [] when appended, else the entries the caller missed. The
-        entries of one order must be at consecutive positions (``ValueError`` otherwise); an
-        entry after one of its order's that lost is not appended either, and gets the same
-        missed entries. A position beyond its log's end writes nothing of the batch
-        (``StoreError``)."""
-        ...
-
     async def executions(self, order_id: str, after: int = 0) -> list[ExecutionReport]:
-        """The entries of the order's execution log after position ``after``."""
+        """The entries of the order's execution log after position ``after`` (all the active
+        backend decided; a store written behind may lag it)."""
         ...
 
     async def close(self) -> None:
@@ -269,6 +222,27 @@ def raise_for(outcome: WriteOutcome, order: Order, other: str | None) -> None:
                          "order's record: not overwritten")
 
 
+def with_entries(orders: Sequence[Order], entries: Sequence[ExecutionReport]
+                 ) -> list[EncodedOrder]:
+    """``orders`` encoded with the log entries each applied: an order's entries must be at
+    consecutive positions ending at its record's ``exec_seq`` (``ValueError`` otherwise, as
+    for an entry of an order not in the batch)."""
+    by_order: dict[str, list[ExecutionReport]] = {}
+    for entry in entries:
+        by_order.setdefault(entry.order_id, []).append(entry)
+    out: list[EncodedOrder] = []
+    for order in orders:
+        own = by_order.pop(order.order_id, [])
+        if own and ([e.seq for e in own]
+                    != list(range(order.exec_seq - len(own) + 1, order.exec_seq + 1))):
+            raise ValueError(f"order {order.order_id} at position {order.exec_seq}: entries "
+                             f"{[e.seq for e in own]} are not the positions it applied last")
+        out.append(EncodedOrder.of(order, tuple(map(EncodedEntry.of, own))))
+    if by_order:
+        raise ValueError(f"entries of orders not in the batch: {sorted(by_order)[:3]}")
+    return out
+
+
 def _member(account: str, client_order_id: str, order_id: str) -> str:
     return _US.join((account, client_order_id, order_id))
 
@@ -285,11 +259,6 @@ def _entry(blob: bytes) -> ExecutionReport:
     if not isinstance(msg, ExecutionReport) or msg.seq < 1:
         raise StoreError(f"an execution log holds a {type(msg).__name__} without a position")
     return msg
-
-
-def is_execution(entry: ExecutionReport) -> bool:
-    """True for the log entries recorded as executed: fills and final decisions."""
-    return entry.is_fill or entry.state.terminal
 
 
 # Commands of one store in flight at once. Each takes a pooled connection, and through
@@ -334,7 +303,6 @@ class RedisOrderStore:
         self._connection: RedisConnection | None = None
         self._acquire = self.redis.register_script(_ACQUIRE)
         self._write = self.redis.register_script(_WRITE)
-        self._append_many = self.redis.register_script(_APPEND_MANY)
         self._backoff = Backoff(base_s=0.005, cap_s=0.1)
         self._replicas = (0, -1.0)  # (connected replicas, when known by the loop's clock)
         self._replicas_lock = asyncio.Lock()  # one INFO when it is stale, not one per caller
@@ -430,13 +398,15 @@ class RedisOrderStore:
         return bool(won), int(epoch)
 
     async def write(self, order: Order, epoch: int) -> None:
-        [(outcome, other)] = await self._write_orders([order], epoch)
+        [(outcome, other)] = await self._write_encoded([EncodedOrder.of(order)], epoch)
         raise_for(outcome, order, other)
 
-    async def write_batch(self, orders: Sequence[Order], epoch: int) -> list[WriteOutcome]:
+    async def write_batch(self, orders: Sequence[Order], epoch: int,
+                          entries: Sequence[ExecutionReport] = ()) -> list[WriteOutcome]:
         if not orders:
             return []
-        return [outcome for outcome, _ in await self._write_orders(orders, epoch)]
+        records = with_entries(orders, entries)
+        return [outcome for outcome, _ in await self._write_encoded(records, epoch)]
 
     async def write_behind(self, records: Sequence[EncodedOrder], epoch: int
                            ) -> list[WriteOutcome]:
@@ -447,25 +417,38 @@ class RedisOrderStore:
             return []
         return [o for o, _ in await self._write_encoded(records, epoch, force=True)]
 
-    async def _write_orders(self, orders: Sequence[Order], epoch: int
-                            ) -> list[tuple[WriteOutcome, str]]:
-        return await self._write_encoded([EncodedOrder.of(o) for o in orders], epoch)
 
     async def _write_encoded(self, records: Sequence[EncodedOrder], epoch: int, *,
                              force: bool = False) -> list[tuple[WriteOutcome, str]]:
-        """One fenced script call (and one WAIT) for ``records``: per record, the outcome and
-        the order id its client order id names when that is another order's."""
+        """One fenced script call (and one WAIT) for ``records`` and their log entries: per
+        record, the outcome and the order id its client order id names when that is another
+        order's."""
         keys = [self._k("epoch"), self._k("open"), self._k("recent")]
         args: list[Any] = [epoch, int(force), int(time.time() * 1000),
-                           int(self.window_s * 1000)]
-        for r in records:
+                           int(self.window_s * 1000), len(records)]
+        log_keys: list[str] = []
+        log_args: list[Any] = []
+        entries: list[tuple[str, EncodedEntry]] = []
+        for i, r in enumerate(records, start=1):
             keys += [self._k("order", r.order_id),
                      self._k("client", r.account, r.client_order_id)]
             args += [r.order_id, r.blob, int(r.terminal),
                      _member(r.account, r.client_order_id, r.order_id)]
+            for e in r.entries:
+                log_keys += [self._k("xlog", r.order_id), self.executed_key(r.order_id)]
+                log_args += [i, e.seq - 1, e.blob, e.executed]
+                entries.append((r.order_id, e))
+        keys += log_keys
+        args += log_args
         result = await self._call(lambda: self._decide(self._write, keys, args))
         if result[0] == 0:
             raise Fenced(epoch, int(result[1]))
+        if result[0] in (2, 3):
+            oid, entry = entries[int(result[1]) - 1]
+            what = (f"holds {result[2]} entries" if result[0] == 2
+                    else "holds another entry there")
+            raise StoreError(f"execution log of {oid} {what}: entry {entry.seq} not written "
+                             "(nor anything of its batch)")
         return [(WriteOutcome(int(code)), _text(other))
                 for code, other in zip(result[1::2], result[2::2], strict=True)]
 
@@ -534,35 +517,8 @@ class RedisOrderStore:
         return orders
 
     def executed_key(self, order_id: str) -> str:
-        """The set of exec ids carried out for an order (see :func:`is_execution`)."""
+        """The set of exec ids carried out for an order (see ``codec.is_execution``)."""
         return self._k("executed", order_id)
-
-    async def append_execution(self, entry: ExecutionReport) -> list[ExecutionReport]:
-        return (await self.append_executions([entry]))[0]
-
-    async def append_executions(self, entries: Sequence[ExecutionReport]
-                                ) -> list[list[ExecutionReport]]:
-        keys: list[str] = []
-        args: list[Any] = []
-        following: dict[str, int] = {}  # order id -> the position its next entry must have
-        for entry in entries:
-            if entry.seq < 1:
-                raise ValueError(f"an execution log entry needs a position >= 1, got {entry.seq}")
-            oid = entry.order_id
-            if following.get(oid, entry.seq) != entry.seq:
-                raise ValueError(f"order {oid}: position {entry.seq} in a batch after "
-                                 f"{following[oid] - 1}")
-            following[oid] = entry.seq + 1
-            keys += [self._k("xlog", oid), self.executed_key(oid)]
-            args += [entry.seq - 1, to_blob(entry), entry.exec_id if is_execution(entry) else ""]
-        if not entries:
-            return []
-        results = await self._call(lambda: self._decide(self._append_many, keys, args))
-        for entry, result in zip(entries, results, strict=True):
-            if result[0] == 2:
-                raise StoreError(f"execution log of {entry.order_id} holds {result[1]} entries: "
-                                 f"position {entry.seq} is beyond its end")
-        return [[] if result[0] == 1 else [_entry(b) for b in result[1]] for result in results]
 
     async def executions(self, order_id: str, after: int = 0) -> list[ExecutionReport]:
         blobs = await self._call(lambda: self.redis.lrange(self._k("xlog", order_id), after, -1))

@@ -18,12 +18,12 @@ wake-up drains every request already queued (bounded); the new orders among them
 one by one and stored as one batch (the placer); past ``[orders] max_in_service`` requests
 in service, or a wait over ``max_queue_ms``, or a write-behind backlog at
 ``max_write_behind``, one more is refused at once, BUSY with a retry-after hint
-(``OrderService.busy``). Reports from the executor are applied in batches too.
+(``OrderService.busy``). The executor's proposed log entries are decided in batches too.
 
-The executor owns a working order and decides its fills, cancels and replaces in the order's
-execution log; this node applies the log's entries strictly in order (``Order.position``) and
-re-drives an order whose record lags, so after a takeover it converges on the executor's
-history. A cancel is acknowledged once requested (the
+The executor owns a working order and proposes its fills, cancels and replaces for the
+order's execution log; the active node decides each position once (``judge_entry``: the
+log's compare-and-set), stores the decided entries with their records (replicated, so final
+once the pair holds them) and answers every proposal. A cancel is acknowledged once requested (the
 outcome is a report); a replace is acknowledged only once the executor has decided it (or
 refused with the executor's reason).
 """
@@ -62,7 +62,6 @@ from nodes.common import stats_writer, supervise_tasks, write_json_atomic
 from protocols.errors import (
     Fenced,
     InvalidOrder,
-    OrderStateError,
     RemoteProtocolError,
     StoreError,
 )
@@ -89,6 +88,8 @@ from protocols.orders.messages import (
     PENDING_AFTER_S,
     PENDING_INTERVAL_S,
     CancelOrder,
+    EntryRefusal,
+    EntryRefused,
     ExecutionReport,
     ExecutorRequest,
     NewOrder,
@@ -101,7 +102,7 @@ from protocols.orders.messages import (
     ReplaceRefused,
 )
 from protocols.orders.pair import PeerHeartbeat, decode_heartbeat, encode_heartbeat
-from protocols.orders.record import OpenOrders, Order
+from protocols.orders.record import TAKEN, OpenOrders, Order, judge_entry
 from protocols.orders.risk import Limits
 from protocols.orders.service import (
     RETRY_AFTER_MAX_MS,
@@ -154,7 +155,9 @@ class BackendStats:
     joined: int = 0  # client retries answered with the in-flight request's reply
     busy: int = 0  # requests refused BUSY at the admission bound
     place_batches: int = 0  # store round trips for new orders (each one script call + WAIT)
-    gaps: int = 0  # reports that arrived beyond a missing one: the order was re-driven
+    gaps: int = 0  # entries proposed beyond the log's end: the order was re-driven
+    entries_taken: int = 0  # entries proposed at a position decided already (answered with it)
+    entries_refused: int = 0  # entries not decided (not active, store away, unknown, invalid)
 
 
 class BackendNode:
@@ -205,6 +208,8 @@ class BackendNode:
         self._requests: set[asyncio.Task[None]] = set()
         self._quotes = QuoteCache(self.ticks, QUOTE_TTL_S, stale_s=cfg.redis.deadline_ms / 1000)
         self._reload_pending = False  # a takeover could not read the open orders yet
+        # Orders whose last write of decided entries failed: the store may have them anyway.
+        self._unsure: set[str] = set()
         self._ignored = RateLimitedLog(log, f"backend {role.value}: report ignored")
         self.clients = open_socket(ctx, BACKEND_CLIENTS, bind=endpoints.clients)
         self.executor = open_socket(ctx, BACKEND_EXECUTOR, bind=endpoints.executor)
@@ -731,10 +736,10 @@ class BackendNode:
 
     async def _executor_reports(self) -> None:
         """Read the executor's messages: each wake-up takes every one already queued (up to
-        DRAIN_BATCH) and applies the reports among them as one batch (:meth:`_apply_batch`);
-        the next batch forms while one is at the store."""
+        DRAIN_BATCH) and decides the log entries among them as one batch
+        (:meth:`_decide_entries`); the next batch forms while one is being made durable."""
         while True:
-            reports: list[ExecutionReport] = []
+            proposals: list[ExecutionReport] = []
             for _identity, *frames in await recv_batch(self.executor, DRAIN_BATCH):
                 try:
                     report = decode_order(frames)
@@ -746,62 +751,137 @@ class BackendNode:
                     if self.star.serving:
                         self.service.refused(report)
                 elif isinstance(report, ExecutionReport):
-                    reports.append(report)
+                    proposals.append(report)
                 else:
                     self.stats.malformed += 1
                     self._bad.warning("executor sent a %s", type(report).__name__)
-            if reports and self.star.serving:
-                try:
-                    await self._apply_batch(reports)
-                except StoreError as exc:  # the log has them: re-drive and replay converge
-                    log.warning("backend %s: %d reports not applied: %s", self.role.value,
-                                len(reports), exc)
-
-    async def _apply_batch(self, reports: list[ExecutionReport]) -> None:
-        """Apply a batch of the executor's log entries, each strictly in its order's log order
-        (``Order.position``: a replay is skipped, a gap re-drives the order), store every
-        changed record in one write, then relay each applied entry to its client and to the
-        updates feed."""
-        epoch = self.star.epoch
-        changed: dict[str, Order] = {}  # order id -> its record after this batch's entries
-        applied: list[tuple[ExecutionReport, Order]] = []
-        for report in reports:
-            oid = report.order_id
-            order = changed.get(oid) or self.orders.get(oid) or await self.store.get(oid)
-            if order is None:
+            if not proposals:
                 continue
-            where = order.position(report)
-            if where == "applied":  # a replay of what this record has already
-                self.service.settled(order)
-                continue
-            if where == "gap":  # entries before it were lost: the executor replays from ours
-                self.stats.gaps += 1
-                if self.service.gap_retry(oid, time.monotonic()):
-                    await self._route(order)
+            if not self.star.serving:
+                await self._refuse_entries(proposals, EntryRefusal.NOT_ACTIVE)
                 continue
             try:
-                changed[oid] = order.apply(report, epoch=epoch, now_ns=time.time_ns())
-            except OrderStateError as exc:  # e.g. a replayed fill of an order already filled
-                self._ignored.warning("%s", exc)
-                continue
-            applied.append((report, changed[oid]))
-        if not applied:
-            return
-        try:
-            await self.store.write_batch(list(changed.values()), epoch)
-        except Fenced as exc:
-            self.stats.fenced += 1
-            await self._effects(self.star.on_fenced(exc.current, time.monotonic()))
-            return
+                await self._decide_entries(proposals)
+            except StoreError as exc:  # nothing decided: the executor proposes again
+                log.warning("backend %s: %d entries not decided: %s", self.role.value,
+                            len(proposals), exc)
+                await self._refuse_entries(proposals, EntryRefusal.STORE)
+
+    def _latest(self, order_id: str) -> Order | None:
+        """The newest record of an order this node holds in memory: its term's write-behind
+        backlog (newer than the open orders while a write is pending or failed), else the
+        open orders."""
+        held = self.pair_store.held(order_id) if self.pair_store is not None else None
+        return held or self.orders.get(order_id)
+
+    async def _decide_entries(self, proposals: list[ExecutionReport]) -> None:
+        """Decide a batch of the executor's proposed log entries, in arrival order, each by
+        ``judge_entry`` against its order's record as the batch's earlier entries leave it;
+        store every changed record with the entries it applied in one write (one replicated
+        batch: a decision is final once the pair holds it), then answer the executor (each
+        decided entry itself; for a position decided already the entry there; else why not)
+        and relay each decided entry to its client and to the updates feed."""
+        epoch = self.star.epoch
+        now_ns = time.time_ns()
+        changed: dict[str, Order] = {}  # order id -> its record after this batch's entries
+        decided: list[ExecutionReport] = []
+        taken: list[ExecutionReport] = []
+        refused: list[EntryRefused] = []
+        for entry in proposals:
+            oid = entry.order_id
+            if oid in self._unsure and oid not in changed:
+                order: Order | None = await self._resync(oid)
+            else:
+                order = changed.get(oid) or self._latest(oid) or await self.store.get(oid)
+            verdict = judge_entry(order, entry, epoch=epoch, now_ns=now_ns)
+            if isinstance(verdict, Order):
+                changed[oid] = verdict
+                decided.append(entry)
+            elif verdict == TAKEN:
+                assert order is not None
+                self.service.settled(order)
+                taken.append(entry)
+            else:
+                refused.append(EntryRefused(oid, entry.seq, verdict.reason,
+                                            order.exec_seq if order is not None else 0))
+                if verdict.reason is EntryRefusal.GAP and order is not None:
+                    await self._gap(order)
+                else:
+                    self._ignored.warning("%s", verdict.why)
+        if decided:
+            try:
+                await self.store.write_batch(list(changed.values()), epoch, decided)
+            except StoreError:
+                # Redis may have run the write and lost its reply: read these orders from it
+                # before judging them again (the pair store holds them: it answers the same).
+                self._unsure.update(changed)
+                raise
+            except Fenced as exc:
+                self.stats.fenced += 1
+                await self._effects(self.star.on_fenced(exc.current, time.monotonic()))
+                await self._refuse_entries(proposals, EntryRefusal.NOT_ACTIVE)
+                return
         now = time.monotonic()
-        for report, updated in applied:
+        for entry in decided:
             self.stats.reports += 1
-            if report.is_replace:
+            if entry.is_replace:
                 self.stats.replaced += 1
-            await self._relay(report, self.service.applied(report, updated, now))
+            await self._answer_executor(entry)
+            await self._relay(entry, self.service.applied(entry, changed[entry.order_id], now))
+        for entry in taken:  # durable: the write above (or, with none, an earlier one) was
+            await self._answer_executor(await self._entry_at(entry))
+        for refusal in refused:
+            self.stats.entries_refused += 1
+            await self._answer_executor(refusal)
+
+    async def _resync(self, oid: str) -> Order | None:
+        """The record of an order whose last write failed, as the store has it; entries the
+        store has beyond what memory knows (that write ran after all) are applied and relayed
+        now, as if it had succeeded."""
+        stored = await self.store.get(oid)
+        known = self._latest(oid)
+        self._unsure.discard(oid)
+        if stored is not None and known is not None and stored.exec_seq > known.exec_seq:
+            now = time.monotonic()
+            for entry in await self.store.executions(oid, known.exec_seq):
+                await self._relay(entry, self.service.applied(entry, stored, now))
+        return stored
+
+    async def _gap(self, order: Order) -> None:
+        """An entry past the log's end: the executor holds entries the pair lost (both nodes
+        died with them unwritten); routing the order again makes it propose them again."""
+        self.stats.gaps += 1
+        if self.service.gap_retry(order.order_id, time.monotonic()):
+            await self._route(order)
+
+    async def _entry_at(self, entry: ExecutionReport) -> ExecutionReport | EntryRefused:
+        """The entry that holds ``entry``'s position of its order's log."""
+        self.stats.entries_taken += 1
+        try:
+            found = await self.store.executions(entry.order_id, entry.seq - 1)
+        except StoreError as exc:
+            self._ignored.warning("entry %s not read: %s", entry.exec_id, exc)
+            found = []
+        if found and found[0].seq == entry.seq:
+            return found[0]
+        return EntryRefused(entry.order_id, entry.seq, EntryRefusal.STORE, entry.seq - 1)
+
+    async def _refuse_entries(self, proposals: list[ExecutionReport],
+                              reason: EntryRefusal) -> None:
+        for entry in proposals:
+            self.stats.entries_refused += 1
+            await self._answer_executor(EntryRefused(entry.order_id, entry.seq, reason))
+
+    async def _answer_executor(self, msg: ExecutionReport | EntryRefused) -> None:
+        """An answer to a proposed entry; an executor gone meanwhile proposes it again."""
+        try:
+            await self.executor.send_multipart([self.executor_id, *encode_order(msg)],
+                                               flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            self._ignored.warning("answer to the executor not sent: %s", exc.strerror)
 
     async def _relay(self, report: ExecutionReport, identity: bytes) -> None:
-        """An applied log entry to its client (``identity``; b"": unknown) and on "updates"."""
+        """A decided log entry to its client (``identity``; b"": unknown) and on "updates"."""
         frames = encode_order(report)
         if identity:
             await self.clients.send_multipart([identity, *frames])

@@ -7,27 +7,31 @@ Rules (the "Execute" flow of docs/ORDERS.md):
   from (the active backend). A restarted executor reconnects under the same routing id, so the
   backend's ROUTER needs ``ROUTER_HANDOVER``.
 * The executor owns a working order: every decision about it (a fill, a reject, a cancel, a
-  replace) is an :class:`~protocols.orders.messages.ExecutionReport` appended to the order's
-  execution log in the order store (``OrderStore.append_executions``) at the next position ``seq``,
-  with the deterministic ``exec_id`` ``{order_id}:{seq}``. The append is a compare-and-set on the
-  log's length: a decision is final once appended, and one that lost (another decider got there
-  first: a restarted executor, a racing cancel) gets the entries it missed instead and decides
-  again from there. Fills and final decisions are recorded as executed in the same step. So an
-  order is executed at most once per position however often it arrives, and a restarted executor
-  continues from the log.
-* Batches: a reader that wakes up takes every message already queued on its socket (at most
-  ``BATCH``), decides each (``protocols.orders.execution.Batch``: two decisions for one order
-  are consecutive positions) and records all the decisions in one store round trip (one
-  script, one ``WAIT``), then sends each appended entry. It never waits to fill a batch: idle,
-  a batch is one message. A request whose entry lost, or whose answer depends on the batch's
-  entries, is decided again in a next round of the same batch. One batch decides at a time
-  (the readers of both sockets and the resting poller, which batches each round the same
-  way); a batch waiting for its turn grows meanwhile. A store error leaves the batch's orders
-  unanswered (their backend re-drives them).
-* Each entry is sent to the backend; the backend applies the log in order and re-drives an
-  order whose record lags (after a takeover, or a lost message): the re-driven ``Order`` carries
-  the position the backend is at (``exec_seq``), and the executor answers with every entry
-  after it.
+  replace) is an :class:`~protocols.orders.messages.ExecutionReport` at the next position
+  ``seq`` of the order's execution log, with the deterministic ``exec_id`` ``{order_id}:{seq}``,
+  *proposed* to the active backend, which decides it: the log's compare-and-set is the pair's
+  (``protocols.orders.record.judge_entry``), and a decision is final once the pair holds it
+  with the order's record (replicated like an acknowledgement, Redis written behind), so fills
+  go on through a Redis switch. The backend answers with the entry itself (decided), with the
+  entry that holds the position already (the proposal lost to another decider: a restarted
+  executor, a racing cancel; it is folded in and the order decided again from there), or with
+  an ``EntryRefused`` (not decided: a NOT_ACTIVE one sends the order's next proposal to the
+  other backend). So an order is executed at most once per position however often it
+  arrives, and a restarted executor continues from the pair's record of it. The executor
+  writes nothing to Redis; it reads there the orders it does not know and their logs.
+* Batches: one reader per backend socket passes the backend's answers at once to the round
+  waiting for them and queues orders and requests (bounded) for the socket's worker, which
+  takes every one queued (at most ``BATCH``), decides each (``protocols.orders.execution.Batch``:
+  two decisions for one order are consecutive positions) and proposes the decisions in rounds
+  (:meth:`ExecutorNode._record`: every order's first decision at once, its next one once that is
+  decided). It never waits to fill a batch: idle, a batch is one message. A request whose entry
+  lost, or whose answer depends on the batch's entries, is decided again in a next pass of the
+  same batch. One batch decides at a time (the workers of both sockets and the resting poller,
+  which batches each round the same way); a batch waiting for its turn grows meanwhile. A
+  round without its answers within ``DECISION_TIMEOUT_S``, or refused, leaves those orders
+  undecided: a working one is decided again at the next poll, a new one at its re-drive.
+* A re-driven ``Order`` whose ``exec_seq`` lags what the executor holds (both backends died with
+  decided entries unwritten) is answered with every entry after it, proposed again.
 * Fills: a MARKET order fills at the last ask (BUY) or bid (SELL) of the symbol's last tick, at
   most ``fill_lots`` lots per fill (0: all of it); the rest fills in later slices, one per
   ``poll_s``, at the quote of the moment (simulated liquidity). A MARKET order with no usable
@@ -41,9 +45,10 @@ Rules (the "Execute" flow of docs/ORDERS.md):
   meanwhile) is refused with a ``ReplaceRefused`` naming the order id.
 * The decisions themselves (fill price, marketable limits, answers to requests, the bound on
   resting orders) are ``protocols.orders.execution``'s; this node reads quotes and the log,
-  appends and sends.
-* Working orders live in memory; the log is the truth. After a restart an order comes back when
-  a backend re-drives it (or sends a request for it: the record is then read from the store).
+  proposes and folds in what the pair decided.
+* Working orders live in memory; the pair's record and log are the truth. After a restart an
+  order comes back when a backend re-drives it (or sends a request for it: the record is then
+  read from the store).
 * A frame that does not decode, or a message the executor does not take, is counted as
   malformed and logged rate-limited; a request for an order the store does not know is counted
   as unknown. The node keeps serving either way.
@@ -52,9 +57,10 @@ Rules (the "Execute" flow of docs/ORDERS.md):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -65,17 +71,19 @@ import zmq.asyncio
 
 from bus.config import MeshConfig
 from bus.logutil import RateLimitedLog
-from bus.sockets import EXECUTOR, drain_queued, open_socket
+from bus.sockets import EXECUTOR, open_socket, recv_batch
 from bus.store.orders import OrderStore, RedisOrderStore
 from bus.store.ticks import QuoteCache, RedisTickStore, TickStore
 from nodes.common import stats_writer, supervise_tasks, write_json_atomic
 from protocols.errors import InvalidOrder, OrderStateError, RemoteProtocolError, StoreError
 from protocols.orders.codec import decode_order, encode_order
-from protocols.orders.execution import LATER, Batch, decide, exec_id, over_capacity
+from protocols.orders.execution import LATER, Batch, exec_id, over_capacity
 from protocols.orders.fields import check_id
 from protocols.orders.lifecycle import OrderState
 from protocols.orders.messages import (
     CancelRequest,
+    EntryRefusal,
+    EntryRefused,
     ExecutionReport,
     ExecutorRequest,
     RejectReason,
@@ -90,7 +98,14 @@ log = logging.getLogger(__name__)
 QUOTE_TTL_S = 0.005  # fills price at the last tick: re-read it at most every 5 ms
 RECENT_ORDERS = 10_000  # finished orders whose log is kept in memory for replays
 MAX_RESTING = 10_000
-BATCH = 256  # messages served per wake-up of a reader; log entries per store round trip
+BATCH = 256  # messages served per wake-up of a reader; log entries proposed at once
+MAX_INBOX = 8 * BATCH  # orders and requests queued per backend while a batch decides
+# The active backend answers a proposed entry once the pair holds it: within a peer timeout
+# (60 ms) when the passive node confirms, a Redis round trip when it writes alone. Past this
+# the round gives up (the backend died, or writes alone through a Redis switch): its entries
+# are decided again later, and an answer that comes late is dropped (the next proposal at the
+# position gets it again). Short, because one round decides at a time.
+DECISION_TIMEOUT_S = 0.25
 
 
 # --- the node --------------------------------------------------------------------------------
@@ -99,13 +114,17 @@ BATCH = 256  # messages served per wake-up of a reader; log entries per store ro
 @dataclass(slots=True)
 class ExecutorStats:
     orders: int = 0  # Order messages received (re-drives included)
-    fills: int = 0  # fill entries this process appended (partial fills included)
+    fills: int = 0  # fill entries the pair decided as this process proposed (slices included)
     rejects: int = 0
     cancels: int = 0  # cancel requests that won the race against the fills
     replaces: int = 0
     amends_refused: int = 0  # replace requests the order could no longer take
     replays: int = 0  # entries sent again to a backend that lagged
-    conflicts: int = 0  # appends that lost to an entry decided elsewhere first
+    conflicts: int = 0  # proposals that lost to an entry decided elsewhere first
+    refused: int = 0  # proposals the backend did not decide (not active, store away, ...)
+    unanswered: int = 0  # proposals with no answer within DECISION_TIMEOUT_S
+    late_answers: int = 0  # answers nobody waited for (to replays, or after a round gave up)
+    dropped: int = 0  # orders and requests dropped for a full inbox (their backend re-drives)
     resting: int = 0  # working orders waiting for liquidity or a marketable price (a gauge)
     malformed: int = 0
     ignored: int = 0  # orders in a state the executor does not work (e.g. ACCEPTED)
@@ -122,7 +141,28 @@ class _Order:
     socket: int  # where its reports go: the socket its latest message came from
     entries: list[ExecutionReport] = field(default_factory=list)  # the log from `first` on
     first: int = 1  # position of entries[0]
-    checked: bool = False  # the log was read (or appended to) since this view was made
+
+
+@dataclass(slots=True, eq=False)
+class _Round:
+    """The backend's answers one round of proposed entries waits for, by (order id,
+    position); ``done`` once every one has come (None: the entry was not sent)."""
+
+    keys: set[tuple[str, int]]
+    answers: dict[tuple[str, int], ExecutionReport | EntryRefused | None] = field(
+        default_factory=dict)
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    @property
+    def left(self) -> int:
+        return len(self.keys) - len(self.answers)
+
+    def answer(self, key: tuple[str, int], msg: ExecutionReport | EntryRefused | None) -> None:
+        if key in self.keys and key not in self.answers:
+            self.answers[key] = msg
+            if not self.left and not self.done.done():
+                self.done.set_result(None)
 
 
 @dataclass(slots=True, eq=False)
@@ -179,6 +219,13 @@ class ExecutorNode:
         # left unanswered (about 2,000 a Redis drill run) and came back as a re-drive.
         self._quote_cache = QuoteCache(ticks, QUOTE_TTL_S, stale_s=cfg.redis.deadline_ms / 1000)
         self._working_changed = asyncio.Event()
+        self._rounds: dict[tuple[str, int], _Round] = {}  # proposals waiting for an answer
+        # Proposals whose round gave up: a backend may have decided one and died (bounded).
+        self._unconfirmed: OrderedDict[tuple[str, int], ExecutionReport] = OrderedDict()
+        self._inboxes: list[deque[Order | ExecutorRequest]] = [deque() for _ in backends]
+        self._inbox_ready = [asyncio.Event() for _ in backends]
+        self._refused = RateLimitedLog(log, f"executor {name}: entry not decided")
+        self._unsent = RateLimitedLog(log, f"executor {name}: not sent")
         self._bad = RateLimitedLog(log, f"executor {name}: malformed message")
         self._store_log = RateLimitedLog(log, f"executor {name}: store error")
         self._ignored = RateLimitedLog(log, f"executor {name}: message not taken")
@@ -186,9 +233,17 @@ class ExecutorNode:
     # --- handling ----------------------------------------------------------------------------
 
     async def handle(self, batch: Sequence[list[bytes]], socket: int) -> None:
-        """Serve one batch of messages from the backend behind ``self.socks[socket]``: decide
-        each, record the decisions in one store round trip, send what was recorded."""
+        """Serve one batch of messages from the backend behind ``self.socks[socket]``."""
         msgs = [msg for msg in map(self._decode, batch) if msg is not None]
+        answers = [m for m in msgs if isinstance(m, (ExecutionReport, EntryRefused))]
+        for answer in answers:
+            self._answered(answer)
+        await self.serve([m for m in msgs if not isinstance(m, (ExecutionReport, EntryRefused))],
+                         socket)
+
+    async def serve(self, msgs: Sequence[Order | ExecutorRequest], socket: int) -> None:
+        """Decide the orders and requests of one batch and propose the decisions to their
+        backends at once (:meth:`_record`)."""
         work = await self._resolve(msgs, socket)
         try:
             await self._work(work)
@@ -198,20 +253,23 @@ class ExecutorNode:
             self._store_log.warning("%d order(s) left unanswered (%s): %s", len(orders),
                                     ", ".join(sorted(orders)[:3]), exc)
 
-    def _decode(self, frames: list[bytes]) -> Order | ExecutorRequest | None:
-        """The message of ``frames`` if the executor takes it (else counted as malformed)."""
+    def _decode(self, frames: list[bytes]
+                ) -> Order | ExecutorRequest | ExecutionReport | EntryRefused | None:
+        """The message of ``frames`` if the executor takes it (else counted as malformed):
+        an order or a request to decide, or an answer to a proposed entry."""
         try:
             msg = decode_order(frames)
         except RemoteProtocolError as exc:
             self.stats.malformed += 1
             self._bad.warning("%s", exc.reason)
             return None
+        if isinstance(msg, (ExecutionReport, EntryRefused)):
+            return msg
         if isinstance(msg, Order):
             self.stats.orders += 1
         elif not isinstance(msg, (CancelRequest, ReplaceRequest)):
             self.stats.malformed += 1
-            self._bad.warning("%s is not an order, a cancel or a replace request",
-                              type(msg).__name__)
+            self._bad.warning("%s is not an order, a request or an answer", type(msg).__name__)
             return None
         try:
             check_id("exec_id", exec_id(msg.order_id, 2**32 - 1))  # the longest it may need
@@ -323,12 +381,9 @@ class ExecutorNode:
         allow a decision rests (a new one only while fewer than ``max_resting`` do)."""
         symbols = sorted({w.view.order.order.symbol for w in work if w.request is None})
         quotes = {symbol: await self._quote(symbol) for symbol in symbols}
-        # A new order about to rest: was it decided before? (Read before it rests, or is
-        # refused for the bound; decide() here only asks whether it would rest.)
-        unchecked = [w.view for w in work if w.new and not w.view.checked
-                     and decide(w.view.order, quotes[w.view.order.order.symbol], 0) is None]
-        if unchecked:
-            await asyncio.gather(*(self._read_log(view) for view in unchecked))
+        # No log read for a new order about to rest: the record the active backend routed is
+        # at the log's last position (the pair decides the log), and a decision taken since
+        # by another decider comes back as the answer to the next proposal.
         pending = list(work)
         while pending:
             batch = Batch(time.time_ns(), fill_lots=self.fill_lots)
@@ -365,8 +420,10 @@ class ExecutorNode:
                     await self._send(view.socket, view.entries[-1])
                     self.stats.replays += 1
             appended = await self._record([(w.view, entry) for w, entry in steps])
+            # A request whose entry lost is decided again against the entry that won; one
+            # left undecided (refused, unanswered) waits for its backend's re-send.
             again += [w for (w, _), won in zip(steps, appended, strict=True)
-                      if not won and w.request is not None]
+                      if won is False and w.request is not None]
             later = set(again)
             for w in pending:
                 if w not in later:
@@ -390,45 +447,117 @@ class ExecutorNode:
         self.stats.resting = len(self._working)
 
     async def _read_log(self, view: _Order) -> None:
-        await self._take(view, await self.store.executions(view.order.order_id,
-                                                           view.order.exec_seq))
-        view.checked = True
+        self._take(view, await self.store.executions(view.order.order_id, view.order.exec_seq))
 
-    async def _record(self, steps: Sequence[tuple[_Order, ExecutionReport]]) -> list[bool]:
-        """Make each entry the next step of its order's log, up to ``BATCH`` entries per store
-        round trip, and send each appended one to its order's backend. Per step False if
-        another decision got there first: the view then has the entries it missed (and the
-        backend has them), and the order's later steps are not tried."""
-        appended: list[bool] = []
-        lost: set[str] = set()
-        for start in range(0, len(steps), BATCH):
-            chunk = steps[start:start + BATCH]
-            tried = [entry for _, entry in chunk if entry.order_id not in lost]
-            results = await self.store.append_executions(tried) if tried else []
-            outcome = {id(entry): missed for entry, missed in zip(tried, results, strict=True)}
-            for view, entry in chunk:
-                view.checked = True
-                missed = outcome.get(id(entry))  # None: not tried, its order lost before
-                appended.append(missed == [])
-                if not appended[-1]:
-                    if entry.order_id not in lost:
-                        lost.add(entry.order_id)
-                        self.stats.conflicts += 1
-                    await self._take(view, missed or [])
-                    continue
-                await self._take(view, [entry])
-                if entry.is_replace:
-                    self.stats.replaces += 1
-                elif entry.is_fill:
-                    self.stats.fills += 1
-                elif entry.state is OrderState.REJECTED:
-                    self.stats.rejects += 1
-                elif entry.state is OrderState.CANCELLED:
-                    self.stats.cancels += 1
-        return appended
+    async def _record(self, steps: Sequence[tuple[_Order, ExecutionReport]]
+                      ) -> list[bool | None]:
+        """Propose each entry to its order's backend, which decides it (the active node: the
+        log's compare-and-set, ``judge_entry``) and answers once the pair holds it. In rounds
+        of at most ``BATCH`` entries, one entry per order a round: a later one was decided from
+        the earlier one's state, so it is proposed only once that one is decided. Per step:
+        True decided as proposed; False lost (the view has the entry decided there instead);
+        None undecided (refused, or no answer in time: decided again later). An order's steps
+        after one that was not decided as proposed share its outcome, untried."""
+        outcome: dict[int, bool | None] = {}
+        stopped: dict[str, bool | None] = {}
+        left = list(range(len(steps)))
+        while left:
+            chosen: list[int] = []
+            wait: list[int] = []
+            orders: set[str] = set()
+            for i in left:
+                oid = steps[i][1].order_id
+                if oid in stopped:
+                    outcome[i] = stopped[oid]
+                elif oid in orders or len(chosen) >= BATCH:
+                    wait.append(i)
+                else:
+                    orders.add(oid)
+                    chosen.append(i)
+            answers = await self._propose([steps[i] for i in chosen])
+            for i, answer in zip(chosen, answers, strict=True):
+                view, entry = steps[i]
+                outcome[i] = self._decided(view, entry, answer)
+                if not outcome[i]:
+                    stopped[entry.order_id] = outcome[i]
+            left = wait
+        return [outcome[i] for i in range(len(steps))]
 
-    async def _take(self, view: _Order, entries: Sequence[ExecutionReport]) -> None:
-        """Fold log entries into the view and send each to the order's backend."""
+    async def _propose(self, steps: Sequence[tuple[_Order, ExecutionReport]]
+                       ) -> list[ExecutionReport | EntryRefused | None]:
+        """Send each entry to its view's backend and wait for the answers (None: the entry
+        could not be sent, or no answer came within ``DECISION_TIMEOUT_S``)."""
+        if not steps:
+            return []
+        pending = _Round({(e.order_id, e.seq) for _, e in steps})
+        for key in pending.keys:
+            self._rounds[key] = pending
+        try:
+            for view, entry in steps:
+                if not await self._send(view.socket, entry):
+                    pending.answer((entry.order_id, entry.seq), None)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DECISION_TIMEOUT_S):
+                    await pending.done
+        finally:
+            for key in pending.keys:
+                self._rounds.pop(key, None)
+        self.stats.unanswered += pending.left  # (a timeout cancelled `done`)
+        for _, entry in steps:
+            key = (entry.order_id, entry.seq)
+            if key not in pending.answers:  # it may have been decided: know it when told
+                self._unconfirmed[key] = entry
+                if len(self._unconfirmed) > RECENT_ORDERS:
+                    self._unconfirmed.popitem(last=False)
+        return [pending.answers.get((e.order_id, e.seq)) for _, e in steps]
+
+    def _decided(self, view: _Order, entry: ExecutionReport,
+                 answer: ExecutionReport | EntryRefused | None) -> bool | None:
+        """Fold the backend's answer to ``entry`` into ``view``: True decided as proposed,
+        False another entry holds its position (now in the view), None undecided."""
+        if isinstance(answer, EntryRefused):
+            self.stats.refused += 1
+            if answer.reason is EntryRefusal.NOT_ACTIVE and len(self.socks) > 1:
+                # Ask the other backend next time: the pair may have switched, and the
+                # re-drive of the new active node would come only later.
+                view.socket = (view.socket + 1) % len(self.socks)
+            self._refused.warning("order %s: entry %d not decided: %s (log at %d)",
+                                  entry.order_id, entry.seq, answer.reason.name, answer.at)
+            return None
+        if answer is None:
+            return None
+        self._take(view, [answer])
+        # The entry there may be this executor's own earlier proposal, decided by a backend
+        # that died before answering: counted as its decision, not as another's.
+        earlier = self._unconfirmed.pop((entry.order_id, entry.seq), None)
+        if answer != entry and answer != earlier:
+            self.stats.conflicts += 1
+            return False
+        self._count(answer)
+        return answer == entry
+
+    def _count(self, entry: ExecutionReport) -> None:
+        if entry.is_replace:
+            self.stats.replaces += 1
+        elif entry.is_fill:
+            self.stats.fills += 1
+        elif entry.state is OrderState.REJECTED:
+            self.stats.rejects += 1
+        elif entry.state is OrderState.CANCELLED:
+            self.stats.cancels += 1
+
+    def _answered(self, msg: ExecutionReport | EntryRefused) -> None:
+        """A backend's answer to a proposed entry (one nobody waits for any more is dropped:
+        its entry is decided again, and the answer found then)."""
+        pending = self._rounds.get((msg.order_id, msg.seq))
+        if pending is None:
+            self.stats.late_answers += 1
+        else:
+            pending.answer((msg.order_id, msg.seq), msg)
+
+    def _take(self, view: _Order, entries: Sequence[ExecutionReport]) -> None:
+        """Fold log entries (decided by the pair: its answers, or the log as read) into the
+        view."""
         for entry in entries:
             where = view.order.position(entry)
             if where == "applied":
@@ -443,7 +572,6 @@ class ExecutorNode:
                 raise StoreError(f"order {entry.order_id}: log entry {entry.seq} does not "
                                  f"apply: {exc}") from exc
             view.entries.append(entry)
-            await self._send(view.socket, entry)
 
     async def _replay(self, view: _Order, after: int) -> None:
         """Send the entries after position ``after`` (what a re-driving backend lacks)."""
@@ -455,13 +583,15 @@ class ExecutorNode:
             self.stats.replays += 1
             await self._send(view.socket, entry)
 
-    async def _send(self, socket: int, msg: ExecutionReport | ReplaceRefused) -> None:
+    async def _send(self, socket: int, msg: ExecutionReport | ReplaceRefused) -> bool:
         try:
             await self.socks[socket].send_multipart(encode_order(msg), flags=zmq.NOBLOCK)
+            return True
         except zmq.Again:
             self.stats.unsent += 1
-            log.warning("executor %s: %s not sent to %s (not connected)", self.name,
-                        type(msg).__name__, self.backends[socket])
+            self._unsent.warning("%s not sent to %s (not connected)", type(msg).__name__,
+                                 self.backends[socket])
+            return False
 
     async def _quote(self, symbol: str) -> Quote | None:
         """The symbol's last usable quote; one HGET, cached for QUOTE_TTL_S."""
@@ -499,14 +629,37 @@ class ExecutorNode:
     # --- tasks -------------------------------------------------------------------------------
 
     async def _reader(self, socket: int) -> None:
-        sock = self.socks[socket]
+        """Read one backend's messages: an answer to a proposed entry goes to the round
+        waiting for it at once (a round decides while holding the lock the worker needs);
+        orders and requests queue for the socket's worker, bounded."""
+        sock, inbox, ready = self.socks[socket], self._inboxes[socket], self._inbox_ready[socket]
         while True:
-            batch = [await sock.recv_multipart()]
+            for frames in await recv_batch(sock, BATCH):
+                msg = self._decode(frames)
+                if isinstance(msg, (ExecutionReport, EntryRefused)):
+                    self._answered(msg)
+                elif msg is None:
+                    continue
+                elif len(inbox) >= MAX_INBOX:
+                    self.stats.dropped += 1
+                    self._ignored.warning("order %s dropped: %d messages wait already",
+                                          msg.order_id, len(inbox))
+                else:
+                    inbox.append(msg)
+            if inbox:
+                ready.set()
+
+    async def _worker(self, socket: int) -> None:
+        """Decide what one backend sent, a batch at a time: everything queued by the time the
+        lock is free (at most ``BATCH``), also what queued while another batch decided."""
+        inbox, ready = self._inboxes[socket], self._inbox_ready[socket]
+        while True:
+            await ready.wait()
             async with self._deciding:
-                # Everything queued by now is this batch, also what queued while another
-                # batch was deciding: one wake-up and one store round trip for all of it.
-                await drain_queued(sock, batch, BATCH)
-                await self.handle(batch, socket)
+                msgs = [inbox.popleft() for _ in range(min(BATCH, len(inbox)))]
+                if not inbox:
+                    ready.clear()
+                await self.serve(msgs, socket)
 
     async def _poller(self) -> None:
         while True:
@@ -526,6 +679,8 @@ class ExecutorNode:
         log.info("executor %s connecting to %s", self.name, ", ".join(self.backends))
         tasks = [asyncio.create_task(self._reader(i), name=f"reader {endpoint}")
                  for i, endpoint in enumerate(self.backends)]
+        tasks += [asyncio.create_task(self._worker(i), name=f"worker {endpoint}")
+                  for i, endpoint in enumerate(self.backends)]
         tasks.append(asyncio.create_task(self._poller(), name="working"))
         if self.stats_path is not None:
             tasks.append(asyncio.create_task(stats_writer(self.stats_path, 0.5, self.collect),

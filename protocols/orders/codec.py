@@ -26,6 +26,8 @@ from protocols.orders.lifecycle import OrderState
 from protocols.orders.messages import (
     CancelOrder,
     CancelRequest,
+    EntryRefusal,
+    EntryRefused,
     ExecutionReport,
     NewOrder,
     OrderAck,
@@ -60,6 +62,7 @@ class OrderKind(IntEnum):
     CANCEL_REQUEST = 49  # backend -> executor: decide a cancel
     REPLACE_REQUEST = 50  # backend -> executor: decide a replace
     REPLACE_REFUSED = 51  # executor -> backend: the replace cannot be made
+    ENTRY_REFUSED = 52  # backend -> executor: a proposed log entry was not decided
     ORDER = 56  # the backend's record: checkpoints, and the order as routed to the executor
 
 
@@ -116,6 +119,9 @@ def encode_order(msg: OrderMessage) -> list[bytes]:
         case ReplaceRefused(order_id, reason, message):
             return [_header(OrderKind.REPLACE_REFUSED), _pack(
                 {"order_id": order_id, "reason": int(reason), "message": message})]
+        case EntryRefused(order_id, seq, reason, at):
+            return [_header(OrderKind.ENTRY_REFUSED), _pack(
+                {"order_id": order_id, "seq": seq, "reason": int(reason), "at": at})]
         case Order():
             return [_header(OrderKind.ORDER), _pack(
                 {"order_id": msg.order_id, "order": _new_order_map(msg.order),
@@ -206,6 +212,9 @@ def _decode(kind: OrderKind, d: dict[str, Any]) -> OrderMessage:
         case OrderKind.REPLACE_REFUSED:
             return ReplaceRefused(d["order_id"], _enum(d, "reason", RejectReason),
                                   d["message"])
+        case OrderKind.ENTRY_REFUSED:
+            return EntryRefused(d["order_id"], d["seq"], _enum(d, "reason", EntryRefusal),
+                                d["at"])
         case OrderKind.ORDER:
             return Order(d["order_id"], _new_order(_map(d, "order")),
                          _enum(d, "state", OrderState), _num(d, "filled_quantity"),
@@ -263,25 +272,56 @@ def from_blob(blob: bytes) -> OrderMessage:
     return decode_order([blob[:HEADER_SIZE], blob[HEADER_SIZE:]])
 
 
+def is_execution(entry: ExecutionReport) -> bool:
+    """True for the log entries recorded as executed: fills and final decisions."""
+    return entry.is_fill or entry.state.terminal
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedEntry:
+    """An entry of an order's execution log as the pair and the store carry it: its position,
+    the entry encoded once (:func:`to_blob`), and its exec id when it is an execution (a fill
+    or a final decision: the store's executed set has it), else ""."""
+
+    seq: int
+    blob: bytes
+    executed: str = ""
+
+    @classmethod
+    def of(cls, entry: ExecutionReport) -> EncodedEntry:
+        return cls(entry.seq, to_blob(entry), entry.exec_id if is_execution(entry) else "")
+
+    def decode(self) -> ExecutionReport:
+        """The entry; :class:`RemoteProtocolError` if the blob is not one at this position."""
+        msg = from_blob(self.blob)
+        if not isinstance(msg, ExecutionReport) or msg.seq != self.seq:
+            raise RemoteProtocolError(f"an encoded log entry at {self.seq} holds "
+                                      f"{type(msg).__name__} {getattr(msg, 'seq', '')}")
+        return msg
+
+
 @dataclass(frozen=True, slots=True)
 class EncodedOrder:
     """An order record as the store and the pair's replication carry it: its keys in the
     clear and the record encoded once (:func:`to_blob`). Whoever only keeps or forwards it
-    (the passive node, the write-behind) never decodes it; :meth:`decode` does, once."""
+    (the passive node, the write-behind) never decodes it; :meth:`decode` does, once.
+    ``entries``: the executor's log entries this version of the record applied (consecutive
+    positions up to its ``exec_seq``), written to the store's log with it, atomically."""
 
     order_id: str
     account: str
     client_order_id: str
     terminal: bool
     blob: bytes
+    entries: tuple[EncodedEntry, ...] = ()
     # The record itself where this process encoded it (not compared, not on the wire).
     cached: Order | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def of(cls, order: Order) -> EncodedOrder:
+    def of(cls, order: Order, entries: tuple[EncodedEntry, ...] = ()) -> EncodedOrder:
         o = order.order
         return cls(order.order_id, o.account, o.client_order_id, order.terminal,
-                   to_blob(order), order)
+                   to_blob(order), entries, order)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -320,6 +360,7 @@ def reject_reason_of(error: RemoteProtocolError) -> RejectReason:
 
 
 __all__ = [
+    "EncodedEntry",
     "EncodedOrder",
     "OrderKind",
     "client_order_id_of",
@@ -328,6 +369,7 @@ __all__ = [
     "decode_order_request",
     "encode_order",
     "from_blob",
+    "is_execution",
     "reject_reason_of",
     "to_blob",
 ]

@@ -3,7 +3,7 @@
 
 Rules:
 
-* The executor owns a working order and decides its fate by appending entries to the order's
+* The executor owns a working order and decides its fate by proposing entries for the order's
   execution log at the next position ``seq`` = ``order.exec_seq + 1``, each with the exec id
   :func:`exec_id` ``{order_id}:{seq}``; ``order`` here is the backend's record with the log
   folded in.
@@ -19,12 +19,13 @@ Rules:
   cannot take them any more (it may have filled since the backend checked). For a terminal
   order a replace is refused and a cancel is answered with the order's final entry again.
 * Batches (:class:`Batch`): the executor decides every message of a wake-up (and the resting
-  poller every working order of a round) before it records them all in one store round trip.
-  Each decision is taken against the order as the batch's earlier decisions leave it, so two
-  for one order are consecutive positions of its log (the store appends them together, or
-  none from the first that loses). An answer that is not an entry (a refusal, a finished
-  order's final entry again) to a request for an order the batch has decided already waits
-  for the next batch (:data:`LATER`): it depends on whether those entries are appended.
+  poller every working order of a round) before it proposes them to the active backend, which
+  decides each position of the log once (``protocols.orders.record.judge_entry``). Each
+  decision is taken against the order as the batch's earlier decisions leave it, so two for
+  one order are consecutive positions of its log (the later one is proposed once the earlier
+  is decided, and not at all if that one lost). An answer that is not an entry (a refusal, a
+  finished order's final entry again) to a request for an order the batch has decided already
+  waits for the next batch (:data:`LATER`): it depends on whether those entries are decided.
 """
 
 from __future__ import annotations

@@ -414,6 +414,37 @@ class ReplaceRefused:
             raise InvalidOrder("message", f"must be a string, got {type(self.message).__name__}")
 
 
+class EntryRefusal(IntEnum):
+    """Why the active backend did not decide a proposed log entry (see :class:`EntryRefused`)."""
+
+    NOT_ACTIVE = 1  # this node does not decide: not the active one (ask the other)
+    UNKNOWN_ORDER = 2  # no record of the order
+    GAP = 3  # the log ends before the position: ``at`` is its last one
+    INVALID = 4  # the entry does not apply to the order (its lifecycle or quantities)
+    STORE = 5  # the pair could not make it durable now (decide again later)
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRefused:
+    """The active backend's answer to an executor's proposed entry at ``seq`` of ``order_id``'s
+    log that it did not decide (an entry it decided, or that held the position already, is
+    answered with that entry itself). ``at``: the last position of the log it holds (0: none or
+    unknown)."""
+
+    order_id: str
+    seq: int
+    reason: EntryRefusal
+    at: int = 0
+
+    def __post_init__(self) -> None:
+        check_id("order_id", self.order_id)
+        check_enum("reason", self.reason, EntryRefusal)
+        for name in ("seq", "at"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidOrder(name, f"must be an int >= 0, got {value!r}")
+
+
 ExecutorRequest = CancelRequest | ReplaceRequest
 
 
@@ -463,6 +494,8 @@ __all__ = [
     "PENDING_INTERVAL_S",
     "CancelOrder",
     "CancelRequest",
+    "EntryRefusal",
+    "EntryRefused",
     "ExecutionReport",
     "ExecutorRequest",
     "NewOrder",

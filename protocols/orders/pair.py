@@ -15,13 +15,16 @@ Replication (``protocols.orders.replication``: the rules) runs on a DEALER of th
 node connected to the passive node's "replica" ROUTER (docs/PROTOCOL.md section 15)::
 
     REPLICA_BATCH   (65) {"epoch", "term", "seq", "flushed", "reset",
-                          "records": [[order_id, account, client_order_id, terminal, bin], ...]}
+                          "records": [[order_id, account, client_order_id, terminal, bin,
+                                       [[seq, entry_bin, executed], ...]], ...]}
     REPLICA_ACK     (66) {"epoch", "term", "seq"}
     REPLICA_REFUSED (67) {"epoch", "term", "seq", "reason": int}
 
 A record's ``bin`` is an order-codec ``Order`` message, its two frames joined
 (``codec.EncodedOrder``); its keys travel beside it, so the passive node never decodes it
-unless it takes over.
+unless it takes over. After it, the executor's log entries that version of the record applied
+(``codec.EncodedEntry``: position, an ``ExecutionReport`` joined, its exec id if an execution
+else ""): a decision of the executor is final once the pair holds it with its record.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any
 
 from protocols.errors import RemoteProtocolError
 from protocols.orders.binary_star import State
-from protocols.orders.codec import EncodedOrder
+from protocols.orders.codec import EncodedEntry, EncodedOrder
 from protocols.orders.fields import check_id
 from protocols.wire import decode_envelope, encode_envelope
 
@@ -157,7 +160,8 @@ def encode_pair(msg: PairMessage) -> list[bytes]:
         case ReplicaBatch(epoch, term, seq, flushed, records, reset):
             return encode_envelope(PairKind.REPLICA_BATCH, {
                 "epoch": epoch, "term": term, "seq": seq, "flushed": flushed, "reset": reset,
-                "records": [[r.order_id, r.account, r.client_order_id, r.terminal, r.blob]
+                "records": [[r.order_id, r.account, r.client_order_id, r.terminal, r.blob,
+                             [[e.seq, e.blob, e.executed] for e in r.entries]]
                             for r in records]})
         case ReplicaAck(epoch, term, seq):
             return encode_envelope(PairKind.REPLICA_ACK,
@@ -199,16 +203,33 @@ def _records(raw: object) -> tuple[EncodedOrder, ...]:
         raise ValueError("records must be a list")
     out = []
     for item in raw:
-        if not isinstance(item, list) or len(item) != 5:
+        if not isinstance(item, list) or len(item) != 6:
             raise ValueError("a record must be [order_id, account, client_order_id, terminal, "
-                             "bin]")
-        order_id, account, coid, terminal, blob = item
+                             "bin, entries]")
+        order_id, account, coid, terminal, blob, entries = item
         for name, value in (("order_id", order_id), ("account", account),
                             ("client_order_id", coid)):
             check_id(name, value)
         if not isinstance(terminal, bool) or not isinstance(blob, bytes):
             raise ValueError("a record's terminal must be a boolean and its record bytes")
-        out.append(EncodedOrder(order_id, account, coid, terminal, blob))
+        out.append(EncodedOrder(order_id, account, coid, terminal, blob, _entries(entries)))
+    return tuple(out)
+
+
+def _entries(raw: object) -> tuple[EncodedEntry, ...]:
+    """A record's log entries, checked but not decoded: consecutive positions from 1 up."""
+    if not isinstance(raw, list):
+        raise ValueError("a record's entries must be a list")
+    out: list[EncodedEntry] = []
+    for item in raw:
+        if not isinstance(item, list) or len(item) != 3:
+            raise ValueError("an entry must be [seq, bin, executed]")
+        seq, blob, executed = item
+        if type(seq) is not int or seq < 1 or (out and seq != out[-1].seq + 1):
+            raise ValueError(f"entry positions must be consecutive from 1 up, got {seq!r:.40}")
+        if not isinstance(blob, bytes) or not isinstance(executed, str):
+            raise ValueError("an entry's bin must be bytes and its exec id a string")
+        out.append(EncodedEntry(seq, blob, executed))
     return tuple(out)
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from protocols.errors import Fenced, InvalidOrder, OrderStateError
 from protocols.orders.fields import (
@@ -46,6 +46,8 @@ from protocols.orders.lifecycle import (
 from protocols.orders.messages import (
     CancelOrder,
     CancelRequest,
+    EntryRefusal,
+    EntryRefused,
     ExecutionReport,
     NewOrder,
     OrderAck,
@@ -299,9 +301,51 @@ class OpenOrders:
         return len(self._orders)
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why :func:`judge_entry` does not decide an entry, with the detail for the log."""
+
+    reason: EntryRefusal
+    why: str
+
+
+TAKEN: Final = "taken"
+
+
+def judge_entry(order: Order | None, entry: ExecutionReport, *, epoch: int, now_ns: int
+                ) -> Order | Literal["taken"] | Refusal:
+    """The active backend's decision on an entry the executor proposes for ``order``'s log:
+    the compare-and-set that makes each position of the log decided exactly once, whoever
+    proposes (an executor and its restarted self, a fill racing a cancel), held by the pair.
+
+    * the next position, and the entry applies: the record after it (decided, once the pair
+      holds that record with the entry);
+    * a position decided already: :data:`TAKEN` (answer with the entry there: either the
+      proposal lost, or it is the same entry sent again);
+    * else a :class:`Refusal`: no record (``UNKNOWN_ORDER``), a position past the log's end
+      (``GAP``), or an entry the record cannot take (``INVALID``: no position, another order's
+      fields, a transition or quantities the lifecycle refuses).
+
+    Raises :class:`Fenced` if ``epoch`` is older than the record's."""
+    if order is None:
+        return Refusal(EntryRefusal.UNKNOWN_ORDER, f"no record of order {entry.order_id}")
+    if entry.seq < 1:
+        return Refusal(EntryRefusal.INVALID, f"entry {entry.exec_id} has no log position")
+    where = order.position(entry)
+    if where == "applied":
+        return TAKEN
+    if where == "gap":
+        return Refusal(EntryRefusal.GAP, f"order {order.order_id}: entry {entry.seq} after "
+                                         f"the log's end at {order.exec_seq}")
+    try:
+        return order.apply(entry, epoch=epoch, now_ns=now_ns)
+    except OrderStateError as exc:
+        return Refusal(EntryRefusal.INVALID, str(exc))
+
+
 OrderMessage = (NewOrder | CancelOrder | ReplaceOrder | OrderAck | OrderReject
                 | OrderPending | ExecutionReport | Order | CancelRequest | ReplaceRequest
-                | ReplaceRefused)
+                | ReplaceRefused | EntryRefused)
 
 _AMEND_TEXT = {
     RejectReason.UNKNOWN_ORDER: "no such order for this account",
@@ -347,10 +391,13 @@ def amend_text(reason: RejectReason) -> str:
 
 
 __all__ = [
+    "TAKEN",
     "OpenOrders",
     "Order",
     "OrderMessage",
+    "Refusal",
     "amend_reason",
     "amend_text",
     "check_amend",
+    "judge_entry",
 ]

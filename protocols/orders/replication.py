@@ -33,9 +33,9 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from protocols.orders.codec import EncodedOrder
+from protocols.orders.codec import EncodedEntry, EncodedOrder
 from protocols.orders.pair import RefuseReason, ReplicaAck, ReplicaBatch, ReplicaRefused
 from protocols.orders.record import Order
 
@@ -140,11 +140,12 @@ class ClientIndex:
 
 class Backlog:
     """Batches of records the store may not have yet, by seq, in order; the newest record of
-    each order in them."""
+    each order in them, and the log entries they hold per order."""
 
     def __init__(self) -> None:
         self._batches: deque[tuple[int, tuple[Held, ...]]] = deque()
         self._latest: dict[str, tuple[int, Held]] = {}
+        self._entries: dict[str, deque[tuple[int, EncodedEntry]]] = {}
         self.records = 0
 
     def __len__(self) -> int:
@@ -157,6 +158,9 @@ class Backlog:
         self.records += len(records)
         for record in records:
             self._latest[record.order_id] = (seq, record)
+            if record.entries:
+                held = self._entries.setdefault(record.order_id, deque())
+                held.extend((seq, entry) for entry in record.entries)
 
     def trim(self, flushed: int) -> None:
         """Drop the batches up to ``flushed``: the store has them."""
@@ -166,6 +170,11 @@ class Backlog:
             for record in records:
                 if self._latest.get(record.order_id, (0, None))[0] == seq:
                     del self._latest[record.order_id]
+                held = self._entries.get(record.order_id)
+                while held and held[0][0] <= seq:
+                    held.popleft()
+                if held is not None and not held:
+                    del self._entries[record.order_id]
 
     def get(self, order_id: str) -> tuple[int, Held] | None:
         """The newest record of ``order_id`` held, with its batch's seq."""
@@ -178,13 +187,22 @@ class Backlog:
         """The batches after seq ``after``, oldest first (lazily: a caller stops early)."""
         return ((seq, records) for seq, records in self._batches if seq > after)
 
+    def entries(self, order_id: str) -> list[EncodedEntry]:
+        """The log entries of ``order_id`` held, in log order (consecutive positions)."""
+        return [entry for _seq, entry in self._entries.get(order_id, ())]
+
     def newest(self) -> list[Held]:
-        """The newest record of each order held, in the order they were written."""
-        return [record for _seq, record in sorted(self._latest.values(), key=lambda e: e[0])]
+        """The newest record of each order held, in the order they were written, with every
+        log entry held of its order (what the store lacks of the log, if it lacks the
+        record)."""
+        return [replace(record, entries=tuple(self.entries(record.order_id)))
+                if record.order_id in self._entries else record
+                for _seq, record in sorted(self._latest.values(), key=lambda e: e[0])]
 
     def clear(self) -> None:
         self._batches.clear()
         self._latest.clear()
+        self._entries.clear()
         self.records = 0
 
 

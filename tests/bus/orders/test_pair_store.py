@@ -15,12 +15,15 @@ from dataclasses import dataclass, field, replace
 import pytest
 import zmq.asyncio
 
+from bus.aio import cancel_and_wait
 from bus.orders.pair_store import PairStore
 from bus.store.orders import RedisOrderStore, WriteOutcome
 from nodes.drills.ports import tcp_endpoint
 from nodes.servers.redis_server import RedisProcess
 from protocols.errors import Fenced
 from protocols.orders.lifecycle import OrderState
+from protocols.orders.messages import ExecutionReport
+from protocols.orders.pair import ReplicaAck, ReplicaRefused
 from protocols.orders.record import Order
 from tests.bus.store.contract_orders import order
 from tests.support import scaled, wait_until
@@ -81,8 +84,8 @@ async def two_stores(redis: RedisProcess, *, serve_b: bool = True
         yield nodes[0], nodes[1], reader
     finally:
         for node in nodes:
-            node.stop()
-            await asyncio.gather(*node.tasks, return_exceptions=True)
+            # Re-cancelled while a library call swallows the first cancel (bus.aio: why).
+            await cancel_and_wait(node.tasks, what="pair store")
             with contextlib.suppress(Exception):
                 await node.store.close()
         await reader.close()
@@ -168,7 +171,8 @@ def test_a_batch_from_a_stale_epoch_is_refused_and_its_sender_fenced(
 def test_a_passive_that_does_not_confirm_makes_the_batch_wait_for_redis(
         redis_server: RedisProcess) -> None:
     """The peer dies (here: never answers) between the replication and its confirmation:
-    the batch is acknowledged only once Redis has it, fenced and confirmed."""
+    the batch is acknowledged only once Redis has it, fenced and confirmed (after one more
+    try, a reset, while the peer's heartbeat still says PASSIVE)."""
     async def main() -> None:
         async with two_stores(redis_server, serve_b=False) as (a, _b, reader):
             epoch = await make_active(a)
@@ -176,10 +180,42 @@ def test_a_passive_that_does_not_confirm_makes_the_batch_wait_for_redis(
             assert await a.store.write_batch([rec("o1", "c1", epoch)], epoch) == \
                 [WriteOutcome.WRITTEN]
             assert await reader.get("o1") is not None  # in Redis by the acknowledgement
-            assert a.store.stats.unconfirmed == 1 and a.store.stats.written_through == 1
+            assert a.store.stats.unconfirmed == 2 and a.store.stats.written_through == 1
+            assert a.store.stats.resynced == 0
             # Out of sync now: the next batch is a reset (still unanswered: Redis again).
             await a.store.write_batch([rec("o2", "c2", epoch)], epoch)
-            assert a.store.stats.resets == 2 and await reader.get("o2") is not None
+            assert a.store.stats.resets == 4 and await reader.get("o2") is not None
+    run(main())
+
+
+def test_a_passive_that_confirms_late_once_is_re_synced_without_redis(
+        redis_server: RedisProcess) -> None:
+    """A confirmation that comes too late (a passive node busy for a moment) with Redis
+    away: the batch is not left waiting for Redis; the reset sent after it is confirmed and
+    covers it."""
+    async def main() -> None:
+        async with two_stores(redis_server) as (a, b, reader):
+            epoch = await make_active(a)
+            await linked(a, b, epoch)
+            before = replace(a.store.stats)  # (warm-up batches: sent before the link was up)
+            await asyncio.to_thread(redis_server.stop)
+            take, dropped = b.store._take, []
+
+            def drop_first(frames: list[bytes]) -> ReplicaAck | ReplicaRefused | None:
+                if not dropped:  # held, but the confirmation never comes (a late one)
+                    dropped.append(take(frames))
+                    return None
+                return take(frames)
+            b.store._take = drop_first  # type: ignore[method-assign]
+            got = await asyncio.wait_for(a.store.write_batch([rec("o1", "c1", epoch)], epoch),
+                                         scaled(2.0))
+            assert got == [WriteOutcome.WRITTEN] and len(dropped) == 1
+            assert a.store.stats.unconfirmed - before.unconfirmed == 1
+            assert a.store.stats.resynced - before.resynced == 1
+            assert a.store.stats.written_through == before.written_through
+            assert b.store.backlog() >= 1  # held by the passive, Redis still away
+            await asyncio.to_thread(redis_server.start)
+            await wait_until(lambda: reader.get("o1"), 5, "o1 written behind")
     run(main())
 
 
@@ -244,6 +280,45 @@ def test_the_active_dies_with_write_behind_not_in_redis_and_the_new_active_write
             retry = rec("o-new", "c-lost", taken)  # a client's retry at the new active
             assert await b.store.write_batch([retry], taken) == [WriteOutcome.CLIENT_ID_TAKEN]
     run(main())
+
+
+def test_decided_log_entries_survive_the_active_with_redis_away_and_reach_redis_once(
+        redis_server: RedisProcess) -> None:
+    """The executor's decisions take the acknowledgement's road: a fill written with its
+    record is durable once the passive holds it, with Redis stopped; the active dies before
+    its write-behind; the node taking over writes the whole part of the log Redis lacks with
+    the newest record, and the log holds each entry once."""
+    async def main() -> None:
+        async with two_stores(redis_server) as (a, b, reader):
+            epoch = await make_active(a)
+            await linked(a, b, epoch)
+            routed = rec("o-f", "c-f", epoch)
+            await a.store.write_batch([routed], epoch)
+            await wait_until(lambda: reader.get("o-f"), 5, "o-f written behind")
+            await asyncio.to_thread(redis_server.stop)
+            first = logged_fill(routed, 1)
+            record = routed.apply(first, epoch=epoch, now_ns=5)
+            second = logged_fill(record, 2)
+            record = record.apply(second, epoch=epoch, now_ns=6)
+            await a.store.write_batch([routed.apply(first, epoch=epoch, now_ns=5)], epoch,
+                                      [first])
+            await a.store.write_batch([record], epoch, [second])  # both acknowledged
+            assert a.store.held("o-f") == record
+            assert await a.store.executions("o-f") == [first, second]  # held, not in Redis
+            a.stop()  # killed: its write-behind never runs
+            await asyncio.to_thread(redis_server.start)
+            assert await reader.executions("o-f") == []
+            await make_active(b)
+            assert await reader.get("o-f") == record
+            assert await reader.executions("o-f") == [first, second]
+            assert await reader.redis.smembers("ps:executed:o-f") == {b"o-f:1", b"o-f:2"}
+            assert await b.store.executions("o-f", after=1) == [second]
+    run(main())
+
+
+def logged_fill(record: Order, seq: int) -> ExecutionReport:
+    """A fill of 0.25 lots at position ``seq`` of ``record``'s log."""
+    return record.fill_report(0.25, 1.1, seq=seq, exec_id=f"{record.order_id}:{seq}")
 
 
 def test_a_new_active_knows_the_client_order_ids_the_old_one_wrote_to_redis_alone(

@@ -11,13 +11,12 @@ rely on, whatever keeps the orders.
 * A batch of orders is written in one step, each by the rules of a single write, in turn, with
   an outcome per order (written, client order id taken, order id taken); fenced as a whole.
 * ``open_orders`` holds every order not yet terminal, however many.
-* The execution log of an order appends with a compare-and-set on its length: an entry at
-  position ``seq`` lands only if the log holds ``seq - 1`` entries; a loser is told what it
-  missed; a position beyond the end is an error that writes nothing.
-* A batch of appends (``append_executions``) is that compare-and-set per entry in one step:
-  per-entry results; entries of one order are consecutive positions, and those after one that
-  lost are not appended; a batch sent again after a lost reply is appended once; a position
-  beyond its log's end refuses the whole batch.
+* The execution log of an order is written with the records that applied its entries, in the
+  same step (``write_batch`` with ``entries``; the active backend decided them): an entry lands
+  at its log's end; the same write again (a lost reply, the write-behind after a takeover)
+  appends nothing twice; entries must be the positions their records applied last
+  (``ValueError``); a fenced batch writes no entry either. (What Redis's script does with a
+  log that disagrees, which the backend's decisions never produce, is in ``test_orders.py``.)
 
 An implementation runs it with one fixture named ``order_store``: an async function that opens
 a store on this test's own empty data (each call opens another client on the same data); see
@@ -50,8 +49,8 @@ def order(order_id: str = "o1", coid: str = "c1", epoch: int = 1) -> Order:
     return Order.from_new(order_id, new(coid), epoch=epoch, now_ns=10)
 
 
-def routed(quantity: float = 2.0, order_id: str = "o1") -> Order:
-    rec = Order.from_new(order_id, NewOrder("acc", "c1", "EURUSD", Side.BUY, OrderType.MARKET,
+def routed(quantity: float = 2.0, order_id: str = "o1", coid: str = "c1") -> Order:
+    rec = Order.from_new(order_id, NewOrder("acc", coid, "EURUSD", Side.BUY, OrderType.MARKET,
                                             quantity, None, 1), epoch=1, now_ns=1)
     for state in (OrderState.ACCEPTED, OrderState.ROUTED):
         rec = rec.apply(rec.status_report(state, exec_id="b", epoch=1), epoch=1, now_ns=1)
@@ -63,61 +62,74 @@ def slice_of(rec: Order, seq: int, price: float = 1.1) -> ExecutionReport:
     return rec.fill_report(0.5, price, seq=seq, exec_id=f"{rec.order_id}:{seq}")
 
 
-class ExecutionBatchContract:
-    """``append_executions``: the executor's batch of log appends (issue 10)."""
+def logged(rec: Order, *entries: ExecutionReport) -> Order:
+    """``rec`` after ``entries``, as the active backend's decisions leave it."""
+    for entry in entries:
+        rec = rec.apply(entry, epoch=rec.epoch, now_ns=rec.updated_ns + 1)
+    return rec
 
-    def test_a_batch_of_appends_is_decided_per_entry(self, order_store: OpenOrderStore) -> None:
-        """Several orders in one batch: two consecutive positions of one, one that lost a race
-        (and its next entry, decided from it, not appended), one re-sent after a lost reply."""
+
+class ExecutionLogContract:
+    """The executor's log, written with the records that applied it (issue 10)."""
+
+    def test_entries_are_written_with_their_records(self, order_store: OpenOrderStore) -> None:
         async def body(s: OrderStore) -> None:
-            a, b, c = routed(order_id="oA"), routed(order_id="oB"), routed(order_id="oC")
-            theirs = slice_of(b, 1, price=1.2)  # another decider got to oB first
-            mine = slice_of(c, 1)  # appended before, its reply lost
-            assert await s.append_executions([theirs, mine]) == [[], []]
+            _, epoch = await s.acquire_epoch(0)
+            a, b = routed(order_id="oA"), routed(order_id="oB", coid="cB")
+            await s.write_batch([a, b], epoch)
             a1 = slice_of(a, 1)
-            a2 = slice_of(a.apply(a1, epoch=1, now_ns=2), 2)
+            a2 = slice_of(logged(a, a1), 2)
             b1 = slice_of(b, 1)
-            b2 = slice_of(b.apply(b1, epoch=1, now_ns=2), 2)
-            got = await s.append_executions([a1, b1, mine, a2, b2])
-            assert got == [[], [theirs], [], [], [theirs]]
+            got = await s.write_batch([logged(a, a1, a2), logged(b, b1)], epoch, [a1, b1, a2])
+            assert got == [WriteOutcome.WRITTEN] * 2
             assert await s.executions("oA") == [a1, a2]
-            assert await s.executions("oB") == [theirs]
-            assert await s.executions("oC") == [mine]
-            assert await s.append_executions([]) == []
+            assert await s.executions("oA", after=1) == [a2]
+            assert await s.executions("oB") == [b1]
+            assert await s.executions("oC") == []
+            assert (await s.get("oA")) == logged(a, a1, a2)
         run_with(order_store, body)
 
-    def test_a_batch_sent_again_after_a_lost_reply_is_appended_once(
-            self, order_store: OpenOrderStore) -> None:
+    def test_the_same_write_again_appends_nothing_twice(self, order_store: OpenOrderStore
+                                                        ) -> None:
         async def body(s: OrderStore) -> None:
-            a, b = routed(order_id="oA"), routed(order_id="oB")
+            _, epoch = await s.acquire_epoch(0)
+            a = routed(order_id="oA")
             a1 = slice_of(a, 1)
-            a2 = slice_of(a.apply(a1, epoch=1, now_ns=2), 2)
-            batch = [a1, slice_of(b, 1), a2]
-            assert await s.append_executions(batch) == [[], [], []]
-            assert await s.append_executions(batch) == [[], [], []]
+            a2 = slice_of(logged(a, a1), 2)
+            await s.write_batch([logged(a, a1)], epoch, [a1])
+            # Sent again, and again with the next entry: the log holds each once.
+            await s.write_batch([logged(a, a1)], epoch, [a1])
+            await s.write_batch([logged(a, a1, a2)], epoch, [a1, a2])
             assert await s.executions("oA") == [a1, a2]
-            assert await s.executions("oB") == [batch[1]]
-            # Part of what is logged is history, not a retry: the run lost.
-            assert await s.append_executions([a1]) == [[a1, a2]]
         run_with(order_store, body)
 
-    def test_a_position_beyond_the_end_refuses_the_whole_batch(
+    def test_entries_must_be_what_their_records_applied_last(
             self, order_store: OpenOrderStore) -> None:
         async def body(s: OrderStore) -> None:
-            a, b = routed(order_id="oA"), routed(order_id="oB")
-            with pytest.raises(StoreError, match="oB holds 0 entries: position 3 is beyond"):
-                await s.append_executions([slice_of(a, 1), slice_of(b, 3)])
-            assert await s.executions("oA") == []
+            _, epoch = await s.acquire_epoch(0)
+            a, b = routed(order_id="oA"), routed(order_id="oB", coid="cB")
             a1 = slice_of(a, 1)
-            with pytest.raises(ValueError, match="position 3 in a batch after 1"):
-                await s.append_executions([a1, slice_of(a.apply(a1, epoch=1, now_ns=2), 3)])
-            with pytest.raises(ValueError, match="position >= 1"):
-                await s.append_executions([a1, slice_of(b, 0)])
+            a2 = slice_of(logged(a, a1), 2)
+            with pytest.raises(ValueError, match="not the positions it applied last"):
+                await s.write_batch([logged(a, a1, a2)], epoch, [a1])
+            with pytest.raises(ValueError, match="not in the batch"):
+                await s.write_batch([logged(a, a1)], epoch, [a1, slice_of(b, 1)])
             assert await s.executions("oA") == []
         run_with(order_store, body)
 
+    def test_a_fenced_batch_writes_no_entry(self, order_store: OpenOrderStore) -> None:
+        async def body(s: OrderStore) -> None:
+            _, epoch = await s.acquire_epoch(0)
+            await s.acquire_epoch(epoch)
+            a = routed(order_id="oA")
+            a1 = slice_of(a, 1)
+            with pytest.raises(Fenced):
+                await s.write_batch([logged(a, a1)], epoch, [a1])
+            assert await s.executions("oA") == []
+        run_with(order_store, body)
 
-class OrderStoreContract(ExecutionBatchContract):
+
+class OrderStoreContract(ExecutionLogContract):
     """Every test takes ``order_store``; a subclass in a test module runs them all."""
 
     def test_the_epoch_is_a_compare_and_swap(self, order_store: OpenOrderStore) -> None:
@@ -265,49 +277,3 @@ class OrderStoreContract(ExecutionBatchContract):
             assert sorted(o.order_id for o in got) == [o.order_id for o in orders if o != done]
         run_with(order_store, body)
 
-    def test_the_execution_log_appends_once_per_position(
-            self, order_store: OpenOrderStore) -> None:
-        async def body(s: OrderStore) -> None:
-            rec = routed()
-            first = rec.fill_report(0.5, 1.1, seq=1, exec_id="o1:1")
-            assert await s.append_execution(first) == []
-            # Another decider, same position (a restarted executor; a cancel racing the fill):
-            # refused, and told what it missed.
-            cancel = rec.status_report(OrderState.CANCELLED, exec_id="o1:1", epoch=1, seq=1)
-            assert await s.append_execution(cancel) == [first]
-            rec = rec.apply(first, epoch=1, now_ns=2)
-            replace = rec.replace_report(3.0, None, exec_id="o1:2", epoch=1, seq=2)
-            assert await s.append_execution(replace) == []
-            # Appending past the end (a gap) is an error, and writes nothing.
-            late = rec.fill_report(0.5, 1.1, seq=4, exec_id="o1:4")
-            with pytest.raises(StoreError, match="holds 2 entries: position 4 is beyond its end"):
-                await s.append_execution(late)
-            assert await s.executions("o1") == [first, replace]
-            assert await s.executions("o1", after=1) == [replace]
-            assert await s.executions("o1", after=2) == []
-            assert await s.executions("o2") == []
-        run_with(order_store, body)
-
-    def test_an_append_sent_again_after_a_lost_reply_is_appended_once(
-            self, order_store: OpenOrderStore) -> None:
-        """A store failing over loses the reply of a command that ran, and the command is
-        sent again: the same entry, found as the log's last one, counts as appended, not as
-        another decider's (issue 9: an executor counted its own fill as a conflict)."""
-        async def body(s: OrderStore) -> None:
-            first = routed().fill_report(0.5, 1.1, seq=1, exec_id="o1:1")
-            assert await s.append_execution(first) == []
-            assert await s.append_execution(first) == []
-            assert await s.executions("o1") == [first]
-            # Once a later entry follows it, the same entry is history, not a retry.
-            second = routed().apply(first, epoch=1, now_ns=2).fill_report(
-                0.5, 1.1, seq=2, exec_id="o1:2")
-            assert await s.append_execution(second) == []
-            assert await s.append_execution(first) == [first, second]
-        run_with(order_store, body)
-
-    def test_an_entry_without_a_position_is_refused(self, order_store: OpenOrderStore) -> None:
-        async def body(s: OrderStore) -> None:
-            with pytest.raises(ValueError, match="position >= 1"):
-                await s.append_execution(routed().fill_report(0.5, 1.1, seq=0, exec_id="o1:0"))
-            assert await s.executions("o1") == []
-        run_with(order_store, body)

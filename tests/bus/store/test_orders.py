@@ -12,9 +12,9 @@ import pytest
 
 from bus.store.orders import RedisOrderStore
 from nodes.servers.redis_server import RedisProcess
-from protocols.errors import StoreUnavailable
+from protocols.errors import StoreError, StoreUnavailable
 from protocols.orders.lifecycle import OrderState
-from tests.bus.store.contract_orders import order, routed
+from tests.bus.store.contract_orders import logged, order, routed, slice_of
 from tests.support import run_with
 
 T = TypeVar("T")
@@ -29,19 +29,52 @@ def with_store(server: RedisProcess, body: Callable[[RedisOrderStore], Awaitable
 
 def test_the_executed_set_holds_fills_and_final_decisions(redis_server: RedisProcess) -> None:
     async def body(s: RedisOrderStore) -> None:
+        _, epoch = await s.acquire_epoch(0)
         rec = routed()
         first = rec.fill_report(0.5, 1.1, seq=1, exec_id="o1:1")
-        assert await s.append_execution(first) == []
-        cancel = rec.status_report(OrderState.CANCELLED, exec_id="o1:1", epoch=1, seq=1)
-        assert await s.append_execution(cancel) == [first]  # refused: not recorded
-        rec = rec.apply(first, epoch=1, now_ns=2)
+        rec = logged(rec, first)
         replace = rec.replace_report(3.0, None, exec_id="o1:2", epoch=1, seq=2)
-        assert await s.append_execution(replace) == []
+        rec = logged(rec, replace)
+        await s.write_batch([rec], epoch, [first, replace])
         # Fills and final decisions are executions; a replace is not.
         assert await s.redis.smembers(s.executed_key("o1")) == {b"o1:1"}
         done = rec.status_report(OrderState.CANCELLED, exec_id="o1:3", epoch=1, seq=3)
-        assert await s.append_execution(done) == []
+        await s.write_batch([logged(rec, done)], epoch, [done])
         assert await s.redis.smembers(s.executed_key("o1")) == {b"o1:1", b"o1:3"}
+    with_store(redis_server, body)
+
+
+# The script's refusals of a log that disagrees with the entries written: the backend's
+# decisions never produce one (its record is the log's position), so they guard against a bug,
+# writing nothing rather than a log with two histories.
+
+
+def test_another_entry_at_a_written_position_refuses_the_whole_batch(
+        redis_server: RedisProcess) -> None:
+    async def body(s: RedisOrderStore) -> None:
+        _, epoch = await s.acquire_epoch(0)
+        a, b = routed(order_id="oA"), routed(order_id="oB", coid="cB")
+        a1 = slice_of(a, 1)
+        await s.write_batch([logged(a, a1), b], epoch, [a1])
+        other = slice_of(a, 1, price=1.2)
+        with pytest.raises(StoreError, match="oA holds another entry there"):
+            await s.write_batch([logged(b, slice_of(b, 1)), logged(a, other)], epoch,
+                                [slice_of(b, 1), other])
+        assert await s.executions("oA") == [a1]
+        assert await s.executions("oB") == []
+        assert await s.get("oB") == b  # nothing of the batch was written
+    with_store(redis_server, body)
+
+def test_a_position_past_the_end_refuses_the_whole_batch(redis_server: RedisProcess) -> None:
+    async def body(s: RedisOrderStore) -> None:
+        _, epoch = await s.acquire_epoch(0)
+        a = routed(order_id="oA")
+        a1 = slice_of(a, 1)
+        a2 = slice_of(logged(a, a1), 2)
+        with pytest.raises(StoreError, match="oA holds 0 entries: entry 2 not written"):
+            await s.write_batch([logged(a, a1, a2)], epoch, [a2])
+        assert await s.executions("oA") == []
+        assert await s.get("oA") is None
     with_store(redis_server, body)
 
 

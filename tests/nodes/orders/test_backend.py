@@ -21,11 +21,13 @@ from nodes.drills.procs import Node
 from nodes.orders.backend import QUOTE_TTL_S, BackendEndpoints, BackendNode
 from nodes.orders.executor import ExecutorNode
 from nodes.servers.redis_server import RedisProcess, free_port
+from protocols.errors import StoreUnavailable
 from protocols.orders.binary_star import PairConfig, Role, State
 from protocols.orders.codec import decode_order, encode_order
 from protocols.orders.lifecycle import OrderState
 from protocols.orders.messages import (
     CancelOrder,
+    EntryRefused,
     ExecutionReport,
     NewOrder,
     OrderAck,
@@ -110,7 +112,8 @@ async def seed_tick(cfg: MeshConfig, symbol: str = "EURUSD", bid: float = 1.08,
 async def fake_executor(ctx: zmq.asyncio.Context, ends: list[str], executed: list[Order]) -> None:
     """A minimal executor peer: fills every routed market order at 1.0802, once per order, and
     answers a re-driven order with the same report; limit orders stay open (resting), so they
-    count in the account's exposure."""
+    count in the account's exposure. The backend's answers to its proposed fills are not
+    needed: a fill that was not decided comes back as a re-drive."""
     socks = []
     for ep in ends:
         s = ctx.socket(zmq.DEALER)
@@ -126,6 +129,8 @@ async def fake_executor(ctx: zmq.asyncio.Context, ends: list[str], executed: lis
         while True:
             for s, _ in await poller.poll():
                 msg = decode_order(await s.recv_multipart())
+                if isinstance(msg, (ExecutionReport, EntryRefused)):
+                    continue  # the backend's answer to a proposed fill
                 assert isinstance(msg, Order)
                 if msg.order_id in reports:  # a re-drive: not executed again, answered again
                     await s.send_multipart(encode_order(reports[msg.order_id]))
@@ -439,9 +444,10 @@ class HeldStore(RedisOrderStore):
         self.batches: list[int] = []
         self.waiting = 0
 
-    async def write_batch(self, orders: Sequence[Order], epoch: int) -> list[WriteOutcome]:
-        if any(o.exec_seq for o in orders):  # reports applied
-            return await super().write_batch(orders, epoch)
+    async def write_batch(self, orders: Sequence[Order], epoch: int,
+                          entries: Sequence[ExecutionReport] = ()) -> list[WriteOutcome]:
+        if entries:  # decisions of the executor
+            return await super().write_batch(orders, epoch, entries)
         self.batches.append(len(orders))
         self.waiting += 1
         try:
@@ -501,6 +507,50 @@ def test_a_batch_of_mixed_orders_is_answered_per_order_in_one_store_call(
                 await reader.close()
             assert primary.service.reserved() == 0 and primary.service.in_service() == 0
             await wait_until(lambda: len(p.executed) == 3, 3, "three orders routed")
+    run(main())
+
+
+class LostReplyStore(RedisOrderStore):
+    """A fault wrapper: the first write of decided entries runs in Redis and its reply is lost
+    (a master that failed over after running it, past the ride-through deadline)."""
+
+    def __init__(self, url: str, key_prefix: str) -> None:
+        super().__init__(url, key_prefix)
+        self.lost = 0
+
+    async def write_batch(self, orders: Sequence[Order], epoch: int,
+                          entries: Sequence[ExecutionReport] = ()) -> list[WriteOutcome]:
+        got = await super().write_batch(orders, epoch, entries)
+        if entries and not self.lost:
+            self.lost += 1
+            raise StoreUnavailable("the reply was lost")
+        return got
+
+
+def test_a_decided_fill_whose_write_reply_was_lost_is_applied_once(
+        redis_server: RedisProcess) -> None:
+    """Redis ran the write of a fill but the backend never heard (acknowledged in Redis,
+    replicate = false): the executor is told STORE, proposes the fill again at its re-drive,
+    and the backend reads the order from Redis before judging it: the fill that is there is
+    applied, relayed once and answered; the log holds it once."""
+    async def main() -> None:
+        store = LostReplyStore(redis_server.url, "bk")
+        async with pair(redis_server, primary_store=store, replicate=False) as p:
+            primary = p.node(Role.PRIMARY)
+            await wait_active(primary)
+            ack = await p.request(Role.PRIMARY, order("lost-reply"))
+            assert isinstance(ack, OrderAck)
+            await wait_until(lambda: primary.orders.get(ack.order_id) is None, 5,
+                             "the fill applied after the re-drive")
+            assert store.lost == 1 and primary.stats.entries_refused >= 1
+            assert primary.stats.entries_taken >= 1
+            reader = RedisOrderStore(p.cfg.redis.url, "bk")
+            try:
+                assert [e.seq for e in await reader.executions(ack.order_id)] == [1]
+                stored = await reader.get(ack.order_id)
+                assert stored is not None and stored.state is OrderState.FILLED
+            finally:
+                await reader.close()
     run(main())
 
 
@@ -763,7 +813,6 @@ class ReloadFailsOnce(RedisOrderStore):
     async def open_orders(self) -> list[Order]:
         if not self.failed:
             self.failed = True
-            from protocols.errors import StoreUnavailable
             raise StoreUnavailable("injected: redis unreachable during the takeover")
         return await super().open_orders()
 

@@ -368,9 +368,10 @@ def test_partial_fills_converge_across_a_failover(redis_server: RedisProcess,
 def test_orders_placed_while_the_store_is_away_are_acknowledged_once_and_filled(
         redis_server: RedisProcess, replicate: bool) -> None:
     """Redis goes away (as during a Sentinel switch). Replicated, orders placed meanwhile are
-    acknowledged at once (the passive node holds them) and reach Redis behind; acknowledged
-    in Redis (replicate = false), they are held, neither refused nor lost, and acknowledged
-    once the store is back. Either way each is acknowledged once and filled."""
+    acknowledged at once (the passive node holds them) and filled too (the executor's fills
+    are decided by the pair), all reaching Redis behind; acknowledged in Redis (replicate =
+    false), they are held, neither refused nor lost, and acknowledged once the store is back.
+    Either way each is acknowledged once and filled."""
     async def main() -> None:
         async with pair(redis_server, real_executor=True, deadline_ms=5000,
                         replicate=replicate) as p:
@@ -388,6 +389,11 @@ def test_orders_placed_while_the_store_is_away_are_acknowledged_once_and_filled(
                     await asyncio.wait_for(asyncio.gather(*placed), scaled(2.0))
                     assert primary.pair_store is not None
                     assert primary.pair_store.backlog() >= 5  # not in Redis yet
+                    await wait_until(lambda: p.executor is not None
+                                     and p.executor.stats.fills == 6, 3,
+                                     "the held orders filled with Redis away")
+                    assert all(primary.orders.get(t.result().order_id) is None
+                               for t in placed)  # FILLED: no longer open
                 else:
                     await asyncio.sleep(0.5)
                     assert not any(t.done() for t in placed), "held, not refused"

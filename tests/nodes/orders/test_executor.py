@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +14,9 @@ import pytest
 import zmq
 import zmq.asyncio
 
+from bus.aio import cancel_and_wait
 from bus.config import MeshConfig, MeshSection, RedisSection
+from bus.sockets import recv_batch
 from bus.store.orders import RedisOrderStore
 from bus.store.ticks import CheckpointRun, RedisTickStore
 from nodes.drills.ports import bind_loopback
@@ -24,14 +27,17 @@ from protocols.orders.execution import decide
 from protocols.orders.lifecycle import OrderState
 from protocols.orders.messages import (
     CancelRequest,
+    EntryRefusal,
+    EntryRefused,
     ExecutionReport,
+    OrderAck,
     OrderType,
     RejectReason,
     ReplaceRefused,
     ReplaceRequest,
     Side,
 )
-from protocols.orders.record import Order
+from protocols.orders.record import TAKEN, Order, Refusal, judge_entry
 from tests.protocols.orders.test_execution import assert_applies, routed
 from tests.support import scaled, wait_until
 
@@ -41,16 +47,103 @@ PREFIX = "ex"
 BID, ASK = 1.1000, 1.1002
 
 
-class FakeBackend:
-    """A backend's "executor" ROUTER: sends Order records, collects ExecutionReports."""
+@dataclass
+class Authority:
+    """What the active backend of a pair decides the executor's log with, shared by the fake
+    backends (one pair, one log): its records (newest seen: sent, or decided here; else the
+    store's) and a store the decided entries are written to with their records."""
 
-    def __init__(self, ctx: zmq.asyncio.Context) -> None:
+    store: RedisOrderStore
+    records: dict[str, Order] = field(default_factory=dict)
+    calls: list[list[ExecutionReport]] = field(default_factory=list)  # decided, per write
+    delay_s: float = 0.0  # each write takes this long (a slow pair)
+
+    def know(self, order: Order) -> None:
+        known = self.records.get(order.order_id)
+        if known is None or order.exec_seq >= known.exec_seq:
+            self.records[order.order_id] = order
+
+    async def decide(self, proposals: Sequence[ExecutionReport]
+                     ) -> list[ExecutionReport | EntryRefused]:
+        """Each proposal's answer, as ``BackendNode._decide_entries`` gives it."""
+        changed: dict[str, Order] = {}
+        decided: list[ExecutionReport] = []
+        verdicts = []
+        for entry in proposals:
+            oid = entry.order_id
+            record = (changed.get(oid) or self.records.get(oid)
+                      or await self.store.get(oid))
+            verdict = judge_entry(record, entry, epoch=1, now_ns=time.time_ns())
+            if isinstance(verdict, Order):
+                changed[oid] = verdict
+                decided.append(entry)
+            verdicts.append(verdict)
+        if decided:
+            self.calls.append(decided)
+            await asyncio.sleep(self.delay_s)  # the delay is the fault injected, not a wait
+            await self.store.write_batch(list(changed.values()), 1, decided)
+            self.records.update(changed)
+        answers: list[ExecutionReport | EntryRefused] = []
+        for entry, verdict in zip(proposals, verdicts, strict=True):
+            if isinstance(verdict, Order):
+                answers.append(entry)
+            elif verdict == TAKEN:
+                answers.append((await self.store.executions(entry.order_id, entry.seq - 1))[0])
+            else:
+                assert isinstance(verdict, Refusal)
+                answers.append(EntryRefused(entry.order_id, entry.seq, verdict.reason))
+        return answers
+
+
+class FakeBackend:
+    """A backend's "executor" ROUTER: sends Order records and requests, and answers the
+    executor's proposed log entries as the active node of the pair would (``authority``), or
+    with NOT_ACTIVE while ``active`` is False. ``lose``: "proposals" drops them unanswered (a
+    backend that died), "answers" decides them and drops the answers (one that died right
+    after). ``message()`` returns what it answered with (the entry that holds each proposed
+    position) and the executor's ReplaceRefused."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, authority: Authority) -> None:
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unknown executor: EHOSTUNREACH
         # As nodes/orders/backend.py: a restarted executor reconnects under the same routing id.
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.endpoint = bind_loopback(self.sock)
+        self.authority = authority
+        self.active = True
+        self.lose = ""
+        self.nodes: list[ExecutorNode] = []  # whose decisions message() waits for
+        self.refused: list[EntryRefused] = []
+        self._inbox: asyncio.Queue[ExecutionReport | ReplaceRefused] = asyncio.Queue()
+
+    async def serve(self) -> None:
+        """Task: answer every batch of proposals queued on the socket, keep the rest."""
+        while True:
+            proposals: list[ExecutionReport] = []
+            for ident, *frames in await recv_batch(self.sock, 256):
+                assert ident == b"executor"
+                msg = decode_order(frames)
+                if isinstance(msg, ExecutionReport):
+                    proposals.append(msg)
+                else:
+                    assert isinstance(msg, ReplaceRefused), msg
+                    self._inbox.put_nowait(msg)
+            if self.lose == "proposals":
+                continue
+            if not self.active:
+                answers: list[ExecutionReport | EntryRefused] = [
+                    EntryRefused(p.order_id, p.seq, EntryRefusal.NOT_ACTIVE) for p in proposals]
+            else:
+                answers = await self.authority.decide(proposals)
+            for answer in answers:
+                if self.lose == "answers":
+                    continue
+                await self.sock.send_multipart([b"executor", *encode_order(answer)])
+                if isinstance(answer, EntryRefused):
+                    self.refused.append(answer)
+                else:
+                    self._inbox.put_nowait(answer)
 
     async def send(self, frames: list[bytes], to: bytes = b"executor") -> None:
         """Send once the executor's DEALER has connected (its routing id is known)."""
@@ -65,14 +158,16 @@ class FakeBackend:
         await wait_until(attempt, 3, "the executor connected")
 
     async def order(self, order: Order) -> None:
+        self.authority.know(order)
         await self.send(encode_order(order))
 
     async def message(self, timeout: float = 2.0) -> ExecutionReport | ReplaceRefused:
+        """The next answer (or refusal of a replace), once the executors took what they were
+        answered (their counts are then up to date)."""
         async with asyncio.timeout(scaled(timeout)):
-            ident, *frames = await self.sock.recv_multipart()
-        assert ident == b"executor"
-        msg = decode_order(frames)
-        assert isinstance(msg, (ExecutionReport, ReplaceRefused))
+            msg = await self._inbox.get()
+        await wait_until(lambda: all(not n._deciding.locked() and not any(n._inboxes)
+                                     for n in self.nodes), timeout, "the executor idle")
         return msg
 
     async def report(self, timeout: float = 2.0) -> ExecutionReport:
@@ -84,8 +179,9 @@ class FakeBackend:
         return [await self.report(timeout) for _ in range(count)]
 
     async def nothing(self, timeout: float = 0.15) -> bool:
-        """True if no message arrives within ``timeout``: used only to check an absence."""
-        return not await self.sock.poll(int(scaled(timeout) * 1000))
+        """True if nothing arrives within ``timeout``: used only to check an absence."""
+        await asyncio.sleep(scaled(timeout))
+        return self._inbox.empty()
 
 
 @dataclass
@@ -99,9 +195,7 @@ class Rig:
 
     async def stored(self, order: Order) -> None:
         """Write ``order`` as the active backend would (the executor reads unknown orders)."""
-        if await self.orders.current_epoch() == 0:
-            await self.orders.acquire_epoch(0)
-        await self.orders.write(order, await self.orders.current_epoch())
+        await self.orders.write(order, 1)
 
     async def tick(self, bid: float, ask: float, symbol: str = "EURUSD") -> None:
         seq = self.seq.get(symbol, 0) + 1
@@ -130,13 +224,21 @@ def run(redis: RedisProcess, body: Callable[[Rig], Awaitable[None]],
         cfg = MeshConfig(mesh=MeshSection(key_prefix=PREFIX),
                          redis=RedisSection(url=redis.url, deadline_ms=300))
         ctx = zmq.asyncio.Context()
-        fakes = [FakeBackend(ctx) for _ in range(backends)]
         ticks = RedisTickStore(redis.url, PREFIX)
         orders = RedisOrderStore(redis.url, PREFIX)
+        assert await orders.acquire_epoch(0) == (True, 1)  # the records' epoch
+        fakes = [FakeBackend(ctx, Authority(orders)) for _ in range(backends)]
+        for fake in fakes[1:]:
+            fake.authority = fakes[0].authority
+        serving = [asyncio.create_task(fake.serve()) for fake in fakes]
         await ticks.start_session("f", 1, ["EURUSD", "GBPUSD"], 1000)
+        rig = Rig(cfg, fakes, ticks, orders)
+        for fake in fakes:
+            fake.nodes = rig.nodes
         try:
-            await body(Rig(cfg, fakes, ticks, orders))
+            await body(rig)
         finally:
+            await cancel_and_wait(serving, what="fake backends")
             for fake in fakes:
                 fake.sock.close(linger=0)
             ctx.term()
@@ -261,6 +363,52 @@ def test_restarted_executor_does_not_execute_again(redis_server: RedisProcess) -
     run(redis_server, body)
 
 
+def test_a_refusal_as_not_active_sends_the_next_proposal_to_the_other_backend(
+        redis_server: RedisProcess) -> None:
+    """The pair switched: the backend a resting order came from answers NOT_ACTIVE, and the
+    next proposal goes to the other one, which decides it: fills go on without waiting for
+    the new active node's re-drive."""
+    async def body(rig: Rig) -> None:
+        await rig.tick(BID, ASK)
+        async with rig.executor() as node:
+            await rig.backends[0].order(routed("n1", Side.SELL, OrderType.LIMIT, 1.1010))
+            await wait_until(lambda: node.stats.resting == 1, 2, "the order to rest")
+            rig.backends[0].active = False
+            await rig.tick(1.1010, 1.1012)
+            got = await rig.backends[1].report()
+            assert (got.order_id, got.state) == ("n1", OrderState.FILLED)
+            assert [r.reason for r in rig.backends[0].refused] == [EntryRefusal.NOT_ACTIVE]
+            assert (node.stats.refused, node.stats.fills, node.stats.resting) == (1, 1, 0)
+    run(redis_server, body)
+
+
+@pytest.mark.parametrize("lose", ["proposals", "answers"])
+def test_a_proposal_left_unanswered_is_decided_once(redis_server: RedisProcess,
+                                                    lose: str) -> None:
+    """No answer within the decision timeout (the backend died before deciding, or right
+    after): the order is decided again later, and the pair's answer then is final. A fill
+    decided before the answer was lost is the one the log keeps: one fill either way."""
+    async def body(rig: Rig) -> None:
+        await rig.tick(BID, ASK)
+        backend = rig.backends[0]
+        async with rig.executor() as node:
+            await backend.order(routed("u1", Side.SELL, OrderType.LIMIT, 1.1010))
+            await wait_until(lambda: node.stats.resting == 1, 2, "the order to rest")
+            backend.lose = lose
+            await rig.tick(1.1010, 1.1012)
+            await wait_until(lambda: node.stats.unanswered >= 1, 3, "a proposal unanswered")
+            backend.lose = ""
+            got = await backend.report() if lose == "proposals" else None
+            await wait_until(lambda: node.stats.resting == 0, 3, "the order decided")
+            log_ = await rig.orders.executions("u1")
+            assert len(log_) == 1 and log_[0].state is OrderState.FILLED
+            assert got is None or got == log_[0]
+            # Lost answers: the next proposal lost to the fill decided before, now known.
+            assert node.stats.fills + node.stats.conflicts == 1
+            assert node._done["u1"].entries == log_
+    run(redis_server, body)
+
+
 def test_malformed_frames_are_counted_and_serving_goes_on(redis_server: RedisProcess) -> None:
     async def body(rig: Rig) -> None:
         await rig.tick(BID, ASK)
@@ -269,8 +417,7 @@ def test_malformed_frames_are_counted_and_serving_goes_on(redis_server: RedisPro
             header = encode_order(routed("m0"))[0]
             await backend.send([b"junk"])
             await backend.send([header, b"\xc1not msgpack"])
-            await backend.send(encode_order(routed("m0").status_report(
-                OrderState.ACCEPTED, exec_id="m0:a", epoch=1)))  # a report is not an Order
+            await backend.send(encode_order(OrderAck("c-m0", "m0", OrderState.ACCEPTED, 1)))
             await wait_until(lambda: node.stats.malformed == 3, 2, "three malformed frames")
             await backend.order(routed("m1"))
             got = await backend.report()
@@ -280,13 +427,17 @@ def test_malformed_frames_are_counted_and_serving_goes_on(redis_server: RedisPro
 
 
 def test_a_logged_decision_is_answered_not_decided_again(redis_server: RedisProcess) -> None:
-    """An executor that died right after its append: the next one answers the logged fill at
-    the logged price (not today's) and records nothing new."""
+    """An executor that died right after the pair decided its fill, and a stale copy of the
+    order (sent before the fill) reaching the next one: it decides afresh, and the pair answers
+    the logged fill at the logged price (not today's); nothing new is recorded."""
     async def body(rig: Rig) -> None:
         await rig.tick(1.2, 1.3)
         order = routed("c1")
         logged = decide(order, (BID, ASK), 7)
-        assert logged is not None and await rig.orders.append_execution(logged) == []
+        assert logged is not None
+        filled = order.apply(logged, epoch=1, now_ns=8)
+        await rig.orders.write_batch([filled], 1, [logged])
+        rig.backends[0].authority.know(filled)
         async with rig.executor() as node:
             await rig.backends[0].order(order)
             assert await rig.backends[0].report() == logged
@@ -530,31 +681,6 @@ def test_a_replace_of_a_filled_order_is_refused(redis_server: RedisProcess) -> N
 # --- batches ----------------------------------------------------------------------------------
 
 
-class SlowStore(RedisOrderStore):
-    """The order store with every call that records log entries counted and delayed by
-    ``delay_s`` (a slow store: the executor's burst queues up meanwhile)."""
-
-    def __init__(self, url: str, delay_s: float = 0.0) -> None:
-        super().__init__(url, PREFIX)
-        self.delay_s = delay_s
-        self.calls: list[list[ExecutionReport]] = []
-
-    async def append_executions(self, entries: Sequence[ExecutionReport]
-                                ) -> list[list[ExecutionReport]]:
-        self.calls.append(list(entries))
-        await asyncio.sleep(self.delay_s)  # the delay is the fault injected, not a wait
-        return await super().append_executions(entries)
-
-
-@contextlib.asynccontextmanager
-async def slow_store(redis: RedisProcess, delay_s: float = 0.0) -> AsyncIterator[SlowStore]:
-    store = SlowStore(redis.url, delay_s)
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
 def by_order(reports: Sequence[ExecutionReport]) -> dict[str, list[ExecutionReport]]:
     out: dict[str, list[ExecutionReport]] = {}
     for report in reports:
@@ -562,28 +688,30 @@ def by_order(reports: Sequence[ExecutionReport]) -> dict[str, list[ExecutionRepo
     return out
 
 
-def test_a_burst_on_a_slow_store_is_recorded_in_few_calls_and_a_restart_continues(
+def test_a_burst_on_a_slow_pair_is_decided_in_few_rounds_and_a_restart_continues(
         redis_server: RedisProcess) -> None:
-    """200 orders and 100 cancels arrive while each store call takes 50 ms: they are decided
-    in batches, each order's entries at consecutive positions (a fill, then its cancel, often
-    in one call), every entry recorded once. A restarted executor finishes the rest from the
-    log."""
+    """200 orders and 100 cancels arrive while each decision round takes 50 ms at the pair:
+    they are decided in batches, each order's entries at consecutive positions (a fill, then
+    its cancel, decided from it in the next round), every entry recorded once. A restarted
+    executor finishes the rest from the log."""
     count = 200
     async def body(rig: Rig) -> None:
         await rig.tick(BID, ASK)
         orders = [routed(f"b{i}") for i in range(count)]  # 2 lots: a slice of 1 now
         cancelled = {o.order_id for o in orders[::2]}
-        async with slow_store(redis_server, 0.05) as store, \
-                rig.executor(store=store, fill_lots=1.0, poll_s=30) as node:
+        calls = rig.backends[0].authority.calls
+        rig.backends[0].authority.delay_s = 0.05
+        async with rig.executor(fill_lots=1.0, poll_s=30) as node:
             for order in orders:
                 await rig.backends[0].order(order)
                 if order.order_id in cancelled:
                     await rig.backends[0].send(encode_order(cancel_request(order)))
             got = by_order(await rig.backends[0].reports(count + len(cancelled), timeout=5))
-            assert len(store.calls) <= 10, [len(c) for c in store.calls]  # not 300
-            assert sum(len(c) for c in store.calls) == count + len(cancelled)
-            # Some call held a fill and the cancel decided from it: consecutive positions.
-            assert any(len({e.order_id for e in c}) < len(c) for c in store.calls)
+            assert len(calls) <= 10, [len(c) for c in calls]  # not 300
+            assert sum(len(c) for c in calls) == count + len(cancelled)
+            # A cancel decided from its order's fill came in a later round than the fill.
+            where = {(e.order_id, e.seq): n for n, c in enumerate(calls) for e in c}
+            assert all(where[(oid, 1)] < where[(oid, 2)] for oid in cancelled)
             assert (node.stats.fills, node.stats.cancels, node.stats.conflicts) == (
                 count, len(cancelled), 0)
         records = {}
@@ -598,15 +726,16 @@ def test_a_burst_on_a_slow_store_is_recorded_in_few_calls_and_a_restart_continue
             assert await rig.orders.executions(order.order_id) == reports
             records[order.order_id] = record
         # A new executor, empty memory: the backend re-drives each order as it has it.
-        async with slow_store(redis_server) as store, \
-                rig.executor(store=store, fill_lots=1.0) as node:
+        rig.backends[0].authority.delay_s = 0.0
+        calls.clear()
+        async with rig.executor(fill_lots=1.0) as node:
             for order in orders:
                 await rig.backends[1].order(records[order.order_id])
             rest = by_order(await rig.backends[1].reports(count - len(cancelled), timeout=5))
             assert set(rest) == {o.order_id for o in orders} - cancelled
             assert all(r.state is OrderState.FILLED and r.seq == 2 for (r,) in rest.values())
             assert (node.stats.fills, node.stats.conflicts) == (count - len(cancelled), 0)
-            assert len(store.calls) < count - len(cancelled)
+            assert len(calls) < count - len(cancelled)
         for order in orders:
             log_ = await rig.orders.executions(order.order_id)
             assert [e.seq for e in log_] == [1, 2]
@@ -619,42 +748,51 @@ def test_two_decisions_for_one_order_in_one_batch_are_consecutive_positions(
         redis_server: RedisProcess) -> None:
     async def body(rig: Rig) -> None:
         await rig.tick(BID, ASK)
-        async with slow_store(redis_server) as store, \
-                rig.executor(store=store, fill_lots=1.0, poll_s=30) as node:
+        calls = rig.backends[0].authority.calls
+        async with rig.executor(fill_lots=1.0, poll_s=30) as node:
             a, b = routed("a1"), routed("a2", quantity=1.0)
             await rig.backends[0].order(routed("warm", quantity=1.0))  # the DEALER connected
             await rig.backends[0].report()
-            store.calls.clear()
-            await node.handle([encode_order(a), encode_order(replace_request(a, 3.0, None)),
-                               encode_order(cancel_request(a)),
-                               encode_order(b), encode_order(cancel_request(b))], 0)
-            # a: a slice, the replace and the cancel decided from it; b: filled whole, so its
-            # cancel is answered with the fill, once that is recorded (a second round).
-            assert [[(e.order_id, e.seq) for e in c] for c in store.calls] == [
-                [("a1", 1), ("a1", 2), ("a1", 3), ("a2", 1)]]
+            calls.clear()
+            for order in (a, b):
+                rig.backends[0].authority.know(order)
+            async with node._deciding:
+                await node.handle([encode_order(a), encode_order(replace_request(a, 3.0, None)),
+                                   encode_order(cancel_request(a)),
+                                   encode_order(b), encode_order(cancel_request(b))], 0)
+            # a: a slice, the replace and the cancel decided from it, each proposed once the
+            # one before is decided; b: filled whole, so its cancel is answered with the fill
+            # (sent again: the pair answers with the entry it holds there), once that is
+            # decided.
+            where = {(e.order_id, e.seq): n for n, c in enumerate(calls) for e in c}
+            assert [key for c in calls for key in ((e.order_id, e.seq) for e in c)] == [
+                ("a1", 1), ("a2", 1), ("a1", 2), ("a1", 3)]
+            assert where[("a1", 1)] < where[("a1", 2)] < where[("a1", 3)]
             got = await rig.backends[0].reports(5)
-            assert [(r.order_id, r.seq) for r in got] == [("a1", 1), ("a1", 2), ("a1", 3),
-                                                          ("a2", 1), ("a2", 1)]
-            assert [r.state for r in got] == [OrderState.PARTIALLY_FILLED] * 2 + [
-                OrderState.CANCELLED, OrderState.FILLED, OrderState.FILLED]
-            assert got[1].is_replace and got[1].quantity == 3.0
+            assert [(r.order_id, r.seq) for r in got] == [("a1", 1), ("a2", 1), ("a1", 2),
+                                                          ("a1", 3), ("a2", 1)]
+            assert [r.state for r in got] == [OrderState.PARTIALLY_FILLED, OrderState.FILLED,
+                                              OrderState.PARTIALLY_FILLED,
+                                              OrderState.CANCELLED, OrderState.FILLED]
+            assert got[2].is_replace and got[2].quantity == 3.0
             assert (node.stats.replays, node.stats.cancels, node.stats.resting) == (1, 1, 0)
-            assert await rig.orders.executions("a1") == got[:3]
+            assert await rig.orders.executions("a1") == [got[0], got[2], got[3]]
     run(redis_server, body)
 
 
-def test_the_poller_records_a_round_in_one_store_call(redis_server: RedisProcess) -> None:
+def test_the_poller_proposes_a_round_at_once(redis_server: RedisProcess) -> None:
     async def body(rig: Rig) -> None:
         await rig.tick(BID, ASK)
-        async with slow_store(redis_server) as store, rig.executor(store=store) as node:
+        calls = rig.backends[0].authority.calls
+        async with rig.executor() as node:
             for i in range(5):
                 await rig.backends[0].order(routed(f"l{i}", Side.SELL, OrderType.LIMIT, 1.1010))
             await wait_until(lambda: node.stats.resting == 5, 2, "five orders resting")
-            store.calls.clear()
+            calls.clear()
             await rig.tick(1.1010, 1.1012)  # all five marketable at once
             got = await rig.backends[0].reports(5)
             assert sorted(r.order_id for r in got) == [f"l{i}" for i in range(5)]
             assert all(r.state is OrderState.FILLED for r in got)
-            assert [len(c) for c in store.calls] == [5]
+            assert [len(c) for c in calls] == [5]
             assert node.stats.resting == 0
     run(redis_server, body)

@@ -28,6 +28,8 @@ from protocols.orders.lifecycle import OrderState
 from protocols.orders.messages import (
     CancelOrder,
     CancelRequest,
+    EntryRefusal,
+    EntryRefused,
     ExecutionReport,
     NewOrder,
     OrderAck,
@@ -98,6 +100,9 @@ MESSAGES: list[Any] = [
                    id=f"replace-refused-{r.name.lower()}")
       for r in (RejectReason.NOT_CANCELLABLE, RejectReason.BAD_QUANTITY,
                 RejectReason.UNKNOWN_ORDER)],
+    *[pytest.param(EntryRefused("o-1", 4, r, 3), id=f"entry-refused-{r.name.lower()}")
+      for r in EntryRefusal],
+    pytest.param(EntryRefused("o-1", 1, EntryRefusal.UNKNOWN_ORDER), id="entry-refused-no-log"),
     pytest.param(RECORD, id="order-record-replaced"),
     pytest.param(dataclasses.replace(RECORD, exec_seq=9, client_id="trader-7"),
                  id="order-record-exec-seq-client"),
@@ -138,7 +143,8 @@ def test_order_kinds_are_fixed_and_never_collide_with_tick_kinds() -> None:
     assert {k.name: int(k) for k in OrderKind} == {
         "NEW_ORDER": 32, "CANCEL_ORDER": 33, "REPLACE_ORDER": 34, "ORDER_ACK": 40,
         "ORDER_REJECT": 41, "ORDER_PENDING": 42, "EXECUTION_REPORT": 48,
-        "CANCEL_REQUEST": 49, "REPLACE_REQUEST": 50, "REPLACE_REFUSED": 51, "ORDER": 56}
+        "CANCEL_REQUEST": 49, "REPLACE_REQUEST": 50, "REPLACE_REFUSED": 51,
+        "ENTRY_REFUSED": 52, "ORDER": 56}
     assert all(32 <= k <= 63 for k in OrderKind)
     assert not {int(k) for k in OrderKind} & {int(k) for k in Kind}
 

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from protocols.errors import RemoteProtocolError
 from protocols.orders.binary_star import State
-from protocols.orders.codec import EncodedOrder, OrderKind
+from protocols.orders.codec import EncodedEntry, EncodedOrder, OrderKind
+from protocols.orders.lifecycle import OrderState as S
 from protocols.orders.pair import (
     STATE_CODES,
     PairKind,
@@ -124,14 +125,21 @@ def test_any_map_decodes_or_names_its_fault(body: dict[str, Any]) -> None:
 # --- replication messages ---------------------------------------------------------------------
 
 
-def _record(order_id: str = "o-1", coid: str = "c-1") -> EncodedOrder:
-    return EncodedOrder.of(replace(builders.order(), order_id=order_id,
-                                   order=replace(builders.new(), client_order_id=coid)))
+def _record(order_id: str = "o-1", coid: str = "c-1", entries: int = 0) -> EncodedOrder:
+    """A record; with ``entries``, filled that many times, carrying those log entries."""
+    rec = replace(builders.order(), order_id=order_id,
+                  order=replace(builders.new(), client_order_id=coid), state=S.ROUTED)
+    log: list[EncodedEntry] = []
+    for seq in range(1, entries + 1):
+        entry = rec.fill_report(0.01, 1.1, seq=seq, exec_id=f"{order_id}:{seq}")
+        rec = rec.apply(entry, epoch=rec.epoch, now_ns=seq)
+        log.append(EncodedEntry.of(entry))
+    return EncodedOrder.of(rec, tuple(log))
 
 
 REPLICATION_MESSAGES = [
     ReplicaBatch(3, "t1", 1, 0, ()),
-    ReplicaBatch(3, "t1", 7, 5, (_record("a"), _record("b", "c-2")), reset=True),
+    ReplicaBatch(3, "t1", 7, 5, (_record("a"), _record("b", "c-2", entries=2)), reset=True),
     ReplicaAck(3, "t1", 7),
     *(ReplicaRefused(9, "t1", 2, reason) for reason in RefuseReason),
 ]
@@ -144,6 +152,8 @@ def test_replication_messages_round_trip(msg: PairMessage) -> None:
     if isinstance(msg, ReplicaBatch):  # the records decode to what was encoded
         assert isinstance(got, ReplicaBatch)
         assert [r.decode() for r in got.records] == [r.decode() for r in msg.records]
+        assert [[e.decode() for e in r.entries] for r in got.records] == [
+            [e.decode() for e in r.entries] for r in msg.records]
 
 
 def test_an_encoded_record_that_names_other_keys_does_not_decode() -> None:
@@ -164,7 +174,7 @@ def _batch_body(**changes: Any) -> list[bytes]:
     r = _record()
     body: dict[str, Any] = {"epoch": 1, "term": "t", "seq": 2, "flushed": 1, "reset": False,
                             "records": [[r.order_id, r.account, r.client_order_id, False,
-                                         r.blob]]}
+                                         r.blob, []]]}
     body.update(changes)
     return [b"TM\x01\x41", msgpack.packb(body)]
 
@@ -177,8 +187,15 @@ def _batch_body(**changes: Any) -> list[bytes]:
     ({"reset": 1}, "reset must be a boolean"),
     ({"records": "x"}, "records must be a list"),
     ({"records": [b"junk"]}, "a record must be"),
-    ({"records": [["o", "a", "c", 1, b"x"]]}, "terminal must be a boolean"),
-    ({"records": [["o", "a", "", False, b"x"]]}, "client_order_id"),
+    ({"records": [["o", "a", "c", False, b"x"]]}, "a record must be"),
+    ({"records": [["o", "a", "c", 1, b"x", []]]}, "terminal must be a boolean"),
+    ({"records": [["o", "a", "", False, b"x", []]]}, "client_order_id"),
+    ({"records": [["o", "a", "c", False, b"x", "e"]]}, "entries must be a list"),
+    ({"records": [["o", "a", "c", False, b"x", [[1, b"e"]]]]}, "an entry must be"),
+    ({"records": [["o", "a", "c", False, b"x", [[0, b"e", ""]]]]}, "consecutive from 1"),
+    ({"records": [["o", "a", "c", False, b"x", [[2, b"e", ""], [4, b"e", ""]]]]},
+     "consecutive from 1"),
+    ({"records": [["o", "a", "c", False, b"x", [[1, "e", ""]]]]}, "bin must be bytes"),
 ])
 def test_malformed_batches_name_their_reason(changes: dict[str, Any], reason: str) -> None:
     with pytest.raises(RemoteProtocolError, match=reason):

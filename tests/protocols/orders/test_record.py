@@ -24,6 +24,7 @@ from protocols.orders.lifecycle import (
 )
 from protocols.orders.messages import (
     CancelOrder,
+    EntryRefusal,
     ExecutionReport,
     NewOrder,
     OrderType,
@@ -31,7 +32,7 @@ from protocols.orders.messages import (
     ReplaceOrder,
     Side,
 )
-from protocols.orders.record import OpenOrders, Order, check_amend
+from protocols.orders.record import TAKEN, OpenOrders, Order, Refusal, check_amend, judge_entry
 from tests.protocols.orders.builders import (
     FAST,
     MARKET_ROUTED,
@@ -251,6 +252,47 @@ def test_position_in_the_executors_log(at: int, seq: int, expected: str) -> None
     else:
         with pytest.raises(OrderStateError, match=f"is {expected} \\(the record is at {at}\\)"):
             rec.apply(fill(0.5, 0.5, seq=seq), epoch=3, now_ns=1)
+
+
+# --- judge_entry: the active backend's decision on a proposed log entry ----------------------
+
+AT2 = dataclasses.replace(order(S.PARTIALLY_FILLED, 0.4, 1.1), exec_seq=2)
+# (id, record, proposed entry, the verdict: "decided" (and the record's state after), TAKEN,
+# or the refusal's reason and a substring of why)
+JUDGE: list[tuple[str, Order | None, ExecutionReport, Any]] = [
+    ("next-decided", AT2, fill(1.0, 0.6, seq=3, done=True), ("decided", S.FILLED)),
+    ("cancel-decided", AT2, report(S.CANCELLED, 0.4, avg=1.1, seq=3), ("decided", S.CANCELLED)),
+    ("taken-same-position", AT2, fill(0.6, 0.2, seq=2), TAKEN),
+    ("taken-older-position", AT2, report(S.CANCELLED, seq=1), TAKEN),
+    ("past-the-end", AT2, fill(1.0, 0.6, seq=4), (EntryRefusal.GAP, "after the log's end at 2")),
+    ("no-record", None, fill(1.0, 1.0, seq=1), (EntryRefusal.UNKNOWN_ORDER, "no record")),
+    ("no-position", AT2, fill(1.0, 0.6, seq=0), (EntryRefusal.INVALID, "no log position")),
+    ("overfill", AT2, fill(1.4, 1.0, seq=3), (EntryRefusal.INVALID, "exceeds quantity")),
+    ("other-order", AT2, fill(1.0, 0.6, seq=3, symbol="GBPUSD"),
+     (EntryRefusal.INVALID, "symbol")),
+    ("after-terminal", dataclasses.replace(order(S.FILLED, 1.0, 1.1), exec_seq=2),
+     report(S.CANCELLED, 1.0, avg=1.1, seq=3), (EntryRefusal.INVALID, "CANCEL")),
+]
+
+
+@pytest.mark.parametrize(("rec", "entry", "expected"), [j[1:] for j in JUDGE],
+                         ids=[j[0] for j in JUDGE])
+def test_judge_entry(rec: Order | None, entry: ExecutionReport, expected: Any) -> None:
+    got = judge_entry(rec, entry, epoch=3, now_ns=7)
+    if expected == TAKEN:
+        assert got == TAKEN
+    elif expected[0] == "decided":
+        assert isinstance(got, Order) and rec is not None
+        assert got == rec.apply(entry, epoch=3, now_ns=7) and got.state is expected[1]
+        assert got.exec_seq == entry.seq
+    else:
+        assert isinstance(got, Refusal) and got.reason is expected[0]
+        assert expected[1] in got.why
+
+
+def test_judge_entry_with_an_older_epoch_is_fenced() -> None:
+    with pytest.raises(Fenced):
+        judge_entry(AT2, fill(1.0, 0.6, seq=3, done=True), epoch=2, now_ns=7)
 
 
 def test_a_replayed_log_converges_whatever_was_applied_before() -> None:

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from protocols.orders.codec import EncodedOrder
+from protocols.orders.codec import EncodedEntry, EncodedOrder
 from protocols.orders.pair import RefuseReason, ReplicaAck, ReplicaBatch, ReplicaRefused
 from protocols.orders.record import Order
 from protocols.orders.replication import (
@@ -190,6 +190,32 @@ def test_the_backlog_keeps_the_newest_record_of_each_order_until_flushed() -> No
         log.add(2, [a1])
     log.clear()
     assert log.get("a") is None and len(log) == 0
+
+
+def _entry(seq: int) -> EncodedEntry:
+    return EncodedEntry(seq, f"entry-{seq}".encode(), f"a:{seq}")
+
+
+def test_the_backlog_holds_each_orders_log_entries_until_flushed() -> None:
+    """Entries travel with the record version that applied them; the backlog keeps every
+    version's, so a node taking over writes the whole part of the log the store lacks with
+    the newest record (``newest``), and answers a position from memory (``entries``)."""
+    log = Backlog()
+    a1 = replace(rec("a", exec_seq=1), entries=(_entry(1),))
+    a3 = replace(rec("a", exec_seq=3), entries=(_entry(2), _entry(3)))
+    b0 = rec("b")
+    log.add(1, [a1, b0])
+    log.add(2, [a3])
+    assert [e.seq for e in log.entries("a")] == [1, 2, 3] and log.entries("b") == []
+    assert log.newest() == [b0, replace(a3, entries=(_entry(1), _entry(2), _entry(3)))]
+    log.trim(1)  # the store has batch 1: entry 1 with its record
+    assert [e.seq for e in log.entries("a")] == [2, 3]
+    assert log.newest() == [a3]
+    log.trim(2)
+    assert log.entries("a") == [] and log.newest() == []
+    log.add(3, [a1])
+    log.clear()
+    assert log.entries("a") == []
 
 
 # --- the client index -------------------------------------------------------------------------
