@@ -37,7 +37,8 @@ or connects; the security issue adds CURVE there, once for every role (the marke
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -61,6 +62,7 @@ __all__ = [
     "RECOVERY_SERVER",
     "REPLICA_CLIENT",
     "REPLICA_SERVER",
+    "Sender",
     "SocketSpec",
     "drain_queued",
     "open_socket",
@@ -193,6 +195,50 @@ PEER_SUB = SocketSpec("peer sub", zmq.SUB, HEARTBEAT_BYTES)
 REPLICA_SERVER = SocketSpec("replica", zmq.ROUTER, REPLICA_BATCH_BYTES)
 REPLICA_CLIENT = SocketSpec("replica client", zmq.DEALER, HEARTBEAT_BYTES, immediate=True,
                             reconnect_ivl_ms=10, reconnect_ivl_max_ms=200)
+
+
+class Sender:
+    """Non-blocking sends on an asyncio socket, without its asyncio layer.
+
+        out = Sender(sock)
+        out.send([identity, *frames])  # raises zmq.Again, EHOSTUNREACH (ROUTER_MANDATORY)
+
+    An awaited ``send_multipart`` of ``zmq.asyncio`` builds a Future and runs the layer's
+    bookkeeping for every message, although a non-blocking send completes (or fails) at once.
+    :meth:`send` calls libzmq directly on a shadow of the same socket and raises what libzmq
+    raises, so every call site keeps its own meaning of a failure (count, log, re-drive); it
+    never waits, so it never blocks the loop.
+
+    The one thing it must make up for: a send processes libzmq's pending commands and may
+    consume the edge of the socket's edge-triggered FD (a message that arrived meanwhile
+    among them) without the asyncio layer seeing it, and a reader of the same socket
+    awaiting that edge would sleep on a queued message. Once per loop iteration that sent,
+    the sender reads ``EVENTS`` through the asyncio socket, which makes that layer look again
+    and wake its waiting readers.
+    """
+
+    __slots__ = ("_nudge_due", "batches", "raw", "sock")
+
+    def __init__(self, sock: zmq.asyncio.Socket) -> None:
+        self.sock = sock
+        self.raw: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
+        self.batches = 0  # loop iterations that sent (or tried to)
+        self._nudge_due = False
+
+    def send(self, frames: Sequence[bytes]) -> None:
+        """Queue one message now or raise :class:`zmq.ZMQError` (``zmq.Again``: not
+        connected with ``IMMEDIATE``, or the queue is full; ``EHOSTUNREACH``: an unknown
+        routing id on a ``ROUTER_MANDATORY`` socket)."""
+        if not self._nudge_due:  # a failed send may have processed commands too
+            self._nudge_due = True
+            asyncio.get_running_loop().call_soon(self._nudge)
+        self.raw.send_multipart(frames, zmq.NOBLOCK)
+
+    def _nudge(self) -> None:
+        self._nudge_due = False
+        self.batches += 1
+        if not self.sock.closed:
+            self.sock.get(zmq.EVENTS)
 
 
 async def drain_queued(sock: zmq.asyncio.Socket, batch: list[list[bytes]], limit: int) -> None:

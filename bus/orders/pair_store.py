@@ -31,7 +31,7 @@ import zmq
 import zmq.asyncio
 
 from bus.logutil import RateLimitedLog
-from bus.sockets import REPLICA_CLIENT, REPLICA_SERVER, open_socket, recv_batch
+from bus.sockets import REPLICA_CLIENT, REPLICA_SERVER, Sender, open_socket, recv_batch
 from bus.store.orders import RedisOrderStore, WriteOutcome, raise_for
 from protocols.backoff import Backoff
 from protocols.errors import Fenced, RemoteProtocolError, StoreError
@@ -112,6 +112,9 @@ class PairStore:
         self.stats = PairStoreStats()
         self.server = open_socket(ctx, REPLICA_SERVER, bind=bind)
         self.client = open_socket(ctx, REPLICA_CLIENT, connect=(peer,))
+        # Batches and confirmations go out without the asyncio layer (no Future per message).
+        self._to_peer = Sender(self.client)
+        self._to_active = Sender(self.server)
         self._acks: dict[int, asyncio.Future[bool]] = {}
         self._flush_wanted = asyncio.Event()
         self._progress = asyncio.Event()  # replaced after every write-behind attempt
@@ -246,7 +249,7 @@ class PairStore:
         if batch.reset:
             self.stats.resets += 1
         try:
-            await self.client.send_multipart(encode_pair(batch), flags=zmq.NOBLOCK)
+            self._to_peer.send(encode_pair(batch))
         except zmq.Again:  # not connected (IMMEDIATE): nobody to hold it
             self._lost(rep)
         # A timer, not wait_for: that is a task per batch.
@@ -460,7 +463,7 @@ class PairStore:
                 else:
                     answers.append((identity, reply))
             for identity, reply in answers:
-                await self.server.send_multipart([identity, *encode_pair(reply)])
+                self._to_active.send([identity, *encode_pair(reply)])
 
     def _take(self, frames: list[bytes]) -> ReplicaAck | ReplicaRefused | None:
         """One batch from the active node: held, or why not (None: malformed, dropped)."""

@@ -65,7 +65,7 @@ import zmq.asyncio
 
 from bus.config import MeshConfig
 from bus.logutil import RateLimitedLog
-from bus.sockets import EXECUTOR, drain_queued, open_socket
+from bus.sockets import EXECUTOR, Sender, drain_queued, open_socket
 from bus.store.orders import OrderStore, RedisOrderStore
 from bus.store.ticks import QuoteCache, RedisTickStore, TickStore
 from nodes.common import stats_writer, supervise_tasks, write_json_atomic
@@ -168,6 +168,8 @@ class ExecutorNode:
         for endpoint in backends:
             sock = open_socket(self.ctx, EXECUTOR, connect=(endpoint,), routing_id=name.encode())
             self.socks.append(sock)
+        # Reports go out without the asyncio layer (no Future per message).
+        self.outs = [Sender(sock) for sock in self.socks]
         self._working: dict[str, _Order] = {}
         self._done: OrderedDict[str, _Order] = OrderedDict()  # finished, for replays
         # One batch decides at a time: the readers of both sockets and the resting poller may
@@ -457,7 +459,7 @@ class ExecutorNode:
 
     async def _send(self, socket: int, msg: ExecutionReport | ReplaceRefused) -> None:
         try:
-            await self.socks[socket].send_multipart(encode_order(msg), flags=zmq.NOBLOCK)
+            self.outs[socket].send(encode_order(msg))
         except zmq.Again:
             self.stats.unsent += 1
             log.warning("executor %s: %s not sent to %s (not connected)", self.name,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import select
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,6 +33,7 @@ from bus.sockets import (
     RECOVERY_SERVER,
     SUBSCRIPTION_BYTES,
     TICK_BODY_MAX,
+    Sender,
     SocketSpec,
     open_socket,
 )
@@ -240,6 +242,82 @@ def test_the_client_sites_build_their_sockets_from_their_roles() -> None:
         finally:
             await client.close()
             await sub.close()
+
+    asyncio.run(scenario())
+
+
+# --- raw sends (Sender) ----------------------------------------------------------------------
+
+
+def test_a_sender_to_no_peer_raises_again_at_once_and_nothing_waits() -> None:
+    """IMMEDIATE with nobody connected: EAGAIN, raised by the call itself (the site counts
+    it); the loop goes on and the socket is still usable."""
+    async def scenario() -> None:
+        ctx = zmq.asyncio.Context()
+        sock = open_socket(ctx, sockets.ORDER_CLIENT, connect=("tcp://127.0.0.1:1",))
+        try:
+            out = Sender(sock)
+            for _ in range(3):
+                with pytest.raises(zmq.Again):
+                    out.send([b"x"])
+            await asyncio.sleep(0)  # the nudge of that iteration runs, once
+            assert out.batches == 1
+        finally:
+            sock.close(linger=0)
+            ctx.term()
+
+    asyncio.run(scenario())
+
+
+def test_a_sender_to_an_unknown_routing_id_of_a_mandatory_router_raises_ehostunreach() -> None:
+    async def scenario() -> None:
+        ctx = zmq.asyncio.Context()
+        router = open_socket(ctx, sockets.BACKEND_EXECUTOR, bind=ANY_PORT)
+        try:
+            with pytest.raises(zmq.ZMQError) as info:
+                Sender(router).send([b"nobody", b"x"])
+            assert info.value.errno == zmq.EHOSTUNREACH
+        finally:
+            router.close(linger=0)
+            ctx.term()
+
+    asyncio.run(scenario())
+
+
+def test_a_raw_send_leaves_no_message_unseen_by_the_readers_awaiting_either_side() -> None:
+    """A message sent raw reaches the peer's awaiting reader; and a message queued at the
+    sender while the edge of its FD was consumed outside the asyncio layer (what a raw send
+    does when it processes libzmq's commands) still wakes the sender's own awaiting reader:
+    the sender's EVENTS nudge makes that layer look again."""
+    async def scenario() -> None:
+        ctx = zmq.asyncio.Context()
+        router = open_socket(ctx, sockets.BACKEND_CLIENTS, bind=ANY_PORT)
+        dealer = open_socket(ctx, sockets.EXECUTOR, routing_id=b"d",
+                             connect=(router.getsockopt_string(zmq.LAST_ENDPOINT),))
+        try:
+            out = Sender(dealer)
+            at_router = asyncio.ensure_future(router.recv_multipart())
+            at_dealer = asyncio.ensure_future(dealer.recv_multipart())
+            await asyncio.sleep(0)  # both readers wait on their FDs now
+            out.send([b"ping"])
+            async with asyncio.timeout(scaled(5)):
+                assert await at_router == [b"d", b"ping"]
+            Sender(router).send([b"d", b"pong"])
+            # Without yielding to the loop: wait until the pong is queued at the dealer and
+            # every edge of its FD is consumed, as a raw send consumes them.
+            raw, fd = out.raw, dealer.getsockopt(zmq.FD)
+            assert raw.poll(int(scaled(5000)), zmq.POLLIN)
+            while select.select([fd], [], [], 0)[0]:
+                raw.getsockopt(zmq.EVENTS)
+            assert not at_dealer.done()
+            out.send([b"more"])
+            async with asyncio.timeout(scaled(5)):
+                assert await at_dealer == [b"pong"]
+                assert await router.recv_multipart() == [b"d", b"more"]
+        finally:
+            dealer.close(linger=0)
+            router.close(linger=0)
+            ctx.term()
 
     asyncio.run(scenario())
 
