@@ -38,6 +38,7 @@ or connects; the security issue adds CURVE there, once for every role (the marke
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -66,6 +67,7 @@ __all__ = [
     "SocketSpec",
     "drain_queued",
     "open_socket",
+    "raw_socket",
     "recv_batch",
 ]
 
@@ -197,6 +199,24 @@ REPLICA_CLIENT = SocketSpec("replica client", zmq.DEALER, HEARTBEAT_BYTES, immed
                             reconnect_ivl_ms=10, reconnect_ivl_max_ms=200)
 
 
+# The shadow of each asyncio socket, made once (a shadow costs microseconds to make, and
+# lives as long as its socket).
+_RAW: weakref.WeakKeyDictionary[zmq.asyncio.Socket, zmq.Socket[bytes]] = \
+    weakref.WeakKeyDictionary()
+
+
+def raw_socket(sock: zmq.asyncio.Socket) -> zmq.Socket[bytes]:
+    """The same libzmq socket as ``sock`` without the asyncio layer: a send or a receive on
+    it costs no Future. What it leaves to its user: a send or a receive processes libzmq's
+    commands and may consume the edge of the socket's edge-triggered FD, so a reader awaiting
+    that edge through ``sock`` could sleep on a queued message. Receive until ``zmq.Again``
+    (``drain_queued``), or send through a :class:`Sender`, which makes up for it."""
+    raw = _RAW.get(sock)
+    if raw is None:
+        raw = _RAW[sock] = zmq.Socket.shadow(sock.underlying)
+    return raw
+
+
 class Sender:
     """Non-blocking sends on an asyncio socket, without its asyncio layer.
 
@@ -221,7 +241,7 @@ class Sender:
 
     def __init__(self, sock: zmq.asyncio.Socket) -> None:
         self.sock = sock
-        self.raw: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
+        self.raw = raw_socket(sock)
         self.batches = 0  # loop iterations that sent (or tried to)
         self._nudge_due = False
 
@@ -243,10 +263,15 @@ class Sender:
 
 async def drain_queued(sock: zmq.asyncio.Socket, batch: list[list[bytes]], limit: int) -> None:
     """Append to ``batch`` every message already queued on ``sock``, up to ``limit`` in all:
-    non-blocking receives until none is left (never a wait to fill a batch)."""
+    non-blocking receives until none is left (never a wait to fill a batch).
+
+    The receives are raw (``raw_socket``: no Future per message). Ending at ``zmq.Again``
+    leaves no FD edge unseen; ending at ``limit`` leaves messages queued, which the next
+    awaited receive finds at once (the asyncio layer reads EVENTS before it waits)."""
+    raw = raw_socket(sock)
     while len(batch) < limit:
         try:
-            batch.append(await sock.recv_multipart(flags=zmq.NOBLOCK))
+            batch.append(raw.recv_multipart(zmq.NOBLOCK))
         except zmq.Again:
             return
 

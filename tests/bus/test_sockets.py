@@ -36,6 +36,7 @@ from bus.sockets import (
     Sender,
     SocketSpec,
     open_socket,
+    recv_batch,
 )
 from bus.ticks.publisher import Publisher
 from bus.ticks.recovery_client import RecoveryClient
@@ -317,6 +318,34 @@ def test_a_raw_send_leaves_no_message_unseen_by_the_readers_awaiting_either_side
         finally:
             dealer.close(linger=0)
             router.close(linger=0)
+            ctx.term()
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_is_what_is_queued_up_to_its_limit_and_the_rest_comes_with_the_next() -> None:
+    """recv_batch waits for one message and takes the others queued (raw receives), at most
+    ``limit``; what it left is the next batch at once, and after a drain to EAGAIN a new
+    message still wakes the awaited receive."""
+    async def scenario() -> None:
+        ctx = zmq.asyncio.Context()
+        pull = open_socket(ctx, sockets.EA_BRIDGE, bind="inproc://batches")
+        push = ctx.socket(zmq.PUSH)
+        push.connect("inproc://batches")
+        try:
+            for i in range(5):  # inproc: in the pull's queue once the send returns
+                Sender(push).send([b"%d" % i])
+            async with asyncio.timeout(scaled(5)):
+                assert await recv_batch(pull, 3) == [[b"0"], [b"1"], [b"2"]]
+                assert await recv_batch(pull, 10) == [[b"3"], [b"4"]]
+                later = asyncio.ensure_future(recv_batch(pull, 10))
+                await asyncio.sleep(0)
+                assert not later.done()
+                await push.send(b"5")
+                assert await later == [[b"5"]]
+        finally:
+            push.close(linger=0)
+            pull.close(linger=0)
             ctx.term()
 
     asyncio.run(scenario())
