@@ -65,7 +65,7 @@ import zmq.asyncio
 from bus.aio import LoopThread, cancel_and_wait
 from bus.config import MeshConfig
 from bus.logutil import RateLimitedLog
-from bus.sockets import ORDER_CLIENT, Sender, open_socket
+from bus.sockets import ORDER_CLIENT, Sender, open_socket, recv_queued
 from protocols.backoff import Backoff, RequestTimer, RetryAfter
 from protocols.errors import (
     ConfigError,
@@ -413,7 +413,7 @@ class OrderClient:
             n = 0
             while n < READ_BATCH:
                 try:
-                    frames = raw.recv_multipart(zmq.NOBLOCK)
+                    frames = recv_queued(raw)
                 except zmq.Again:
                     break
                 n += 1
