@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 FLUSH_RECORDS = 512  # records per write-behind script call
 FLUSH_DELAY_S = 0.005  # the write-behind gathers this long when no acknowledgement waits for it
-REPLICA_DRAIN = 256  # batches the passive node takes per wake-up
+REPLICA_DRAIN = 256  # messages of the pair's link taken per wake-up (batches, confirmations)
 
 
 class PairView(Protocol):
@@ -296,15 +296,16 @@ class PairStore:
                 raise error
 
     async def acks(self) -> None:
-        """Task: read the passive node's confirmations and refusals."""
+        """Task: read the passive node's confirmations and refusals; each wake-up takes every
+        one already queued."""
         while True:
-            frames = await self.client.recv_multipart()
-            try:
-                msg = decode_pair(frames)
-            except RemoteProtocolError as exc:
-                self._bad.warning("from the passive node: %s", exc.reason)
-                continue
-            await self._answer(msg)
+            for frames in await recv_batch(self.client, REPLICA_DRAIN):
+                try:
+                    msg = decode_pair(frames)
+                except RemoteProtocolError as exc:
+                    self._bad.warning("from the passive node: %s", exc.reason)
+                    continue
+                await self._answer(msg)
 
     async def _answer(self, msg: object) -> None:
         """A confirmation or a refusal from the passive node."""
