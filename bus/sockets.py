@@ -37,12 +37,15 @@ or connects; the security issue adds CURVE there, once for every role (the marke
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import weakref
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import zmq
 import zmq.asyncio
+import zmq.backend
 
 from protocols.ticks.messages import MAX_BATCH, ROW_FIELDS
 
@@ -61,10 +64,13 @@ __all__ = [
     "RECOVERY_SERVER",
     "REPLICA_CLIENT",
     "REPLICA_SERVER",
+    "Sender",
     "SocketSpec",
     "drain_queued",
     "open_socket",
+    "raw_socket",
     "recv_batch",
+    "recv_queued",
 ]
 
 KiB = 1024
@@ -195,12 +201,101 @@ REPLICA_CLIENT = SocketSpec("replica client", zmq.DEALER, HEARTBEAT_BYTES, immed
                             reconnect_ivl_ms=10, reconnect_ivl_max_ms=200)
 
 
+# libzmq's send of one frame, below pyzmq's Python layers (``zmq.Socket.send_multipart`` checks
+# every frame's buffer and goes through two more calls per frame: about half the cost of a
+# small message's send here). Frames are bytes, the site's own encoding.
+_send_frame = zmq.backend.Socket.send
+_recv_frame = zmq.backend.Socket.recv
+_get_option = zmq.backend.Socket.get
+_MORE = zmq.NOBLOCK | zmq.SNDMORE
+
+# The shadow of each asyncio socket, made once (a shadow costs microseconds to make, and
+# lives as long as its socket).
+_RAW: weakref.WeakKeyDictionary[zmq.asyncio.Socket, zmq.Socket[bytes]] = \
+    weakref.WeakKeyDictionary()
+
+
+def raw_socket(sock: zmq.asyncio.Socket) -> zmq.Socket[bytes]:
+    """The same libzmq socket as ``sock`` without the asyncio layer: a send or a receive on
+    it costs no Future. What it leaves to its user: a send or a receive processes libzmq's
+    commands and may consume the edge of the socket's edge-triggered FD, so a reader awaiting
+    that edge through ``sock`` could sleep on a queued message. Receive until ``zmq.Again``
+    (``drain_queued``), or send through a :class:`Sender`, which makes up for it."""
+    raw = _RAW.get(sock)
+    if raw is None:
+        raw = _RAW[sock] = zmq.Socket.shadow(sock.underlying)
+    return raw
+
+
+def recv_queued(raw: zmq.Socket[bytes]) -> list[bytes]:
+    """The next message queued on ``raw`` (a ``raw_socket``), frames as bytes, without
+    pyzmq's Python layers; ``zmq.Again`` if none is queued."""
+    frames: list[bytes] = [_recv_frame(raw, zmq.NOBLOCK)]
+    while _get_option(raw, zmq.RCVMORE):
+        frames.append(_recv_frame(raw, zmq.NOBLOCK))
+    return frames
+
+
+class Sender:
+    """Non-blocking sends on an asyncio socket, without its asyncio layer.
+
+        out = Sender(sock)
+        out.send([identity, *frames])  # raises zmq.Again, EHOSTUNREACH (ROUTER_MANDATORY)
+
+    An awaited ``send_multipart`` of ``zmq.asyncio`` builds a Future and runs the layer's
+    bookkeeping for every message, although a non-blocking send completes (or fails) at once.
+    :meth:`send` calls libzmq directly on a shadow of the same socket and raises what libzmq
+    raises, so every call site keeps its own meaning of a failure (count, log, re-drive); it
+    never waits, so it never blocks the loop.
+
+    The one thing it must make up for: a send processes libzmq's pending commands and may
+    consume the edge of the socket's edge-triggered FD (a message that arrived meanwhile
+    among them) without the asyncio layer seeing it, and a reader of the same socket
+    awaiting that edge would sleep on a queued message. Once per loop iteration that sent,
+    the sender reads ``EVENTS`` through the asyncio socket, which makes that layer look again
+    and wake its waiting readers.
+    """
+
+    __slots__ = ("_nudge_due", "batches", "raw", "sock")
+
+    def __init__(self, sock: zmq.asyncio.Socket) -> None:
+        self.sock = sock
+        self.raw = raw_socket(sock)
+        self.batches = 0  # loop iterations that sent (or tried to)
+        self._nudge_due = False
+
+    def send(self, frames: Sequence[bytes]) -> None:
+        """Queue one message now or raise :class:`zmq.ZMQError` (``zmq.Again``: not
+        connected with ``IMMEDIATE``, or the queue is full; ``EHOSTUNREACH``: an unknown
+        routing id on a ``ROUTER_MANDATORY`` socket)."""
+        if not self._nudge_due:  # a failed send may have processed commands too
+            self._nudge_due = True
+            asyncio.get_running_loop().call_soon(self._nudge)
+        # All or nothing, as send_multipart: libzmq refuses a message (EAGAIN, EHOSTUNREACH)
+        # at its first frame, and once that is taken the rest of the message is.
+        raw, last = self.raw, len(frames) - 1
+        for i in range(last):
+            _send_frame(raw, frames[i], _MORE)
+        _send_frame(raw, frames[last], zmq.NOBLOCK)
+
+    def _nudge(self) -> None:
+        self._nudge_due = False
+        self.batches += 1
+        if not self.sock.closed:
+            self.sock.get(zmq.EVENTS)
+
+
 async def drain_queued(sock: zmq.asyncio.Socket, batch: list[list[bytes]], limit: int) -> None:
     """Append to ``batch`` every message already queued on ``sock``, up to ``limit`` in all:
-    non-blocking receives until none is left (never a wait to fill a batch)."""
+    non-blocking receives until none is left (never a wait to fill a batch).
+
+    The receives are raw (``raw_socket``: no Future per message). Ending at ``zmq.Again``
+    leaves no FD edge unseen; ending at ``limit`` leaves messages queued, which the next
+    awaited receive finds at once (the asyncio layer reads EVENTS before it waits)."""
+    raw = raw_socket(sock)
     while len(batch) < limit:
         try:
-            batch.append(await sock.recv_multipart(flags=zmq.NOBLOCK))
+            batch.append(recv_queued(raw))
         except zmq.Again:
             return
 

@@ -65,7 +65,7 @@ import zmq.asyncio
 from bus.aio import LoopThread, cancel_and_wait
 from bus.config import MeshConfig
 from bus.logutil import RateLimitedLog
-from bus.sockets import ORDER_CLIENT, open_socket
+from bus.sockets import ORDER_CLIENT, Sender, open_socket, recv_queued
 from protocols.backoff import Backoff, RequestTimer, RetryAfter
 from protocols.errors import (
     ConfigError,
@@ -164,9 +164,8 @@ class OrderClient:
         self._ctx: zmq.asyncio.Context | None = None
         self._socks: list[zmq.asyncio.Socket] = []
         # The same sockets without the asyncio layer: a send or a drain of one message costs no
-        # Future (see _send and _read for the FD edge this leaves to handle).
-        self._raw: list[zmq.Socket[bytes]] = []
-        self._send_batch_open = False
+        # Future (bus.sockets.Sender, and _read, handle the FD edge this leaves).
+        self._out: list[Sender] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: dict[str, _Pending] = {}
         self._preferred = 0  # the backend that last gave a final answer
@@ -184,7 +183,7 @@ class OrderClient:
             ("sent", "unsent", "retries", "switches", "acks", "rejects", "timeouts",
              "late_replies", "updates", "updates_dropped", "updates_repeated", "malformed",
              "pending_notices",
-             "held", "busy", "busy_deadline", "send_batches", "read_batches",
+             "held", "busy", "busy_deadline", "read_batches",
              "read_messages", "read_batch_max"), 0)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -198,7 +197,7 @@ class OrderClient:
             sock = open_socket(self._ctx, ORDER_CLIENT, connect=(ep,),
                                routing_id=self.client_id.encode())
             self._socks.append(sock)
-            self._raw.append(zmq.Socket.shadow(sock.underlying))
+            self._out.append(Sender(sock))
             self._tasks.append(asyncio.create_task(self._read(i), name=f"order-reader-{i}"))
 
     async def close(self) -> None:
@@ -391,30 +390,16 @@ class OrderClient:
     def _send(self, idx: int, frames: list[bytes]) -> bool:
         """Queue ``frames`` on backend ``idx``; False if it is not connected (IMMEDIATE).
 
-        The send itself is synchronous, on the raw socket: the requests started in one loop
-        iteration go out back to back, and libzmq's I/O thread writes them as one batch."""
+        The send itself is synchronous, without the asyncio layer (``Sender``): the requests
+        started in one loop iteration go out back to back, and libzmq's I/O thread writes them
+        as one batch."""
         try:
-            self._raw[idx].send_multipart(frames, zmq.NOBLOCK)
+            self._out[idx].send(frames)
         except zmq.ZMQError:  # EAGAIN: not connected, or its queue is full
             self._counts["unsent"] += 1
             return False
         self._counts["sent"] += 1
-        if not self._send_batch_open:
-            self._send_batch_open = True
-            asyncio.get_running_loop().call_soon(self._close_send_batch)
         return True
-
-    def _close_send_batch(self) -> None:
-        """After the sends of one loop iteration. A send on a raw socket may consume the edge
-        of the socket's FD (libzmq processes its commands, a reply's among them) without the
-        asyncio layer seeing it, and a reader waiting on that edge would sleep on queued
-        replies: reading EVENTS through the asyncio socket makes it look again. Once per
-        batch, not per send."""
-        self._send_batch_open = False
-        self._counts["send_batches"] += 1
-        if not self._closed:
-            for sock in self._socks:
-                sock.get(zmq.EVENTS)
 
     # -- replies and reports ---------------------------------------------------------------
 
@@ -422,13 +407,13 @@ class OrderClient:
         """Each wake-up drains what is queued (up to READ_BATCH) with non-blocking receives on
         the raw socket, then yields: the requests it answered run after the drain, together.
         Draining until EAGAIN leaves no FD edge unseen; ``poll`` looks at EVENTS first."""
-        sock, raw, counts = self._socks[idx], self._raw[idx], self._counts
+        sock, raw, counts = self._socks[idx], self._out[idx].raw, self._counts
         while True:
             await sock.poll()
             n = 0
             while n < READ_BATCH:
                 try:
-                    frames = raw.recv_multipart(zmq.NOBLOCK)
+                    frames = recv_queued(raw)
                 except zmq.Again:
                     break
                 n += 1
@@ -523,11 +508,12 @@ class OrderClient:
         more; ``busy``: BUSY rejects among them, ``busy_deadline``: requests given up during a
         BUSY wait), ``updates`` received, ``updates_dropped`` (queue full), ``malformed``
         replies, ``pending_notices`` and ``held`` waits; batches: ``send_batches`` (loop
-        iterations that sent), ``read_batches`` (reader wake-ups that drained
-        ``read_messages`` in all, ``read_batch_max`` at most); and gauges ``in_flight``,
-        ``updates_queued`` and ``request_timeout_us`` (the adaptive wait for an answer
-        now)."""
-        return {**self._counts, "in_flight": len(self._pending),
+        iterations that sent or tried to, per backend), ``read_batches`` (reader wake-ups
+        that drained ``read_messages`` in all, ``read_batch_max`` at most); and gauges
+        ``in_flight``, ``updates_queued`` and ``request_timeout_us`` (the adaptive wait for
+        an answer now)."""
+        return {**self._counts, "send_batches": sum(out.batches for out in self._out),
+                "in_flight": len(self._pending),
                 "updates_queued": len(self._updates),
                 "request_timeout_us": round(self._timer.timeout() * 1e6)}
 

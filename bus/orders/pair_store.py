@@ -34,7 +34,7 @@ import zmq
 import zmq.asyncio
 
 from bus.logutil import RateLimitedLog
-from bus.sockets import REPLICA_CLIENT, REPLICA_SERVER, open_socket, recv_batch
+from bus.sockets import REPLICA_CLIENT, REPLICA_SERVER, Sender, open_socket, recv_batch
 from bus.store.orders import RedisOrderStore, WriteOutcome, raise_for, with_entries
 from protocols.backoff import Backoff
 from protocols.errors import Fenced, RemoteProtocolError, StoreError
@@ -64,7 +64,8 @@ log = logging.getLogger(__name__)
 
 FLUSH_RECORDS = 512  # records per write-behind script call
 FLUSH_DELAY_S = 0.005  # the write-behind gathers this long when no acknowledgement waits for it
-REPLICA_DRAIN = 256  # batches the passive node takes per wake-up
+REPLICA_DRAIN = 256  # messages of the pair's link taken per wake-up (batches, confirmations)
+OPEN_READS = 5  # reads of the open orders while the write-behind keeps moving on
 
 
 class PairView(Protocol):
@@ -116,6 +117,9 @@ class PairStore:
         self.stats = PairStoreStats()
         self.server = open_socket(ctx, REPLICA_SERVER, bind=bind)
         self.client = open_socket(ctx, REPLICA_CLIENT, connect=(peer,))
+        # Batches and confirmations go out without the asyncio layer (no Future per message).
+        self._to_peer = Sender(self.client)
+        self._to_active = Sender(self.server)
         self._acks: dict[int, asyncio.Future[bool]] = {}
         self._flush_wanted = asyncio.Event()
         self._progress = asyncio.Event()  # replaced after every write-behind attempt
@@ -170,8 +174,14 @@ class PairStore:
         return await self.backing.by_client_id(account, client_order_id)
 
     async def open_orders(self) -> list[Order]:
-        stored = {o.order_id: o for o in await self.backing.open_orders()}
         rep = self.replicator
+        for _ in range(OPEN_READS):
+            # Read again if the write-behind moved on meanwhile: a record it took from the
+            # backlog during the read may have reached Redis after it (seen nowhere).
+            flushed = rep.flushed if rep is not None else 0
+            stored = {o.order_id: o for o in await self.backing.open_orders()}
+            if rep is None or rep.flushed == flushed:
+                break
         if rep is not None:  # newer records of this term the store may lack
             for record in rep.backlog.newest():
                 if record.terminal:
@@ -275,7 +285,7 @@ class PairStore:
         if batch.reset:
             self.stats.resets += 1
         try:
-            await self.client.send_multipart(encode_pair(batch), flags=zmq.NOBLOCK)
+            self._to_peer.send(encode_pair(batch))
         except zmq.Again:  # not connected (IMMEDIATE): nobody to hold it
             self._lost(rep)
         # A timer, not wait_for: that is a task per batch.
@@ -322,15 +332,16 @@ class PairStore:
                 raise error
 
     async def acks(self) -> None:
-        """Task: read the passive node's confirmations and refusals."""
+        """Task: read the passive node's confirmations and refusals; each wake-up takes every
+        one already queued."""
         while True:
-            frames = await self.client.recv_multipart()
-            try:
-                msg = decode_pair(frames)
-            except RemoteProtocolError as exc:
-                self._bad.warning("from the passive node: %s", exc.reason)
-                continue
-            await self._answer(msg)
+            for frames in await recv_batch(self.client, REPLICA_DRAIN):
+                try:
+                    msg = decode_pair(frames)
+                except RemoteProtocolError as exc:
+                    self._bad.warning("from the passive node: %s", exc.reason)
+                    continue
+                await self._answer(msg)
 
     async def _answer(self, msg: object) -> None:
         """A confirmation or a refusal from the passive node."""
@@ -489,7 +500,7 @@ class PairStore:
                 else:
                     answers.append((identity, reply))
             for identity, reply in answers:
-                await self.server.send_multipart([identity, *encode_pair(reply)])
+                self._to_active.send([identity, *encode_pair(reply)])
 
     def _take(self, frames: list[bytes]) -> ReplicaAck | ReplicaRefused | None:
         """One batch from the active node: held, or why not (None: malformed, dropped)."""

@@ -53,6 +53,7 @@ from bus.sockets import (
     BACKEND_EXECUTOR,
     BACKEND_UPDATES,
     PEER_SUB,
+    Sender,
     open_socket,
     recv_batch,
 )
@@ -214,6 +215,12 @@ class BackendNode:
         self.clients = open_socket(ctx, BACKEND_CLIENTS, bind=endpoints.clients)
         self.executor = open_socket(ctx, BACKEND_EXECUTOR, bind=endpoints.executor)
         self.updates = open_socket(ctx, BACKEND_UPDATES, bind=endpoints.updates)
+        # Replies, routes and reports go out without the asyncio layer (no Future per message).
+        # Neither the clients ROUTER nor the updates PUB refuses a send (a client gone, a full
+        # queue: dropped, the client retries); the executor's is mandatory (EHOSTUNREACH).
+        self.to_clients = Sender(self.clients)
+        self.to_executor = Sender(self.executor)
+        self.to_updates = Sender(self.updates)
         # Heartbeats from a thread: on time while the loop is busy, withheld once it is stuck
         # for stall_budget_s (bus.orders.beacon: why).
         self.peer_pub = HeartbeatThread(ctx, endpoints.peer_pub,
@@ -277,7 +284,7 @@ class BackendNode:
                 continue
             waiting = self.service.pending_notices(time.monotonic(), PENDING_AFTER_S)
             for who, count in waiting.items():
-                await self.clients.send_multipart([who, *encode_order(OrderPending(count))])
+                self.to_clients.send([who, *encode_order(OrderPending(count))])
 
     async def _effects(self, effects: list[Effect]) -> None:
         for e in effects:
@@ -460,7 +467,7 @@ class BackendNode:
             self.stats.acks += 1
         else:
             self.stats.rejects += 1
-        await self.clients.send_multipart([identity, *encode_order(reply)])
+        self.to_clients.send([identity, *encode_order(reply)])
 
     async def _handle(self, identity: bytes, req: CancelOrder | ReplaceOrder
                       ) -> OrderAck | OrderReject | PendingReplace:
@@ -696,8 +703,7 @@ class BackendNode:
 
     async def _send_executor(self, msg: Order | ExecutorRequest, order_id: str) -> bool:
         try:
-            await self.executor.send_multipart([self.executor_id, *encode_order(msg)],
-                                               flags=zmq.NOBLOCK)
+            self.to_executor.send([self.executor_id, *encode_order(msg)])
             self.service.sent(order_id, time.monotonic())
             return True
         except zmq.ZMQError as exc:  # EHOSTUNREACH: not connected; EAGAIN: its queue is full
@@ -875,8 +881,7 @@ class BackendNode:
     async def _answer_executor(self, msg: ExecutionReport | EntryRefused) -> None:
         """An answer to a proposed entry; an executor gone meanwhile proposes it again."""
         try:
-            await self.executor.send_multipart([self.executor_id, *encode_order(msg)],
-                                               flags=zmq.NOBLOCK)
+            self.to_executor.send([self.executor_id, *encode_order(msg)])
         except zmq.ZMQError as exc:
             self._ignored.warning("answer to the executor not sent: %s", exc.strerror)
 
@@ -884,8 +889,8 @@ class BackendNode:
         """A decided log entry to its client (``identity``; b"": unknown) and on "updates"."""
         frames = encode_order(report)
         if identity:
-            await self.clients.send_multipart([identity, *frames])
-        await self.updates.send_multipart([report.account.encode() + b"\x00", *frames])
+            self.to_clients.send([identity, *frames])
+        self.to_updates.send([report.account.encode() + b"\x00", *frames])
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -71,7 +71,7 @@ import zmq.asyncio
 
 from bus.config import MeshConfig
 from bus.logutil import RateLimitedLog
-from bus.sockets import EXECUTOR, open_socket, recv_batch
+from bus.sockets import EXECUTOR, Sender, open_socket, recv_batch
 from bus.store.orders import OrderStore, RedisOrderStore
 from bus.store.ticks import QuoteCache, RedisTickStore, TickStore
 from nodes.common import stats_writer, supervise_tasks, write_json_atomic
@@ -208,6 +208,8 @@ class ExecutorNode:
         for endpoint in backends:
             sock = open_socket(self.ctx, EXECUTOR, connect=(endpoint,), routing_id=name.encode())
             self.socks.append(sock)
+        # Reports go out without the asyncio layer (no Future per message).
+        self.outs = [Sender(sock) for sock in self.socks]
         self._working: dict[str, _Order] = {}
         self._done: OrderedDict[str, _Order] = OrderedDict()  # finished, for replays
         # One batch decides at a time: the readers of both sockets and the resting poller may
@@ -585,7 +587,7 @@ class ExecutorNode:
 
     async def _send(self, socket: int, msg: ExecutionReport | ReplaceRefused) -> bool:
         try:
-            await self.socks[socket].send_multipart(encode_order(msg), flags=zmq.NOBLOCK)
+            self.outs[socket].send(encode_order(msg))
             return True
         except zmq.Again:
             self.stats.unsent += 1

@@ -160,6 +160,8 @@ class Backlog:
             self._latest[record.order_id] = (seq, record)
             if record.entries:
                 held = self._entries.setdefault(record.order_id, deque())
+                while held and held[-1][1].seq >= record.entries[0].seq:
+                    held.pop()  # the same positions written again: one copy, the later
                 held.extend((seq, entry) for entry in record.entries)
 
     def trim(self, flushed: int) -> None:

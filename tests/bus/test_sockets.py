@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import select
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,8 +33,10 @@ from bus.sockets import (
     RECOVERY_SERVER,
     SUBSCRIPTION_BYTES,
     TICK_BODY_MAX,
+    Sender,
     SocketSpec,
     open_socket,
+    recv_batch,
 )
 from bus.ticks.publisher import Publisher
 from bus.ticks.recovery_client import RecoveryClient
@@ -240,6 +243,110 @@ def test_the_client_sites_build_their_sockets_from_their_roles() -> None:
         finally:
             await client.close()
             await sub.close()
+
+    asyncio.run(scenario())
+
+
+# --- raw sends (Sender) ----------------------------------------------------------------------
+
+
+def test_a_sender_to_no_peer_raises_again_at_once_and_nothing_waits() -> None:
+    """IMMEDIATE with nobody connected: EAGAIN, raised by the call itself (the site counts
+    it); the loop goes on and the socket is still usable."""
+    async def scenario() -> None:
+        ctx = zmq.asyncio.Context()
+        sock = open_socket(ctx, sockets.ORDER_CLIENT, connect=("tcp://127.0.0.1:1",))
+        try:
+            out = Sender(sock)
+            for _ in range(3):
+                with pytest.raises(zmq.Again):
+                    out.send([b"x"])
+            await asyncio.sleep(0)  # the nudge of that iteration runs, once
+            assert out.batches == 1
+        finally:
+            sock.close(linger=0)
+            ctx.term()
+
+    asyncio.run(scenario())
+
+
+def test_a_sender_to_an_unknown_routing_id_of_a_mandatory_router_raises_ehostunreach() -> None:
+    async def scenario() -> None:
+        ctx = zmq.asyncio.Context()
+        router = open_socket(ctx, sockets.BACKEND_EXECUTOR, bind=ANY_PORT)
+        try:
+            with pytest.raises(zmq.ZMQError) as info:
+                Sender(router).send([b"nobody", b"x"])
+            assert info.value.errno == zmq.EHOSTUNREACH
+        finally:
+            router.close(linger=0)
+            ctx.term()
+
+    asyncio.run(scenario())
+
+
+def test_a_raw_send_leaves_no_message_unseen_by_the_readers_awaiting_either_side() -> None:
+    """A message sent raw reaches the peer's awaiting reader; and a message queued at the
+    sender while the edge of its FD was consumed outside the asyncio layer (what a raw send
+    does when it processes libzmq's commands) still wakes the sender's own awaiting reader:
+    the sender's EVENTS nudge makes that layer look again."""
+    async def scenario() -> None:
+        ctx = zmq.asyncio.Context()
+        router = open_socket(ctx, sockets.BACKEND_CLIENTS, bind=ANY_PORT)
+        dealer = open_socket(ctx, sockets.EXECUTOR, routing_id=b"d",
+                             connect=(router.getsockopt_string(zmq.LAST_ENDPOINT),))
+        try:
+            out = Sender(dealer)
+            at_router = asyncio.ensure_future(router.recv_multipart())
+            at_dealer = asyncio.ensure_future(dealer.recv_multipart())
+            await asyncio.sleep(0)  # both readers wait on their FDs now
+            out.send([b"ping"])
+            async with asyncio.timeout(scaled(5)):
+                assert await at_router == [b"d", b"ping"]
+            Sender(router).send([b"d", b"pong"])
+            # Without yielding to the loop: wait until the pong is queued at the dealer and
+            # every edge of its FD is consumed, as a raw send consumes them.
+            raw, fd = out.raw, dealer.getsockopt(zmq.FD)
+            assert raw.poll(int(scaled(5000)), zmq.POLLIN)
+            while select.select([fd], [], [], 0)[0]:
+                raw.getsockopt(zmq.EVENTS)
+            assert not at_dealer.done()
+            out.send([b"more"])
+            async with asyncio.timeout(scaled(5)):
+                assert await at_dealer == [b"pong"]
+                assert await router.recv_multipart() == [b"d", b"more"]
+        finally:
+            dealer.close(linger=0)
+            router.close(linger=0)
+            ctx.term()
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_is_what_is_queued_up_to_its_limit_and_the_rest_comes_with_the_next() -> None:
+    """recv_batch waits for one message and takes the others queued (raw receives), at most
+    ``limit``; what it left is the next batch at once, and after a drain to EAGAIN a new
+    message still wakes the awaited receive."""
+    async def scenario() -> None:
+        ctx = zmq.asyncio.Context()
+        pull = open_socket(ctx, sockets.EA_BRIDGE, bind="inproc://batches")
+        push = ctx.socket(zmq.PUSH)
+        push.connect("inproc://batches")
+        try:
+            for i in range(5):  # inproc: in the pull's queue once the send returns
+                Sender(push).send([b"%d" % i])
+            async with asyncio.timeout(scaled(5)):
+                assert await recv_batch(pull, 3) == [[b"0"], [b"1"], [b"2"]]
+                assert await recv_batch(pull, 10) == [[b"3"], [b"4"]]
+                later = asyncio.ensure_future(recv_batch(pull, 10))
+                await asyncio.sleep(0)
+                assert not later.done()
+                await push.send(b"5")
+                assert await later == [[b"5"]]
+        finally:
+            push.close(linger=0)
+            pull.close(linger=0)
+            ctx.term()
 
     asyncio.run(scenario())
 

@@ -36,7 +36,7 @@ from protocols.errors import Fenced, InvalidOrder, StoreError
 from protocols.orders.lifecycle import OrderState
 from protocols.orders.messages import ExecutionReport, NewOrder, OrderType, Side
 from protocols.orders.record import Order
-from tests.support import run_with, run_with_two
+from tests.support import run_with, run_with_two, wait_until
 
 OpenOrderStore = Callable[[], Awaitable[OrderStore]]
 
@@ -171,7 +171,10 @@ class OrderStoreContract(ExecutionLogContract):
             assert (info.value.epoch, info.value.current) == (old, current)
             assert await a.get("oA") is None and await b.by_client_id("acc", "cA") is None
             await b.write(order("oB", "cB", epoch=current), current)
-            assert [o.order_id for o in await a.open_orders()] == ["oB"]
+
+            async def landed() -> bool:  # (a store written behind: once its write-behind ran)
+                return [o.order_id for o in await a.open_orders()] == ["oB"]
+            await wait_until(landed, 5, "the current epoch's write seen by the stale store")
         run_with_two(order_store, body)
 
     def test_a_client_order_id_names_one_order(self, order_store: OpenOrderStore) -> None:
