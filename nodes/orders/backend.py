@@ -48,6 +48,7 @@ from bus.config import MeshConfig
 from bus.logutil import RateLimitedLog
 from bus.orders.beacon import HeartbeatThread
 from bus.orders.pair_store import PairStore
+from bus.sched import StartupNice
 from bus.sockets import (
     BACKEND_CLIENTS,
     BACKEND_EXECUTOR,
@@ -162,8 +163,10 @@ class BackendNode:
                  limits: Limits, pair: PairConfig | None = None,
                  store: OrderStore | None = None, stats_path: Path | None = None,
                  executor_id: str = "executor", redrive_s: float = 1.0,
-                 amend_timeout_s: float = 0.5, stall_budget_s: float = 0.25) -> None:
+                 amend_timeout_s: float = 0.5, stall_budget_s: float = 0.25,
+                 startup: StartupNice | None = None) -> None:
         self.role = role
+        self.startup = startup
         self.amend_timeout_s = amend_timeout_s
         self.executor_id = executor_id.encode()
         self.redrive_s = redrive_s
@@ -242,6 +245,8 @@ class BackendNode:
                 self.stats.malformed += 1
                 self._bad.warning("peer heartbeat: %s", exc.reason)
                 continue
+            if self.star.state is State.PASSIVE:
+                self._started()
             await self._effects(effects)
 
     # -- what the pair store asks (PairView) ------------------------------------------------
@@ -251,6 +256,12 @@ class BackendNode:
 
     def peer_ready(self) -> bool:
         return self.star.peer_passive(time.monotonic())
+
+    def _started(self) -> None:
+        """Start-up is over (passive: the active's batches come; or taking over): back to the
+        normal priority, if the node started at a lower one (``bus.sched.start_niced``)."""
+        if self.startup is not None and self.startup.lowered:
+            self.startup.restore()
 
     async def _store_fenced(self, current: int) -> None:
         # Not counted in stats.fenced: the write waiting for it is, as a FENCED answer.
@@ -278,6 +289,7 @@ class BackendNode:
         for e in effects:
             match e:
                 case AcquireEpoch(expected):
+                    self._started()
                     try:
                         won, epoch = await self.store.acquire_epoch(expected)
                     except StoreError as exc:
@@ -871,8 +883,8 @@ def _client_id(identity: bytes) -> str:
         return ""
 
 
-def backend_from_config(cfg: MeshConfig, role: Role, stats_path: Path | None = None
-                        ) -> BackendNode:
+def backend_from_config(cfg: MeshConfig, role: Role, stats_path: Path | None = None, *,
+                        startup: StartupNice | None = None) -> BackendNode:
     """The backend node of ``role`` as the mesh file's [orders] section describes it."""
     o = cfg.orders
     i = 0 if role is Role.PRIMARY else 1
@@ -885,7 +897,7 @@ def backend_from_config(cfg: MeshConfig, role: Role, stats_path: Path | None = N
                       cold_start_s=o.cold_start_ms / 1000)
     return BackendNode(cfg, role, ends, limits=limits, pair=pair, stats_path=stats_path,
                        executor_id=o.executor_id, amend_timeout_s=o.amend_timeout_ms / 1000,
-                       stall_budget_s=o.stall_budget_ms / 1000)
+                       stall_budget_s=o.stall_budget_ms / 1000, startup=startup)
 
 
 __all__ = ["BackendEndpoints", "BackendNode", "backend_from_config"]

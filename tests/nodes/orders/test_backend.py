@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -15,6 +16,7 @@ import zmq
 import zmq.asyncio
 
 from bus.config import MeshConfig, MeshSection, OrdersSection, RedisSection
+from bus.sched import renice_permitted
 from bus.store.orders import OrderStore, RedisOrderStore, WriteOutcome
 from bus.store.ticks import CheckpointRun, QuoteCache, RedisTickStore
 from nodes.drills.procs import Node
@@ -692,6 +694,41 @@ def test_cli_pair_fails_over_when_the_primary_is_killed(redis_server: RedisProce
                 assert again.order_id == first.order_id  # a retry, not a second order
         finally:
             p.ctx.term()
+    run(main())
+
+
+def _thread_nices(pid: int) -> list[int]:
+    """The nice value of every thread of process ``pid`` (field 19 of its stat lines)."""
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat") as stat:
+            out.append(int(stat.read().rsplit(")", 1)[1].split()[16]))
+    return out
+
+
+@pytest.mark.skipif(not renice_permitted(os.getpriority(os.PRIO_PROCESS, 0)),
+                    reason="needs CAP_SYS_NICE or an RLIMIT_NICE that allows it")
+def test_cli_backends_start_at_the_lowest_priority_and_leave_it_once_in_the_pair(
+        redis_server: RedisProcess, tmp_path: Path) -> None:
+    """A starting backend yields the CPU (a restarted one competes with its peer's takeover)
+    and is back at the normal priority, every thread of it, once active or passive."""
+    eps = {name: (tcp(), tcp())
+           for name in ("clients", "peers", "updates", "executor", "replicas")}
+    cfg = MeshConfig(mesh=MeshSection(key_prefix="bk"), redis=RedisSection(url=redis_server.url),
+                     orders=OrdersSection(enabled=True, symbols=("EURUSD",), **eps)).validate()
+    normal = os.getpriority(os.PRIO_PROCESS, 0)
+
+    async def main() -> None:
+        await seed_tick(cfg)
+        with node_processes(tmp_path) as children:
+            toml = children.config(cfg)
+            procs = [await children.start(role, ["backend", "--role", role], toml)
+                     for role in ("primary", "backup")]
+            await wait_until(lambda: sorted((n.stats() or {}).get("state", "") for n in procs)
+                             == ["active", "passive"], 10, "one active, one passive")
+            for node in procs:
+                assert _thread_nices(node.pid) == [normal] * len(_thread_nices(node.pid))
+                assert "start-up over: back to nice" in node.log_path.read_text()
     run(main())
 
 
