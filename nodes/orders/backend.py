@@ -208,6 +208,9 @@ class BackendNode:
         self._requests: set[asyncio.Task[None]] = set()
         self._quotes = QuoteCache(self.ticks, QUOTE_TTL_S, stale_s=cfg.redis.deadline_ms / 1000)
         self._reload_pending = False  # a takeover could not read the open orders yet
+        # When this node last asked for the epoch, and how long its peer had been silent then
+        # (the takeover's log line splits the takeover with them).
+        self._vote = (0.0, 0.0)
         self._ignored = RateLimitedLog(log, f"backend {role.value}: report ignored")
         self.clients = open_socket(ctx, BACKEND_CLIENTS, bind=endpoints.clients)
         self.executor = open_socket(ctx, BACKEND_EXECUTOR, bind=endpoints.executor)
@@ -290,6 +293,9 @@ class BackendNode:
             match e:
                 case AcquireEpoch(expected):
                     self._started()
+                    now = time.monotonic()
+                    self._vote = (now, now - self.star.peer_expiry
+                                  + self.star.config.peer_timeout_s)
                     try:
                         won, epoch = await self.store.acquire_epoch(expected)
                     except StoreError as exc:
@@ -320,16 +326,27 @@ class BackendNode:
             self._reload_pending = True
 
     async def _reload(self, epoch: int) -> None:
+        began = time.monotonic()
+        # The first batch of new orders needs the last tick of its symbols: read them while
+        # the store work below runs, not after it (a cold read, on a connection the passive
+        # node never used, took 2-46 ms in the backend drill).
+        self._spawn(self._warm_quotes())
+        held_s = 0.0
         if self.pair_store is not None and self.pair_store.replicator is None:
             # What this node holds of the old active goes to Redis first (where newer), so
             # the open orders read next are the pair's, not only what Redis had.
             held = await self.pair_store.activate(epoch)
+            held_s = time.monotonic() - began
             if held:
                 self._spawn(self._report_again(held))
         self.service.reload(await self.store.open_orders())
         self._reload_pending = False
-        log.info("backend %s: active at epoch %d with %d open orders", self.role.value, epoch,
-                 len(self.orders))
+        voted, silent_s = self._vote
+        log.info("backend %s: active at epoch %d with %d open orders (peer silent %.1f ms at "
+                 "the vote; epoch %.1f, held records %.1f, open orders %.1f ms)",
+                 self.role.value, epoch, len(self.orders), silent_s * 1000,
+                 (began - voted) * 1000, held_s * 1000,
+                 (time.monotonic() - began - held_s) * 1000)
         for order in self.orders.values():
             if order.state is OrderState.ACCEPTED:
                 # Stored by an older version between its two writes: route it now.
@@ -337,6 +354,15 @@ class BackendNode:
                 await self.store.write(order, epoch)
                 self.orders.put(order)
         await self._redrive_once(force=True)
+
+    async def _warm_quotes(self) -> None:
+        """Read the last tick of every symbol into the quote cache (store trouble is left to
+        the orders that need one)."""
+        for symbol in sorted(self.limits.symbols):
+            try:
+                await self._quotes.get(symbol)
+            except StoreError:
+                return
 
     async def handover(self) -> None:
         """Operator command: give the active role to the peer (``kill -USR2`` on the node)."""
@@ -828,6 +854,11 @@ class BackendNode:
             self.star.epoch = await self.store.current_epoch()
         except StoreError as exc:
             log.warning("backend %s: store epoch unknown at start (%s)", self.role.value, exc)
+        try:
+            # A connection to the tick store now, not at the first order after a takeover.
+            await self.ticks.ping()
+        except StoreError as exc:
+            log.warning("backend %s: tick store not reached at start (%s)", self.role.value, exc)
         tasks = [asyncio.create_task(self._redrive(), name="redrive"),
                  asyncio.create_task(self._heartbeats(), name="heartbeats"),
                  asyncio.create_task(self._pending_notices(), name="pending notices"),

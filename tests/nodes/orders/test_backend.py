@@ -607,6 +607,9 @@ def test_backup_takes_over_when_the_primary_dies(redis_server: RedisProcess,
         await wait_until(acked, 3, "the backup's ack")
         assert backup.star.serving and backup.star.epoch == 2
         assert backup.stats.takeovers == 1
+        # The takeover read the last tick of every symbol, not only of the order's (EURUSD):
+        # the first batch after a takeover finds them cached.
+        await wait_until(lambda: "GBPUSD" in backup._quotes._read, 2, "GBPUSD's quote read")
         # The order placed before the failover is still known (idempotent retry).
         again = await p.request(Role.BACKUP, order("c1"))
         assert isinstance(again, OrderAck)
