@@ -31,6 +31,7 @@ What it costs, and the guard rails:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -110,8 +111,7 @@ class StartupNice:
         """Every thread back to the normal priority (idempotent; a no-op if never lowered)."""
         normal, self.normal = self.normal, None
         if normal is not None:
-            for tid in _threads():
-                os.setpriority(os.PRIO_PROCESS, tid, normal)
+            _renice_threads(normal)
             log.info("start-up over: back to nice %d", normal)
 
 
@@ -130,9 +130,15 @@ def start_niced(by: int = STARTUP_NICE) -> StartupNice:
     normal = os.getpriority(os.PRIO_PROCESS, 0)
     if not renice_permitted(normal):
         return StartupNice(None)
-    for tid in _threads():
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, normal + by))
+    _renice_threads(min(19, normal + by))
     return StartupNice(normal)
+
+
+def _renice_threads(nice: int) -> None:
+    """Every thread of this process at ``nice`` (the value is per thread on Linux)."""
+    for tid in _threads():
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
 
 
 def renice_permitted(nice: int) -> bool:
