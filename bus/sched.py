@@ -122,9 +122,9 @@ def start_niced(by: int = STARTUP_NICE) -> StartupNice:
     without ``setpriority``) nothing changes. Call it first thing, before threads exist.
 
     Why: a node restarted after a crash (the backend drill restarts the killed active at
-    once) spends its first 0.3-0.5 s of CPU importing and connecting, exactly while its peer
-    takes over and every client retries; on two cores it took about a quarter of the CPU in
-    the 150 ms after each kill. A starting node serves nobody, so it yields."""
+    once) spends its first fraction of a second of CPU importing and connecting, exactly
+    while its peer takes over and every client retries (docs/BENCHMARKS.md, "Issue 10:
+    backend failover"). A starting node serves nobody, so it yields."""
     if not hasattr(os, "setpriority"):
         return StartupNice(None)
     normal = os.getpriority(os.PRIO_PROCESS, 0)
