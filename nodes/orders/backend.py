@@ -294,8 +294,10 @@ class BackendNode:
                 case AcquireEpoch(expected):
                     self._started()
                     now = time.monotonic()
-                    self._vote = (now, now - self.star.peer_expiry
-                                  + self.star.config.peer_timeout_s)
+                    star = self.star
+                    heard = (star.started if star.peer_state is None  # never: since start
+                             else star.peer_expiry - star.config.peer_timeout_s)
+                    self._vote = (now, now - heard)
                     try:
                         won, epoch = await self.store.acquire_epoch(expected)
                     except StoreError as exc:

@@ -927,7 +927,11 @@ def test_requests_in_service_when_the_node_steps_down_keep_their_dispatch_epoch(
     since (that would write past fencing); a request that arrives after is NOT_ACTIVE."""
     async def main() -> None:
         # No time bound: the second order queues behind the held first however late it comes.
-        async with pair(redis_server, deadline_ms=10_000, max_queue_ms=60_000.0) as p:
+        # Written to Redis before the ack (replicate=False): held in that write. (With the
+        # pair store a write waits in the term's backlog, and a step-down ends the term: its
+        # unacknowledged batches are answered FENCED, retryable, never written under it.)
+        async with pair(redis_server, deadline_ms=10_000, max_queue_ms=60_000.0,
+                        replicate=False) as p:
             primary = p.node(Role.PRIMARY)
             await wait_active(primary)
             taken_at = primary.star.epoch
