@@ -31,13 +31,15 @@ What it costs, and the guard rails:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
 from bus.config import NodeKind, SchedSection
 from protocols.errors import ConfigError
 
-__all__ = ["apply_realtime", "apply_sched", "policy_of", "realtime_permitted"]
+__all__ = ["StartupNice", "apply_realtime", "apply_sched", "policy_of", "realtime_permitted",
+           "renice_permitted", "start_niced"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,63 @@ def _pin(cpus: tuple[int, ...], what: str) -> None:
 
 
 _CAP_SYS_NICE = 23  # linux/capability.h
+STARTUP_NICE = 19  # how much nicer a starting node runs (the lowest priority there is)
+
+
+class StartupNice:
+    """A process started at a lower priority (:func:`start_niced`), until :meth:`restore`."""
+
+    def __init__(self, normal: int | None) -> None:
+        self.normal = normal  # the nice value to return to; None: never lowered
+
+    @property
+    def lowered(self) -> bool:
+        return self.normal is not None
+
+    def restore(self) -> None:
+        """Every thread back to the normal priority (idempotent; a no-op if never lowered)."""
+        normal, self.normal = self.normal, None
+        if normal is not None:
+            _renice_threads(normal)
+            log.info("start-up over: back to nice %d", normal)
+
+
+def start_niced(by: int = STARTUP_NICE) -> StartupNice:
+    """Run this process (every thread it has and will start) ``by`` nice levels lower until
+    :meth:`StartupNice.restore`, if it may raise its priority back then: root with
+    ``CAP_SYS_NICE``, or an ``RLIMIT_NICE`` that allows the normal value. Otherwise (or
+    without ``setpriority``) nothing changes. Call it first thing, before threads exist.
+
+    Why: a node restarted after a crash (the backend drill restarts the killed active at
+    once) spends its first fraction of a second of CPU importing and connecting, exactly
+    while its peer takes over and every client retries (docs/BENCHMARKS.md, "Issue 10:
+    backend failover"). A starting node serves nobody, so it yields."""
+    if not hasattr(os, "setpriority"):
+        return StartupNice(None)
+    normal = os.getpriority(os.PRIO_PROCESS, 0)
+    if not renice_permitted(normal):
+        return StartupNice(None)
+    _renice_threads(min(19, normal + by))
+    return StartupNice(normal)
+
+
+def _renice_threads(nice: int) -> None:
+    """Every thread of this process at ``nice`` (the value is per thread on Linux)."""
+    for tid in _threads():
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+
+
+def renice_permitted(nice: int) -> bool:
+    """Whether this process may set its nice value back down to ``nice`` (raise its
+    priority): ``CAP_SYS_NICE``, or an ``RLIMIT_NICE`` that allows it."""
+    if _has_capability(_CAP_SYS_NICE):
+        return True
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NICE)
+    # RLIMIT_NICE is the ceiling 20 - nice (setrlimit(2)).
+    return soft == resource.RLIM_INFINITY or 20 - nice <= soft
 
 
 def realtime_permitted(priority: int) -> bool:

@@ -88,11 +88,16 @@ def _run_backend(cfg: MeshConfig, role: str, stats: Path | None) -> int:
     import asyncio
     import signal
 
+    from bus.sched import start_niced
+
+    # Before the imports: they are most of a start's CPU (BackendNode: until when).
+    startup = start_niced()
+
     from nodes.orders.backend import backend_from_config
     from protocols.orders.binary_star import Role
 
     async def main(stop: asyncio.Event) -> int:
-        node = backend_from_config(cfg, Role(role), stats)
+        node = backend_from_config(cfg, Role(role), stats, startup=startup)
         pending: set[asyncio.Task[None]] = set()
 
         def handover() -> None:  # kill -USR2 <pid>: operator failback/handover

@@ -22,7 +22,13 @@ restarts it at once with the same command (it comes back passive); so the kills 
 from the new active). It is split in two: *takeover* = kill -> the new active's log line
 "active at epoch N" (peer timeout, the client's vote, the epoch compare-and-swap, the reload of
 open orders; the nodes log at INFO, with millisecond wall-clock stamps) and *serve* = takeover ->
-first ack (re-drive of routed orders, the client's retry reaching the new active).
+first ack (re-drive of routed orders, the client's retry reaching the new active). The same
+log line splits the takeover further (per kill and p50/max): how long the peer had been
+silent when a client's request made the node ask for the epoch (the peer timeout and the
+vote), and the node's own work after it (the epoch's compare-and-swap, the held records and
+client ids, the open orders). The clients run in the drill's own process, so its event loop
+being off the CPU is part of the failover it sees: ``client_stall_ms`` is how long that loop
+stalled between the kill and the first ack.
 
 End: the load stops, in-flight orders finish, and the drill waits (bounded) until every acked
 order has an execution record (``{prefix}:executed:{order_id}``) and its record is FILLED. Then:
@@ -89,26 +95,73 @@ class Kill:
     takeover: float | None = None  # the new active's log line "active at epoch", monotonic
     first_ack: float | None = None  # first ack with a higher epoch, sent before or after
     restart_s: float = 0.0
+    phases: Phases | None = None  # the takeover's own split, from the same log line
+    client_stall_ms: float | None = None  # the drill's own loop, off the CPU, kill -> first ack
 
     def ms(self, t: float | None) -> float | None:
         return None if t is None else round((t - self.at) * 1000, 1)
 
 
+@dataclass(frozen=True, slots=True)
+class Phases:
+    """What the new active's "active at epoch" line says of its takeover (ms): how long the
+    peer had been silent when a client's request made it ask for the epoch, the epoch's
+    compare-and-swap, writing the held records Redis lacked (with the client ids' load),
+    reading the open orders."""
+
+    silent: float
+    epoch: float
+    held: float
+    open: float
+
+    @property
+    def work(self) -> float:
+        """The takeover's own work, from the vote to serving."""
+        return round(self.epoch + self.held + self.open, 1)
+
+
 # The logger was nodes.backend before the subpackages, nodes.orders.backend since.
 _TAKEOVER = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO "
-                       r"nodes\.(?:orders\.)?backend: backend \w+: active at epoch (\d+) with")
+                       r"nodes\.(?:orders\.)?backend: backend \w+: active at epoch (\d+) with"
+                       r"(?:.*\(peer silent ([\d.]+) ms at the vote; epoch ([\d.]+), held records "
+                       r"([\d.]+), open orders ([\d.]+) ms\))?")
 
 
-def takeovers(logs: list[Path]) -> dict[int, float]:
-    """Epoch -> wall-clock time of the backend's "active at epoch" log line (INFO)."""
-    out: dict[int, float] = {}
+def takeovers(logs: list[Path]) -> dict[int, tuple[float, Phases | None]]:
+    """Epoch -> wall-clock time of the backend's "active at epoch" log line (INFO), and the
+    takeover's phases where the line gives them."""
+    out: dict[int, tuple[float, Phases | None]] = {}
     for path in logs:
         with contextlib.suppress(OSError):
             for line in path.read_text(errors="replace").splitlines():
                 if m := _TAKEOVER.match(line):
                     when = datetime.datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f")
-                    out[int(m[2])] = when.timestamp()
+                    phases = None if m[3] is None else Phases(*(float(m[i]) for i in (3, 4, 5, 6)))
+                    out[int(m[2])] = (when.timestamp(), phases)
     return out
+
+
+class LoopStalls:
+    """The drill's own event loop: when it was off the CPU (or busy) past a small sleep. The
+    clients run in this process, so a stall here is part of the failover the drill sees."""
+
+    TICK_S = 0.005
+    MIN_S = 0.002  # later than this past the tick counts as a stall
+
+    def __init__(self) -> None:
+        self.stalls: list[tuple[float, float]] = []  # (monotonic start, seconds)
+
+    async def run(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(self.TICK_S)
+            late = time.monotonic() - before - self.TICK_S
+            if late > self.MIN_S:
+                self.stalls.append((before, late))
+
+    def within(self, start: float, end: float) -> float:
+        """Milliseconds stalled between ``start`` and ``end``."""
+        return round(sum(d for t, d in self.stalls if start <= t < end) * 1000, 1)
 
 
 # --- the pair --------------------------------------------------------------------------------
@@ -173,6 +226,8 @@ async def run_drill(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         load = Load(clients)
         for c in clients:
             await c.start()
+        stalls = LoopStalls()
+        stall_task = asyncio.create_task(stalls.run())
         run_id = f"d{time.time_ns()}"
         loaders = [asyncio.create_task(client_load(load, i, args.rate / args.clients, run_id))
                    for i in range(args.clients)]
@@ -198,7 +253,8 @@ async def run_drill(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         load_s = time.monotonic() - load_start
         if load.tasks:  # each ends by its deadline (OrderTimeout) at the latest
             await asyncio.wait(set(load.tasks), timeout=15.0)
-        summary = await verify(args, load, kills, redis, store, nodes)
+        stall_task.cancel()
+        summary = await verify(args, load, kills, redis, store, nodes, stalls)
         summary.update(kill_error=kill_error, load_s=round(load_s, 2),
                        client_stats=dict(sum((Counter(c.stats()) for c in clients), Counter())))
         return summary
@@ -215,7 +271,7 @@ async def run_drill(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
 
 
 async def verify(args: argparse.Namespace, load: Load, kills: list[Kill], redis: Any,
-                 store: Any, nodes: dict[str, Node]) -> dict[str, Any]:
+                 store: Any, nodes: dict[str, Node], stalls: LoopStalls) -> dict[str, Any]:
     """Wait for every acked order to be executed (bounded), then count and measure."""
     orders = await count_orders(load, redis, store, drain_timeout=args.drain_timeout)
     acked = load.acked()
@@ -228,12 +284,17 @@ async def verify(args: argparse.Namespace, load: Load, kills: list[Kill], redis:
         node.stop()
     taken = takeovers([nodes["primary"].log_path, nodes["backup"].log_path])
     for k in kills:
-        if (wall := taken.get(k.epoch_before + 1)) is not None:
-            k.takeover = k.at + (wall - k.at_wall)
+        if (seen := taken.get(k.epoch_before + 1)) is not None:
+            k.takeover, k.phases = k.at + (seen[0] - k.at_wall), seen[1]
+        if k.first_ack is not None:
+            k.client_stall_ms = stalls.within(k.at, k.first_ack)
     failover = [v for k in kills if (v := k.ms(k.first_ack)) is not None]
     takeover = [v for k in kills if (v := k.ms(k.takeover)) is not None]
     serve = [round(a - d, 1) for k in kills
              if (a := k.ms(k.first_ack)) is not None and (d := k.ms(k.takeover)) is not None]
+    work = [k.phases.work for k in kills if k.phases is not None]
+    silent = [k.phases.silent for k in kills if k.phases is not None]
+    client_stall = [k.client_stall_ms for k in kills if k.client_stall_ms is not None]
     latencies = [(r.done - r.sent) * 1000 for r in acked]
     executor = nodes["executor"].stats() or {}
     final_epoch = int(await redis.get(f"{PREFIX}:epoch") or 0)
@@ -244,6 +305,12 @@ async def verify(args: argparse.Namespace, load: Load, kills: list[Kill], redis:
         "takeover_ms_p50": percentile(takeover, 0.5),
         "takeover_ms_max": max(takeover, default=None),
         "serve_ms_p50": percentile(serve, 0.5), "serve_ms_max": max(serve, default=None),
+        "vote_silence_ms_p50": percentile(silent, 0.5),
+        "vote_silence_ms_max": max(silent, default=None),
+        "takeover_work_ms_p50": round1(percentile(work, 0.5)),
+        "takeover_work_ms_max": max(work, default=None),
+        "client_stall_ms_p50": round1(percentile(client_stall, 0.5)),
+        "client_stall_ms_max": max(client_stall, default=None),
         "failovers_measured": len(failover), "final_epoch": final_epoch,
         # Epochs beyond the first activation and one per kill: takeovers nobody provoked.
         "extra_takeovers": max(0, final_epoch - 1 - len(kills)),
@@ -262,7 +329,11 @@ async def verify(args: argparse.Namespace, load: Load, kills: list[Kill], redis:
         "backend_stats": {k: nodes[k].stats() for k in ("primary", "backup")},
         "per_kill": [{"n": k.n, "killed": k.role, "epoch_before": k.epoch_before,
                       "takeover_ms": k.ms(k.takeover), "failover_ms": k.ms(k.first_ack),
-                      "restart_ms": round(k.restart_s * 1000, 1)} for k in kills],
+                      "restart_ms": round(k.restart_s * 1000, 1),
+                      **({} if k.phases is None else {
+                          "vote_silence_ms": k.phases.silent, "epoch_ms": k.phases.epoch,
+                          "held_ms": k.phases.held, "open_ms": k.phases.open}),
+                      "client_stall_ms": k.client_stall_ms} for k in kills],
         **{k: orders[k] for k in ("acked_by_state", "lost_by_stored_state", "lost_detail",
                                   "acked_not_filled_ids")},
     }
@@ -293,6 +364,11 @@ def markdown(s: dict[str, Any], command: str) -> str:
         f"{dash(s['takeover_ms_max'])} |",
         f"| serve ms (takeover -> first ack) p50 / max | {dash(s['serve_ms_p50'])} / "
         f"{dash(s['serve_ms_max'])} |",
+        f"| in the takeover: peer silence at the vote / the node's own work ms, p50 / max | "
+        f"{dash(s['vote_silence_ms_p50'])} / {dash(s['vote_silence_ms_max'])}, "
+        f"{dash(s['takeover_work_ms_p50'])} / {dash(s['takeover_work_ms_max'])} |",
+        f"| the drill's own loop stalled, kill -> first ack, ms p50 / max | "
+        f"{dash(s['client_stall_ms_p50'])} / {dash(s['client_stall_ms_max'])} |",
         f"| epoch at the end / takeovers beyond one per kill | {s['final_epoch']} / "
         f"{s['extra_takeovers']} |",
         f"| load | {s['rate']:g} orders/s over {s['clients']} clients for {s['load_s']} s |",
@@ -309,9 +385,12 @@ def markdown(s: dict[str, Any], command: str) -> str:
         "",
     ]
     lines += markdown_table(
-        ["kill", "killed", "epoch before", "takeover ms", "failover ms", "restart ms"],
+        ["kill", "killed", "epoch before", "takeover ms", "failover ms", "silent at vote ms",
+         "epoch ms", "held ms", "open ms", "drill stall ms", "restart ms"],
         [[k["n"], k["killed"], k["epoch_before"], k["takeover_ms"], k["failover_ms"],
-          k["restart_ms"]] for k in s["per_kill"]])
+          dash(k.get("vote_silence_ms")), dash(k.get("epoch_ms")), dash(k.get("held_ms")),
+          dash(k.get("open_ms")), dash(k["client_stall_ms"]), k["restart_ms"]]
+         for k in s["per_kill"]])
     lines += ["", f"Client counters: {json.dumps(s['client_stats'])}",
               f"Reject reasons: {json.dumps(s['reject_reasons'])}",
               f"Acks by the state they carried: {json.dumps(s['acked_by_state'])}", ""]
@@ -330,6 +409,10 @@ def human(s: dict[str, Any]) -> str:
                                     f" / {dash(s['failover_ms_max'])}"),
         ("takeover ms p50/max", f"{dash(s['takeover_ms_p50'])} / {dash(s['takeover_ms_max'])}"),
         ("serve ms p50/max", f"{dash(s['serve_ms_p50'])} / {dash(s['serve_ms_max'])}"),
+        ("takeover work ms p50/max", f"{dash(s['takeover_work_ms_p50'])} / "
+                                     f"{dash(s['takeover_work_ms_max'])}"),
+        ("drill stall ms p50/max", f"{dash(s['client_stall_ms_p50'])} / "
+                                   f"{dash(s['client_stall_ms_max'])}"),
         ("extra takeovers", str(s["extra_takeovers"])),
         ("sent / acked", f"{s['sent']} / {s['acked']}"),
         ("rejected / timed out", f"{s['rejected']} / {s['timed_out']}"),

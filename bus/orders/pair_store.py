@@ -433,22 +433,32 @@ class PairStore:
         records it held (the old active's last writes: their reports may not have been sent).
         Raises ``Fenced``/``StoreError`` (the node then does not serve yet)."""
         held, last_batch = self.replica.backlog.newest(), self.replica.last_batch
-        now = time.time()
-        if held:
-            stored = await self.backing.get_many([r.order_id for r in held])
-            newest = [r for r in held if newer(r.decode(), stored.get(r.order_id))]
-            if newest:
-                # Under the new epoch: the Lua fence checks the writer's, not the record's.
-                await self.backing.write_behind(newest, epoch)
-                self.stats.reconciled += len(newest)
-                log.info("backend store: %d records of the old active written to Redis "
-                         "(%d held, the rest Redis had)", len(newest), len(held))
         # What the old active wrote to Redis alone after the last batch this node saw.
-        since = (last_batch if last_batch is not None else now - self.index.window_s)
-        await self._load_index(since - CLOCK_MARGIN_S)
+        since = (last_batch if last_batch is not None else time.time() - self.index.window_s)
+        # The two are independent (the held records' client ids are in the index already),
+        # so they share the wait: the node serves nobody until both are done. Both run to
+        # their end (no write left running unowned); the first failure raises.
+        for outcome in await asyncio.gather(self._reconcile(held, epoch),
+                                            self._load_index(since - CLOCK_MARGIN_S),
+                                            return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
         self.replica.release()  # only now: until Redis has them, a retry starts over from them
         self.replicator = Replicator(secrets.token_hex(8), epoch)
         return [r.decode() for r in held]
+
+    async def _reconcile(self, held: list[EncodedOrder], epoch: int) -> None:
+        """Write the ``held`` records that are newer than Redis's, under ``epoch``."""
+        if not held:
+            return
+        stored = await self.backing.get_many([r.order_id for r in held])
+        newest = [r for r in held if newer(r.decode(), stored.get(r.order_id))]
+        if newest:
+            # Under the new epoch: the Lua fence checks the writer's, not the record's.
+            await self.backing.write_behind(newest, epoch)
+            self.stats.reconciled += len(newest)
+            log.info("backend store: %d records of the old active written to Redis "
+                     "(%d held, the rest Redis had)", len(newest), len(held))
 
     def deactivate(self) -> None:
         """Stepped down: this term's batches are the new active's business now (it holds

@@ -48,6 +48,7 @@ from bus.config import MeshConfig
 from bus.logutil import RateLimitedLog
 from bus.orders.beacon import HeartbeatThread
 from bus.orders.pair_store import PairStore
+from bus.sched import StartupNice
 from bus.sockets import (
     BACKEND_CLIENTS,
     BACKEND_EXECUTOR,
@@ -166,8 +167,10 @@ class BackendNode:
                  limits: Limits, pair: PairConfig | None = None,
                  store: OrderStore | None = None, stats_path: Path | None = None,
                  executor_id: str = "executor", redrive_s: float = 1.0,
-                 amend_timeout_s: float = 0.5, stall_budget_s: float = 0.25) -> None:
+                 amend_timeout_s: float = 0.5, stall_budget_s: float = 0.25,
+                 startup: StartupNice | None = None) -> None:
         self.role = role
+        self.startup = startup
         self.amend_timeout_s = amend_timeout_s
         self.executor_id = executor_id.encode()
         self.redrive_s = redrive_s
@@ -211,6 +214,9 @@ class BackendNode:
         self._reload_pending = False  # a takeover could not read the open orders yet
         # Orders whose last write of decided entries failed: the store may have them anyway.
         self._unsure: set[str] = set()
+        # When this node last asked for the epoch, and how long its peer had been silent then
+        # (the takeover's log line splits the takeover with them).
+        self._vote = (0.0, 0.0)
         self._ignored = RateLimitedLog(log, f"backend {role.value}: report ignored")
         self.clients = open_socket(ctx, BACKEND_CLIENTS, bind=endpoints.clients)
         self.executor = open_socket(ctx, BACKEND_EXECUTOR, bind=endpoints.executor)
@@ -254,6 +260,8 @@ class BackendNode:
                 self.stats.malformed += 1
                 self._bad.warning("peer heartbeat: %s", exc.reason)
                 continue
+            if self.star.state is State.PASSIVE:
+                self._started()
             await self._effects(effects)
 
     # -- what the pair store asks (PairView) ------------------------------------------------
@@ -263,6 +271,12 @@ class BackendNode:
 
     def peer_ready(self) -> bool:
         return self.star.peer_passive(time.monotonic())
+
+    def _started(self) -> None:
+        """Start-up is over (passive: the active's batches come; or taking over): back to the
+        normal priority, if the node started at a lower one (``bus.sched.start_niced``)."""
+        if self.startup is not None and self.startup.lowered:
+            self.startup.restore()
 
     async def _store_fenced(self, current: int) -> None:
         # Not counted in stats.fenced: the write waiting for it is, as a FENCED answer.
@@ -290,6 +304,12 @@ class BackendNode:
         for e in effects:
             match e:
                 case AcquireEpoch(expected):
+                    self._started()
+                    now = time.monotonic()
+                    star = self.star
+                    heard = (star.started if star.peer_state is None  # never: since start
+                             else star.peer_expiry - star.config.peer_timeout_s)
+                    self._vote = (now, now - heard)
                     try:
                         won, epoch = await self.store.acquire_epoch(expected)
                     except StoreError as exc:
@@ -320,16 +340,27 @@ class BackendNode:
             self._reload_pending = True
 
     async def _reload(self, epoch: int) -> None:
+        began = time.monotonic()
+        # The first batch of new orders needs the last tick of its symbols: read them while
+        # the store work below runs, not after it (a cold read, on a connection the passive
+        # node never used, took 2-46 ms in the backend drill).
+        self._spawn(self._warm_quotes())
+        held_s = 0.0
         if self.pair_store is not None and self.pair_store.replicator is None:
             # What this node holds of the old active goes to Redis first (where newer), so
             # the open orders read next are the pair's, not only what Redis had.
             held = await self.pair_store.activate(epoch)
+            held_s = time.monotonic() - began
             if held:
                 self._spawn(self._report_again(held))
         self.service.reload(await self.store.open_orders())
         self._reload_pending = False
-        log.info("backend %s: active at epoch %d with %d open orders", self.role.value, epoch,
-                 len(self.orders))
+        voted, silent_s = self._vote
+        log.info("backend %s: active at epoch %d with %d open orders (peer silent %.1f ms at "
+                 "the vote; epoch %.1f, held records %.1f, open orders %.1f ms)",
+                 self.role.value, epoch, len(self.orders), silent_s * 1000,
+                 (began - voted) * 1000, held_s * 1000,
+                 (time.monotonic() - began - held_s) * 1000)
         for order in self.orders.values():
             if order.state is OrderState.ACCEPTED:
                 # Stored by an older version between its two writes: route it now.
@@ -337,6 +368,15 @@ class BackendNode:
                 await self.store.write(order, epoch)
                 self.orders.put(order)
         await self._redrive_once(force=True)
+
+    async def _warm_quotes(self) -> None:
+        """Read the last tick of every symbol into the quote cache (store trouble is left to
+        the orders that need one)."""
+        for symbol in sorted(self.limits.symbols):
+            try:
+                await self._quotes.get(symbol)
+            except StoreError:
+                return
 
     async def handover(self) -> None:
         """Operator command: give the active role to the peer (``kill -USR2`` on the node)."""
@@ -901,6 +941,11 @@ class BackendNode:
             self.star.epoch = await self.store.current_epoch()
         except StoreError as exc:
             log.warning("backend %s: store epoch unknown at start (%s)", self.role.value, exc)
+        try:
+            # A connection to the tick store now, not at the first order after a takeover.
+            await self.ticks.ping()
+        except StoreError as exc:
+            log.warning("backend %s: tick store not reached at start (%s)", self.role.value, exc)
         tasks = [asyncio.create_task(self._redrive(), name="redrive"),
                  asyncio.create_task(self._heartbeats(), name="heartbeats"),
                  asyncio.create_task(self._pending_notices(), name="pending notices"),
@@ -956,8 +1001,8 @@ def _client_id(identity: bytes) -> str:
         return ""
 
 
-def backend_from_config(cfg: MeshConfig, role: Role, stats_path: Path | None = None
-                        ) -> BackendNode:
+def backend_from_config(cfg: MeshConfig, role: Role, stats_path: Path | None = None, *,
+                        startup: StartupNice | None = None) -> BackendNode:
     """The backend node of ``role`` as the mesh file's [orders] section describes it."""
     o = cfg.orders
     i = 0 if role is Role.PRIMARY else 1
@@ -970,7 +1015,7 @@ def backend_from_config(cfg: MeshConfig, role: Role, stats_path: Path | None = N
                       cold_start_s=o.cold_start_ms / 1000)
     return BackendNode(cfg, role, ends, limits=limits, pair=pair, stats_path=stats_path,
                        executor_id=o.executor_id, amend_timeout_s=o.amend_timeout_ms / 1000,
-                       stall_budget_s=o.stall_budget_ms / 1000)
+                       stall_budget_s=o.stall_budget_ms / 1000, startup=startup)
 
 
 __all__ = ["BackendEndpoints", "BackendNode", "backend_from_config"]

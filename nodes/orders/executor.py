@@ -120,6 +120,8 @@ class ExecutorStats:
     replaces: int = 0
     amends_refused: int = 0  # replace requests the order could no longer take
     replays: int = 0  # entries sent again to a backend that lagged
+    rounds: int = 0  # rounds of proposals sent (each awaited as one)
+    proposed: int = 0  # entries proposed
     conflicts: int = 0  # proposals that lost to an entry decided elsewhere first
     refused: int = 0  # proposals the backend did not decide (not active, store away, ...)
     unanswered: int = 0  # proposals with no answer within DECISION_TIMEOUT_S
@@ -491,6 +493,8 @@ class ExecutorNode:
         could not be sent, or no answer came within ``DECISION_TIMEOUT_S``)."""
         if not steps:
             return []
+        self.stats.rounds += 1
+        self.stats.proposed += len(steps)
         pending = _Round({(e.order_id, e.seq) for _, e in steps})
         for key in pending.keys:
             self._rounds[key] = pending

@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 
 from bus.config import SchedSection, parse_config
-from bus.sched import apply_realtime, policy_of, realtime_permitted
+from bus.sched import (
+    STARTUP_NICE,
+    apply_realtime,
+    policy_of,
+    realtime_permitted,
+    renice_permitted,
+)
 from protocols.errors import ConfigError
 from tests.support import wait_until_sync
 
@@ -161,3 +167,49 @@ def test_a_node_asked_for_realtime_it_may_not_have_exits_2_with_the_fix(tmp_path
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2, proc.stderr
     assert "tickmesh: " in proc.stderr and "may not use SCHED_FIFO" in proc.stderr
+
+
+# A starting node: lowered first thing, threads started after (ZeroMQ's I/O thread), then
+# restored; every thread's nice value at both points.
+STARTUP_CHILD = """
+import json, os
+from bus.sched import start_niced
+
+def nices():
+    return sorted(os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir("/proc/self/task"))
+
+startup = start_niced()
+import zmq
+ctx = zmq.Context()
+sock = ctx.socket(zmq.PUB)
+sock.bind("tcp://127.0.0.1:*")
+during = nices()
+startup.restore()
+startup.restore()  # idempotent
+print(json.dumps({"during": during, "after": nices(), "threads": len(during)}))
+sock.close(0)
+ctx.term()
+"""
+RENICE = pytest.mark.skipif(not renice_permitted(os.getpriority(os.PRIO_PROCESS, 0)),
+                            reason="needs CAP_SYS_NICE or an RLIMIT_NICE that allows it")
+
+
+@RENICE
+def test_a_starting_process_runs_at_the_lowest_priority_until_restored() -> None:
+    normal = os.getpriority(os.PRIO_PROCESS, 0)
+    proc = _run_child(STARTUP_CHILD)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["threads"] >= 2  # the main thread and ZeroMQ's I/O thread(s), started later
+    assert out["during"] == [min(19, normal + STARTUP_NICE)] * out["threads"]
+    assert out["after"] == [normal] * out["threads"]
+
+
+@CAN_DROP
+def test_a_process_that_could_not_raise_its_priority_again_is_not_lowered() -> None:
+    # Without CAP_SYS_NICE and with RLIMIT_NICE 0 a nice value, once raised, stays raised.
+    proc = _run_child(STARTUP_CHILD, prefix=(*NO_SYS_NICE, "prlimit", "--nice=0"))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    normal = os.getpriority(os.PRIO_PROCESS, 0)
+    assert out["during"] == out["after"] == [normal] * out["threads"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -15,6 +16,7 @@ import zmq
 import zmq.asyncio
 
 from bus.config import MeshConfig, MeshSection, OrdersSection, RedisSection
+from bus.sched import renice_permitted
 from bus.store.orders import OrderStore, RedisOrderStore, WriteOutcome
 from bus.store.ticks import CheckpointRun, QuoteCache, RedisTickStore
 from nodes.drills.procs import Node
@@ -655,6 +657,9 @@ def test_backup_takes_over_when_the_primary_dies(redis_server: RedisProcess,
         await wait_until(acked, 3, "the backup's ack")
         assert backup.star.serving and backup.star.epoch == 2
         assert backup.stats.takeovers == 1
+        # The takeover read the last tick of every symbol, not only of the order's (EURUSD):
+        # the first batch after a takeover finds them cached.
+        await wait_until(lambda: "GBPUSD" in backup._quotes._read, 2, "GBPUSD's quote read")
         # The order placed before the failover is still known (idempotent retry).
         again = await p.request(Role.BACKUP, order("c1"))
         assert isinstance(again, OrderAck)
@@ -742,6 +747,41 @@ def test_cli_pair_fails_over_when_the_primary_is_killed(redis_server: RedisProce
                 assert again.order_id == first.order_id  # a retry, not a second order
         finally:
             p.ctx.term()
+    run(main())
+
+
+def _thread_nices(pid: int) -> list[int]:
+    """The nice value of every thread of process ``pid`` (field 19 of its stat lines)."""
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat") as stat:
+            out.append(int(stat.read().rsplit(")", 1)[1].split()[16]))
+    return out
+
+
+@pytest.mark.skipif(not renice_permitted(os.getpriority(os.PRIO_PROCESS, 0)),
+                    reason="needs CAP_SYS_NICE or an RLIMIT_NICE that allows it")
+def test_cli_backends_start_at_the_lowest_priority_and_leave_it_once_in_the_pair(
+        redis_server: RedisProcess, tmp_path: Path) -> None:
+    """A starting backend yields the CPU (a restarted one competes with its peer's takeover)
+    and is back at the normal priority, every thread of it, once active or passive."""
+    eps = {name: (tcp(), tcp())
+           for name in ("clients", "peers", "updates", "executor", "replicas")}
+    cfg = MeshConfig(mesh=MeshSection(key_prefix="bk"), redis=RedisSection(url=redis_server.url),
+                     orders=OrdersSection(enabled=True, symbols=("EURUSD",), **eps)).validate()
+    normal = os.getpriority(os.PRIO_PROCESS, 0)
+
+    async def main() -> None:
+        await seed_tick(cfg)
+        with node_processes(tmp_path) as children:
+            toml = children.config(cfg)
+            procs = [await children.start(role, ["backend", "--role", role], toml)
+                     for role in ("primary", "backup")]
+            await wait_until(lambda: sorted((n.stats() or {}).get("state", "") for n in procs)
+                             == ["active", "passive"], 10, "one active, one passive")
+            for node in procs:
+                assert _thread_nices(node.pid) == [normal] * len(_thread_nices(node.pid))
+                assert "start-up over: back to nice" in node.log_path.read_text()
     run(main())
 
 
@@ -936,7 +976,11 @@ def test_requests_in_service_when_the_node_steps_down_keep_their_dispatch_epoch(
     since (that would write past fencing); a request that arrives after is NOT_ACTIVE."""
     async def main() -> None:
         # No time bound: the second order queues behind the held first however late it comes.
-        async with pair(redis_server, deadline_ms=10_000, max_queue_ms=60_000.0) as p:
+        # Written to Redis before the ack (replicate=False): held in that write. (With the
+        # pair store a write waits in the term's backlog, and a step-down ends the term: its
+        # unacknowledged batches are answered FENCED, retryable, never written under it.)
+        async with pair(redis_server, deadline_ms=10_000, max_queue_ms=60_000.0,
+                        replicate=False) as p:
             primary = p.node(Role.PRIMARY)
             await wait_active(primary)
             taken_at = primary.star.epoch
