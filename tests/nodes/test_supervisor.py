@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -55,6 +56,18 @@ def up(tmp_path: Path, *args: str, feeds: int = 1) -> subprocess.Popen[str]:
            "--run-dir", str(tmp_path / "run"), "--json", "--log-level", "WARNING", *args]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def stop_all(proc: subprocess.Popen[str], tmp_path: Path) -> None:
+    """After a failed test, ``up`` still running: kill it and every node it started
+    (SIGKILLed, ``up`` cannot stop them, and they would run on beside the next tests). A
+    finished ``up`` stopped its nodes itself (and their pids may be reused by now)."""
+    if proc.poll() is not None:
+        return
+    proc.kill()
+    for pid in pids(tmp_path).values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def pids(tmp_path: Path) -> dict[str, int]:
@@ -134,8 +147,7 @@ def test_interrupt_stops_every_node(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         rc, s = finish(proc, 30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop_all(proc, tmp_path)
     assert rc == 0, json.dumps(s)
     assert all(not alive(p) for p in children)
 
