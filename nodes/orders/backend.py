@@ -212,7 +212,8 @@ class BackendNode:
         self._requests: set[asyncio.Task[None]] = set()
         self._quotes = QuoteCache(self.ticks, QUOTE_TTL_S, stale_s=cfg.redis.deadline_ms / 1000)
         self._reload_pending = False  # a takeover could not read the open orders yet
-        # Orders whose last write of decided entries failed: the store may have them anyway.
+        # Orders whose last write of decided entries failed: the store may have them anyway
+        # (bounded by the open orders: each is proposed again, and then read and dropped).
         self._unsure: set[str] = set()
         # When this node last asked for the epoch, and how long its peer had been silent then
         # (the takeover's log line splits the takeover with them).
@@ -808,6 +809,10 @@ class BackendNode:
                 continue
             try:
                 await self._decide_entries(proposals)
+            except Fenced as exc:  # a newer epoch decides: this node steps down
+                self.stats.fenced += 1
+                await self._effects(self.star.on_fenced(exc.current, time.monotonic()))
+                await self._refuse_entries(proposals, EntryRefusal.NOT_ACTIVE)
             except StoreError as exc:  # nothing decided: the executor proposes again
                 log.warning("backend %s: %d entries not decided: %s", self.role.value,
                             len(proposals), exc)
@@ -857,16 +862,13 @@ class BackendNode:
         if decided:
             try:
                 await self.store.write_batch(list(changed.values()), epoch, decided)
+            except Fenced:
+                raise
             except StoreError:
                 # Redis may have run the write and lost its reply: read these orders from it
                 # before judging them again (the pair store holds them: it answers the same).
                 self._unsure.update(changed)
                 raise
-            except Fenced as exc:
-                self.stats.fenced += 1
-                await self._effects(self.star.on_fenced(exc.current, time.monotonic()))
-                await self._refuse_entries(proposals, EntryRefusal.NOT_ACTIVE)
-                return
         now = time.monotonic()
         for entry in decided:
             self.stats.reports += 1

@@ -29,6 +29,7 @@ from protocols.orders.codec import decode_order, encode_order
 from protocols.orders.lifecycle import OrderState
 from protocols.orders.messages import (
     CancelOrder,
+    EntryRefusal,
     EntryRefused,
     ExecutionReport,
     NewOrder,
@@ -1079,4 +1080,41 @@ def test_memory_follows_the_open_orders(redis_server: RedisProcess) -> None:
             assert len(primary.orders) == 0 and primary.service.in_service() == 0
             assert len(primary._account_locks) == 0
             assert primary.collect()["records"] == 0
+    run(main())
+
+
+def test_a_proposed_fill_whose_write_is_fenced_steps_the_node_down_and_is_not_decided(
+        redis_server: RedisProcess) -> None:
+    """The epoch moved on behind the active node's back (acknowledged in Redis, replicate =
+    false): the write of a decided fill is fenced, nothing of it is stored, the node steps
+    down, and the executor is told NOT_ACTIVE (it asks the other backend next)."""
+    async def main() -> None:
+        async with pair(redis_server, replicate=False) as p:
+            primary = p.node(Role.PRIMARY)
+            await wait_active(primary)
+            ack = await p.request(Role.PRIMARY, order("fenced", price=1.08))  # rests
+            assert isinstance(ack, OrderAck)
+            await wait_until(lambda: len(p.executed) == 1, 3, "the order routed")
+            record = primary.orders.get(ack.order_id)
+            assert record is not None
+            reader = RedisOrderStore(p.cfg.redis.url, "bk")
+            executor = p.ctx.socket(zmq.DEALER)  # the executor's routing id: takes its place
+            executor.setsockopt(zmq.LINGER, 0)
+            executor.setsockopt(zmq.ROUTING_ID, b"executor")
+            executor.connect(p.ends[Role.PRIMARY].executor)
+            try:
+                current = await reader.current_epoch()
+                assert await reader.acquire_epoch(current) == (True, current + 1)
+                fill = record.fill_report(1.0, 1.08, seq=1, exec_id=f"{ack.order_id}:1")
+                await executor.send_multipart(encode_order(fill))
+                async with asyncio.timeout(scaled(3)):
+                    answer = decode_order(await executor.recv_multipart())
+                assert answer == EntryRefused(ack.order_id, 1, EntryRefusal.NOT_ACTIVE)
+                assert not primary.star.serving and primary.stats.fenced >= 1
+                assert await reader.executions(ack.order_id) == []
+                stored = await reader.get(ack.order_id)
+                assert stored is not None and stored.exec_seq == 0
+            finally:
+                executor.close(linger=0)
+                await reader.close()
     run(main())
