@@ -523,14 +523,17 @@ class ExecutorNode:
         False another entry holds its position (now in the view), None undecided."""
         if isinstance(answer, EntryRefused):
             self.stats.refused += 1
-            if answer.reason is EntryRefusal.NOT_ACTIVE and len(self.socks) > 1:
-                # Ask the other backend next time: the pair may have switched, and the
-                # re-drive of the new active node would come only later.
-                view.socket = (view.socket + 1) % len(self.socks)
+            if answer.reason is EntryRefusal.NOT_ACTIVE:
+                self._other_backend(view)
             self._refused.warning("order %s: entry %d not decided: %s (log at %d)",
                                   entry.order_id, entry.seq, answer.reason.name, answer.at)
             return None
         if answer is None:
+            # No answer (or not even sent): the backend may be dead. The new active node
+            # re-drives only orders still open in its records; one the dead node filled
+            # before answering is finished there, and asking the dead node again forever
+            # would leave it working here for good.
+            self._other_backend(view)
             return None
         self._take(view, [answer])
         # The entry there may be this executor's own earlier proposal, decided by a backend
@@ -551,6 +554,13 @@ class ExecutorNode:
             self.stats.rejects += 1
         elif entry.state is OrderState.CANCELLED:
             self.stats.cancels += 1
+
+    def _other_backend(self, view: _Order) -> None:
+        """Ask the other backend next time: the pair may have switched, and the re-drive of
+        the new active node would come only later (or, for an order it has finished, never).
+        A wrong guess costs one NOT_ACTIVE."""
+        if len(self.socks) > 1:
+            view.socket = (view.socket + 1) % len(self.socks)
 
     def _answered(self, msg: ExecutionReport | EntryRefused) -> None:
         """A backend's answer to a proposed entry (one nobody waits for any more is dropped:

@@ -406,6 +406,28 @@ def test_a_proposal_left_unanswered_is_decided_once(redis_server: RedisProcess,
             # Lost answers: the next proposal lost to the fill decided before, now known.
             assert node.stats.fills + node.stats.conflicts == 1
             assert node._done["u1"].entries == log_
+    run(redis_server, body, backends=1)
+
+
+def test_a_backend_that_stops_answering_is_left_for_the_other(
+        redis_server: RedisProcess) -> None:
+    """The order's backend died before it answered (here: it takes the proposals and never
+    answers): the next proposal goes to the other backend, which answers with what the pair
+    holds. An order the dead node had already filled is learnt that way (the new active node
+    re-drives only open orders), so it does not stay working here."""
+    async def body(rig: Rig) -> None:
+        await rig.tick(BID, ASK)
+        dead, other = rig.backends
+        async with rig.executor() as node:
+            await dead.order(routed("z1", Side.SELL, OrderType.LIMIT, 1.1010))
+            await wait_until(lambda: node.stats.resting == 1, 2, "the order to rest")
+            dead.lose = "answers"  # decides (the pair holds it), then dies unheard
+            await rig.tick(1.1010, 1.1012)
+            got = await other.report()
+            assert (got.order_id, got.state) == ("z1", OrderState.FILLED)
+            await wait_until(lambda: node.stats.resting == 0, 3, "the order finished here")
+            assert [e.seq for e in await rig.orders.executions("z1")] == [1]
+            assert node.stats.unanswered >= 1 and node.stats.fills == 1  # its own, late
     run(redis_server, body)
 
 
