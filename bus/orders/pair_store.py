@@ -33,6 +33,7 @@ from typing import Protocol
 import zmq
 import zmq.asyncio
 
+from bus.aio import wait_event
 from bus.logutil import RateLimitedLog
 from bus.sockets import REPLICA_CLIENT, REPLICA_SERVER, Sender, open_socket, recv_batch
 from bus.store.orders import RedisOrderStore, WriteOutcome, raise_for, with_entries
@@ -69,6 +70,7 @@ OPEN_READS = 5  # reads of the open orders while the write-behind keeps moving o
 # How long a batch waits for its confirmation while the peer's heartbeats still say PASSIVE
 # (one peer timeout without them, and it gives up at once).
 MAX_ACK_WAIT_S = 0.5
+RESYNC_LOOK_S = 0.1  # a batch waiting for Redis looks at the peer this often
 
 
 class PairView(Protocol):
@@ -125,6 +127,7 @@ class PairStore:
         self._to_active = Sender(self.server)
         self._acks: dict[int, asyncio.Future[bool]] = {}
         self._ack_timers: dict[int, asyncio.TimerHandle] = {}
+        self._resync_after = 0.0  # loop time before which no re-sync is tried
         self._flush_wanted = asyncio.Event()
         self._progress = asyncio.Event()  # replaced after every write-behind attempt
         self._flush_error: StoreError | None = None
@@ -269,18 +272,24 @@ class PairStore:
         if batch is not None and await self._replicate(rep, batch):
             self.stats.replicated += 1
             return
-        if batch is not None and self.node.peer_ready() and self.replicator is rep:
-            # Unconfirmed, yet the peer still beats as PASSIVE (a late ack, a busy loop): one
-            # more try, an empty batch numbered after this one. Out of sync it is a reset that
-            # carries this batch; in sync (another writer re-synced meanwhile) it follows it.
-            # Its confirmation covers this batch, so a passive that lags once does not leave
-            # the batch waiting for Redis (seconds, in a Sentinel switch).
-            again = rep.batch(rep.append(()), peer_ready=True)
-            if again is not None and await self._replicate(rep, again):
-                self.stats.resynced += 1
-                return
         self.stats.written_through += 1
         await self._wait_durable(rep, seq)
+
+    async def _resync(self, rep: Replicator) -> bool:
+        """While batches wait for Redis and the peer beats as PASSIVE (it missed a
+        confirmation, or is back from a stall): an empty batch numbered after them, a reset
+        out of sync, whose confirmation covers every one of them. True if confirmed. At
+        most one try a peer timeout, whoever waits (a refusal comes back at once)."""
+        now = asyncio.get_running_loop().time()
+        if (not self.node.peer_ready() or rep.in_sync or self.replicator is not rep
+                or now < self._resync_after):
+            return False
+        self._resync_after = now + self.ack_timeout_s
+        again = rep.batch(rep.append(()), peer_ready=True)
+        if again is not None and await self._replicate(rep, again):
+            self.stats.resynced += 1
+            return True
+        return False
 
     async def _replicate(self, rep: Replicator, batch: ReplicaBatch) -> bool:
         """Send ``batch`` and wait for the passive node's confirmation (False: none came)."""
@@ -306,6 +315,9 @@ class PairStore:
     def _unconfirmed(self, rep: Replicator, seq: int, done: asyncio.Future[bool],
                      waited: float) -> None:
         if done.done():
+            return
+        if rep.flushed >= seq:  # in Redis meanwhile: durable without the peer's word
+            done.set_result(False)
             return
         if self.node.peer_ready() and waited < MAX_ACK_WAIT_S and self.replicator is rep:
             # No confirmation in a peer timeout, yet the peer still beats as PASSIVE (its
@@ -338,12 +350,20 @@ class PairStore:
             self._acks.pop(seq, None)
 
     async def _wait_durable(self, rep: Replicator, seq: int) -> None:
+        """Return once batch ``seq`` is durable: in Redis, or held by a passive node that
+        is back (:meth:`_resync`: a batch waiting for Redis through a Sentinel switch held
+        everything queued behind it for the switch). The write-behind's failure raises."""
         while not rep.durable(seq):
             if self.replicator is not rep:
                 raise Fenced(rep.epoch, self.node.pair_state()[1])
+            if await self._resync(rep):
+                continue
             progress = self._progress
             self._flush_wanted.set()
-            await progress.wait()
+            # Woken by the write-behind's next attempt, or after a while to look at the peer
+            # again (an attempt rides through Redis's failover for seconds).
+            if not await wait_event(progress, RESYNC_LOOK_S):
+                continue
             error = self._flush_error
             if error is not None and not rep.durable(seq):
                 raise error

@@ -15,10 +15,11 @@ Rules (the "Execute" flow of docs/ORDERS.md):
   go on through a Redis switch. The backend answers with the entry itself (decided), with the
   entry that holds the position already (the proposal lost to another decider: a restarted
   executor, a racing cancel; it is folded in and the order decided again from there), or with
-  an ``EntryRefused`` (not decided: a NOT_ACTIVE one sends the order's next proposal to the
-  other backend). So an order is executed at most once per position however often it
-  arrives, and a restarted executor continues from the pair's record of it. The executor
-  writes nothing to Redis; it reads there the orders it does not know and their logs.
+  an ``EntryRefused`` (not decided: a NOT_ACTIVE one, or no answer at all, sends the order's
+  next proposal to the other backend). So an order is executed at most once per position
+  however often it arrives, and a restarted executor continues from the pair's record of it.
+  The executor writes nothing to Redis; it reads there the orders it does not know and their
+  logs.
 * Batches: one reader per backend socket passes the backend's answers at once to the round
   waiting for them and queues orders and requests (bounded) for the socket's worker, which
   takes every one queued (at most ``BATCH``), decides each (``protocols.orders.execution.Batch``:
