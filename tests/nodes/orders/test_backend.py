@@ -814,8 +814,11 @@ def test_invalid_fields_get_their_reject_reason(redis_server: RedisProcess, fiel
 
 
 def test_store_unavailable_is_a_retryable_reject(redis_server: RedisProcess) -> None:
+    """Acknowledged in Redis (replicate = false, or no passive node): with the store away past
+    its deadline an order is refused, retryable. (Replicated, the pair acknowledges it:
+    test_e2e's store-away test.)"""
     async def main() -> None:
-        async with pair(redis_server) as p:
+        async with pair(redis_server, replicate=False) as p:
             await wait_active(p.node(Role.PRIMARY))
             # The store goes away (a clean stop keeps its AOF, so the seeded tick survives).
             redis_server.stop()
