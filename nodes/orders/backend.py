@@ -35,7 +35,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -878,9 +878,7 @@ class BackendNode:
             await self._relay(entry, self.service.applied(entry, changed[entry.order_id], now))
         for entry in taken:  # durable: the write above (or, with none, an earlier one) was
             await self._answer_executor(await self._entry_at(entry))
-        for refusal in refused:
-            self.stats.entries_refused += 1
-            await self._answer_executor(refusal)
+        await self._refuse(refused)
 
     async def _resync(self, oid: str) -> Order | None:
         """The record of an order whose last write failed, as the store has it; entries the
@@ -916,9 +914,12 @@ class BackendNode:
 
     async def _refuse_entries(self, proposals: list[ExecutionReport],
                               reason: EntryRefusal) -> None:
-        for entry in proposals:
+        await self._refuse(EntryRefused(e.order_id, e.seq, reason) for e in proposals)
+
+    async def _refuse(self, refusals: Iterable[EntryRefused]) -> None:
+        for refusal in refusals:
             self.stats.entries_refused += 1
-            await self._answer_executor(EntryRefused(entry.order_id, entry.seq, reason))
+            await self._answer_executor(refusal)
 
     async def _answer_executor(self, msg: ExecutionReport | EntryRefused) -> None:
         """An answer to a proposed entry; an executor gone meanwhile proposes it again."""

@@ -239,12 +239,18 @@ class ExecutorNode:
 
     async def handle(self, batch: Sequence[list[bytes]], socket: int) -> None:
         """Serve one batch of messages from the backend behind ``self.socks[socket]``."""
-        msgs = [msg for msg in map(self._decode, batch) if msg is not None]
-        answers = [m for m in msgs if isinstance(m, (ExecutionReport, EntryRefused))]
-        for answer in answers:
-            self._answered(answer)
-        await self.serve([m for m in msgs if not isinstance(m, (ExecutionReport, EntryRefused))],
-                         socket)
+        await self.serve(self._sort(batch), socket)
+
+    def _sort(self, batch: Sequence[list[bytes]]) -> list[Order | ExecutorRequest]:
+        """The orders and requests of ``batch`` to decide; an answer to a proposed entry goes
+        to the round waiting for it at once, a malformed message is counted and dropped."""
+        work: list[Order | ExecutorRequest] = []
+        for msg in map(self._decode, batch):
+            if isinstance(msg, (ExecutionReport, EntryRefused)):
+                self._answered(msg)
+            elif msg is not None:
+                work.append(msg)
+        return work
 
     async def serve(self, msgs: Sequence[Order | ExecutorRequest], socket: int) -> None:
         """Decide the orders and requests of one batch and propose the decisions to their
@@ -651,13 +657,8 @@ class ExecutorNode:
         orders and requests queue for the socket's worker, bounded."""
         sock, inbox, ready = self.socks[socket], self._inboxes[socket], self._inbox_ready[socket]
         while True:
-            for frames in await recv_batch(sock, BATCH):
-                msg = self._decode(frames)
-                if isinstance(msg, (ExecutionReport, EntryRefused)):
-                    self._answered(msg)
-                elif msg is None:
-                    continue
-                elif len(inbox) >= MAX_INBOX:
+            for msg in self._sort(await recv_batch(sock, BATCH)):
+                if len(inbox) >= MAX_INBOX:
                     self.stats.dropped += 1
                     self._ignored.warning("order %s dropped: %d messages wait already",
                                           msg.order_id, len(inbox))

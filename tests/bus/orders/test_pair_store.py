@@ -115,6 +115,19 @@ async def linked(a: Node, b: Node, epoch: int) -> None:
     await wait_until(confirmed, 5, "the link up")
 
 
+async def in_redis_then_away(a: Node, b: Node, reader: RedisOrderStore,
+                             redis_server: RedisProcess, order_id: str) -> tuple[int, Order]:
+    """A active, linked to B, a record of ``order_id`` written and in Redis; then Redis
+    stopped. The epoch and the record."""
+    epoch = await make_active(a)
+    await linked(a, b, epoch)
+    record = rec(order_id, f"c-{order_id}", epoch)
+    await a.store.write_batch([record], epoch)
+    await wait_until(lambda: reader.get(order_id), 5, f"{order_id} written behind")
+    await asyncio.to_thread(redis_server.stop)
+    return epoch, record
+
+
 def rec(order_id: str, coid: str, epoch: int, exec_seq: int = 0) -> Order:
     return replace(order(order_id, coid, epoch), state=OrderState.ROUTED, exec_seq=exec_seq)
 
@@ -284,14 +297,9 @@ def test_the_active_dies_with_write_behind_not_in_redis_and_the_new_active_write
     over, under its epoch, before it serves; a record Redis has newer is kept."""
     async def main() -> None:
         async with two_stores(redis_server) as (a, b, reader):
-            epoch = await make_active(a)
-            await linked(a, b, epoch)
-            older = rec("o-old", "c-old", epoch)
-            await a.store.write_batch([older], epoch)
-            await wait_until(lambda: reader.get("o-old"), 5, "o-old written behind")
-            await asyncio.to_thread(redis_server.stop)
+            epoch, older = await in_redis_then_away(a, b, reader, redis_server, "o-old")
             lost = rec("o-lost", "c-lost", epoch)
-            stale = rec("o-old", "c-old", epoch, exec_seq=0)  # a version Redis will beat
+            stale = rec("o-old", "c-o-old", epoch, exec_seq=0)  # a version Redis will beat
             await a.store.write_batch([lost, stale], epoch)
             a.stop()  # killed: its write-behind never runs
             await asyncio.to_thread(redis_server.start)
@@ -317,18 +325,12 @@ def test_decided_log_entries_survive_the_active_with_redis_away_and_reach_redis_
     the newest record, and the log holds each entry once."""
     async def main() -> None:
         async with two_stores(redis_server) as (a, b, reader):
-            epoch = await make_active(a)
-            await linked(a, b, epoch)
-            routed = rec("o-f", "c-f", epoch)
-            await a.store.write_batch([routed], epoch)
-            await wait_until(lambda: reader.get("o-f"), 5, "o-f written behind")
-            await asyncio.to_thread(redis_server.stop)
+            epoch, routed = await in_redis_then_away(a, b, reader, redis_server, "o-f")
             first = logged_fill(routed, 1)
-            record = routed.apply(first, epoch=epoch, now_ns=5)
-            second = logged_fill(record, 2)
-            record = record.apply(second, epoch=epoch, now_ns=6)
-            await a.store.write_batch([routed.apply(first, epoch=epoch, now_ns=5)], epoch,
-                                      [first])
+            after_first = routed.apply(first, epoch=epoch, now_ns=5)
+            second = logged_fill(after_first, 2)
+            record = after_first.apply(second, epoch=epoch, now_ns=6)
+            await a.store.write_batch([after_first], epoch, [first])
             await a.store.write_batch([record], epoch, [second])  # both acknowledged
             assert a.store.held("o-f") == record
             assert await a.store.executions("o-f") == [first, second]  # held, not in Redis
