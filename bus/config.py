@@ -298,7 +298,56 @@ class OrdersSection:
         _positive(f"{key}.max_queue_ms", self.max_queue_ms, "e.g. max_queue_ms = 10")
 
 
-NodeKind = Literal["feed", "recovery", "subscriber", "monitor", "backend", "executor", "trader"]
+HistoryStoreKind = Literal["duckdb", "clickhouse"]
+
+
+@dataclass(frozen=True, slots=True)
+class HistorySection:
+    """History (docs/HISTORY.md): where the historian writes and readers read.
+
+    ``store = "duckdb"`` (the embedded default) keeps everything in the file ``duckdb_path``;
+    ``"clickhouse"`` writes every batch to each server of ``clickhouse`` (host:port of the
+    native protocol; two make the active-passive pair, the first is the active reader) and
+    spools what a dead server missed in the DuckDB file ``spool_path``. A batch is written
+    once it holds ``batch_rows`` rows or is ``batch_ms`` old. ``stream_cap`` bounds the order
+    store's history stream in Redis (the retention the historian backfills orders from).
+    """
+
+    enabled: bool = True
+    store: HistoryStoreKind = "duckdb"
+    duckdb_path: str = "run/history.duckdb"
+    clickhouse: tuple[str, ...] = ("127.0.0.1:9000", "127.0.0.1:9001")
+    database: str = "tickmesh"
+    spool_path: str = "run/history-spool.duckdb"
+    batch_rows: int = 50_000
+    batch_ms: float = 200.0
+    connect_timeout_s: float = 0.25
+    receive_timeout_s: float = 2.0
+    stream_cap: int = 1_000_000
+
+    def validate(self, key: str) -> None:
+        if self.store == "clickhouse":
+            if not 1 <= len(self.clickhouse) <= 2:
+                raise ConfigError(f"{key}.clickhouse",
+                                  f"must name 1 or 2 servers, got {len(self.clickhouse)}",
+                                  'e.g. clickhouse = ["127.0.0.1:9000", "127.0.0.1:9001"]')
+            for i, hp in enumerate(self.clickhouse):
+                parse_hostport(f"{key}.clickhouse[{i}]", hp)
+            if not self.spool_path:
+                raise ConfigError(f"{key}.spool_path", "must name a file",
+                                  'e.g. spool_path = "run/history-spool.duckdb"')
+        elif not self.duckdb_path:
+            raise ConfigError(f"{key}.duckdb_path", "must name a file",
+                              'e.g. duckdb_path = "run/history.duckdb"')
+        _positive(f"{key}.batch_rows", self.batch_rows, "e.g. batch_rows = 50000")
+        _positive(f"{key}.batch_ms", self.batch_ms, "e.g. batch_ms = 200")
+        _positive(f"{key}.connect_timeout_s", self.connect_timeout_s, "e.g. 0.25")
+        _positive(f"{key}.receive_timeout_s", self.receive_timeout_s, "e.g. 2.0")
+        _positive(f"{key}.stream_cap", self.stream_cap, "e.g. stream_cap = 1000000")
+
+
+NodeKind = Literal["feed", "recovery", "subscriber", "monitor", "backend", "executor", "trader",
+                   "historian"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +382,7 @@ class MeshConfig:
     subscriber: SubscriberSection = field(default_factory=SubscriberSection)
     orders: OrdersSection = field(default_factory=OrdersSection)
     sched: SchedSection = field(default_factory=SchedSection)
+    history: HistorySection = field(default_factory=HistorySection)
 
     def validate(self) -> MeshConfig:
         self.redis.validate("redis")
@@ -354,6 +404,7 @@ class MeshConfig:
         self.subscriber.validate("subscriber")
         self.orders.validate("orders")
         self.sched.validate("sched")
+        self.history.validate("history")
         return self
 
     def feed(self, name: str) -> FeedSection:
@@ -430,7 +481,7 @@ _SECTIONS: dict[str, tuple[type[Any], bool]] = {
     "mesh": (MeshSection, False), "redis": (RedisSection, False),
     "feeds": (FeedSection, True), "recovery": (RecoverySection, True),
     "subscriber": (SubscriberSection, False), "orders": (OrdersSection, False),
-    "sched": (SchedSection, False),
+    "sched": (SchedSection, False), "history": (HistorySection, False),
 }
 
 
