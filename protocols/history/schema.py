@@ -25,6 +25,7 @@ ClickHouse (REFERENCES.md section 4):
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -261,7 +262,7 @@ class Columns:
         if len(cuts) == 1:
             return [self]
         cuts.append(len(times))
-        return [self.slice(lo, hi) for lo, hi in zip(cuts, cuts[1:], strict=False)]
+        return [self.slice(lo, hi) for lo, hi in itertools.pairwise(cuts)]
 
     def above(self, marks: Mapping[str, int]) -> Columns:
         """The rows whose watermark position is above ``marks`` of their group (absent: all)."""
