@@ -14,23 +14,15 @@ from protocols.history.report import (
     latency_report,
     performance_report,
 )
-from protocols.history.schema import TABLES, Columns, ColumnType, Table
+from protocols.history.schema import Columns, Table
 from protocols.orders.lifecycle import OrderState
 from protocols.orders.messages import Side
+from tests.protocols.history.rows import columns
 
 MS = 1_000_000
 H14 = 1_796_133_600 * 10**9  # 2026-12-01T14:00:00Z
 H15 = H14 + 3600 * 10**9
 B, S = int(Side.BUY), int(Side.SELL)
-
-
-def columns(table: Table, rows: list[dict[str, Any]]) -> Columns:
-    """Rows given by the columns that matter; the others are zero or empty."""
-    zero = {ColumnType.STRING: "", ColumnType.FLOAT64: 0.0}
-    out = Columns(table)
-    for r in rows:
-        out.append([r.get(c.name, zero.get(c.type, 0)) for c in TABLES[table].columns])
-    return out
 
 
 def order(oid: str, account: str, symbol: str, side: int, sent: int, updated: int, src: int,

@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocols.history import schema
-from protocols.history.schema import NS_PER_S, TABLES, Columns, Table, partition_of
+from protocols.history.schema import (
+    NS_PER_S,
+    TABLES,
+    Columns,
+    Table,
+    partition_of,
+)
+from tests.protocols.history.rows import columns
 
 
 def ns(d: datetime) -> int:
@@ -115,10 +122,7 @@ def test_above_and_marks_per_group() -> None:
 def test_above_and_marks_without_groups() -> None:
     spec = TABLES[Table.EXECUTIONS]
     assert spec.group == ""
-    cols = Columns(Table.EXECUTIONS)
-    for src in (4, 9, 7):
-        cols.append([src if c.name == "src" else (0 if c.type.duckdb != "VARCHAR" else "")
-                     for c in spec.columns])
+    cols = columns(Table.EXECUTIONS, [{"src": src} for src in (4, 9, 7)])
     assert cols.marks() == {"": 9}
     assert cols.above({"": 4}).column("src") == [9, 7]
     assert cols.above({}).column("src") == [4, 9, 7]
