@@ -53,6 +53,9 @@ class ColumnType(Enum):
     """A column's type, spelled for each engine."""
 
     STRING = ("String", "VARCHAR")
+    # Raw bytes (an encoded message): ClickHouse's String holds any bytes, DuckDB's VARCHAR
+    # only valid UTF-8, so binary columns are BLOB there.
+    BYTES = ("String", "BLOB")
     UINT64 = ("UInt64", "UBIGINT")
     UINT32 = ("UInt32", "UINTEGER")
     INT8 = ("Int8", "TINYINT")
@@ -104,6 +107,7 @@ class TableSpec:
 
 
 _S = ColumnType.STRING
+_B = ColumnType.BYTES
 _U64 = ColumnType.UINT64
 _U32 = ColumnType.UINT32
 _I8 = ColumnType.INT8
@@ -144,7 +148,7 @@ TABLES: Mapping[Table, TableSpec] = {
               ("client_order_id", _S), ("symbol", _S), ("side", _I8), ("type", _I8),
               ("quantity", _F), ("price", _F), ("state", _I8), ("filled_quantity", _F),
               ("avg_price", _F), ("exec_seq", _U32), ("epoch", _U64), ("sent_ns", _U64),
-              ("quote_bid", _F), ("quote_ask", _F), ("blob", _S)),
+              ("quote_bid", _F), ("quote_ask", _F), ("blob", _B)),
         key=("order_id", "updated_ns", "src"), group="", position="src", version="src",
         time="updated_ns"),
     # One row per entry of an order's execution log, keyed (order id, log position).
@@ -153,7 +157,7 @@ TABLES: Mapping[Table, TableSpec] = {
         _cols(("order_id", _S), ("seq", _U32), ("src", _U64), ("exec_id", _S),
               ("account", _S), ("symbol", _S), ("side", _I8), ("state", _I8),
               ("last_quantity", _F), ("last_price", _F), ("filled_quantity", _F),
-              ("avg_price", _F), ("transact_ns", _U64), ("epoch", _U64), ("blob", _S)),
+              ("avg_price", _F), ("transact_ns", _U64), ("epoch", _U64), ("blob", _B)),
         key=("order_id", "seq"), group="", position="src", version="src", time="transact_ns"),
 }
 # group "" means one watermark for the whole table (the history stream's position).

@@ -1,0 +1,258 @@
+"""OHLCV bars: the one bucketing rule, the price of a tick, and the bar cascade (sans-I/O).
+
+Rules:
+
+- **Buckets are UTC and epoch-aligned.** A bar of resolution ``R`` seconds starts at the
+  largest multiple of ``R`` seconds since 1970-01-01T00:00Z at or before the tick's time
+  (:func:`bucket_start`), so a day bar starts at 00:00 UTC and an hour bar on the hour. FX
+  trades 24 hours a day, five days a week with no session to cut, and TradingView's daily bars
+  are stamped 00:00 UTC; a bucket that no tick falls in makes **no bar** (a weekend is absent,
+  not a flat bar). A session calendar (an exchange's open, a 17:00 New York FX day) would plug
+  in here and only here: :func:`bucket_start` is the single place a bar's start is decided, and
+  every builder, store query and the gateway call it.
+- **Resolutions** are 1 s, 1, 5, 15 and 60 minutes and 1 day (:data:`RES_SECONDS`), named as
+  TradingView names them (:data:`RESOLUTIONS`). Each divides the next, so a bar of one folds
+  whole into exactly one bar of the next (:meth:`Bar.merge`).
+- **The price of a tick** is its last trade price when it has one (``last > 0``), else the mid
+  of bid and ask (:func:`tick_price`); the volume is the tick's volume (0 for quote-only FX).
+- **The cascade** (:class:`BarBuilder`): ticks make 1 s bars; a closed 1 s bar folds into the
+  forming 1 minute bar, a closed minute into the forming 5 minute bar, and so on. A bar closes
+  when the first tick of a later bucket arrives (never by a clock: this module has none).
+- **Late ticks**: ticks arrive in sequence order, and a tick whose time lies before the forming
+  1 s bucket (a feed's clock stepped back, a backfilled tick) goes into the forming bar and is
+  counted (``late``); a closed bar is never reopened. Equivalently a tick's bucket is the
+  running maximum of its own bucket and every earlier tick's.
+- **Replays**: a tick at or below the builder's last sequence number (a restart's backfill that
+  overlaps what the bars already hold) is skipped and counted (``replayed``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from itertools import pairwise
+
+from protocols.history.schema import NS_PER_S, Columns, Table
+
+__all__ = [
+    "RESOLUTIONS",
+    "RES_SECONDS",
+    "Bar",
+    "BarBuilder",
+    "bars_from_columns",
+    "bars_to_columns",
+    "bucket_start",
+    "format_resolution",
+    "parse_resolution",
+    "tick_price",
+]
+
+# Finest first; each divides the next (the cascade relies on it).
+RES_SECONDS: tuple[int, ...] = (1, 60, 300, 900, 3600, 86_400)
+RESOLUTIONS: Mapping[str, int] = {"1S": 1, "1": 60, "5": 300, "15": 900, "60": 3600, "1D": 86_400}
+_NAMES = {s: n for n, s in RESOLUTIONS.items()}
+_ALLOWED = ", ".join(RESOLUTIONS)
+
+
+def parse_resolution(name: str) -> int:
+    """Seconds of a TradingView resolution name ("1S", "1", "5", "15", "60", "1D")."""
+    try:
+        return RESOLUTIONS[name.strip().upper()]
+    except KeyError:
+        raise ValueError(f"unknown resolution {name!r}: use one of {_ALLOWED}") from None
+
+
+def format_resolution(res_s: int) -> str:
+    """The TradingView name of a resolution in seconds."""
+    try:
+        return _NAMES[res_s]
+    except KeyError:
+        raise ValueError(f"unknown resolution {res_s} s: use one of "
+                         f"{', '.join(map(str, RES_SECONDS))} seconds") from None
+
+
+def bucket_start(ts_ns: int, res_s: int) -> int:
+    """The start (epoch ns, UTC) of the bar of resolution ``res_s`` that time ``ts_ns`` is in."""
+    if res_s not in _NAMES:
+        format_resolution(res_s)  # raises, naming the allowed ones
+    step = res_s * NS_PER_S
+    return ts_ns - ts_ns % step
+
+
+def tick_price(bid: float, ask: float, last: float) -> float:
+    """The price a tick contributes to a bar: ``last`` if it traded (> 0), else the mid."""
+    return last if last > 0 else (bid + ask) / 2
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """One OHLCV bar of ``stream`` at ``res_s`` seconds starting at ``start_ns`` (epoch ns).
+
+    ``ticks`` counts the ticks in it; ``first_seq``/``last_seq`` are the sequence numbers of
+    its first and last tick (the bars table's watermark position is ``last_seq``).
+    """
+
+    stream: str
+    res_s: int
+    start_ns: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    ticks: int
+    first_seq: int
+    last_seq: int
+
+    @classmethod
+    def of_tick(cls, stream: str, res_s: int, start_ns: int, seq: int, price: float,
+                volume: float) -> Bar:
+        return cls(stream, res_s, start_ns, price, price, price, price, volume, 1, seq, seq)
+
+    def at(self, res_s: int) -> Bar:
+        """This bar as the first part of the coarser bar of ``res_s`` that holds it."""
+        if res_s % self.res_s:
+            raise ValueError(f"a {self.res_s} s bar does not fold into {res_s} s bars")
+        return Bar(self.stream, res_s, bucket_start(self.start_ns, res_s), self.open,
+                   self.high, self.low, self.close, self.volume, self.ticks, self.first_seq,
+                   self.last_seq)
+
+    def merge(self, later: Bar) -> Bar:
+        """This bar extended by ``later``: a bar of this resolution or a finer one, of the
+        same stream, inside this bar's bucket, whose ticks all came after this bar's."""
+        if later.stream != self.stream or self.res_s % later.res_s \
+                or bucket_start(later.start_ns, self.res_s) != self.start_ns \
+                or later.first_seq <= self.last_seq:
+            raise ValueError(f"cannot merge {later} into {self}")
+        return Bar(self.stream, self.res_s, self.start_ns, self.open,
+                   max(self.high, later.high), min(self.low, later.low), later.close,
+                   self.volume + later.volume, self.ticks + later.ticks, self.first_seq,
+                   later.last_seq)
+
+
+def _extend(bar: Bar | None, piece: Bar, res_s: int) -> Bar:
+    return piece.at(res_s) if bar is None else bar.merge(piece)
+
+
+class BarBuilder:
+    """The bars of one stream at every resolution, from its ticks in sequence order.
+
+    :meth:`on_tick` returns the bars a tick closes (finest first); :meth:`forming` the bar in
+    progress at a resolution, complete up to the last tick (what a chart's last bar shows).
+    """
+
+    __slots__ = ("_acc", "_floor_ns", "last_seq", "late", "replayed", "stream")
+
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
+        # res -> what the forming bar of res holds so far: ticks for 1 s; for a coarser res,
+        # the closed bars of the next finer res (its forming part is that res's _acc).
+        self._acc: dict[int, Bar | None] = dict.fromkeys(RES_SECONDS)
+        self._floor_ns = 0  # no tick goes into a 1 s bucket before this (closed bars stay)
+        self.last_seq = -1
+        self.late = 0
+        self.replayed = 0
+
+    @classmethod
+    def resume(cls, stream: str, closed: Iterable[Bar]) -> BarBuilder:
+        """A builder that continues from the closed bars a store holds.
+
+        The forming bar of each resolution ``R`` above 1 s is rebuilt as the merge of the
+        stored closed bars of the next finer resolution that came after ``R``'s last closed
+        bar (``last_seq`` above it) and lie in the latest ``R`` bucket; the 1 s forming bar is
+        rebuilt by feeding the stored ticks above :attr:`last_seq` to :meth:`on_tick` (lower
+        ones are skipped as replays). ``closed`` needs, per resolution, at least its last
+        closed bar and the finer closed bars after it; more is harmless.
+        """
+        builder = cls(stream)
+        by_res: dict[int, list[Bar]] = {r: [] for r in RES_SECONDS}
+        for bar in closed:
+            if bar.stream != stream:
+                raise ValueError(f"bar of {bar.stream!r} given to resume {stream!r}")
+            by_res[bar.res_s].append(bar)
+        for bars in by_res.values():
+            bars.sort(key=lambda b: b.last_seq)
+        finest = by_res[RES_SECONDS[0]]
+        if finest:
+            builder.last_seq = finest[-1].last_seq
+            builder._floor_ns = finest[-1].start_ns + RES_SECONDS[0] * NS_PER_S
+        for finer, res in pairwise(RES_SECONDS):
+            done = by_res[res][-1].last_seq if by_res[res] else -1
+            pieces = [b for b in by_res[finer] if b.last_seq > done]
+            if not pieces:
+                continue
+            bucket = bucket_start(pieces[-1].start_ns, res)
+            acc: Bar | None = None
+            for piece in pieces:
+                if bucket_start(piece.start_ns, res) == bucket:
+                    acc = _extend(acc, piece, res)
+            builder._acc[res] = acc
+        return builder
+
+    def on_tick(self, seq: int, ts_ns: int, bid: float, ask: float, last: float,
+                volume: float) -> list[Bar]:
+        """Add one tick; the bars it closes, finest first (none for most ticks)."""
+        if seq <= self.last_seq:
+            self.replayed += 1
+            return []
+        self.last_seq = seq
+        price = tick_price(bid, ask, last)
+        fine = RES_SECONDS[0]
+        start = bucket_start(ts_ns, fine)
+        if start < self._floor_ns:
+            self.late += 1
+            start = self._floor_ns
+        self._floor_ns = start
+        closed: list[Bar] = []
+        current = self._acc[fine]
+        if current is not None and current.start_ns == start:
+            self._acc[fine] = Bar(self.stream, fine, start, current.open,
+                                  max(current.high, price), min(current.low, price), price,
+                                  current.volume + volume, current.ticks + 1,
+                                  current.first_seq, seq)
+            return closed
+        # A new 1 s bucket: the forming 1 s bar closes and folds into the forming minute; a
+        # forming bar whose bucket the new tick is outside of closes and folds on up in turn.
+        piece = current
+        if piece is not None:
+            closed.append(piece)
+        for res in RES_SECONDS[1:]:
+            acc = self._acc[res]
+            if piece is not None:
+                acc = _extend(acc, piece, res)
+            piece = None
+            if acc is not None and acc.start_ns != bucket_start(start, res):
+                closed.append(acc)
+                piece, acc = acc, None
+            self._acc[res] = acc
+        self._acc[fine] = Bar.of_tick(self.stream, fine, start, seq, price, volume)
+        return closed
+
+    def forming(self, res_s: int) -> Bar | None:
+        """The bar in progress at ``res_s``: every tick since its bucket began (None: none)."""
+        if res_s not in self._acc:
+            format_resolution(res_s)
+        bar: Bar | None = None
+        for res in RES_SECONDS:
+            acc = self._acc[res]
+            bar = acc if bar is None else _extend(acc, bar, res)
+            if res == res_s:
+                return bar
+        raise AssertionError("unreachable")
+
+
+def bars_to_columns(bars: Iterable[Bar]) -> Columns:
+    """Rows of the bars table (:data:`Table.BARS`), in the order given."""
+    out = Columns(Table.BARS)
+    for b in bars:
+        out.append((b.stream, b.res_s, b.start_ns, b.open, b.high, b.low, b.close, b.volume,
+                    b.ticks, b.first_seq, b.last_seq))
+    return out
+
+
+def bars_from_columns(rows: Columns) -> list[Bar]:
+    """The bars of rows read from the bars table."""
+    if rows.table is not Table.BARS:
+        raise ValueError(f"not bars: {rows.table.value}")
+    return [Bar(*row) for row in rows.rows()]
+

@@ -1,0 +1,294 @@
+"""The history store contract (``bus.store.history.HistoryStore``), one suite run against each
+implementation: DuckDB on a file of the test's own, and ClickHouse 18.16 (one real server for
+the session, a fresh database per test).
+
+Adding an implementation is one fixture that returns an opener (an async function that opens
+a store on empty tables) and its name in ``HISTORY_STORES``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bus.store.history import HistoryStore
+from bus.store.history_duck import DuckDBHistoryStore
+from protocols.errors import StoreError
+from protocols.history.schema import NS_PER_S, Columns, Table, partition_of
+from tests.history_support import FEB, T0, OpenHistoryStore, batch, opener, rows_of, tick_batch
+from tests.support import run_with
+
+pytestmark = pytest.mark.timeout(30)
+
+HISTORY_STORES = ["duckdb_history"]
+S = NS_PER_S
+
+
+@pytest.fixture(params=HISTORY_STORES)
+def history_store(request: pytest.FixtureRequest) -> OpenHistoryStore:
+    open_it: OpenHistoryStore = request.getfixturevalue(request.param)
+    return open_it
+
+
+@pytest.fixture
+def duckdb_history(tmp_path: Path) -> OpenHistoryStore:
+    return opener(lambda: DuckDBHistoryStore(tmp_path / "history.duckdb"))
+
+
+def bar_row(start_s: int, last_seq: int, close: float, res_s: int = 60,
+            stream: str = "EUR") -> dict[str, object]:
+    return {"stream": stream, "res_s": res_s, "start_ns": T0 + start_s * S, "open": 1.0,
+            "high": max(1.0, close), "low": min(1.0, close), "close": close, "volume": 2.0,
+            "ticks": last_seq, "first_seq": 1, "last_seq": last_seq}
+
+
+def order_row(order_id: str, src: int, account: str, updated_s: int,
+              blob: bytes = b"") -> dict[str, object]:
+    return {"order_id": order_id, "updated_ns": T0 + updated_s * S, "src": src,
+            "account": account, "symbol": "EUR", "side": 1, "quantity": 10.0, "state": 1,
+            "blob": blob or bytes([0, 255, src % 256])}
+
+
+def execution_row(order_id: str, seq: int, src: int, account: str, transact_s: int,
+                  ) -> dict[str, object]:
+    return {"order_id": order_id, "seq": seq, "src": src, "exec_id": f"{order_id}-{seq}",
+            "account": account, "symbol": "EUR", "side": -1, "state": 2,
+            "last_quantity": 1.0, "last_price": 1.1, "transact_ns": T0 + transact_s * S,
+            "blob": b"\x00exec\xff"}
+
+
+# -- insert and read back ------------------------------------------------------------------
+
+def test_each_table_reads_back_what_was_inserted(history_store: OpenHistoryStore) -> None:
+    ticks = tick_batch("EUR", range(1, 6))
+    bars = batch(Table.BARS, *(bar_row(60 * i, 10 * i, 1.0 + i) for i in range(3)))
+    orders = batch(Table.ORDERS, order_row("o1", 1, "acc", 1), order_row("o1", 2, "acc", 2))
+    execs = batch(Table.EXECUTIONS, execution_row("o1", 1, 3, "acc", 3),
+                  execution_row("o1", 2, 4, "acc", 4))
+
+    async def body(store: HistoryStore) -> None:
+        for cols in (ticks, bars, orders, execs):
+            await store.insert(cols)
+        assert rows_of(await store.ticks("EUR", T0, T0 + 10 * S, 100)) == rows_of(ticks)
+        assert rows_of(await store.bars("EUR", 60, T0, T0 + 3600 * S)) == rows_of(bars)
+        assert rows_of(await store.orders(None, T0, T0 + 10 * S)) == rows_of(orders)
+        assert rows_of(await store.executions(None, T0, T0 + 10 * S)) == rows_of(execs)
+
+    run_with(history_store, body)
+
+
+def test_binary_blobs_come_back_byte_for_byte(history_store: OpenHistoryStore) -> None:
+    blob = bytes(range(256))
+
+    async def body(store: HistoryStore) -> None:
+        await store.insert(batch(Table.ORDERS, order_row("o1", 1, "acc", 1, blob=blob)))
+        got = await store.orders("acc", T0, T0 + 10 * S)
+        assert got.column("blob") == [blob]
+
+    run_with(history_store, body)
+
+
+def test_empty_tables_read_as_empty_batches(history_store: OpenHistoryStore) -> None:
+    async def body(store: HistoryStore) -> None:
+        for table in Table:
+            assert await store.watermarks(table) == {}
+            above = await store.read_above(table, {}, 10)
+            assert (above.table, len(above)) == (table, 0)
+        assert len(await store.ticks("EUR", 0, 2**63, 10)) == 0
+        assert len(await store.bars("EUR", 60, 0, 2**63, countback=5)) == 0
+        assert len(await store.orders("acc", 0, 2**63)) == 0
+        assert len(await store.executions(None, 0, 2**63)) == 0
+        await store.insert(Columns(Table.TICKS))  # an empty batch is a no-op
+        await store.trim(Table.TICKS, {"EUR": 5})
+        await store.ping()
+
+    run_with(history_store, body)
+
+
+# -- watermarks, read_above, trim ----------------------------------------------------------
+
+def test_watermarks_per_group_and_for_tables_without_groups(
+        history_store: OpenHistoryStore) -> None:
+    async def body(store: HistoryStore) -> None:
+        await store.insert(tick_batch("EUR", range(1, 8)))
+        await store.insert(tick_batch("XAU", range(1, 3)))
+        await store.insert(batch(Table.BARS, bar_row(0, 7, 1.2)))
+        await store.insert(batch(Table.ORDERS, order_row("o1", 4, "a", 1),
+                                 order_row("o2", 9, "a", 2)))
+        await store.insert(batch(Table.EXECUTIONS, execution_row("o1", 1, 5, "a", 1)))
+        assert await store.watermarks(Table.TICKS) == {"EUR": 7, "XAU": 2}
+        assert await store.watermarks(Table.BARS) == {"EUR": 7}
+        assert await store.watermarks(Table.ORDERS) == {"": 9}
+        assert await store.watermarks(Table.EXECUTIONS) == {"": 5}
+
+    run_with(history_store, body)
+
+
+def test_read_above_takes_each_group_above_its_mark_in_order_up_to_the_limit(
+        history_store: OpenHistoryStore) -> None:
+    async def body(store: HistoryStore) -> None:
+        # Inserted out of order: the store orders by (group, position).
+        await store.insert(tick_batch("XAU", [3, 1, 2]))
+        await store.insert(tick_batch("EUR", range(1, 6)))
+        await store.insert(tick_batch("BTC", range(1, 3)))
+        got = await store.read_above(Table.TICKS, {"EUR": 3, "XAU": 1, "GONE": 9}, 100)
+        assert list(zip(got.column("stream"), got.column("seq"), strict=True)) == [
+            ("BTC", 1), ("BTC", 2), ("EUR", 4), ("EUR", 5), ("XAU", 2), ("XAU", 3)]
+        limited = await store.read_above(Table.TICKS, {"EUR": 3, "XAU": 1}, 3)
+        assert rows_of(limited) == rows_of(got.slice(0, 3))
+        everything = await store.read_above(Table.TICKS, {}, 100)
+        assert len(everything) == 10
+
+        await store.insert(batch(Table.ORDERS, *(order_row(f"o{i}", i, "a", i)
+                                                 for i in (5, 2, 4, 1, 3))))
+        orders = await store.read_above(Table.ORDERS, {"": 2}, 2)
+        assert orders.column("src") == [3, 4]
+
+    run_with(history_store, body)
+
+
+def test_trim_deletes_rows_at_or_below_the_marks(history_store: OpenHistoryStore) -> None:
+    async def body(store: HistoryStore) -> None:
+        await store.insert(tick_batch("EUR", range(1, 6)))
+        await store.insert(tick_batch("XAU", range(1, 4)))
+        await store.insert(batch(Table.EXECUTIONS, *(execution_row("o1", i, i, "a", i)
+                                                     for i in range(1, 5))))
+        await store.trim(Table.TICKS, {"EUR": 3})
+        got = await store.read_above(Table.TICKS, {}, 100)
+        assert list(zip(got.column("stream"), got.column("seq"), strict=True)) == [
+            ("EUR", 4), ("EUR", 5), ("XAU", 1), ("XAU", 2), ("XAU", 3)]
+        await store.trim(Table.EXECUTIONS, {"": 2})
+        assert (await store.read_above(Table.EXECUTIONS, {}, 100)).column("src") == [3, 4]
+        await store.trim(Table.EXECUTIONS, {})  # no marks: nothing to delete
+        assert await store.watermarks(Table.EXECUTIONS) == {"": 4}
+
+    run_with(history_store, body)
+
+
+# -- reads that deduplicate -----------------------------------------------------------------
+
+def test_a_repeated_bar_reads_once_and_the_higher_last_seq_wins(
+        history_store: OpenHistoryStore) -> None:
+    async def body(store: HistoryStore) -> None:
+        await store.insert(batch(Table.BARS, bar_row(0, 5, 1.1), bar_row(60, 8, 1.3)))
+        # Recomputed with more ticks (a late backfill), then the old one slips in again.
+        await store.insert(batch(Table.BARS, bar_row(0, 6, 1.2)))
+        await store.insert(batch(Table.BARS, bar_row(0, 5, 1.1)))
+        got = await store.bars("EUR", 60, T0, T0 + 3600 * S)
+        assert list(zip(got.column("start_ns"), got.column("close"), got.column("last_seq"),
+                        strict=True)) == [(T0, 1.2, 6), (T0 + 60 * S, 1.3, 8)]
+
+    run_with(history_store, body)
+
+
+def test_a_repeated_tick_and_execution_read_once(history_store: OpenHistoryStore) -> None:
+    async def body(store: HistoryStore) -> None:
+        ticks = tick_batch("EUR", range(1, 4))
+        await store.insert(ticks)
+        await store.insert(ticks)
+        assert rows_of(await store.ticks("EUR", T0, T0 + 10 * S, 10)) == rows_of(ticks)
+        assert len(await store.read_above(Table.TICKS, {}, 10)) == 3
+        execs = batch(Table.EXECUTIONS, execution_row("o1", 1, 7, "a", 1))
+        await store.insert(execs)
+        await store.insert(execs)
+        assert rows_of(await store.executions("a", T0, T0 + 10 * S)) == rows_of(execs)
+
+    run_with(history_store, body)
+
+
+# -- the queries ---------------------------------------------------------------------------
+
+def test_bars_countback_takes_the_last_bars_before_the_end(
+        history_store: OpenHistoryStore) -> None:
+    async def body(store: HistoryStore) -> None:
+        await store.insert(batch(Table.BARS, *(bar_row(60 * i, i + 1, 1.0 + i / 10)
+                                               for i in range(6))))
+        await store.insert(batch(Table.BARS, bar_row(0, 1, 9.9, res_s=300),
+                                 bar_row(0, 1, 9.9, stream="XAU")))
+        end = T0 + 300 * S  # bars at 0..240 s are before it; 300 s is not
+        got = await store.bars("EUR", 60, T0 + 10**6 * S, end, countback=3)
+        assert got.column("start_ns") == [T0 + s * S for s in (120, 180, 240)]
+        more = await store.bars("EUR", 60, 0, end, countback=50)
+        assert more.column("start_ns") == [T0 + 60 * i * S for i in range(5)]
+        ranged = await store.bars("EUR", 60, T0 + 60 * S, T0 + 180 * S)
+        assert ranged.column("start_ns") == [T0 + 60 * S, T0 + 120 * S]
+
+    run_with(history_store, body)
+
+
+def test_ticks_range_is_half_open_and_limited(history_store: OpenHistoryStore) -> None:
+    async def body(store: HistoryStore) -> None:
+        await store.insert(tick_batch("EUR", range(1, 11)))
+        await store.insert(tick_batch("XAU", range(1, 11)))
+        got = await store.ticks("EUR", T0 + 3 * S, T0 + 7 * S, 100)
+        assert got.column("seq") == [3, 4, 5, 6]
+        assert set(got.column("stream")) == {"EUR"}
+        assert (await store.ticks("EUR", T0 + 3 * S, T0 + 7 * S, 2)).column("seq") == [3, 4]
+        assert len(await store.ticks("EUR", T0 + 7 * S, T0 + 7 * S, 100)) == 0
+
+    run_with(history_store, body)
+
+
+def test_orders_and_executions_by_account_and_time(history_store: OpenHistoryStore) -> None:
+    async def body(store: HistoryStore) -> None:
+        await store.insert(batch(Table.ORDERS, order_row("o1", 1, "alice", 1),
+                                 order_row("o1", 2, "alice", 5), order_row("o2", 3, "bob", 2)))
+        await store.insert(batch(Table.EXECUTIONS, execution_row("o1", 1, 4, "alice", 3),
+                                 execution_row("o2", 1, 5, "bob", 4),
+                                 execution_row("o1", 2, 6, "alice", 9)))
+        alice = await store.orders("alice", T0, T0 + 10 * S)
+        assert list(zip(alice.column("order_id"), alice.column("src"), strict=True)) == [
+            ("o1", 1), ("o1", 2)]
+        assert (await store.orders("alice", T0, T0 + 5 * S)).column("src") == [1]
+        assert (await store.orders(None, T0, T0 + 10 * S)).column("src") == [1, 2, 3]
+        assert (await store.executions("alice", T0, T0 + 10 * S)).column("src") == [4, 6]
+        assert (await store.executions("bob", T0, T0 + 10 * S)).column("exec_id") == ["o2-1"]
+        assert (await store.executions(None, T0, T0 + 5 * S)).column("src") == [4, 5]
+        assert len(await store.executions("carol", T0, T0 + 10 * S)) == 0
+
+    run_with(history_store, body)
+
+
+def test_a_batch_across_a_month_boundary_is_stored_whole(
+        history_store: OpenHistoryStore) -> None:
+    # Ticks 1-4 in January, 5-8 in February (one per 0.25 s around midnight UTC).
+    ticks = tick_batch("EUR", range(1, 9), t0=FEB - 5 * S // 4, step_ns=S // 4)
+    assert [partition_of(t) for t in ticks.column("ts_ns")] == [202601] * 4 + [202602] * 4
+    assert len(ticks.by_partition()) == 2
+
+    async def body(store: HistoryStore) -> None:
+        await store.insert(ticks)
+        assert rows_of(await store.ticks("EUR", 0, 2**63, 100)) == rows_of(ticks)
+        assert await store.watermarks(Table.TICKS) == {"EUR": 8}
+
+    run_with(history_store, body)
+
+
+# -- DuckDB only ---------------------------------------------------------------------------
+
+def test_a_duckdb_file_held_by_another_process_is_a_clear_store_error(
+        tmp_path: Path) -> None:
+    path = tmp_path / "spool.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]); "
+         "print('held', flush=True); sys.stdin.read()", str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+
+        async def open_and_fail() -> None:
+            store = DuckDBHistoryStore(path)
+            try:
+                with pytest.raises(StoreError, match=str(path)) as info:
+                    await store.open()
+                assert "another process" in str(info.value)
+            finally:
+                await store.close()
+
+        asyncio.run(open_and_fail())
+    finally:
+        holder.communicate("", timeout=10)
