@@ -1,0 +1,1 @@
+"""History nodes: the historian and the `tickmesh history` command line."""
