@@ -46,10 +46,8 @@ from protocols.history.bars import (
     bars_from_columns,
     bars_to_columns,
 )
+from protocols.history.records import append_write
 from protocols.history.schema import Columns, Table
-from protocols.orders.codec import from_blob
-from protocols.orders.messages import ExecutionReport
-from protocols.orders.record import Order
 from protocols.stats import percentiles
 from protocols.ticks.messages import Row, Tick
 
@@ -65,6 +63,7 @@ MAX_PENDING_FACTOR = 4  # buffered rows beyond batch_rows x this: stop reading u
 LAG_SAMPLES = 4_096
 RESUME_TICKS = 500_000  # stored ticks re-read at most to rebuild a stream's forming 1 s bar
 END_OF_TIME = 2**63 - 1
+STOP_FLUSH_S = 5.0
 
 
 @dataclass(slots=True)
@@ -111,6 +110,7 @@ class Historian:
         self._lags: list[float] = []  # seconds from a tick's feed time to its write
         self._oldest_feed_ns = 0  # the oldest feed time among buffered ticks
         self.ready = asyncio.Event()  # set once it resumed and subscribed
+        self._inflight: asyncio.Task[None] | None = None  # the write on its way
 
     # -- start -----------------------------------------------------------------------------
 
@@ -253,35 +253,20 @@ class Historian:
 
     def _add_entry(self, entry: HistoryEntry) -> None:
         try:
-            record = from_blob(entry.record)
-            reports = [from_blob(b) for b in entry.entries]
+            rows = append_write(self._buf[Table.ORDERS], self._buf[Table.EXECUTIONS],
+                                entry.position, entry.record, entry.entries, self._quote)
         except RemoteProtocolError as exc:
             log.error("historian: history entry %d does not decode: %s", entry.position, exc)
             self.stats.bad_entries += 1
             return
-        if not isinstance(record, Order) or not all(isinstance(r, ExecutionReport)
-                                                    for r in reports):
-            self.stats.bad_entries += 1
-            return
-        o = record.order
-        bid, ask = self._quotes.get(o.symbol, (0.0, 0.0))
-        self._buf[Table.ORDERS].append((
-            record.order_id, record.updated_ns, entry.position, o.account, o.client_order_id,
-            o.symbol, int(o.side), int(o.type), record.quantity,
-            record.price if record.price is not None else 0.0, int(record.state),
-            record.filled_quantity, record.avg_price, record.exec_seq, record.epoch, o.sent_ns,
-            bid, ask, entry.record))
-        for r, blob in zip(reports, entry.entries, strict=True):
-            assert isinstance(r, ExecutionReport)
-            self._buf[Table.EXECUTIONS].append((
-                r.order_id, r.seq, entry.position, r.exec_id, r.account, r.symbol, int(r.side),
-                int(r.state), r.last_quantity, r.last_price, r.filled_quantity, r.avg_price,
-                r.transact_ns, r.epoch, blob))
         self.stats.orders += 1
-        self.stats.executions += len(reports)
-        self._buffered += 1 + len(reports)
+        self.stats.executions += rows - 1
+        self._buffered += rows
         if self._buffered >= self.batch_rows:
             self._full.set()
+
+    def _quote(self, symbol: str) -> tuple[float, float]:
+        return self._quotes.get(symbol, (0.0, 0.0))
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -300,13 +285,23 @@ class Historian:
             await self.writer.maintain()
 
     async def flush(self) -> None:
-        """Write what is buffered; on failure keep it and try again (it is not lost)."""
+        """Write what is buffered; on failure keep it and try again (it is not lost).
+
+        The write runs as a task of its own, shielded: a stop that cancels the flusher while
+        a batch is on its way lets that write finish (the store may have applied it, and the
+        writer must learn its marks), and :meth:`run` awaits it before the final flush."""
+        if self._inflight is not None:
+            await asyncio.shield(self._inflight)
         if not self._buffered:
             return
         batches = [self._buf[t] for t in Table]
         oldest = self._oldest_feed_ns
         self._buf = {t: Columns(t) for t in Table}
         rows, self._buffered, self._oldest_feed_ns = self._buffered, 0, 0
+        self._inflight = asyncio.create_task(self._write(batches, rows, oldest), name="write")
+        await asyncio.shield(self._inflight)
+
+    async def _write(self, batches: list[Columns], rows: int, oldest_feed_ns: int) -> None:
         while True:
             try:
                 await self.writer.write(batches)
@@ -317,8 +312,9 @@ class Historian:
                 await asyncio.sleep(0.2)
         self.stats.written += rows
         self.stats.batches += 1
-        if oldest:
-            self._lag(time.time_ns() - oldest)
+        if oldest_feed_ns:
+            self._lag(time.time_ns() - oldest_feed_ns)
+        self._inflight = None
         self._drained.set()
 
     def _lag(self, ns: int) -> None:
@@ -353,7 +349,14 @@ class Historian:
                                              name="stats"))
         try:
             code = await supervise_tasks("historian", stop, tasks)
-            await self.flush()  # an orderly stop writes what it holds
+            try:
+                # An orderly stop writes what it holds; a store that is down by then leaves
+                # it to the next start's backfill (the watermarks say where).
+                async with asyncio.timeout(STOP_FLUSH_S):
+                    await self.flush()
+            except TimeoutError:
+                log.warning("historian: the final write did not finish within %.0f s",
+                            STOP_FLUSH_S)
         finally:
             await self.close()
             if self.stats_path is not None:
