@@ -16,9 +16,8 @@ def history(*writes: tuple[int, bytes, list[bytes]]) -> tuple[Columns, Columns]:
     return orders, executions
 
 
-def test_the_latest_version_wins_with_its_whole_log_and_the_highest_epoch_and_position(
-) -> None:
-    rec = routed()
+def test_the_latest_version_wins_with_its_whole_log_the_top_epoch_and_position() -> None:
+    rec = routed(quantity=1.0)
     f1 = rec.fill_report(0.5, 1.1, seq=1, exec_id="o1:1")
     half = logged(rec, f1)
     f2 = half.fill_report(0.5, 1.2, seq=2, exec_id="o1:2")
