@@ -279,7 +279,7 @@ class Columns:
         pos = self.data[self.spec.position]
         if not group:
             mark = marks.get("", -1)
-            if not pos or pos[0] > mark:
+            if not pos or min(pos) > mark:
                 return self
             return self.take([i for i, p in enumerate(pos) if p > mark])
         groups = self.data[group]
@@ -296,7 +296,7 @@ class Columns:
         if not pos:
             return {}
         if not group:
-            return {"": pos[-1]}
+            return {"": max(pos)}
         groups = self.data[group]
         last = len(groups) - 1
         backwards = groups[::-1]
