@@ -49,7 +49,7 @@ from protocols.history.bars import (
 from protocols.history.records import append_write
 from protocols.history.schema import Columns, Table
 from protocols.stats import percentiles
-from protocols.ticks.messages import Row, Tick
+from protocols.ticks.messages import Row
 
 __all__ = ["Historian", "HistorianStats"]
 
@@ -159,26 +159,34 @@ class Historian:
             for tick in ticks:
                 if tick.snapshot:
                     continue  # a last value the store holds already, not a new tick
-                await self._on_tick(tick)
+                await self.ingest(tick.symbol, tick.session, tick.seq,
+                                  ((tick.bid, tick.ask, tick.last, tick.volume,
+                                    tick.source_time_ns, tick.feed_time_ns),))
             await self._room()
 
-    async def _on_tick(self, tick: Tick) -> None:
-        stream = tick.symbol
+    async def ingest(self, stream: str, session: int, first_seq: int,
+                     rows: Sequence[Row]) -> None:
+        """Record consecutive ticks of ``stream`` from ``first_seq`` on: the subscriber's, or
+        a replay's (the benchmark feeds this directly). Ticks at or below the stream's
+        watermark are dropped as duplicates; a gap before them is backfilled first."""
         expected = self._next.get(stream)
         if expected is None:
             # A stream the store has never seen starts where the historian first sees it:
-            # its earlier ticks predate this history (say so once).
-            log.info("historian: new stream %s from seq %d", stream, tick.seq)
-            expected = tick.seq
-        if tick.seq < expected:
-            self.stats.duplicates += 1
-            return
-        if tick.seq > expected:
-            await self._backfill(stream, expected, tick.seq - 1)
-        self._add_row(stream, tick.seq, tick.session,
-                      (tick.bid, tick.ask, tick.last, tick.volume, tick.source_time_ns,
-                       tick.feed_time_ns))
-        self._next[stream] = tick.seq + 1
+            # its earlier ticks predate this history.
+            log.info("historian: new stream %s from seq %d", stream, first_seq)
+            expected = first_seq
+        skip = expected - first_seq
+        if skip > 0:
+            self.stats.duplicates += min(skip, len(rows))
+            rows = rows[skip:]
+            first_seq = expected
+            if not rows:
+                return
+        if first_seq > expected:
+            await self._backfill(stream, expected, first_seq - 1)
+        for i, row in enumerate(rows):
+            self._add_row(stream, first_seq + i, session, row)
+        self._next[stream] = first_seq + len(rows)
 
     def _add_row(self, stream: str, seq: int, session: int, row: Row) -> None:
         bid, ask, last, volume, ts_ns, feed_ns = row
