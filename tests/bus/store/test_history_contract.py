@@ -195,6 +195,8 @@ def test_a_repeated_bar_reads_once_and_the_higher_last_seq_wins(
         got = await store.bars("EUR", 60, T0, T0 + 3600 * S)
         assert list(zip(got.column("start_ns"), got.column("close"), got.column("last_seq"),
                         strict=True)) == [(T0, 1.2, 6), (T0 + 60 * S, 1.3, 8)]
+        assert rows_of(await store.bars("EUR", 60, 0, T0 + 3600 * S, countback=2)) == rows_of(
+            got)
 
     run_with(history_store, body)
 
@@ -206,6 +208,9 @@ def test_a_repeated_tick_and_execution_read_once(history_store: OpenHistoryStore
         await store.insert(ticks)
         assert rows_of(await store.ticks("EUR", T0, T0 + 10 * S, 10)) == rows_of(ticks)
         assert len(await store.read_above(Table.TICKS, {}, 10)) == 3
+        # A limit counts keys, not stored copies.
+        assert (await store.ticks("EUR", T0, T0 + 10 * S, 2)).column("seq") == [1, 2]
+        assert (await store.read_above(Table.TICKS, {}, 2)).column("seq") == [1, 2]
         execs = batch(Table.EXECUTIONS, execution_row("o1", 1, 7, "a", 1))
         await store.insert(execs)
         await store.insert(execs)
