@@ -123,6 +123,28 @@ def test_empty_tables_read_as_empty_batches(history_store: OpenHistoryStore) -> 
     run_with(history_store, body)
 
 
+def test_calls_leave_the_event_loop_free(history_store: OpenHistoryStore) -> None:
+    # A task that is ready when the store is called runs before the call returns: the
+    # driver works on the store's thread, not on the loop.
+    ticks = tick_batch("EUR", range(1, 20_001))
+
+    async def body(store: HistoryStore) -> None:
+        ran = asyncio.Event()
+
+        async def other() -> None:
+            ran.set()
+
+        for call in (lambda: store.insert(ticks), lambda: store.ticks("EUR", 0, 2**63, 10),
+                     lambda: store.watermarks(Table.TICKS)):
+            ran.clear()
+            task = asyncio.create_task(other())
+            await call()
+            assert ran.is_set()
+            await task
+
+    run_with(history_store, body)
+
+
 # -- watermarks, read_above, trim ----------------------------------------------------------
 
 def test_watermarks_per_group_and_for_tables_without_groups(
