@@ -121,9 +121,9 @@ def _select(d: Dialect, spec: TableSpec, where: Sequence[str], order: Sequence[s
     With a limit and ``narrow_on`` (the key columns of ``order`` that the WHERE does not fix
     to one value), only the rows whose ``narrow_on`` values are among the first ``limit``
     distinct ones are grouped: a superset of the first ``limit`` keys, found first by a
-    DISTINCT on those columns alone. Grouping every row in range to return a few costs seconds on
-    18.16 for a million rows (a GROUP BY with an argMax state per column, on a String key),
-    the DISTINCT of one integer column a small fraction of that.
+    DISTINCT on those columns alone. Grouping every row in range to return a few costs
+    seconds on 18.16 for a million rows (a GROUP BY with an argMax state per column, on a
+    String key), the DISTINCT of one integer column a small fraction of that.
     """
     outs = []
     for c in spec.columns:
