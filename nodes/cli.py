@@ -8,6 +8,7 @@
     tickmesh trader [--rate N]          place market orders at N/s through the order client
     tickmesh up [--for SECONDS] [--ha]  every node under a supervisor (see scripts/up)
     tickmesh check-config FILE          validate a mesh file and print it
+    tickmesh history bars|ticks|report  print history: bars, ticks, performance reports
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from bus.config import MeshConfig, load_config
 from nodes.common import run_node, setup_logging
+from nodes.history.cli import add_history_parser, run_history
 from protocols.errors import TickmeshError
 
 log = logging.getLogger("tickmesh")
@@ -58,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--json", action="store_true", help="print the summary as JSON")
     chk = sub.add_parser("check-config", help="validate a mesh file and print it")
     chk.add_argument("file")
+    add_history_parser(sub, common)
     return p
 
 
@@ -148,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_executor(cfg, args.stats)
         if args.command == "trader":
             return _run_trader(cfg, args.rate, args.stats)
+        if args.command == "history":
+            return run_history(cfg, args)
         from nodes.supervisor import run_up
 
         return asyncio.run(run_up(cfg, args))

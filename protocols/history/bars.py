@@ -162,16 +162,20 @@ class BarBuilder:
         bar (``last_seq`` above it) and lie in the latest ``R`` bucket; the 1 s forming bar is
         rebuilt by feeding the stored ticks above :attr:`last_seq` to :meth:`on_tick` (lower
         ones are skipped as replays). ``closed`` needs, per resolution, at least its last
-        closed bar and the finer closed bars after it; more is harmless.
+        closed bar and the finer closed bars after it; more is harmless, and a bar given
+        twice counts once (the copy with the highest ``last_seq``, as stores read it).
         """
         builder = cls(stream)
-        by_res: dict[int, list[Bar]] = {r: [] for r in RES_SECONDS}
+        unique: dict[tuple[int, int], Bar] = {}
         for bar in closed:
             if bar.stream != stream:
                 raise ValueError(f"bar of {bar.stream!r} given to resume {stream!r}")
+            seen = unique.get((bar.res_s, bar.start_ns))
+            if seen is None or bar.last_seq > seen.last_seq:  # as the store reads a repeat
+                unique[bar.res_s, bar.start_ns] = bar
+        by_res: dict[int, list[Bar]] = {r: [] for r in RES_SECONDS}
+        for bar in sorted(unique.values(), key=lambda b: b.last_seq):
             by_res[bar.res_s].append(bar)
-        for bars in by_res.values():
-            bars.sort(key=lambda b: b.last_seq)
         finest = by_res[RES_SECONDS[0]]
         if finest:
             builder.last_seq = finest[-1].last_seq

@@ -1,0 +1,1 @@
+"""History nodes: the ``tickmesh history`` command line (bars, ticks, reports)."""
