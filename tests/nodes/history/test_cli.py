@@ -242,3 +242,19 @@ def test_a_forming_bar_that_starts_before_the_range_is_left_out(
                        "2026-12-01T14:00:00Z", "--to", "2026-12-01T15:00:00Z", "--json")
     assert rc == 0 and json.loads(out)["bars"] == []
     assert "no 86400 s bars" in err
+
+
+def test_a_file_another_process_holds_is_exit_1(capsys: pytest.CaptureFixture[str],
+                                                mesh: Path) -> None:
+    path = mesh.parent / "history.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]); "
+         "print('held', flush=True); sys.stdin.read()", str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        rc, out, err = run(capsys, mesh, "ticks", "EURUSD")
+    finally:
+        holder.communicate("", timeout=20)
+    assert (rc, out) == (1, "")
+    assert "open in another process" in err and err.count("\n") == 1
