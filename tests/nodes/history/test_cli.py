@@ -21,7 +21,7 @@ from nodes.history.cli import parse_time
 from protocols.history.bars import Bar, BarBuilder, bars_to_columns
 from protocols.history.report import performance_report
 from protocols.history.schema import NS_PER_S, Table
-from tests.history_support import batch
+from tests.history_support import batch, duckdb_file_held
 from tests.protocols.history.test_report import EXECUTIONS, ORDERS
 
 pytestmark = pytest.mark.timeout(30)
@@ -246,15 +246,7 @@ def test_a_forming_bar_that_starts_before_the_range_is_left_out(
 
 def test_a_file_another_process_holds_is_exit_1(capsys: pytest.CaptureFixture[str],
                                                 mesh: Path) -> None:
-    path = mesh.parent / "history.duckdb"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]); "
-         "print('held', flush=True); sys.stdin.read()", str(path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    with duckdb_file_held(mesh.parent / "history.duckdb"):
         rc, out, err = run(capsys, mesh, "ticks", "EURUSD")
-    finally:
-        holder.communicate("", timeout=20)
     assert (rc, out) == (1, "")
     assert "open in another process" in err and err.count("\n") == 1
