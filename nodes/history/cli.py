@@ -49,6 +49,9 @@ __all__ = ["add_history_parser", "parse_time", "read_bars", "run_history"]
 _HOUR_NS = 3600 * NS_PER_S
 _NS_DIGITS = 16  # an integer time of this many digits or more is nanoseconds, else seconds
 _TICKS_LIMIT = 1_000_000  # the ticks of one forming 1 s bar read from the store, at most
+# Ticks are read by time: a tick whose clock is this much older than the last closed 1 s bar
+# (and so late, BarBuilder) is still found; an older one only once the historian closes its bar.
+_LATE_NS = 60 * NS_PER_S
 
 
 class UsageError(ValueError):
@@ -131,8 +134,8 @@ async def read_bars(store: HistoryStore, stream: str, res_s: int, start_ns: int,
     The forming bar is rebuilt from the store alone (no live process), as a restarted
     historian rebuilds it (:meth:`BarBuilder.resume`): the last closed bar of each resolution
     up to ``res_s``, the closed bars of the next finer resolution after it, and the ticks
-    after the last closed 1 s bar. A late tick older than that 1 s bar's bucket is not read
-    (it is in the bar once the historian closes it).
+    after the last closed 1 s bar (a late one among them is read if its time is at most a
+    minute before that bar's; an older one is in the bar once the historian closes it).
     """
     closed = bars_from_columns(await store.bars(stream, res_s, start_ns, end_ns, countback))
     known: list[Bar] = []
@@ -148,7 +151,8 @@ async def read_bars(store: HistoryStore, stream: str, res_s: int, start_ns: int,
                      if done is None or b.last_seq > done.last_seq)
     builder = BarBuilder.resume(stream, known)
     fine = last[RES_SECONDS[0]]
-    ticks = await store.ticks(stream, fine.start_ns if fine else 0, end_ns, _TICKS_LIMIT)
+    since = max(0, fine.start_ns - _LATE_NS) if fine else 0
+    ticks = await store.ticks(stream, since, end_ns, _TICKS_LIMIT)
     c = ticks.data
     for i in range(len(ticks)):
         builder.on_tick(c["seq"][i], c["ts_ns"][i], c["bid"][i], c["ask"][i], c["last"][i],

@@ -17,8 +17,8 @@ import pytest
 
 from bus.store.history_duck import DuckDBHistoryStore
 from nodes.cli import main
-from nodes.history.cli import parse_time
-from protocols.history.bars import Bar, BarBuilder, bars_to_columns
+from nodes.history.cli import parse_time, read_bars
+from protocols.history.bars import RES_SECONDS, Bar, BarBuilder, bars_to_columns
 from protocols.history.report import performance_report
 from protocols.history.schema import NS_PER_S, Table
 from tests.history_support import batch, duckdb_file_held
@@ -250,3 +250,36 @@ def test_a_file_another_process_holds_is_exit_1(capsys: pytest.CaptureFixture[st
         rc, out, err = run(capsys, mesh, "ticks", "EURUSD")
     assert (rc, out) == (1, "")
     assert "open in another process" in err and err.count("\n") == 1
+
+
+# ticks every 7 s from 23:58:01 across midnight, one of them late (its clock 20 s back)
+MIDNIGHT = T + 10 * 3600 * S  # 2026-12-02T00:00:00Z
+CROSSING = [(n, MIDNIGHT - 119 * S + n * 7 * S - (20 * S if n == 9 else 0)) for n in range(1, 40)]
+CUTS = [1, 2, 9, 10, 17, 18, 25, 39]
+
+
+def test_read_bars_rebuilds_the_forming_bar_at_any_point(tmp_path: Path) -> None:
+    """For a historian stopped after any tick (its ticks and closed bars stored), the forming
+    bar read_bars rebuilds at every resolution is the one the historian held in memory."""
+    async def body() -> None:
+        store = DuckDBHistoryStore(tmp_path / "h.duckdb")
+        await store.open()
+        try:
+            builders = {}
+            for cut in CUTS:
+                stream, builder, closed = f"EUR{cut}", BarBuilder(f"EUR{cut}"), []
+                ticks = batch(Table.TICKS, *({"stream": stream, "seq": n, "ts_ns": ts,
+                                              "last": 1.0 + n / 100, "volume": n}
+                                             for n, ts in CROSSING[:cut]))
+                for n, ts in CROSSING[:cut]:
+                    closed.extend(builder.on_tick(n, ts, 0.0, 0.0, 1.0 + n / 100, n))
+                await store.insert(ticks)
+                await store.insert(bars_to_columns(closed))
+                builders[stream] = builder
+            for stream, builder in builders.items():
+                for res_s in RES_SECONDS:
+                    _, forming = await read_bars(store, stream, res_s, 0, MIDNIGHT + 3600 * S)
+                    assert forming == builder.forming(res_s), (stream, res_s)
+        finally:
+            await store.close()
+    asyncio.run(body())
