@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--json", action="store_true", help="print the summary as JSON")
     chk = sub.add_parser("check-config", help="validate a mesh file and print it")
     chk.add_argument("file")
-    add_history_parser(sub, common)
+    add_history_parser(sub)
     return p
 
 

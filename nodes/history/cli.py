@@ -27,10 +27,10 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from bus.config import HistorySection, MeshConfig
-from bus.store.history import HistoryStore
+from bus.config import HistorySection, MeshConfig, parse_hostport
+from bus.store.history_reader import FailoverHistoryReader, HistoryReader
 from protocols.errors import StoreError
 from protocols.history.bars import (
     RES_SECONDS,
@@ -58,8 +58,14 @@ class UsageError(ValueError):
     """The command line asks for something impossible (exit code 2)."""
 
 
-def add_history_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+def add_history_parser(sub: Any) -> None:
     """Register ``history`` and its commands on the ``tickmesh`` subparsers."""
+    # Not the nodes' common options: a command whose output scripts read logs only errors
+    # by default (a warning that one ClickHouse server is down while the other answers would
+    # be a second line on stderr), and it writes no statistics.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", help="mesh file (TOML); default: the local mesh")
+    common.add_argument("--log-level", default="ERROR")
     h = sub.add_parser("history", help="print bars, ticks or performance reports from history",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     hs = h.add_subparsers(dest="history_command", required=True)
@@ -126,7 +132,7 @@ def _iso(ts_ns: int) -> str:
     return f"{base}.{frac // 1000:06d}Z" if frac else f"{base}Z"
 
 
-async def read_bars(store: HistoryStore, stream: str, res_s: int, start_ns: int, end_ns: int,
+async def read_bars(store: HistoryReader, stream: str, res_s: int, start_ns: int, end_ns: int,
                     countback: int = 0) -> tuple[list[Bar], Bar | None]:
     """The closed bars of the range (``countback``: the last N before ``end_ns``, the forming
     bar included in N) and the forming bar, or None.
@@ -224,7 +230,7 @@ def _bar_row(bar: Bar, forming: bool) -> dict[str, Any]:
 
 # --- the commands ------------------------------------------------------------------------
 
-async def _bars(store: HistoryStore, args: argparse.Namespace) -> int:
+async def _bars(store: HistoryReader, args: argparse.Namespace) -> int:
     res_s, start, end = args.res_s, args.start_ns, args.end_ns
     closed, forming = await read_bars(store, args.symbol, res_s, start, end, args.countback)
     rows = [_bar_row(b, False) for b in closed] + ([_bar_row(forming, True)] if forming else [])
@@ -237,7 +243,7 @@ async def _bars(store: HistoryStore, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _ticks(store: HistoryStore, args: argparse.Namespace) -> int:
+async def _ticks(store: HistoryReader, args: argparse.Namespace) -> int:
     start, end = args.start_ns, args.end_ns
     ticks = await store.ticks(args.symbol, start, end, args.limit)
     c = ticks.data
@@ -265,7 +271,7 @@ def _marks(given: list[str]) -> dict[str, float]:
     return out
 
 
-async def _report(store: HistoryStore, args: argparse.Namespace) -> int:
+async def _report(store: HistoryReader, args: argparse.Namespace) -> int:
     marks, start, end = dict(args.marks), args.start_ns, args.end_ns
     orders = await store.orders(args.account, start, end)
     executions = await store.executions(args.account, start, end)
@@ -304,7 +310,15 @@ async def _report(store: HistoryStore, args: argparse.Namespace) -> int:
 _COMMANDS = {"bars": _bars, "ticks": _ticks, "report": _report}
 
 
-def open_reader(section: HistorySection) -> HistoryStore:
+class _Reader(HistoryReader, Protocol):
+    """A reader the command opens and closes (a store, or the failover pair of them)."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def open_reader(section: HistorySection) -> _Reader:
     """The store that readers of the mesh use: the DuckDB file, or the ClickHouse servers
     behind the failover reader (the first is the active one)."""
     if section.store == "duckdb":
@@ -314,7 +328,15 @@ def open_reader(section: HistorySection) -> HistoryStore:
             raise StoreError(f"no history at {section.duckdb_path} (history.duckdb_path; is "
                              "the historian writing there?)")
         return DuckDBHistoryStore(section.duckdb_path)
-    raise StoreError("history.store = \"clickhouse\": the ClickHouse reader is not built yet")
+    from bus.store.history_ch import ClickHouseHistoryStore
+
+    servers = []
+    for i, hp in enumerate(section.clickhouse):
+        host, port = parse_hostport(f"history.clickhouse[{i}]", hp)
+        servers.append(ClickHouseHistoryStore(host, port, section.database,
+                                              section.connect_timeout_s,
+                                              section.receive_timeout_s))
+    return FailoverHistoryReader(servers)
 
 
 def _check(args: argparse.Namespace, now_ns: int) -> None:

@@ -11,13 +11,17 @@ import asyncio
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
+from bus.store.history import HistoryStore
+from bus.store.history_ch import ClickHouseHistoryStore
 from bus.store.history_duck import DuckDBHistoryStore
 from nodes.cli import main
 from nodes.history.cli import parse_time, read_bars
+from nodes.servers.clickhouse_server import ClickHouseProcess, free_port
 from protocols.history.bars import RES_SECONDS, Bar, BarBuilder, bars_to_columns
 from protocols.history.report import performance_report
 from protocols.history.schema import NS_PER_S, Table
@@ -44,21 +48,23 @@ def replay() -> tuple[BarBuilder, list[Bar]]:
     return builder, closed
 
 
+async def fill(store: HistoryStore) -> None:
+    """Store what a historian that saw TICKS, ORDERS and EXECUTIONS writes."""
+    await store.open()
+    try:
+        for rows in (TICKS, bars_to_columns(replay()[1]), ORDERS, EXECUTIONS):
+            await store.insert(rows)
+    finally:
+        await store.close()
+
+
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A mesh file whose [history] is a DuckDB file holding the test's history."""
     d = tmp_path_factory.mktemp("history-cli")
     path = d / "history.duckdb"
 
-    async def fill() -> None:
-        store = DuckDBHistoryStore(path)
-        await store.open()
-        try:
-            for rows in (TICKS, bars_to_columns(replay()[1]), ORDERS, EXECUTIONS):
-                await store.insert(rows)
-        finally:
-            await store.close()
-    asyncio.run(fill())
+    asyncio.run(fill(DuckDBHistoryStore(path)))
     mesh = d / "mesh.toml"
     mesh.write_text(f'[history]\nduckdb_path = "{path}"\n', encoding="utf-8")
     return mesh
@@ -283,3 +289,36 @@ def test_read_bars_rebuilds_the_forming_bar_at_any_point(tmp_path: Path) -> None
         finally:
             await store.close()
     asyncio.run(body())
+
+
+def clickhouse_mesh(tmp_path: Path, ports: list[int], database: str) -> Path:
+    mesh = tmp_path / "mesh.toml"
+    servers = ", ".join(f'"127.0.0.1:{p}"' for p in ports)
+    mesh.write_text(f'[history]\nstore = "clickhouse"\nclickhouse = [{servers}]\n'
+                    f'database = "{database}"\n', encoding="utf-8")
+    return mesh
+
+
+def test_clickhouse_reads_go_to_the_server_that_answers(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, mesh: Path,
+        clickhouse_server: ClickHouseProcess) -> None:
+    """The first server is dead: the failover reader reads the second, and the output is
+    the same as from the DuckDB file holding the same history."""
+    database = f"cli_{uuid.uuid4().hex[:12]}"
+    assert clickhouse_server.port is not None
+    asyncio.run(fill(ClickHouseHistoryStore("127.0.0.1", clickhouse_server.port, database)))
+    ch = clickhouse_mesh(tmp_path, [free_port(), clickhouse_server.port], database)
+    for argv in (["bars", "EURUSD", "--res", "1", "--from", "2026-12-01", "--to",
+                  "2026-12-01T15:00:00Z", "--json"],
+                 ["report", "--from", "2026-12-01", "--to", "2026-12-02", "--json"]):
+        rc, out, err = run(capsys, ch, *argv)
+        assert (rc, err) == (0, "")
+        assert out == run(capsys, mesh, *argv)[1]
+
+
+def test_clickhouse_servers_all_down_is_exit_1(capsys: pytest.CaptureFixture[str],
+                                               tmp_path: Path) -> None:
+    rc, out, err = run(capsys, clickhouse_mesh(tmp_path, [free_port(), free_port()], "x"),
+                       "ticks", "EURUSD")
+    assert (rc, out) == (1, "")
+    assert "cannot read history" in err and err.count("\n") == 1
