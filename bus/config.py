@@ -311,6 +311,9 @@ class HistorySection:
     spools what a dead server missed in the DuckDB file ``spool_path``. A batch is written
     once it holds ``batch_rows`` rows or is ``batch_ms`` old. ``stream_cap`` bounds the order
     store's history stream in Redis (the retention the historian backfills orders from).
+    ``query_bind`` is where the historian answers history queries (ROUTER): a DuckDB file can
+    be open in one process only, so readers of the embedded store ask the historian, which
+    also serves the forming bars from its memory ("": no query service).
     """
 
     enabled: bool = True
@@ -324,8 +327,11 @@ class HistorySection:
     connect_timeout_s: float = 0.25
     receive_timeout_s: float = 2.0
     stream_cap: int = 1_000_000
+    query_bind: str = "tcp://127.0.0.1:7500"
 
     def validate(self, key: str) -> None:
+        if self.query_bind:
+            _check_endpoint(f"{key}.query_bind", self.query_bind)
         if self.store == "clickhouse":
             if not 1 <= len(self.clickhouse) <= 2:
                 raise ConfigError(f"{key}.clickhouse",

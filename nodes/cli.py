@@ -6,6 +6,7 @@
     tickmesh backend --role primary     one node of the order backend pair ([orders])
     tickmesh executor                   the executor: fills routed orders (simulated EA)
     tickmesh trader [--rate N]          place market orders at N/s through the order client
+    tickmesh historian                  record ticks, orders and executions into history
     tickmesh up [--for SECONDS] [--ha]  every node under a supervisor (see scripts/up)
     tickmesh check-config FILE          validate a mesh file and print it
     tickmesh history bars|ticks|report  print history: bars, ticks, performance reports
@@ -47,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("executor", parents=[common], help="run the executor (the EA's trade side)")
     tr = sub.add_parser("trader", parents=[common], help="place market orders at a steady rate")
     tr.add_argument("--rate", type=float, help="orders per second (default: [orders] trader_rate)")
+    sub.add_parser("historian", parents=[common],
+                   help="record ticks, orders and executions into history ([history])")
     up = sub.add_parser("up", parents=[common], help="run the whole mesh under a supervisor")
     up.add_argument("--for", dest="duration", type=float, default=0.0,
                     help="stop after this many seconds and print a summary")
@@ -130,6 +133,13 @@ def _run_trader(cfg: MeshConfig, rate: float | None, stats: Path | None) -> int:
                     sched=cfg.sched, kind="trader", what="the trader")
 
 
+def _run_historian(cfg: MeshConfig, stats: Path | None) -> int:
+    from nodes.history.historian import Historian, open_writer
+
+    return run_node(lambda stop: Historian(cfg, open_writer(cfg), stats_path=stats).run(stop),
+                    sched=cfg.sched, kind="historian", what="the historian")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(getattr(args, "log_level", "INFO"))
@@ -151,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_executor(cfg, args.stats)
         if args.command == "trader":
             return _run_trader(cfg, args.rate, args.stats)
+        if args.command == "historian":
+            return _run_historian(cfg, args.stats)
         if args.command == "history":
             return run_history(cfg, args)
         from nodes.supervisor import run_up

@@ -90,6 +90,8 @@ class Supervisor:
         for f in self.cfg.feeds:
             self.children.append(self._child(f"feed-{f.name}", "feed", "--name", f.name))
         self.children.append(self._child("monitor", "monitor"))
+        if self.cfg.history.enabled:
+            self.children.append(self._child("historian", "historian"))
         if orders.enabled and orders.trader_rate > 0:
             self.children.append(self._child("trader", "trader"))
 
@@ -140,10 +142,12 @@ class Supervisor:
     async def stop(self) -> None:
         """Stop feeds first (end of session reaches subscribers), then everything else."""
         self.stopping = True
-        # The trader first (no new orders), then feeds, then the rest.
+        # The trader first (no new orders), then feeds, then the rest; the monitor and the
+        # historian last, so they take in what the others sent last.
         order = sorted(self.children, key=lambda c: (c.name != "trader",
                                                       not c.name.startswith("feed"),
-                                                      c.name == "monitor"))
+                                                      c.name in ("monitor", "historian"),
+                                                      c.name == "historian"))
         for c in order:
             await self._terminate(c)
             if c.name.startswith("feed"):
@@ -186,7 +190,19 @@ class Supervisor:
             "order_errors": mon.get("order_errors", 0),
             "restarts": {c.name: c.restarts for c in self.children if c.restarts},
             **self._order_summary(),
+            **self._history_summary(),
         }
+
+    def _history_summary(self) -> dict[str, Any]:
+        if not self.cfg.history.enabled:
+            return {}
+        h = next((c.read_stats() for c in self.children if c.name == "historian"), {})
+        return {"history_store": self.cfg.history.store,
+                "history_rows": h.get("written", 0), "history_ticks": h.get("ticks", 0),
+                "history_bars": h.get("bars", 0), "history_orders": h.get("orders", 0),
+                "history_executions": h.get("executions", 0),
+                "history_holes": h.get("tick_holes", 0) + h.get("order_holes", 0),
+                "history_lag_ms_p99": h.get("lag_ms_p99")}
 
     def _order_summary(self) -> dict[str, Any]:
         if not self.cfg.orders.enabled:
@@ -206,10 +222,11 @@ class Supervisor:
         alive = sum(1 for c in self.children if c.proc and c.proc.returncode is None)
         orders = (f" | orders {s['orders_acked']}/{s['orders_placed']} filled "
                   f"{s['orders_filled']}" if "orders_placed" in s else "")
+        history = f" | history {s['history_rows']}" if "history_rows" in s else ""
         return (f"nodes {alive}/{len(self.children)} | published {s['published']} | delivered "
                 f"{s['delivered']} (tcp {s['received_tcp']}, udp {s['received_udp']}) | gaps "
-                f"{s['gaps']} filled {s['gaps_filled']} lost {s['unrecoverable']}{orders} | "
-                f"restarts {sum(s['restarts'].values())}")
+                f"{s['gaps']} filled {s['gaps_filled']} lost {s['unrecoverable']}{orders}"
+                f"{history} | restarts {sum(s['restarts'].values())}")
 
 
 def _local_redis(cfg: MeshConfig, run_dir: Path, port: int) -> tuple[MeshConfig,
@@ -238,6 +255,15 @@ def _local_redis_ha(cfg: MeshConfig, run_dir: Path) -> tuple[MeshConfig, RedisHA
     return replace(cfg, redis=section), ha
 
 
+def _history_in(cfg: MeshConfig, run_dir: Path) -> MeshConfig:
+    """Relative history files live in the run dir, like Redis's data."""
+    h = cfg.history
+    def inside(path: str) -> str:
+        return path if Path(path).is_absolute() else str(run_dir / Path(path).name)
+    return replace(cfg, history=replace(h, duckdb_path=inside(h.duckdb_path),
+                                        spool_path=inside(h.spool_path)))
+
+
 def _redis_description(cfg: MeshConfig) -> str:
     if cfg.redis.sentinels:
         return (f"Redis HA via Sentinels {', '.join(cfg.redis.sentinels)} "
@@ -258,6 +284,7 @@ async def run_up(cfg: MeshConfig, args: argparse.Namespace) -> int:
     except ServerError as exc:
         print(f"tickmesh up: {exc}", file=sys.stderr)
         return 2
+    cfg = _history_in(cfg, run_dir)
     config_file = run_dir / "mesh.toml"
     config_file.write_text(dump_toml(cfg))
     sup = Supervisor(cfg, run_dir, config_file)
@@ -297,6 +324,8 @@ async def run_up(cfg: MeshConfig, args: argparse.Namespace) -> int:
           and summary["unrecoverable"] == 0 and summary["order_errors"] == 0)
     if cfg.orders.enabled and cfg.orders.trader_rate > 0:
         ok = ok and summary["orders_filled"] > 0 and summary["orders_timed_out"] == 0
+    if cfg.history.enabled:
+        ok = ok and summary["history_rows"] > 0
     if not ok:
         print("tickmesh up: the run was not clean (see the summary and "
               f"{run_dir / 'logs'})", file=sys.stderr)

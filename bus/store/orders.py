@@ -21,6 +21,11 @@ Keys, under the mesh's ``key_prefix`` ``P`` (the RTSS role: never evicted before
     P:xlog:{order_id}            list: the executor's log of the order (report frames, joined);
                                  entry ``seq`` is at index ``seq - 1``
     P:executed:{order_id}        set of exec ids of the log's fills and final decisions
+    P:history                    stream: one entry per record write that changed the record,
+                                 id "{n}-0" (n counts from 1, P:history:n), fields ``o`` (the
+                                 record) and ``e1``, ``e2``, ... (the log entries it appended);
+                                 capped near ``history_cap`` entries: what the historian
+                                 records and backfills from (0: no stream)
 
 The executor's log is decided by the active backend (``protocols.orders.record.judge_entry``:
 a position is taken once) and written here with the record that applied it, in the same fenced
@@ -86,16 +91,18 @@ return {0, cur}
 # another order is pointed at this one (an id reused past the index's window names a new
 # order). A client order id that now names its order is added to the recent set (score:
 # now_ms); entries older than the window are trimmed. A written order's new log entries are
-# appended, its executions added to its executed set.
+# appended, its executions added to its executed set. The last two KEYS are the history stream
+# and its counter, the last ARGV its cap (0: no history): each record that was written and
+# changed gets one stream entry with the record and the log entries appended with it.
 _WRITE = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 if cur ~= tonumber(ARGV[1]) then
   return {0, cur}
 end
 local force, now, n = ARGV[2] == '1', tonumber(ARGV[3]), tonumber(ARGV[5])
-local e0, k0 = 5 + 4 * n, 3 + 2 * n
-local lens, fresh = {}, {}
-for j = 1, (#ARGV - e0) / 4 do
+local e0, k0, cap = 5 + 4 * n, 3 + 2 * n, tonumber(ARGV[#ARGV])
+local lens, fresh, changed = {}, {}, {}
+for j = 1, (#ARGV - 1 - e0) / 4 do
   local key, at = KEYS[k0 + 2 * j - 1], tonumber(ARGV[e0 + 4 * j - 2])
   local len = lens[key] or redis.call('LLEN', key)
   if at > len then
@@ -125,6 +132,9 @@ for i = 0, n - 1 do
       redis.call('SET', cid, oid)
       redis.call('ZADD', KEYS[3], now, member)
     end
+    if cap > 0 and redis.call('GET', rec) ~= blob then
+      changed[i + 1] = {blob}
+    end
     redis.call('SET', rec, blob)
     if terminal == '1' then
       redis.call('SREM', KEYS[2], oid)
@@ -142,12 +152,74 @@ for _, j in ipairs(fresh) do
     if executed ~= '' then
       redis.call('SADD', KEYS[k0 + 2 * j], executed)
     end
+    local rec = changed[tonumber(ARGV[e0 + 4 * j - 3])]
+    if rec then
+      rec[#rec + 1] = ARGV[e0 + 4 * j - 1]
+    end
+  end
+end
+for i = 1, n do
+  local rec = changed[i]
+  if rec then
+    local args = {'XADD', KEYS[#KEYS - 1], 'MAXLEN', '~', cap,
+                  redis.call('INCR', KEYS[#KEYS]) .. '-0', 'o', rec[1]}
+    for k = 2, #rec do
+      args[#args + 1] = 'e' .. (k - 1)
+      args[#args + 1] = rec[k]
+    end
+    redis.call(unpack(args))
   end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (now - tonumber(ARGV[4])))
 return out
 """
 
+# The rebuild from history (protocols.history.rebuild): restores what the store lacks and
+# never overwrites what it has. KEYS: epoch, open, recent, history counter, then per record its
+# record key, client order id key, log and executed set. ARGV: epoch, history position,
+# now_ms, window_ms, then per record its order id, blob, terminal (0/1), recent-set member,
+# updated_ms, the number of its log entries, then per entry its blob and exec id ("" if none).
+# Returns {records restored, entries restored}.
+_RESTORE = """
+local function raise_to(key, value)
+  if tonumber(redis.call('GET', key) or '0') < value then
+    redis.call('SET', key, value)
+  end
+end
+raise_to(KEYS[1], tonumber(ARGV[1]))
+raise_to(KEYS[4], tonumber(ARGV[2]))
+local now, window = tonumber(ARGV[3]), tonumber(ARGV[4])
+local a, restored, logged = 5, 0, 0
+for k = 5, #KEYS, 4 do
+  local oid, blob, terminal, member = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local updated, n = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  a = a + 6
+  if redis.call('SET', KEYS[k], blob, 'NX') then
+    restored = restored + 1
+    redis.call('SET', KEYS[k + 1], oid, 'NX')
+    if terminal == '0' then
+      redis.call('SADD', KEYS[2], oid)
+    end
+    if updated > now - window then
+      redis.call('ZADD', KEYS[3], updated, member)
+    end
+  end
+  local fresh = redis.call('LLEN', KEYS[k + 2]) == 0
+  for j = 1, n do
+    if fresh then
+      redis.call('RPUSH', KEYS[k + 2], ARGV[a])
+      if ARGV[a + 1] ~= '' then
+        redis.call('SADD', KEYS[k + 3], ARGV[a + 1])
+      end
+      logged = logged + 1
+    end
+    a = a + 2
+  end
+end
+return {restored, logged}
+"""
+
+RESTORE_PAGE = 500  # records restored per script call (a call holds Redis for its length)
 OPEN_PAGE = 200  # order records read and decoded per round trip by open_orders
 RECENT_PAGE = 5_000  # members of the recent set read per round trip
 _US = "\x1f"  # separates the fields of a recent-set member: ids hold no control characters
@@ -270,6 +342,28 @@ def _entry(blob: bytes) -> ExecutionReport:
 MAX_IN_FLIGHT = 64
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One entry of the history stream: a record write and the log entries it appended."""
+
+    position: int  # n of the entry id "{n}-0": consecutive from 1
+    record: bytes  # the ORDER message, as stored in P:order:{order_id}
+    entries: tuple[bytes, ...]  # EXECUTION_REPORT messages, in log order
+
+
+def _history_position(entry_id: bytes | str) -> int:
+    return int(_text(entry_id).split("-", 1)[0])
+
+
+def _history_entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> HistoryEntry:
+    entries = []
+    k = 1
+    while (blob := fields.get(f"e{k}".encode())) is not None:
+        entries.append(blob)
+        k += 1
+    return HistoryEntry(_history_position(entry_id), fields[b"o"], tuple(entries))
+
+
 @dataclass(slots=True)
 class OrderStoreStats:
     ridden: int = 0  # commands that succeeded after the store was unavailable for a while
@@ -294,8 +388,10 @@ class RedisOrderStore:
 
     def __init__(self, url: str, key_prefix: str = "tm", socket_timeout_s: float = 1.0,
                  client: aioredis.Redis | None = None, *, deadline_s: float = 0.0,
-                 wait_timeout_s: float = 0.1, window_s: float = WINDOW_S) -> None:
+                 wait_timeout_s: float = 0.1, window_s: float = WINDOW_S,
+                 history_cap: int = 0) -> None:
         self.prefix = key_prefix
+        self.history_cap = history_cap  # entries the history stream keeps (0: none written)
         self.window_s = window_s  # the recent set keeps client order ids this long
         self.redis = client or redis_client(url, socket_timeout_s)
         self.deadline_s = deadline_s
@@ -303,6 +399,7 @@ class RedisOrderStore:
         self._connection: RedisConnection | None = None
         self._acquire = self.redis.register_script(_ACQUIRE)
         self._write = self.redis.register_script(_WRITE)
+        self._restore = self.redis.register_script(_RESTORE)
         self._backoff = Backoff(base_s=0.005, cap_s=0.1)
         self._replicas = (0, -1.0)  # (connected replicas, when known by the loop's clock)
         self._replicas_lock = asyncio.Lock()  # one INFO when it is stale, not one per caller
@@ -316,7 +413,8 @@ class RedisOrderStore:
         connection = connect_redis(section)
         store = cls(section.url, cfg.mesh.key_prefix, client=connection.client,
                     deadline_s=section.deadline_ms / 1000,
-                    wait_timeout_s=section.wait_timeout_ms / 1000)
+                    wait_timeout_s=section.wait_timeout_ms / 1000,
+                    history_cap=cfg.history.stream_cap if cfg.history.enabled else 0)
         store._connection = connection
         return store
 
@@ -438,8 +536,8 @@ class RedisOrderStore:
                 log_keys += [self._k("xlog", r.order_id), self.executed_key(r.order_id)]
                 log_args += [i, e.seq - 1, e.blob, e.executed]
                 entries.append((r.order_id, e))
-        keys += log_keys
-        args += log_args
+        keys += [*log_keys, self._k("history"), self._k("history", "n")]
+        args += [*log_args, self.history_cap]
         result = await self._call(lambda: self._decide(self._write, keys, args))
         if result[0] == 0:
             raise Fenced(epoch, int(result[1]))
@@ -523,6 +621,58 @@ class RedisOrderStore:
     async def executions(self, order_id: str, after: int = 0) -> list[ExecutionReport]:
         blobs = await self._call(lambda: self.redis.lrange(self._k("xlog", order_id), after, -1))
         return [_entry(b) for b in blobs]
+
+    async def history_position(self) -> int:
+        """The position of the last history stream entry written (0: none, or a wiped store)."""
+        value = await self._call(lambda: self.redis.get(self._k("history", "n")))
+        return int(value or 0)
+
+    async def restore(self, records: Sequence[EncodedOrder], epoch: int, position: int
+                      ) -> tuple[int, int]:
+        """Write back what the store lacks of ``records`` (a rebuild from history): a record
+        it holds is never overwritten, a log it holds is left as it is. Raises the epoch and
+        the history position to at least ``epoch`` and ``position``. Returns the records and
+        log entries restored."""
+        restored = logged = 0
+        now_ms = int(time.time() * 1000)
+        for start in range(0, len(records), RESTORE_PAGE):
+            keys = [self._k("epoch"), self._k("open"), self._k("recent"),
+                    self._k("history", "n")]
+            args: list[Any] = [epoch, position, now_ms, int(self.window_s * 1000)]
+            for r in records[start:start + RESTORE_PAGE]:
+                updated_ms = r.decode().updated_ns // 1_000_000
+                keys += [self._k("order", r.order_id),
+                         self._k("client", r.account, r.client_order_id),
+                         self._k("xlog", r.order_id), self.executed_key(r.order_id)]
+                args += [r.order_id, r.blob, int(r.terminal),
+                         _member(r.account, r.client_order_id, r.order_id), updated_ms,
+                         len(r.entries)]
+                for e in r.entries:
+                    args += [e.blob, e.executed]
+            got = await self._call(partial(self._decide, self._restore, keys, args))
+            restored += int(got[0])
+            logged += int(got[1])
+        return restored, logged
+
+    async def history(self, after: int, count: int, block_ms: int = 0) -> list[HistoryEntry]:
+        """Up to ``count`` entries of the history stream after position ``after``, oldest first;
+        ``block_ms > 0`` waits that long for the first one when there is none yet."""
+        key = self._k("history")
+        if block_ms > 0:
+            reply = await self._call(lambda: self.redis.xread({key: f"{after}-0"}, count=count,
+                                                              block=block_ms))
+            items = reply[0][1] if reply else []
+        else:
+            items = await self._call(lambda: self.redis.xrange(key, f"({after}-0", "+",
+                                                               count=count))
+        return [_history_entry(i, f) for i, f in items]
+
+    async def history_first(self) -> int:
+        """The position of the oldest entry the history stream still holds (0: it is empty):
+        what is older was trimmed by the cap and can only be a counted hole."""
+        items = await self._call(lambda: self.redis.xrange(self._k("history"), "-", "+",
+                                                           count=1))
+        return _history_position(items[0][0]) if items else 0
 
     async def close(self) -> None:
         if self._connection is not None:

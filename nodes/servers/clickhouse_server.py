@@ -20,16 +20,26 @@ Starting blocks until the server is ready: asyncio code calls it through ``async
 
 from __future__ import annotations
 
+import argparse
+import logging
+import signal
+import socket
 import subprocess
+import sys
+import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 from clickhouse_driver import Client
 
 from nodes.servers.redis_server import _ServerProcess, free_port
+from protocols.errors import ServerError
 
-__all__ = ["ClickHouseProcess", "free_port"]
+__all__ = ["ClickHouseProcess", "free_port", "main"]
+
+log = logging.getLogger(__name__)
 
 _MACRO = "tickmesh_instance"
 _MIB = 1 << 20
@@ -84,6 +94,10 @@ class ClickHouseProcess(_ServerProcess):
         return macro == self._instance
 
     def _query_one(self, sql: str, timeout: float) -> object:
+        try:
+            socket.create_connection(self.address, timeout=timeout).close()
+        except OSError:
+            return None  # nothing listens: spare the driver, which logs each refused connect
         client = self.client(timeout)
         try:
             rows = client.execute(sql)
@@ -148,3 +162,68 @@ class ClickHouseProcess(_ServerProcess):
 
 def _x(value: object) -> str:
     return escape(str(value))
+
+
+# -- launcher (scripts/run-clickhouse) -----------------------------------------------------
+
+_WATCH_S = 0.5
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="run-clickhouse",
+        description="Run one clickhouse-server with tickmesh's configuration on loopback in "
+        "the foreground until Ctrl-C or SIGTERM, and print the [history] line that points a "
+        "mesh at it (run two, on two ports and data directories, for the pair).")
+    p.add_argument("--port", type=int, default=9000, help="native protocol port (default 9000)")
+    p.add_argument("--http-port", type=int, default=None,
+                   help="also open the HTTP interface on this port (default: off)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="data directory (default: ./run/clickhouse-PORT)")
+    p.add_argument("--cache-mib", type=int, default=256,
+                   help="mark and uncompressed cache size each, MiB (default 256)")
+    p.add_argument("--for", dest="run_for", type=float, default=None, metavar="SECONDS",
+                   help="stop by itself after SECONDS (default: run until signalled)")
+    p.add_argument("--start-timeout", type=float, default=30.0,
+                   help="seconds to wait for the server to answer (default 30)")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    data = args.data if args.data is not None else Path(f"run/clickhouse-{args.port}")
+    server = ClickHouseProcess(port=args.port, http_port=args.http_port, data_dir=data,
+                               cache_mib=args.cache_mib)
+    try:
+        server.start(timeout=args.start_timeout)
+    except ServerError as exc:
+        print(f"run-clickhouse: {exc}", file=sys.stderr)
+        return 1
+    # Blocked only now: the server inherited this thread's signal mask when it was started.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        print(f"clickhouse-server pid {server.pid} on {server.host}:{server.port}, data in "
+              f"{server.data_dir}, log {server.log_path}\n[history]\nstore = \"clickhouse\"\n"
+              f"clickhouse = [\"{server.host}:{server.port}\"]", flush=True)
+        deadline = None if args.run_for is None else time.monotonic() + args.run_for
+        while deadline is None or time.monotonic() < deadline:
+            received = signal.sigtimedwait(_STOP_SIGNALS, _WATCH_S)
+            if received is not None:
+                log.info("%s received; stopping", signal.Signals(received.si_signo).name)
+                break
+            if not server.running:
+                print(f"run-clickhouse: the server exited; end of {server.log_path}:\n"
+                      f"{server._log_tail()}", file=sys.stderr)
+                return 1
+        return 0
+    finally:
+        server.stop()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

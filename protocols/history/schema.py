@@ -25,6 +25,7 @@ ClickHouse (REFERENCES.md section 4):
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -245,37 +246,58 @@ class Columns:
         return self.data[name]
 
     def by_partition(self) -> list[Columns]:
-        """This batch split into atomic inserts: one partition, at most MAX_ATOMIC_ROWS each."""
+        """This batch split into atomic inserts: one partition, at most MAX_ATOMIC_ROWS each.
+
+        The pieces are runs of *consecutive* rows, in batch order, not all rows of a partition
+        together: rows arrive in watermark order, and if the k-th insert fails after the first
+        k-1 were applied, the server's watermark must not have jumped over a row it lacks.
+        """
         times = self.data[self.spec.time]
-        parts: dict[int, list[int]] = {}
-        for i, t in enumerate(times):
-            parts.setdefault(partition_of(t), []).append(i)
-        if len(parts) == 1 and len(self) <= MAX_ATOMIC_ROWS:
+        if not times or (len(times) <= MAX_ATOMIC_ROWS
+                         and partition_of(min(times)) == partition_of(max(times))):
+            return [self]  # the common case, at C speed: partitions grow with time
+        cuts = [0]
+        part = partition_of(times[0])
+        for i in range(1, len(times)):
+            p = partition_of(times[i])
+            if p != part or i - cuts[-1] >= MAX_ATOMIC_ROWS:
+                cuts.append(i)
+                part = p
+        if len(cuts) == 1:
             return [self]
-        out: list[Columns] = []
-        for _, idx in sorted(parts.items()):
-            for lo in range(0, len(idx), MAX_ATOMIC_ROWS):
-                out.append(self.take(idx[lo:lo + MAX_ATOMIC_ROWS]))
-        return out
+        cuts.append(len(times))
+        return [self.slice(lo, hi) for lo, hi in itertools.pairwise(cuts)]
 
     def above(self, marks: Mapping[str, int]) -> Columns:
-        """The rows whose watermark position is above ``marks`` of their group (absent: all)."""
+        """The rows whose watermark position is above ``marks`` of their group (absent: all).
+
+        Rows of a group are in position order (the schema's rule), so a group's first row is
+        its lowest: when every group's first row is above its mark, the batch itself is the
+        answer, found with C-speed scans instead of a Python loop over the rows (the writer
+        asks this of every batch, for every server)."""
         group = self.spec.group
         pos = self.data[self.spec.position]
         if not group:
             mark = marks.get("", -1)
+            if not pos or min(pos) > mark:
+                return self
             return self.take([i for i, p in enumerate(pos) if p > mark])
         groups = self.data[group]
+        if all(pos[groups.index(g)] > marks.get(g, -1) for g in set(groups)):
+            return self
         return self.take([i for i, (g, p) in enumerate(zip(groups, pos, strict=True))
                           if p > marks.get(g, -1)])
 
     def marks(self) -> dict[str, int]:
-        """The highest watermark position of each group in this batch."""
+        """The highest watermark position of each group in this batch (its last row: rows of
+        a group are in position order)."""
         group = self.spec.group
-        out: dict[str, int] = {}
         pos = self.data[self.spec.position]
-        groups = self.data[group] if group else [""] * len(pos)
-        for g, p in zip(groups, pos, strict=True):
-            if p > out.get(g, -1):
-                out[g] = p
-        return out
+        if not pos:
+            return {}
+        if not group:
+            return {"": max(pos)}
+        groups = self.data[group]
+        last = len(groups) - 1
+        backwards = groups[::-1]
+        return {g: pos[last - backwards.index(g)] for g in set(groups)}

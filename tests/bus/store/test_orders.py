@@ -13,6 +13,7 @@ import pytest
 from bus.store.orders import RedisOrderStore
 from nodes.servers.redis_server import RedisProcess
 from protocols.errors import StoreError, StoreUnavailable
+from protocols.orders.codec import to_blob
 from protocols.orders.lifecycle import OrderState
 from tests.bus.store.contract_orders import logged, order, routed, slice_of
 from tests.support import run_with
@@ -127,3 +128,74 @@ def test_many_writes_at_once_share_a_few_connections_and_one_replica_probe(
         assert stats["cmdstat_info"]["calls"] == 1, stats["cmdstat_info"]
         assert all([await s.get(f"o{i}") for i in range(200)])
     with_store(redis_server, body)
+
+
+# The history stream (P:history): what the historian records and backfills orders from.
+
+
+def with_history(server: RedisProcess, cap: int,
+                 body: Callable[[RedisOrderStore], Awaitable[T]]) -> T:
+    async def open_store() -> RedisOrderStore:
+        return RedisOrderStore(server.url, "h", history_cap=cap)
+    return run_with(open_store, body)
+
+
+def test_each_changed_record_write_is_one_history_entry_with_its_new_log_entries(
+        redis_server: RedisProcess) -> None:
+    async def body(s: RedisOrderStore) -> None:
+        _, epoch = await s.acquire_epoch(0)
+        rec = routed()
+        await s.write_batch([rec], epoch)
+        first = rec.fill_report(0.5, 1.1, seq=1, exec_id="o1:1")
+        half = logged(rec, first)
+        second = half.fill_report(0.5, 1.2, seq=2, exec_id="o1:2")
+        filled = logged(half, second)
+        await s.write_batch([filled], epoch, [first, second])
+        # The same write again (a lost reply, the write-behind after a takeover) changes
+        # nothing, so it is not history again.
+        await s.write_batch([filled], epoch, [first, second])
+        got = await s.history(0, 10)
+        assert [e.position for e in got] == [1, 2]
+        assert got[0].record == to_blob(rec) and got[0].entries == ()
+        assert got[1].record == to_blob(filled)
+        assert got[1].entries == tuple(to_blob(e) for e in (first, second))
+        assert [e.position for e in await s.history(1, 10)] == [2]
+        assert await s.history(2, 10) == []
+        assert await s.history_first() == 1
+    with_history(redis_server, 100, body)
+
+
+def test_the_history_stream_is_capped_and_says_where_it_starts(
+        redis_server: RedisProcess) -> None:
+    async def body(s: RedisOrderStore) -> None:
+        _, epoch = await s.acquire_epoch(0)
+        for i in range(300):
+            await s.write_batch([routed(order_id=f"o{i}", coid=f"c{i}")], epoch)
+        first = await s.history_first()
+        # MAXLEN ~ trims whole macro nodes: at least the cap is kept, the oldest go.
+        assert 1 < first <= 300 - 100 + 1
+        held = await s.history(first - 1, 1000)
+        assert [e.position for e in held] == list(range(first, 301))
+    with_history(redis_server, 100, body)
+
+
+def test_a_blocking_history_read_waits_for_the_next_write(redis_server: RedisProcess) -> None:
+    async def body(s: RedisOrderStore) -> None:
+        _, epoch = await s.acquire_epoch(0)
+        waiting = asyncio.ensure_future(s.history(0, 10, block_ms=5_000))
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        await s.write_batch([routed()], epoch)
+        got = await asyncio.wait_for(waiting, 5)
+        assert [e.position for e in got] == [1]
+    with_history(redis_server, 100, body)
+
+
+def test_no_history_is_written_without_a_cap(redis_server: RedisProcess) -> None:
+    async def body(s: RedisOrderStore) -> None:
+        _, epoch = await s.acquire_epoch(0)
+        await s.write_batch([routed()], epoch)
+        assert await s.history(0, 10) == []
+        assert await s.history_first() == 0
+    with_history(redis_server, 0, body)
+

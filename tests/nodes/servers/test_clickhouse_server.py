@@ -109,3 +109,27 @@ def test_no_clickhouse_outlives_the_python_that_started_it(tmp_path: Path) -> No
                           text=True, timeout=scaled(30), check=True)
     pid = int(done.stdout.split()[0])
     assert not psutil.pid_exists(pid)
+
+
+def test_run_clickhouse_serves_in_the_foreground_until_sigterm(tmp_path: Path) -> None:
+    port = servers.free_port()
+    repo_root = Path(__file__).resolve().parents[3]
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "nodes.servers.clickhouse_server", "--port", str(port),
+         "--data", str(tmp_path / "ch"), "--log-level", "WARNING"],
+        cwd=repo_root, stdout=subprocess.PIPE, text=True)
+    try:
+        assert launcher.stdout is not None
+        first = launcher.stdout.readline()
+        assert first.startswith("clickhouse-server pid ")
+        server_pid = int(first.split()[2])
+        rest = [launcher.stdout.readline() for _ in range(3)]
+        assert rest[-1] == f'clickhouse = ["127.0.0.1:{port}"]\n'
+        assert ClickHouseProcess(data_dir=tmp_path / "probe", port=port).answers()
+        launcher.terminate()
+        assert launcher.wait(timeout=scaled(20)) == 0
+        assert not psutil.pid_exists(server_pid)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()

@@ -1,0 +1,1 @@
+"""History glue: the writer that keeps every server of a pair (and its spool) complete."""

@@ -1,0 +1,401 @@
+"""The historian: records every tick, order version and execution-log entry into history.
+
+Inputs:
+
+- **Ticks** through the subscriber library (both paths, gap repair by the recovery service).
+  Each stream is recorded in sequence order from its watermark on: a tick above the next
+  expected sequence (the historian restarted, or the subscriber gave a range up) first fills
+  the gap from the feed's Redis stream (``P:ticks:{stream}``) within its retention; what Redis
+  no longer holds, or never held (a feed crash's unknown range), is a **counted hole**, never
+  silently skipped. A tick at or below the watermark is a duplicate and is dropped.
+- **Orders** from the order store's history stream (``P:history``, PROTOCOL.md section 11):
+  one entry per record write with the log entries it appended, numbered 1, 2, ... so the
+  historian resumes exactly after its watermark, and a trimmed range is a counted hole.
+
+Rows are buffered per table and written by one flusher in batches of ``batch_rows`` rows or
+``batch_ms``, whichever comes first, through :class:`bus.history.writer.HistoryWriter` (both
+servers of a ClickHouse pair with a spool, or one DuckDB file). The idempotency keys are
+(stream, sequence) for ticks and (order id, log position) for executions; the watermarks in
+the store (``max(seq)`` per stream, ``max(src)`` of orders) make a retry, a replay or a restart
+write each row once. The buffers are bounded: a historian that cannot write stops reading, and
+the subscriber's own bounded queue drops and repairs, so memory never grows without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bus.aio import wait_event
+from bus.config import MeshConfig, parse_hostport
+from bus.history.writer import HistoryWriter
+from bus.store.orders import HistoryEntry, RedisOrderStore
+from bus.store.ticks import RedisTickStore
+from bus.ticks.subscriber import Subscriber, SubscriberOptions
+from nodes.common import stats_writer, supervise_tasks, write_json_atomic
+from protocols.errors import RemoteProtocolError, StoreError
+from protocols.history.bars import (
+    RES_SECONDS,
+    Bar,
+    BarBuilder,
+    bars_from_columns,
+    bars_to_columns,
+)
+from protocols.history.records import append_write
+from protocols.history.schema import Columns, Table
+from protocols.stats import percentiles
+from protocols.ticks.messages import Row
+
+__all__ = ["Historian", "HistorianStats"]
+
+log = logging.getLogger(__name__)
+
+FILL_CHUNK = 50_000  # ticks asked of Redis per backfill read
+FILL_SETTLE_S = 2.0  # how long a recent gap may wait for the feed's checkpoint to reach Redis
+ORDER_PAGE = 2_000  # history stream entries read per round trip
+ORDER_BLOCK_MS = 100
+MAX_PENDING_FACTOR = 4  # buffered rows beyond batch_rows x this: stop reading until written
+LAG_SAMPLES = 4_096
+RESUME_TICKS = 500_000  # stored ticks re-read at most to rebuild a stream's forming 1 s bar
+END_OF_TIME = 2**63 - 1
+STOP_FLUSH_S = 5.0
+
+
+@dataclass(slots=True)
+class HistorianStats:
+    ticks: int = 0  # tick rows buffered for writing
+    bars: int = 0
+    orders: int = 0  # order versions
+    executions: int = 0
+    written: int = 0  # rows the writer accepted
+    batches: int = 0
+    backfilled: int = 0  # ticks read back from Redis into a gap
+    tick_holes: int = 0  # ticks neither live nor in Redis (counted, reported)
+    order_holes: int = 0  # history stream entries trimmed before they were read
+    duplicates: int = 0  # ticks at or below the watermark, dropped
+    write_errors: int = 0  # writes that failed and were retried
+    bad_entries: int = 0  # history entries that did not decode (counted, skipped)
+
+
+class Historian:
+    """One historian: a subscriber, the order history stream, and a writer."""
+
+    def __init__(self, cfg: MeshConfig, writer: HistoryWriter, *,
+                 options: SubscriberOptions | None = None, stats_path: Path | None = None,
+                 ticks: RedisTickStore | None = None,
+                 orders: RedisOrderStore | None = None) -> None:
+        h = cfg.history
+        self.writer = writer
+        self.batch_rows = h.batch_rows
+        self.batch_s = h.batch_ms / 1000
+        self.sub = Subscriber(options or SubscriberOptions.from_config(cfg))
+        self.tick_store = ticks or RedisTickStore.from_config(cfg)
+        self.order_store = orders or RedisOrderStore.from_config(cfg)
+        self.stats_path = stats_path
+        self.stats = HistorianStats()
+        self._next: dict[str, int] = {}  # stream -> the next sequence to record
+        self._bars: dict[str, BarBuilder] = {}
+        self._quotes: dict[str, tuple[float, float]] = {}
+        self._order_pos = 0
+        self._buf = {t: Columns(t) for t in Table}
+        self._buffered = 0
+        self._full = asyncio.Event()  # a batch is due now
+        self._drained = asyncio.Event()  # the buffers have room again
+        self._drained.set()
+        self._lags: list[float] = []  # seconds from a tick's feed time to its write
+        self._oldest_feed_ns = 0  # the oldest feed time among buffered ticks
+        self.ready = asyncio.Event()  # set once it resumed and subscribed
+        self._inflight: asyncio.Task[None] | None = None  # the write on its way
+
+    # -- start -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.writer.open()
+        marks = await self.writer.resume_marks(Table.TICKS)
+        self._next = {stream: seq + 1 for stream, seq in marks.items()}
+        for stream, seq in marks.items():
+            self._bars[stream] = await self._resume_bars(stream, seq)
+        log.info("historian resumes %d tick streams", len(marks))
+        order_marks = [(await self.writer.resume_marks(t)).get("", 0)
+                       for t in (Table.ORDERS, Table.EXECUTIONS)]
+        # Orders and executions of one entry are written in one write(); the lower mark is
+        # where both are complete (the writer skips what a table holds already).
+        self._order_pos = min(order_marks)
+        await self.sub.start()
+        self.ready.set()
+
+    async def _resume_bars(self, stream: str, upto: int) -> BarBuilder:
+        """The stream's bar builder as it stood after tick ``upto``: from the closed bars the
+        store holds (per resolution its last one and the finer ones after it) and the stored
+        ticks after the last closed 1 s bar (protocols.history.bars, BarBuilder.resume)."""
+        store = self.writer.reader()
+        closed: list[Bar] = []
+        for finer, res in zip((0, *RES_SECONDS), RES_SECONDS, strict=False):
+            back = res // finer + 1 if finer else 1
+            rows = await store.bars(stream, res, 0, END_OF_TIME, countback=back)
+            # A bar closed by a tick above the resume point is not closed yet as far as the
+            # ticks to come are concerned: they will close it again.
+            closed.extend(b for b in bars_from_columns(rows) if b.last_seq <= upto)
+        builder = BarBuilder.resume(stream, closed)
+        floor = max((b.start_ns for b in closed if b.res_s == RES_SECONDS[0]), default=0)
+        ticks = await store.ticks(stream, floor, END_OF_TIME, RESUME_TICKS)
+        for seq, ts, bid, ask, last, vol in zip(
+                ticks.column("seq"), ticks.column("ts_ns"), ticks.column("bid"),
+                ticks.column("ask"), ticks.column("last"), ticks.column("volume"), strict=True):
+            if builder.last_seq < seq <= upto:
+                builder.on_tick(seq, ts, bid, ask, last, vol)  # closes nothing it had not
+        return builder
+
+    # -- ticks -----------------------------------------------------------------------------
+
+    async def _consume_ticks(self) -> None:
+        while True:
+            ticks = await self.sub.get_many(10_000)
+            for tick in ticks:
+                if tick.snapshot:
+                    continue  # a last value the store holds already, not a new tick
+                await self.ingest(tick.symbol, tick.session, tick.seq,
+                                  ((tick.bid, tick.ask, tick.last, tick.volume,
+                                    tick.source_time_ns, tick.feed_time_ns),))
+            await self._room()
+
+    async def ingest(self, stream: str, session: int, first_seq: int,
+                     rows: Sequence[Row]) -> None:
+        """Record consecutive ticks of ``stream`` from ``first_seq`` on: the subscriber's, or
+        a replay's (the benchmark feeds this directly). Ticks at or below the stream's
+        watermark are dropped as duplicates; a gap before them is backfilled first."""
+        expected = self._next.get(stream)
+        if expected is None:
+            # A stream the store has never seen starts where the historian first sees it:
+            # its earlier ticks predate this history.
+            log.info("historian: new stream %s from seq %d", stream, first_seq)
+            expected = first_seq
+        skip = expected - first_seq
+        if skip > 0:
+            self.stats.duplicates += min(skip, len(rows))
+            rows = rows[skip:]
+            first_seq = expected
+            if not rows:
+                return
+        if first_seq > expected:
+            await self._backfill(stream, expected, first_seq - 1)
+        for i, row in enumerate(rows):
+            self._add_row(stream, first_seq + i, session, row)
+        self._next[stream] = first_seq + len(rows)
+
+    def _add_row(self, stream: str, seq: int, session: int, row: Row) -> None:
+        bid, ask, last, volume, ts_ns, feed_ns = row
+        self._buf[Table.TICKS].append((stream, seq, session, ts_ns, feed_ns, bid, ask, last,
+                                       volume))
+        self._quotes[stream] = (bid, ask)
+        if not self._oldest_feed_ns:
+            self._oldest_feed_ns = feed_ns
+        builder = self._bars.get(stream)
+        if builder is None:
+            builder = self._bars[stream] = BarBuilder(stream)
+        closed = builder.on_tick(seq, ts_ns, bid, ask, last, volume)
+        if closed:
+            self._buf[Table.BARS].extend(bars_to_columns(closed))
+            self.stats.bars += len(closed)
+            self._buffered += len(closed)
+        self.stats.ticks += 1
+        self._buffered += 1
+        if self._buffered >= self.batch_rows:
+            self._full.set()
+
+    async def _backfill(self, stream: str, lo: int, hi: int) -> None:
+        """Record ``lo..hi`` of ``stream`` from Redis; count what it cannot give as holes."""
+        deadline = time.monotonic() + FILL_SETTLE_S
+        while lo <= hi:
+            res = await self.tick_store.fill(stream, lo, hi, FILL_CHUNK)
+            got = 0
+            for batch in res.batches:
+                for i, row in enumerate(batch.rows):
+                    seq = batch.first_seq + i
+                    if seq >= lo:
+                        self._add_row(stream, seq, batch.session, row)
+                        got += 1
+            for r in res.unknown:
+                self.stats.tick_holes += r.last - r.first + 1
+            settled = res.settled_to
+            if settled < lo:
+                # Not checkpointed yet (the feed writes behind by milliseconds): wait a
+                # little; a range that never settles (a dead feed) is a hole.
+                if time.monotonic() < deadline and res.known_stream:
+                    await asyncio.sleep(0.02)
+                    continue
+                settled = hi
+            covered = got + sum(r.last - r.first + 1 for r in res.unknown)
+            missing = settled - lo + 1 - covered
+            if missing > 0:
+                log.warning("historian: %s seq %d..%d: %d ticks no longer in Redis (a hole)",
+                            stream, lo, settled, missing)
+                self.stats.tick_holes += missing
+            self.stats.backfilled += got
+            lo = settled + 1
+            await self._room()
+
+    # -- orders ----------------------------------------------------------------------------
+
+    async def _consume_orders(self) -> None:
+        while True:
+            entries = await self.order_store.history(self._order_pos, ORDER_PAGE,
+                                                     block_ms=ORDER_BLOCK_MS)
+            if not entries:
+                continue
+            first = entries[0].position
+            if first > self._order_pos + 1:
+                missing = first - self._order_pos - 1
+                log.warning("historian: order history %d..%d was trimmed before it was read "
+                            "(%d entries, a hole)", self._order_pos + 1, first - 1, missing)
+                self.stats.order_holes += missing
+            for entry in entries:
+                self._add_entry(entry)
+                self._order_pos = entry.position
+            await self._room()
+
+    def _add_entry(self, entry: HistoryEntry) -> None:
+        try:
+            rows = append_write(self._buf[Table.ORDERS], self._buf[Table.EXECUTIONS],
+                                entry.position, entry.record, entry.entries, self._quote)
+        except RemoteProtocolError as exc:
+            log.error("historian: history entry %d does not decode: %s", entry.position, exc)
+            self.stats.bad_entries += 1
+            return
+        self.stats.orders += 1
+        self.stats.executions += rows - 1
+        self._buffered += rows
+        if self._buffered >= self.batch_rows:
+            self._full.set()
+
+    def _quote(self, symbol: str) -> tuple[float, float]:
+        return self._quotes.get(symbol, (0.0, 0.0))
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def _room(self) -> None:
+        """Wait while the buffers are full (the flusher is behind: a store is slow or down)."""
+        if self._buffered >= self.batch_rows * MAX_PENDING_FACTOR:
+            self._drained.clear()
+            self._full.set()
+            await self._drained.wait()
+
+    async def _flusher(self) -> None:
+        while True:
+            await wait_event(self._full, self.batch_s)
+            self._full.clear()
+            await self.flush()
+            await self.writer.maintain()
+
+    async def flush(self) -> None:
+        """Write what is buffered; on failure keep it and try again (it is not lost).
+
+        The write runs as a task of its own, shielded: a stop that cancels the flusher while
+        a batch is on its way lets that write finish (the store may have applied it, and the
+        writer must learn its marks), and :meth:`run` awaits it before the final flush."""
+        if self._inflight is not None:
+            await asyncio.shield(self._inflight)
+        if not self._buffered:
+            return
+        batches = [self._buf[t] for t in Table]
+        oldest = self._oldest_feed_ns
+        self._buf = {t: Columns(t) for t in Table}
+        rows, self._buffered, self._oldest_feed_ns = self._buffered, 0, 0
+        self._inflight = asyncio.create_task(self._write(batches, rows, oldest), name="write")
+        await asyncio.shield(self._inflight)
+
+    async def _write(self, batches: list[Columns], rows: int, oldest_feed_ns: int) -> None:
+        while True:
+            try:
+                await self.writer.write(batches)
+                break
+            except StoreError as exc:
+                self.stats.write_errors += 1
+                log.warning("historian: write of %d rows failed, retrying: %s", rows, exc)
+                await asyncio.sleep(0.2)
+        self.stats.written += rows
+        self.stats.batches += 1
+        if oldest_feed_ns:
+            self._lag(time.time_ns() - oldest_feed_ns)
+        self._inflight = None
+        self._drained.set()
+
+    def _lag(self, ns: int) -> None:
+        if len(self._lags) >= LAG_SAMPLES:
+            del self._lags[: LAG_SAMPLES // 2]
+        self._lags.append(ns / 1e9)
+
+    # -- the node --------------------------------------------------------------------------
+
+    def collect(self) -> dict[str, Any]:
+        got = percentiles(self._lags, (0.5, 0.99))
+        lags: list[float | None] = list(got) if got else [None, None]
+        return {
+            "node": "historian",
+            **asdict(self.stats),
+            "streams": len(self._next),
+            "order_position": self._order_pos,
+            "lag_ms_p50": _ms(lags[0]),
+            "lag_ms_p99": _ms(lags[1]),
+            "writer": self.writer.stats(),
+            "subscriber": {k: v for k, v in self.sub.stats().items()
+                           if k in ("lost", "unknown", "filled", "dropped")},
+        }
+
+    async def run(self, stop: asyncio.Event) -> int:
+        await self.start()
+        tasks = [asyncio.create_task(self._consume_ticks(), name="ticks"),
+                 asyncio.create_task(self._consume_orders(), name="orders"),
+                 asyncio.create_task(self._flusher(), name="flusher")]
+        if self.stats_path is not None:
+            tasks.append(asyncio.create_task(stats_writer(self.stats_path, 0.5, self.collect),
+                                             name="stats"))
+        try:
+            code = await supervise_tasks("historian", stop, tasks)
+            try:
+                # An orderly stop writes what it holds; a store that is down by then leaves
+                # it to the next start's backfill (the watermarks say where).
+                async with asyncio.timeout(STOP_FLUSH_S):
+                    await self.flush()
+            except TimeoutError:
+                log.warning("historian: the final write did not finish within %.0f s",
+                            STOP_FLUSH_S)
+        finally:
+            await self.close()
+            if self.stats_path is not None:
+                write_json_atomic(self.stats_path, self.collect())
+        return code
+
+    async def close(self) -> None:
+        await self.sub.close()
+        await self.writer.close()
+        await self.tick_store.close()
+        await self.order_store.close()
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def open_writer(cfg: MeshConfig, root: Path | None = None) -> HistoryWriter:
+    """The writer of a mesh's ``[history]``: one DuckDB file, or the ClickHouse servers with
+    their spool."""
+    from bus.store.history_duck import DuckDBHistoryStore
+
+    h = cfg.history
+    base = root or Path.cwd()
+    if h.store == "duckdb":
+        return HistoryWriter([DuckDBHistoryStore(str(base / h.duckdb_path))])
+    from bus.store.history_ch import ClickHouseHistoryStore  # clickhouse-driver: only if used
+
+    servers: Sequence[ClickHouseHistoryStore] = [
+        ClickHouseHistoryStore(*parse_hostport(f"history.clickhouse[{i}]", hp), h.database,
+                               h.connect_timeout_s, h.receive_timeout_s)
+        for i, hp in enumerate(h.clickhouse)]
+    spool = DuckDBHistoryStore(str(base / h.spool_path)) if len(servers) > 1 else None
+    return HistoryWriter(servers, spool)
