@@ -9,8 +9,6 @@ a store on empty tables) and its name in ``HISTORY_STORES``.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -23,7 +21,16 @@ from bus.store.history_sql import partition_expr
 from nodes.servers.clickhouse_server import ClickHouseProcess, free_port
 from protocols.errors import StoreError, StoreUnavailable
 from protocols.history.schema import NS_PER_S, Columns, Table, partition_of
-from tests.history_support import FEB, T0, OpenHistoryStore, batch, opener, rows_of, tick_batch
+from tests.history_support import (
+    FEB,
+    T0,
+    OpenHistoryStore,
+    batch,
+    duckdb_file_held,
+    opener,
+    rows_of,
+    tick_batch,
+)
 from tests.support import run_with, scaled
 
 pytestmark = pytest.mark.timeout(30)
@@ -393,12 +400,7 @@ def test_a_clickhouse_server_error_is_a_store_error_not_unavailable(
 def test_a_duckdb_file_held_by_another_process_is_a_clear_store_error(
         tmp_path: Path) -> None:
     path = tmp_path / "spool.duckdb"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]); "
-         "print('held', flush=True); sys.stdin.read()", str(path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    with duckdb_file_held(path):
 
         async def open_and_fail() -> None:
             store = DuckDBHistoryStore(path)
@@ -410,5 +412,3 @@ def test_a_duckdb_file_held_by_another_process_is_a_clear_store_error(
                 await store.close()
 
         asyncio.run(open_and_fail())
-    finally:
-        holder.communicate("", timeout=10)
