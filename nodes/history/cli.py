@@ -25,18 +25,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from itertools import pairwise
 from pathlib import Path
 from typing import Any, Protocol
 
 from bus.config import HistorySection, MeshConfig, parse_hostport
+from bus.history.bars import resumed_builder
 from bus.store.history_reader import FailoverHistoryReader, HistoryReader
 from protocols.errors import StoreError
 from protocols.history.bars import (
-    RES_SECONDS,
     RESOLUTIONS,
     Bar,
-    BarBuilder,
     bars_from_columns,
     format_resolution,
     parse_resolution,
@@ -48,10 +46,6 @@ __all__ = ["add_history_parser", "parse_time", "read_bars", "run_history"]
 
 _HOUR_NS = 3600 * NS_PER_S
 _NS_DIGITS = 16  # an integer time of this many digits or more is nanoseconds, else seconds
-_TICKS_LIMIT = 1_000_000  # the ticks of one forming 1 s bar read from the store, at most
-# Ticks are read by time: a tick whose clock is this much older than the last closed 1 s bar
-# (and so late, BarBuilder) is still found; an older one only once the historian closes its bar.
-_LATE_NS = 60 * NS_PER_S
 
 
 class UsageError(ValueError):
@@ -144,25 +138,7 @@ async def read_bars(store: HistoryReader, stream: str, res_s: int, start_ns: int
     minute before that bar's; an older one is in the bar once the historian closes it).
     """
     closed = bars_from_columns(await store.bars(stream, res_s, start_ns, end_ns, countback))
-    known: list[Bar] = []
-    last: dict[int, Bar | None] = {}
-    for res in RES_SECONDS[:RES_SECONDS.index(res_s) + 1]:
-        got = bars_from_columns(await store.bars(stream, res, 0, end_ns, countback=1))
-        last[res] = got[-1] if got else None
-        known.extend(got)
-    for finer, res in pairwise(RES_SECONDS[:RES_SECONDS.index(res_s) + 1]):
-        done = last[res]
-        after = done.start_ns + res * NS_PER_S if done else 0
-        known.extend(b for b in bars_from_columns(await store.bars(stream, finer, after, end_ns))
-                     if done is None or b.last_seq > done.last_seq)
-    builder = BarBuilder.resume(stream, known)
-    fine = last[RES_SECONDS[0]]
-    since = max(0, fine.start_ns - _LATE_NS) if fine else 0
-    ticks = await store.ticks(stream, since, end_ns, _TICKS_LIMIT)
-    c = ticks.data
-    for i in range(len(ticks)):
-        builder.on_tick(c["seq"][i], c["ts_ns"][i], c["bid"][i], c["ask"][i], c["last"][i],
-                        c["volume"][i])
+    builder = await resumed_builder(store, stream, top_res_s=res_s, end_ns=end_ns)
     forming = builder.forming(res_s)
     if forming is not None and (forming.start_ns >= end_ns
                                 or (not countback and forming.start_ns < start_ns)):
