@@ -31,8 +31,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import zmq.asyncio
+
 from bus.aio import wait_event
 from bus.config import MeshConfig, parse_hostport
+from bus.history.query import HistoryQueryServer
 from bus.history.writer import HistoryWriter
 from bus.store.orders import HistoryEntry, RedisOrderStore
 from bus.store.ticks import RedisTickStore
@@ -98,6 +101,8 @@ class Historian:
         self.tick_store = ticks or RedisTickStore.from_config(cfg)
         self.order_store = orders or RedisOrderStore.from_config(cfg)
         self.stats_path = stats_path
+        self.query_bind = h.query_bind
+        self.query: HistoryQueryServer | None = None  # serving while run() runs
         self.stats = HistorianStats()
         self._next: dict[str, int] = {}  # stream -> the next sequence to record
         self._bars: dict[str, BarBuilder] = {}
@@ -326,6 +331,13 @@ class Historian:
             del self._lags[: LAG_SAMPLES // 2]
         self._lags.append(ns / 1e9)
 
+    # -- queries ---------------------------------------------------------------------------
+
+    def forming(self, stream: str, res_s: int) -> Bar | None:
+        """The bar of ``stream`` at ``res_s`` in progress (None: no tick of it yet)."""
+        builder = self._bars.get(stream)
+        return None if builder is None else builder.forming(res_s)
+
     # -- the node --------------------------------------------------------------------------
 
     def collect(self) -> dict[str, Any]:
@@ -339,22 +351,32 @@ class Historian:
             "lag_ms_p50": _ms(lags[0]),
             "lag_ms_p99": _ms(lags[1]),
             "writer": self.writer.stats(),
+            "query": None if self.query is None else self.query.collect(),
             "subscriber": {k: v for k, v in self.sub.stats().items()
                            if k in ("lost", "unknown", "filled", "dropped")},
         }
 
     async def run(self, stop: asyncio.Event) -> int:
         await self.start()
-        tasks = [asyncio.create_task(self._consume_ticks(), name="ticks"),
-                 asyncio.create_task(self._consume_orders(), name="orders"),
-                 asyncio.create_task(self._flusher(), name="flusher")]
-        if self.stats_path is not None:
-            tasks.append(asyncio.create_task(stats_writer(self.stats_path, 0.5, self.collect),
-                                             name="stats"))
         try:
+            if self.query_bind:
+                # Readers of the store ask here: a DuckDB file is open in this process only.
+                self.query = HistoryQueryServer(self.writer.reader, self.forming,
+                                                self.query_bind, zmq.asyncio.Context.instance())
+                log.info("historian answers history queries on %s", self.query.endpoint)
+            tasks = [asyncio.create_task(self._consume_ticks(), name="ticks"),
+                     asyncio.create_task(self._consume_orders(), name="orders"),
+                     asyncio.create_task(self._flusher(), name="flusher")]
+            if self.query is not None:
+                tasks.append(asyncio.create_task(self.query.serve(), name="query"))
+            if self.stats_path is not None:
+                tasks.append(asyncio.create_task(
+                    stats_writer(self.stats_path, 0.5, self.collect), name="stats"))
             code = await supervise_tasks("historian", stop, tasks)
             await self.flush()  # an orderly stop writes what it holds
         finally:
+            if self.query is not None:
+                await self.query.close()
             await self.close()
             if self.stats_path is not None:
                 write_json_atomic(self.stats_path, self.collect())
