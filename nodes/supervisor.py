@@ -82,6 +82,10 @@ class Supervisor:
     def plan(self) -> None:
         for r in self.cfg.recovery:
             self.children.append(self._child(f"recovery-{r.name}", "recovery", "--name", r.name))
+        if self.cfg.history.enabled:
+            # Before the backends: a backend that finds its order store empty asks history
+            # whether it was wiped before it serves.
+            self.children.append(self._child("historian", "historian"))
         orders = self.cfg.orders
         if orders.enabled:
             for role in ("primary", "backup"):
@@ -90,8 +94,6 @@ class Supervisor:
         for f in self.cfg.feeds:
             self.children.append(self._child(f"feed-{f.name}", "feed", "--name", f.name))
         self.children.append(self._child("monitor", "monitor"))
-        if self.cfg.history.enabled:
-            self.children.append(self._child("historian", "historian"))
         if orders.enabled and orders.trader_rate > 0:
             self.children.append(self._child("trader", "trader"))
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from nodes.servers.clickhouse_server import ClickHouseProcess
 from nodes.servers.redis_ha import RedisHA
 from nodes.servers.redis_server import RedisProcess
 from tests.support import scaled
@@ -48,3 +49,15 @@ def redis_ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisHA]:
         yield topology
     finally:
         topology.stop()
+
+
+@pytest.fixture(scope="session")
+def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseProcess]:
+    """One clickhouse-server (Debian's 18.16) for the session: each test that uses it works in
+    a database of its own; a test that kills or restarts a server starts its own."""
+    server = ClickHouseProcess(data_dir=tmp_path_factory.mktemp("clickhouse"))
+    server.start(timeout=scaled(20))
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -174,6 +174,52 @@ redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (now - tonumber(ARGV[4]))
 return out
 """
 
+# The rebuild from history (protocols.history.rebuild): restores what the store lacks and
+# never overwrites what it has. KEYS: epoch, open, recent, history counter, then per record its
+# record key, client order id key, log and executed set. ARGV: epoch, history position,
+# now_ms, window_ms, then per record its order id, blob, terminal (0/1), recent-set member,
+# updated_ms, the number of its log entries, then per entry its blob and exec id ("" if none).
+# Returns {records restored, entries restored}.
+_RESTORE = """
+local function raise_to(key, value)
+  if tonumber(redis.call('GET', key) or '0') < value then
+    redis.call('SET', key, value)
+  end
+end
+raise_to(KEYS[1], tonumber(ARGV[1]))
+raise_to(KEYS[4], tonumber(ARGV[2]))
+local now, window = tonumber(ARGV[3]), tonumber(ARGV[4])
+local a, restored, logged = 5, 0, 0
+for k = 5, #KEYS, 4 do
+  local oid, blob, terminal, member = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local updated, n = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  a = a + 6
+  if redis.call('SET', KEYS[k], blob, 'NX') then
+    restored = restored + 1
+    redis.call('SET', KEYS[k + 1], oid, 'NX')
+    if terminal == '0' then
+      redis.call('SADD', KEYS[2], oid)
+    end
+    if updated > now - window then
+      redis.call('ZADD', KEYS[3], updated, member)
+    end
+  end
+  local fresh = redis.call('LLEN', KEYS[k + 2]) == 0
+  for j = 1, n do
+    if fresh then
+      redis.call('RPUSH', KEYS[k + 2], ARGV[a])
+      if ARGV[a + 1] ~= '' then
+        redis.call('SADD', KEYS[k + 3], ARGV[a + 1])
+      end
+      logged = logged + 1
+    end
+    a = a + 2
+  end
+end
+return {restored, logged}
+"""
+
+RESTORE_PAGE = 500  # records restored per script call (a call holds Redis for its length)
 OPEN_PAGE = 200  # order records read and decoded per round trip by open_orders
 RECENT_PAGE = 5_000  # members of the recent set read per round trip
 _US = "\x1f"  # separates the fields of a recent-set member: ids hold no control characters
@@ -353,6 +399,7 @@ class RedisOrderStore:
         self._connection: RedisConnection | None = None
         self._acquire = self.redis.register_script(_ACQUIRE)
         self._write = self.redis.register_script(_WRITE)
+        self._restore = self.redis.register_script(_RESTORE)
         self._backoff = Backoff(base_s=0.005, cap_s=0.1)
         self._replicas = (0, -1.0)  # (connected replicas, when known by the loop's clock)
         self._replicas_lock = asyncio.Lock()  # one INFO when it is stale, not one per caller
@@ -574,6 +621,38 @@ class RedisOrderStore:
     async def executions(self, order_id: str, after: int = 0) -> list[ExecutionReport]:
         blobs = await self._call(lambda: self.redis.lrange(self._k("xlog", order_id), after, -1))
         return [_entry(b) for b in blobs]
+
+    async def history_position(self) -> int:
+        """The position of the last history stream entry written (0: none, or a wiped store)."""
+        value = await self._call(lambda: self.redis.get(self._k("history", "n")))
+        return int(value or 0)
+
+    async def restore(self, records: Sequence[EncodedOrder], epoch: int, position: int
+                      ) -> tuple[int, int]:
+        """Write back what the store lacks of ``records`` (a rebuild from history): a record
+        it holds is never overwritten, a log it holds is left as it is. Raises the epoch and
+        the history position to at least ``epoch`` and ``position``. Returns the records and
+        log entries restored."""
+        restored = logged = 0
+        now_ms = int(time.time() * 1000)
+        for start in range(0, len(records), RESTORE_PAGE):
+            keys = [self._k("epoch"), self._k("open"), self._k("recent"),
+                    self._k("history", "n")]
+            args: list[Any] = [epoch, position, now_ms, int(self.window_s * 1000)]
+            for r in records[start:start + RESTORE_PAGE]:
+                updated_ms = r.decode().updated_ns // 1_000_000
+                keys += [self._k("order", r.order_id),
+                         self._k("client", r.account, r.client_order_id),
+                         self._k("xlog", r.order_id), self.executed_key(r.order_id)]
+                args += [r.order_id, r.blob, int(r.terminal),
+                         _member(r.account, r.client_order_id, r.order_id), updated_ms,
+                         len(r.entries)]
+                for e in r.entries:
+                    args += [e.blob, e.executed]
+            got = await self._call(partial(self._decide, self._restore, keys, args))
+            restored += int(got[0])
+            logged += int(got[1])
+        return restored, logged
 
     async def history(self, after: int, count: int, block_ms: int = 0) -> list[HistoryEntry]:
         """Up to ``count`` entries of the history stream after position ``after``, oldest first;

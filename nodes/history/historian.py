@@ -2,12 +2,14 @@
 
 Inputs:
 
-- **Ticks** through the subscriber library (both paths, gap repair by the recovery service).
-  Each stream is recorded in sequence order from its watermark on: a tick above the next
+- **Ticks** through the subscriber library (the TCP path, gap repair by the recovery
+  service). Each stream is recorded in sequence order from its watermark on (a stream new to
+  history from its first sequence, 1): a tick above the next
   expected sequence (the historian restarted, or the subscriber gave a range up) first fills
   the gap from the feed's Redis stream (``P:ticks:{stream}``) within its retention; what Redis
-  no longer holds, or never held (a feed crash's unknown range), is a **counted hole**, never
-  silently skipped. A tick at or below the watermark is a duplicate and is dropped.
+  no longer holds is a **counted hole**, never silently skipped (a range a killed feed only
+  reserved is counted apart, as unknown). A tick at or below the watermark is a duplicate and
+  is dropped.
 - **Orders** from the order store's history stream (``P:history``, PROTOCOL.md section 11):
   one entry per record write with the log entries it appended, numbered 1, 2, ... so the
   historian resumes exactly after its watermark, and a trimmed range is a counted hole.
@@ -49,12 +51,10 @@ from protocols.history.bars import (
     bars_from_columns,
     bars_to_columns,
 )
+from protocols.history.records import append_write
 from protocols.history.schema import Columns, Table
-from protocols.orders.codec import from_blob
-from protocols.orders.messages import ExecutionReport
-from protocols.orders.record import Order
 from protocols.stats import percentiles
-from protocols.ticks.messages import Row, Tick
+from protocols.ticks.messages import Row
 
 __all__ = ["Historian", "HistorianStats"]
 
@@ -68,6 +68,7 @@ MAX_PENDING_FACTOR = 4  # buffered rows beyond batch_rows x this: stop reading u
 LAG_SAMPLES = 4_096
 RESUME_TICKS = 500_000  # stored ticks re-read at most to rebuild a stream's forming 1 s bar
 END_OF_TIME = 2**63 - 1
+STOP_FLUSH_S = 5.0
 
 
 @dataclass(slots=True)
@@ -80,6 +81,7 @@ class HistorianStats:
     batches: int = 0
     backfilled: int = 0  # ticks read back from Redis into a gap
     tick_holes: int = 0  # ticks neither live nor in Redis (counted, reported)
+    tick_unknown: int = 0  # sequences a killed feed session reserved: maybe never ticks
     order_holes: int = 0  # history stream entries trimmed before they were read
     duplicates: int = 0  # ticks at or below the watermark, dropped
     write_errors: int = 0  # writes that failed and were retried
@@ -97,7 +99,13 @@ class Historian:
         self.writer = writer
         self.batch_rows = h.batch_rows
         self.batch_s = h.batch_ms / 1000
-        self.sub = Subscriber(options or SubscriberOptions.from_config(cfg))
+        # The TCP path only: UDP is the charts' fast path, and its port belongs to another
+        # subscriber (the feed sends each copy to listed targets); gaps are repaired from the
+        # recovery service either way. Never conflation: history wants every tick, so a
+        # historian too slow for its queue drops and repairs. No snapshot: a last value is not
+        # a new tick.
+        self.sub = Subscriber(options or SubscriberOptions.from_config(
+            cfg, udp_bind="", multicast_group="", snapshot=False, slow_mode="drop"))
         self.tick_store = ticks or RedisTickStore.from_config(cfg)
         self.order_store = orders or RedisOrderStore.from_config(cfg)
         self.stats_path = stats_path
@@ -116,6 +124,7 @@ class Historian:
         self._lags: list[float] = []  # seconds from a tick's feed time to its write
         self._oldest_feed_ns = 0  # the oldest feed time among buffered ticks
         self.ready = asyncio.Event()  # set once it resumed and subscribed
+        self._inflight: asyncio.Task[None] | None = None  # the write on its way
 
     # -- start -----------------------------------------------------------------------------
 
@@ -164,26 +173,35 @@ class Historian:
             for tick in ticks:
                 if tick.snapshot:
                     continue  # a last value the store holds already, not a new tick
-                await self._on_tick(tick)
+                await self.ingest(tick.symbol, tick.session, tick.seq,
+                                  ((tick.bid, tick.ask, tick.last, tick.volume,
+                                    tick.source_time_ns, tick.feed_time_ns),))
             await self._room()
 
-    async def _on_tick(self, tick: Tick) -> None:
-        stream = tick.symbol
+    async def ingest(self, stream: str, session: int, first_seq: int,
+                     rows: Sequence[Row]) -> None:
+        """Record consecutive ticks of ``stream`` from ``first_seq`` on: the subscriber's, or
+        a replay's (the benchmark feeds this directly). Ticks at or below the stream's
+        watermark are dropped as duplicates; a gap before them is backfilled first."""
         expected = self._next.get(stream)
         if expected is None:
-            # A stream the store has never seen starts where the historian first sees it:
-            # its earlier ticks predate this history (say so once).
-            log.info("historian: new stream %s from seq %d", stream, tick.seq)
-            expected = tick.seq
-        if tick.seq < expected:
-            self.stats.duplicates += 1
-            return
-        if tick.seq > expected:
-            await self._backfill(stream, expected, tick.seq - 1)
-        self._add_row(stream, tick.seq, tick.session,
-                      (tick.bid, tick.ask, tick.last, tick.volume, tick.source_time_ns,
-                       tick.feed_time_ns))
-        self._next[stream] = tick.seq + 1
+            # A stream history has never seen is recorded from its first tick (sequences
+            # start at 1): what Redis still holds is backfilled, what it trimmed before this
+            # history began is a counted hole.
+            log.info("historian: new stream %s (first live tick %d)", stream, first_seq)
+            expected = 1
+        skip = expected - first_seq
+        if skip > 0:
+            self.stats.duplicates += min(skip, len(rows))
+            rows = rows[skip:]
+            first_seq = expected
+            if not rows:
+                return
+        if first_seq > expected:
+            await self._backfill(stream, expected, first_seq - 1)
+        for i, row in enumerate(rows):
+            self._add_row(stream, first_seq + i, session, row)
+        self._next[stream] = first_seq + len(rows)
 
     def _add_row(self, stream: str, seq: int, session: int, row: Row) -> None:
         bid, ask, last, volume, ts_ns, feed_ns = row
@@ -218,7 +236,9 @@ class Historian:
                         self._add_row(stream, seq, batch.session, row)
                         got += 1
             for r in res.unknown:
-                self.stats.tick_holes += r.last - r.first + 1
+                # Reserved by a feed session that was killed: it may never have carried
+                # ticks (PROTOCOL.md section 11), so it is counted apart from holes.
+                self.stats.tick_unknown += r.last - r.first + 1
             settled = res.settled_to
             if settled < lo:
                 # Not checkpointed yet (the feed writes behind by milliseconds): wait a
@@ -258,35 +278,20 @@ class Historian:
 
     def _add_entry(self, entry: HistoryEntry) -> None:
         try:
-            record = from_blob(entry.record)
-            reports = [from_blob(b) for b in entry.entries]
+            rows = append_write(self._buf[Table.ORDERS], self._buf[Table.EXECUTIONS],
+                                entry.position, entry.record, entry.entries, self._quote)
         except RemoteProtocolError as exc:
             log.error("historian: history entry %d does not decode: %s", entry.position, exc)
             self.stats.bad_entries += 1
             return
-        if not isinstance(record, Order) or not all(isinstance(r, ExecutionReport)
-                                                    for r in reports):
-            self.stats.bad_entries += 1
-            return
-        o = record.order
-        bid, ask = self._quotes.get(o.symbol, (0.0, 0.0))
-        self._buf[Table.ORDERS].append((
-            record.order_id, record.updated_ns, entry.position, o.account, o.client_order_id,
-            o.symbol, int(o.side), int(o.type), record.quantity,
-            record.price if record.price is not None else 0.0, int(record.state),
-            record.filled_quantity, record.avg_price, record.exec_seq, record.epoch, o.sent_ns,
-            bid, ask, entry.record))
-        for r, blob in zip(reports, entry.entries, strict=True):
-            assert isinstance(r, ExecutionReport)
-            self._buf[Table.EXECUTIONS].append((
-                r.order_id, r.seq, entry.position, r.exec_id, r.account, r.symbol, int(r.side),
-                int(r.state), r.last_quantity, r.last_price, r.filled_quantity, r.avg_price,
-                r.transact_ns, r.epoch, blob))
         self.stats.orders += 1
-        self.stats.executions += len(reports)
-        self._buffered += 1 + len(reports)
+        self.stats.executions += rows - 1
+        self._buffered += rows
         if self._buffered >= self.batch_rows:
             self._full.set()
+
+    def _quote(self, symbol: str) -> tuple[float, float]:
+        return self._quotes.get(symbol, (0.0, 0.0))
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -305,13 +310,23 @@ class Historian:
             await self.writer.maintain()
 
     async def flush(self) -> None:
-        """Write what is buffered; on failure keep it and try again (it is not lost)."""
+        """Write what is buffered; on failure keep it and try again (it is not lost).
+
+        The write runs as a task of its own, shielded: a stop that cancels the flusher while
+        a batch is on its way lets that write finish (the store may have applied it, and the
+        writer must learn its marks), and :meth:`run` awaits it before the final flush."""
+        if self._inflight is not None:
+            await asyncio.shield(self._inflight)
         if not self._buffered:
             return
         batches = [self._buf[t] for t in Table]
         oldest = self._oldest_feed_ns
         self._buf = {t: Columns(t) for t in Table}
         rows, self._buffered, self._oldest_feed_ns = self._buffered, 0, 0
+        self._inflight = asyncio.create_task(self._write(batches, rows, oldest), name="write")
+        await asyncio.shield(self._inflight)
+
+    async def _write(self, batches: list[Columns], rows: int, oldest_feed_ns: int) -> None:
         while True:
             try:
                 await self.writer.write(batches)
@@ -322,8 +337,9 @@ class Historian:
                 await asyncio.sleep(0.2)
         self.stats.written += rows
         self.stats.batches += 1
-        if oldest:
-            self._lag(time.time_ns() - oldest)
+        if oldest_feed_ns:
+            self._lag(time.time_ns() - oldest_feed_ns)
+        self._inflight = None
         self._drained.set()
 
     def _lag(self, ns: int) -> None:
@@ -373,7 +389,14 @@ class Historian:
                 tasks.append(asyncio.create_task(
                     stats_writer(self.stats_path, 0.5, self.collect), name="stats"))
             code = await supervise_tasks("historian", stop, tasks)
-            await self.flush()  # an orderly stop writes what it holds
+            try:
+                # An orderly stop writes what it holds; a store that is down by then leaves
+                # it to the next start's backfill (the watermarks say where).
+                async with asyncio.timeout(STOP_FLUSH_S):
+                    await self.flush()
+            except TimeoutError:
+                log.warning("historian: the final write did not finish within %.0f s",
+                            STOP_FLUSH_S)
         finally:
             if self.query is not None:
                 await self.query.close()

@@ -295,6 +295,16 @@ class _ServerProcess:
     def _ping_password(self) -> str | None:
         return None
 
+    def _argv(self, binary: str) -> list[str]:
+        return [binary, str(self.config_path)]
+
+    def _is_ready(self, proc: subprocess.Popen[bytes]) -> bool:
+        """True once *this* process answers: when the port was taken by another server, that
+        one answers PING until ours exits with "Address already in use"."""
+        return _ping(self._host, self._port, self._ping_password, timeout=0.5) and (
+            self._answering_pid() == proc.pid
+        )
+
     # -- public API ----------------------------------------------------------------------
 
     @property
@@ -428,7 +438,7 @@ class _ServerProcess:
         self._write_config()
         with self.log_path.open("ab") as log_file:
             proc = subprocess.Popen(
-                [binary, str(self.config_path)],
+                self._argv(binary),
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -446,11 +456,7 @@ class _ServerProcess:
                     f"{self._binary} on port {self._port} exited with code {proc.returncode} "
                     f"while starting; end of {self.log_path}:\n{self._log_tail()}"
                 )
-            # Ready when *this* process answers: when the port was taken by another server,
-            # that one answers PING until ours exits with "Address already in use".
-            if _ping(self._host, self._port, self._ping_password, timeout=0.5) and (
-                self._answering_pid() == proc.pid
-            ):
+            if self._is_ready(proc):
                 return
             if time.monotonic() >= deadline:
                 self.kill()

@@ -269,23 +269,35 @@ class Columns:
         return [self.slice(lo, hi) for lo, hi in itertools.pairwise(cuts)]
 
     def above(self, marks: Mapping[str, int]) -> Columns:
-        """The rows whose watermark position is above ``marks`` of their group (absent: all)."""
+        """The rows whose watermark position is above ``marks`` of their group (absent: all).
+
+        Rows of a group are in position order (the schema's rule), so a group's first row is
+        its lowest: when every group's first row is above its mark, the batch itself is the
+        answer, found with C-speed scans instead of a Python loop over the rows (the writer
+        asks this of every batch, for every server)."""
         group = self.spec.group
         pos = self.data[self.spec.position]
         if not group:
             mark = marks.get("", -1)
+            if not pos or min(pos) > mark:
+                return self
             return self.take([i for i, p in enumerate(pos) if p > mark])
         groups = self.data[group]
+        if all(pos[groups.index(g)] > marks.get(g, -1) for g in set(groups)):
+            return self
         return self.take([i for i, (g, p) in enumerate(zip(groups, pos, strict=True))
                           if p > marks.get(g, -1)])
 
     def marks(self) -> dict[str, int]:
-        """The highest watermark position of each group in this batch."""
+        """The highest watermark position of each group in this batch (its last row: rows of
+        a group are in position order)."""
         group = self.spec.group
-        out: dict[str, int] = {}
         pos = self.data[self.spec.position]
-        groups = self.data[group] if group else [""] * len(pos)
-        for g, p in zip(groups, pos, strict=True):
-            if p > out.get(g, -1):
-                out[g] = p
-        return out
+        if not pos:
+            return {}
+        if not group:
+            return {"": max(pos)}
+        groups = self.data[group]
+        last = len(groups) - 1
+        backwards = groups[::-1]
+        return {g: pos[last - backwards.index(g)] for g in set(groups)}

@@ -11,20 +11,24 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
 from bus.store.history import HistoryStore
+from bus.store.history_ch import ClickHouseHistoryStore
 from bus.store.history_duck import DuckDBHistoryStore
-from protocols.errors import StoreError
+from bus.store.history_sql import partition_expr
+from nodes.servers.clickhouse_server import ClickHouseProcess, free_port
+from protocols.errors import StoreError, StoreUnavailable
 from protocols.history.schema import NS_PER_S, Columns, Table, partition_of
 from tests.history_support import FEB, T0, OpenHistoryStore, batch, opener, rows_of, tick_batch
-from tests.support import run_with
+from tests.support import run_with, scaled
 
 pytestmark = pytest.mark.timeout(30)
 
-HISTORY_STORES = ["duckdb_history"]
+HISTORY_STORES = ["duckdb_history", "clickhouse_history"]
 S = NS_PER_S
 
 
@@ -37,6 +41,16 @@ def history_store(request: pytest.FixtureRequest) -> OpenHistoryStore:
 @pytest.fixture
 def duckdb_history(tmp_path: Path) -> OpenHistoryStore:
     return opener(lambda: DuckDBHistoryStore(tmp_path / "history.duckdb"))
+
+
+def clickhouse_opener(server: ClickHouseProcess, database: str) -> OpenHistoryStore:
+    return opener(lambda: ClickHouseHistoryStore(server.host, server.port, database,
+                                                 receive_timeout_s=scaled(5)))
+
+
+@pytest.fixture
+def clickhouse_history(clickhouse_server: ClickHouseProcess) -> OpenHistoryStore:
+    return clickhouse_opener(clickhouse_server, f"t_{uuid.uuid4().hex[:12]}")
 
 
 def bar_row(start_s: int, last_seq: int, close: float, res_s: int = 60,
@@ -266,6 +280,85 @@ def test_a_batch_across_a_month_boundary_is_stored_whole(
         assert await store.watermarks(Table.TICKS) == {"EUR": 8}
 
     run_with(history_store, body)
+
+
+# -- ClickHouse only -----------------------------------------------------------------------
+
+def test_clickhouse_partitions_are_the_months_partition_of_names(
+        clickhouse_server: ClickHouseProcess) -> None:
+    # Around month ends, a leap day and year ends: the server's PARTITION BY expression on
+    # the stored rows, and as a bare expression, agree with partition_of.
+    times = [FEB - 1, FEB, T0 - 1, T0,
+             1_709_164_800 * S - 1, 1_709_164_800 * S, 1_709_251_200 * S,  # 2024-02-29, 03-01
+             951_782_400 * S, 4_107_542_400 * S - 1, 0]  # 2000-02-29, 2099-12-31T23:59:59
+
+    async def body(store: HistoryStore) -> None:
+        await store.insert(batch(Table.TICKS, *({"stream": "EUR", "seq": i + 1, "ts_ns": t}
+                                                for i, t in enumerate(times))))
+
+    store_db = f"t_{uuid.uuid4().hex[:12]}"
+    run_with(clickhouse_opener(clickhouse_server, store_db), body)
+    client = clickhouse_server.client(timeout=scaled(5))
+    try:
+        parts = client.execute("SELECT DISTINCT partition FROM system.parts WHERE database = "
+                               "%(db)s AND table = 'ticks' AND active", {"db": store_db})
+        expr = partition_expr("ts_ns")
+        computed = client.execute(f"SELECT ts_ns, {expr} FROM {store_db}.ticks")
+    finally:
+        client.disconnect()
+    assert {int(p) for (p,) in parts} == {partition_of(t) for t in times}
+    assert sorted(computed) == sorted((t, partition_of(t)) for t in times)
+
+
+def test_a_dead_clickhouse_server_is_unavailable_at_once(tmp_path: Path) -> None:
+    server = ClickHouseProcess(data_dir=tmp_path / "ch")
+    server.start(timeout=scaled(20))
+
+    async def body() -> None:
+        store = ClickHouseHistoryStore(server.host, server.port, "t")
+        try:
+            await store.open()
+            await store.insert(tick_batch("EUR", range(1, 4)))
+            server.kill()
+            with pytest.raises(StoreUnavailable, match=f"ch:127.0.0.1:{server.port}"):
+                await store.ticks("EUR", 0, 2**63, 10)
+            with pytest.raises(StoreUnavailable):
+                await store.insert(tick_batch("EUR", range(4, 6)))
+            with pytest.raises(StoreUnavailable):
+                await store.ping()
+            # Back on the same port and data: the store connects again by itself.
+            server.start(timeout=scaled(20))
+            assert (await store.watermarks(Table.TICKS)) == {"EUR": 3}
+        finally:
+            await store.close()
+            server.stop()
+
+        nobody = ClickHouseHistoryStore("127.0.0.1", free_port(), "t")
+        try:
+            with pytest.raises(StoreUnavailable):
+                await nobody.open()
+        finally:
+            await nobody.close()
+
+    asyncio.run(body())
+
+
+def test_a_clickhouse_server_error_is_a_store_error_not_unavailable(
+        clickhouse_server: ClickHouseProcess) -> None:
+    database = f"t_{uuid.uuid4().hex[:12]}"
+
+    async def body(store: HistoryStore) -> None:
+        client = clickhouse_server.client(timeout=scaled(5))
+        try:
+            client.execute(f"DROP TABLE {database}.bars")
+        finally:
+            client.disconnect()
+        with pytest.raises(StoreError) as info:
+            await store.bars("EUR", 60, 0, 2**63)
+        assert not isinstance(info.value, StoreUnavailable)
+        await store.ping()  # the connection is fine
+
+    run_with(clickhouse_opener(clickhouse_server, database), body)
 
 
 # -- DuckDB only ---------------------------------------------------------------------------

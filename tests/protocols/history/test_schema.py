@@ -101,11 +101,16 @@ def test_by_partition_splits_on_months_and_the_atomic_bound(
     for seq, ts in enumerate([FEB, JAN, FEB, FEB, JAN], start=1):
         mixed.append(tick("EUR", seq, ts))
     parts = mixed.by_partition()
-    assert [p.column("seq") for p in parts] == [[2, 5], [1, 3, 4]]  # months in order
+    # Runs of consecutive rows, in batch order (a failed k-th insert must not leave a
+    # watermark above a row it lacks), each in one month.
+    assert [p.column("seq") for p in parts] == [[1], [2], [3, 4], [5]]
+    assert [{partition_of(t) for t in p.column("ts_ns")} for p in parts] == [
+        {202602}, {202601}, {202602}, {202601}]
     monkeypatch.setattr(schema, "MAX_ATOMIC_ROWS", 2)
-    parts = mixed.by_partition()
-    assert [p.column("seq") for p in parts] == [[2, 5], [1, 3], [4]]
-    assert {partition_of(t) for p in parts for t in p.column("ts_ns")} == {202601, 202602}
+    long = Columns(Table.TICKS)
+    for seq, ts in enumerate([JAN, JAN, JAN, FEB], start=1):
+        long.append(tick("EUR", seq, ts))
+    assert [p.column("seq") for p in long.by_partition()] == [[1, 2], [3], [4]]
 
 
 def test_above_and_marks_per_group() -> None:
