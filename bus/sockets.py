@@ -30,8 +30,8 @@ limit is the largest frame the role's protocol allows, rounded up (docs/PROTOCOL
   room.
 * ``EA_FRAME_BYTES`` 1 MiB: an EA bridge message, one tick or a batch of thousands.
 * ``HEARTBEAT_BYTES`` 1 KiB: a PEER_HEARTBEAT is about 20 bytes.
-* ``HISTORY_REQUEST_BYTES`` 4 KiB: the largest history query, a TICKS or BARS with a 64-byte
-  stream name, is under 150 bytes.
+* ``HISTORY_REQUEST_BYTES`` 1 MiB: the largest history query, a READ_ABOVE naming
+  ``MAX_MARKS`` (10,000) groups of 64 bytes, is about 740 KB; the others are under 200 bytes.
 * ``HISTORY_REPLY_BYTES`` 16 MiB: the historian splits an answer into COLUMNS parts of at most
   this many bytes each (``protocols.history.query.encode_columns``).
 
@@ -94,7 +94,7 @@ RECOVERY_REPLY_BYTES = 16 * MiB
 ORDER_FRAME_BYTES = 64 * KiB
 EA_FRAME_BYTES = 1 * MiB
 HEARTBEAT_BYTES = HANDSHAKE_BYTES
-HISTORY_REQUEST_BYTES = 4 * KiB
+HISTORY_REQUEST_BYTES = 1 * MiB
 HISTORY_REPLY_BYTES = 16 * MiB
 # A reset batch of the pair's replication carries up to MAX_BACKLOG records of a few hundred
 # bytes each.

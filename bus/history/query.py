@@ -10,13 +10,14 @@ reader asks the historian (docs/PROTOCOL.md section 17, ``protocols.history.quer
   queued). A malformed request is answered ``BAD_REQUEST`` when its id can be read, else
   counted and dropped; a store that fails gives ``STORE_UNAVAILABLE``. It keeps serving.
 - :class:`RemoteHistoryStore` is the read half of :class:`bus.store.history.HistoryStore`
-  (:class:`HistoryReader`) plus :meth:`~RemoteHistoryStore.forming`, over one DEALER per
-  historian endpoint, tried in order (the one that answered last first): the next after a
-  timeout, ``STORE_UNAVAILABLE`` or ``BUSY``; when none answers, ``StoreUnavailable``. A
-  refusal that another historian would repeat (``BAD_REQUEST``, ``TOO_LARGE``,
-  ``INTERNAL``) is a :class:`~protocols.errors.StoreError` with the historian's message. A
+  (a :class:`bus.store.history_reader.HistoryReader`) plus
+  :meth:`~RemoteHistoryStore.forming`, over one DEALER per historian endpoint, tried in
+  order (the one that answered last first): the next after a timeout, ``STORE_UNAVAILABLE``
+  or ``BUSY``; when none answers, ``StoreUnavailable``. A refusal that another historian
+  would repeat (``BAD_REQUEST``, ``INTERNAL``) is a :class:`~protocols.errors.StoreError`
+  with the historian's message; on ``TOO_LARGE`` a time range is asked for in halves. A
   reply that comes after its request timed out is dropped and counted.
-- :func:`open_history_reader` gives the readers of a mesh's ``[history]``.
+- ``bus.history.readers.open_history_reader`` gives the readers of a mesh's ``[history]``.
 """
 
 from __future__ import annotations
@@ -25,15 +26,14 @@ import asyncio
 import itertools
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import zmq
 import zmq.asyncio
 
 from bus.aio import cancel_and_wait
-from bus.config import MeshConfig
 from bus.logutil import RateLimitedLog
 from bus.sockets import (
     HISTORY_QUERY_CLIENT,
@@ -41,6 +41,7 @@ from bus.sockets import (
     HISTORY_REPLY_BYTES,
     open_socket,
 )
+from bus.store.history_reader import HistoryReader
 from protocols.errors import RemoteProtocolError, StoreError, StoreUnavailable
 from protocols.history.bars import Bar
 from protocols.history.query import (
@@ -58,6 +59,7 @@ from protocols.history.query import (
     Query,
     QueryError,
     QueryReply,
+    ReadAboveQuery,
     TicksQuery,
     WatermarksQuery,
     decode_query,
@@ -68,51 +70,13 @@ from protocols.history.query import (
 )
 from protocols.history.schema import Columns, Table
 
-__all__ = [
-    "MAX_IN_FLIGHT",
-    "FormingSource",
-    "HistoryQueryServer",
-    "HistoryReader",
-    "HistoryReaders",
-    "RemoteHistoryStore",
-    "open_history_reader",
-]
+__all__ = ["MAX_IN_FLIGHT", "HistoryQueryServer", "RemoteHistoryStore"]
 
 log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 16  # requests served at once; each holds a store call and its reply
 FormingBars = Callable[[str, int], "Bar | None"]
 R = TypeVar("R")
-
-
-class HistoryReader(Protocol):
-    """The read half of :class:`bus.store.history.HistoryStore` (every store is one)."""
-
-    name: str
-
-    async def ping(self) -> None: ...
-
-    async def ticks(self, stream: str, start_ns: int, end_ns: int, limit: int) -> Columns: ...
-
-    async def bars(self, stream: str, res_s: int, start_ns: int, end_ns: int,
-                   countback: int = 0) -> Columns: ...
-
-    async def orders(self, account: str | None, start_ns: int, end_ns: int) -> Columns: ...
-
-    async def executions(self, account: str | None, start_ns: int,
-                         end_ns: int) -> Columns: ...
-
-    async def watermarks(self, table: Table) -> dict[str, int]: ...
-
-    async def close(self) -> None: ...
-
-
-class FormingSource(Protocol):
-    """Where a reader gets the bar in progress of a stream (None: no tick in it yet)."""
-
-    async def forming(self, stream: str, res_s: int) -> Bar | None: ...
-
-    async def close(self) -> None: ...
 
 
 # --- the server ------------------------------------------------------------------------------
@@ -140,12 +104,13 @@ class HistoryQueryServer:
 
     def __init__(self, store: HistoryReader | Callable[[], HistoryReader],
                  forming: FormingBars, bind: str, ctx: zmq.asyncio.Context, *,
-                 max_in_flight: int = MAX_IN_FLIGHT,
-                 max_frame: int = HISTORY_REPLY_BYTES) -> None:
+                 max_in_flight: int = MAX_IN_FLIGHT, max_frame: int = HISTORY_REPLY_BYTES,
+                 max_rows: int = MAX_REPLY_ROWS) -> None:
         self._store = store
         self._forming = forming
         self.max_in_flight = max_in_flight
         self.max_frame = max_frame
+        self.max_rows = max_rows
         self.sock = open_socket(ctx, HISTORY_QUERY_SERVER, bind=bind)
         self.endpoint: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.stats = QueryServerStats()
@@ -189,6 +154,9 @@ class HistoryQueryServer:
         try:
             try:
                 replies = await self._answer(query)
+            except _TooLarge as exc:
+                await self._error(identity, query.request_id, QueryError.TOO_LARGE, str(exc))
+                return
             except StoreError as exc:  # StoreUnavailable, or the store failed a read
                 log.warning("history query %s: %s", type(query).__name__, exc)
                 await self._error(identity, query.request_id, QueryError.STORE_UNAVAILABLE,
@@ -197,9 +165,6 @@ class HistoryQueryServer:
             except ValueError as exc:  # a value the store refuses (valid on the wire)
                 await self._error(identity, query.request_id, QueryError.BAD_REQUEST,
                                   str(exc))
-                return
-            except _TooLarge as exc:
-                await self._error(identity, query.request_id, QueryError.TOO_LARGE, str(exc))
                 return
             except Exception as exc:  # a bug here: answer, log it, keep serving
                 log.exception("history query %r failed", query)
@@ -226,6 +191,9 @@ class HistoryQueryServer:
                 return self._columns(rid, await self.store().orders(account, start, end))
             case ExecutionsQuery(_, account, start, end):
                 return self._columns(rid, await self.store().executions(account, start, end))
+            case ReadAboveQuery(_, table, above, limit):
+                return self._columns(rid, await self.store().read_above(table, dict(above),
+                                                                        limit))
             case WatermarksQuery(_, table):
                 marks = await self.store().watermarks(table)
                 return [encode_query(MarksReply.of(rid, table, marks))]
@@ -235,9 +203,9 @@ class HistoryQueryServer:
         raise AssertionError(f"unhandled query {query!r}")  # pragma: no cover
 
     def _columns(self, rid: int, cols: Columns) -> list[list[bytes]]:
-        if len(cols) > MAX_REPLY_ROWS:
+        if len(cols) > self.max_rows:
             raise _TooLarge(f"{len(cols)} {cols.table.value} rows exceed the reply limit of "
-                            f"{MAX_REPLY_ROWS}: ask for a narrower range")
+                            f"{self.max_rows}: ask for a narrower range")
         return encode_columns(rid, cols, self.max_frame)
 
     async def _error(self, identity: bytes, rid: int, code: QueryError, message: str) -> None:
@@ -255,8 +223,9 @@ class HistoryQueryServer:
         self.sock.close(linger=0)
 
 
-class _TooLarge(Exception):
-    """An answer above MAX_REPLY_ROWS (answered TOO_LARGE, never raised to a caller)."""
+class _TooLarge(StoreError):
+    """An answer above the reply's row limit: the server answers TOO_LARGE, and the client
+    splits a time range in two on it (what it raises when it cannot)."""
 
 
 # --- the client ------------------------------------------------------------------------------
@@ -300,12 +269,13 @@ class ClientStats:
     unsent: int = 0  # attempts on an endpoint not connected within the timeout
     failovers: int = 0  # answers that came from another endpoint than the last answer
     late: int = 0  # replies to no request waiting (it timed out): dropped
+    splits: int = 0  # time ranges asked for in two halves (TOO_LARGE)
     bad_replies: int = 0  # replies that did not decode: dropped
     errors: Counter[str] = field(default_factory=Counter)  # ERROR replies by code name
 
     def as_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "timeouts": self.timeouts, "unsent": self.unsent,
-                "failovers": self.failovers, "late": self.late,
+                "failovers": self.failovers, "late": self.late, "splits": self.splits,
                 "bad_replies": self.bad_replies, "errors": dict(self.errors)}
 
 
@@ -369,14 +339,28 @@ class RemoteHistoryStore:
 
     async def bars(self, stream: str, res_s: int, start_ns: int, end_ns: int,
                    countback: int = 0) -> Columns:
-        return await self._rows(lambda rid: BarsQuery(rid, stream, res_s, start_ns, end_ns,
-                                                      max(countback, 0)))
+        """As ``HistoryStore.bars``; a range of more bars than a reply holds is read in
+        parts (a ``countback`` is at most MAX_REPLY_ROWS)."""
+        if countback > 0:
+            return await self._rows(lambda rid: BarsQuery(rid, stream, res_s, start_ns, end_ns,
+                                                          countback))
+        return await self._ranged(lambda rid, lo, hi: BarsQuery(rid, stream, res_s, lo, hi),
+                                  start_ns, end_ns)
 
     async def orders(self, account: str | None, start_ns: int, end_ns: int) -> Columns:
-        return await self._rows(lambda rid: OrdersQuery(rid, account, start_ns, end_ns))
+        """As ``HistoryStore.orders``, in parts when the range holds more than a reply."""
+        return await self._ranged(lambda rid, lo, hi: OrdersQuery(rid, account, lo, hi),
+                                  start_ns, end_ns)
 
     async def executions(self, account: str | None, start_ns: int, end_ns: int) -> Columns:
-        return await self._rows(lambda rid: ExecutionsQuery(rid, account, start_ns, end_ns))
+        """As ``HistoryStore.executions``, in parts when the range holds more than a reply."""
+        return await self._ranged(lambda rid, lo, hi: ExecutionsQuery(rid, account, lo, hi),
+                                  start_ns, end_ns)
+
+    async def read_above(self, table: Table, marks: Mapping[str, int], limit: int) -> Columns:
+        """As ``HistoryStore.read_above``, at most MAX_REPLY_ROWS rows (ask again above)."""
+        return await self._rows(lambda rid: ReadAboveQuery.of(rid, table, marks,
+                                                               min(limit, MAX_REPLY_ROWS)))
 
     async def watermarks(self, table: Table) -> dict[str, int]:
         reply = await self._ask(lambda rid: WatermarksQuery(rid, table), MarksReply)
@@ -395,6 +379,31 @@ class RemoteHistoryStore:
     async def _rows(self, make: Callable[[int], Query]) -> Columns:
         return await self._ask(make, Columns)
 
+    async def _ranged(self, make: Callable[[int, int, int], Query], start_ns: int,
+                      end_ns: int) -> Columns:
+        """The rows of a time-range query; when the range holds more than one reply may,
+        its halves are asked for in turn and the rows put back in key order, the order of
+        the store's own answer (each row's key holds its time, so no row is in both)."""
+        parts = await self._halves(make, start_ns, end_ns)
+        if len(parts) == 1:
+            return parts[0]
+        rows = parts[0]
+        for part in parts[1:]:
+            rows.extend(part)
+        keys = [rows.column(k) for k in rows.spec.key]
+        return rows.take(sorted(range(len(rows)), key=lambda i: tuple(c[i] for c in keys)))
+
+    async def _halves(self, make: Callable[[int, int, int], Query], start_ns: int,
+                      end_ns: int) -> list[Columns]:
+        try:
+            return [await self._rows(lambda rid: make(rid, start_ns, end_ns))]
+        except _TooLarge:
+            if end_ns - start_ns < 2:
+                raise
+        mid = start_ns + (end_ns - start_ns) // 2
+        self.stats.splits += 1
+        return [*await self._halves(make, start_ns, mid), *await self._halves(make, mid, end_ns)]
+
     async def _ask(self, make: Callable[[int], Query], want: type[R]) -> R:
         make(1)  # a bad argument raises ValueError here, before anything is sent
         await self.open()
@@ -412,7 +421,8 @@ class RemoteHistoryStore:
                 if result.code in (QueryError.STORE_UNAVAILABLE, QueryError.BUSY):
                     failures.append(f"{endpoint}: {result.code.name} {result.message}")
                     continue
-                raise StoreError(f"{self.name}: {result.code.name}: {result.message}")
+                error = _TooLarge if result.code is QueryError.TOO_LARGE else StoreError
+                raise error(f"{self.name}: {result.code.name}: {result.message}")
             if not isinstance(result, want):
                 raise StoreError(f"{self.name}: answered {type(result).__name__}, "
                                  f"expected {want.__name__}")
@@ -469,63 +479,3 @@ class RemoteHistoryStore:
                 self.stats.late += 1
                 continue
             call.feed(reply)
-
-
-# --- the readers of a mesh -------------------------------------------------------------------
-
-class _OptionalForming:
-    """Forming bars when the historian's query service answers, else None (a reader of
-    ClickHouse shows closed bars without the forming one rather than nothing)."""
-
-    def __init__(self, remote: RemoteHistoryStore) -> None:
-        self.remote = remote
-
-    async def forming(self, stream: str, res_s: int) -> Bar | None:
-        try:
-            return await self.remote.forming(stream, res_s)
-        except StoreUnavailable as exc:
-            log.info("history reader: no forming bar: %s", exc)
-            return None
-
-    async def close(self) -> None:
-        await self.remote.close()
-
-
-class HistoryReaders(NamedTuple):
-    """What :func:`open_history_reader` gives: unpack it (``reader, forming = ...``) and
-    :meth:`close` it once when done."""
-
-    reader: HistoryReader
-    forming: FormingSource
-
-    async def close(self) -> None:
-        await self.reader.close()
-        await self.forming.close()
-
-
-def query_endpoint(cfg: MeshConfig) -> str:
-    """Where a reader reaches the historian of ``cfg`` (a wildcard bind as loopback)."""
-    bind = cfg.history.query_bind
-    if not bind:
-        raise StoreError("history.query_bind is empty: the historian serves no queries")
-    return bind.replace("*", "127.0.0.1")
-
-
-def open_history_reader(cfg: MeshConfig, ctx: zmq.asyncio.Context | None = None,
-                        ) -> HistoryReaders:
-    """The history readers of a mesh: ``(reader, forming)``.
-
-    ``store = "duckdb"``: both are one :class:`RemoteHistoryStore` at ``history.query_bind``
-    (the historian holds the file). ``"clickhouse"``: the reader reads the servers with
-    failover, and ``forming`` asks the historian's query service, None when it does not
-    answer. Nothing connects before the first request; the receive timeout is
-    ``history.receive_timeout_s``.
-    """
-    h = cfg.history
-    remote = RemoteHistoryStore([query_endpoint(cfg)], h.receive_timeout_s, ctx)
-    if h.store == "duckdb":
-        return HistoryReaders(remote, remote)
-    # ClickHouse: until the servers' FailoverHistoryReader (branch h-stores) is on main, the
-    # closed rows come through the historian too, which reads its writer's LIVE server or
-    # its spool; the forming bar is optional either way.
-    return HistoryReaders(remote, _OptionalForming(remote))

@@ -36,8 +36,9 @@ from typing import Any
 import zmq.asyncio
 
 from bus.aio import wait_event
-from bus.config import MeshConfig, parse_hostport
+from bus.config import MeshConfig
 from bus.history.query import HistoryQueryServer
+from bus.history.readers import clickhouse_servers
 from bus.history.writer import HistoryWriter
 from bus.store.orders import HistoryEntry, RedisOrderStore
 from bus.store.ticks import RedisTickStore
@@ -425,11 +426,6 @@ def open_writer(cfg: MeshConfig, root: Path | None = None) -> HistoryWriter:
     base = root or Path.cwd()
     if h.store == "duckdb":
         return HistoryWriter([DuckDBHistoryStore(str(base / h.duckdb_path))])
-    from bus.store.history_ch import ClickHouseHistoryStore  # clickhouse-driver: only if used
-
-    servers: Sequence[ClickHouseHistoryStore] = [
-        ClickHouseHistoryStore(*parse_hostport(f"history.clickhouse[{i}]", hp), h.database,
-                               h.connect_timeout_s, h.receive_timeout_s)
-        for i, hp in enumerate(h.clickhouse)]
+    servers = clickhouse_servers(h)
     spool = DuckDBHistoryStore(str(base / h.spool_path)) if len(servers) > 1 else None
     return HistoryWriter(servers, spool)

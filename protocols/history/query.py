@@ -21,6 +21,8 @@ Rules:
   store's answer in the store's order. A whole answer holds at most :data:`MAX_REPLY_ROWS`
   rows: a TICKS ``limit`` and a BARS ``countback`` are capped at it, and a range with more
   rows is refused with ``TOO_LARGE`` (page by time: a narrower range).
+- READ_ABOVE (what a writer copies to a store that returns: the rows above given watermarks)
+  names at most :data:`MAX_MARKS` groups; it is answered with COLUMNS like the others.
 - FORMING is answered with FORMING_BAR (the bar in progress, or nil when the stream has no
   tick at that resolution yet), WATERMARKS with MARKS, PING with PONG.
 - Anything may be answered with ERROR (:class:`QueryError`).
@@ -31,7 +33,7 @@ Rules:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -45,6 +47,7 @@ from protocols.wire import decode_envelope, encode_envelope, pack_body, pack_hea
 
 __all__ = [
     "MAX_ID",
+    "MAX_MARKS",
     "MAX_REPLY_ROWS",
     "MAX_TIME_NS",
     "BarsQuery",
@@ -61,6 +64,7 @@ __all__ = [
     "QueryError",
     "QueryKind",
     "QueryReply",
+    "ReadAboveQuery",
     "TicksQuery",
     "WatermarksQuery",
     "decode_query",
@@ -74,6 +78,9 @@ MAX_ID = 2**63 - 1
 MAX_TIME_NS = 2**64 - 1  # the stores' times are UInt64 epoch nanoseconds
 # The most rows one answer holds, over all its parts: what a reader may have to hold at once.
 MAX_REPLY_ROWS = 1_000_000
+# The most watermark groups a READ_ABOVE names: 10,000 of 64-byte names and 9-byte marks are
+# about 740 KB, inside the historian's 1 MiB request frame.
+MAX_MARKS = 10_000
 
 
 class QueryKind(IntEnum):
@@ -86,6 +93,7 @@ class QueryKind(IntEnum):
     EXECUTIONS = 84
     WATERMARKS = 85
     PING = 86
+    READ_ABOVE = 87
     COLUMNS = 88
     FORMING_BAR = 89
     MARKS = 90
@@ -127,6 +135,15 @@ def _res(res_s: int) -> None:
 def _check_table(table: object) -> None:
     if not isinstance(table, Table):
         raise ValueError(f"table must be a Table, got {table!r}")
+
+
+def _check_marks(marks: Sequence[tuple[str, int]]) -> None:
+    if len(marks) > MAX_MARKS:
+        raise ValueError(f"at most {MAX_MARKS} watermark groups, got {len(marks)}")
+    for group, pos in marks:
+        if not isinstance(group, str):
+            raise ValueError(f"a watermark group must be a string, got {group!r}")
+        _int(f"mark of {group!r}", pos, 0, MAX_TIME_NS)
 
 
 def _table(value: object) -> Table:
@@ -234,12 +251,33 @@ class WatermarksQuery(_Message):
 
 
 @dataclass(frozen=True, slots=True)
+class ReadAboveQuery(_Message):
+    """Up to ``limit`` rows of ``table`` above ``marks`` (group -> position; a group absent:
+    all of it), in (group, position) order (``HistoryStore.read_above``)."""
+
+    table: Table
+    marks: tuple[tuple[str, int], ...]  # sorted by group
+    limit: int
+
+    def __post_init__(self) -> None:
+        _Message.__post_init__(self)
+        _check_table(self.table)
+        _check_marks(self.marks)
+        _int("limit", self.limit, 1, MAX_REPLY_ROWS)
+
+    @classmethod
+    def of(cls, request_id: int, table: Table, marks: Mapping[str, int],
+           limit: int) -> ReadAboveQuery:
+        return cls(request_id, table, tuple(sorted(marks.items())), limit)
+
+
+@dataclass(frozen=True, slots=True)
 class PingQuery(_Message):
     """Does the historian's store answer now?"""
 
 
 Query = (TicksQuery | BarsQuery | FormingQuery | OrdersQuery | ExecutionsQuery
-         | WatermarksQuery | PingQuery)
+         | WatermarksQuery | ReadAboveQuery | PingQuery)
 
 
 # --- replies ---------------------------------------------------------------------------------
@@ -303,13 +341,10 @@ class MarksReply(_Message):
     def __post_init__(self) -> None:
         _Message.__post_init__(self)
         _check_table(self.table)
-        for group, pos in self.marks:
-            if not isinstance(group, str):
-                raise ValueError(f"a watermark group must be a string, got {group!r}")
-            _int(f"mark of {group!r}", pos, 0, MAX_TIME_NS)
+        _check_marks(self.marks)
 
     @classmethod
-    def of(cls, request_id: int, table: Table, marks: dict[str, int]) -> MarksReply:
+    def of(cls, request_id: int, table: Table, marks: Mapping[str, int]) -> MarksReply:
         return cls(request_id, table, tuple(sorted(marks.items())))
 
 
@@ -338,7 +373,7 @@ QueryReply = ColumnsReply | FormingBarReply | MarksReply | Pong | ErrorReply
 
 _REQUEST_KINDS = frozenset({QueryKind.TICKS, QueryKind.BARS, QueryKind.FORMING,
                             QueryKind.ORDERS, QueryKind.EXECUTIONS, QueryKind.WATERMARKS,
-                            QueryKind.PING})
+                            QueryKind.READ_ABOVE, QueryKind.PING})
 
 
 # --- encoding --------------------------------------------------------------------------------
@@ -366,6 +401,9 @@ def _body(msg: Query | QueryReply) -> tuple[QueryKind, dict[str, Any]]:
                                           "end": end}
         case WatermarksQuery(rid, table):
             return QueryKind.WATERMARKS, {"id": rid, "table": table.value}
+        case ReadAboveQuery(rid, table, marks, limit):
+            return QueryKind.READ_ABOVE, {"id": rid, "table": table.value, "marks": dict(marks),
+                                          "limit": limit}
         case PingQuery(rid):
             return QueryKind.PING, {"id": rid}
         case ColumnsReply(rid, table, part, final, columns):
@@ -474,6 +512,9 @@ def _decode(kind: QueryKind, d: dict[str, Any]) -> Query | QueryReply:
             return ExecutionsQuery(rid, _get(d, "account"), _get(d, "start"), _get(d, "end"))
         case QueryKind.WATERMARKS:
             return WatermarksQuery(rid, _table(_get(d, "table")))
+        case QueryKind.READ_ABOVE:
+            return ReadAboveQuery(rid, _table(_get(d, "table")), _marks(_get(d, "marks")),
+                                  _get(d, "limit"))
         case QueryKind.PING:
             return PingQuery(rid)
         case QueryKind.COLUMNS:

@@ -20,19 +20,24 @@ import zmq
 import zmq.asyncio
 
 from bus.config import HistorySection, MeshConfig
-from bus.history.query import HistoryQueryServer, RemoteHistoryStore, open_history_reader
-from bus.sockets import HISTORY_QUERY_SERVER, open_socket
+from bus.history.query import HistoryQueryServer, RemoteHistoryStore
+from bus.history.readers import open_history_reader
+from bus.sockets import HISTORY_QUERY_SERVER, HISTORY_REQUEST_BYTES, open_socket
 from bus.store.history import HistoryStore
 from bus.store.history_duck import DuckDBHistoryStore
+from bus.store.history_reader import FailoverHistoryReader
 from nodes.servers.redis_server import free_port
 from protocols.errors import StoreError, StoreUnavailable
 from protocols.history.bars import Bar
 from protocols.history.query import (
+    MAX_MARKS,
+    MAX_REPLY_ROWS,
     ErrorReply,
     PingQuery,
     Pong,
     QueryError,
     QueryKind,
+    ReadAboveQuery,
     decode_query,
     decode_query_reply,
     encode_query,
@@ -163,6 +168,30 @@ def test_an_answer_larger_than_a_frame_comes_in_parts(tmp_path: Path) -> None:
             assert rows_of(got) == rows_of(await store.ticks("EUR", 0, END, 10_000))
             assert server.stats.answered == 1
     on_store(tmp_path, body)
+
+
+def test_a_range_with_more_rows_than_a_reply_is_read_in_halves(tmp_path: Path) -> None:
+    async def body(store: DuckDBHistoryStore) -> None:
+        async with serving(store, max_rows=3) as server, reading(server.endpoint) as remote:
+            for account in (None, "acc1"):
+                assert rows_of(await remote.orders(account, 0, END)) == \
+                    rows_of(await store.orders(account, 0, END))
+            assert rows_of(await remote.executions(None, 0, END)) == \
+                rows_of(await store.executions(None, 0, END))
+            assert rows_of(await remote.bars("EUR", 60, 0, END)) == \
+                rows_of(await store.bars("EUR", 60, 0, END))
+            assert remote.stats.splits > 0
+            # A limit is not a range: more ticks than a reply may hold is the caller's error.
+            with pytest.raises(StoreError, match="TOO_LARGE") as info:
+                await remote.ticks("EUR", 0, END, 4)
+            assert not isinstance(info.value, StoreUnavailable)
+    on_store(tmp_path, body)
+
+
+def test_the_largest_request_fits_the_servers_frame_limit() -> None:
+    marks = {f"{'s' * 60}{i:04}": 2**64 - 1 for i in range(MAX_MARKS)}
+    frames = encode_query(ReadAboveQuery.of(2**63 - 1, Table.TICKS, marks, MAX_REPLY_ROWS))
+    assert max(map(len, frames)) <= HISTORY_REQUEST_BYTES
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -297,6 +326,7 @@ def test_open_history_reader_reads_the_historian_of_a_mesh(tmp_path: Path) -> No
         cfg = MeshConfig(history=HistorySection(query_bind=endpoint.replace("127.0.0.1", "*")))
         async with serving(store, bind=endpoint):
             readers = open_history_reader(cfg)
+            await readers.open()
             reader, bars = readers
             try:
                 assert len(await reader.ticks("EUR", 0, END, 5)) == 5
@@ -304,3 +334,18 @@ def test_open_history_reader_reads_the_historian_of_a_mesh(tmp_path: Path) -> No
             finally:
                 await readers.close()
     on_store(tmp_path, body)
+
+
+def test_on_clickhouse_the_forming_bar_is_none_while_the_historian_is_away() -> None:
+    async def body() -> None:
+        cfg = MeshConfig(history=HistorySection(
+            store="clickhouse", query_bind=f"tcp://127.0.0.1:{free_port()}",
+            receive_timeout_s=scaled(0.2)))
+        readers = open_history_reader(cfg)
+        assert isinstance(readers.reader, FailoverHistoryReader)
+        await readers.forming.open()  # the servers are not needed for this
+        try:
+            assert await readers.forming.forming("EUR", 60) is None
+        finally:
+            await readers.close()
+    asyncio.run(body())

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bus.config import HistorySection, MeshConfig, replace
-from bus.history.query import open_history_reader
+from bus.history.readers import open_history_reader
 from bus.history.writer import HistoryWriter
 from bus.store.history_duck import DuckDBHistoryStore
 from bus.store.orders import RedisOrderStore
@@ -107,6 +107,7 @@ def test_a_running_historian_answers_bar_and_forming_queries_while_it_writes(
 
     async def main() -> None:
         readers = open_history_reader(cfg)  # what the CLI and the gateway read through
+        await readers.open()
         reader, forming = readers
         try:
             async with run_recovery(cfg), running(cfg, path) as node:

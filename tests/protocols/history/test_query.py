@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from protocols.errors import LocalProtocolError, RemoteProtocolError
 from protocols.history.bars import Bar
 from protocols.history.query import (
+    MAX_MARKS,
     MAX_REPLY_ROWS,
     BarsQuery,
     ColumnsReply,
@@ -29,6 +30,7 @@ from protocols.history.query import (
     Pong,
     QueryError,
     QueryKind,
+    ReadAboveQuery,
     TicksQuery,
     WatermarksQuery,
     decode_query,
@@ -59,6 +61,8 @@ REQUESTS = [
     ExecutionsQuery(8, "acc-1", 0, 2**64 - 1),
     WatermarksQuery(9, Table.BARS),
     PingQuery(10),
+    ReadAboveQuery.of(11, Table.TICKS, {"EUR": 5, "XAU": 0}, 1000),
+    ReadAboveQuery.of(12, Table.ORDERS, {}, MAX_REPLY_ROWS),
 ]
 REPLIES = [
     ColumnsReply.of(1, tick_batch("EUR", range(1, 4))),
@@ -146,6 +150,9 @@ def test_a_row_wider_than_the_frame_limit_is_our_error() -> None:
     (lambda: ColumnsReply(1, Table.BARS, 0, True, ((1,),) + ((),) * 10), "different lengths"),
     (lambda: ColumnsReply(1, Table.BARS, 0, 1, ((),) * 11), "final must be a bool"),  # type: ignore[arg-type]
     (lambda: MarksReply(1, Table.TICKS, (("EUR", -1),)), "mark of 'EUR'"),
+    (lambda: ReadAboveQuery.of(1, Table.TICKS, {f"s{i}": 1 for i in range(MAX_MARKS + 1)}, 1),
+     "at most 10000 watermark groups"),
+    (lambda: ReadAboveQuery.of(1, Table.TICKS, {}, 0), "limit must be in 1"),
     (lambda: ErrorReply(1, 3, "x"), "unknown error code"),  # type: ignore[arg-type]
 ])
 def test_construction_checks(make: Any, problem: str) -> None:
@@ -165,7 +172,7 @@ BAD_REQUESTS: list[tuple[str, list[bytes], str, int]] = [
     ("version 2", [b"TM\x02\x56", pack_body({"id": 4})], "unsupported protocol version 2", 4),
     ("a reply's kind", [b"TM\x01\x5f", pack_body({"id": 4})],
      "ERROR is not a history query request", 4),
-    ("kind 87", [b"TM\x01\x57", pack_body({"id": 4})], "unknown history query kind 87", 4),
+    ("kind 92", [b"TM\x01\x5c", pack_body({"id": 4})], "unknown history query kind 92", 4),
     ("not msgpack", [pack_header(QueryKind.PING), b"\xc1"], "not msgpack", 0),
     ("not a map", _frames(QueryKind.PING, [1]), "not a map", 0),
     ("no id", _frames(QueryKind.PING, {}), "missing key 'id'", 0),
@@ -183,6 +190,8 @@ BAD_REQUESTS: list[tuple[str, list[bytes], str, int]] = [
      "limit must be in", 5),
     ("unknown table", _frames(QueryKind.WATERMARKS, {"id": 6, "table": "quotes"}),
      "unknown table 'quotes'", 6),
+    ("a mark not a number", _frames(QueryKind.READ_ABOVE, {
+        "id": 7, "table": "ticks", "marks": {"EUR": "1"}, "limit": 5}), "mark of 'EUR' must be", 7),
     ("bad resolution", _frames(QueryKind.FORMING, {"id": 6, "stream": "E", "res": 7}),
      "unknown resolution", 6),
     ("a pong", encode_query(Pong(3)), "PONG is not a history query request", 3),
