@@ -97,6 +97,11 @@ def test_columns_carry_every_type_back_as_the_store_gave_it() -> None:
     assert reply.rows().column("blob")[0] == b"\x00\xff"  # bytes stay bytes, not str
 
 
+def test_the_example_of_protocol_md_section_17() -> None:
+    assert encode_query(PingQuery(1)) == [bytes.fromhex("544d0156"), b"\x81\xa2id\x01"]
+    assert encode_query(Pong(1)) == [bytes.fromhex("544d015b"), b"\x81\xa2id\x01"]
+
+
 def test_kinds_are_their_own_family() -> None:
     assert all(80 <= k <= 95 for k in QueryKind)
     assert encode_query(PingQuery(1))[0] == pack_header(QueryKind.PING)
