@@ -447,7 +447,11 @@ class RemoteHistoryStore:
         call = _Call(asyncio.get_running_loop().create_future())
         self._calls[rid] = call
         try:
-            await sock.send_multipart(encode_query(make(rid)))
+            try:  # never blocks: a connection lost since the poll refuses the send
+                await sock.send_multipart(encode_query(make(rid)), flags=zmq.NOBLOCK)
+            except zmq.Again:
+                self.stats.unsent += 1
+                raise TimeoutError("not connected") from None
             self.stats.requests += 1
             return await self._wait(call)
         finally:
