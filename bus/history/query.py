@@ -54,6 +54,7 @@ from protocols.history.query import (
     FormingQuery,
     MarksReply,
     OrdersQuery,
+    Pending,
     PingQuery,
     Pong,
     Query,
@@ -75,6 +76,8 @@ __all__ = ["MAX_IN_FLIGHT", "HistoryQueryServer", "RemoteHistoryStore"]
 log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 16  # requests served at once; each holds a store call and its reply
+# How often a request in service says so (PENDING): well inside any reader's timeout.
+PENDING_S = 0.25
 FormingBars = Callable[[str, int], "Bar | None"]
 R = TypeVar("R")
 
@@ -105,12 +108,13 @@ class HistoryQueryServer:
     def __init__(self, store: HistoryReader | Callable[[], HistoryReader],
                  forming: FormingBars, bind: str, ctx: zmq.asyncio.Context, *,
                  max_in_flight: int = MAX_IN_FLIGHT, max_frame: int = HISTORY_REPLY_BYTES,
-                 max_rows: int = MAX_REPLY_ROWS) -> None:
+                 max_rows: int = MAX_REPLY_ROWS, pending_s: float = PENDING_S) -> None:
         self._store = store
         self._forming = forming
         self.max_in_flight = max_in_flight
         self.max_frame = max_frame
         self.max_rows = max_rows
+        self.pending_s = pending_s
         self.sock = open_socket(ctx, HISTORY_QUERY_SERVER, bind=bind)
         self.endpoint: str = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.stats = QueryServerStats()
@@ -153,7 +157,7 @@ class HistoryQueryServer:
     async def _serve_one(self, identity: bytes, query: Query) -> None:
         try:
             try:
-                replies = await self._answer(query)
+                replies = await self._answer_pending(identity, query)
             except _TooLarge as exc:
                 await self._error(identity, query.request_id, QueryError.TOO_LARGE, str(exc))
                 return
@@ -176,6 +180,20 @@ class HistoryQueryServer:
             self.stats.answered += 1
         finally:
             self._slots.release()
+
+    async def _answer_pending(self, identity: bytes, query: Query) -> list[list[bytes]]:
+        """:meth:`_answer`, with a PENDING to the reader every ``pending_s`` until it is
+        ready: a long store read does not look like a historian gone."""
+        work = asyncio.ensure_future(self._answer(query))
+        try:
+            while not (await asyncio.wait({work}, timeout=self.pending_s))[0]:
+                await self.sock.send_multipart([identity,
+                                                *encode_query(Pending(query.request_id))])
+            return work.result()
+        finally:
+            if not work.done():  # this task was cancelled: so is its store read
+                work.cancel()
+                await asyncio.wait({work})
 
     async def _answer(self, query: Query) -> list[list[bytes]]:
         rid = query.request_id
@@ -230,20 +248,22 @@ class _TooLarge(StoreError):
 
 # --- the client ------------------------------------------------------------------------------
 
-_Result = Columns | FormingBarReply | MarksReply | Pong | ErrorReply
+_Result = Columns | FormingBarReply | MarksReply | Pong | ErrorReply  # Pending: never
 
 
 class _Call:
     """One request in flight on one endpoint: the parts received so far, and its outcome."""
 
-    __slots__ = ("future", "parts")
+    __slots__ = ("future", "parts", "progress")
 
     def __init__(self, future: asyncio.Future[_Result]) -> None:
         self.future = future
         self.parts: list[ColumnsReply] = []
+        self.progress = 0  # replies received: PENDINGs and parts
 
     def feed(self, reply: QueryReply) -> None:
-        if self.future.done():
+        self.progress += 1
+        if self.future.done() or isinstance(reply, Pending):
             return
         if not isinstance(reply, ColumnsReply):
             self.future.set_result(reply)
@@ -458,11 +478,11 @@ class RemoteHistoryStore:
             self._calls.pop(rid, None)
 
     async def _wait(self, call: _Call) -> _Result:
-        """The call's outcome; TimeoutError after ``timeout_s`` without a reply, or without
-        a further part of a reply in parts (a long answer takes as long as it needs)."""
+        """The call's outcome; TimeoutError after ``timeout_s`` without a reply, a PENDING or
+        a further part of the reply (a long answer takes as long as it needs)."""
         seen = -1
-        while seen != len(call.parts):
-            seen = len(call.parts)
+        while seen != call.progress:
+            seen = call.progress
             done, _ = await asyncio.wait({call.future}, timeout=self.timeout_s)
             if done:
                 return call.future.result()

@@ -23,6 +23,8 @@ Rules:
   rows is refused with ``TOO_LARGE`` (page by time: a narrower range).
 - READ_ABOVE (what a writer copies to a store that returns: the rows above given watermarks)
   names at most :data:`MAX_MARKS` groups; it is answered with COLUMNS like the others.
+- While a request is in service the historian sends PENDING every so often (a store read
+  can take longer than a reader's timeout): a reader counts it as a sign of progress.
 - FORMING is answered with FORMING_BAR (the bar in progress, or nil when the stream has no
   tick at that resolution yet), WATERMARKS with MARKS, PING with PONG.
 - Anything may be answered with ERROR (:class:`QueryError`).
@@ -36,7 +38,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, cast
 
 from protocols.errors import LocalProtocolError, RemoteProtocolError
 from protocols.history.bars import Bar, format_resolution
@@ -58,6 +60,7 @@ __all__ = [
     "FormingQuery",
     "MarksReply",
     "OrdersQuery",
+    "Pending",
     "PingQuery",
     "Pong",
     "Query",
@@ -98,6 +101,7 @@ class QueryKind(IntEnum):
     FORMING_BAR = 89
     MARKS = 90
     PONG = 91
+    PENDING = 92  # not an answer: the request is in service, its answer follows
     ERROR = 95
 
 
@@ -319,8 +323,9 @@ class ColumnsReply(_Message):
 
     def rows(self) -> Columns:
         """The part's rows as a batch."""
-        return Columns(self.table, {n: list(c) for n, c in zip(
-            TABLES[self.table].names, self.columns, strict=True)})
+        # Columns copies each column into a list itself: hand the tuples over as they are.
+        by_name = dict(zip(TABLES[self.table].names, self.columns, strict=True))
+        return Columns(self.table, cast(Mapping[str, list[Any]], by_name))
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,6 +359,11 @@ class Pong(_Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Pending(_Message):
+    """The request is in service; its answer follows."""
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorReply:
     """A refusal; ``request_id`` 0 when the request's id could not be read."""
 
@@ -369,7 +379,7 @@ class ErrorReply:
             raise ValueError("message must be a string")
 
 
-QueryReply = ColumnsReply | FormingBarReply | MarksReply | Pong | ErrorReply
+QueryReply = ColumnsReply | FormingBarReply | MarksReply | Pong | Pending | ErrorReply
 
 _REQUEST_KINDS = frozenset({QueryKind.TICKS, QueryKind.BARS, QueryKind.FORMING,
                             QueryKind.ORDERS, QueryKind.EXECUTIONS, QueryKind.WATERMARKS,
@@ -416,6 +426,8 @@ def _body(msg: Query | QueryReply) -> tuple[QueryKind, dict[str, Any]]:
             return QueryKind.MARKS, {"id": rid, "table": table.value, "marks": dict(marks)}
         case Pong(rid):
             return QueryKind.PONG, {"id": rid}
+        case Pending(rid):
+            return QueryKind.PENDING, {"id": rid}
         case ErrorReply(rid, code, message):
             return QueryKind.ERROR, {"id": rid, "code": int(code), "message": message}
     raise LocalProtocolError(f"not a history query message: {msg!r:.80}")
@@ -526,6 +538,8 @@ def _decode(kind: QueryKind, d: dict[str, Any]) -> Query | QueryReply:
             return MarksReply(rid, _table(_get(d, "table")), _marks(_get(d, "marks")))
         case QueryKind.PONG:
             return Pong(rid)
+        case QueryKind.PENDING:
+            return Pending(rid)
         case QueryKind.ERROR:
             code = _get(d, "code")
             _int("code", code, 0, 255)
@@ -535,6 +549,9 @@ def _decode(kind: QueryKind, d: dict[str, Any]) -> Query | QueryReply:
                 raise ValueError(f"unknown error code {code}") from None
             return ErrorReply(rid, err, _get(d, "message"))
     raise AssertionError(f"no decoder for {kind.name}")  # pragma: no cover
+
+
+_REPLY_TYPES = (ColumnsReply, FormingBarReply, MarksReply, Pong, Pending, ErrorReply)
 
 
 def _decode_as(frames: Sequence[bytes], requests: bool) -> Query | QueryReply:
@@ -552,14 +569,14 @@ def _decode_as(frames: Sequence[bytes], requests: bool) -> Query | QueryReply:
 def decode_query(frames: Sequence[bytes]) -> Query:
     """Decode a request (the frames after the ROUTER's identity)."""
     msg = _decode_as(frames, True)
-    assert not isinstance(msg, (ColumnsReply, FormingBarReply, MarksReply, Pong, ErrorReply))
+    assert not isinstance(msg, _REPLY_TYPES)
     return msg
 
 
 def decode_query_reply(frames: Sequence[bytes]) -> QueryReply:
     """Decode a reply (as a DEALER receives it)."""
     msg = _decode_as(frames, False)
-    assert isinstance(msg, (ColumnsReply, FormingBarReply, MarksReply, Pong, ErrorReply))
+    assert isinstance(msg, _REPLY_TYPES)
     return msg
 
 

@@ -266,6 +266,24 @@ def test_over_the_bound_a_request_is_refused_busy(tmp_path: Path) -> None:
     on_store(tmp_path, body)
 
 
+def test_a_read_longer_than_the_readers_timeout_is_waited_for_while_pending(
+        tmp_path: Path) -> None:
+    async def body(store: DuckDBHistoryStore) -> None:
+        faulty = Faulty(store)
+        async with serving(faulty, pending_s=scaled(0.05)) as server, \
+                reading(server.endpoint, timeout_s=0.3) as remote:
+            faulty.released.clear()
+            read = asyncio.create_task(remote.ticks("XAU", 0, END, 100))
+            await wait_until(lambda: faulty.waiting == 1, 5, "the read in the store")
+            # The time itself is under test: the store holds the read for 3 reader timeouts.
+            await asyncio.sleep(scaled(0.9))
+            assert not read.done()
+            faulty.released.set()
+            assert len(await read) == 10
+            assert remote.stats.timeouts == 0 and server.stats.answered == 1
+    on_store(tmp_path, body)
+
+
 # -- endpoints -------------------------------------------------------------------------------
 
 @contextlib.asynccontextmanager
