@@ -7,7 +7,8 @@
     tickmesh executor                   the executor: fills routed orders (simulated EA)
     tickmesh trader [--rate N]          place market orders at N/s through the order client
     tickmesh historian                  record ticks, orders and executions into history
-    tickmesh up [--for SECONDS] [--ha]  every node under a supervisor (see scripts/up)
+    tickmesh up [--for SECONDS] [--ha] [--clickhouse]
+                                        every node under a supervisor (see scripts/up)
     tickmesh check-config FILE          validate a mesh file and print it
 """
 
@@ -58,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--ha", action="store_true",
                     help="start a local Redis HA topology (two master groups with replicas, "
                          "three Sentinels; see scripts/run-redis-ha) instead of one Redis")
+    up.add_argument("--clickhouse", action="store_true",
+                    help="history on a local ClickHouse pair (two clickhouse-server processes "
+                         "on free ports, see scripts/run-clickhouse) instead of a DuckDB file")
     up.add_argument("--json", action="store_true", help="print the summary as JSON")
     chk = sub.add_parser("check-config", help="validate a mesh file and print it")
     chk.add_argument("file")

@@ -40,6 +40,7 @@ from bus.config import MeshConfig
 from bus.history.query import HistoryQueryServer
 from bus.history.readers import clickhouse_servers
 from bus.history.writer import HistoryWriter
+from bus.logutil import RateLimitedLog
 from bus.store.orders import HistoryEntry, RedisOrderStore
 from bus.store.ticks import RedisTickStore
 from bus.ticks.subscriber import Subscriber, SubscriberOptions
@@ -67,6 +68,7 @@ ORDER_PAGE = 2_000  # history stream entries read per round trip
 ORDER_BLOCK_MS = 100
 MAX_PENDING_FACTOR = 4  # buffered rows beyond batch_rows x this: stop reading until written
 LAG_SAMPLES = 4_096
+RESET_CHECK_ROUNDS = 10  # idle history reads (of ORDER_BLOCK_MS) between reset checks
 RESUME_TICKS = 500_000  # stored ticks re-read at most to rebuild a stream's forming 1 s bar
 END_OF_TIME = 2**63 - 1
 STOP_FLUSH_S = 5.0
@@ -87,6 +89,7 @@ class HistorianStats:
     duplicates: int = 0  # ticks at or below the watermark, dropped
     write_errors: int = 0  # writes that failed and were retried
     bad_entries: int = 0  # history entries that did not decode (counted, skipped)
+    order_stream_behind: int = 0  # checks that found the order store's stream reset
 
 
 class Historian:
@@ -125,6 +128,7 @@ class Historian:
         self._lags: list[float] = []  # seconds from a tick's feed time to its write
         self._oldest_feed_ns = 0  # the oldest feed time among buffered ticks
         self.ready = asyncio.Event()  # set once it resumed and subscribed
+        self._behind_log = RateLimitedLog(log, "historian: order stream behind")
         self._inflight: asyncio.Task[None] | None = None  # the write on its way
 
     # -- start -----------------------------------------------------------------------------
@@ -261,11 +265,16 @@ class Historian:
     # -- orders ----------------------------------------------------------------------------
 
     async def _consume_orders(self) -> None:
+        idle = 0
         while True:
             entries = await self.order_store.history(self._order_pos, ORDER_PAGE,
                                                      block_ms=ORDER_BLOCK_MS)
             if not entries:
+                idle += 1
+                if idle % RESET_CHECK_ROUNDS == 0:
+                    await self._check_reset()
                 continue
+            idle = 0
             first = entries[0].position
             if first > self._order_pos + 1:
                 missing = first - self._order_pos - 1
@@ -276,6 +285,19 @@ class Historian:
                 self._add_entry(entry)
                 self._order_pos = entry.position
             await self._room()
+
+    async def _check_reset(self) -> None:
+        """An order store whose history stream numbers below what history holds was wiped
+        under running backends (a restarted backend rebuilds it and restores the position).
+        Its new writes would sit below the watermark: say so, loudly and counted."""
+        position = await self.order_store.history_position()
+        if position < self._order_pos:
+            self.stats.order_stream_behind += 1
+            self._behind_log.warning(
+                "historian: the order store's history stream is at %d, history at %d: the "
+                "store was wiped under running backends; restart them so the active one "
+                "rebuilds from history (until then its writes are not recorded)", position,
+                self._order_pos)
 
     def _add_entry(self, entry: HistoryEntry) -> None:
         try:

@@ -209,3 +209,29 @@ async def first_position(redis: RedisProcess, cfg: MeshConfig) -> int:
         return await store.history_first()
     finally:
         await store.close()
+
+
+def test_an_order_stream_reset_under_it_is_reported_not_silently_skipped(
+        redis_server: RedisProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nodes.history.historian as historian
+
+    monkeypatch.setattr(historian, "RESET_CHECK_ROUNDS", 1)
+    path = tmp_path / "h.duckdb"
+    cfg = history_config(redis_server, path, rate=200.0)
+
+    async def main() -> None:
+        orders = RedisOrderStore(redis_server.url, cfg.mesh.key_prefix, history_cap=100)
+        _, epoch = await orders.acquire_epoch(await orders.current_epoch())
+        async with run_recovery(cfg), run_feed(cfg), running(cfg, path) as node:
+            for i in range(3):
+                await orders.write_batch([routed(order_id=f"r{i}", coid=f"cr{i}")], epoch)
+            await wait_until(lambda: node._order_pos >= 3, scaled(10), "the order history")
+            # The order store loses its history stream under a running historian.
+            await orders.redis.delete(f"{cfg.mesh.key_prefix}:history",
+                                      f"{cfg.mesh.key_prefix}:history:n")
+            await orders.write_batch([routed(order_id="r9", coid="cr9")], epoch)
+            await wait_until(lambda: node.stats.order_stream_behind > 0, scaled(10),
+                             "the reset to be reported")
+        await orders.close()
+
+    asyncio.run(main())
