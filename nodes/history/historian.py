@@ -37,6 +37,7 @@ import zmq.asyncio
 
 from bus.aio import wait_event
 from bus.config import MeshConfig
+from bus.history.bars import resumed_builder
 from bus.history.query import HistoryQueryServer
 from bus.history.readers import clickhouse_servers
 from bus.history.writer import HistoryWriter
@@ -46,13 +47,7 @@ from bus.store.ticks import RedisTickStore
 from bus.ticks.subscriber import Subscriber, SubscriberOptions
 from nodes.common import stats_writer, supervise_tasks, write_json_atomic
 from protocols.errors import RemoteProtocolError, StoreError
-from protocols.history.bars import (
-    RES_SECONDS,
-    Bar,
-    BarBuilder,
-    bars_from_columns,
-    bars_to_columns,
-)
+from protocols.history.bars import Bar, BarBuilder, bars_to_columns
 from protocols.history.records import append_write
 from protocols.history.schema import Columns, Table
 from protocols.stats import percentiles
@@ -138,7 +133,7 @@ class Historian:
         marks = await self.writer.resume_marks(Table.TICKS)
         self._next = {stream: seq + 1 for stream, seq in marks.items()}
         for stream, seq in marks.items():
-            self._bars[stream] = await self._resume_bars(stream, seq)
+            self._bars[stream] = await resumed_builder(self.writer.reader(), stream, upto=seq)
         log.info("historian resumes %d tick streams", len(marks))
         order_marks = [(await self.writer.resume_marks(t)).get("", 0)
                        for t in (Table.ORDERS, Table.EXECUTIONS)]
@@ -147,28 +142,6 @@ class Historian:
         self._order_pos = min(order_marks)
         await self.sub.start()
         self.ready.set()
-
-    async def _resume_bars(self, stream: str, upto: int) -> BarBuilder:
-        """The stream's bar builder as it stood after tick ``upto``: from the closed bars the
-        store holds (per resolution its last one and the finer ones after it) and the stored
-        ticks after the last closed 1 s bar (protocols.history.bars, BarBuilder.resume)."""
-        store = self.writer.reader()
-        closed: list[Bar] = []
-        for finer, res in zip((0, *RES_SECONDS), RES_SECONDS, strict=False):
-            back = res // finer + 1 if finer else 1
-            rows = await store.bars(stream, res, 0, END_OF_TIME, countback=back)
-            # A bar closed by a tick above the resume point is not closed yet as far as the
-            # ticks to come are concerned: they will close it again.
-            closed.extend(b for b in bars_from_columns(rows) if b.last_seq <= upto)
-        builder = BarBuilder.resume(stream, closed)
-        floor = max((b.start_ns for b in closed if b.res_s == RES_SECONDS[0]), default=0)
-        ticks = await store.ticks(stream, floor, END_OF_TIME, RESUME_TICKS)
-        for seq, ts, bid, ask, last, vol in zip(
-                ticks.column("seq"), ticks.column("ts_ns"), ticks.column("bid"),
-                ticks.column("ask"), ticks.column("last"), ticks.column("volume"), strict=True):
-            if builder.last_seq < seq <= upto:
-                builder.on_tick(seq, ts, bid, ask, last, vol)  # closes nothing it had not
-        return builder
 
     # -- ticks -----------------------------------------------------------------------------
 
