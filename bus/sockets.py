@@ -30,6 +30,10 @@ limit is the largest frame the role's protocol allows, rounded up (docs/PROTOCOL
   room.
 * ``EA_FRAME_BYTES`` 1 MiB: an EA bridge message, one tick or a batch of thousands.
 * ``HEARTBEAT_BYTES`` 1 KiB: a PEER_HEARTBEAT is about 20 bytes.
+* ``HISTORY_REQUEST_BYTES`` 1 MiB: the largest history query, a READ_ABOVE naming
+  ``MAX_MARKS`` (10,000) groups of 64 bytes, is about 740 KB; the others are under 200 bytes.
+* ``HISTORY_REPLY_BYTES`` 16 MiB: the historian splits an answer into COLUMNS parts of at most
+  this many bytes each (``protocols.history.query.encode_columns``).
 
 **Security.** :func:`open_socket` is the one place that configures a socket before it binds
 or connects; the security issue adds CURVE there, once for every role (the marked line).
@@ -57,6 +61,8 @@ __all__ = [
     "EXECUTOR",
     "FEED_PUB",
     "FEED_SUB",
+    "HISTORY_QUERY_CLIENT",
+    "HISTORY_QUERY_SERVER",
     "ORDER_CLIENT",
     "PEER_PUB",
     "PEER_SUB",
@@ -88,6 +94,8 @@ RECOVERY_REPLY_BYTES = 16 * MiB
 ORDER_FRAME_BYTES = 64 * KiB
 EA_FRAME_BYTES = 1 * MiB
 HEARTBEAT_BYTES = HANDSHAKE_BYTES
+HISTORY_REQUEST_BYTES = 1 * MiB
+HISTORY_REPLY_BYTES = 16 * MiB
 # A reset batch of the pair's replication carries up to MAX_BACKLOG records of a few hundred
 # bytes each.
 REPLICA_BATCH_BYTES = 16 * MiB
@@ -176,6 +184,13 @@ RECOVERY_SERVER = SocketSpec("recovery", zmq.ROUTER, RECOVERY_REQUEST_BYTES)
 # IMMEDIATE: a request never queues for a recovery node that is not connected.
 RECOVERY_CLIENT = SocketSpec("recovery client", zmq.DEALER, RECOVERY_REPLY_BYTES,
                              immediate=True, reconnect_ivl_ms=50, reconnect_ivl_max_ms=1000)
+# History queries (bus.history.query): readers' DEALERs to the historian's ROUTER, as for
+# recovery: a reply to a reader gone is dropped; IMMEDIATE, a request never queues for a
+# historian that is not connected (the reader tries its next endpoint).
+HISTORY_QUERY_SERVER = SocketSpec("history query", zmq.ROUTER, HISTORY_REQUEST_BYTES)
+HISTORY_QUERY_CLIENT = SocketSpec("history query client", zmq.DEALER, HISTORY_REPLY_BYTES,
+                                  immediate=True, reconnect_ivl_ms=50,
+                                  reconnect_ivl_max_ms=1000)
 EA_BRIDGE = SocketSpec("ea bridge", zmq.PULL, EA_FRAME_BYTES, rcvhwm=100_000)
 
 # Orders. Clients and executors keep their routing id across reconnects and restarts: the

@@ -33,9 +33,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import zmq.asyncio
+
 from bus.aio import wait_event
-from bus.config import MeshConfig, parse_hostport
+from bus.config import MeshConfig
 from bus.history.bars import resumed_builder
+from bus.history.query import HistoryQueryServer
+from bus.history.readers import clickhouse_servers
 from bus.history.writer import HistoryWriter
 from bus.logutil import RateLimitedLog
 from bus.store.orders import HistoryEntry, RedisOrderStore
@@ -43,10 +47,7 @@ from bus.store.ticks import RedisTickStore
 from bus.ticks.subscriber import Subscriber, SubscriberOptions
 from nodes.common import stats_writer, supervise_tasks, write_json_atomic
 from protocols.errors import RemoteProtocolError, StoreError
-from protocols.history.bars import (
-    BarBuilder,
-    bars_to_columns,
-)
+from protocols.history.bars import Bar, BarBuilder, bars_to_columns
 from protocols.history.records import append_write
 from protocols.history.schema import Columns, Table
 from protocols.stats import percentiles
@@ -107,6 +108,8 @@ class Historian:
         self.tick_store = ticks or RedisTickStore.from_config(cfg)
         self.order_store = orders or RedisOrderStore.from_config(cfg)
         self.stats_path = stats_path
+        self.query_bind = h.query_bind
+        self.query: HistoryQueryServer | None = None  # serving while run() runs
         self.stats = HistorianStats()
         self._next: dict[str, int] = {}  # stream -> the next sequence to record
         self._bars: dict[str, BarBuilder] = {}
@@ -340,6 +343,13 @@ class Historian:
             del self._lags[: LAG_SAMPLES // 2]
         self._lags.append(ns / 1e9)
 
+    # -- queries ---------------------------------------------------------------------------
+
+    def forming(self, stream: str, res_s: int) -> Bar | None:
+        """The bar of ``stream`` at ``res_s`` in progress (None: no tick of it yet)."""
+        builder = self._bars.get(stream)
+        return None if builder is None else builder.forming(res_s)
+
     # -- the node --------------------------------------------------------------------------
 
     def collect(self) -> dict[str, Any]:
@@ -353,19 +363,27 @@ class Historian:
             "lag_ms_p50": _ms(lags[0]),
             "lag_ms_p99": _ms(lags[1]),
             "writer": self.writer.stats(),
+            "query": None if self.query is None else self.query.collect(),
             "subscriber": {k: v for k, v in self.sub.stats().items()
                            if k in ("lost", "unknown", "filled", "dropped")},
         }
 
     async def run(self, stop: asyncio.Event) -> int:
         await self.start()
-        tasks = [asyncio.create_task(self._consume_ticks(), name="ticks"),
-                 asyncio.create_task(self._consume_orders(), name="orders"),
-                 asyncio.create_task(self._flusher(), name="flusher")]
-        if self.stats_path is not None:
-            tasks.append(asyncio.create_task(stats_writer(self.stats_path, 0.5, self.collect),
-                                             name="stats"))
         try:
+            if self.query_bind:
+                # Readers of the store ask here: a DuckDB file is open in this process only.
+                self.query = HistoryQueryServer(self.writer.reader, self.forming,
+                                                self.query_bind, zmq.asyncio.Context.instance())
+                log.info("historian answers history queries on %s", self.query.endpoint)
+            tasks = [asyncio.create_task(self._consume_ticks(), name="ticks"),
+                     asyncio.create_task(self._consume_orders(), name="orders"),
+                     asyncio.create_task(self._flusher(), name="flusher")]
+            if self.query is not None:
+                tasks.append(asyncio.create_task(self.query.serve(), name="query"))
+            if self.stats_path is not None:
+                tasks.append(asyncio.create_task(
+                    stats_writer(self.stats_path, 0.5, self.collect), name="stats"))
             code = await supervise_tasks("historian", stop, tasks)
             try:
                 # An orderly stop writes what it holds; a store that is down by then leaves
@@ -376,6 +394,8 @@ class Historian:
                 log.warning("historian: the final write did not finish within %.0f s",
                             STOP_FLUSH_S)
         finally:
+            if self.query is not None:
+                await self.query.close()
             await self.close()
             if self.stats_path is not None:
                 write_json_atomic(self.stats_path, self.collect())
@@ -401,11 +421,6 @@ def open_writer(cfg: MeshConfig, root: Path | None = None) -> HistoryWriter:
     base = root or Path.cwd()
     if h.store == "duckdb":
         return HistoryWriter([DuckDBHistoryStore(str(base / h.duckdb_path))])
-    from bus.store.history_ch import ClickHouseHistoryStore  # clickhouse-driver: only if used
-
-    servers: Sequence[ClickHouseHistoryStore] = [
-        ClickHouseHistoryStore(*parse_hostport(f"history.clickhouse[{i}]", hp), h.database,
-                               h.connect_timeout_s, h.receive_timeout_s)
-        for i, hp in enumerate(h.clickhouse)]
+    servers = clickhouse_servers(h)
     spool = DuckDBHistoryStore(str(base / h.spool_path)) if len(servers) > 1 else None
     return HistoryWriter(servers, spool)

@@ -14,6 +14,7 @@ import pytest
 
 from bus.config import (
     FeedSection,
+    HistorySection,
     MeshConfig,
     OrdersSection,
     RecoverySection,
@@ -44,6 +45,7 @@ def write_mesh(tmp_path: Path, feeds: int = 1) -> Path:
                                        f"tcp://127.0.0.1:{free_port()}")
                                 for name in ("clients", "peers", "updates", "executor",
                                              "replicas")}),
+        history=HistorySection(query_bind=f"tcp://127.0.0.1:{free_port()}"),
     ).validate()
     path = tmp_path / "mesh.toml"
     path.write_text(dump_toml(cfg))

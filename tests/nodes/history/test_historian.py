@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 
 from bus.config import HistorySection, MeshConfig, replace
+from bus.history.readers import open_history_reader
 from bus.history.writer import HistoryWriter
 from bus.store.history_duck import DuckDBHistoryStore
 from bus.store.orders import RedisOrderStore
 from nodes.history.historian import Historian
 from nodes.servers.redis_server import RedisProcess, free_port
-from protocols.history.bars import bars_from_columns
+from protocols.history.bars import RES_SECONDS, Bar, bars_from_columns
 from protocols.history.schema import Table
 from tests.bus.store.contract_orders import logged, routed
 from tests.nodes.harness import mesh_config, run_feed, run_recovery
@@ -31,8 +32,9 @@ END = 2**63 - 1
 
 def history_config(redis: RedisProcess, path: Path, rate: float = 2000.0) -> MeshConfig:
     cfg = mesh_config(redis, rate=rate, udp_target=f"127.0.0.1:{free_port()}")
-    return replace(cfg, history=HistorySection(duckdb_path=str(path), batch_rows=2_000,
-                                               batch_ms=50, stream_cap=1_000))
+    return replace(cfg, history=HistorySection(
+        duckdb_path=str(path), batch_rows=2_000, batch_ms=50, stream_cap=1_000,
+        query_bind=f"tcp://127.0.0.1:{free_port()}"))
 
 
 @contextlib.asynccontextmanager
@@ -93,6 +95,48 @@ def test_every_published_tick_is_stored_once_in_order_with_its_bars(
             assert all(a.start_ns < b.start_ns for a, b in itertools.pairwise(bars))
         finally:
             await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_running_historian_answers_bar_and_forming_queries_while_it_writes(
+        redis_server: RedisProcess, tmp_path: Path) -> None:
+    path = tmp_path / "h.duckdb"
+    cfg = history_config(redis_server, path)
+    stream = cfg.feeds[0].symbols[0]
+
+    async def main() -> None:
+        readers = open_history_reader(cfg)  # what the CLI and the gateway read through
+        await readers.open()
+        reader, forming = readers
+        try:
+            async with run_recovery(cfg), running(cfg, path) as node:
+                async with run_feed(cfg) as feed:
+                    async def closed() -> list[Bar]:
+                        return bars_from_columns(await reader.bars(stream, 1, 0, END))
+                    stored = await wait_until(closed, scaled(20), "closed 1 s bars stored")
+                    bar = await forming.forming(stream, 1)
+                    assert bar is not None and bar.start_ns > stored[-1].start_ns
+                    written = node.stats.written
+                    await wait_until(lambda: node.stats.written > written, scaled(10),
+                                     "more rows written after the queries")
+                    feed.source.close()
+                await caught_up(node, feed.next_seq)
+                await wait_until(lambda: node._buffered == 0, scaled(10), "the last write")
+                # Quiet now: the forming bars served are the ones in memory, and each
+                # continues right after the last closed bar the store serves.
+                for res in RES_SECONDS:
+                    bar = await forming.forming(stream, res)
+                    assert bar is not None and bar == node.forming(stream, res)
+                    last = bars_from_columns(await reader.bars(stream, res, 0, END,
+                                                               countback=1))
+                    if last:
+                        assert last[0].last_seq + 1 == bar.first_seq, res
+                assert await forming.forming("NOPE", 60) is None
+                query = node.collect()["query"]
+                assert query["errors"] == {} and query["answered"] >= 3 + 2 * len(RES_SECONDS)
+        finally:
+            await readers.close()
 
     asyncio.run(main())
 
