@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from bus.config import HistorySection, MeshConfig, parse_hostport
+from bus.config import MeshConfig
 from bus.history.bars import resumed_builder
-from bus.store.history_reader import FailoverHistoryReader, HistoryReader
+from bus.history.readers import OpenReader, open_history_reader
+from bus.store.history_reader import HistoryReader
 from protocols.errors import StoreError
 from protocols.history.bars import (
     RESOLUTIONS,
@@ -286,33 +287,35 @@ async def _report(store: HistoryReader, args: argparse.Namespace) -> int:
 _COMMANDS = {"bars": _bars, "ticks": _ticks, "report": _report}
 
 
-class _Reader(HistoryReader, Protocol):
-    """A reader the command opens and closes (a store, or the failover pair of them)."""
+async def open_reader(cfg: MeshConfig) -> OpenReader:
+    """An open reader of the mesh's history: the ClickHouse servers behind the failover
+    reader; for DuckDB the file itself, or, while the historian holds it (a DuckDB file is
+    open in one process only), the historian's query service."""
+    section = cfg.history
+    if section.store != "duckdb":
+        reader = open_history_reader(cfg).reader
+        await reader.open()
+        return reader
+    from bus.store.history_duck import DuckDBHistoryStore
 
-    async def open(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-
-def open_reader(section: HistorySection) -> _Reader:
-    """The store that readers of the mesh use: the DuckDB file, or the ClickHouse servers
-    behind the failover reader (the first is the active one)."""
-    if section.store == "duckdb":
-        from bus.store.history_duck import DuckDBHistoryStore
-
-        if not Path(section.duckdb_path).exists():
-            raise StoreError(f"no history at {section.duckdb_path} (history.duckdb_path; is "
-                             "the historian writing there?)")
-        return DuckDBHistoryStore(section.duckdb_path)
-    from bus.store.history_ch import ClickHouseHistoryStore
-
-    servers = []
-    for i, hp in enumerate(section.clickhouse):
-        host, port = parse_hostport(f"history.clickhouse[{i}]", hp)
-        servers.append(ClickHouseHistoryStore(host, port, section.database,
-                                              section.connect_timeout_s,
-                                              section.receive_timeout_s))
-    return FailoverHistoryReader(servers)
+    if not Path(section.duckdb_path).exists():
+        raise StoreError(f"no history at {section.duckdb_path} (history.duckdb_path; is "
+                         "the historian writing there?)")
+    store = DuckDBHistoryStore(section.duckdb_path)
+    try:
+        await store.open()
+        return store
+    except StoreError as held:
+        await store.close()
+        remote = open_history_reader(cfg).reader
+        await remote.open()
+        try:
+            await remote.ping()
+        except StoreError as exc:
+            await remote.close()
+            raise StoreError(f"{held}; and the historian's query service does not answer "
+                             f"({exc})") from exc
+        return remote
 
 
 def _check(args: argparse.Namespace, now_ns: int) -> None:
@@ -333,8 +336,7 @@ def _check(args: argparse.Namespace, now_ns: int) -> None:
 
 
 async def _run(cfg: MeshConfig, args: argparse.Namespace) -> int:
-    store = open_reader(cfg.history)
-    await store.open()
+    store = await open_reader(cfg)
     try:
         return await _COMMANDS[args.history_command](store, args)
     finally:

@@ -38,7 +38,7 @@ from collections import deque
 from collections.abc import Coroutine, Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import zmq
 import zmq.asyncio
@@ -48,7 +48,7 @@ from bus.config import MeshConfig
 from bus.logutil import RateLimitedLog
 from bus.orders.beacon import HeartbeatThread
 from bus.orders.pair_store import PairStore
-from bus.orders.rebuild import HistoryOrders, rebuild_from_history
+from bus.orders.rebuild import rebuild_from_history
 from bus.sched import StartupNice
 from bus.sockets import (
     BACKEND_CLIENTS,
@@ -118,6 +118,9 @@ from protocols.orders.service import (
     route_accepted,
 )
 
+if TYPE_CHECKING:  # the history readers are imported only when history is on
+    from bus.history.readers import HistoryReaders
+
 log = logging.getLogger(__name__)
 
 # Requests read from the clients socket per wake-up, and new orders stored per script call:
@@ -141,8 +144,9 @@ class BackendEndpoints:
     peer_replica: str = ""  # ... and connects to the other node's
 
 
-REBUILD_TRIES = 5  # history asked at start whether the order store lost anything
-REBUILD_RETRY_S = 0.5
+# How long a starting backend waits for history's answer to "did the order store lose
+# writes?" (the historian runs before the backends under up; without one, the check costs this).
+REBUILD_ASK_S = 0.5
 
 
 @dataclass(slots=True)
@@ -176,7 +180,7 @@ class BackendNode:
                  executor_id: str = "executor", redrive_s: float = 1.0,
                  amend_timeout_s: float = 0.5, stall_budget_s: float = 0.25,
                  startup: StartupNice | None = None,
-                 history: HistoryOrders | None = None) -> None:
+                 history: HistoryReaders | None = None) -> None:
         self.role = role
         self.history = history  # where a wiped order store is rebuilt from
         self.startup = startup
@@ -954,24 +958,16 @@ class BackendNode:
         if self.history is None or self._redis is None:
             return
         try:
-            # A store that numbered writes lost at most its last ones: one try. An empty one
-            # (new, or wiped) is worth waiting a little for history to answer.
-            tries = 1 if await self._redis.history_position() else REBUILD_TRIES
-        except StoreError:
-            tries = REBUILD_TRIES
-        for attempt in range(1, tries + 1):
-            try:
-                report = await rebuild_from_history(self._redis, self.history)
-            except StoreError as exc:
-                log.warning("backend %s: rebuild check from history failed (try %d of %d): %s",
-                            self.role.value, attempt, tries, exc)
-                await asyncio.sleep(REBUILD_RETRY_S)
-                continue
-            self.stats.rebuilt_records += report.records
-            self.stats.rebuilt_entries += report.entries
+            await self.history.open()
+            report = await rebuild_from_history(self._redis, self.history.reader)
+        except StoreError as exc:
+            log.warning("backend %s: history did not answer (%s): serving without the check "
+                        "that the order store lost nothing", self.role.value, exc)
             return
-        log.error("backend %s: history did not answer: serving without the check that the "
-                  "order store lost nothing", self.role.value)
+        finally:
+            await self.history.close()
+        self.stats.rebuilt_records += report.records
+        self.stats.rebuilt_entries += report.entries
 
     async def run(self, stop: asyncio.Event) -> int:
         await self._rebuild()
@@ -1053,9 +1049,18 @@ def backend_from_config(cfg: MeshConfig, role: Role, stats_path: Path | None = N
     limits = Limits(frozenset(symbols), o.max_quantity, o.price_band, o.max_exposure)
     pair = PairConfig(heartbeat_s=o.heartbeat_ms / 1000, peer_timeout_s=o.peer_timeout_ms / 1000,
                       cold_start_s=o.cold_start_ms / 1000)
+    history = None
+    if cfg.history.enabled:
+        from bus.history.readers import open_history_reader
+
+        h = cfg.history
+        asking = replace(cfg, history=replace(h, receive_timeout_s=min(h.receive_timeout_s,
+                                                                       REBUILD_ASK_S)))
+        history = open_history_reader(asking)
     return BackendNode(cfg, role, ends, limits=limits, pair=pair, stats_path=stats_path,
                        executor_id=o.executor_id, amend_timeout_s=o.amend_timeout_ms / 1000,
-                       stall_budget_s=o.stall_budget_ms / 1000, startup=startup)
+                       stall_budget_s=o.stall_budget_ms / 1000, startup=startup,
+                       history=history)
 
 
 __all__ = ["BackendEndpoints", "BackendNode", "backend_from_config"]

@@ -235,3 +235,29 @@ def test_an_order_stream_reset_under_it_is_reported_not_silently_skipped(
         await orders.close()
 
     asyncio.run(main())
+
+
+def test_the_cli_reads_a_file_the_historian_holds_through_its_query_service(
+        redis_server: RedisProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from bus.config import dump_toml
+    from nodes.cli import main as cli
+
+    path = tmp_path / "h.duckdb"
+    cfg = history_config(redis_server, path)
+    mesh = tmp_path / "mesh.toml"
+    mesh.write_text(dump_toml(cfg))
+
+    async def main() -> None:
+        async with run_recovery(cfg), run_feed(cfg), running(cfg, path) as node:
+            await wait_until(lambda: node.stats.written >= 500, scaled(20), "500 rows written")
+            stream = cfg.feeds[0].symbols[0]
+            rc = await asyncio.to_thread(cli, ["history", "ticks", stream, "--from", "0",
+                                               "--json", "--config", str(mesh)])
+            assert rc == 0
+            ticks = json.loads(capsys.readouterr().out)["ticks"]
+            assert len(ticks) > 0
+            assert [t["seq"] for t in ticks] == list(range(1, len(ticks) + 1))
+
+    asyncio.run(main())
