@@ -186,3 +186,38 @@ def test_a_lone_store_that_fails_raises_to_the_caller(tmp_path: Path) -> None:
 def test_a_pair_needs_a_spool() -> None:
     with pytest.raises(ValueError, match="spool"):
         HistoryWriter([Flaky(DuckDBHistoryStore("x")), Flaky(DuckDBHistoryStore("y"))])
+
+
+class SlowInsert(Flaky):
+    """A store whose inserts take ``delay`` seconds of the fake clock."""
+
+    def __init__(self, inner: DuckDBHistoryStore, clock: FakeClock) -> None:
+        super().__init__(inner)
+        self.clock = clock
+        self.delay = 0.0
+
+    async def insert(self, batch: Columns) -> None:
+        self.clock.advance(self.delay)
+        await super().insert(batch)
+
+
+def test_write_recent_max_is_the_longest_write_of_the_last_seconds(tmp_path: Path) -> None:
+    async def main() -> None:
+        clock = FakeClock(100.0)
+        store = SlowInsert(DuckDBHistoryStore(tmp_path / "a.duckdb"), clock)
+        w = HistoryWriter([store], clock=clock)
+        await w.open()
+        store.delay = 0.3
+        await w.write([ticks("X", 1, 10)])
+        store.delay = 0.1
+        await w.write([ticks("X", 11, 20)])
+        assert w.stats()["write_recent_max_ms"] == 300.0
+        clock.advance(1.8)  # the 0.3 s write ended 1.9 s ago, the 0.1 s one 1.8 s ago
+        assert w.stats()["write_recent_max_ms"] == 300.0
+        clock.advance(0.15)
+        assert w.stats()["write_recent_max_ms"] == 100.0
+        clock.advance(1.0)
+        assert w.stats()["write_recent_max_ms"] == 0.0
+        assert w.stats()["write_max_ms"] == 300.0  # since the start
+        await w.close()
+    asyncio.run(main())
