@@ -13,9 +13,11 @@ a write is the safety argument:
 
 :meth:`HistoryWriter.maintain` runs between writes: it probes DOWN servers (with back-off),
 reads a returning server's own watermarks, and copies one chunk per table of the spool's rows
-above them; a server that has nothing left to copy is LIVE again, and once every server is, the
-spool is emptied of what all of them hold. With one server and no spool (the DuckDB default),
-a failed insert is an error for the caller: there is nowhere else to put the rows.
+above them; a server whose spool rows above its marks have all been copied is LIVE again
+(under load every write spools a batch, so a copy that finds nothing may never come), and once
+every server is, the spool is emptied of what all of them hold. With one server and no spool
+(the DuckDB default), a failed insert is an error for the caller: there is nowhere else to put
+the rows.
 """
 
 from __future__ import annotations
@@ -186,6 +188,7 @@ class HistoryWriter:
     async def _resync_step(self, s: _Server) -> None:
         assert self.spool is not None
         copied = 0
+        more = False  # a table had a whole chunk above the marks: there may be more
         try:
             for table in Table:
                 marks = s.marks.setdefault(table, {})
@@ -194,12 +197,17 @@ class HistoryWriter:
                     await s.store.insert(rows)
                     _raise_marks(marks, rows.marks())
                     copied += len(rows)
+                    more = more or len(rows) >= self.resync_chunk
         except StoreError as exc:
             log.warning("history server %s failed during re-sync: %s", s.store.name, exc)
             self._fail(s)
             return
         s.stats.resynced += copied
-        if copied:
+        # Caught up once a step copied the spool's last rows above the marks, not only once a
+        # step finds nothing: under load every write between two steps spools a batch, so a
+        # step that must find nothing never comes. No write runs during a step (both are the
+        # flusher's), so the server now holds everything the spool does.
+        if more:
             return
         s.link.on(LinkEvent.CAUGHT_UP, self.clock())
         log.info("history server %s is live again (re-sync took %.0f ms)", s.store.name,

@@ -221,3 +221,32 @@ def test_write_recent_max_is_the_longest_write_of_the_last_seconds(tmp_path: Pat
         assert w.stats()["write_max_ms"] == 300.0  # since the start
         await w.close()
     asyncio.run(main())
+
+
+def test_a_returning_server_goes_live_while_every_write_spools_a_batch(tmp_path: Path) -> None:
+    # The historian's flusher writes a batch, then maintains: under load each re-sync step
+    # finds the batch spooled just before it, so "live once a step finds nothing" never came.
+    async def main() -> None:
+        clock = FakeClock(100.0)
+        w, a, b, spool = pair(tmp_path, clock)
+        await w.open()
+        await w.write([ticks("X", 1, 100)])
+        b.down = True
+        await w.write([ticks("X", 101, 1000)])  # b fails: spooled
+        b.down = False
+        seq = 1000
+        for _ in range(20):
+            await w.write([ticks("X", seq + 1, seq + 100)])
+            seq += 100
+            clock.advance(1.0)
+            await w.maintain()
+            if w.servers[1].link.state is Link.LIVE:
+                break
+        assert w.servers[1].link.state is Link.LIVE  # 900 spooled rows: 4 chunks of 250
+        await w.write([ticks("X", seq + 1, seq + 100)])  # straight to b now
+        seq += 100
+        for s in (a, b):
+            assert await seqs(s, "X") == list(range(1, seq + 1))
+        assert await spool.watermarks(Table.TICKS) == {}  # both hold it all: emptied
+        await w.close()
+    asyncio.run(main())
