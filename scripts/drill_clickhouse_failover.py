@@ -56,14 +56,16 @@ compared with what was published and executed, counting raw rows (``count()`` be
 published) per server and summed. ReplacingMergeTree may collapse a repeated row in a
 background merge before the count: the count is of the parts as they are.
 
-**wipe**: after ``--load`` seconds of load, the order load stops, both backends and the
-executor stop (cleanly), and at once the order store's Redis is wiped (``FLUSHALL``). The
-drill counts the acked orders history lacked at that moment (history is written behind: the
-figure issue 11 asks for) and after the historian wrote what it had read (those cannot come
-back). Then the order store is rebuilt from history (``bus.orders.rebuild.
-rebuild_from_history`` over the pair's ``FailoverHistoryReader``; the drill calls it itself
-before starting the backends, as the active backend will at its start: a second call is a
-no-op), the backends and the executor start again, and the drill checks that every order
+**wipe**: after ``--load`` seconds of load, the order path crashes with its store: the
+placing stops, both backends and the executor are SIGKILLed, and one Redis transaction reads
+the order store's history stream and wipes it (``FLUSHALL``). The drill counts the acked
+orders history lacked at that moment (history is written behind: the figure issue 11 asks
+for; and those the store itself lacked, since the pair writes Redis behind) and again after
+the historian wrote what it had read (what it still lacks then cannot come back). Then the
+order store is rebuilt from history (``bus.orders.rebuild.rebuild_from_history`` over the
+pair's ``FailoverHistoryReader``; the drill calls it itself before starting the backends, as
+the active backend will at its start: a second call is a no-op), the backends and the
+executor start again, and the drill checks that every order
 history holds is back (its record at its latest version, its execution log, its executed
 set), that re-sending ``--resend`` acked client order ids gets the stored order back (the
 idempotency key: no new order), and that nothing executed twice. The tick rows are compared as
