@@ -63,9 +63,10 @@ orders history lacked at that moment (history is written behind: the figure issu
 for; and those the store itself lacked, since the pair writes Redis behind) and again after
 the historian wrote what it had read (what it still lacks then cannot come back). Then the
 order store is rebuilt from history (``bus.orders.rebuild.rebuild_from_history`` over the
-pair's ``FailoverHistoryReader``; the drill calls it itself before starting the backends, as
-the active backend will at its start: a second call is a no-op), the backends and the
-executor start again, and the drill checks that every order
+pair's ``FailoverHistoryReader``): by the drill, before the backends and the executor start
+again, because the CLI's backend is not given a history to rebuild from yet (``BackendNode``
+can rebuild before it serves; ``backend_from_config`` passes it none: once it does, its own
+check finds nothing left, and its log says so). The drill checks that every order
 history holds is back (its record at its latest version, its execution log, its executed
 set), that re-sending ``--resend`` acked client order ids gets the stored order back (the
 idempotency key: no new order), and that nothing executed twice. The tick rows are compared as
@@ -85,6 +86,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import re
 import sys
 import tempfile
 import time
@@ -141,20 +143,16 @@ assert SYMBOL in SYMBOLS
 def _reader_main(argv: list[str]) -> int:
     """A FailoverHistoryReader over the mesh's servers, reading bars in a loop; commands
     ``active``, ``first`` (``after``: monotonic time, ``store``: name) and ``stop``."""
-    from bus.config import parse_hostport
-    from bus.store.history_ch import ClickHouseHistoryStore
     from bus.store.history_reader import FailoverHistoryReader
+    from nodes.history.cli import open_reader
     from protocols.errors import StoreError
 
     cfg, reply = child_setup(argv)
-    h = cfg.history
     stream = cfg.feeds[0].symbols[0]
 
     async def main() -> int:
-        stores = [ClickHouseHistoryStore(*parse_hostport("history.clickhouse", hp), h.database,
-                                         h.connect_timeout_s, h.receive_timeout_s)
-                  for hp in h.clickhouse]
-        reader = FailoverHistoryReader(stores)
+        reader = open_reader(cfg.history)
+        assert isinstance(reader, FailoverHistoryReader)  # [history] store = "clickhouse"
         await reader.open()
         answered: deque[tuple[float, str]] = deque(maxlen=100_000)  # (monotonic, store)
         failed = 0
@@ -672,6 +670,11 @@ async def history_order_ids(run: Run) -> tuple[set[str], int]:
     return ids, int(top[0][0] or 0)
 
 
+# bus.orders.rebuild's log line, in a backend's log (the drill's record of each rebuild).
+_REBUILT = re.compile(r"rebuilt the order store from history: (\d+) records, (\d+) log entries "
+                      r"restored in (\d+) ms \((\d+) logs cut at a hole, (\d+) rows unreadable\)")
+
+
 def store_entry_order(fields: dict[bytes, bytes]) -> str:
     """The order id of one raw history stream entry (its record blob, field ``o``)."""
     from protocols.orders.codec import from_blob
@@ -683,11 +686,9 @@ def store_entry_order(fields: dict[bytes, bytes]) -> str:
 
 async def wipe(run: Run, args: argparse.Namespace) -> dict[str, Any]:
     """Stop the order path, wipe the order store, rebuild it from history, check it."""
-    from bus.config import parse_hostport
     from bus.orders.client import OrderClient, OrderClientOptions
     from bus.orders.rebuild import rebuild_from_history
-    from bus.store.history_ch import ClickHouseHistoryStore
-    from bus.store.history_reader import FailoverHistoryReader
+    from nodes.history.cli import open_reader
 
     assert run.load is not None
     # The wipe lands at the worst moment: under load, the order path crashing with it. The
@@ -719,10 +720,11 @@ async def wipe(run: Run, args: argparse.Namespace) -> dict[str, Any]:
     await poll_until(settled, 10.0, poll_s=0.2)
     await asyncio.sleep(1.0)  # a batch on its way (batch_ms) lands
     ids_after, top_after = await history_order_ids(run)
-    h = run.cfg.history
-    reader = FailoverHistoryReader([ClickHouseHistoryStore(
-        *parse_hostport("history.clickhouse", hp), h.database, h.connect_timeout_s,
-        h.receive_timeout_s) for hp in h.clickhouse])
+    # BackendNode rebuilds a wiped store before it serves (_rebuild), but the CLI's backend
+    # (backend_from_config) is given no history to rebuild from yet: the drill runs the same
+    # rebuild_from_history over the pair's reader itself, before the backends start (theirs,
+    # once wired, then finds nothing to do; their logs say whether they rebuilt).
+    reader = open_reader(run.cfg.history)
     await reader.open()
     try:
         t = time.monotonic()
@@ -732,9 +734,15 @@ async def wipe(run: Run, args: argparse.Namespace) -> dict[str, Any]:
         hist_execs = await reader.executions(None, 0, END_OF_TIME)
     finally:
         await reader.close()
+    started = time.monotonic()
     for name in ("primary", "backup", "executor"):
         run.nodes[name].start()
     await find_active(run.backends, run.redis, START_TIMEOUT_S)
+    serving_s = time.monotonic() - started
+    await asyncio.sleep(0.6)  # the backends' stats files (every 0.5 s) after the rebuild
+    backend_stats = [run.nodes[k].stats() or {} for k in ("primary", "backup")]
+    rebuilds = [m.groups() for k in ("primary", "backup")
+                for m in _REBUILT.finditer(run.nodes[k].log_path.read_text(errors="replace"))]
     # Every order history holds: its latest version and its log are back.
     latest: dict[str, tuple[int, int, int]] = {}  # order id -> (src, state, exec_seq)
     for oid, src, state, xseq in zip(hist_orders.column("order_id"), hist_orders.column("src"),
@@ -795,9 +803,12 @@ async def wipe(run: Run, args: argparse.Namespace) -> dict[str, Any]:
             "acked_missing_from_history_after_flush": len(acked_ids - ids_after),
             "history_position_after_flush": top_after,
             "wipe_to_rebuild_s": round(t - wiped_at, 2),
-            "rebuild_s": round(rebuild_s, 3), "rebuilt": report.rebuilt,
+            "rebuild_s": round(rebuild_s, 3), "rebuilt_by": "the drill",
             "records_restored": report.records, "entries_restored": report.entries,
             "log_holes": report.log_holes, "bad_rows": report.bad_rows,
+            "backend_start_to_serving_s": round(serving_s, 2),
+            "backend_rebuilds_logged": len(rebuilds),
+            "backend_records_restored": sum(b.get("rebuilt_records", 0) for b in backend_stats),
             "history_orders": len(latest), "restored_missing": missing,
             "restored_mismatched": mismatched, "restored_short_logs": short_logs,
             "resent": len(resend), "resent_same_order": resent_same,
