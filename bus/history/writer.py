@@ -13,9 +13,11 @@ a write is the safety argument:
 
 :meth:`HistoryWriter.maintain` runs between writes: it probes DOWN servers (with back-off),
 reads a returning server's own watermarks, and copies one chunk per table of the spool's rows
-above them; a server that has nothing left to copy is LIVE again, and once every server is, the
-spool is emptied of what all of them hold. With one server and no spool (the DuckDB default),
-a failed insert is an error for the caller: there is nowhere else to put the rows.
+above them; a server whose spool rows above its marks have all been copied is LIVE again
+(under load every write spools a batch, so a copy that finds nothing may never come), and once
+every server is, the spool is emptied of what all of them hold. With one server and no spool
+(the DuckDB default), a failed insert is an error for the caller: there is nowhere else to put
+the rows.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +41,10 @@ __all__ = ["HistoryWriter", "ServerStats"]
 log = logging.getLogger(__name__)
 
 RESYNC_CHUNK = 100_000  # rows copied from the spool per table and maintain() call
+# stats()' write_recent_max_ms: the longest write that ended this recently. Longer than the
+# interval of a node's stats file (0.5 s), so a reader of that file misses no write.
+RECENT_WRITES_S = 2.0
+_RECENT_WRITES_KEPT = 1024  # bounded: at most this many recent writes are looked at
 
 
 @dataclass(slots=True)
@@ -71,6 +78,7 @@ class HistoryWriter:
         self.resync_chunk = resync_chunk
         self.spooled = 0  # rows written to the spool
         self.write_max_s = 0.0  # the longest write() (the drill's write stall)
+        self._recent: deque[tuple[float, float]] = deque(maxlen=_RECENT_WRITES_KEPT)
         self._rand = random.Random()
 
     async def open(self) -> None:
@@ -123,7 +131,9 @@ class HistoryWriter:
         results = await asyncio.gather(*(self._insert(s, batches) for s in direct))
         if not all(results) and not spooled:
             await self._spool(batches)
-        self.write_max_s = max(self.write_max_s, self.clock() - t0)
+        end = self.clock()
+        self.write_max_s = max(self.write_max_s, end - t0)
+        self._recent.append((end, end - t0))
 
     async def _insert(self, s: _Server, batches: Sequence[Columns]) -> bool:
         for batch in batches:
@@ -178,6 +188,7 @@ class HistoryWriter:
     async def _resync_step(self, s: _Server) -> None:
         assert self.spool is not None
         copied = 0
+        more = False  # a table had a whole chunk above the marks: there may be more
         try:
             for table in Table:
                 marks = s.marks.setdefault(table, {})
@@ -186,12 +197,17 @@ class HistoryWriter:
                     await s.store.insert(rows)
                     _raise_marks(marks, rows.marks())
                     copied += len(rows)
+                    more = more or len(rows) >= self.resync_chunk
         except StoreError as exc:
             log.warning("history server %s failed during re-sync: %s", s.store.name, exc)
             self._fail(s)
             return
         s.stats.resynced += copied
-        if copied:
+        # Caught up once a step copied the spool's last rows above the marks, not only once a
+        # step finds nothing: under load every write between two steps spools a batch, so a
+        # step that must find nothing never comes. No write runs during a step (both are the
+        # flusher's), so the server now holds everything the spool does.
+        if more:
             return
         s.link.on(LinkEvent.CAUGHT_UP, self.clock())
         log.info("history server %s is live again (re-sync took %.0f ms)", s.store.name,
@@ -215,9 +231,14 @@ class HistoryWriter:
         return {t: await store.watermarks(t) for t in Table}
 
     def stats(self) -> dict[str, Any]:
+        """``write_max_ms``: the longest write since the start; ``write_recent_max_ms``: the
+        longest that ended in the last ``RECENT_WRITES_S`` (a drill samples it per window)."""
+        since = self.clock() - RECENT_WRITES_S
+        recent = max((d for end, d in self._recent if end >= since), default=0.0)
         return {
             "spooled": self.spooled,
             "write_max_ms": round(self.write_max_s * 1000, 1),
+            "write_recent_max_ms": round(recent * 1000, 1),
             "servers": {s.store.name: {"state": s.link.state.value, "downs": s.link.downs,
                                        "last_resync_ms": round(s.link.last_resync_s * 1000, 1),
                                        "rows": s.stats.rows, "resynced": s.stats.resynced,

@@ -26,12 +26,13 @@ the subscriber's own bounded queue drops and repairs, so memory never grows with
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq.asyncio
 
@@ -46,7 +47,7 @@ from bus.store.orders import HistoryEntry, RedisOrderStore
 from bus.store.ticks import RedisTickStore
 from bus.ticks.subscriber import Subscriber, SubscriberOptions
 from nodes.common import stats_writer, supervise_tasks, write_json_atomic
-from protocols.errors import RemoteProtocolError, StoreError
+from protocols.errors import RemoteProtocolError, StoreError, StoreUnavailable
 from protocols.history.bars import Bar, BarBuilder, bars_to_columns
 from protocols.history.records import append_write
 from protocols.history.schema import Columns, Table
@@ -67,6 +68,9 @@ RESET_CHECK_ROUNDS = 10  # idle history reads (of ORDER_BLOCK_MS) between reset 
 RESUME_TICKS = 500_000  # stored ticks re-read at most to rebuild a stream's forming 1 s bar
 END_OF_TIME = 2**63 - 1
 STOP_FLUSH_S = 5.0
+READ_RETRY_S = 0.2  # pause before reading Redis again after it did not answer
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -83,6 +87,7 @@ class HistorianStats:
     order_holes: int = 0  # history stream entries trimmed before they were read
     duplicates: int = 0  # ticks at or below the watermark, dropped
     write_errors: int = 0  # writes that failed and were retried
+    read_errors: int = 0  # Redis reads (order history, backfill) that failed and were retried
     bad_entries: int = 0  # history entries that did not decode (counted, skipped)
     order_stream_behind: int = 0  # checks that found the order store's stream reset
 
@@ -205,7 +210,8 @@ class Historian:
         """Record ``lo..hi`` of ``stream`` from Redis; count what it cannot give as holes."""
         deadline = time.monotonic() + FILL_SETTLE_S
         while lo <= hi:
-            res = await self.tick_store.fill(stream, lo, hi, FILL_CHUNK)
+            res = await self._read(f"the backfill of {stream}", functools.partial(
+                self.tick_store.fill, stream, lo, hi, FILL_CHUNK))
             got = 0
             for batch in res.batches:
                 for i, row in enumerate(batch.rows):
@@ -240,8 +246,8 @@ class Historian:
     async def _consume_orders(self) -> None:
         idle = 0
         while True:
-            entries = await self.order_store.history(self._order_pos, ORDER_PAGE,
-                                                     block_ms=ORDER_BLOCK_MS)
+            entries = await self._read("the order history", lambda: self.order_store.history(
+                self._order_pos, ORDER_PAGE, block_ms=ORDER_BLOCK_MS))
             if not entries:
                 idle += 1
                 if idle % RESET_CHECK_ROUNDS == 0:
@@ -259,11 +265,25 @@ class Historian:
                 self._order_pos = entry.position
             await self._room()
 
+    async def _read(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, again after a pause for as long as Redis does not answer (a failover,
+        or this process off the CPU past the socket timeout): both reads are positional (the
+        stream's position, the gap's sequence), so reading again loses and doubles nothing,
+        where ending the task would stop the historian."""
+        while True:
+            try:
+                return await call()
+            except StoreUnavailable as exc:
+                self.stats.read_errors += 1
+                log.warning("historian: %s: Redis did not answer, reading again: %s", what, exc)
+                await asyncio.sleep(READ_RETRY_S)
+
     async def _check_reset(self) -> None:
         """An order store whose history stream numbers below what history holds was wiped
         under running backends (a restarted backend rebuilds it and restores the position).
         Its new writes would sit below the watermark: say so, loudly and counted."""
-        position = await self.order_store.history_position()
+        position = await self._read("the history position",
+                                    self.order_store.history_position)
         if position < self._order_pos:
             self.stats.order_stream_behind += 1
             self._behind_log.warning(

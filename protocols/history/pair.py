@@ -10,8 +10,8 @@ section 4, the kdb+ pattern), and this machine says, per server, where its rows 
   misses is durable first. The server is probed with back-off.
 - **RESYNC**: a probe answered. The server's own watermarks are read, and the spool's rows
   above them are copied a chunk at a time (atomic inserts), between live batches so the live
-  server never waits for it. New batches keep going to the spool meanwhile; when a copy finds
-  nothing above the server's marks, it is LIVE again.
+  server never waits for it. New batches keep going to the spool meanwhile; when a copy has
+  taken everything the spool held above the server's marks, it is LIVE again.
 
 An insert whose reply was lost has an unknown outcome; the server's watermarks, read again
 when it returns, say what it holds, so a row is neither lost nor written twice.

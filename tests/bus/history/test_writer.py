@@ -186,3 +186,67 @@ def test_a_lone_store_that_fails_raises_to_the_caller(tmp_path: Path) -> None:
 def test_a_pair_needs_a_spool() -> None:
     with pytest.raises(ValueError, match="spool"):
         HistoryWriter([Flaky(DuckDBHistoryStore("x")), Flaky(DuckDBHistoryStore("y"))])
+
+
+class SlowInsert(Flaky):
+    """A store whose inserts take ``delay`` seconds of the fake clock."""
+
+    def __init__(self, inner: DuckDBHistoryStore, clock: FakeClock) -> None:
+        super().__init__(inner)
+        self.clock = clock
+        self.delay = 0.0
+
+    async def insert(self, batch: Columns) -> None:
+        self.clock.advance(self.delay)
+        await super().insert(batch)
+
+
+def test_write_recent_max_is_the_longest_write_of_the_last_seconds(tmp_path: Path) -> None:
+    async def main() -> None:
+        clock = FakeClock(100.0)
+        store = SlowInsert(DuckDBHistoryStore(tmp_path / "a.duckdb"), clock)
+        w = HistoryWriter([store], clock=clock)
+        await w.open()
+        store.delay = 0.3
+        await w.write([ticks("X", 1, 10)])
+        store.delay = 0.1
+        await w.write([ticks("X", 11, 20)])
+        assert w.stats()["write_recent_max_ms"] == 300.0
+        clock.advance(1.8)  # the 0.3 s write ended 1.9 s ago, the 0.1 s one 1.8 s ago
+        assert w.stats()["write_recent_max_ms"] == 300.0
+        clock.advance(0.15)
+        assert w.stats()["write_recent_max_ms"] == 100.0
+        clock.advance(1.0)
+        assert w.stats()["write_recent_max_ms"] == 0.0
+        assert w.stats()["write_max_ms"] == 300.0  # since the start
+        await w.close()
+    asyncio.run(main())
+
+
+def test_a_returning_server_goes_live_while_every_write_spools_a_batch(tmp_path: Path) -> None:
+    # The historian's flusher writes a batch, then maintains: under load each re-sync step
+    # finds the batch spooled just before it, so "live once a step finds nothing" never came.
+    async def main() -> None:
+        clock = FakeClock(100.0)
+        w, a, b, spool = pair(tmp_path, clock)
+        await w.open()
+        await w.write([ticks("X", 1, 100)])
+        b.down = True
+        await w.write([ticks("X", 101, 1000)])  # b fails: spooled
+        b.down = False
+        seq = 1000
+        for _ in range(20):
+            await w.write([ticks("X", seq + 1, seq + 100)])
+            seq += 100
+            clock.advance(1.0)
+            await w.maintain()
+            if w.servers[1].link.state is Link.LIVE:
+                break
+        assert w.servers[1].link.state is Link.LIVE  # 900 spooled rows: 4 chunks of 250
+        await w.write([ticks("X", seq + 1, seq + 100)])  # straight to b now
+        seq += 100
+        for s in (a, b):
+            assert await seqs(s, "X") == list(range(1, seq + 1))
+        assert await spool.watermarks(Table.TICKS) == {}  # both hold it all: emptied
+        await w.close()
+    asyncio.run(main())

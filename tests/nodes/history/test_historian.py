@@ -16,9 +16,10 @@ from bus.config import HistorySection, MeshConfig, replace
 from bus.history.readers import open_history_reader
 from bus.history.writer import HistoryWriter
 from bus.store.history_duck import DuckDBHistoryStore
-from bus.store.orders import RedisOrderStore
+from bus.store.orders import HistoryEntry, RedisOrderStore
 from nodes.history.historian import Historian
 from nodes.servers.redis_server import RedisProcess, free_port
+from protocols.errors import StoreUnavailable
 from protocols.history.bars import RES_SECONDS, Bar, bars_from_columns
 from protocols.history.schema import Table
 from tests.bus.store.contract_orders import logged, routed
@@ -38,8 +39,9 @@ def history_config(redis: RedisProcess, path: Path, rate: float = 2000.0) -> Mes
 
 
 @contextlib.asynccontextmanager
-async def running(cfg: MeshConfig, path: Path) -> AsyncIterator[Historian]:
-    node = Historian(cfg, HistoryWriter([DuckDBHistoryStore(path)]))
+async def running(cfg: MeshConfig, path: Path,
+                  orders: RedisOrderStore | None = None) -> AsyncIterator[Historian]:
+    node = Historian(cfg, HistoryWriter([DuckDBHistoryStore(path)]), orders=orders)
     stop = asyncio.Event()
     task = asyncio.create_task(node.run(stop))
     await wait_until(lambda: node.ready.is_set() or task.done(), scaled(10),
@@ -259,5 +261,39 @@ def test_the_cli_reads_a_file_the_historian_holds_through_its_query_service(
             ticks = json.loads(capsys.readouterr().out)["ticks"]
             assert len(ticks) > 0
             assert [t["seq"] for t in ticks] == list(range(1, len(ticks) + 1))
+
+    asyncio.run(main())
+
+
+class HistoryTimesOut(RedisOrderStore):
+    """An order store whose next ``fail`` history reads time out (a Redis failover, or the
+    historian off the CPU past its socket timeout)."""
+
+    fail = 0
+
+    async def history(self, after: int, count: int, block_ms: int = 0) -> list[HistoryEntry]:
+        if self.fail:
+            self.fail -= 1
+            raise StoreUnavailable("redis unreachable: Timeout reading (test)")
+        return await super().history(after, count, block_ms)
+
+
+def test_a_redis_timeout_reading_the_order_history_is_read_again_not_fatal(
+        redis_server: RedisProcess, tmp_path: Path) -> None:
+    path = tmp_path / "h.duckdb"
+    cfg = history_config(redis_server, path, rate=200.0)
+
+    async def main() -> None:
+        orders = RedisOrderStore(redis_server.url, cfg.mesh.key_prefix, history_cap=1000)
+        _, epoch = await orders.acquire_epoch(await orders.current_epoch())
+        flaky = HistoryTimesOut(redis_server.url, cfg.mesh.key_prefix)
+        flaky.fail = 3
+        async with run_recovery(cfg), run_feed(cfg), running(cfg, path, flaky) as node:
+            for i in range(5):
+                await orders.write_batch([routed(order_id=f"o{i}", coid=f"c{i}")], epoch)
+            await wait_until(lambda: node._order_pos >= 5, scaled(10), "the order history")
+            assert node.stats.read_errors == 3 and node.stats.order_holes == 0
+        # running() asserted the historian's exit code 0: the timeouts did not end it.
+        await orders.close()
 
     asyncio.run(main())
