@@ -7,8 +7,10 @@
     tickmesh executor                   the executor: fills routed orders (simulated EA)
     tickmesh trader [--rate N]          place market orders at N/s through the order client
     tickmesh historian                  record ticks, orders and executions into history
-    tickmesh up [--for SECONDS] [--ha]  every node under a supervisor (see scripts/up)
+    tickmesh up [--for SECONDS] [--ha] [--clickhouse]
+                                        every node under a supervisor (see scripts/up)
     tickmesh check-config FILE          validate a mesh file and print it
+    tickmesh history bars|ticks|report  print history: bars, ticks, performance reports
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from bus.config import MeshConfig, load_config
 from nodes.common import run_node, setup_logging
+from nodes.history.cli import add_history_parser, run_history
 from protocols.errors import TickmeshError
 
 log = logging.getLogger("tickmesh")
@@ -58,9 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--ha", action="store_true",
                     help="start a local Redis HA topology (two master groups with replicas, "
                          "three Sentinels; see scripts/run-redis-ha) instead of one Redis")
+    up.add_argument("--clickhouse", action="store_true",
+                    help="history on a local ClickHouse pair (two clickhouse-server processes "
+                         "on free ports, see scripts/run-clickhouse) instead of a DuckDB file")
     up.add_argument("--json", action="store_true", help="print the summary as JSON")
     chk = sub.add_parser("check-config", help="validate a mesh file and print it")
     chk.add_argument("file")
+    add_history_parser(sub)
     return p
 
 
@@ -160,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_trader(cfg, args.rate, args.stats)
         if args.command == "historian":
             return _run_historian(cfg, args.stats)
+        if args.command == "history":
+            return run_history(cfg, args)
         from nodes.supervisor import run_up
 
         return asyncio.run(run_up(cfg, args))

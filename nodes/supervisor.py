@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from bus.aio import cancel_and_wait
@@ -35,6 +35,9 @@ from nodes.servers.redis_ha import Role as HARole
 from nodes.servers.redis_server import RedisProcess
 from protocols.backoff import Backoff
 from protocols.errors import ServerError
+
+if TYPE_CHECKING:  # clickhouse-driver is imported only by a run that starts servers
+    from nodes.servers.clickhouse_server import ClickHouseProcess
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,10 @@ class Supervisor:
     def plan(self) -> None:
         for r in self.cfg.recovery:
             self.children.append(self._child(f"recovery-{r.name}", "recovery", "--name", r.name))
+        if self.cfg.history.enabled:
+            # Before the backends: a backend that finds its order store empty asks history
+            # whether it was wiped before it serves.
+            self.children.append(self._child("historian", "historian"))
         orders = self.cfg.orders
         if orders.enabled:
             for role in ("primary", "backup"):
@@ -90,8 +97,6 @@ class Supervisor:
         for f in self.cfg.feeds:
             self.children.append(self._child(f"feed-{f.name}", "feed", "--name", f.name))
         self.children.append(self._child("monitor", "monitor"))
-        if self.cfg.history.enabled:
-            self.children.append(self._child("historian", "historian"))
         if orders.enabled and orders.trader_rate > 0:
             self.children.append(self._child("trader", "trader"))
 
@@ -255,6 +260,33 @@ def _local_redis_ha(cfg: MeshConfig, run_dir: Path) -> tuple[MeshConfig, RedisHA
     return replace(cfg, redis=section), ha
 
 
+def _local_clickhouse(cfg: MeshConfig, run_dir: Path
+                      ) -> tuple[MeshConfig, list[ClickHouseProcess]]:
+    """Start a ClickHouse pair on free ports and point the mesh's history at it."""
+    from nodes.servers.clickhouse_server import ClickHouseProcess
+
+    servers = [ClickHouseProcess(data_dir=run_dir / f"clickhouse-{name}") for name in "ab"]
+    try:
+        for server in servers:
+            server.start()
+    except ServerError:
+        for server in servers:
+            server.stop()
+        raise
+    history = replace(cfg.history, store="clickhouse",
+                      clickhouse=tuple(f"127.0.0.1:{s.port}" for s in servers))
+    return replace(cfg, history=history), servers
+
+
+def _history_description(cfg: MeshConfig) -> str:
+    h = cfg.history
+    if not h.enabled:
+        return "no history"
+    if h.store == "clickhouse":
+        return f"history on ClickHouse {', '.join(h.clickhouse)}"
+    return f"history in {h.duckdb_path}"
+
+
 def _history_in(cfg: MeshConfig, run_dir: Path) -> MeshConfig:
     """Relative history files live in the run dir, like Redis's data."""
     h = cfg.history
@@ -274,14 +306,19 @@ def _redis_description(cfg: MeshConfig) -> str:
 async def run_up(cfg: MeshConfig, args: argparse.Namespace) -> int:
     run_dir: Path = args.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    redis: RedisProcess | RedisHA | None
+    redis: RedisProcess | RedisHA | None = None
     try:
         # Starting servers blocks for a while (the HA topology ~2-3 s): off the event loop.
         if getattr(args, "ha", False):
             cfg, redis = await asyncio.to_thread(_local_redis_ha, cfg, run_dir)
         else:
             cfg, redis = await asyncio.to_thread(_local_redis, cfg, run_dir, args.redis_port)
+        clickhouse: list[ClickHouseProcess] = []
+        if getattr(args, "clickhouse", False):
+            cfg, clickhouse = await asyncio.to_thread(_local_clickhouse, cfg, run_dir)
     except ServerError as exc:
+        if redis is not None:
+            await asyncio.to_thread(redis.stop)
         print(f"tickmesh up: {exc}", file=sys.stderr)
         return 2
     cfg = _history_in(cfg, run_dir)
@@ -294,7 +331,8 @@ async def run_up(cfg: MeshConfig, args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     tty = sys.stdout.isatty()
-    print(f"tickmesh up: {len(sup.children)} nodes, {_redis_description(cfg)}, run dir {run_dir}"
+    print(f"tickmesh up: {len(sup.children)} nodes, {_redis_description(cfg)}, "
+          f"{_history_description(cfg)}, run dir {run_dir}"
           + (f", for {args.duration:g} s" if args.duration else ", Ctrl-C to stop"), flush=True)
     try:
         await sup.start()
@@ -311,6 +349,8 @@ async def run_up(cfg: MeshConfig, args: argparse.Namespace) -> int:
                 last_print = loop.time()
     finally:
         await sup.stop()
+        for server in clickhouse:
+            await asyncio.to_thread(server.stop)
         if redis is not None:
             await asyncio.to_thread(redis.stop)
     summary = sup.summary()

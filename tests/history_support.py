@@ -7,7 +7,11 @@ only what it is about (``batch(Table.TICKS, {"stream": "EUR", "seq": 1, "ts_ns":
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from bus.store.history import HistoryStore
@@ -61,3 +65,17 @@ def opener(make: Callable[[], HistoryStore]) -> OpenHistoryStore:
         await store.open()
         return store
     return open_store
+
+
+@contextmanager
+def duckdb_file_held(path: Path) -> Iterator[None]:
+    """``path`` held open by another process (DuckDB's one-writer lock) while in the block."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]); "
+         "print('held', flush=True); sys.stdin.read()", str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        yield
+    finally:
+        holder.communicate("", timeout=10)

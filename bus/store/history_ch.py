@@ -70,9 +70,11 @@ def insert_columns(client: Client, database: str, batch: Columns) -> None:
 class ClickHouseHistoryStore(SqlHistoryStore):
     """History in ``database`` on the ClickHouse server at ``host:port`` (native protocol).
 
-    ``connect_timeout_s`` bounds a connect; ``receive_timeout_s`` every send, receive and the
-    ping the driver sends before each query. Large inserts need the latter above the time the
-    server takes to write a batch (about 0.3 s per 100,000 rows here).
+    ``connect_timeout_s`` bounds a connect and the ping the driver sends before each query;
+    ``receive_timeout_s`` every send and receive. Large inserts need the latter above the time
+    the server takes to write a batch (about 0.3 s per 100,000 rows here); a reader wants it
+    short, since a hung server (not a dead one, which refuses at once) costs a reader the
+    sum of both before it can switch.
     """
 
     def __init__(self, host: str, port: int, database: str = "tickmesh",
@@ -81,10 +83,13 @@ class ClickHouseHistoryStore(SqlHistoryStore):
             raise ValueError(f"database name must be an identifier, got {database!r}")
         super().__init__(f"ch:{host}:{port}", clickhouse_dialect(database))
         self.database = database
+        # The ping before each query gets the connect timeout: a late pong only makes the
+        # driver connect again, and a hung server then costs connect + receive timeouts
+        # instead of two receive timeouts.
         self._client = Client(host, port=port, compression="lz4",
                               connect_timeout=connect_timeout_s,
                               send_receive_timeout=receive_timeout_s,
-                              sync_request_timeout=receive_timeout_s)
+                              sync_request_timeout=min(connect_timeout_s, receive_timeout_s))
 
     def _connect(self) -> None:
         pass  # the driver connects at the first statement (CREATE DATABASE), and after a drop

@@ -114,20 +114,37 @@ def _winner(spec: TableSpec, name: str) -> str:
 
 
 def _select(d: Dialect, spec: TableSpec, where: Sequence[str], order: Sequence[str],
-            limit: int | None) -> str:
+            limit: int | None, narrow_on: Sequence[str] = (),
+            narrow_order: Sequence[str] = ()) -> str:
+    """The deduplicating SELECT.
+
+    With a limit and ``narrow_on`` (the key columns of ``order`` that the WHERE does not fix
+    to one value), only the rows whose ``narrow_on`` values are among the first ``limit``
+    distinct ones are grouped: a superset of the first ``limit`` keys, found first by a
+    DISTINCT on those columns alone. Grouping every row in range to return a few costs
+    seconds on 18.16 for a million rows (a GROUP BY with an argMax state per column, on a
+    String key), the DISTINCT of one integer column a small fraction of that.
+    """
     outs = []
     for c in spec.columns:
         expr = _winner(spec, c.name)
         outs.append(f"hex({expr})" if d.bytes_as_hex and c.type is ColumnType.BYTES else expr)
-    sql = f"SELECT {', '.join(outs)} FROM {d.table(spec)}"
-    if where:
-        sql += f" WHERE {' AND '.join(where)}"
-    sql += f" GROUP BY {', '.join(spec.key)} ORDER BY {', '.join(order)}"
+    conditions = list(where)
+    tail = ""
     if limit is not None:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
-        sql += f" LIMIT {int(limit)}"
-    return sql
+        tail = f" LIMIT {int(limit)}"
+        if narrow_on:
+            cols = ", ".join(narrow_on)
+            inner = f"SELECT DISTINCT {cols} FROM {d.table(spec)}"
+            if where:
+                inner += f" WHERE {' AND '.join(where)}"
+            conditions.append(f"({cols}) IN ({inner} ORDER BY {', '.join(narrow_order)}{tail})")
+    sql = f"SELECT {', '.join(outs)} FROM {d.table(spec)}"
+    if conditions:
+        sql += f" WHERE {' AND '.join(conditions)}"
+    return sql + f" GROUP BY {', '.join(spec.key)} ORDER BY {', '.join(order)}{tail}"
 
 
 def range_query(d: Dialect, table: Table, equal: Mapping[str, Any], start_ns: int | None,
@@ -140,8 +157,11 @@ def range_query(d: Dialect, table: Table, equal: Mapping[str, Any], start_ns: in
     if start_ns is not None:
         where.append(f"{spec.time} >= {p(start_ns)}")
     where.append(f"{spec.time} < {p(end_ns)}")
-    order = [f"{k} DESC" for k in spec.key] if newest_first else list(spec.key)
-    return Query(_select(d, spec, where, order, limit), p.values)
+    direction = " DESC" if newest_first else ""
+    order = [f"{k}{direction}" for k in spec.key]
+    free = [k for k in spec.key if k not in equal]
+    return Query(_select(d, spec, where, order, limit, narrow_on=free,
+                         narrow_order=[f"{k}{direction}" for k in free]), p.values)
 
 
 def read_above_query(d: Dialect, table: Table, marks: Mapping[str, int], limit: int) -> Query:
@@ -161,7 +181,9 @@ def read_above_query(d: Dialect, table: Table, marks: Mapping[str, int], limit: 
             above.append(f"{spec.group} NOT IN ({', '.join(p(g) for g in groups)})")
             where.append(f"({' OR '.join(above)})")
         order = [_winner(spec, spec.group), _winner(spec, pos)]
-    return Query(_select(d, spec, where, order, limit), p.values)
+    on_key = all(o in spec.key for o in order)  # else a copy of a key could order elsewhere
+    return Query(_select(d, spec, where, order, limit, narrow_on=order if on_key else (),
+                         narrow_order=order), p.values)
 
 
 def trim_query(d: Dialect, table: Table, marks: Mapping[str, int]) -> Query | None:

@@ -1,1 +1,1 @@
-"""History nodes: the historian and the `tickmesh history` command line."""
+"""History nodes: the historian and the ``tickmesh history`` command line (bars, ticks, reports)."""

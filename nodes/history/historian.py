@@ -2,12 +2,14 @@
 
 Inputs:
 
-- **Ticks** through the subscriber library (both paths, gap repair by the recovery service).
-  Each stream is recorded in sequence order from its watermark on: a tick above the next
+- **Ticks** through the subscriber library (the TCP path, gap repair by the recovery
+  service). Each stream is recorded in sequence order from its watermark on (a stream new to
+  history from its first sequence, 1): a tick above the next
   expected sequence (the historian restarted, or the subscriber gave a range up) first fills
   the gap from the feed's Redis stream (``P:ticks:{stream}``) within its retention; what Redis
-  no longer holds, or never held (a feed crash's unknown range), is a **counted hole**, never
-  silently skipped. A tick at or below the watermark is a duplicate and is dropped.
+  no longer holds is a **counted hole**, never silently skipped (a range a killed feed only
+  reserved is counted apart, as unknown). A tick at or below the watermark is a duplicate and
+  is dropped.
 - **Orders** from the order store's history stream (``P:history``, PROTOCOL.md section 11):
   one entry per record write with the log entries it appended, numbered 1, 2, ... so the
   historian resumes exactly after its watermark, and a trimmed range is a counted hole.
@@ -33,17 +35,16 @@ from typing import Any
 
 from bus.aio import cancel_and_wait, wait_event
 from bus.config import MeshConfig, parse_hostport
+from bus.history.bars import resumed_builder
 from bus.history.writer import HistoryWriter
+from bus.logutil import RateLimitedLog
 from bus.store.orders import HistoryEntry, RedisOrderStore
 from bus.store.ticks import RedisTickStore
 from bus.ticks.subscriber import Subscriber, SubscriberOptions
 from nodes.common import stats_writer, supervise_tasks, write_json_atomic
 from protocols.errors import RemoteProtocolError, StoreError
 from protocols.history.bars import (
-    RES_SECONDS,
-    Bar,
     BarBuilder,
-    bars_from_columns,
     bars_to_columns,
 )
 from protocols.history.records import append_write
@@ -61,6 +62,7 @@ ORDER_PAGE = 2_000  # history stream entries read per round trip
 ORDER_BLOCK_MS = 100
 MAX_PENDING_FACTOR = 4  # buffered rows beyond batch_rows x this: stop reading until written
 LAG_SAMPLES = 4_096
+RESET_CHECK_ROUNDS = 10  # idle history reads (of ORDER_BLOCK_MS) between reset checks
 RESUME_TICKS = 500_000  # stored ticks re-read at most to rebuild a stream's forming 1 s bar
 END_OF_TIME = 2**63 - 1
 STOP_FLUSH_S = 5.0
@@ -76,10 +78,12 @@ class HistorianStats:
     batches: int = 0
     backfilled: int = 0  # ticks read back from Redis into a gap
     tick_holes: int = 0  # ticks neither live nor in Redis (counted, reported)
+    tick_unknown: int = 0  # sequences a killed feed session reserved: maybe never ticks
     order_holes: int = 0  # history stream entries trimmed before they were read
     duplicates: int = 0  # ticks at or below the watermark, dropped
     write_errors: int = 0  # writes that failed and were retried
     bad_entries: int = 0  # history entries that did not decode (counted, skipped)
+    order_stream_behind: int = 0  # checks that found the order store's stream reset
 
 
 class Historian:
@@ -93,7 +97,13 @@ class Historian:
         self.writer = writer
         self.batch_rows = h.batch_rows
         self.batch_s = h.batch_ms / 1000
-        self.sub = Subscriber(options or SubscriberOptions.from_config(cfg))
+        # The TCP path only: UDP is the charts' fast path, and its port belongs to another
+        # subscriber (the feed sends each copy to listed targets); gaps are repaired from the
+        # recovery service either way. Never conflation: history wants every tick, so a
+        # historian too slow for its queue drops and repairs. No snapshot: a last value is not
+        # a new tick.
+        self.sub = Subscriber(options or SubscriberOptions.from_config(
+            cfg, udp_bind="", multicast_group="", snapshot=False, slow_mode="drop"))
         self.tick_store = ticks or RedisTickStore.from_config(cfg)
         self.order_store = orders or RedisOrderStore.from_config(cfg)
         self.stats_path = stats_path
@@ -110,6 +120,7 @@ class Historian:
         self._lags: list[float] = []  # seconds from a tick's feed time to its write
         self._oldest_feed_ns = 0  # the oldest feed time among buffered ticks
         self.ready = asyncio.Event()  # set once it resumed and subscribed
+        self._behind_log = RateLimitedLog(log, "historian: order stream behind")
         self._inflight: asyncio.Task[None] | None = None  # the write on its way
 
     # -- start -----------------------------------------------------------------------------
@@ -119,7 +130,7 @@ class Historian:
         marks = await self.writer.resume_marks(Table.TICKS)
         self._next = {stream: seq + 1 for stream, seq in marks.items()}
         for stream, seq in marks.items():
-            self._bars[stream] = await self._resume_bars(stream, seq)
+            self._bars[stream] = await resumed_builder(self.writer.reader(), stream, upto=seq)
         log.info("historian resumes %d tick streams", len(marks))
         order_marks = [(await self.writer.resume_marks(t)).get("", 0)
                        for t in (Table.ORDERS, Table.EXECUTIONS)]
@@ -128,28 +139,6 @@ class Historian:
         self._order_pos = min(order_marks)
         await self.sub.start()
         self.ready.set()
-
-    async def _resume_bars(self, stream: str, upto: int) -> BarBuilder:
-        """The stream's bar builder as it stood after tick ``upto``: from the closed bars the
-        store holds (per resolution its last one and the finer ones after it) and the stored
-        ticks after the last closed 1 s bar (protocols.history.bars, BarBuilder.resume)."""
-        store = self.writer.reader()
-        closed: list[Bar] = []
-        for finer, res in zip((0, *RES_SECONDS), RES_SECONDS, strict=False):
-            back = res // finer + 1 if finer else 1
-            rows = await store.bars(stream, res, 0, END_OF_TIME, countback=back)
-            # A bar closed by a tick above the resume point is not closed yet as far as the
-            # ticks to come are concerned: they will close it again.
-            closed.extend(b for b in bars_from_columns(rows) if b.last_seq <= upto)
-        builder = BarBuilder.resume(stream, closed)
-        floor = max((b.start_ns for b in closed if b.res_s == RES_SECONDS[0]), default=0)
-        ticks = await store.ticks(stream, floor, END_OF_TIME, RESUME_TICKS)
-        for seq, ts, bid, ask, last, vol in zip(
-                ticks.column("seq"), ticks.column("ts_ns"), ticks.column("bid"),
-                ticks.column("ask"), ticks.column("last"), ticks.column("volume"), strict=True):
-            if builder.last_seq < seq <= upto:
-                builder.on_tick(seq, ts, bid, ask, last, vol)  # closes nothing it had not
-        return builder
 
     # -- ticks -----------------------------------------------------------------------------
 
@@ -171,10 +160,11 @@ class Historian:
         watermark are dropped as duplicates; a gap before them is backfilled first."""
         expected = self._next.get(stream)
         if expected is None:
-            # A stream the store has never seen starts where the historian first sees it:
-            # its earlier ticks predate this history.
-            log.info("historian: new stream %s from seq %d", stream, first_seq)
-            expected = first_seq
+            # A stream history has never seen is recorded from its first tick (sequences
+            # start at 1): what Redis still holds is backfilled, what it trimmed before this
+            # history began is a counted hole.
+            log.info("historian: new stream %s (first live tick %d)", stream, first_seq)
+            expected = 1
         skip = expected - first_seq
         if skip > 0:
             self.stats.duplicates += min(skip, len(rows))
@@ -238,7 +228,9 @@ class Historian:
                         self._add_row(stream, seq, batch.session, row)
                         got += 1
             for r in res.unknown:
-                self.stats.tick_holes += r.last - r.first + 1
+                # Reserved by a feed session that was killed: it may never have carried
+                # ticks (PROTOCOL.md section 11), so it is counted apart from holes.
+                self.stats.tick_unknown += r.last - r.first + 1
             settled = res.settled_to
             if settled < lo:
                 # Not checkpointed yet (the feed writes behind by milliseconds): wait a
@@ -260,11 +252,16 @@ class Historian:
     # -- orders ----------------------------------------------------------------------------
 
     async def _consume_orders(self) -> None:
+        idle = 0
         while True:
             entries = await self.order_store.history(self._order_pos, ORDER_PAGE,
                                                      block_ms=ORDER_BLOCK_MS)
             if not entries:
+                idle += 1
+                if idle % RESET_CHECK_ROUNDS == 0:
+                    await self._check_reset()
                 continue
+            idle = 0
             first = entries[0].position
             if first > self._order_pos + 1:
                 missing = first - self._order_pos - 1
@@ -275,6 +272,19 @@ class Historian:
                 self._add_entry(entry)
                 self._order_pos = entry.position
             await self._room()
+
+    async def _check_reset(self) -> None:
+        """An order store whose history stream numbers below what history holds was wiped
+        under running backends (a restarted backend rebuilds it and restores the position).
+        Its new writes would sit below the watermark: say so, loudly and counted."""
+        position = await self.order_store.history_position()
+        if position < self._order_pos:
+            self.stats.order_stream_behind += 1
+            self._behind_log.warning(
+                "historian: the order store's history stream is at %d, history at %d: the "
+                "store was wiped under running backends; restart them so the active one "
+                "rebuilds from history (until then its writes are not recorded)", position,
+                self._order_pos)
 
     def _add_entry(self, entry: HistoryEntry) -> None:
         try:

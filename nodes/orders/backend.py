@@ -48,6 +48,7 @@ from bus.config import MeshConfig
 from bus.logutil import RateLimitedLog
 from bus.orders.beacon import HeartbeatThread
 from bus.orders.pair_store import PairStore
+from bus.orders.rebuild import HistoryOrders, rebuild_from_history
 from bus.sched import StartupNice
 from bus.sockets import (
     BACKEND_CLIENTS,
@@ -140,6 +141,10 @@ class BackendEndpoints:
     peer_replica: str = ""  # ... and connects to the other node's
 
 
+REBUILD_TRIES = 5  # history asked at start whether the order store lost anything
+REBUILD_RETRY_S = 0.5
+
+
 @dataclass(slots=True)
 class BackendStats:
     requests: int = 0
@@ -152,6 +157,8 @@ class BackendStats:
     fenced: int = 0
     malformed: int = 0
     takeovers: int = 0
+    rebuilt_records: int = 0  # order records restored from history at start (a wiped store)
+    rebuilt_entries: int = 0
     redriven: int = 0
     replaced: int = 0
     joined: int = 0  # client retries answered with the in-flight request's reply
@@ -168,8 +175,10 @@ class BackendNode:
                  store: OrderStore | None = None, stats_path: Path | None = None,
                  executor_id: str = "executor", redrive_s: float = 1.0,
                  amend_timeout_s: float = 0.5, stall_budget_s: float = 0.25,
-                 startup: StartupNice | None = None) -> None:
+                 startup: StartupNice | None = None,
+                 history: HistoryOrders | None = None) -> None:
         self.role = role
+        self.history = history  # where a wiped order store is rebuilt from
         self.startup = startup
         self.amend_timeout_s = amend_timeout_s
         self.executor_id = executor_id.encode()
@@ -179,6 +188,7 @@ class BackendNode:
         self.star = BinaryStar(role, pair or PairConfig(), started=time.monotonic())
         ctx = self.ctx = zmq.asyncio.Context()
         backing = store or RedisOrderStore.from_config(cfg)
+        self._redis = backing if isinstance(backing, RedisOrderStore) else None
         self.pair_store: PairStore | None = None
         if cfg.orders.replicate and endpoints.replica and isinstance(backing, RedisOrderStore):
             self.pair_store = PairStore(
@@ -937,7 +947,34 @@ class BackendNode:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    async def _rebuild(self) -> None:
+        """Before serving: restore from history what a wiped order store lost (a no-op when
+        it lost nothing). History that does not answer cannot say whether the store is
+        behind: the node serves, and says so."""
+        if self.history is None or self._redis is None:
+            return
+        try:
+            # A store that numbered writes lost at most its last ones: one try. An empty one
+            # (new, or wiped) is worth waiting a little for history to answer.
+            tries = 1 if await self._redis.history_position() else REBUILD_TRIES
+        except StoreError:
+            tries = REBUILD_TRIES
+        for attempt in range(1, tries + 1):
+            try:
+                report = await rebuild_from_history(self._redis, self.history)
+            except StoreError as exc:
+                log.warning("backend %s: rebuild check from history failed (try %d of %d): %s",
+                            self.role.value, attempt, tries, exc)
+                await asyncio.sleep(REBUILD_RETRY_S)
+                continue
+            self.stats.rebuilt_records += report.records
+            self.stats.rebuilt_entries += report.entries
+            return
+        log.error("backend %s: history did not answer: serving without the check that the "
+                  "order store lost nothing", self.role.value)
+
     async def run(self, stop: asyncio.Event) -> int:
+        await self._rebuild()
         try:
             # Start from the store's epoch: a node that assumed 0 would lose its first
             # compare-and-swap for nothing and then hold off before it could serve.

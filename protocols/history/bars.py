@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Any
 
 from protocols.history.schema import NS_PER_S, Columns, Table
 
@@ -104,11 +105,6 @@ class Bar:
     first_seq: int
     last_seq: int
 
-    @classmethod
-    def of_tick(cls, stream: str, res_s: int, start_ns: int, seq: int, price: float,
-                volume: float) -> Bar:
-        return cls(stream, res_s, start_ns, price, price, price, price, volume, 1, seq, seq)
-
     def at(self, res_s: int) -> Bar:
         """This bar as the first part of the coarser bar of ``res_s`` that holds it."""
         if res_s % self.res_s:
@@ -141,12 +137,17 @@ class BarBuilder:
     progress at a resolution, complete up to the last tick (what a chart's last bar shows).
     """
 
-    __slots__ = ("_acc", "_floor_ns", "last_seq", "late", "replayed", "stream")
+    __slots__ = ("_acc", "_floor_ns", "_second", "last_seq", "late", "replayed", "stream")
 
     def __init__(self, stream: str) -> None:
         self.stream = stream
-        # res -> what the forming bar of res holds so far: ticks for 1 s; for a coarser res,
-        # the closed bars of the next finer res (its forming part is that res's _acc).
+        # The forming 1 s bar, mutable: [start_ns, open, high, low, close, volume, ticks,
+        # first_seq, last_seq]. Most ticks only update it, and a frozen Bar per tick would
+        # cost most of on_tick's time (a frozen dataclass sets each field through
+        # object.__setattr__).
+        self._second: list[Any] | None = None
+        # res -> the closed bars of the next finer res that the forming bar of res holds so
+        # far (its forming part is the finer res's; 1 s: unused, see _second).
         self._acc: dict[int, Bar | None] = dict.fromkeys(RES_SECONDS)
         self._floor_ns = 0  # no tick goes into a 1 s bucket before this (closed bars stay)
         self.last_seq = -1
@@ -162,16 +163,20 @@ class BarBuilder:
         bar (``last_seq`` above it) and lie in the latest ``R`` bucket; the 1 s forming bar is
         rebuilt by feeding the stored ticks above :attr:`last_seq` to :meth:`on_tick` (lower
         ones are skipped as replays). ``closed`` needs, per resolution, at least its last
-        closed bar and the finer closed bars after it; more is harmless.
+        closed bar and the finer closed bars after it; more is harmless, and a bar given
+        twice counts once (the copy with the highest ``last_seq``, as stores read it).
         """
         builder = cls(stream)
-        by_res: dict[int, list[Bar]] = {r: [] for r in RES_SECONDS}
+        unique: dict[tuple[int, int], Bar] = {}
         for bar in closed:
             if bar.stream != stream:
                 raise ValueError(f"bar of {bar.stream!r} given to resume {stream!r}")
+            seen = unique.get((bar.res_s, bar.start_ns))
+            if seen is None or bar.last_seq > seen.last_seq:  # as the store reads a repeat
+                unique[bar.res_s, bar.start_ns] = bar
+        by_res: dict[int, list[Bar]] = {r: [] for r in RES_SECONDS}
+        for bar in sorted(unique.values(), key=lambda b: b.last_seq):
             by_res[bar.res_s].append(bar)
-        for bars in by_res.values():
-            bars.sort(key=lambda b: b.last_seq)
         finest = by_res[RES_SECONDS[0]]
         if finest:
             builder.last_seq = finest[-1].last_seq
@@ -203,17 +208,21 @@ class BarBuilder:
             self.late += 1
             start = self._floor_ns
         self._floor_ns = start
+        second = self._second
+        if second is not None and second[0] == start:
+            if price > second[2]:
+                second[2] = price
+            if price < second[3]:
+                second[3] = price
+            second[4] = price
+            second[5] += volume
+            second[6] += 1
+            second[8] = seq
+            return []
         closed: list[Bar] = []
-        current = self._acc[fine]
-        if current is not None and current.start_ns == start:
-            self._acc[fine] = Bar(self.stream, fine, start, current.open,
-                                  max(current.high, price), min(current.low, price), price,
-                                  current.volume + volume, current.ticks + 1,
-                                  current.first_seq, seq)
-            return closed
         # A new 1 s bucket: the forming 1 s bar closes and folds into the forming minute; a
         # forming bar whose bucket the new tick is outside of closes and folds on up in turn.
-        piece = current
+        piece = self._second_bar()
         if piece is not None:
             closed.append(piece)
         for res in RES_SECONDS[1:]:
@@ -225,17 +234,22 @@ class BarBuilder:
                 closed.append(acc)
                 piece, acc = acc, None
             self._acc[res] = acc
-        self._acc[fine] = Bar.of_tick(self.stream, fine, start, seq, price, volume)
+        self._second = [start, price, price, price, price, volume, 1, seq, seq]
         return closed
+
+    def _second_bar(self) -> Bar | None:
+        s = self._second
+        return None if s is None else Bar(self.stream, RES_SECONDS[0], *s)
 
     def forming(self, res_s: int) -> Bar | None:
         """The bar in progress at ``res_s``: every tick since its bucket began (None: none)."""
         if res_s not in self._acc:
             format_resolution(res_s)
-        bar: Bar | None = None
+        bar = self._second_bar()
         for res in RES_SECONDS:
             acc = self._acc[res]
-            bar = acc if bar is None else _extend(acc, bar, res)
+            if res > RES_SECONDS[0]:
+                bar = acc if bar is None else _extend(acc, bar, res)
             if res == res_s:
                 return bar
         raise AssertionError("unreachable")

@@ -114,7 +114,14 @@ def test_bounded_run_delivers_on_both_paths(tmp_path: Path) -> None:
     assert s["orders_filled"] > 20 and s["orders_timed_out"] == 0  # type: ignore[operator]
     assert s["executions"] >= s["orders_filled"]  # type: ignore[operator]
     assert set(pids(tmp_path)) == {"recovery-recovery", "backend-primary", "backend-backup",
-                                   "executor", "feed-sim", "monitor", "trader"}
+                                   "executor", "feed-sim", "monitor", "trader", "historian"}
+    # The historian recorded the run on the embedded DuckDB store: every tick the monitor
+    # got (it records the TCP path, the monitor counts the first copy of either path), and
+    # the orders with their fills.
+    assert s["history_store"] == "duckdb" and s["history_holes"] == 0
+    assert s["history_ticks"] == s["published"] and s["history_bars"] > 0
+    assert s["history_orders"] >= 2 * s["orders_filled"]  # type: ignore[operator]
+    assert s["history_executions"] >= s["orders_filled"]  # type: ignore[operator]
     assert all(not alive(p) for p in pids(tmp_path).values())
 
 

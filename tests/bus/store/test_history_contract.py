@@ -9,8 +9,6 @@ a store on empty tables) and its name in ``HISTORY_STORES``.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -23,7 +21,16 @@ from bus.store.history_sql import partition_expr
 from nodes.servers.clickhouse_server import ClickHouseProcess, free_port
 from protocols.errors import StoreError, StoreUnavailable
 from protocols.history.schema import NS_PER_S, Columns, Table, partition_of
-from tests.history_support import FEB, T0, OpenHistoryStore, batch, opener, rows_of, tick_batch
+from tests.history_support import (
+    FEB,
+    T0,
+    OpenHistoryStore,
+    batch,
+    duckdb_file_held,
+    opener,
+    rows_of,
+    tick_batch,
+)
 from tests.support import run_with, scaled
 
 pytestmark = pytest.mark.timeout(30)
@@ -123,6 +130,28 @@ def test_empty_tables_read_as_empty_batches(history_store: OpenHistoryStore) -> 
     run_with(history_store, body)
 
 
+def test_calls_leave_the_event_loop_free(history_store: OpenHistoryStore) -> None:
+    # A task that is ready when the store is called runs before the call returns: the
+    # driver works on the store's thread, not on the loop.
+    ticks = tick_batch("EUR", range(1, 20_001))
+
+    async def body(store: HistoryStore) -> None:
+        ran = asyncio.Event()
+
+        async def other() -> None:
+            ran.set()
+
+        for call in (lambda: store.insert(ticks), lambda: store.ticks("EUR", 0, 2**63, 10),
+                     lambda: store.watermarks(Table.TICKS)):
+            ran.clear()
+            task = asyncio.create_task(other())
+            await call()
+            assert ran.is_set()
+            await task
+
+    run_with(history_store, body)
+
+
 # -- watermarks, read_above, trim ----------------------------------------------------------
 
 def test_watermarks_per_group_and_for_tables_without_groups(
@@ -195,6 +224,8 @@ def test_a_repeated_bar_reads_once_and_the_higher_last_seq_wins(
         got = await store.bars("EUR", 60, T0, T0 + 3600 * S)
         assert list(zip(got.column("start_ns"), got.column("close"), got.column("last_seq"),
                         strict=True)) == [(T0, 1.2, 6), (T0 + 60 * S, 1.3, 8)]
+        assert rows_of(await store.bars("EUR", 60, 0, T0 + 3600 * S, countback=2)) == rows_of(
+            got)
 
     run_with(history_store, body)
 
@@ -206,6 +237,9 @@ def test_a_repeated_tick_and_execution_read_once(history_store: OpenHistoryStore
         await store.insert(ticks)
         assert rows_of(await store.ticks("EUR", T0, T0 + 10 * S, 10)) == rows_of(ticks)
         assert len(await store.read_above(Table.TICKS, {}, 10)) == 3
+        # A limit counts keys, not stored copies.
+        assert (await store.ticks("EUR", T0, T0 + 10 * S, 2)).column("seq") == [1, 2]
+        assert (await store.read_above(Table.TICKS, {}, 2)).column("seq") == [1, 2]
         execs = batch(Table.EXECUTIONS, execution_row("o1", 1, 7, "a", 1))
         await store.insert(execs)
         await store.insert(execs)
@@ -366,12 +400,7 @@ def test_a_clickhouse_server_error_is_a_store_error_not_unavailable(
 def test_a_duckdb_file_held_by_another_process_is_a_clear_store_error(
         tmp_path: Path) -> None:
     path = tmp_path / "spool.duckdb"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]); "
-         "print('held', flush=True); sys.stdin.read()", str(path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    with duckdb_file_held(path):
 
         async def open_and_fail() -> None:
             store = DuckDBHistoryStore(path)
@@ -383,5 +412,3 @@ def test_a_duckdb_file_held_by_another_process_is_a_clear_store_error(
                 await store.close()
 
         asyncio.run(open_and_fail())
-    finally:
-        holder.communicate("", timeout=10)

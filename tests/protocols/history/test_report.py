@@ -17,7 +17,7 @@ from protocols.history.report import (
 from protocols.history.schema import Columns, Table
 from protocols.orders.lifecycle import OrderState
 from protocols.orders.messages import Side
-from tests.protocols.history.rows import columns
+from tests.history_support import batch
 
 MS = 1_000_000
 H14 = 1_796_133_600 * 10**9  # 2026-12-01T14:00:00Z
@@ -40,7 +40,7 @@ def execution(oid: str, seq: int, account: str, symbol: str, side: int, qty: flo
 
 
 T1, T2, T3, T4 = H14 + 600 * 10**9, H14 + 1200 * 10**9, H15 + 10**9, H15 + 2 * 10**9
-ORDERS = columns(Table.ORDERS, [
+ORDERS = batch(Table.ORDERS, *[
     order("o1", "acc-1", "EURUSD", B, T1, T1 + 2 * MS, 1, 1.0998, 1.1000),
     # a later version of o1: its quote is not the one at order time
     order("o1", "acc-1", "EURUSD", B, T1, T1 + 5 * MS, 4, 1.5, 1.6),
@@ -48,7 +48,7 @@ ORDERS = columns(Table.ORDERS, [
     order("o3", "acc-1", "XAUUSD", B, T3, T3 + 1 * MS, 3, 0.0, 0.0),  # no quote
     order("o4", "acc-2", "EURUSD", S, 0, T4, 5, 1.2001, 1.2003),  # no sent_ns
 ])
-EXECUTIONS = columns(Table.EXECUTIONS, [
+EXECUTIONS = batch(Table.EXECUTIONS, *[
     execution("o1", 1, "acc-1", "EURUSD", B, 0.0, 0.0, T1 + 2 * MS),  # the ack: not a fill
     execution("o1", 2, "acc-1", "EURUSD", B, 1.0, 1.1002, T1 + 10 * MS),
     execution("o1", 3, "acc-1", "EURUSD", B, 1.0, 1.1004, T1 + 30 * MS),

@@ -16,7 +16,7 @@ from protocols.history.schema import (
     Table,
     partition_of,
 )
-from tests.protocols.history.rows import columns
+from tests.history_support import batch
 
 
 def ns(d: datetime) -> int:
@@ -127,7 +127,7 @@ def test_above_and_marks_per_group() -> None:
 def test_above_and_marks_without_groups() -> None:
     spec = TABLES[Table.EXECUTIONS]
     assert spec.group == ""
-    cols = columns(Table.EXECUTIONS, [{"src": src} for src in (4, 9, 7)])
+    cols = batch(Table.EXECUTIONS, *({"src": src} for src in (4, 9, 7)))
     assert cols.marks() == {"": 9}
     assert cols.above({"": 4}).column("src") == [9, 7]
     assert cols.above({}).column("src") == [4, 9, 7]
