@@ -39,7 +39,7 @@ Steps, in this order, every figure beside its raw reference of the same run:
    from the ticks table, the reason bars are stored. Interleaved, so noise hits all alike.
 5. **Live** (``--live-seconds``, 0 skips it): ``tickmesh up`` with a feed at 10,000 ticks/s,
    recovery, Redis and the monitor, and ``tickmesh historian`` beside it on the same
-   ClickHouse pair (database ``live``, a UDP port of its own); after ``--live-seconds`` the
+   ClickHouse pair (database ``live``; the TCP path); after ``--live-seconds`` the
    historian is stopped (its final write) and its stats give its lag p50/p99 (a batch's oldest
    feed time to the batch written) and holes.
 
@@ -469,25 +469,23 @@ async def duck_bars(path: Path, args: argparse.Namespace) -> dict[str, Any]:
 def live_meshes(workdir: Path, servers: list[Any]) -> tuple[Path, Path]:
     """The mesh files of the live step: ``up``'s (a feed at 10,000 ticks/s, recovery, Redis,
     which ``up`` starts on a free port, the monitor; no order path, no historian) and the
-    historian's: the same mesh with history on the bench's ClickHouse pair and a UDP port of
-    its own (one process binds a UDP port: the monitor has ``up``'s, and the feed sends to
-    both)."""
+    historian's: the same mesh with history on the bench's ClickHouse pair (the historian
+    subscribes on the TCP path only)."""
     from bus.config import default_config, dump_toml
 
     cfg = default_config()
-    udp_monitor, udp_historian = udp_address(), udp_address()
+    udp = udp_address()
     cfg = replace(
         cfg,
         mesh=replace(cfg.mesh, name="bench-history", key_prefix="bh"),
         redis=replace(cfg.redis, url=f"redis://127.0.0.1:{free_port()}/0"),
-        feeds=(replace(cfg.feeds[0], pub=tcp_endpoint(), rate=LIVE_RATE,
-                       udp_targets=(udp_monitor, udp_historian)),),
+        feeds=(replace(cfg.feeds[0], pub=tcp_endpoint(), rate=LIVE_RATE, udp_targets=(udp,)),),
         recovery=(replace(cfg.recovery[0], bind=tcp_endpoint()),),
-        subscriber=replace(cfg.subscriber, udp_bind=udp_monitor),
+        subscriber=replace(cfg.subscriber, udp_bind=udp),
         orders=replace(cfg.orders, enabled=False),
         history=replace(cfg.history, enabled=False))
     historian = replace(
-        cfg, subscriber=replace(cfg.subscriber, udp_bind=udp_historian),
+        cfg,
         history=replace(cfg.history, enabled=True, store="clickhouse", database=LIVE_DATABASE,
                         clickhouse=tuple(f"{s.host}:{s.port}" for s in servers),
                         spool_path=str(workdir / "live-spool.duckdb"), query_bind=""))
@@ -529,7 +527,10 @@ def run_live(procs: Children, workdir: Path, servers: list[Any],
             "ticks": hist.get("ticks"), "written": hist.get("written"),
             "batches": hist.get("batches"),
             "holes": hist.get("tick_holes", 0) + hist.get("order_holes", 0),
-            "ticks_per_s": round(hist.get("ticks", 0) / seconds),
+            "backfilled": hist.get("backfilled"),
+            # Ticks recorded live per second: a stream new to history is recorded from its
+            # first sequence, so what the feed sent before the historian started is backfilled.
+            "ticks_per_s": round((hist.get("ticks", 0) - hist.get("backfilled", 0)) / seconds),
             "held": _held_on_each(servers, LIVE_DATABASE), "writer": hist.get("writer"),
             "subscriber": hist.get("subscriber"), "up": summary}
 
