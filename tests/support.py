@@ -1,5 +1,6 @@
 """Shared test helpers: one time scale for every deadline, waiting on conditions, a fake
-clock, and a store opened, used and closed in a fresh event loop.
+clock, a store opened, used and closed in a fresh event loop, and a script of ``scripts/``
+loaded as a module.
 
 A test never sleeps to "wait for" something: it waits until a condition holds, with a
 deadline (:func:`wait_until`, :func:`wait_until_sync`). A sleep is left only where the time
@@ -11,13 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import inspect
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import ModuleType
 from typing import Protocol, TypeVar
 
 T = TypeVar("T")
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 # Every deadline in the suite is multiplied by this, so a slow CI machine can stretch them
 # (TICKMESH_TIME_SCALE=3) without touching a test.
@@ -98,3 +105,13 @@ async def _with_opened(open_it: Callable[[], Awaitable[C]], count: int,
             stack.push_async_callback(resource.close)
             opened.append(resource)
         return await body(opened)
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/NAME.py`` imported as the module ``NAME`` (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -4,11 +4,8 @@ overload step never counts as a step of the search."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -16,21 +13,13 @@ import pytest
 
 from nodes.drills.measure import latency_us, per_cpu_second
 from nodes.drills.report import json_line
+from tests.support import load_script
 
 pytestmark = pytest.mark.timeout(30)
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_orders",
-                                                  ROOT / "scripts" / "bench_orders.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_orders"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_orders")
 
 
 ROLES = {"active": "primary", "passive": "backup", "executor": "executor", "client": "bench"}

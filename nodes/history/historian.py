@@ -29,14 +29,14 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import zmq.asyncio
 
-from bus.aio import wait_event
+from bus.aio import cancel_and_wait, wait_event
 from bus.config import MeshConfig
 from bus.history.bars import resumed_builder
 from bus.history.query import HistoryQueryServer
@@ -185,6 +185,23 @@ class Historian:
         for i, row in enumerate(rows):
             self._add_row(stream, first_seq + i, session, row)
         self._next[stream] = first_seq + len(rows)
+
+    async def replay(self, runs: Iterable[tuple[str, int, int, Sequence[Row]]]) -> None:
+        """Record ``runs`` of (stream, session, first_seq, rows) as fast as the writer takes
+        them, through the node's own flusher and back-pressure, and write what is left: a
+        replay from a file, or the benchmark. The writer must be open; the subscriber is not
+        used (:meth:`run` is the live node)."""
+        flusher = asyncio.create_task(self._flusher(), name="flusher")
+        try:
+            for stream, session, first_seq, rows in runs:
+                await self.ingest(stream, session, first_seq, rows)
+                await self._room()
+                # The subscriber's get_many yields to the loop between deliveries; so does a
+                # replay, or the flusher would only run once the buffers are full.
+                await asyncio.sleep(0)
+        finally:
+            await cancel_and_wait([flusher], what="the historian's flusher")
+        await self.flush()
 
     def _add_row(self, stream: str, seq: int, session: int, row: Row) -> None:
         bid, ask, last, volume, ts_ns, feed_ns = row

@@ -146,7 +146,7 @@ def test_dead_feed_is_restarted_and_nothing_is_lost(tmp_path: Path) -> None:
 def test_interrupt_stops_every_node(tmp_path: Path) -> None:
     proc = up(tmp_path)
     try:
-        wait_until_sync(lambda: len(pids(tmp_path)) == 8, 20, "eight nodes")
+        wait_until_sync(lambda: len(pids(tmp_path)) == 8, 20, "eight nodes (the historian too)")
         # On both paths: the run's exit status says whether both delivered (a TCP subscriber
         # joins later than the UDP one, and on a loaded machine that can take a while).
         wait_until_sync(lambda: min(monitor_delivered(tmp_path, "tcp"),
