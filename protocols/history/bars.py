@@ -28,7 +28,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
@@ -126,6 +126,13 @@ class Bar:
                    later.last_seq)
 
 
+def _fields(bar: Bar) -> list[Any]:
+    """A bar as the builder's mutable form: [start_ns, open, high, low, close, volume,
+    ticks, first_seq, last_seq]."""
+    return [bar.start_ns, bar.open, bar.high, bar.low, bar.close, bar.volume, bar.ticks,
+            bar.first_seq, bar.last_seq]
+
+
 def _extend(bar: Bar | None, piece: Bar, res_s: int) -> Bar:
     return piece.at(res_s) if bar is None else bar.merge(piece)
 
@@ -147,8 +154,9 @@ class BarBuilder:
         # object.__setattr__).
         self._second: list[Any] | None = None
         # res -> the closed bars of the next finer res that the forming bar of res holds so
-        # far (its forming part is the finer res's; 1 s: unused, see _second).
-        self._acc: dict[int, Bar | None] = dict.fromkeys(RES_SECONDS)
+        # far (its forming part is the finer res's; 1 s: unused, see _second), mutable like
+        # _second: a closed 1 s bar folds into the minute's on nearly every new second.
+        self._acc: dict[int, list[Any] | None] = dict.fromkeys(RES_SECONDS)
         self._floor_ns = 0  # no tick goes into a 1 s bucket before this (closed bars stay)
         self.last_seq = -1
         self.late = 0
@@ -191,7 +199,7 @@ class BarBuilder:
             for piece in pieces:
                 if bucket_start(piece.start_ns, res) == bucket:
                     acc = _extend(acc, piece, res)
-            builder._acc[res] = acc
+            builder._acc[res] = None if acc is None else _fields(acc)
         return builder
 
     def on_tick(self, seq: int, ts_ns: int, bid: float, ask: float, last: float,
@@ -222,20 +230,85 @@ class BarBuilder:
         closed: list[Bar] = []
         # A new 1 s bucket: the forming 1 s bar closes and folds into the forming minute; a
         # forming bar whose bucket the new tick is outside of closes and folds on up in turn.
-        piece = self._second_bar()
+        piece = second
         if piece is not None:
-            closed.append(piece)
+            closed.append(Bar(self.stream, fine, *piece))
         for res in RES_SECONDS[1:]:
             acc = self._acc[res]
             if piece is not None:
-                acc = _extend(acc, piece, res)
+                if acc is None:
+                    acc = [bucket_start(piece[0], res), *piece[1:]]
+                else:  # Bar.merge, in place
+                    if piece[2] > acc[2]:
+                        acc[2] = piece[2]
+                    if piece[3] < acc[3]:
+                        acc[3] = piece[3]
+                    acc[4] = piece[4]
+                    acc[5] += piece[5]
+                    acc[6] += piece[6]
+                    acc[8] = piece[8]
             piece = None
-            if acc is not None and acc.start_ns != bucket_start(start, res):
-                closed.append(acc)
+            if acc is not None and acc[0] != bucket_start(start, res):
+                closed.append(Bar(self.stream, res, *acc))
                 piece, acc = acc, None
             self._acc[res] = acc
         self._second = [start, price, price, price, price, volume, 1, seq, seq]
         return closed
+
+    def on_run(self, first_seq: int, ts: Sequence[int], bids: Sequence[float],
+               asks: Sequence[float], lasts: Sequence[float],
+               volumes: Sequence[float]) -> list[Bar]:
+        """Add consecutive ticks ``first_seq``, ``first_seq + 1``, ... (columns of a run):
+        the same bars as :meth:`on_tick` tick by tick, with the ticks that only update the
+        forming 1 s bar folded a slice at a time (``max``/``min`` at C speed)."""
+        n = len(ts)
+        if first_seq <= self.last_seq:
+            closed: list[Bar] = []
+            for i in range(n):
+                closed += self.on_tick(first_seq + i, ts[i], bids[i], asks[i], lasts[i],
+                                       volumes[i])
+            return closed
+        prices = [last if last > 0 else (bid + ask) / 2
+                  for bid, ask, last in zip(bids, asks, lasts, strict=True)]
+        width = RES_SECONDS[0] * NS_PER_S
+        closed = []
+        i = 0
+        while i < n:
+            # The piece's first tick may close bars and open the forming one (and applies
+            # the late rule); the ticks after it that stay in its bucket only update it.
+            closed += self.on_tick(first_seq + i, ts[i], bids[i], asks[i], lasts[i],
+                                   volumes[i])
+            floor = self._floor_ns
+            end = floor + width
+            j = i + 1
+            while j < n:
+                t = ts[j]
+                if t >= end:
+                    break
+                if t < floor:
+                    self.late += 1  # before its bucket: into the forming bar, as on_tick does
+                j += 1
+            if j > i + 1:
+                self._fold(prices, volumes, i + 1, j, first_seq)
+            i = j
+        return closed
+
+    def _fold(self, prices: Sequence[float], volumes: Sequence[float], lo: int, hi: int,
+              first_seq: int) -> None:
+        """Ticks ``lo:hi`` of a run into the forming 1 s bar (all in its bucket)."""
+        second = self._second
+        assert second is not None
+        piece = prices[lo:hi]
+        high, low = max(piece), min(piece)
+        if high > second[2]:
+            second[2] = high
+        if low < second[3]:
+            second[3] = low
+        second[4] = piece[-1]
+        for v in volumes[lo:hi]:  # one by one: the same float sum as tick by tick
+            second[5] += v
+        second[6] += hi - lo
+        self.last_seq = second[8] = first_seq + hi - 1
 
     def _second_bar(self) -> Bar | None:
         s = self._second
@@ -247,8 +320,9 @@ class BarBuilder:
             format_resolution(res_s)
         bar = self._second_bar()
         for res in RES_SECONDS:
-            acc = self._acc[res]
+            fields = self._acc[res]
             if res > RES_SECONDS[0]:
+                acc = None if fields is None else Bar(self.stream, res, *fields)
                 bar = acc if bar is None else _extend(acc, bar, res)
             if res == res_s:
                 return bar
@@ -258,9 +332,8 @@ class BarBuilder:
 def bars_to_columns(bars: Iterable[Bar]) -> Columns:
     """Rows of the bars table (:data:`Table.BARS`), in the order given."""
     out = Columns(Table.BARS)
-    for b in bars:
-        out.append((b.stream, b.res_s, b.start_ns, b.open, b.high, b.low, b.close, b.volume,
-                    b.ticks, b.first_seq, b.last_seq))
+    out.extend_rows([(b.stream, b.res_s, b.start_ns, b.open, b.high, b.low, b.close, b.volume,
+                      b.ticks, b.first_seq, b.last_seq) for b in bars])
     return out
 
 

@@ -227,3 +227,28 @@ def test_resume_continues_as_if_never_stopped(
     assert again == all_closed
     for res_s in RES_SECONDS:
         assert resumed.forming(res_s) == whole.forming(res_s)
+
+
+@given(tick_lists, st.lists(st.integers(min_value=1, max_value=20), min_size=1, max_size=10),
+       st.integers(min_value=0, max_value=5))
+def test_runs_make_the_same_bars_as_ticks_one_by_one(
+        draws: list[tuple[int, float, float, float, float]], sizes: list[int],
+        replay: int) -> None:
+    """on_run (the historian's path: a run of ticks as columns) equals on_tick tick by tick:
+    closed bars, every forming bar, late and replayed counts, whatever the cut into runs."""
+    ticks = make_ticks(draws)
+    one = BarBuilder("EUR")
+    by_tick = [b for t in ticks for b in one.on_tick(*t)]
+    runs = BarBuilder("EUR")
+    by_run: list[Bar] = []
+    i = k = 0
+    while i < len(ticks):
+        lo = max(0, i - replay) if k % 3 == 2 else i  # now and then overlapping: replays
+        hi = min(len(ticks), i + sizes[k % len(sizes)])
+        seqs, ts, bids, asks, lasts, vols = zip(*ticks[lo:hi], strict=True)
+        by_run.extend(runs.on_run(seqs[0], ts, bids, asks, lasts, vols))
+        i, k = hi, k + 1
+    assert by_run == by_tick
+    assert (runs.late, runs.last_seq) == (one.late, one.last_seq)
+    for res_s in RES_SECONDS:
+        assert runs.forming(res_s) == one.forming(res_s)
