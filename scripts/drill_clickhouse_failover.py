@@ -141,15 +141,15 @@ assert SYMBOL in SYMBOLS
 def _reader_main(argv: list[str]) -> int:
     """A FailoverHistoryReader over the mesh's servers, reading bars in a loop; commands
     ``active``, ``first`` (``after``: monotonic time, ``store``: name) and ``stop``."""
+    from bus.history.readers import open_history_reader
     from bus.store.history_reader import FailoverHistoryReader
-    from nodes.history.cli import open_reader
     from protocols.errors import StoreError
 
     cfg, reply = child_setup(argv)
     stream = cfg.feeds[0].symbols[0]
 
     async def main() -> int:
-        reader = open_reader(cfg.history)
+        reader = open_history_reader(cfg).reader
         assert isinstance(reader, FailoverHistoryReader)  # [history] store = "clickhouse"
         await reader.open()
         answered: deque[tuple[float, str]] = deque(maxlen=100_000)  # (monotonic, store)
