@@ -127,6 +127,20 @@ def test_bounded_run_delivers_on_both_paths(tmp_path: Path) -> None:
     assert all(not alive(p) for p in pids(tmp_path).values())
 
 
+def test_bounded_run_on_a_clickhouse_pair_records_every_tick_on_it(tmp_path: Path) -> None:
+    """``up --clickhouse``: two local clickhouse-servers, the historian writing both."""
+    rc, s = finish(up(tmp_path, "--for", "5", "--clickhouse"), timeout=90)
+    assert rc == 0, json.dumps(s)
+    assert s["history_store"] == "clickhouse" and s["history_holes"] == 0
+    assert s["history_ticks"] == s["published"] and s["history_orders"] > 0
+    mesh = (tmp_path / "run" / "mesh.toml").read_text()
+    assert 'store = "clickhouse"' in mesh
+    # Both servers were stopped with the mesh (their command lines name their data dirs).
+    left = subprocess.run(["pgrep", "-f", str(tmp_path / "run" / "clickhouse-")],
+                          capture_output=True, text=True, check=False)
+    assert left.stdout.strip() == ""
+
+
 def test_dead_feed_is_restarted_and_nothing_is_lost(tmp_path: Path) -> None:
     proc = up(tmp_path, "--for", "8")
     try:
