@@ -270,6 +270,10 @@ class OrderClient:
         deadline = started + opts.deadline_s
         attempts = failed_in_round = rounds = busy_resends = 0
         busy: OrderReject | None = None  # the last answer, when BUSY: wait before resending
+        # The last BUSY answered, until an attempt times out: a deadline that cuts short the
+        # wait for a resend's answer to a backend that keeps saying BUSY is an overload
+        # (OrderRejected with BUSY), not a dead pair (OrderTimeout).
+        last_busy: OrderReject | None = None
         while True:
             if busy is not None:
                 ack = await self._busy_pause(msg, busy, busy_resends, pending, deadline, loop)
@@ -297,7 +301,11 @@ class OrderClient:
                 self._counts["held"] += 1
                 answer = await self._await(pending, min(pending.held_until, deadline)
                                            - loop.time())
+            if answer is None and sent and last_busy is not None and loop.time() >= deadline:
+                self._counts["busy_deadline"] += 1
+                raise OrderRejected(last_busy)
             if answer is None and sent:
+                last_busy = None
                 self._counts["timeouts"] += 1
                 self._timer.timed_out()
             elif answer is not None and attempts == 1 and not held and not (
@@ -310,6 +318,7 @@ class OrderClient:
             if (busy := _busy(answer)) is not None:
                 # Active, at its bound: the same backend again after its hint; no switch, and
                 # no failure of the round (the passive one would only say NOT_ACTIVE).
+                last_busy = busy
                 self._preferred = idx
                 continue
             pending.endpoint = (idx + 1) % n
@@ -325,6 +334,7 @@ class OrderClient:
                 if ack is not None:
                     return ack
                 busy = _busy(answer)  # a late BUSY from the next attempt's backend: honoured
+                last_busy = busy or last_busy
 
     async def _busy_pause(self, msg: OrderRequest, busy: OrderReject, resends: int,
                           pending: _Pending, deadline: float,

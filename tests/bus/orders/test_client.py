@@ -602,6 +602,43 @@ def test_busy_until_the_deadline_ends_with_the_busy_reject(
     run(scenario)
 
 
+def busy_then_silent(req: OrderRequest) -> list[OrderReply]:
+    """BUSY to a request's first copy, then nothing (a backend at its bound that stays slow)."""
+    first = req.client_order_id not in _seen_busy
+    _seen_busy.add(req.client_order_id)
+    return [OrderReject(req.client_order_id, RejectReason.BUSY, "at the bound", 20)] \
+        if first else []
+
+
+_seen_busy: set[str] = set()
+
+
+@pytest.mark.parametrize(("request_timeout_s", "outcome"), [(1.0, "busy"), (0.05, "timeout")])
+def test_a_deadline_that_cuts_the_wait_after_busy_is_busy_a_silence_after_it_a_timeout(
+        backend: MakeBackend, request_timeout_s: float, outcome: str) -> None:
+    """The resend after a BUSY is still unanswered when the deadline comes: still an overload
+    (OrderRejected, BUSY), however late the machine is. A resend that timed out first (its
+    own request timeout) leaves the request to the ordinary timeout (OrderTimeout)."""
+    _seen_busy.clear()
+    a, b = backend(busy_then_silent), backend(silent)
+
+    async def scenario() -> None:
+        opts = options(a.endpoint, b.endpoint, deadline_s=0.4,
+                       request_timeout_s=request_timeout_s)
+        async with OrderClient(opts) as client:
+            await connected(client)
+            with pytest.raises((OrderRejected, OrderTimeout)) as info:
+                await client.place(new_order())
+            if outcome == "busy":
+                assert isinstance(info.value, OrderRejected)
+                assert not isinstance(info.value, OrderTimeout)
+                assert info.value.reason is RejectReason.BUSY
+                assert client.stats()["busy_deadline"] == 1
+            else:
+                assert isinstance(info.value, OrderTimeout)
+    run(scenario)
+
+
 def test_busy_options_are_checked() -> None:
     with pytest.raises(ValueError, match="max_busy_resends"):
         options("tcp://127.0.0.1:1", max_busy_resends=-1)
