@@ -116,13 +116,13 @@ from nodes.drills.procs import (
     wait_for,
 )
 from nodes.drills.report import aligned, conclude, dash, json_line, markdown_table
+from protocols.history.schema import END_OF_TIME
 from protocols.stats import percentile
 
 MODES = ("clickhouse", "historian", "wipe")
 SYMBOLS = ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD", "USDCHF", "AUDUSD", "NZDUSD", "USDCAD")
 DATABASE = "tickmesh"
 READ_EVERY_S = 0.02  # the reader's pace
-END_OF_TIME = 2**63 - 1
 START_TIMEOUT_S = 30.0
 SWITCH_TIMEOUT_S = 5.0  # a read switch slower than this is reported as not measured
 LIVE_TIMEOUT_S = 30.0  # restart -> the writer reports the server live

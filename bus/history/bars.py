@@ -15,11 +15,10 @@ from itertools import pairwise
 
 from bus.store.history_reader import HistoryReader
 from protocols.history.bars import RES_SECONDS, Bar, BarBuilder, bars_from_columns
-from protocols.history.schema import NS_PER_S
+from protocols.history.schema import END_OF_TIME, NS_PER_S
 
 __all__ = ["LATE_NS", "TICKS_LIMIT", "resumed_builder"]
 
-END_OF_TIME = 2**63 - 1
 LATE_NS = 60 * NS_PER_S  # a tick up to a minute late is found among the forming bar's ticks
 TICKS_LIMIT = 1_000_000  # ticks read at most to rebuild one forming 1 s bar
 

@@ -14,28 +14,17 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Protocol
 
+from bus.store.history_reader import HistoryReader
 from bus.store.orders import RedisOrderStore
 from protocols.history.rebuild import plan_rebuild
-from protocols.history.schema import Columns, Table
+from protocols.history.schema import END_OF_TIME, Table
 
-__all__ = ["HistoryOrders", "RebuildReport", "rebuild_from_history"]
+__all__ = ["RebuildReport", "rebuild_from_history"]
 
 log = logging.getLogger(__name__)
 
-ALL_TIME = (0, 2**63 - 1)
-
-
-class HistoryOrders(Protocol):
-    """The part of a history reader a rebuild uses (any HistoryStore, or the remote reader)."""
-
-    async def watermarks(self, table: Table) -> dict[str, int]: ...
-
-    async def orders(self, account: str | None, start_ns: int, end_ns: int) -> Columns: ...
-
-    async def executions(self, account: str | None, start_ns: int,
-                         end_ns: int) -> Columns: ...
+ALL_TIME = (0, END_OF_TIME)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +42,7 @@ class RebuildReport:
         return self.history_position > self.store_position
 
 
-async def rebuild_from_history(store: RedisOrderStore, history: HistoryOrders
+async def rebuild_from_history(store: RedisOrderStore, history: HistoryReader
                                ) -> RebuildReport:
     """Restore what the order store lost and history holds; a no-op when it lost nothing."""
     began = time.monotonic()

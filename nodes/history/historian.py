@@ -65,8 +65,6 @@ ORDER_BLOCK_MS = 100
 MAX_PENDING_FACTOR = 4  # buffered rows beyond batch_rows x this: stop reading until written
 LAG_SAMPLES = 4_096
 RESET_CHECK_ROUNDS = 10  # idle history reads (of ORDER_BLOCK_MS) between reset checks
-RESUME_TICKS = 500_000  # stored ticks re-read at most to rebuild a stream's forming 1 s bar
-END_OF_TIME = 2**63 - 1
 STOP_FLUSH_S = 5.0
 READ_RETRY_S = 0.2  # pause before reading Redis again after it did not answer
 

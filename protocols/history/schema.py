@@ -32,6 +32,7 @@ from enum import Enum
 from typing import Any
 
 __all__ = [
+    "END_OF_TIME",
     "MAX_ATOMIC_ROWS",
     "NS_PER_S",
     "TABLES",
@@ -44,6 +45,9 @@ __all__ = [
 ]
 
 NS_PER_S = 1_000_000_000
+# The end of a time range that means "everything from its start on" (times are epoch ns that
+# every engine holds as a signed 64-bit integer too).
+END_OF_TIME = 2**63 - 1
 # ClickHouse: an INSERT of at most this many rows into one partition is applied atomically
 # (max_insert_block_size); stores stay below it so a retried insert is all or nothing.
 MAX_ATOMIC_ROWS = 1_000_000

@@ -42,14 +42,14 @@ from protocols.history.query import (
     decode_query_reply,
     encode_query,
 )
-from protocols.history.schema import NS_PER_S, Table
+from protocols.history.schema import END_OF_TIME, NS_PER_S, Table
 from protocols.wire import pack_body, pack_header
 from tests.history_support import T0, batch, rows_of, tick_batch
 from tests.support import run_with, scaled, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
-END = 2**63 - 1
+END = END_OF_TIME
 S = NS_PER_S
 BAR = Bar("EUR", 60, T0 + 600 * S, 1.0, 1.5, 0.9, 1.2, 3.0, 4, 601, 604)
 

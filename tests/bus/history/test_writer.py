@@ -16,11 +16,11 @@ from bus.store.history import HistoryStore
 from bus.store.history_duck import DuckDBHistoryStore
 from protocols.errors import StoreError, StoreUnavailable
 from protocols.history.pair import Link
-from protocols.history.schema import Columns, Table
+from protocols.history.schema import END_OF_TIME, Columns, Table
 from tests.support import FakeClock
 
 pytestmark = pytest.mark.timeout(30)
-END = 2**63 - 1
+END = END_OF_TIME
 
 
 class Flaky:

@@ -21,14 +21,14 @@ from nodes.history.historian import Historian
 from nodes.servers.redis_server import RedisProcess, free_port
 from protocols.errors import StoreUnavailable
 from protocols.history.bars import RES_SECONDS, Bar, bars_from_columns
-from protocols.history.schema import Table
+from protocols.history.schema import END_OF_TIME, Table
 from tests.bus.store.contract_orders import logged, routed
 from tests.nodes.harness import mesh_config, run_feed, run_recovery
 from tests.support import scaled, wait_until
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
 
-END = 2**63 - 1
+END = END_OF_TIME
 
 
 def history_config(redis: RedisProcess, path: Path, rate: float = 2000.0) -> MeshConfig:
