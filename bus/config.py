@@ -352,8 +352,64 @@ class HistorySection:
         _positive(f"{key}.stream_cap", self.stream_cap, "e.g. stream_cap = 1000000")
 
 
+@dataclass(frozen=True, slots=True)
+class GatewaySection:
+    """The chart gateways (docs/GATEWAY.md): HTTP and WebSocket on one port each.
+
+    ``listen`` has one ``host:port`` per gateway (``up --gateways N`` runs the first N; the page
+    learns all of them to fail over). Sessions live in Redis for ``session_ttl_s``; a reconnect
+    within ``retention_s`` (bounded by ``retention_count`` items per stream) gets exactly what
+    it missed. ``flush_ms`` is the batching interval of a client's frames; ``client_queue``
+    bounds a slow client's backlog per stream (past it: a snapshot). ``origins`` lists the
+    ``Origin`` values a WebSocket upgrade may carry (empty: the gateways' own URLs).
+    """
+
+    enabled: bool = True
+    listen: tuple[str, ...] = ("127.0.0.1:8080", "127.0.0.1:8081")
+    users_file: str = "run/users.toml"
+    session_ttl_s: float = 3600.0
+    retention_s: float = 60.0
+    retention_count: int = 10_000
+    flush_ms: float = 20.0
+    heartbeat_ms: float = 5000.0
+    max_message_bytes: int = 65_536
+    max_subscriptions: int = 64
+    orders_per_s: float = 20.0
+    connections_per_user: int = 8
+    client_queue: int = 1000
+    countback: int = 300  # bars in a snapshot of a bars stream
+    origins: tuple[str, ...] = ()
+
+    def validate(self, key: str) -> None:
+        if not self.listen:
+            raise ConfigError(f"{key}.listen", "is empty", 'e.g. listen = ["127.0.0.1:8080"]')
+        for i, hp in enumerate(self.listen):
+            parse_hostport(f"{key}.listen[{i}]", hp)
+        if len(set(self.listen)) != len(self.listen):
+            raise ConfigError(f"{key}.listen", "lists an address twice", "one per gateway")
+        for name, fix in (("session_ttl_s", "e.g. 3600"), ("retention_s", "e.g. 60"),
+                          ("retention_count", "e.g. 10000"), ("flush_ms", "e.g. 20"),
+                          ("heartbeat_ms", "e.g. 5000"), ("max_message_bytes", "e.g. 65536"),
+                          ("max_subscriptions", "e.g. 64"), ("orders_per_s", "e.g. 20"),
+                          ("connections_per_user", "e.g. 8"), ("client_queue", "e.g. 1000"),
+                          ("countback", "e.g. 300")):
+            _positive(f"{key}.{name}", getattr(self, name), fix)
+        if not self.users_file:
+            raise ConfigError(f"{key}.users_file", "must name a file",
+                              'e.g. users_file = "run/users.toml"')
+        for i, o in enumerate(self.origins):
+            if not o.startswith(("http://", "https://")):
+                raise ConfigError(f"{key}.origins[{i}]", f"{o!r} is not an origin",
+                                  'e.g. "http://127.0.0.1:8080"')
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The gateways' base URLs, as a browser reaches them."""
+        return tuple(f"http://{hp}" for hp in self.listen)
+
+
 NodeKind = Literal["feed", "recovery", "subscriber", "monitor", "backend", "executor", "trader",
-                   "historian"]
+                   "historian", "gateway"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +445,7 @@ class MeshConfig:
     orders: OrdersSection = field(default_factory=OrdersSection)
     sched: SchedSection = field(default_factory=SchedSection)
     history: HistorySection = field(default_factory=HistorySection)
+    gateway: GatewaySection = field(default_factory=GatewaySection)
 
     def validate(self) -> MeshConfig:
         self.redis.validate("redis")
@@ -411,6 +468,7 @@ class MeshConfig:
         self.orders.validate("orders")
         self.sched.validate("sched")
         self.history.validate("history")
+        self.gateway.validate("gateway")
         return self
 
     def feed(self, name: str) -> FeedSection:
@@ -488,6 +546,7 @@ _SECTIONS: dict[str, tuple[type[Any], bool]] = {
     "feeds": (FeedSection, True), "recovery": (RecoverySection, True),
     "subscriber": (SubscriberSection, False), "orders": (OrdersSection, False),
     "sched": (SchedSection, False), "history": (HistorySection, False),
+    "gateway": (GatewaySection, False),
 }
 
 

@@ -10,6 +10,7 @@ builtin it resembles so callers can catch either::
     │   │   └── IllegalTransition          ... a state machine got an event its table forbids
     │   │       └── OrderStateError        ...   the order lifecycle (names state and event)
     │   └── RemoteProtocolError(ValueError) ... and a *peer* sent it (bad bytes, unknown kind)
+    │       └── BadRequest                 ...   a gateway client's frame; carries the code
     ├── InvalidTick(ValueError)            a tick from a source failed validation
     ├── InvalidOrder(ValueError)           an order-path message failed validation; names field
     ├── StoreError                         the state store misbehaved
@@ -25,6 +26,7 @@ builtin it resembles so callers can catch either::
     │   └── OrderClientClosed(ConnectionError) ... the client closed while it was pending
     ├── ServerError(RuntimeError)          a helper server process (redis, ...) failed to run
     ├── DrillError(RuntimeError)           a drill or benchmark could not run its system
+    ├── AuthError(PermissionError)         credentials or a session token were refused
     └── PeerConflict                       a binary-star pair is misconfigured (two primaries)
 
 Split by fault as h11 does: a ``RemoteProtocolError`` is counted and logged by the receiving node,
@@ -91,6 +93,17 @@ class RemoteProtocolError(ProtocolError, ValueError):
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
+        super().__init__(reason)
+
+
+class BadRequest(RemoteProtocolError):
+    """A gateway client sent a frame the WebSocket protocol refuses (docs/GATEWAY.md, 7):
+    ``code`` is the ``error`` frame's code (``bad_json``, ``bad_request``, ``unknown_stream``,
+    ...); ``fatal`` closes the connection after the error frame."""
+
+    def __init__(self, code: str, reason: str, fatal: bool = False) -> None:
+        self.code = code
+        self.fatal = fatal
         super().__init__(reason)
 
 
@@ -220,3 +233,12 @@ class Fenced(StoreError):
         self.epoch = epoch
         self.current = current
         super().__init__(f"fenced: write with epoch {epoch}, but epoch {current} is active")
+
+
+class AuthError(TickmeshError, PermissionError):
+    """Login or a session token was refused. ``reason`` is for logs; what a client is told is
+    only that it failed (an unknown user and a wrong password look the same)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
