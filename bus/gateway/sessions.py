@@ -64,13 +64,16 @@ _DEMO_NOTE = "# Demo users of ./scripts/up: alice (password alice), bob (passwor
 # --- the users file ---------------------------------------------------------------------------
 
 
-def load_users(path: str | Path) -> Users:
+def load_users(path: str | Path, *, empty_ok: bool = False) -> Users:
     """The users of the users file at ``path``; every mistake is a ``ConfigError`` that names
-    the file and the key (``run/users.toml: users[1].accounts``)."""
+    the file and the key (``run/users.toml: users[1].accounts``). With ``empty_ok`` (a file
+    being made), a missing file or one without users gives no users instead of an error."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
+        if empty_ok:
+            return Users()
         raise ConfigError(str(p), "no users file there",
                           "create one: " + _ADD_USER.format(path=p)) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -82,6 +85,8 @@ def load_users(path: str | Path) -> Users:
     if p.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         log.warning("users file %s is readable by others than its owner (its password hashes "
                     "can be guessed at offline): chmod 600 %s", p, p)
+    if empty_ok and data in ({}, {"users": []}):  # comments only
+        return Users()
     try:
         return Users.from_toml(data)
     except ConfigError as exc:

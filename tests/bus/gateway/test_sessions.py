@@ -54,6 +54,18 @@ def test_a_missing_users_file_says_how_to_make_one(tmp_path: Path) -> None:
            f"{tmp_path / 'users.toml'}" in str(caught.value)
 
 
+def test_empty_ok_is_for_a_file_being_made(tmp_path: Path) -> None:
+    path = tmp_path / "users.toml"
+    assert len(load_users(path, empty_ok=True)) == 0  # missing
+    path.write_text("# nobody yet\n")
+    assert len(load_users(path, empty_ok=True)) == 0
+    with pytest.raises(ConfigError, match="lists no users"):
+        load_users(path)
+    path.write_text("admins = []\n")  # a mistake is still one
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_users(path, empty_ok=True)
+
+
 def test_bad_toml_says_where(tmp_path: Path) -> None:
     path = tmp_path / "users.toml"
     path.write_text('[[users]]\nname = "alice"\naccounts = ["A"]]\n')
