@@ -191,7 +191,8 @@ class SessionStore:
             "created_ms": created_ms}
 
         async def write() -> None:
-            # One transaction: a session never exists without its TTL.
+            # One transaction: a session never exists without its TTL. Not WAITed for a
+            # replica (as an order is): a session lost with a master costs one login.
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(key, mapping=fields)
                 pipe.pexpire(key, self.ttl_ms)

@@ -180,6 +180,21 @@ def test_to_toml_reads_back() -> None:
     assert list(back) == users
 
 
+# Any text check_id takes: no C0 control or DEL, C1 controls and quotes and backslashes allowed.
+_ids = st.text(st.characters(blacklist_categories=("Cs",)).filter(
+    lambda c: c >= " " and c != "\x7f"), min_size=1, max_size=16)
+
+
+@settings(max_examples=50)
+@given(name=_ids, accounts=st.lists(_ids, min_size=1, max_size=3, unique=True),
+       with_password=st.booleans())
+def test_any_valid_user_survives_the_users_file(name: str, accounts: list[str],
+                                                with_password: bool) -> None:
+    u = User(name, tuple(accounts), ALICE_PW if with_password else None,
+             () if with_password else (KEY_HASH,))
+    assert list(Users.from_toml(tomllib.loads(u.to_toml()))) == [u]
+
+
 def test_to_toml_escapes_del() -> None:
     # DEL cannot be in an account (check_id), but to_toml is a TOML writer: it escapes it.
     from protocols.gateway import auth
