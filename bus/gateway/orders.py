@@ -338,6 +338,9 @@ class OrderDesk:
         does not answer) the fills are those the capped stream still holds, and at most
         ``scan_limit`` entries back: ``complete`` says whether every fill of (0, seq] was
         there. A fill counts once whatever source had it (order id, log position).
+
+        Cost: every open order of the store, and every order version and fill of these
+        accounts the history store holds (positions need every fill from flat), per call.
         """
         self._counts["snapshots"] += 1
         mine = frozenset(accounts)

@@ -70,11 +70,10 @@ def test_a_placed_order_is_acked_and_its_writes_reach_its_account_only(
             await wait_until(lambda: filled(items, {got["order_id"]}), 10, "a1 FILLED")
             seqs = [s for s, _, _ in items]
             assert seqs == sorted(set(seqs)) and all(a == "ACC-A" for _, a, _ in items)
-            states = [i["order"]["state"] for _, _, i in items]
-            assert states[-1] == "FILLED" and "PARTIALLY_FILLED" in states  # 2-lot slices
+            assert items[-1][2]["order"]["state"] == "FILLED"
             fills = [f for _, _, i in items for f in i["fills"]]
             assert sum(f["quantity"] for f in fills) == pytest.approx(5.0)
-            assert len({f["exec_id"] for f in fills}) == len(fills) == 3
+            assert len({f["exec_id"] for f in fills}) == len(fills) == 3  # 2-lot slices
             # Another account's session: no order of ACC-A, and it cannot trade ACC-A.
             other = await desk.snapshot(["ACC-B"])
             assert other.orders == () and other.fills == () and other.positions == ()
@@ -210,11 +209,12 @@ def test_missed_is_exact_from_a_new_desk_and_a_resend_executes_once(
 
 
 @contextlib.asynccontextmanager
-async def bare_desk(redis: RedisProcess, cap: int = 100, **kw: Any
+async def bare_desk(redis: RedisProcess, cap: int = 100, deadline_s: float = 0.0, **kw: Any
                     ) -> AsyncIterator[tuple[OrderDesk, RedisOrderStore, list[Item]]]:
-    """A started desk on a store with a history stream capped at ``cap``, and an order
-    client whose backend does not exist (requests never get that far here)."""
-    store = RedisOrderStore(redis.url, "t", history_cap=cap)
+    """A started desk on a store with a history stream capped at ``cap`` (riding through
+    an outage for ``deadline_s``), and an order client whose backend does not exist
+    (requests never get that far here)."""
+    store = RedisOrderStore(redis.url, "t", history_cap=cap, deadline_s=deadline_s)
     opts = OrderClientOptions(endpoints=(f"tcp://127.0.0.1:{free_port()}",), deadline_s=0.2)
     async with OrderClient(opts) as client:
         desk = OrderDesk(store, client, None, **kw)
@@ -263,6 +263,21 @@ def test_a_trimmed_or_wiped_stream_or_too_long_a_gap_is_no_resume(
             await wait_until(lambda: desk.stats()["resets"] == 1, 10,
                              "the tail to notice the wipe")
             assert desk.position == 3
+    asyncio.run(main())
+
+
+def test_the_tail_reads_on_through_a_redis_restart(redis_server: RedisProcess) -> None:
+    async def main() -> None:
+        async with bare_desk(redis_server, deadline_s=5.0) as (desk, store, items):
+            await write_orders(store, 0, 5)
+            await wait_until(lambda: desk.position == 5, 10, "5 tailed")
+            # In a thread: the tail's XREAD is in flight while the server goes and comes back.
+            await asyncio.to_thread(redis_server.restart)
+            await write_orders(store, 5, 5)
+            await wait_until(lambda: desk.position == 10, 10, "10 tailed")
+            assert [s for s, _, _ in items] == list(range(1, 11))
+            assert [i["order"]["order_id"] for _, _, i in items] == [f"o{n}" for n in range(10)]
+            assert store.stats.ridden >= 1  # the connections broke: read again, not lost
     asyncio.run(main())
 
 
