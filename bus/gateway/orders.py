@@ -17,6 +17,11 @@ Rules:
   desk tails it from the position it finds at :meth:`OrderDesk.start` (``XREAD BLOCK``),
   decodes each entry once and hands it to every listener, in stream order. A listener that
   raises is counted and logged; the tail goes on.
+* The desk holds, in memory and as of its position, the open orders (loaded at start, then
+  each write applied) and the last ``resume_limit`` writes with their items (the last
+  ``resume_limit`` positions at start, read from Redis): resumes and snapshots read those,
+  and Redis or the history store only for what is older. Memory: the open orders (the
+  backend pair holds them too) and ``resume_limit`` writes.
 * The order client's own report queue (``OrderClient.updates()``) is not read: the reports
   it gets are only those of this gateway's own orders, while the stream has every write of
   every gateway. That queue is bounded and drops its oldest (:func:`desk_client_options`
@@ -39,7 +44,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar
 
-from bus.aio import cancel_and_wait, wait_event
+from bus.aio import cancel_and_wait
 from bus.config import MeshConfig
 from bus.logutil import RateLimitedLog
 from bus.orders.client import OrderClient, OrderClientOptions
@@ -53,7 +58,9 @@ from protocols.errors import (
     StoreUnavailable,
 )
 from protocols.gateway.orders import (
+    OpenOrders,
     OrdersSnapshot,
+    RecentWrites,
     SnapshotBuilder,
     Write,
     ack_json,
@@ -88,8 +95,9 @@ TAIL_BLOCK_MS = 200  # an idle tail's XREAD BLOCK: well inside the store's socke
 READ_PAGE = 1_000  # entries a snapshot or a resume reads per round trip (it yields between)
 RESET_CHECK_ROUNDS = 10  # idle tail reads between checks for a wiped store
 RETRY_S = 0.1  # pause after the store did not answer, before the tail reads again
-CATCH_UP_S = 5.0  # a snapshot waits this long at most for the tail to reach its position
-SCAN_LIMIT = 200_000  # entries of the Redis stream one snapshot reads at most
+# Entries of the Redis stream one snapshot reads at most (without a history store, a
+# snapshot reads the stream from its start: decoding costs ~12 us an entry).
+SCAN_LIMIT = 50_000
 UPDATES_KEPT = 16  # the order client's unread report queue (see the module rules)
 
 
@@ -105,8 +113,9 @@ class OrderDesk:
     ``store`` is the order store (its history stream and open orders), ``client`` the order
     client (started and closed by its owner, not the desk), ``reader`` the history store
     that snapshots read fills and terminal orders from (None: the Redis stream only).
-    ``resume_limit`` bounds the entries :meth:`missed` scans, ``recent`` the terminal orders
-    and fills a snapshot holds per call.
+    ``resume_limit`` is how far back :meth:`missed` goes (and the writes held in memory),
+    ``recent`` the terminal orders and fills a snapshot holds, ``scan_limit`` the Redis
+    entries a snapshot reads at most.
     """
 
     def __init__(self, store: RedisOrderStore, client: OrderClient,
@@ -119,25 +128,28 @@ class OrderDesk:
         self.recent = recent
         self.scan_limit = scan_limit
         self._position = 0
+        self._recent = RecentWrites(resume_limit)  # what missed() and snapshots read first
+        self._open = OpenOrders()  # as of _position
         self._listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
-        self._tailed = asyncio.Event()  # set after each page the tail delivered
         self._inflight: dict[tuple[str, str], tuple[NewOrder | CancelOrder | ReplaceOrder,
                                                     asyncio.Task[dict[str, Any]]]] = {}
         self._bad = RateLimitedLog(log, "order desk: undecodable history entry")
         self._failing = RateLimitedLog(log, "order desk: a listener raised")
         self._counts = dict.fromkeys(
             ("tailed", "holes", "bad_entries", "listener_errors", "read_errors", "resets",
-             "snapshots", "snapshots_incomplete", "history_errors", "resumed", "resume_refused",
+             "snapshots", "snapshots_incomplete", "history_errors", "resumed",
+             "resumed_from_redis", "resume_refused",
              "requests", "joined", "rejected"), 0)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Tail the history stream from its current end."""
+        """Load the open orders and the last ``resume_limit`` writes, then tail the history
+        stream from its end."""
         if self._task is not None:
             return
-        self._position = await self.store.history_position()
+        await self._load()
         self._task = asyncio.create_task(self._tail(), name="order-desk-tail")
 
     async def close(self) -> None:
@@ -146,7 +158,6 @@ class OrderDesk:
         if self._task is not None:
             tasks.append(self._task)
         await cancel_and_wait(tasks, what="order desk")
-        self._tailed.set()
 
     def listen(self, fn: Listener) -> Callable[[], None]:
         """Call ``fn(seq, account, item)`` for every order write from now on, in stream order
@@ -169,12 +180,44 @@ class OrderDesk:
         them), ``bad_entries``, ``listener_errors``, ``read_errors`` (the store did not
         answer the tail), ``resets`` (the stream went back: a wiped store), ``snapshots``
         (``snapshots_incomplete``: fills missing; ``history_errors``: the history store did
-        not answer), ``resumed`` and ``resume_refused``, ``requests`` (``joined``: a resend
-        that joined one in flight; ``rejected``: answered ``ok: False``); gauges ``position``
-        and ``in_flight``."""
-        return {**self._counts, "position": self._position, "in_flight": len(self._inflight)}
+        not answer), ``resumed`` (``resumed_from_redis``: older than the writes held) and
+        ``resume_refused``, ``requests`` (``joined``: a resend that joined one in flight;
+        ``rejected``: answered ``ok: False``); gauges ``position``, ``held`` (recent writes
+        in memory), ``open_orders`` and ``in_flight``."""
+        return {**self._counts, "position": self._position, "held": len(self._recent),
+                "open_orders": len(self._open), "in_flight": len(self._inflight)}
 
     # -- the tail --------------------------------------------------------------------------
+
+    async def _load(self) -> None:
+        """The open orders as of the stream's head, and the writes of its last
+        ``resume_limit`` positions (without calling the listeners)."""
+        since = await self.store.history_position()
+        opened = await self.store.open_orders()
+        head = await self.store.history_position()
+        low = max(0, head - self.resume_limit)
+        entries, _ = await self._read(low, head)
+        self._open.load(opened)
+        self._recent.restart(low)
+        # The records were read after ``since``: the writes above it are newer than some.
+        for entry in entries:
+            self._take(entry, since)
+        self._position = head
+        self._recent.passed(head)
+
+    def _take(self, entry: HistoryEntry, since: int = -1) -> tuple[Write, dict[str, Any]] | None:
+        """Entry read: the desk is at its position, holds it, and (above ``since``) the open
+        orders follow it. The write and its item, or None if it does not decode."""
+        self._position = entry.position
+        self._recent.passed(entry.position)
+        write = self._decode(entry)
+        if write is None:
+            return None
+        item = write.item()
+        self._recent.add(write, item)
+        if entry.position > since:
+            self._open.apply(write.order)
+        return write, item
 
     async def _tail(self) -> None:
         idle = 0
@@ -202,20 +245,18 @@ class OrderDesk:
                 log.warning("order desk: history %d..%d was trimmed before the tail read it "
                             "(%d entries)", self._position + 1, entries[0].position - 1, missing)
             for entry in entries:
-                self._position = entry.position
                 self._counts["tailed"] += 1
-                write = self._decode(entry)
-                if write is not None:
-                    self._deliver(write)
-            self._tailed.set()
+                got = self._take(entry)
+                if got is not None:
+                    self._deliver(*got)
 
     async def _check_reset(self) -> None:
         head = await self.store.history_position()
         if head < self._position:
             self._counts["resets"] += 1
             log.warning("order desk: the history stream is at %d, the tail at %d: the store "
-                        "was wiped; tailing from %d", head, self._position, head)
-            self._position = head
+                        "was wiped; loading it again", head, self._position)
+            await self._load()
 
     def _decode(self, entry: HistoryEntry) -> Write | None:
         try:
@@ -225,8 +266,7 @@ class OrderDesk:
             self._bad.warning("%d: %s", entry.position, exc.reason)
             return None
 
-    def _deliver(self, write: Write) -> None:
-        item = write.item()
+    def _deliver(self, write: Write, item: dict[str, Any]) -> None:
         for fn in tuple(self._listeners):
             try:
                 fn(write.position, write.account, item)
@@ -234,23 +274,12 @@ class OrderDesk:
                 self._counts["listener_errors"] += 1
                 self._failing.warning("%r at %d: %r", fn, write.position, exc)
 
-    async def _until_tailed(self, position: int) -> None:
-        """Wait (up to CATCH_UP_S) until the tail has passed ``position``."""
-        deadline = asyncio.get_running_loop().time() + CATCH_UP_S
-        while (self._position < position and self._task is not None
-               and not self._task.done()):
-            self._tailed.clear()
-            if not await wait_event(self._tailed,
-                                    deadline - asyncio.get_running_loop().time()):
-                return
-
     # -- reading the stream ------------------------------------------------------------------
 
-    async def _writes(self, after: int, upto: int, accounts: Collection[str]
-                      ) -> tuple[list[Write], bool]:
-        """The writes of ``accounts`` at positions (after, upto], in order, and whether the
-        stream still held every one of those positions."""
-        out: list[Write] = []
+    async def _read(self, after: int, upto: int) -> tuple[list[HistoryEntry], bool]:
+        """The entries at positions (after, upto], in order, and whether the stream still
+        held every one of those positions."""
+        out: list[HistoryEntry] = []
         pos, whole = after, True
         while pos < upto:
             page = await self.store.history(pos, min(READ_PAGE, upto - pos))
@@ -263,27 +292,32 @@ class OrderDesk:
                     pos = upto
                     break
                 pos = entry.position
-                write = self._decode(entry)
-                if write is not None and write.account in accounts:
-                    out.append(write)
+                out.append(entry)
         return out, whole
 
-    async def _caught_up(self, after: int, accounts: Collection[str],
-                         limit: int | None = None) -> tuple[list[Write], bool, int] | None:
+    async def _writes(self, after: int, upto: int, accounts: Collection[str]
+                      ) -> tuple[list[Write], bool]:
+        """:meth:`_read`, decoded, of ``accounts`` only."""
+        entries, whole = await self._read(after, upto)
+        writes = (self._decode(e) for e in entries)
+        return [w for w in writes if w is not None and w.account in accounts], whole
+
+    async def _caught_up(self, after: int, accounts: Collection[str], limit: int
+                         ) -> tuple[list[Write], bool] | None:
         """The writes of ``accounts`` from ``after`` up to the tail's position *when this
-        returns* (it reads again while the tail moves on during a read): (writes, whole,
-        position); None past ``limit`` entries in all."""
+        returns* (it reads again while the tail moves on during a read), and whether the
+        stream held them all; None past ``limit`` entries."""
         out: list[Write] = []
         whole, start = True, after
         while after < self._position:
             upto = self._position
-            if limit is not None and upto - start > limit:
+            if upto - start > limit:
                 return None
             writes, ok = await self._writes(after, upto, accounts)
             out += writes
             whole = whole and ok
             after = upto
-        return out, whole, after
+        return out, whole
 
     # -- resume ----------------------------------------------------------------------------
 
@@ -294,7 +328,8 @@ class OrderDesk:
         (trimmed), above its head (the store was wiped, a sequence went back), or more than
         ``resume_limit`` entries to read. An ``after`` above this desk's position but not
         the store's (another gateway was ahead) gives [] and the caller drops the items it
-        sent already."""
+        sent already. Served from the writes the desk holds (the last ``resume_limit``
+        positions), from Redis when a hole made it hold fewer."""
         head = await self.store.history_position()
         if after > head:
             self._refuse("above the stream's head %d", head, after)
@@ -302,20 +337,23 @@ class OrderDesk:
         if self._position - after > self.resume_limit:
             self._refuse("more than %d entries back", self.resume_limit, after)
             return None
-        if after < self._position:
-            first = await self.store.history_first()
-            if first == 0 or after < first - 1:
-                self._refuse("below the stream's first entry %d", first, after)
-                return None
-        got = await self._caught_up(after, frozenset(accounts), self.resume_limit)
+        mine = frozenset(accounts)
+        if after >= self._position or self._recent.covers(after):
+            self._counts["resumed"] += 1
+            return [(w.position, item) for w, item in self._recent.since(after, mine)]
+        first = await self.store.history_first()
+        if first == 0 or after < first - 1:
+            self._refuse("below the stream's first entry %d", first, after)
+            return None
+        got = await self._caught_up(after, mine, self.resume_limit)
         if got is None:
             self._refuse("more than %d entries back", self.resume_limit, after)
             return None
-        writes, whole, _ = got
+        writes, whole = got
         if not whole:
             self._refuse("trimmed while it was read (first held above %d)", after, after)
             return None
-        self._counts["resumed"] += 1
+        self._counts["resumed_from_redis"] += 1
         return [(w.position, w.item()) for w in writes]
 
     def _refuse(self, why: str, value: int, after: int) -> None:
@@ -325,46 +363,47 @@ class OrderDesk:
     # -- snapshots -------------------------------------------------------------------------
 
     async def snapshot(self, accounts: Sequence[str]) -> OrdersSnapshot:
-        """The orders of ``accounts`` as of a history position ``seq`` exactly (the tail's
-        position when it returns; above it if the tail lags by more than CATCH_UP_S, and
-        the caller drops the items at or below ``seq``): applying the items above ``seq``
-        after it gives the state of a client that saw every item.
+        """The orders of ``accounts`` as of history position ``seq``, the tail's position
+        when it returns: applying the items above ``seq`` after it gives the state of a
+        client that saw every item.
 
-        Where it comes from: open orders from the store's records (read now, each taken as
-        of the start unless a later write of it is read below), and every order version
-        and fill at a known history position: from the history store up to its watermark
-        (its ``src`` column is the position; every fill of the accounts, for positions from
-        flat), then the Redis stream above it, up to ``seq``. Without a reader (or when it
-        does not answer) the fills are those the capped stream still holds, and at most
-        ``scan_limit`` entries back: ``complete`` says whether every fill of (0, seq] was
-        there. A fill counts once whatever source had it (order id, log position).
+        Where it comes from: the open orders the desk keeps (loaded at start, then every
+        write applied: exact at its position); every order version and fill at a known
+        position from the history store up to its watermarks (its ``src`` column is the
+        position; every fill of the accounts, for positions from flat), then the writes
+        above it: from Redis what the desk does not hold, then the last ``resume_limit``
+        writes it holds. Without a reader (or when it does not answer) the fills are those
+        the capped stream still holds, at most ``scan_limit`` entries back: ``complete``
+        says whether every fill of (0, seq] was there. A fill counts once whatever source
+        had it (order id, log position).
 
-        Cost: every open order of the store, and every order version and fill of these
-        accounts the history store holds (positions need every fill from flat), per call.
+        Cost: every order version and fill of these accounts the history store holds per
+        call (positions need every fill from flat), and the Redis entries below what the
+        desk holds.
         """
         self._counts["snapshots"] += 1
         mine = frozenset(accounts)
         builder = SnapshotBuilder(mine, self.recent)
-        since = await self.store.history_position()
-        for order in await self.store.open_orders():
-            builder.add_current(order, since)
         marks = await self._recorded(builder, mine) if self.reader is not None else None
-        head = await self.store.history_position()
-        await self._until_tailed(head)
-        head = max(head, self._position)
-        # Fills are whole from the history store up to its executions watermark, so the
-        # stream is read from the lower watermark on (orders too); without one, from 0.
-        lo = min(head, *marks) if marks is not None else 0
-        if head - lo > self.scan_limit:
-            lo, builder.complete = head - self.scan_limit, False
-        writes, whole = await self._writes(lo, head, mine)
-        got = await self._caught_up(head, mine)  # what the tail passed meanwhile
-        assert got is not None  # no limit
-        more, caught, head = got
-        builder.complete = builder.complete and whole and caught
-        for w in (*writes, *more):
+        # Fills are whole in the history store up to its executions watermark, so the
+        # writes are read from the lower watermark on (orders too); without one, from 0.
+        low = min(self._position, *marks) if marks is not None else 0
+        if self._position - low > self.scan_limit:
+            low, builder.complete = self._position - self.scan_limit, False
+        while low < self._recent.start:  # what the desk does not hold, from Redis
+            upto = self._recent.start
+            writes, whole = await self._writes(low, upto, mine)
+            builder.complete = builder.complete and whole
+            for w in writes:
+                builder.add_write(w)
+            low = upto
+        # No await from here: the writes held up to the tail's position, the open orders
+        # as of it.
+        for w, _ in self._recent.since(low, mine):
             builder.add_write(w)
-        snapshot = builder.build(head)
+        for order in self._open.of(mine):
+            builder.add_current(order, self._position)
+        snapshot = builder.build(self._position)
         if not snapshot.complete:
             self._counts["snapshots_incomplete"] += 1
         return snapshot

@@ -25,6 +25,7 @@ Rules:
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -57,7 +58,9 @@ __all__ = [
     "INVALID",
     "NOT_YOUR_ACCOUNT",
     "TIMEOUT",
+    "OpenOrders",
     "OrdersSnapshot",
+    "RecentWrites",
     "SnapshotBuilder",
     "Write",
     "ack_json",
@@ -265,6 +268,82 @@ def decode_entry(position: int, record: bytes, entries: Sequence[bytes]) -> Writ
     :class:`~protocols.errors.RemoteProtocolError` when a blob is not what the stream holds."""
     order, reports = decode_write(position, record, entries)
     return Write(position, order, reports)
+
+
+class RecentWrites:
+    """The last ``limit`` writes of the stream with their items, and the range of positions
+    they cover, ``(start, end]``: every decodable entry in it is here (an undecodable one is
+    just absent). A hole (entries trimmed before they were read) or a stream that went back
+    restarts the range (:meth:`restart`), so what is here is never a range with gaps."""
+
+    def __init__(self, limit: int, position: int = 0) -> None:
+        self.limit = limit
+        self._writes: deque[tuple[Write, dict[str, Any]]] = deque()
+        self.start = self.end = position
+
+    def restart(self, position: int) -> None:
+        """Hold nothing, from ``position`` on."""
+        self._writes.clear()
+        self.start = self.end = position
+
+    def passed(self, position: int) -> None:
+        """The stream is read up to ``position`` (the entry there added next, if any)."""
+        if position > self.end + 1:
+            self.restart(position - 1)
+        self.end = max(self.end, position)
+
+    def add(self, write: Write, item: dict[str, Any]) -> None:
+        """The write at the next position (after :meth:`passed` for it)."""
+        self._writes.append((write, item))
+        while len(self._writes) > self.limit:
+            self.start = self._writes.popleft()[0].position
+
+    def covers(self, after: int) -> bool:
+        """True if every write above ``after`` up to :attr:`end` is here."""
+        return self.start <= after <= self.end
+
+    def since(self, after: int, accounts: Collection[str]) -> list[tuple[Write, dict[str, Any]]]:
+        """The writes of ``accounts`` above ``after``, oldest first (see :meth:`covers`)."""
+        out = []
+        for w, item in reversed(self._writes):  # a resume asks for the last few, mostly
+            if w.position <= after:
+                break
+            if w.account in accounts:
+                out.append((w, item))
+        out.reverse()
+        return out
+
+    def __len__(self) -> int:
+        return len(self._writes)
+
+
+class OpenOrders:
+    """The working orders per account, kept as of a stream position: loaded from the store's
+    records, then every write applied in stream order (a terminal one removes its order)."""
+
+    def __init__(self) -> None:
+        self._by_account: dict[str, dict[str, Order]] = {}
+
+    def load(self, orders: Iterable[Order]) -> None:
+        self._by_account.clear()
+        for order in orders:
+            self.apply(order)
+
+    def apply(self, order: Order) -> None:
+        account = order.order.account
+        mine = self._by_account.setdefault(account, {})
+        if order.terminal:
+            mine.pop(order.order_id, None)
+            if not mine:
+                del self._by_account[account]
+        else:
+            mine[order.order_id] = order
+
+    def of(self, accounts: Iterable[str]) -> list[Order]:
+        return [o for a in accounts for o in self._by_account.get(a, {}).values()]
+
+    def __len__(self) -> int:
+        return sum(map(len, self._by_account.values()))
 
 
 # --- positions and the snapshot --------------------------------------------------------------

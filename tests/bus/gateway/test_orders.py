@@ -36,14 +36,14 @@ def market(coid: str, account: str = "ACC-A", qty: float = 5.0,
 
 
 @contextlib.asynccontextmanager
-async def desk_on(p: Pair, reader: DuckDBHistoryStore | None = None
+async def desk_on(p: Pair, reader: DuckDBHistoryStore | None = None, **kw: Any
                   ) -> AsyncIterator[tuple[OrderDesk, list[Item]]]:
     """A started desk on the pair's store and backends, and every item it tailed."""
     opts = desk_client_options(p.cfg, endpoints=(p.ends[Role.PRIMARY].clients,
                                                  p.ends[Role.BACKUP].clients))
     store = RedisOrderStore(p.cfg.redis.url, p.cfg.mesh.key_prefix)
     async with OrderClient(opts) as client:
-        desk = OrderDesk(store, client, reader)
+        desk = OrderDesk(store, client, reader, **kw)
         items: list[Item] = []
         desk.listen(lambda seq, account, item: items.append((seq, account, item)))
         await desk.start()
@@ -99,20 +99,22 @@ def record_up_to(columns: tuple[Columns, Columns], entries: list[Any], upto: int
             append_write(*columns, e.position, e.record, e.entries)
 
 
-@pytest.mark.parametrize("history", [False, True], ids=["redis-only", "with-history"])
+@pytest.mark.parametrize(("history", "held"), [(False, 10_000), (False, 5), (True, 5)],
+                         ids=["redis-only", "redis-only-holding-5", "with-history-holding-5"])
 def test_a_snapshot_mid_burst_and_the_items_after_it_are_the_final_state(
-        redis_server: RedisProcess, tmp_path: Path, history: bool) -> None:
+        redis_server: RedisProcess, tmp_path: Path, history: bool, held: int) -> None:
     """Orders of two accounts fill slice by slice while a snapshot is taken; a client that
     loads it and applies the items the desk delivers after it ends where a client that saw
     every item does (each fill once). With a history store holding the stream up to a point
-    below the snapshot, the snapshot reads its rows and the Redis stream above them."""
+    below the snapshot, the snapshot reads its rows, then the Redis stream above them up to
+    the last ``held`` writes the desk holds in memory."""
     async def main() -> None:
         reader = DuckDBHistoryStore(tmp_path / "h.duckdb") if history else None
         if reader is not None:
             await reader.open()
         try:
             async with (pair(redis_server, real_executor=True, fill_lots=1.0) as p,
-                        desk_on(p, reader) as (desk, items)):
+                        desk_on(p, reader, resume_limit=held) as (desk, items)):
                 await wait_active(p.node(Role.PRIMARY))
                 first = await asyncio.gather(*(
                     desk.place(["ACC-A", "ACC-B"],
@@ -129,7 +131,7 @@ def test_a_snapshot_mid_burst_and_the_items_after_it_are_the_final_state(
                         await reader.insert(c)
                 later: list[Item] = []
                 stop = desk.listen(lambda seq, account, item: later.append((seq, account, item)))
-                more = asyncio.gather(*(desk.place(["ACC-A"], market(f"b{i}", qty=2.0))
+                more = asyncio.gather(*(desk.place(["ACC-A"], market(f"b{i}", qty=6.0))
                                         for i in range(6)))
                 snap = await desk.snapshot(["ACC-A"])
                 after = len(later)  # what the desk delivered before the snapshot returned
@@ -246,23 +248,30 @@ def test_a_trimmed_or_wiped_stream_or_too_long_a_gap_is_no_resume(
             assert [s for s, _, _ in items] == list(range(1, 301))  # the bug stopped nothing
             assert desk.stats()["listener_errors"] == 300
             first = await store.history_first()
-            assert first > 1
-            assert await desk.missed(["acc"], first - 2) is None  # trimmed
-            held = await desk.missed(["acc"], first - 1)
-            assert held is not None and [s for s, _ in held] == list(range(first, 301))
-            desk.resume_limit = 50
-            assert [s for s, _ in await desk.missed(["acc"], 250) or []] == list(
-                range(251, 301))
-            assert await desk.missed(["acc"], 249) is None  # past resume_limit
-            desk.resume_limit = 10_000
-            snap = await desk.snapshot(["acc"])  # without history: what the stream holds
-            assert snap.seq == 300 and not snap.complete and len(snap.orders) == 300
+            assert first > 1  # the stream keeps about its cap, 100
+            # This desk tailed every write and holds them: trimmed in Redis, not here.
+            assert [s for s, _ in await desk.missed(["acc"], 0) or []] == list(range(1, 301))
+            snap = await desk.snapshot(["acc"])
+            assert (snap.seq, snap.complete, len(snap.orders)) == (300, True, 300)
+            # A desk started now (another gateway) has what the stream still holds.
+            late = OrderDesk(store, desk.client, None, resume_limit=250)
+            await late.start()
+            try:
+                assert late.position == 300 and late.stats()["held"] == 301 - first
+                assert await late.missed(["acc"], first - 2) is None  # trimmed
+                held = await late.missed(["acc"], first - 1)
+                assert held is not None and [s for s, _ in held] == list(range(first, 301))
+                assert await late.missed(["acc"], 300 - 251) is None  # past resume_limit
+                snap = await late.snapshot(["acc"])  # the open orders, not every fill
+                assert (snap.seq, snap.complete, len(snap.orders)) == (300, False, 300)
+            finally:
+                await late.close()
             await store.redis.flushall()
             await write_orders(store, 1000, 3)
             assert await desk.missed(["acc"], 300) is None  # the store was wiped
             await wait_until(lambda: desk.stats()["resets"] == 1, 10,
                              "the tail to notice the wipe")
-            assert desk.position == 3
+            assert (desk.position, desk.stats()["open_orders"]) == (3, 3)
     asyncio.run(main())
 
 

@@ -21,6 +21,8 @@ from protocols.errors import (
     TooManyInFlight,
 )
 from protocols.gateway.orders import (
+    OpenOrders,
+    RecentWrites,
     SnapshotBuilder,
     Write,
     ack_json,
@@ -371,3 +373,45 @@ def test_a_snapshot_keeps_open_orders_and_the_most_recent_terminal_ones() -> Non
     none = SnapshotBuilder(frozenset({"ACC-A"}), recent=0)
     none.add_write(Write(1, accepted()))
     assert len(none.build(1).orders) == 1 and none.build(1).fills == ()
+
+
+# --- what the desk holds ---------------------------------------------------------------------
+
+
+def held(ring: RecentWrites, after: int, accounts: tuple[str, ...] = ("ACC-A", "ACC-B")
+         ) -> list[int]:
+    return [w.position for w, _ in ring.since(after, accounts)]
+
+
+def test_recent_writes_cover_a_range_without_gaps() -> None:
+    ring = RecentWrites(limit=3, position=10)
+    assert ring.covers(10) and not ring.covers(9) and held(ring, 10) == []
+    for pos, account in ((11, "ACC-A"), (12, "ACC-B"), (13, "ACC-A")):
+        ring.passed(pos)
+        w = Write(pos, accepted(f"c{pos}", account, oid=f"o{pos}"))
+        ring.add(w, w.item())
+    assert held(ring, 10) == [11, 12, 13] and held(ring, 11, ("ACC-A",)) == [13]
+    ring.passed(14)  # an entry that did not decode: covered, nothing held for it
+    assert (ring.start, ring.end) == (10, 14) and ring.covers(14)
+    w = Write(15, accepted("c15", oid="o15"))
+    ring.passed(15)
+    ring.add(w, w.item())  # past the limit: the oldest goes, and the range starts at it
+    assert (ring.start, len(ring)) == (11, 3) and not ring.covers(10)
+    assert held(ring, 11) == [12, 13, 15]
+    ring.passed(20)  # a hole (16..19 trimmed before they were read): start again
+    assert (ring.start, ring.end, len(ring)) == (19, 20, 0)
+    assert not ring.covers(15) and ring.covers(19)
+
+
+def test_open_orders_follow_the_writes() -> None:
+    book = OpenOrders()
+    a1, a2, b1 = accepted("c1", oid="a1"), accepted("c2", oid="a2"), accepted(
+        "c3", account="ACC-B", oid="b1")
+    book.load([a1, b1])
+    book.apply(a2)
+    entry = a1.fill_report(2.0, 1.1, seq=1, exec_id="a1:1")
+    book.apply(a1.apply(entry, epoch=1, now_ns=NOW + 10**9))  # filled: no longer open
+    assert [o.order_id for o in book.of(["ACC-A"])] == ["a2"] and len(book) == 2
+    book.apply(b1.apply(b1.status_report(OrderState.CANCELLED, exec_id="b1:1", epoch=1,
+                                         seq=1), epoch=1, now_ns=NOW + 10**9))
+    assert book.of(["ACC-B"]) == [] and len(book) == 1
