@@ -418,10 +418,13 @@ class OrderDesk:
             w_exec = (await self.reader.watermarks(Table.EXECUTIONS)).get("", 0)
             w_orders = (await self.reader.watermarks(Table.ORDERS)).get("", 0)
             for account in sorted(accounts):
-                _add_fills(builder, await self.reader.executions(account, 0, END_OF_TIME),
-                           w_exec)
-                _add_versions(builder, await self.reader.orders(account, 0, END_OF_TIME),
-                              w_orders)
+                bad = _add_fills(builder, await self.reader.executions(account, 0,
+                                                                       END_OF_TIME), w_exec)
+                bad += _add_versions(builder, await self.reader.orders(account, 0,
+                                                                       END_OF_TIME), w_orders)
+                if bad:
+                    self._counts["bad_entries"] += bad
+                    self._bad.warning("%d history rows of %s", bad, account)
         except StoreUnavailable as exc:
             self._counts["history_errors"] += 1
             log.warning("order desk: the history store did not answer; the snapshot reads "
@@ -484,25 +487,41 @@ class OrderDesk:
         return {"ok": False, "client_order_id": client_order_id, **reason}
 
 
-def _add_fills(builder: SnapshotBuilder, cols: Columns, mark: int) -> None:
+def _add_fills(builder: SnapshotBuilder, cols: Columns, mark: int) -> int:
     """The fills among execution rows at positions up to ``mark`` (decoded from their
-    blobs: the report as the stream carried it)."""
+    blobs: the report as the stream carried it); the rows that did not decode."""
     c = cols.data
+    bad = 0
     for i, src in enumerate(c["src"]):
         if src <= mark and c["last_quantity"][i] > 0:
-            report = from_blob(c["blob"][i])
+            report = _message(c["blob"][i])
             if isinstance(report, ExecutionReport):
                 builder.add_fill(src, report)
+            else:
+                bad += 1
+    return bad
 
 
-def _add_versions(builder: SnapshotBuilder, cols: Columns, mark: int) -> None:
-    """The last version (highest position up to ``mark``) of each order among order rows."""
+def _add_versions(builder: SnapshotBuilder, cols: Columns, mark: int) -> int:
+    """The last version (highest position up to ``mark``) of each order among order rows;
+    the rows that did not decode."""
     c = cols.data
     last: dict[str, int] = {}
     for i, (oid, src) in enumerate(zip(c["order_id"], c["src"], strict=True)):
         if src <= mark and (oid not in last or src > c["src"][last[oid]]):
             last[oid] = i
+    bad = 0
     for i in last.values():
-        order = from_blob(c["blob"][i])
+        order = _message(c["blob"][i])
         if isinstance(order, Order):
             builder.add_version(c["src"][i], order)
+        else:
+            bad += 1
+    return bad
+
+
+def _message(blob: bytes) -> object:
+    try:
+        return from_blob(blob)
+    except RemoteProtocolError:
+        return None
