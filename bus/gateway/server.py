@@ -26,7 +26,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from bus.aio import cancel_and_wait
 from bus.config import GatewaySection
-from bus.gateway.clients import Client, Subscription
+from bus.gateway.clients import CLOSE_WAIT_S, Client, Subscription
 from bus.gateway.market import MarketData
 from bus.gateway.orders import OrderDesk
 from bus.gateway.sessions import SessionStore
@@ -156,10 +156,12 @@ class Gateway:
         await cancel_and_wait(self._tasks, what="gateway")
         if self._unlisten is not None:
             self._unlisten()
-        for c in list(self.clients):
-            await cancel_and_wait(list(c.requests), what="gateway requests")
-            await c.ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway stopping")
         await cancel_and_wait(list(self._writers), what="gateway writers")
+        clients = list(self.clients)
+        for c in clients:
+            await cancel_and_wait(list(c.requests), what="gateway requests")
+        await asyncio.gather(*(c.close(WSCloseCode.GOING_AWAY, "gateway stopping")
+                               for c in clients))
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -245,7 +247,7 @@ class Gateway:
         except StoreError as exc:
             raise _http_error(web.HTTPServiceUnavailable, "unavailable", str(exc)) from None
         for c in [c for c in self.clients if c.token == token]:
-            c.closing = True
+            c.end(CLOSE_AUTH)
         return web.json_response({"ok": True})
 
     # -- WebSocket -------------------------------------------------------------------------
@@ -277,7 +279,7 @@ class Gateway:
             self.clients.discard(client)
             await cancel_and_wait(list(client.requests), what="gateway client requests")
             if not ws.closed:
-                await ws.close()
+                await client.close(client.close_code, "closing")
         return ws
 
     async def _greet(self, ws: web.WebSocketResponse) -> Client | None:
@@ -331,10 +333,11 @@ class Gateway:
     async def _fatal(self, ws: web.WebSocketResponse, exc: BadRequest,
                      code: int = WSCloseCode.POLICY_VIOLATION) -> None:
         self.stats.refused += 1
-        if not ws.closed:
-            await ws.send_str(frame("error", id=None, code=exc.code, message=exc.reason,
-                                    fatal=True))
-            await ws.close(code=code, message=exc.code.encode())
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            async with asyncio.timeout(CLOSE_WAIT_S):  # one that does not read is cut
+                await ws.send_str(frame("error", id=None, code=exc.code, message=exc.reason,
+                                        fatal=True))
+                await ws.close(code=code, message=exc.code.encode())
 
     async def _serve(self, c: Client) -> None:
         async for msg in c.ws:
@@ -358,7 +361,8 @@ class Gateway:
             self.stats.bad_frames += 1
             self._error(c, None, exc)
             if exc.fatal:
-                c.closing = True
+                c.end(WSCloseCode.MESSAGE_TOO_BIG if exc.code == "too_big"
+                      else WSCloseCode.POLICY_VIOLATION)
             return
         self._request(c, self.parts.sessions.touch(c.token, time.monotonic()))
         match msg:
@@ -396,6 +400,10 @@ class Gateway:
             self._error(c, None, exc)
         except StoreError as exc:
             log.info("gateway: %s: store unavailable: %s", c.session_id, exc)
+        except AuthError:  # the session ended (expired, logged out): log in again
+            c.say(frame("error", id=None, code="auth", message="the session ended: log in "
+                        "again", fatal=True))
+            c.end(CLOSE_AUTH)
         except Exception:  # a bug: logged, the connection and the gateway carry on
             log.exception("gateway: request of %s failed", c.session_id)
 
@@ -567,14 +575,17 @@ class Gateway:
         silent = 3 * self.limits.heartbeat_ms / 1000
         for c in list(self.clients):
             if c.closing or now - c.heard > silent:
-                await self._drop(c, "slow or silent" if c.closing else "silent")
+                self._drop(c, "closing" if c.closing else "silent")
+                continue
+            if not c.writable(now):
                 continue
             frames = c.news(self.orders, t_ms)
             for sub in c.behind():
                 self._resnapshot(c, sub)
             if not frames and now - c.said > self.limits.heartbeat_ms / 1000:
                 frames = [frame("heartbeat", t=t_ms)]
-            await c.write(frames, self._spawn_writer)
+            if frames:
+                await c.write(frames, self._spawn_writer)
 
     def _resnapshot(self, c: Client, sub: Subscription) -> None:
         """A client fell behind a trail: it gets a fresh snapshot instead of a backlog."""
@@ -590,11 +601,16 @@ class Gateway:
         self._writers.add(task)
         task.add_done_callback(self._writers.discard)
 
-    async def _drop(self, c: Client, why: str) -> None:
+    def _drop(self, c: Client, why: str) -> None:
+        """Close a slow or silent client, off the flush (its close may take a second)."""
         self.clients.discard(c)
         self.stats.slow_closed += 1
         log.info("gateway: closing %s (%s): %s", c.session_id, c.user, why)
-        await c.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=why.encode()[:120])
+        if c.writing is not None:
+            c.writing.cancel()
+        task = asyncio.create_task(c.close(c.close_code, why))
+        self._writers.add(task)
+        task.add_done_callback(self._writers.discard)
 
     # -- status ----------------------------------------------------------------------------
 
