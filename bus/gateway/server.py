@@ -299,6 +299,8 @@ class Gateway:
             if not isinstance(hello, Hello):
                 raise BadRequest("bad_hello", "the first frame must be hello", True)
             session = await self.parts.sessions.resume(hello.token)
+            if self.parts.users.get(session.user) is None:  # removed from the users file
+                raise AuthError(f"user {session.user!r} is no longer in the users file")
         except BadRequest as exc:
             await self._fatal(ws, exc)
             return None
