@@ -59,6 +59,8 @@ __all__ = ["WEB_ROOT", "Gateway", "GatewayOptions", "GatewayParts"]
 log = logging.getLogger(__name__)
 
 WEB_ROOT = Path(__file__).resolve().parents[2] / "web"
+WEB_FOLDERS = ("src", "vendor")
+WEB_FILES = ("app.js", "style.css")
 HELLO_TIMEOUT_S = 10.0
 REQUESTS_PER_CLIENT = 64  # order requests and snapshots in service for one client at once
 STATUS_EVERY_S = 1.0
@@ -127,8 +129,7 @@ class Gateway:
         app = web.Application(client_max_size=self.limits.max_message_bytes)
         r = app.router
         r.add_get("/", self._index)
-        if self.options.web_root.is_dir():
-            r.add_static("/web/", self.options.web_root, follow_symlinks=False)
+        self._static(r)
         r.add_post("/api/login", self._login)
         r.add_post("/api/logout", self._logout)
         r.add_get("/api/gateways", self._gateways)
@@ -136,6 +137,17 @@ class Gateway:
         r.add_get("/ws", self._ws)
         udf_routes(r, self)
         return app
+
+    def _static(self, r: web.UrlDispatcher) -> None:
+        """The page's files: its modules and the vendored chart library, nothing else of
+        web/ (its tests, node_modules and package files are not the page's)."""
+        root = self.options.web_root
+        for sub in WEB_FOLDERS:
+            if (root / sub).is_dir():
+                r.add_static(f"/web/{sub}/", root / sub, follow_symlinks=False)
+        for name in WEB_FILES:
+            if (root / name).is_file():
+                r.add_get(f"/web/{name}", _file(root / name))
 
     async def start(self) -> None:
         desk = self.parts.desk
@@ -638,6 +650,12 @@ class Gateway:
         body = self.status()
         self._status_value.set(seq, lambda: item("status", self.parts.epoch, seq, "status",
                                                  {"status": body}))
+
+
+def _file(path: Path) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def serve(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+    return serve
 
 
 def _now_ms() -> int:

@@ -14,6 +14,7 @@ import pytest
 
 from bus.config import (
     FeedSection,
+    GatewaySection,
     HistorySection,
     MeshConfig,
     OrdersSection,
@@ -46,6 +47,7 @@ def write_mesh(tmp_path: Path, feeds: int = 1) -> Path:
                                 for name in ("clients", "peers", "updates", "executor",
                                              "replicas")}),
         history=HistorySection(query_bind=f"tcp://127.0.0.1:{free_port()}"),
+        gateway=GatewaySection(listen=(f"127.0.0.1:{free_port()}",)),
     ).validate()
     path = tmp_path / "mesh.toml"
     path.write_text(dump_toml(cfg))
