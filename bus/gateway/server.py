@@ -522,7 +522,7 @@ class Gateway:
         self._ack(c, rid, sub, "snapshot", reset)
         c.say(frame("batch", t=_now_ms(), items=[
             {"stream": "orders", "epoch": self.parts.epoch, "seq": snap.seq, "kind": "snapshot",
-             "orders": snap.orders, "fills": snap.fills, "positions": snap.positions}]))
+             **snap.item()}]))
 
     def _on_order(self, seq: int, account: str, body: dict[str, Any]) -> None:
         self.orders.add(seq, account, item("orders", self.parts.epoch, seq, "order", body))
