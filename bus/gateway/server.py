@@ -640,7 +640,9 @@ class Gateway:
         return {"gateway": self.options.name,
                 "backend": desk.client.preferred_endpoint if desk is not None else None,
                 "tick_rate": round(market.tick_rate(time.monotonic()), 1),
-                "gaps_filled": sub.get("filled", 0), "lost": sub.get("lost", 0),
+                "gaps": sub.get("gaps", 0),
+                "gaps_filled": sub.get("filled_by_path", 0) + sub.get("filled_by_recovery", 0),
+                "lost": sub.get("lost", 0),
                 "history_store": self.options.history_store,
                 "clients": len(self.clients), "epoch": self.parts.epoch}
 
