@@ -253,10 +253,10 @@ class OrderDesk:
     async def _check_reset(self) -> None:
         head = await self.store.history_position()
         if head < self._position:
-            self._counts["resets"] += 1
             log.warning("order desk: the history stream is at %d, the tail at %d: the store "
                         "was wiped; loading it again", head, self._position)
             await self._load()
+            self._counts["resets"] += 1
 
     def _decode(self, entry: HistoryEntry) -> Write | None:
         try:
