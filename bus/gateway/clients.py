@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -25,7 +26,7 @@ from protocols.gateway.streams import BarTrail, LatestValue
 from protocols.gateway.wire import StreamKind, StreamName, batch_frame
 
 __all__ = ["CLOSE_WAIT_S", "CONTROL_LIMIT", "FAST_WRITE_MAX", "Client", "ClientStats",
-           "OrderItems", "Subscription"]
+           "OrderItems", "SharedNews", "Subscription"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ FAST_WRITE_MAX = 32 * 1024
 STUCK_S = 10.0  # a client whose socket stays full this long is closed (a slow consumer)
 CLOSE_WAIT_S = 1.0  # a close handshake a client does not answer in time: the socket is cut
 
+
+# One flush's batch for a state of streams and cursors, and the cursors it leaves.
+SharedNews = tuple[str | None, tuple[int, ...]]
 
 # The order items of some accounts above a cursor, encoded, and the position they go up to
 # (None: no longer held, a snapshot is due).
@@ -72,6 +76,7 @@ class Client:
     subs: dict[str, Subscription] = field(default_factory=dict)
     control: deque[str] = field(default_factory=deque)
     heard: float = field(default_factory=time.monotonic)
+    touched: float = 0.0  # when its session's TTL renewal was last asked for
     said: float = field(default_factory=time.monotonic)
     writing: asyncio.Task[None] | None = None
     requests: set[asyncio.Task[None]] = field(default_factory=set)
@@ -89,16 +94,36 @@ class Client:
         self.control.append(text)
         return True
 
-    def news(self, orders: OrderItems, t_ms: int) -> list[str]:
-        """The frames a flush sends now: control frames first, then one ``batch``."""
+    def news(self, orders: OrderItems, t_ms: int, shared: dict[Any, SharedNews]) -> list[str]:
+        """The frames a flush sends now: control frames first, then one ``batch``.
+
+        Clients that hold the same streams at the same cursors (every client that keeps up,
+        with the same subscriptions) get the same batch: ``shared`` holds, for one flush,
+        each such state's batch and the cursors it moves to, so it is built once and sent to
+        all of them."""
         frames = list(self.control)
         self.control.clear()
-        items: list[str] = []
-        for sub in self.subs.values():
-            self._items(sub, orders, items)
-        if items:
-            frames.append(batch_frame(t_ms, items))
+        subs = self.subs.values()
+        key: Any = tuple((s.stream.name, s.cursor) for s in subs)
+        if self._orders_key:
+            key = (key, self.accounts)
+        hit = shared.get(key)
+        if hit is None:
+            items: list[str] = []
+            for sub in subs:
+                self._items(sub, orders, items)
+            hit = shared[key] = (batch_frame(t_ms, items) if items else None,
+                                 tuple(s.cursor for s in subs))
+        else:
+            for sub, cursor in zip(subs, hit[1], strict=True):
+                sub.cursor = cursor
+        if hit[0] is not None:
+            frames.append(hit[0])
         return frames
+
+    @property
+    def _orders_key(self) -> bool:
+        return "orders" in self.subs
 
     def _items(self, sub: Subscription, orders: OrderItems, out: list[str]) -> None:
         kind = sub.stream.kind

@@ -27,10 +27,10 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from bus.aio import cancel_and_wait
 from bus.config import GatewaySection
-from bus.gateway.clients import CLOSE_WAIT_S, Client, Subscription
+from bus.gateway.clients import CLOSE_WAIT_S, Client, SharedNews, Subscription
 from bus.gateway.market import MarketData
 from bus.gateway.orders import OrderDesk
-from bus.gateway.sessions import SessionStore
+from bus.gateway.sessions import TOUCH_RETRY_S, SessionStore
 from bus.gateway.udf import udf_routes
 from bus.store.history_reader import HistoryReader
 from protocols.errors import AuthError, BadRequest, StoreError
@@ -379,7 +379,10 @@ class Gateway:
                 c.end(WSCloseCode.MESSAGE_TOO_BIG if exc.code == "too_big"
                       else WSCloseCode.POLICY_VIOLATION)
             return
-        self._request(c, self.parts.sessions.touch(c.token, time.monotonic()))
+        now = time.monotonic()
+        if now - c.touched >= TOUCH_RETRY_S:  # the store renews at most once a minute
+            c.touched = now
+            self._request(c, self.parts.sessions.touch(c.token, now))
         match msg:
             case Ping(t):
                 c.say(frame("pong", t=t))
@@ -603,13 +606,14 @@ class Gateway:
         t_ms = _now_ms()
         now = time.monotonic()
         silent = 3 * self.limits.heartbeat_ms / 1000
+        shared: dict[Any, SharedNews] = {}
         for c in list(self.clients):
             if c.closing or now - c.heard > silent:
                 self._drop(c, "closing" if c.closing else "silent")
                 continue
             if not c.writable(now):
                 continue
-            frames = c.news(self._order_items, t_ms)
+            frames = c.news(self._order_items, t_ms, shared)
             for sub in c.behind():
                 self._resnapshot(c, sub)
             if not frames and now - c.said > self.limits.heartbeat_ms / 1000:
