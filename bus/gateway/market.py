@@ -7,12 +7,12 @@ path's last millisecond) and keeps per symbol the latest tick (:class:`LatestVal
 
 **The seam with history.** Bars must be the history's bars: a gateway started (or restarted)
 mid-bar rebuilds each forming bar from the store. It takes the first live tick ``F`` of a
-symbol, waits (up to :data:`SEAM_WAIT_S`) for the history to hold every tick below ``F``, then
-resumes the builder from the store up to ``F - 1`` and applies the live ticks it buffered
-meanwhile (bounded by :data:`SEAM_BUFFER`). A history that does not catch up in time (the
-historian is away) leaves a counted ``seam_gap``: the forming bar misses those ticks, and its
-closed bars are the store's. A symbol is *ready* once this is done; its bars streams are served
-from then on.
+symbol, resumes the builder from the history up to what the history holds (``H``, its tick
+watermark), reads the ticks ``H + 1 .. F - 1`` that the history has not written yet from the
+feed's checkpoints in Redis (the tick store the recovery service serves gap fills from), and
+then applies the live ticks it buffered meanwhile (bounded by :data:`SEAM_BUFFER`). Nothing
+waits for the historian to catch up. Ticks neither store has leave a counted ``seam_gap``. A
+symbol is *ready* once this is done; its bars streams are served from then on.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 from bus.aio import cancel_and_wait
 from bus.history.bars import resumed_builder
 from bus.store.history_reader import HistoryReader
+from bus.store.ticks import TickStore
 from bus.ticks.subscriber import Subscriber, SubscriberOptions
 from protocols.errors import StoreError
 from protocols.gateway.streams import BarTrail, LatestValue
@@ -41,8 +42,10 @@ __all__ = ["MarketData", "MarketStats"]
 
 log = logging.getLogger(__name__)
 
-SEAM_WAIT_S = 3.0  # how long a starting gateway waits for the history to reach the live ticks
+SEAM_WAIT_S = 3.0  # how long a starting gateway asks a history that does not answer yet
 SEAM_POLL_S = 0.05
+SEAM_FILL_MAX = 200_000  # ticks read from the tick store to join the history to the live ticks
+SEAM_FILL_CHUNK = 50_000
 SEAM_BUFFER = 200_000  # live ticks of one symbol held while its bars are rebuilt
 
 
@@ -73,12 +76,14 @@ class MarketData:
 
     def __init__(self, options: SubscriberOptions, symbols: Sequence[str],
                  reader: HistoryReader | None, epoch: int, *, retention_count: int,
-                 retention_s: float, clock: Callable[[], int] = time.time_ns) -> None:
+                 retention_s: float, tick_store: TickStore | None = None,
+                 clock: Callable[[], int] = time.time_ns) -> None:
         self.symbols = tuple(symbols)
         self.epoch = epoch
         self.stats = MarketStats()
         self._options = options
         self._reader = reader
+        self._tick_store = tick_store
         self._clock = clock
         self._count = retention_count
         self._keep_ns = int(retention_s * NS_PER_S)
@@ -200,47 +205,69 @@ class MarketData:
         closed: dict[int, list[Bar]] = {}
         if self._reader is not None:
             try:
-                await self._wait_history(symbol, first_live - 1)
-                builder = await resumed_builder(self._reader, symbol, upto=first_live - 1)
+                held = min(await self._history_holds(symbol), first_live - 1)
+                builder = await resumed_builder(self._reader, symbol, upto=held)
                 closed = await self._seed_bars(symbol, builder)
             except StoreError as exc:  # the history is away: live bars only, counted
                 self.stats.history_errors += 1
                 log.warning("gateway: %s bars start from live ticks only: %s", symbol, exc)
-        if builder.last_seq and first_live > builder.last_seq + 1:
-            self.stats.seam_gap += first_live - builder.last_seq - 1
+        from_history = max(builder.last_seq, 0)  # a new builder's last_seq is -1
+        between = await self._checkpointed(symbol, from_history + 1, first_live - 1)
         now = self._clock()
         for res in RES_SECONDS:
             bars = closed.get(res, [])
             floor = bars[0].first_seq - 1 if len(bars) >= self._seed_count(res) else 0
-            if not bars and builder.last_seq == 0:
-                floor = first_live - 1  # nothing known before the first live tick
+            if not bars and from_history == 0:
+                floor = (between[0].seq if between else first_live) - 1  # nothing before
             self.trails[symbol, res].seed(bars, floor, now)
         st.builder = builder
+        for t in between:
+            self._apply(t, st, now)
+        gap = first_live - builder.last_seq - 1 if builder.last_seq > 0 else 0
+        self.stats.seam_gap += max(0, gap)
         while st.pending:
             self._apply(st.pending.popleft(), st, now)
         st.dirty = True
         self.refresh()
         self.stats.ready += 1
         self._ready[symbol].set()
-        log.info("gateway: %s ready at seq %d (history to %d)", symbol, builder.last_seq,
-                 first_live - 1)
+        log.info("gateway: %s ready at seq %d: history to %d, %d ticks from the tick store, "
+                 "seam gap %d", symbol, builder.last_seq, from_history, len(between), gap)
 
-    async def _wait_history(self, symbol: str, upto: int) -> None:
-        """Until the history holds ``symbol`` up to ``upto``, or :data:`SEAM_WAIT_S` passed.
-        A history that does not answer yet (a historian starting beside this gateway) is
-        asked again until then; past it, its error is raised."""
+    async def _history_holds(self, symbol: str) -> int:
+        """How far the history holds ``symbol``'s ticks. A history that does not answer yet
+        (a historian starting beside this gateway) is asked again for :data:`SEAM_WAIT_S`."""
         deadline = time.monotonic() + SEAM_WAIT_S
         while True:
             try:
-                marks = await self._tick_marks()
-                if marks.get(symbol, 0) >= upto:
-                    return
+                return (await self._tick_marks()).get(symbol, 0)
             except StoreError:
                 if time.monotonic() >= deadline:
                     raise
-            if time.monotonic() >= deadline:
-                return
             await asyncio.sleep(SEAM_POLL_S)
+
+    async def _checkpointed(self, symbol: str, lo: int, hi: int) -> list[Tick]:
+        """Ticks ``lo..hi`` from the feed's checkpoints in Redis (the tick store): what the
+        history has not written yet (it trails the live stream by a batch or so). At most
+        :data:`SEAM_FILL_MAX`, the newest; what the store lacks is left to ``seam_gap``."""
+        if self._tick_store is None or hi < lo:
+            return []
+        lo = max(lo, hi - SEAM_FILL_MAX + 1)
+        out: list[Tick] = []
+        try:
+            while lo <= hi:
+                got = await self._tick_store.fill(symbol, lo, hi, SEAM_FILL_CHUNK)
+                for b in got.batches:
+                    out.extend(Tick.from_row(symbol, b.first_seq + i, b.session, row)
+                               for i, row in enumerate(b.rows))
+                if got.settled_to < lo:
+                    break
+                lo = got.settled_to + 1
+        except StoreError as exc:
+            self.stats.history_errors += 1
+            log.warning("gateway: %s ticks %d..%d not read from the tick store: %s", symbol,
+                        lo, hi, exc)
+        return out
 
     async def _tick_marks(self) -> dict[str, int]:
         """The history's tick watermarks, one query shared by every symbol waiting at once

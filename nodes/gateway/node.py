@@ -27,6 +27,7 @@ from bus.gateway.sessions import SessionStore, load_users
 from bus.history.readers import HistoryReaders, open_history_reader
 from bus.orders.client import OrderClient
 from bus.store.orders import RedisOrderStore
+from bus.store.ticks import RedisTickStore
 from bus.ticks.subscriber import SubscriberOptions
 from nodes.common import stats_writer
 
@@ -78,9 +79,12 @@ class GatewayNode:
                 await readers.open()
                 stack.push_async_callback(readers.close)
             reader = readers.reader if readers is not None else None
+            ticks = RedisTickStore.from_config(cfg)
+            stack.push_async_callback(ticks.close)
             market = MarketData(SubscriberOptions.from_config(cfg, udp_bind="", snapshot=False),
                                 mesh_symbols(cfg), reader, epoch,
-                                retention_count=g.retention_count, retention_s=g.retention_s)
+                                retention_count=g.retention_count, retention_s=g.retention_s,
+                                tick_store=ticks)
             await market.start()
             stack.push_async_callback(market.close)
             desk = None

@@ -10,6 +10,7 @@ import pytest
 
 from bus.gateway.market import MarketData
 from bus.history.readers import open_history_reader
+from bus.store.ticks import RedisTickStore
 from bus.ticks.subscriber import SubscriberOptions
 from nodes.servers.redis_server import RedisProcess
 from protocols.history.bars import bars_from_columns
@@ -32,10 +33,11 @@ def test_a_gateway_started_mid_stream_has_the_history_bars_and_keeps_them_live(
             await wait_until(lambda: historian.stats.ticks >= 3_000, scaled(20), "history")
             readers = open_history_reader(cfg)
             await readers.open()
+            ticks = RedisTickStore.from_config(cfg)
             market = MarketData(SubscriberOptions.from_config(cfg, udp_bind="",
                                                               snapshot=False),
                                 cfg.feeds[0].symbols, readers.reader, 7,
-                                retention_count=1000, retention_s=60.0)
+                                retention_count=1000, retention_s=60.0, tick_store=ticks)
             try:
                 await market.start()
                 await asyncio.wait_for(market.wait_ready(symbol), scaled(15))
@@ -62,5 +64,6 @@ def test_a_gateway_started_mid_stream_has_the_history_bars_and_keeps_them_live(
             finally:
                 await market.close()
                 await readers.close()
+                await ticks.close()
 
     asyncio.run(main())
