@@ -1,0 +1,573 @@
+#!/usr/bin/env python3
+"""Gateway benchmark: N WebSocket chart clients on the gateway beside a raw broadcast, in one run.
+
+    ./scripts/bench-gateway                       # steps 100, 250, 500, 1,000: ~3-4 min
+    ./scripts/bench-gateway --steps 50,100 --json
+    ./scripts/bench-gateway --servers raw         # the raw reference alone
+
+Everything runs on loopback: redis-server on a free port, the mesh's own recovery and feed
+nodes (``tickmesh recovery``, ``tickmesh feed`` with ``[[feeds]] rate = 10000``: EURUSD,
+GBPUSD, USDJPY, XAUUSD), and per step, one at a time and in this order:
+
+1. **raw**: ``nodes/drills/rawcast.py``, a minimal broadcast server on the gateway's library
+   (aiohttp) that subscribes to the same feed with the subscriber library and every
+   ``flush_ms`` (the mesh's ``[gateway] flush_ms``, 20) sends each client the batch the gateway
+   would send: the latest ``tick`` item per subscribed symbol, encoded once per subscription
+   set, no sessions, no resume, no per-client conflation;
+2. **gateway**: ``tickmesh gateway --config F --listen HOST:PORT`` on the same mesh.
+
+Each server is started for its step and stopped after it. N clients
+(``nodes.drills.wsclients``: ``--procs`` processes, each an asyncio loop with its share of
+``aiohttp`` ``ws_connect`` clients) log in (the gateway: ``POST /api/login`` with the bench
+user's API key; rawcast has no login), send ``hello`` and subscribe to ``ticks:{SYM}`` of the
+4 symbols. After ``--warmup`` seconds a window of ``--window`` seconds measures, per client
+and ``tick`` item received, the **staleness** of that price (receive time minus the item's
+``ft``, the feed time: docs/GATEWAY.md section 4), p50/p99 over all clients and samples
+(nearest rank, ``protocols.stats``); frames/s and bytes/s per client (and the slowest client's
+frames/s); the server's CPU (psutil user + system, 100 = one core) and RSS (now and peak);
+the other processes' CPU; connect failures.
+
+**Resume** (gateway only; ``--resume-clients``, 0 skips it): K clients subscribed to
+``bars:{SYM}:1`` of the 4 symbols and ``orders``, reconnecting on their own. The gateway is
+SIGKILLed and started again (``--resume-kills`` times); per client and kill, the time from
+the moment its socket closed to the first ``batch`` after its new ``welcome`` and every
+``subscribed`` (the chart is live again), p50/p99; and across the gaps, per stream kind, the
+duplicated items (a ``seq`` at or below the one the client held), missing bars (consecutive
+bar times more than a bucket apart) and resets.
+
+Headline keys of ``--json`` (issue 12 item 7): ``clients_max_p99_50ms`` (the largest step
+whose gateway staleness p99 <= 50 ms), ``p99_ms_500``, ``raw_p99_ms_500``, ``ratio_p99_500``,
+``resume_ms_p99``; ``steps`` holds every figure per step and per server. Every process this
+script started is stopped before it exits. docs/BENCHMARKS.md gives the method and results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import secrets
+import subprocess
+import sys
+import time
+from base64 import b64encode
+from pathlib import Path
+from typing import Any
+
+from nodes.drills.measure import CpuMeter, latency_ms, peak_rss_mb
+from nodes.drills.ports import free_port, tcp_endpoint, udp_address
+from nodes.drills.procs import ROOT, Children, LineChild, Node, stop_process
+from nodes.drills.report import drive, fmt, machine, markdown_table
+from nodes.drills.wsclients import ClientFleet, FleetSpec
+from protocols.errors import DrillError
+
+RATE = 10_000.0
+SYMBOLS = ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD")
+TICK_STREAMS = tuple(f"ticks:{s}" for s in SYMBOLS)
+RESUME_STREAMS = (*(f"bars:{s}:1" for s in SYMBOLS), "orders")
+HOST = "127.0.0.1"
+BENCH_USER = "bench"
+BENCH_ACCOUNT = "ACC-BENCH"
+TARGETS = {"p99_ms": 50.0, "ratio": 1.5, "resume_p99_ms": 1000.0}
+AT_CLIENTS = 500  # the step the targets are set at
+SERVERS = ("raw", "gateway")
+
+
+def _say(msg: str) -> None:
+    print(f"bench-gateway: {msg}", file=sys.stderr, flush=True)
+
+
+# ============================================================================================
+# The mesh: Redis, recovery, the feed at 10,000 ticks/s, a users file
+# ============================================================================================
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """docs/GATEWAY.md section 2's ``scrypt$N$r$p$salt$key`` (until the sessions module's own
+    helper is on main)."""
+    salt = salt or secrets.token_bytes(16)
+    key = hashlib.scrypt(password.encode(), salt=salt, n=16384, r=8, p=1, dklen=32)
+    return f"scrypt$16384$8$1${b64encode(salt).decode()}${b64encode(key).decode()}"
+
+
+def write_users(path: Path, api_key: str) -> None:
+    """The bench user (an API key: a login costs the gateway one SHA-256, so a thousand
+    clients can log in) and the demo user ``alice``/``alice``."""
+    key_hash = hashlib.sha256(api_key.encode()).hexdigest()
+    path.write_text(
+        "[[users]]\n"
+        f'name = "{BENCH_USER}"\n'
+        f'password = "{hash_password(secrets.token_hex(8))}"\n'
+        f'api_keys = ["sha256${key_hash}"]\n'
+        f'accounts = ["{BENCH_ACCOUNT}"]\n\n'
+        "[[users]]\n"
+        'name = "alice"\n'
+        f'password = "{hash_password("alice")}"\n'
+        "api_keys = []\n"
+        'accounts = ["ACC-ALICE"]\n')
+
+
+class Mesh:
+    """redis-server, the recovery node and the feed, for the whole run; the mesh file that the
+    servers of every step read."""
+
+    def __init__(self, procs: Children, workdir: Path, max_clients: int) -> None:
+        from bus.config import (
+            FeedSection,
+            GatewaySection,
+            HistorySection,
+            MeshConfig,
+            MeshSection,
+            OrdersSection,
+            RecoverySection,
+            RedisSection,
+            SubscriberSection,
+        )
+        from nodes.servers.redis_server import RedisProcess
+
+        self.procs, self.workdir = procs, workdir
+        self.redis = RedisProcess(data_dir=workdir / "redis", appendonly=False)
+        self.api_key = secrets.token_urlsafe(24)
+        self.users = workdir / "users.toml"
+        write_users(self.users, self.api_key)
+        self.gateway_listen = f"{HOST}:{free_port()}"
+        udp = udp_address()
+        self.cfg = MeshConfig(
+            mesh=MeshSection(name="bench-gateway", key_prefix="bg"),
+            redis=RedisSection(url=self.redis.url),
+            feeds=(FeedSection(name="bench", symbols=SYMBOLS, pub=tcp_endpoint(),
+                               udp_targets=(udp,), rate=RATE),),
+            recovery=(RecoverySection(bind=tcp_endpoint()),),
+            subscriber=SubscriberSection(udp_bind=udp),
+            orders=OrdersSection(enabled=False),
+            history=HistorySection(enabled=False, duckdb_path=str(workdir / "history.duckdb"),
+                                   spool_path=str(workdir / "spool.duckdb"), query_bind=""),
+            gateway=GatewaySection(listen=(self.gateway_listen,), users_file=str(self.users),
+                                   connections_per_user=max_clients + 16),
+        ).validate()
+        self.path = workdir / "mesh.toml"
+        self.feed: subprocess.Popen[bytes] | None = None
+        self.recovery: subprocess.Popen[bytes] | None = None
+
+    def write(self) -> None:
+        from bus.config import dump_toml, load_config
+
+        self.path.write_text(dump_toml(self.cfg))
+        load_config(self.path)  # the file says what we meant, or this raises
+
+    def _node(self, command: str) -> subprocess.Popen[bytes]:
+        stats = self.workdir / f"{command}.json"
+        proc = self.procs.start(command, [sys.executable, "-m", "nodes.cli", command, "--config",
+                                          str(self.path), "--log-level", "WARNING",
+                                          "--stats", str(stats)])
+        self.procs.wait_file(stats, proc, command, timeout=30)
+        return proc
+
+    def start(self) -> None:
+        self.redis.start()
+        self.write()
+        self.recovery = self._node("recovery")
+        self.feed = self._node("feed")
+
+    def feed_stats(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads((self.workdir / "feed.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return data
+
+    def check_alive(self) -> None:
+        for name, proc in (("feed", self.feed), ("recovery", self.recovery)):
+            if proc is not None and proc.poll() is not None:
+                raise DrillError(f"{name} exited with code {proc.returncode}:\n"
+                                 f"{self.procs.log_tail(name)}")
+
+    def close(self) -> None:
+        self.redis.stop()
+
+
+# ============================================================================================
+# The two servers
+# ============================================================================================
+
+
+class RawServer:
+    """``nodes.drills.rawcast`` as a child: it binds port 0 and says which on its ready line."""
+
+    name = "raw"
+
+    def __init__(self, procs: Children, mesh: Mesh) -> None:
+        self.procs, self.mesh = procs, mesh
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pid = 0
+        self.urls: tuple[str, ...] = ()
+        self.runs = 0
+
+    def start(self) -> None:
+        self.runs += 1
+        name = f"rawcast-{self.runs}"
+        self.proc = self.procs.start(name, [sys.executable, "-m", "nodes.drills.rawcast",
+                                            str(self.mesh.path), "--listen", f"{HOST}:0"],
+                                     pipes=True)
+        ready = LineChild(self.proc, name).read(30)
+        self.pid = int(ready["pid"])
+        self.urls = (f"http://{HOST}:{ready['port']}",)
+
+    def login(self) -> dict[str, str] | None:
+        return None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+
+class GatewayServer:
+    """``tickmesh gateway --config F --listen HOST:PORT`` (the lead's node) as a
+    :class:`~nodes.drills.procs.Node` a resume step SIGKILLs and restarts."""
+
+    name = "gateway"
+
+    def __init__(self, procs: Children, mesh: Mesh, workdir: Path) -> None:
+        self.procs, self.mesh = procs, mesh
+        self.urls = (f"http://{mesh.gateway_listen}",)
+        self.node = Node("gateway", [sys.executable, "-m", "nodes.cli", "gateway", "--config",
+                                     str(mesh.path), "--listen", mesh.gateway_listen,
+                                     "--log-level", "WARNING",
+                                     "--stats", str(workdir / "gateway.json")],
+                         workdir / "gateway.json", workdir / "gateway.log")
+        self.pid = 0
+
+    @staticmethod
+    def available() -> bool:
+        """Whether this tree has the gateway node (``tickmesh gateway``)."""
+        out = subprocess.run([sys.executable, "-m", "nodes.cli", "gateway", "--help"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+        return out.returncode == 0
+
+    def start(self, timeout: float = 30.0) -> float:
+        """Start it and wait until ``/healthz`` answers; the seconds that took."""
+        t0 = time.monotonic()
+        self.node.start()
+        self.pid = self.node.pid
+        deadline = t0 + timeout
+        while not _healthy(self.urls[0]):
+            if not self.node.alive():
+                code = self.node.proc.returncode if self.node.proc else None
+                raise DrillError(f"the gateway exited (code {code}):\n"
+                                 f"{_tail(self.node.log_path)}")
+            if time.monotonic() > deadline:
+                raise DrillError(f"the gateway did not answer within {timeout:.0f} s:\n"
+                                 f"{_tail(self.node.log_path)}")
+            time.sleep(0.02)
+        return time.monotonic() - t0
+
+    def login(self) -> dict[str, str] | None:
+        return {"api_key": self.mesh.api_key}
+
+    def kill(self) -> None:
+        self.node.kill()
+
+    def stop(self) -> None:
+        self.node.stop()
+
+
+def _healthy(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=1) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# ============================================================================================
+# Steps
+# ============================================================================================
+
+
+def run_step(server: RawServer | GatewayServer, fleet: ClientFleet, mesh: Mesh, n: int,
+             args: argparse.Namespace) -> dict[str, Any]:
+    """One server, ``n`` clients on the tick streams: the window's figures."""
+    cpu = CpuMeter()
+    server.start()
+    try:
+        cpu.pids.update({"server": server.pid, "feed": mesh.feed.pid if mesh.feed else 0})
+        cpu.pids.update({f"clients-{i}": pid for i, pid in enumerate(fleet.pids)})
+        spec = FleetSpec(urls=server.urls, streams=TICK_STREAMS, login=server.login(),
+                         connect_timeout_s=args.connect_timeout)
+        conn = fleet.connect(spec, n)
+        time.sleep(args.warmup)
+        mesh.check_alive()
+        a = cpu.sample()
+        w = fleet.window(args.window)
+        b = cpu.sample()
+        rss = cpu.rss_mb()
+        peak = peak_rss_mb(server.pid)
+        fleet.close()
+    finally:
+        server.stop()
+    pct = CpuMeter.percent(a, b)
+    return {"clients": n, "live": w.live, "connect_failures": conn["failed"],
+            "connect_errors": conn["errors"], "connect_s": conn["connect_s"],
+            "window_s": w.seconds, "staleness_ms": w.staleness_ms, "samples": w.samples,
+            "p50_ms": w.staleness_ms["p50"], "p99_ms": w.staleness_ms["p99"],
+            "frames_per_s": w.frames_per_s, "bytes_per_s": w.bytes_per_s,
+            "frames_per_s_min": w.frames_per_s_min, "cpu_pct": pct.get("server"),
+            "rss_mb": rss.get("server"), "peak_rss_mb": round(peak, 1),
+            "cpu_pct_all": pct, "client_cpu_pct": w.client_cpu_pct, "errors": w.errors}
+
+
+def run_resume(gateway: GatewayServer, fleet: ClientFleet, args: argparse.Namespace
+               ) -> dict[str, Any]:
+    """K reconnecting clients on bars and orders; the gateway SIGKILLed and restarted."""
+    restart_s: list[float] = []
+    kills: list[dict[str, Any]] = []
+    gateway.start()
+    try:
+        spec = FleetSpec(urls=gateway.urls, streams=RESUME_STREAMS, login=gateway.login(),
+                         reconnect=True, check=True, connect_timeout_s=args.connect_timeout)
+        conn = fleet.connect(spec, args.resume_clients)
+        if conn["live"] == 0:
+            raise DrillError(f"no resume client connected: {conn['errors']}")
+        for _ in range(args.resume_kills):
+            time.sleep(args.warmup)
+            live = fleet.resume_arm()
+            gateway.kill()
+            restart_s.append(round(gateway.start(), 3))
+            got = fleet.resume_wait(args.resume_timeout)
+            kills.append({"live_before": live, **got})
+        fleet.close()
+    finally:
+        gateway.stop()
+    every = latency_ms([v for k in kills for v in k.pop("resume_ns")])
+    streams: dict[str, dict[str, int]] = {}
+    for k in kills:
+        for kind, counts in k["streams"].items():
+            agg = streams.setdefault(kind, {})
+            for key, v in counts.items():
+                agg[key] = agg.get(key, 0) + v
+    return {"clients": args.resume_clients, "connect_failures": conn["failed"],
+            "kills": kills, "restart_s": restart_s,
+            "resume_ms": every, "resume_ms_p50": every["p50"], "resume_ms_p99": every["p99"],
+            "not_resumed": sum(k["not_resumed"] for k in kills), "streams": streams}
+
+
+# ============================================================================================
+# Summary, table, report
+# ============================================================================================
+
+
+def _at(steps: list[dict[str, Any]], n: int, server: str, key: str) -> Any:
+    for s in steps:
+        if s["clients"] == n and s.get(server):
+            return s[server].get(key)
+    return None
+
+
+def summarize(steps: list[dict[str, Any]], resume: dict[str, Any] | None) -> dict[str, Any]:
+    """The headline figures (issue 12's JSON keys) and the targets."""
+    at = AT_CLIENTS
+    ok_steps = [s["clients"] for s in steps if s.get("gateway")
+                and s["gateway"]["p99_ms"] is not None and s["gateway"]["connect_failures"] == 0
+                and s["gateway"]["p99_ms"] <= TARGETS["p99_ms"]]
+    p99, raw = _at(steps, at, "gateway", "p99_ms"), _at(steps, at, "raw", "p99_ms")
+    ratio = round(p99 / raw, 2) if p99 is not None and raw else None
+    out: dict[str, Any] = {
+        "clients_max_p99_50ms": max(ok_steps, default=None),
+        "p99_ms_500": p99, "raw_p99_ms_500": raw, "ratio_p99_500": ratio,
+        "p50_ms_500": _at(steps, at, "gateway", "p50_ms"),
+        "raw_p50_ms_500": _at(steps, at, "raw", "p50_ms"),
+        "cpu_pct_500": _at(steps, at, "gateway", "cpu_pct"),
+        "raw_cpu_pct_500": _at(steps, at, "raw", "cpu_pct"),
+        "resume_ms_p50": resume["resume_ms_p50"] if resume else None,
+        "resume_ms_p99": resume["resume_ms_p99"] if resume else None,
+        "resume_not_resumed": resume["not_resumed"] if resume else None,
+        "resume_duplicates": (sum(v.get("duplicates", 0) for v in resume["streams"].values())
+                              if resume else None),
+        "resume_missing": (sum(v.get("missing_bars", 0) for v in resume["streams"].values())
+                           if resume else None),
+        "resume_resets": (sum(v.get("resets", 0) for v in resume["streams"].values())
+                          if resume else None),
+    }
+
+    def at_most(v: float | None, bound: float) -> bool | None:
+        return None if v is None else v <= bound
+
+    out["targets"] = {
+        "p99_500": at_most(p99, TARGETS["p99_ms"]),
+        "ratio_500": at_most(ratio, TARGETS["ratio"]),
+        "resume_p99": at_most(out["resume_ms_p99"], TARGETS["resume_p99_ms"]),
+        "resume_nothing_missing_or_doubled": (
+            None if resume is None else out["resume_duplicates"] == 0
+            and out["resume_missing"] == 0 and out["resume_not_resumed"] == 0),
+    }
+    return out
+
+
+def run_bench(args: argparse.Namespace, procs: Children, workdir: Path) -> dict[str, Any]:
+    servers = [s for s in args.servers if s in SERVERS]
+    have_gateway = "gateway" in servers and GatewayServer.available()
+    if "gateway" in servers and not have_gateway:
+        _say("this tree has no `tickmesh gateway`: the gateway steps and resume are skipped")
+        servers.remove("gateway")
+    mesh = Mesh(procs, workdir, max([*args.steps, args.resume_clients]))
+    fleet = ClientFleet(procs, workdir, args.procs)
+    steps: list[dict[str, Any]] = []
+    resume = None
+    try:
+        mesh.start()
+        fleet.start()
+        by_name: dict[str, RawServer | GatewayServer] = {"raw": RawServer(procs, mesh)}
+        if have_gateway:
+            by_name["gateway"] = GatewayServer(procs, mesh, workdir)
+        _say(f"feed at {RATE:,.0f} ticks/s ({', '.join(SYMBOLS)}); {args.procs} client "
+             f"processes; servers {', '.join(servers)}; steps {args.steps}")
+        for n in args.steps:
+            step: dict[str, Any] = {"clients": n}
+            for name in servers:
+                _say(f"{n:,} clients on {name}")
+                step[name] = run_step(by_name[name], fleet, mesh, n, args)
+                r = step[name]
+                _say(f"  staleness p50 {fmt(r['p50_ms'], 2)} / p99 {fmt(r['p99_ms'], 2)} ms, "
+                     f"{fmt(r['frames_per_s'], 1)} frames/s per client, CPU "
+                     f"{fmt(r['cpu_pct'], 0)} %, {r['connect_failures']} failed to connect")
+            steps.append(step)
+        if have_gateway and args.resume_clients > 0 and args.resume_kills > 0:
+            _say(f"resume: {args.resume_clients} clients, gateway SIGKILLed "
+                 f"{args.resume_kills} times")
+            gw = by_name["gateway"]
+            assert isinstance(gw, GatewayServer)
+            resume = run_resume(gw, fleet, args)
+            _say(f"  resume p99 {fmt(resume['resume_ms_p99'], 1)} ms, not resumed "
+                 f"{resume['not_resumed']}")
+        feed = mesh.feed_stats()
+    finally:
+        fleet.stop()
+        mesh.close()
+    summary = summarize(steps, resume)
+    result = {"machine": {**machine(), "aiohttp": _aiohttp_version()}, "summary": summary,
+              "steps": steps, "resume": resume,
+              "raw": {"server": "nodes/drills/rawcast.py", "flush_ms": mesh.cfg.gateway.flush_ms,
+                      "p99_ms": {s["clients"]: s["raw"]["p99_ms"] for s in steps if "raw" in s}},
+              "feed": {"rate": RATE, "publisher": feed.get("publisher")},
+              "args": {k: v for k, v in vars(args).items() if k != "report"}}
+    if args.report:
+        Path(args.report).write_text(markdown(result))
+        _say(f"report: {args.report}")
+    return result
+
+
+def _aiohttp_version() -> str:
+    import aiohttp
+
+    return aiohttp.__version__
+
+
+def _verdict(v: bool | None) -> str:
+    return "-" if v is None else "PASS" if v else "FAIL"
+
+
+HEADER = ["clients", "server", "p50 ms", "p99 ms", "max ms", "frames/s", "bytes/s",
+          "slowest frames/s", "CPU %", "RSS MiB", "failed"]
+
+
+def step_rows(result: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for s in result["steps"]:
+        for name in SERVERS:
+            r = s.get(name)
+            if not r:
+                continue
+            rows.append([f"{s['clients']:,}", name, fmt(r["p50_ms"], 2), fmt(r["p99_ms"], 2),
+                         fmt(r["staleness_ms"]["max"], 1), fmt(r["frames_per_s"], 1),
+                         fmt(r["bytes_per_s"]), fmt(r["frames_per_s_min"], 1),
+                         fmt(r["cpu_pct"], 0), fmt(r["rss_mb"], 0), str(r["connect_failures"])])
+    return rows
+
+
+def headline(result: dict[str, Any]) -> list[str]:
+    s, t = result["summary"], result["summary"]["targets"]
+    return [
+        f"largest step with gateway p99 <= 50 ms: {s['clients_max_p99_50ms'] or '-'} clients",
+        f"500 clients: gateway p99 {fmt(s['p99_ms_500'], 2)} ms ({_verdict(t['p99_500'])}), "
+        f"raw p99 {fmt(s['raw_p99_ms_500'], 2)} ms, ratio {fmt(s['ratio_p99_500'], 2)} "
+        f"(<= 1.5 {_verdict(t['ratio_500'])})",
+        f"resume p50 / p99 {fmt(s['resume_ms_p50'], 1)} / {fmt(s['resume_ms_p99'], 1)} ms "
+        f"(<= 1,000 {_verdict(t['resume_p99'])}); duplicates {s['resume_duplicates']}, missing "
+        f"bars {s['resume_missing']}, resets {s['resume_resets']}, not resumed "
+        f"{s['resume_not_resumed']} ({_verdict(t['resume_nothing_missing_or_doubled'])})"]
+
+
+def render(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [f"tickmesh gateway benchmark, {m['date']}: {m['nproc']} cores {m['cpu']}, load "
+             f"{m['loadavg_1m']:.2f}, Python {m['python']}, aiohttp {m['aiohttp']}",
+             f"feed {RATE:,.0f} ticks/s over {len(SYMBOLS)} symbols; staleness = receive "
+             "time - ft, per tick item", ""]
+    rows = step_rows(result)
+    widths = [max(len(str(r[i])) for r in [HEADER, *rows]) for i in range(len(HEADER))]
+    for r in [HEADER, *rows]:
+        lines.append("  ".join(str(c).rjust(w) for c, w in zip(r, widths, strict=True)))
+    return "\n".join([*lines, "", *headline(result)])
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    return "\n".join([
+        "# bench-gateway", "",
+        f"{m['date']}; {m['nproc']} cores {m['cpu']}, load average {m['loadavg_1m']:.2f} at the "
+        f"end; aiohttp {m['aiohttp']}; feed {RATE:,.0f} ticks/s.", "",
+        *markdown_table(HEADER, step_rows(result)), "", *(f"- {h}" for h in headline(result)),
+        "", "```json", json.dumps(result["summary"], indent=1, default=str), "```", ""])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench-gateway", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", default="100,250,500,1000",
+                   help="client counts, comma-separated (default 100,250,500,1000)")
+    p.add_argument("--servers", default="raw,gateway",
+                   help="which servers, in this order per step (default raw,gateway)")
+    p.add_argument("--procs", type=int, default=4, help="client processes (default 4)")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds before a window (2)")
+    p.add_argument("--window", type=float, default=5.0, help="seconds measured per step (5)")
+    p.add_argument("--connect-timeout", type=float, default=60.0,
+                   help="seconds for every client of a step to connect (60)")
+    p.add_argument("--resume-clients", type=int, default=100,
+                   help="clients of the resume step (default 100; 0 skips it)")
+    p.add_argument("--resume-kills", type=int, default=3,
+                   help="SIGKILLs of the gateway in the resume step (default 3)")
+    p.add_argument("--resume-timeout", type=float, default=30.0,
+                   help="seconds for every client to resume after a kill (30)")
+    p.add_argument("--report", type=Path, help="write a markdown report to this file")
+    p.add_argument("--json", action="store_true", help="print the result as JSON, last line")
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.set_defaults(profile=None)
+    args = p.parse_args(argv)
+    try:
+        args.steps = [int(x) for x in args.steps.split(",") if x.strip()]
+    except ValueError:
+        p.error("--steps takes whole numbers, e.g. --steps 100,250")
+    args.servers = [x.strip() for x in args.servers.split(",") if x.strip()]
+    if not args.steps or min(args.steps) < 1 or args.procs < 1 or args.window <= 0:
+        p.error("--steps, --procs and --window must be positive")
+    if set(args.servers) - set(SERVERS) or not args.servers:
+        p.error(f"--servers takes {', '.join(SERVERS)}")
+    return drive(args, "tickmesh-bench-gateway-", _no_profile, run_bench, render, _say)
+
+
+def _no_profile(args: argparse.Namespace, procs: Children, workdir: Path) -> None:
+    raise DrillError("bench-gateway has no --profile")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
