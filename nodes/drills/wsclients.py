@@ -133,8 +133,7 @@ class StreamCheck:
             return
         epoch, seq = item.get("epoch"), item.get("seq")
         if epoch == self.epoch and self.seq is not None and _seq_key(seq) <= _seq_key(self.seq):
-            if not (kind == "bar" and _seq_key(seq) == _seq_key(self.seq)):
-                self.duplicates += 1
+            self.duplicates += 1  # a bar is sent once per state, each above the last
             return
         if kind == "bar":
             t = item.get("time")

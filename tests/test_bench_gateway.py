@@ -1,0 +1,136 @@
+"""scripts/bench-gateway at a tiny size, and the pieces it is built from: a real run (Redis,
+the recovery node and the feed at 10,000 ticks/s, rawcast, client processes) whose JSON line
+holds the issue 12 keys and a staleness for every step; rawcast's batches (one encode per
+subscription set, docs/GATEWAY.md's tick item); the clients' stream checks, from tables."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bus.config import default_config
+from nodes.drills.rawcast import RawCast, _Client
+from nodes.drills.wsclients import StreamCheck, bar_seconds, split
+from protocols.ticks.messages import Tick
+
+ROOT = Path(__file__).resolve().parent.parent
+KEYS = ("clients_max_p99_50ms", "p99_ms_500", "raw_p99_ms_500", "resume_ms_p99")
+
+
+def test_clients_are_spread_over_the_processes() -> None:
+    assert split(10, 4) == [3, 3, 2, 2]
+    assert split(3, 4) == [1, 1, 1, 0]
+    assert sum(split(1000, 7)) == 1000
+
+
+@pytest.mark.parametrize(("stream", "seconds"), [
+    ("bars:EURUSD:1S", 1), ("bars:EURUSD:1", 60), ("bars:EURUSD:60", 3600),
+    ("bars:EURUSD:1D", 86_400)])
+def test_a_resolution_is_its_bucket_width(stream: str, seconds: int) -> None:
+    assert bar_seconds(stream) == seconds
+
+
+def bar(seq: int, time: int, epoch: int = 7) -> dict[str, Any]:
+    return {"stream": "bars:EURUSD:1", "epoch": epoch, "seq": seq, "kind": "bar", "time": time}
+
+
+# (what comes after holding bar seq 10 at 600 s, counts it must give)
+CASES = [
+    ("the next state of the same bar", [bar(12, 600)], {"duplicates": 0, "missing_bars": 0}),
+    ("a bar sent again", [bar(10, 600)], {"duplicates": 1, "missing_bars": 0}),
+    ("an older state again", [bar(9, 600)], {"duplicates": 1, "missing_bars": 0}),
+    ("the next bucket", [bar(20, 660)], {"duplicates": 0, "missing_bars": 0}),
+    ("two buckets skipped", [bar(30, 780)], {"duplicates": 0, "missing_bars": 2}),
+    ("a new epoch is no duplicate", [bar(3, 600, epoch=8)], {"duplicates": 0}),
+]
+
+
+@pytest.mark.parametrize(("what", "items", "counts"), CASES, ids=[c[0] for c in CASES])
+def test_the_stream_check_counts_duplicates_and_missing_bars(
+        what: str, items: list[dict[str, Any]], counts: dict[str, int]) -> None:
+    check = StreamCheck("bars:EURUSD:1")
+    check.on_subscribed({"stream": check.stream, "epoch": 7, "seq": 0, "mode": "snapshot"},
+                        resuming=False)
+    check.on_item(bar(10, 600))
+    for item in items:
+        check.on_item(item)
+    for key, n in counts.items():
+        assert getattr(check, key) == n, what
+
+
+def test_a_resume_that_resets_is_counted_and_held_is_what_hello_sends() -> None:
+    check = StreamCheck("orders")
+    check.on_subscribed({"epoch": 1, "seq": 0, "mode": "snapshot"}, resuming=False)
+    check.on_item({"epoch": 1, "seq": "1700-3", "kind": "order"})
+    assert check.held == [1, "1700-3"]
+    check.on_subscribed({"epoch": 1, "seq": "1700-3", "mode": "recovered"}, resuming=True)
+    check.on_item({"epoch": 1, "seq": "1700-3", "kind": "order"})  # the last one, again
+    assert (check.resets, check.snapshots, check.duplicates) == (0, 0, 1)
+    check.on_subscribed({"epoch": 2, "seq": 0, "mode": "snapshot", "reset": True},
+                        resuming=True)
+    assert (check.resets, check.snapshots) == (1, 1)
+
+
+class FakeWs:
+    closed = False
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def send_str(self, text: str) -> None:
+        self.sent.append(text)
+
+
+def test_rawcast_encodes_once_per_subscription_set_and_sends_the_tick_items() -> None:
+    cast = RawCast(default_config(), 20.0)
+    sets = [{"ticks:EURUSD", "ticks:GBPUSD"}, {"ticks:EURUSD", "ticks:GBPUSD"},
+            {"ticks:XAUUSD"}]
+    socks = [FakeWs() for _ in sets]
+    clients = [_Client(ws, frozenset(s)) for ws, s in zip(socks, sets, strict=True)]  # type: ignore[arg-type]
+    cast.clients.update(clients)
+    for seq, sym in enumerate(["EURUSD", "EURUSD", "GBPUSD", "USDJPY"], start=1):
+        tick = Tick(sym, 1.1, 1.2, 0.0, 0.0, 1_000_000_000 * seq, 2_000_123_456 * seq, seq=seq)
+        cast.latest[sym] = tick
+        cast.folded[sym] = cast.folded.get(sym, 0) + 1
+    asyncio.run(cast.flush())
+    assert cast.counters.encodes == 1  # XAUUSD did not tick: its set gets nothing
+    assert socks[0].sent == socks[1].sent and not socks[2].sent
+    frame = json.loads(socks[0].sent[0])
+    assert frame["op"] == "batch" and isinstance(frame["t"], int)
+    eur = next(i for i in frame["items"] if i["stream"] == "ticks:EURUSD")
+    assert eur == {"stream": "ticks:EURUSD", "epoch": 1, "seq": 2, "kind": "tick", "bid": 1.1,
+                   "ask": 1.2, "last": 0.0, "volume": 0.0, "ts": 2000, "ft": 4_000_246,
+                   "n": 2}
+    assert {i["stream"] for i in frame["items"]} == {"ticks:EURUSD", "ticks:GBPUSD"}
+    asyncio.run(cast.flush())  # nothing new since: nothing sent
+    assert len(socks[0].sent) == 1
+
+
+@pytest.mark.timeout(90)
+def test_a_tiny_run_reports_staleness_frames_and_cpu_for_every_step(tmp_path: Path) -> None:
+    report = tmp_path / "bench-gateway.md"
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_gateway.py"), "--steps", "4,8",
+         "--servers", "raw", "--procs", "2", "--warmup", "0.5", "--window", "1",
+         "--json", "--report", str(report)],
+        cwd=ROOT, capture_output=True, text=True, timeout=85)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert all(k in out for k in KEYS), sorted(set(KEYS) - set(out))
+    assert [s["clients"] for s in out["steps"]] == [4, 8]
+    for step in out["steps"]:
+        raw = step["raw"]
+        assert raw["connect_failures"] == 0 and raw["live"] == step["clients"]
+        assert raw["samples"] > 0 and 0 < raw["p50_ms"] <= raw["p99_ms"]
+        # 4 symbols at 2,500 ticks/s each: every 20 ms flush has news of each
+        assert 10 < raw["frames_per_s"] <= 60 and raw["bytes_per_s"] > 0
+        assert raw["cpu_pct"] > 0 and raw["rss_mb"] > 10
+    assert out["raw"]["p99_ms"]["8"] == out["steps"][1]["raw"]["p99_ms"]
+    assert out["p99_ms_500"] is None and out["resume_ms_p99"] is None  # no such step here
+    assert "| 8 | raw |" in report.read_text()
