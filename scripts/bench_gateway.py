@@ -27,17 +27,26 @@ and ``tick`` item received, the **staleness** of that price (receive time minus 
 frames/s); the server's CPU (psutil user + system, 100 = one core) and RSS (now and peak);
 the other processes' CPU; connect failures.
 
-**Resume** (gateway only; ``--resume-clients``, 0 skips it): K clients subscribed to
-``bars:{SYM}:1`` of the 4 symbols and ``orders``, reconnecting on their own. The gateway is
-SIGKILLed and started again (``--resume-kills`` times); per client and kill, the time from
-the moment its socket closed to the first ``batch`` after its new ``welcome`` and every
-``subscribed`` (the chart is live again), p50/p99; and across the gaps, per stream kind, the
-duplicated items (a ``seq`` at or below the one the client held), missing bars (consecutive
-bar times more than a bucket apart) and resets.
+**Resume** (``--resume-clients`` K, 0 skips it; ``--resume-kills`` SIGKILLs each): K clients
+that reconnect on their own (``hello`` with their token and the ``(epoch, seq)`` they hold per
+stream), on the server they are connected to, which is SIGKILLed and started again. Per client
+and kill, the time from the moment its socket closed to the first ``batch`` after its new
+``welcome`` and every ``subscribed`` (the chart is live again), p50/p99 over all; and across
+the gaps, per kind of stream, the duplicated items (a ``seq`` at or below the one the client
+held, same epoch), missing bars (consecutive bar times more than a bucket apart: the feed
+ticks every bucket), resets and snapshots. Three runs:
+
+* ``restart``: one gateway, the clients on ``bars:{SYM}:1`` of the 4 symbols and ``orders``;
+  they come back to it once it answers again (``resume_ms_p99``);
+* ``failover``: both gateways of the mesh (``[gateway] listen``), the clients on the one
+  killed; they move to the other while it restarts (``failover_resume_ms_p99``);
+* ``raw``: rawcast on the tick streams, the reference: a process restart and a reconnect,
+  with nothing resumed (``raw_resume_ms_p99``).
 
 Headline keys of ``--json`` (issue 12 item 7): ``clients_max_p99_50ms`` (the largest step
 whose gateway staleness p99 <= 50 ms), ``p99_ms_500``, ``raw_p99_ms_500``, ``ratio_p99_500``,
-``resume_ms_p99``; ``steps`` holds every figure per step and per server. Every process this
+``resume_ms_p99`` (and ``failover_resume_ms_p99``, ``raw_resume_ms_p99``); ``steps`` holds
+every figure per step and per server, ``resumes`` every resume run. Every process this
 script started is stopped before it exits. docs/BENCHMARKS.md gives the method and results.
 """
 
@@ -130,7 +139,6 @@ class Mesh:
         self.api_key = secrets.token_urlsafe(24)
         self.users = workdir / "users.toml"
         write_users(self.users, self.api_key)
-        self.gateway_listen = f"{HOST}:{free_port()}"
         udp = udp_address()
         self.cfg = MeshConfig(
             mesh=MeshSection(name="bench-gateway", key_prefix="bg"),
@@ -142,7 +150,8 @@ class Mesh:
             orders=OrdersSection(enabled=False),
             history=HistorySection(enabled=False, duckdb_path=str(workdir / "history.duckdb"),
                                    spool_path=str(workdir / "spool.duckdb"), query_bind=""),
-            gateway=GatewaySection(listen=(self.gateway_listen,), users_file=str(self.users),
+            gateway=GatewaySection(listen=(f"{HOST}:{free_port()}", f"{HOST}:{free_port()}"),
+                                   users_file=str(self.users),
                                    connections_per_user=max_clients + 16),
         ).validate()
         self.path = workdir / "mesh.toml"
@@ -192,7 +201,8 @@ class Mesh:
 
 
 class RawServer:
-    """``nodes.drills.rawcast`` as a child: it binds port 0 and says which on its ready line."""
+    """``nodes.drills.rawcast`` as a child, on one port for the whole run (a restarted one
+    is found where its clients left it)."""
 
     name = "raw"
 
@@ -200,21 +210,31 @@ class RawServer:
         self.procs, self.mesh = procs, mesh
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid = 0
-        self.urls: tuple[str, ...] = ()
+        self.listen = f"{HOST}:{free_port()}"
+        self.urls: tuple[str, ...] = (f"http://{self.listen}",)
         self.runs = 0
 
-    def start(self) -> None:
+    def start(self, timeout: float = 30.0) -> float:
+        """Start it and wait for its ready line (it is listening); the seconds that took."""
+        t0 = time.monotonic()
         self.runs += 1
         name = f"rawcast-{self.runs}"
         self.proc = self.procs.start(name, [sys.executable, "-m", "nodes.drills.rawcast",
-                                            str(self.mesh.path), "--listen", f"{HOST}:0"],
+                                            str(self.mesh.path), "--listen", self.listen],
                                      pipes=True)
-        ready = LineChild(self.proc, name).read(30)
-        self.pid = int(ready["pid"])
-        self.urls = (f"http://{HOST}:{ready['port']}",)
+        try:
+            self.pid = int(LineChild(self.proc, name).read(timeout)["pid"])
+        except DrillError as exc:
+            raise DrillError(f"{exc}:\n{self.procs.log_tail(name)}") from None
+        return time.monotonic() - t0
 
     def login(self) -> dict[str, str] | None:
         return None
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -228,14 +248,15 @@ class GatewayServer:
 
     name = "gateway"
 
-    def __init__(self, procs: Children, mesh: Mesh, workdir: Path) -> None:
+    def __init__(self, procs: Children, mesh: Mesh, workdir: Path, index: int = 0) -> None:
         self.procs, self.mesh = procs, mesh
-        self.urls = (f"http://{mesh.gateway_listen}",)
-        self.node = Node("gateway", [sys.executable, "-m", "nodes.cli", "gateway", "--config",
-                                     str(mesh.path), "--listen", mesh.gateway_listen,
-                                     "--log-level", "WARNING",
-                                     "--stats", str(workdir / "gateway.json")],
-                         workdir / "gateway.json", workdir / "gateway.log")
+        listen = mesh.cfg.gateway.listen[index]
+        self.urls = (f"http://{listen}",)
+        name = f"gateway-{index}"
+        stats = workdir / f"{name}.json"
+        self.node = Node(name, [sys.executable, "-m", "nodes.cli", "gateway", "--config",
+                                str(mesh.path), "--listen", listen, "--log-level", "WARNING",
+                                "--stats", str(stats)], stats, workdir / f"{name}.log")
         self.pid = 0
 
     @staticmethod
@@ -270,6 +291,9 @@ class GatewayServer:
 
     def stop(self) -> None:
         self.node.stop()
+
+
+Server = RawServer | GatewayServer
 
 
 def _healthy(url: str) -> bool:
@@ -326,39 +350,45 @@ def run_step(server: RawServer | GatewayServer, fleet: ClientFleet, mesh: Mesh, 
             "cpu_pct_all": pct, "client_cpu_pct": w.client_cpu_pct, "errors": w.errors}
 
 
-def run_resume(gateway: GatewayServer, fleet: ClientFleet, args: argparse.Namespace
-               ) -> dict[str, Any]:
-    """K reconnecting clients on bars and orders; the gateway SIGKILLed and restarted."""
+def run_resume(servers: list[Server], streams: tuple[str, ...], fleet: ClientFleet,
+               args: argparse.Namespace) -> dict[str, Any]:
+    """K reconnecting clients on ``streams``; the server they are on SIGKILLed and started
+    again, ``--resume-kills`` times. With one server they come back to it; with two (both
+    gateways of the mesh) they fail over to the other while the killed one restarts."""
     restart_s: list[float] = []
     kills: list[dict[str, Any]] = []
-    gateway.start()
+    for server in servers:
+        server.start()
     try:
-        spec = FleetSpec(urls=gateway.urls, streams=RESUME_STREAMS, login=gateway.login(),
-                         reconnect=True, check=True, connect_timeout_s=args.connect_timeout)
+        urls = tuple(u for server in servers for u in server.urls)
+        spec = FleetSpec(urls=urls, streams=streams, login=servers[0].login(), reconnect=True,
+                         check=True, connect_timeout_s=args.connect_timeout)
         conn = fleet.connect(spec, args.resume_clients)
         if conn["live"] == 0:
             raise DrillError(f"no resume client connected: {conn['errors']}")
-        for _ in range(args.resume_kills):
+        for i in range(args.resume_kills):
             time.sleep(args.warmup)
             live = fleet.resume_arm()
-            gateway.kill()
-            restart_s.append(round(gateway.start(), 3))
-            got = fleet.resume_wait(args.resume_timeout)
-            kills.append({"live_before": live, **got})
+            victim = servers[i % len(servers)]  # every client is on it: they move together
+            victim.kill()
+            restart_s.append(round(victim.start(), 3))
+            kills.append({"live_before": live, **fleet.resume_wait(args.resume_timeout)})
         fleet.close()
     finally:
-        gateway.stop()
+        for server in servers:
+            server.stop()
     every = latency_ms([v for k in kills for v in k.pop("resume_ns")])
-    streams: dict[str, dict[str, int]] = {}
+    totals: dict[str, dict[str, int]] = {}
     for k in kills:
         for kind, counts in k["streams"].items():
-            agg = streams.setdefault(kind, {})
+            agg = totals.setdefault(kind, {})
             for key, v in counts.items():
                 agg[key] = agg.get(key, 0) + v
-    return {"clients": args.resume_clients, "connect_failures": conn["failed"],
-            "kills": kills, "restart_s": restart_s,
-            "resume_ms": every, "resume_ms_p50": every["p50"], "resume_ms_p99": every["p99"],
-            "not_resumed": sum(k["not_resumed"] for k in kills), "streams": streams}
+    return {"server": servers[0].name, "servers": len(servers), "streams": list(streams),
+            "clients": args.resume_clients, "connect_failures": conn["failed"],
+            "kills": kills, "restart_s": restart_s, "resume_ms": every,
+            "resume_ms_p50": every["p50"], "resume_ms_p99": every["p99"],
+            "not_resumed": sum(k["not_resumed"] for k in kills), "checks": totals}
 
 
 # ============================================================================================
@@ -373,7 +403,22 @@ def _at(steps: list[dict[str, Any]], n: int, server: str, key: str) -> Any:
     return None
 
 
-def summarize(steps: list[dict[str, Any]], resume: dict[str, Any] | None) -> dict[str, Any]:
+RESUMES = {"restart": "resume", "failover": "failover_resume", "raw": "raw_resume"}
+
+
+def _resume_figures(prefix: str, r: dict[str, Any] | None) -> dict[str, Any]:
+    def total(key: str) -> int | None:
+        return None if r is None else sum(v.get(key, 0) for v in r["checks"].values())
+
+    return {f"{prefix}_ms_p50": r["resume_ms_p50"] if r else None,
+            f"{prefix}_ms_p99": r["resume_ms_p99"] if r else None,
+            f"{prefix}_not_resumed": r["not_resumed"] if r else None,
+            f"{prefix}_duplicates": total("duplicates"),
+            f"{prefix}_missing": total("missing_bars"), f"{prefix}_resets": total("resets")}
+
+
+def summarize(steps: list[dict[str, Any]], resumes: dict[str, dict[str, Any]]
+              ) -> dict[str, Any]:
     """The headline figures (issue 12's JSON keys) and the targets."""
     at = AT_CLIENTS
     ok_steps = [s["clients"] for s in steps if s.get("gateway")
@@ -388,16 +433,9 @@ def summarize(steps: list[dict[str, Any]], resume: dict[str, Any] | None) -> dic
         "raw_p50_ms_500": _at(steps, at, "raw", "p50_ms"),
         "cpu_pct_500": _at(steps, at, "gateway", "cpu_pct"),
         "raw_cpu_pct_500": _at(steps, at, "raw", "cpu_pct"),
-        "resume_ms_p50": resume["resume_ms_p50"] if resume else None,
-        "resume_ms_p99": resume["resume_ms_p99"] if resume else None,
-        "resume_not_resumed": resume["not_resumed"] if resume else None,
-        "resume_duplicates": (sum(v.get("duplicates", 0) for v in resume["streams"].values())
-                              if resume else None),
-        "resume_missing": (sum(v.get("missing_bars", 0) for v in resume["streams"].values())
-                           if resume else None),
-        "resume_resets": (sum(v.get("resets", 0) for v in resume["streams"].values())
-                          if resume else None),
     }
+    for mode, prefix in RESUMES.items():
+        out.update(_resume_figures(prefix, resumes.get(mode)))
 
     def at_most(v: float | None, bound: float) -> bool | None:
         return None if v is None else v <= bound
@@ -405,16 +443,19 @@ def summarize(steps: list[dict[str, Any]], resume: dict[str, Any] | None) -> dic
     out["targets"] = {
         "p99_500": at_most(p99, TARGETS["p99_ms"]),
         "ratio_500": at_most(ratio, TARGETS["ratio"]),
-        "resume_p99": at_most(out["resume_ms_p99"], TARGETS["resume_p99_ms"]),
-        "resume_nothing_missing_or_doubled": (
-            None if resume is None else out["resume_duplicates"] == 0
-            and out["resume_missing"] == 0 and out["resume_not_resumed"] == 0),
     }
+    for mode in ("restart", "failover"):
+        prefix = RESUMES[mode]
+        out["targets"][f"{prefix}_p99"] = at_most(out[f"{prefix}_ms_p99"],
+                                                  TARGETS["resume_p99_ms"])
+        out["targets"][f"{prefix}_nothing_missing_or_doubled"] = (
+            None if mode not in resumes else out[f"{prefix}_duplicates"] == 0
+            and out[f"{prefix}_missing"] == 0 and out[f"{prefix}_not_resumed"] == 0)
     return out
 
 
 def run_bench(args: argparse.Namespace, procs: Children, workdir: Path) -> dict[str, Any]:
-    servers = [s for s in args.servers if s in SERVERS]
+    servers = list(args.servers)
     have_gateway = "gateway" in servers and GatewayServer.available()
     if "gateway" in servers and not have_gateway:
         _say("this tree has no `tickmesh gateway`: the gateway steps and resume are skipped")
@@ -422,13 +463,13 @@ def run_bench(args: argparse.Namespace, procs: Children, workdir: Path) -> dict[
     mesh = Mesh(procs, workdir, max([*args.steps, args.resume_clients]))
     fleet = ClientFleet(procs, workdir, args.procs)
     steps: list[dict[str, Any]] = []
-    resume = None
+    resumes: dict[str, dict[str, Any]] = {}
     try:
         mesh.start()
         fleet.start()
-        by_name: dict[str, RawServer | GatewayServer] = {"raw": RawServer(procs, mesh)}
-        if have_gateway:
-            by_name["gateway"] = GatewayServer(procs, mesh, workdir)
+        raw = RawServer(procs, mesh)
+        gateways = [GatewayServer(procs, mesh, workdir, i) for i in range(2)]
+        by_name: dict[str, Server] = {"raw": raw, "gateway": gateways[0]}
         _say(f"feed at {RATE:,.0f} ticks/s ({', '.join(SYMBOLS)}); {args.procs} client "
              f"processes; servers {', '.join(servers)}; steps {args.steps}")
         for n in args.steps:
@@ -441,23 +482,30 @@ def run_bench(args: argparse.Namespace, procs: Children, workdir: Path) -> dict[
                      f"{fmt(r['frames_per_s'], 1)} frames/s per client, CPU "
                      f"{fmt(r['cpu_pct'], 0)} %, {r['connect_failures']} failed to connect")
             steps.append(step)
-        if have_gateway and args.resume_clients > 0 and args.resume_kills > 0:
-            _say(f"resume: {args.resume_clients} clients, gateway SIGKILLed "
-                 f"{args.resume_kills} times")
-            gw = by_name["gateway"]
-            assert isinstance(gw, GatewayServer)
-            resume = run_resume(gw, fleet, args)
-            _say(f"  resume p99 {fmt(resume['resume_ms_p99'], 1)} ms, not resumed "
-                 f"{resume['not_resumed']}")
+        if args.resume_clients > 0 and args.resume_kills > 0:
+            runs: list[tuple[str, list[Server], tuple[str, ...]]] = []
+            if "raw" in servers:
+                runs.append(("raw", [raw], TICK_STREAMS))
+            if have_gateway:
+                runs += [("restart", [gateways[0]], RESUME_STREAMS),
+                         ("failover", list(gateways), RESUME_STREAMS)]
+            for mode, group, streams in runs:
+                _say(f"resume ({mode}): {args.resume_clients} clients on {len(group)} "
+                     f"{group[0].name} server(s), {args.resume_kills} SIGKILLs")
+                resumes[mode] = r = run_resume(group, streams, fleet, args)
+                _say(f"  resume p50 / p99 {fmt(r['resume_ms_p50'], 1)} / "
+                     f"{fmt(r['resume_ms_p99'], 1)} ms, restarts {r['restart_s']} s, not "
+                     f"resumed {r['not_resumed']}, checks {r['checks']}")
         feed = mesh.feed_stats()
     finally:
         fleet.stop()
         mesh.close()
-    summary = summarize(steps, resume)
+    summary = {**summarize(steps, resumes), "resumes": resumes}  # drive() prints the summary
     result = {"machine": {**machine(), "aiohttp": _aiohttp_version()}, "summary": summary,
-              "steps": steps, "resume": resume,
+              "steps": steps, "resumes": resumes,
               "raw": {"server": "nodes/drills/rawcast.py", "flush_ms": mesh.cfg.gateway.flush_ms,
-                      "p99_ms": {s["clients"]: s["raw"]["p99_ms"] for s in steps if "raw" in s}},
+                      "p99_ms": {s["clients"]: s["raw"]["p99_ms"] for s in steps if "raw" in s},
+                      "resume": resumes.get("raw")},
               "feed": {"rate": RATE, "publisher": feed.get("publisher")},
               "args": {k: v for k, v in vars(args).items() if k != "report"}}
     if args.report:
@@ -496,15 +544,23 @@ def step_rows(result: dict[str, Any]) -> list[list[Any]]:
 
 def headline(result: dict[str, Any]) -> list[str]:
     s, t = result["summary"], result["summary"]["targets"]
-    return [
+    out = [
         f"largest step with gateway p99 <= 50 ms: {s['clients_max_p99_50ms'] or '-'} clients",
-        f"500 clients: gateway p99 {fmt(s['p99_ms_500'], 2)} ms ({_verdict(t['p99_500'])}), "
-        f"raw p99 {fmt(s['raw_p99_ms_500'], 2)} ms, ratio {fmt(s['ratio_p99_500'], 2)} "
-        f"(<= 1.5 {_verdict(t['ratio_500'])})",
-        f"resume p50 / p99 {fmt(s['resume_ms_p50'], 1)} / {fmt(s['resume_ms_p99'], 1)} ms "
-        f"(<= 1,000 {_verdict(t['resume_p99'])}); duplicates {s['resume_duplicates']}, missing "
-        f"bars {s['resume_missing']}, resets {s['resume_resets']}, not resumed "
-        f"{s['resume_not_resumed']} ({_verdict(t['resume_nothing_missing_or_doubled'])})"]
+        f"{AT_CLIENTS} clients: gateway p99 {fmt(s['p99_ms_500'], 2)} ms "
+        f"({_verdict(t['p99_500'])}), raw p99 {fmt(s['raw_p99_ms_500'], 2)} ms, ratio "
+        f"{fmt(s['ratio_p99_500'], 2)} (<= 1.5 {_verdict(t['ratio_500'])})"]
+    for mode, prefix in RESUMES.items():
+        r = result["resumes"].get(mode)
+        if r is None:
+            continue
+        verdict = ("" if mode == "raw" else f" (<= 1,000 {_verdict(t[f'{prefix}_p99'])}; "
+                   f"{_verdict(t[f'{prefix}_nothing_missing_or_doubled'])})")
+        out.append(f"resume, {mode} ({', '.join(r['streams'])}): p50 / p99 "
+                   f"{fmt(s[f'{prefix}_ms_p50'], 1)} / {fmt(s[f'{prefix}_ms_p99'], 1)} ms"
+                   f"{verdict}; duplicates {s[f'{prefix}_duplicates']}, missing bars "
+                   f"{s[f'{prefix}_missing']}, resets {s[f'{prefix}_resets']}, not resumed "
+                   f"{s[f'{prefix}_not_resumed']}; restarts took {r['restart_s']} s")
+    return out
 
 
 def render(result: dict[str, Any]) -> str:
@@ -527,7 +583,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{m['date']}; {m['nproc']} cores {m['cpu']}, load average {m['loadavg_1m']:.2f} at the "
         f"end; aiohttp {m['aiohttp']}; feed {RATE:,.0f} ticks/s.", "",
         *markdown_table(HEADER, step_rows(result)), "", *(f"- {h}" for h in headline(result)),
-        "", "```json", json.dumps(result["summary"], indent=1, default=str), "```", ""])
+        "", "```json", json.dumps({k: v for k, v in result["summary"].items() if k != "resumes"},
+                                  indent=1, default=str), "```", ""])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """scripts/bench-gateway at a tiny size, and the pieces it is built from: a real run (Redis,
 the recovery node and the feed at 10,000 ticks/s, rawcast, client processes) whose JSON line
-holds the issue 12 keys and a staleness for every step; rawcast's batches (one encode per
+holds the issue 12 keys, a staleness for every step and a resume time for every client of a
+killed rawcast; rawcast's batches (one encode per
 subscription set, docs/GATEWAY.md's tick item); the clients' stream checks, from tables."""
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def test_a_tiny_run_reports_staleness_frames_and_cpu_for_every_step(tmp_path: Pa
     res = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench_gateway.py"), "--steps", "4,8",
          "--servers", "raw", "--procs", "2", "--warmup", "0.5", "--window", "1",
-         "--json", "--report", str(report)],
+         "--resume-clients", "4", "--resume-kills", "1", "--json", "--report", str(report)],
         cwd=ROOT, capture_output=True, text=True, timeout=85)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
@@ -133,4 +134,7 @@ def test_a_tiny_run_reports_staleness_frames_and_cpu_for_every_step(tmp_path: Pa
         assert raw["cpu_pct"] > 0 and raw["rss_mb"] > 10
     assert out["raw"]["p99_ms"]["8"] == out["steps"][1]["raw"]["p99_ms"]
     assert out["p99_ms_500"] is None and out["resume_ms_p99"] is None  # no such step here
+    # rawcast SIGKILLed and restarted: every client came back to it
+    assert out["raw_resume_not_resumed"] == 0 and out["raw_resume_ms_p99"] > 0
+    assert out["resumes"]["raw"]["kills"][0]["resumed"] == 4
     assert "| 8 | raw |" in report.read_text()
