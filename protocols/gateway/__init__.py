@@ -1,0 +1,1 @@
+"""The chart gateway (docs/GATEWAY.md)."""
