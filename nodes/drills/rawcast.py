@@ -12,9 +12,11 @@ since the last flush (section 4's item: ``stream``, ``epoch``, ``seq``, ``kind``
 
 What it leaves out, on purpose, so the difference to the gateway is what those cost:
 no login or session (``hello``'s token is ignored), no resume, no limits, no heartbeats, no
-per-client conflation or queue: a frame is encoded once per distinct subscription set and
-``send_str`` to every client of the set in turn. It understands ``hello`` (answered with a
-``welcome``), ``subscribe`` / ``unsubscribe`` of ``ticks:*`` streams and ``ping``.
+per-client conflation or queue: each stream's item is encoded once per flush (by the gateway's
+own ``protocols.gateway.wire.tick_item``), joined into one ``batch`` per distinct
+subscription set, and that text is ``send_str`` to every client of the set in turn. It
+understands ``hello`` (answered with a ``welcome``), ``subscribe`` / ``unsubscribe`` of
+``ticks:*`` streams and ``ping``.
 
 Ports (``nodes.drills.ports``, case 2): it binds ``--listen`` (port 0 by default) and its
 first line on stdout, ``{"ready": true, "port": P, "pid": PID}``, says what it got. SIGTERM
@@ -38,9 +40,10 @@ from aiohttp import WSMsgType, web
 
 from bus.config import MeshConfig, load_config
 from bus.ticks.subscriber import Subscriber, SubscriberOptions
+from protocols.gateway.wire import batch_frame, frame, tick_item
 from protocols.ticks.messages import Tick
 
-__all__ = ["EPOCH", "RawCast", "batch_frame", "main", "tick_item"]
+__all__ = ["EPOCH", "RawCast", "encode_tick", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +51,10 @@ EPOCH = 1  # one sequence space: rawcast never resumes anything
 TICKS = "ticks:"
 
 
-def tick_item(stream: str, epoch: int, tick: Tick, folded: int) -> dict[str, Any]:
-    """A ``tick`` item of docs/GATEWAY.md section 4: ``ts`` in epoch ms, ``ft`` in epoch µs,
-    ``n`` the ticks folded into it since the stream's last item."""
-    return {"stream": stream, "epoch": epoch, "seq": tick.seq, "kind": "tick",
-            "bid": tick.bid, "ask": tick.ask, "last": tick.last, "volume": tick.volume,
-            "ts": tick.source_time_ns // 1_000_000, "ft": tick.feed_time_ns // 1000,
-            "n": folded}
-
-
-def batch_frame(items: list[dict[str, Any]], now_ms: int) -> str:
-    """The text of one ``batch`` frame."""
-    return json.dumps({"op": "batch", "t": now_ms, "items": items}, separators=(",", ":"))
+def encode_tick(stream: str, tick: Tick, folded: int) -> str:
+    """The ``tick`` item of a tick, encoded as the gateway encodes it (a JSON fragment)."""
+    return tick_item(stream, EPOCH, tick.seq, tick.bid, tick.ask, tick.last, tick.volume,
+                     tick.source_time_ns, tick.feed_time_ns, folded)
 
 
 @dataclass(slots=True, eq=False)  # hashed by identity: a member of the clients set
@@ -136,27 +131,27 @@ class RawCast:
         for c in self.clients:
             groups.setdefault(c.streams, []).append(c)
         now_ms = time.time_ns() // 1_000_000
+        fragments = {s: encode_tick(s, self.latest[s[len(TICKS):]], n) for s, n in changed.items()}
         for streams, members in groups.items():
-            items = [tick_item(s, EPOCH, self.latest[s[len(TICKS):]], n)
-                     for s, n in changed.items() if s in streams]
+            items = [f for s, f in fragments.items() if s in streams]
             if not items:
                 continue
-            frame = batch_frame(items, now_ms)
+            text = batch_frame(now_ms, items)
             self.counters.encodes += 1
-            await self._send_all(members, frame)
+            await self._send_all(members, text)
 
-    async def _send_all(self, members: Iterable[_Client], frame: str) -> None:
+    async def _send_all(self, members: Iterable[_Client], text: str) -> None:
         for c in members:
             if c.ws.closed:
                 continue
             try:
-                await c.ws.send_str(frame)
+                await c.ws.send_str(text)
             except (ConnectionError, RuntimeError) as exc:  # closing under us
                 self.counters.send_errors += 1
                 log.debug("send failed: %s", exc)
                 continue
             self.counters.frames += 1
-            self.counters.bytes += len(frame)
+            self.counters.bytes += len(text)
 
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(compress=False, max_msg_size=self.cfg.gateway.max_message_bytes)
@@ -176,47 +171,44 @@ class RawCast:
 
     async def _on_frame(self, client: _Client, text: str) -> None:
         try:
-            frame = json.loads(text)
-            op = frame["op"]
+            msg = json.loads(text)
+            op = msg["op"]
         except (ValueError, KeyError, TypeError):
             self.counters.bad_frames += 1
-            await client.ws.send_str(json.dumps({"op": "error", "id": None, "code": "bad_json",
-                                                 "message": "not a JSON frame with an op"}))
+            await client.ws.send_str(frame("error", id=None, code="bad_json",
+                                           message="not a JSON frame with an op"))
             return
         match op:
             case "hello":
-                await client.ws.send_str(json.dumps({
-                    "op": "welcome", "v": 1, "gateway": "rawcast", "session": "raw",
-                    "user": "", "accounts": [], "heartbeat_ms": self.cfg.gateway.heartbeat_ms,
-                    "limits": {}}))
+                await client.ws.send_str(frame(
+                    "welcome", v=1, gateway="rawcast", session="raw", user="", accounts=[],
+                    heartbeat_ms=self.cfg.gateway.heartbeat_ms, limits={}))
                 self.clients.add(client)
-                for stream in frame.get("streams") or {}:
+                for stream in msg.get("streams") or {}:
                     await self._subscribe(client, None, stream)
             case "subscribe":
-                await self._subscribe(client, frame.get("id"), frame.get("stream"))
+                await self._subscribe(client, msg.get("id"), msg.get("stream"))
             case "unsubscribe":
-                client.streams = client.streams - {frame.get("stream")}
-                await client.ws.send_str(json.dumps({"op": "unsubscribed", "id": frame.get("id"),
-                                                     "stream": frame.get("stream")}))
+                client.streams = client.streams - {msg.get("stream")}
+                await client.ws.send_str(frame("unsubscribed", id=msg.get("id"),
+                                               stream=msg.get("stream")))
             case "ping":
-                await client.ws.send_str(json.dumps({"op": "pong", "t": frame.get("t")}))
+                await client.ws.send_str(frame("pong", t=msg.get("t")))
             case _:
                 self.counters.bad_frames += 1
-                await client.ws.send_str(json.dumps({"op": "error", "id": frame.get("id"),
-                                                     "code": "bad_request",
-                                                     "message": f"rawcast has no op {op!r}"}))
+                await client.ws.send_str(frame("error", id=msg.get("id"), code="bad_request",
+                                               message=f"rawcast has no op {op!r}"))
 
     async def _subscribe(self, client: _Client, req_id: Any, stream: Any) -> None:
         if stream not in self.streams:
-            await client.ws.send_str(json.dumps({"op": "error", "id": req_id,
-                                                 "code": "unknown_stream",
-                                                 "message": f"rawcast has no {stream!r}"}))
+            await client.ws.send_str(frame("error", id=req_id, code="unknown_stream",
+                                           message=f"rawcast has no {stream!r}"))
             return
         client.streams = client.streams | {stream}
         tick = self.latest.get(stream[len(TICKS):])
-        await client.ws.send_str(json.dumps({"op": "subscribed", "id": req_id, "stream": stream,
-                                             "epoch": EPOCH, "seq": tick.seq if tick else 0,
-                                             "mode": "snapshot", "reset": False}))
+        await client.ws.send_str(frame("subscribed", id=req_id, stream=stream, epoch=EPOCH,
+                                       seq=tick.seq if tick else 0, mode="snapshot",
+                                       reset=False))
 
 
 async def serve(cfg: MeshConfig, host: str, port: int, flush_ms: float,
