@@ -53,13 +53,10 @@ script started is stopped before it exits. docs/BENCHMARKS.md gives the method a
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import secrets
 import subprocess
 import sys
 import time
-from base64 import b64encode
 from pathlib import Path
 from typing import Any
 
@@ -91,29 +88,17 @@ def _say(msg: str) -> None:
 # ============================================================================================
 
 
-def hash_password(password: str, salt: bytes | None = None) -> str:
-    """docs/GATEWAY.md section 2's ``scrypt$N$r$p$salt$key`` (until the sessions module's own
-    helper is on main)."""
-    salt = salt or secrets.token_bytes(16)
-    key = hashlib.scrypt(password.encode(), salt=salt, n=16384, r=8, p=1, dklen=32)
-    return f"scrypt$16384$8$1${b64encode(salt).decode()}${b64encode(key).decode()}"
+def write_users(path: Path) -> str:
+    """The users file: the bench user, with no password and one API key (a key login costs
+    the gateway one SHA-256, a password one scrypt run: a thousand clients log in with the
+    key), and the demo users. Returns the key."""
+    from bus.gateway.sessions import append_users, write_demo_users
+    from protocols.gateway.auth import User, hash_api_key, new_api_key
 
-
-def write_users(path: Path, api_key: str) -> None:
-    """The bench user (an API key: a login costs the gateway one SHA-256, so a thousand
-    clients can log in) and the demo user ``alice``/``alice``."""
-    key_hash = hashlib.sha256(api_key.encode()).hexdigest()
-    path.write_text(
-        "[[users]]\n"
-        f'name = "{BENCH_USER}"\n'
-        f'password = "{hash_password(secrets.token_hex(8))}"\n'
-        f'api_keys = ["sha256${key_hash}"]\n'
-        f'accounts = ["{BENCH_ACCOUNT}"]\n\n'
-        "[[users]]\n"
-        'name = "alice"\n'
-        f'password = "{hash_password("alice")}"\n'
-        "api_keys = []\n"
-        'accounts = ["ACC-ALICE"]\n')
+    key = new_api_key()
+    write_demo_users(path)
+    append_users(path, [User(BENCH_USER, (BENCH_ACCOUNT,), None, (hash_api_key(key),))])
+    return key
 
 
 class Mesh:
@@ -136,9 +121,8 @@ class Mesh:
 
         self.procs, self.workdir = procs, workdir
         self.redis = RedisProcess(data_dir=workdir / "redis", appendonly=False)
-        self.api_key = secrets.token_urlsafe(24)
         self.users = workdir / "users.toml"
-        write_users(self.users, self.api_key)
+        self.api_key = write_users(self.users)
         udp = udp_address()
         self.cfg = MeshConfig(
             mesh=MeshSection(name="bench-gateway", key_prefix="bg"),
