@@ -73,7 +73,7 @@ TICK_STREAMS = tuple(f"ticks:{s}" for s in SYMBOLS)
 RESUME_STREAMS = (*(f"bars:{s}:1" for s in SYMBOLS), "orders")
 HOST = "127.0.0.1"
 BENCH_USER = "bench"
-BENCH_ACCOUNT = "ACC-BENCH"
+BENCH_ACCOUNT = "sim"  # the trader node's account
 TARGETS = {"p99_ms": 50.0, "ratio": 1.5, "resume_p99_ms": 1000.0}
 AT_CLIENTS = 500  # the step the targets are set at
 SERVERS = ("raw", "gateway")
@@ -102,10 +102,15 @@ def write_users(path: Path) -> str:
 
 
 class Mesh:
-    """redis-server, the recovery node and the feed, for the whole run; the mesh file that the
-    servers of every step read."""
+    """redis-server, the recovery node and the feed for the whole run; the order path (the
+    backend pair, the executor, the trader) and the historian when a step needs them; the
+    mesh file every server reads.
 
-    def __init__(self, procs: Children, workdir: Path, max_clients: int) -> None:
+    The bench user owns the trader's account (``sim``), the only one that trades here: its
+    ``orders`` stream carries every history position, so a client can tell a missing one."""
+
+    def __init__(self, procs: Children, workdir: Path, max_clients: int,
+                 order_rate: float) -> None:
         from bus.config import (
             FeedSection,
             GatewaySection,
@@ -124,23 +129,26 @@ class Mesh:
         self.users = workdir / "users.toml"
         self.api_key = write_users(self.users)
         udp = udp_address()
+        tcp = tcp_endpoint
         self.cfg = MeshConfig(
             mesh=MeshSection(name="bench-gateway", key_prefix="bg"),
             redis=RedisSection(url=self.redis.url),
-            feeds=(FeedSection(name="bench", symbols=SYMBOLS, pub=tcp_endpoint(),
-                               udp_targets=(udp,), rate=RATE),),
-            recovery=(RecoverySection(bind=tcp_endpoint()),),
+            feeds=(FeedSection(name="bench", symbols=SYMBOLS, pub=tcp(), udp_targets=(udp,),
+                               rate=RATE),),
+            recovery=(RecoverySection(bind=tcp()),),
             subscriber=SubscriberSection(udp_bind=udp),
-            orders=OrdersSection(enabled=False),
-            history=HistorySection(enabled=False, duckdb_path=str(workdir / "history.duckdb"),
-                                   spool_path=str(workdir / "spool.duckdb"), query_bind=""),
+            orders=OrdersSection(trader_rate=order_rate, clients=(tcp(), tcp()),
+                                 peers=(tcp(), tcp()), updates=(tcp(), tcp()),
+                                 executor=(tcp(), tcp()), replicas=(tcp(), tcp())),
+            # enabled: the order store writes its history stream (the orders stream's source)
+            history=HistorySection(duckdb_path=str(workdir / "history.duckdb"),
+                                   spool_path=str(workdir / "spool.duckdb"), query_bind=tcp()),
             gateway=GatewaySection(listen=(f"{HOST}:{free_port()}", f"{HOST}:{free_port()}"),
                                    users_file=str(self.users),
                                    connections_per_user=max_clients + 16),
         ).validate()
         self.path = workdir / "mesh.toml"
-        self.feed: subprocess.Popen[bytes] | None = None
-        self.recovery: subprocess.Popen[bytes] | None = None
+        self.nodes: dict[str, subprocess.Popen[bytes]] = {}
 
     def write(self) -> None:
         from bus.config import dump_toml, load_config
@@ -148,19 +156,39 @@ class Mesh:
         self.path.write_text(dump_toml(self.cfg))
         load_config(self.path)  # the file says what we meant, or this raises
 
-    def _node(self, command: str) -> subprocess.Popen[bytes]:
-        stats = self.workdir / f"{command}.json"
-        proc = self.procs.start(command, [sys.executable, "-m", "nodes.cli", command, "--config",
-                                          str(self.path), "--log-level", "WARNING",
-                                          "--stats", str(stats)])
-        self.procs.wait_file(stats, proc, command, timeout=30)
-        return proc
+    def start_node(self, name: str, *args: str) -> None:
+        """``tickmesh ARGS --config F --stats NAME.json``, up once its first stats are written."""
+        stats = self.workdir / f"{name}.json"
+        proc = self.procs.start(name, [sys.executable, "-m", "nodes.cli", *args, "--config",
+                                       str(self.path), "--log-level", "WARNING",
+                                       "--stats", str(stats)])
+        self.nodes[name] = proc
+        self.procs.wait_file(stats, proc, name, timeout=30)
+
+    def stop_nodes(self, *names: str) -> None:
+        for name in names:
+            proc = self.nodes.pop(name, None)
+            if proc is not None:
+                stop_process(proc)
 
     def start(self) -> None:
         self.redis.start()
         self.write()
-        self.recovery = self._node("recovery")
-        self.feed = self._node("feed")
+        self.start_node("recovery", "recovery")
+        self.start_node("feed", "feed")
+
+    ORDER_PATH = ("primary", "backup", "executor", "trader")
+
+    def start_orders(self) -> None:
+        """The backend pair, the executor and the trader (``[orders] trader_rate``)."""
+        for name, args in (("primary", ("backend", "--role", "primary")),
+                           ("backup", ("backend", "--role", "backup")),
+                           ("executor", ("executor",)), ("trader", ("trader",))):
+            self.start_node(name, *args)
+
+    def pid(self, name: str) -> int:
+        proc = self.nodes.get(name)
+        return proc.pid if proc is not None else 0
 
     def feed_stats(self) -> dict[str, Any]:
         try:
@@ -170,8 +198,8 @@ class Mesh:
         return data
 
     def check_alive(self) -> None:
-        for name, proc in (("feed", self.feed), ("recovery", self.recovery)):
-            if proc is not None and proc.poll() is not None:
+        for name, proc in self.nodes.items():
+            if proc.poll() is not None:
                 raise DrillError(f"{name} exited with code {proc.returncode}:\n"
                                  f"{self.procs.log_tail(name)}")
 
@@ -308,7 +336,7 @@ def run_step(server: RawServer | GatewayServer, fleet: ClientFleet, mesh: Mesh, 
     cpu = CpuMeter()
     server.start()
     try:
-        cpu.pids.update({"server": server.pid, "feed": mesh.feed.pid if mesh.feed else 0})
+        cpu.pids.update({"server": server.pid, "feed": mesh.pid("feed")})
         cpu.pids.update({f"clients-{i}": pid for i, pid in enumerate(fleet.pids)})
         spec = FleetSpec(urls=server.urls, streams=TICK_STREAMS, login=server.login(),
                          connect_timeout_s=args.connect_timeout)
@@ -346,7 +374,8 @@ def run_resume(servers: list[Server], streams: tuple[str, ...], fleet: ClientFle
     try:
         urls = tuple(u for server in servers for u in server.urls)
         spec = FleetSpec(urls=urls, streams=streams, login=servers[0].login(), reconnect=True,
-                         check=True, connect_timeout_s=args.connect_timeout)
+                         check=True, consecutive=tuple(s for s in streams if s == "orders"),
+                         connect_timeout_s=args.connect_timeout)
         conn = fleet.connect(spec, args.resume_clients)
         if conn["live"] == 0:
             raise DrillError(f"no resume client connected: {conn['errors']}")
@@ -398,7 +427,7 @@ def _resume_figures(prefix: str, r: dict[str, Any] | None) -> dict[str, Any]:
             f"{prefix}_ms_p99": r["resume_ms_p99"] if r else None,
             f"{prefix}_not_resumed": r["not_resumed"] if r else None,
             f"{prefix}_duplicates": total("duplicates"),
-            f"{prefix}_missing": total("missing_bars"), f"{prefix}_resets": total("resets")}
+            f"{prefix}_missing": total("missing"), f"{prefix}_resets": total("resets")}
 
 
 def summarize(steps: list[dict[str, Any]], resumes: dict[str, dict[str, Any]]
@@ -444,7 +473,7 @@ def run_bench(args: argparse.Namespace, procs: Children, workdir: Path) -> dict[
     if "gateway" in servers and not have_gateway:
         _say("this tree has no `tickmesh gateway`: the gateway steps and resume are skipped")
         servers.remove("gateway")
-    mesh = Mesh(procs, workdir, max([*args.steps, args.resume_clients]))
+    mesh = Mesh(procs, workdir, max([*args.steps, args.resume_clients]), args.order_rate)
     fleet = ClientFleet(procs, workdir, args.procs)
     steps: list[dict[str, Any]] = []
     resumes: dict[str, dict[str, Any]] = {}
@@ -474,6 +503,9 @@ def run_bench(args: argparse.Namespace, procs: Children, workdir: Path) -> dict[
                 runs += [("restart", [gateways[0]], RESUME_STREAMS),
                          ("failover", list(gateways), RESUME_STREAMS)]
             for mode, group, streams in runs:
+                if group[0].name == "gateway" and "trader" not in mesh.nodes:
+                    _say(f"the order path, the trader at {args.order_rate:g} orders/s")
+                    mesh.start_orders()
                 _say(f"resume ({mode}): {args.resume_clients} clients on {len(group)} "
                      f"{group[0].name} server(s), {args.resume_kills} SIGKILLs")
                 resumes[mode] = r = run_resume(group, streams, fleet, args)
@@ -587,6 +619,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="clients of the resume step (default 100; 0 skips it)")
     p.add_argument("--resume-kills", type=int, default=3,
                    help="SIGKILLs of the gateway in the resume step (default 3)")
+    p.add_argument("--order-rate", type=float, default=20.0,
+                   help="the trader's orders/s during the gateway's resume runs (20)")
     p.add_argument("--resume-timeout", type=float, default=30.0,
                    help="seconds for every client to resume after a kill (30)")
     p.add_argument("--report", type=Path, help="write a markdown report to this file")

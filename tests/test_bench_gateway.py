@@ -43,17 +43,17 @@ def bar(seq: int, time: int, epoch: int = 7) -> dict[str, Any]:
 
 # (what comes after holding bar seq 10 at 600 s, counts it must give)
 CASES = [
-    ("the next state of the same bar", [bar(12, 600)], {"duplicates": 0, "missing_bars": 0}),
-    ("a bar sent again", [bar(10, 600)], {"duplicates": 1, "missing_bars": 0}),
-    ("an older state again", [bar(9, 600)], {"duplicates": 1, "missing_bars": 0}),
-    ("the next bucket", [bar(20, 660)], {"duplicates": 0, "missing_bars": 0}),
-    ("two buckets skipped", [bar(30, 780)], {"duplicates": 0, "missing_bars": 2}),
+    ("the next state of the same bar", [bar(12, 600)], {"duplicates": 0, "missing": 0}),
+    ("a bar sent again", [bar(10, 600)], {"duplicates": 1, "missing": 0}),
+    ("an older state again", [bar(9, 600)], {"duplicates": 1, "missing": 0}),
+    ("the next bucket", [bar(20, 660)], {"duplicates": 0, "missing": 0}),
+    ("two buckets skipped", [bar(30, 780)], {"duplicates": 0, "missing": 2}),
     ("a new epoch is no duplicate", [bar(3, 600, epoch=8)], {"duplicates": 0}),
 ]
 
 
 @pytest.mark.parametrize(("what", "items", "counts"), CASES, ids=[c[0] for c in CASES])
-def test_the_stream_check_counts_duplicates_and_missing_bars(
+def test_the_stream_check_counts_duplicates_and_missing(
         what: str, items: list[dict[str, Any]], counts: dict[str, int]) -> None:
     check = StreamCheck("bars:EURUSD:1")
     check.on_subscribed({"stream": check.stream, "epoch": 7, "seq": 0, "mode": "snapshot"},
@@ -63,6 +63,14 @@ def test_the_stream_check_counts_duplicates_and_missing_bars(
         check.on_item(item)
     for key, n in counts.items():
         assert getattr(check, key) == n, what
+
+
+def test_a_consecutive_stream_counts_the_positions_it_skipped() -> None:
+    check = StreamCheck("orders", consecutive=True)
+    check.on_subscribed({"epoch": 1, "seq": 40, "mode": "recovered"}, resuming=False)
+    for seq in (41, 42, 45, 45, 46):
+        check.on_item({"epoch": 1, "seq": seq, "kind": "order"})
+    assert (check.missing, check.duplicates, check.held) == (2, 1, [1, 46])
 
 
 def test_a_resume_that_resets_is_counted_and_held_is_what_hello_sends() -> None:

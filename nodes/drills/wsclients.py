@@ -21,9 +21,10 @@ speaking docs/GATEWAY.md protocol v1:
   stream's ``subscribed`` (the chart is live again);
 * with ``check``, every item of every stream against what the client holds
   (:class:`StreamCheck`): duplicates (a ``seq`` at or below the one held, same epoch),
-  regressions, resets and snapshots after a reconnect, and for bars the missing buckets
+  resets and snapshots after a reconnect, and what is missing: for bars the buckets skipped
   (consecutive bar times more than one resolution apart; the bench's feed ticks every
-  bucket).
+  bucket), for a stream the spec names ``consecutive`` the positions skipped (``orders``,
+  when the session's accounts are the only ones that trade).
 
 The line protocol (``nodes.drills.procs``): ``connect`` (the spec and this child's share),
 ``window_start``, ``window_end`` (the staleness samples go to a file the parent names, as
@@ -97,15 +98,17 @@ class StreamCheck:
 
     ``held`` is ``(epoch, seq)`` of the last item applied (what ``hello.streams`` sends back).
     Within an epoch an item at or below ``held`` is a duplicate; a ``subscribed`` with a new
-    epoch, ``reset`` or ``mode: snapshot`` after a reconnect starts over (counted)."""
+    epoch, ``reset`` or ``mode: snapshot`` after a reconnect starts over (counted).
+    ``missing``: bar buckets skipped, or with ``consecutive`` the ``seq`` numbers skipped."""
 
     stream: str
+    consecutive: bool = False
     epoch: int | None = None
     seq: Any = None
     bar_time: int | None = None  # bars: the bucket of the last bar item
     items: int = 0
     duplicates: int = 0
-    missing_bars: int = 0
+    missing: int = 0
     resets: int = 0
     snapshots: int = 0
 
@@ -135,11 +138,14 @@ class StreamCheck:
         if epoch == self.epoch and self.seq is not None and _seq_key(seq) <= _seq_key(self.seq):
             self.duplicates += 1  # a bar is sent once per state, each above the last
             return
+        if self.consecutive and epoch == self.epoch and isinstance(seq, int) \
+                and isinstance(self.seq, int):
+            self.missing += seq - self.seq - 1
         if kind == "bar":
             t = item.get("time")
             if isinstance(t, int):
                 if self.bar_time is not None and t > self.bar_time:
-                    self.missing_bars += max(0, (t - self.bar_time) // bar_seconds(self.stream)
+                    self.missing += max(0, (t - self.bar_time) // bar_seconds(self.stream)
                                              - 1)
                 self.bar_time = t if self.bar_time is None else max(self.bar_time, t)
         self.epoch, self.seq = epoch, seq
@@ -154,12 +160,13 @@ class FleetSpec:
     login: dict[str, str] | None = None  # the body of POST /api/login; None: no login
     reconnect: bool = False
     check: bool = False  # StreamCheck every item (resume drills)
+    consecutive: tuple[str, ...] = ()  # streams whose every seq the client must see
     connect_timeout_s: float = 30.0
     client: str = "bench"
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> FleetSpec:
-        return cls(**{**obj, "urls": tuple(obj["urls"]), "streams": tuple(obj["streams"])})
+        return cls(**{**obj, **{k: tuple(obj[k]) for k in ("urls", "streams", "consecutive")}})
 
 
 # --- the child: one process, many clients ---------------------------------------------------
@@ -171,7 +178,8 @@ class _Client:
     def __init__(self, swarm: _Swarm, index: int) -> None:
         self.swarm, self.index = swarm, index
         self.token: str | None = None
-        self.checks = {s: StreamCheck(s) for s in swarm.spec.streams}
+        self.checks = {s: StreamCheck(s, s in swarm.spec.consecutive)
+                       for s in swarm.spec.streams}
         self.ws: Any = None
         self.live = asyncio.Event()
         self.failed: str | None = None
@@ -377,8 +385,8 @@ class _Swarm:
     def resume_arm(self) -> dict[str, Any]:
         self.resumes = []
         for c in self.clients:
-            c.checks = {s: StreamCheck(s, epoch=k.epoch, seq=k.seq, bar_time=k.bar_time)
-                        for s, k in c.checks.items()}
+            c.checks = {s: StreamCheck(s, k.consecutive, epoch=k.epoch, seq=k.seq,
+                                       bar_time=k.bar_time) for s, k in c.checks.items()}
         return {"ok": True, "live": sum(1 for c in self.clients if c.ws is not None)}
 
     async def resume_wait(self, timeout: float) -> dict[str, Any]:
@@ -393,7 +401,7 @@ class _Swarm:
                 kind = s.split(":", 1)[0]
                 agg = per_stream.setdefault(kind, Counter())
                 agg.update({"items": k.items, "duplicates": k.duplicates,
-                            "missing_bars": k.missing_bars, "resets": k.resets,
+                            "missing": k.missing, "resets": k.resets,
                             "snapshots": k.snapshots})
         return {"resume_ns": list(self.resumes),
                 "not_resumed": len(self.clients) - len(self.resumes),
