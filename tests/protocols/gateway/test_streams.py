@@ -91,11 +91,10 @@ def test_following_a_builder_by_cursor_rebuilds_its_bars(steps: list[tuple[int, 
     exactly the builder's bars: none missing, none twice, never an older bar after a newer."""
     b = BarBuilder("X")
     t = _trail(count=10_000, keep_s=10**6)
-    seq, ts = 0, 10 * S
+    ts = 10 * S
     held: dict[int, dict[str, object]] = {}
     cursor = 0
-    for jump, reads in steps:
-        seq += 1
+    for seq, (jump, reads) in enumerate(steps, 1):
         ts += jump * S // 2
         for bar in b.on_tick(seq, ts, 1.0 + seq / 1000, 1.0 + seq / 1000, 0.0, 1.0):
             if bar.res_s == 1:
