@@ -57,11 +57,13 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from nodes.drills.measure import CpuMeter, latency_ms, peak_rss_mb
-from nodes.drills.ports import free_port, tcp_endpoint, udp_address
+from nodes.drills.ports import free_port
 from nodes.drills.procs import ROOT, Children, LineChild, Node, stop_process
 from nodes.drills.report import drive, fmt, machine, markdown_table
 from nodes.drills.wsclients import ClientFleet, FleetSpec
@@ -102,51 +104,27 @@ def write_users(path: Path) -> str:
 
 
 class Mesh:
-    """redis-server, the recovery node and the feed for the whole run; the order path (the
-    backend pair, the executor, the trader) and the historian when a step needs them; the
-    mesh file every server reads.
+    """redis-server, the recovery node, the feed and the historian for the whole run; the
+    order path (the backend pair, the executor, the trader) for the gateway's resume runs;
+    the mesh file (``nodes.drills.mesh.free_mesh_config``) every server reads.
 
     The bench user owns the trader's account (``sim``), the only one that trades here: its
     ``orders`` stream carries every history position, so a client can tell a missing one."""
 
     def __init__(self, procs: Children, workdir: Path, max_clients: int,
                  order_rate: float) -> None:
-        from bus.config import (
-            FeedSection,
-            GatewaySection,
-            HistorySection,
-            MeshConfig,
-            MeshSection,
-            OrdersSection,
-            RecoverySection,
-            RedisSection,
-            SubscriberSection,
-        )
+        from bus.config import RedisSection
+        from nodes.drills.mesh import free_mesh_config
         from nodes.servers.redis_server import RedisProcess
 
         self.procs, self.workdir = procs, workdir
         self.redis = RedisProcess(data_dir=workdir / "redis", appendonly=False)
-        self.users = workdir / "users.toml"
+        cfg = free_mesh_config(workdir, rate=RATE, trader_rate=order_rate, gateways=2,
+                               symbols=SYMBOLS, prefix="bg",
+                               connections_per_user=max_clients + 16)
+        self.cfg = replace(cfg, redis=RedisSection(url=self.redis.url)).validate()
+        self.users = Path(self.cfg.gateway.users_file)
         self.api_key = write_users(self.users)
-        udp = udp_address()
-        tcp = tcp_endpoint
-        self.cfg = MeshConfig(
-            mesh=MeshSection(name="bench-gateway", key_prefix="bg"),
-            redis=RedisSection(url=self.redis.url),
-            feeds=(FeedSection(name="bench", symbols=SYMBOLS, pub=tcp(), udp_targets=(udp,),
-                               rate=RATE),),
-            recovery=(RecoverySection(bind=tcp()),),
-            subscriber=SubscriberSection(udp_bind=udp),
-            orders=OrdersSection(trader_rate=order_rate, clients=(tcp(), tcp()),
-                                 peers=(tcp(), tcp()), updates=(tcp(), tcp()),
-                                 executor=(tcp(), tcp()), replicas=(tcp(), tcp())),
-            # enabled: the order store writes its history stream (the orders stream's source)
-            history=HistorySection(duckdb_path=str(workdir / "history.duckdb"),
-                                   spool_path=str(workdir / "spool.duckdb"), query_bind=tcp()),
-            gateway=GatewaySection(listen=(f"{HOST}:{free_port()}", f"{HOST}:{free_port()}"),
-                                   users_file=str(self.users),
-                                   connections_per_user=max_clients + 16),
-        ).validate()
         self.path = workdir / "mesh.toml"
         self.nodes: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -172,10 +150,12 @@ class Mesh:
                 stop_process(proc)
 
     def start(self) -> None:
+        """Redis, recovery, the feed and the historian (whose query service a gateway reads
+        bars from and waits for at start): each server of each step finds them running."""
         self.redis.start()
         self.write()
-        self.start_node("recovery", "recovery")
-        self.start_node("feed", "feed")
+        for name in ("recovery", "feed", "historian"):
+            self.start_node(name, name)
 
     ORDER_PATH = ("primary", "backup", "executor", "trader")
 
@@ -270,6 +250,7 @@ class GatewayServer:
                                 str(mesh.path), "--listen", listen, "--log-level", "WARNING",
                                 "--stats", str(stats)], stats, workdir / f"{name}.log")
         self.pid = 0
+        self.ready_s = 0.0
 
     @staticmethod
     def available() -> bool:
@@ -278,22 +259,33 @@ class GatewayServer:
                              capture_output=True, text=True, timeout=60)
         return out.returncode == 0
 
-    def start(self, timeout: float = 30.0) -> float:
-        """Start it and wait until ``/healthz`` answers; the seconds that took."""
+    def start(self, timeout: float = 60.0) -> float:
+        """Start it and wait until ``/healthz`` answers (the seconds that took, returned) and
+        then until its market data is ready for every symbol (its stats say so:
+        ``ready_s``)."""
         t0 = time.monotonic()
         self.node.start()
         self.pid = self.node.pid
-        deadline = t0 + timeout
-        while not _healthy(self.urls[0]):
+        self._wait(lambda: _healthy(self.urls[0]), t0 + timeout, "answer /healthz")
+        up = time.monotonic() - t0
+        self._wait(self._ready, t0 + timeout, "be ready for every symbol")
+        self.ready_s = time.monotonic() - t0
+        return up
+
+    def _ready(self) -> bool:
+        stats = self.node.stats() or {}
+        return int(stats.get("market", {}).get("ready", 0)) >= len(SYMBOLS)
+
+    def _wait(self, check: Callable[[], bool], deadline: float, what: str) -> None:
+        while not check():
             if not self.node.alive():
                 code = self.node.proc.returncode if self.node.proc else None
                 raise DrillError(f"the gateway exited (code {code}):\n"
                                  f"{_tail(self.node.log_path)}")
             if time.monotonic() > deadline:
-                raise DrillError(f"the gateway did not answer within {timeout:.0f} s:\n"
+                raise DrillError(f"the gateway did not {what} in time:\n"
                                  f"{_tail(self.node.log_path)}")
             time.sleep(0.02)
-        return time.monotonic() - t0
 
     def login(self) -> dict[str, str] | None:
         return {"api_key": self.mesh.api_key}
@@ -353,7 +345,8 @@ def run_step(server: RawServer | GatewayServer, fleet: ClientFleet, mesh: Mesh, 
         server.stop()
     pct = CpuMeter.percent(a, b)
     return {"clients": n, "live": w.live, "connect_failures": conn["failed"],
-            "connect_errors": conn["errors"], "connect_s": conn["connect_s"],
+            "connect_errors": conn["errors"], "connect_first_errors": conn["first_errors"],
+            "connect_s": conn["connect_s"],
             "window_s": w.seconds, "staleness_ms": w.staleness_ms, "samples": w.samples,
             "p50_ms": w.staleness_ms["p50"], "p99_ms": w.staleness_ms["p99"],
             "frames_per_s": w.frames_per_s, "bytes_per_s": w.bytes_per_s,
@@ -368,6 +361,7 @@ def run_resume(servers: list[Server], streams: tuple[str, ...], fleet: ClientFle
     again, ``--resume-kills`` times. With one server they come back to it; with two (both
     gateways of the mesh) they fail over to the other while the killed one restarts."""
     restart_s: list[float] = []
+    ready_s: list[float] = []
     kills: list[dict[str, Any]] = []
     for server in servers:
         server.start()
@@ -385,6 +379,7 @@ def run_resume(servers: list[Server], streams: tuple[str, ...], fleet: ClientFle
             victim = servers[i % len(servers)]  # every client is on it: they move together
             victim.kill()
             restart_s.append(round(victim.start(), 3))
+            ready_s.append(round(getattr(victim, "ready_s", restart_s[-1]), 3))
             kills.append({"live_before": live, **fleet.resume_wait(args.resume_timeout)})
         fleet.close()
     finally:
@@ -399,7 +394,7 @@ def run_resume(servers: list[Server], streams: tuple[str, ...], fleet: ClientFle
                 agg[key] = agg.get(key, 0) + v
     return {"server": servers[0].name, "servers": len(servers), "streams": list(streams),
             "clients": args.resume_clients, "connect_failures": conn["failed"],
-            "kills": kills, "restart_s": restart_s, "resume_ms": every,
+            "kills": kills, "restart_s": restart_s, "ready_s": ready_s, "resume_ms": every,
             "resume_ms_p50": every["p50"], "resume_ms_p99": every["p99"],
             "not_resumed": sum(k["not_resumed"] for k in kills), "checks": totals}
 

@@ -6,9 +6,10 @@ starts ``processes`` children (``python -m nodes.drills.wsclients``), each an as
 (uvloop) with its share of the clients, every one an ``aiohttp`` ``ws_connect`` to ``/ws``
 speaking docs/GATEWAY.md protocol v1:
 
-* log in (``POST /api/login`` with the spec's credentials; an API key costs the server one
-  SHA-256, a password one scrypt: a thousand clients use a key) unless the spec has none
-  (rawcast), then ``hello`` with ``streams: {}`` and one ``subscribe`` per stream;
+* log in once per process (``POST /api/login`` with the spec's credentials; the gateway
+  takes a few logins a second from one address, so the process's clients share the session
+  as a user's browser tabs do) unless the spec has none (rawcast), then ``hello`` with
+  ``streams: {}`` and one ``subscribe`` per stream;
 * answer every ``heartbeat_ms`` with a ``ping`` (the server drops a silent client);
 * per ``tick`` item of a ``batch``, while a measuring window is open, the **staleness** of
   that price: the wall clock when the frame was received minus the item's ``ft`` (feed time,
@@ -177,7 +178,6 @@ class _Client:
 
     def __init__(self, swarm: _Swarm, index: int) -> None:
         self.swarm, self.index = swarm, index
-        self.token: str | None = None
         self.checks = {s: StreamCheck(s, s in swarm.spec.consecutive)
                        for s in swarm.spec.streams}
         self.ws: Any = None
@@ -203,7 +203,7 @@ class _Client:
                 failures = 0
             except Exception as exc:  # OSError, aiohttp's ClientError, a timeout, bad JSON
                 failures += 1
-                self.swarm.errors[type(exc).__name__] += 1
+                self.swarm.failed(exc)
                 if not spec.reconnect:
                     self.failed = type(exc).__name__
                     self.live.set()  # connect() waits on this: the attempt is over
@@ -217,20 +217,10 @@ class _Client:
                 self.down_ns = time.monotonic_ns()
             await asyncio.sleep(RECONNECT.compute(failures, random.random()))
 
-    async def _login(self, url: str) -> None:
-        spec = self.swarm.spec
-        if spec.login is None or self.token is not None:
-            return
-        async with self.swarm.http.post(f"{url}/api/login", json=spec.login) as resp:
-            body = await resp.json()
-            if resp.status != 200:
-                raise ValueError(f"login: HTTP {resp.status} {body}")
-            self.token = body["token"]
-
     async def _session(self, url: str) -> None:
         spec = self.swarm.spec
         async with self.swarm.gate:
-            await self._login(url)
+            token = await self.swarm.token(url)
             ws = await self.swarm.http.ws_connect(f"{url}/ws", compress=0, autoping=True,
                                                   max_msg_size=0, timeout=_ws_timeout())
         self.ws = ws
@@ -238,7 +228,7 @@ class _Client:
         resuming = self.connects > 1
         held = {s: c.held for s, c in self.checks.items() if c.held is not None}
         try:
-            await self._send({"op": "hello", "v": 1, "token": self.token, "streams": held,
+            await self._send({"op": "hello", "v": 1, "token": token, "streams": held,
                               "client": f"{spec.client}-{os.getpid()}-{self.index}"})
             self.pending = set(spec.streams)
             for i, s in enumerate(spec.streams):
@@ -303,7 +293,7 @@ class _Client:
         elif op == "error":
             sw.errors[f"error:{frame.get('code')}"] += 1
             if frame.get("code") == "auth":
-                self.token = None
+                self.swarm.session_token = None  # expired: the next attempt logs in again
 
     def _resumed(self) -> None:
         """A batch came: after a reconnect's welcome and subscribed, the chart is live again."""
@@ -334,15 +324,40 @@ class _Swarm:
                                           timeout=aiohttp.ClientTimeout(total=None,
                                                                         sock_connect=10))
         self.gate = asyncio.Semaphore(CONNECTS_AT_ONCE)
+        self.login_lock = asyncio.Lock()
+        self.session_token: str | None = None
         self.clients = [_Client(self, i) for i in range(n)]
         self.tasks: list[asyncio.Task[None]] = []
         self.errors: Counter[str] = Counter()
+        self.first_errors: dict[str, str] = {}
         self.closes: Counter[str] = Counter()
         self.window = False
         self.samples = array.array("q")
         self.resumes: list[int] = []
         self.window_t0 = 0.0
         self.cpu_t0 = 0.0
+
+    async def token(self, url: str) -> str:
+        """The session token of this process's clients: one login for all of them (a gateway
+        allows a few logins per second from one address, and a session may have many
+        connections, as a user's browser tabs share one), made by the first that asks."""
+        spec = self.spec
+        if spec.login is None:
+            return "none"  # rawcast ignores it
+        async with self.login_lock:
+            if self.session_token is None:
+                async with self.http.post(f"{url}/api/login", json=spec.login) as resp:
+                    body = await resp.json()
+                    if resp.status != 200:
+                        raise ValueError(f"login: HTTP {resp.status} {body}")
+                    self.session_token = str(body["token"])
+            return self.session_token
+
+    def failed(self, exc: BaseException) -> None:
+        """Count a failed attempt by kind, and keep the first message of each kind."""
+        kind = type(exc).__name__
+        self.errors[kind] += 1
+        self.first_errors.setdefault(kind, str(exc)[:300])
 
     async def connect(self) -> dict[str, Any]:
         t0 = time.monotonic()
@@ -353,7 +368,8 @@ class _Swarm:
                 await asyncio.gather(*(c.live.wait() for c in self.clients))
         live = sum(1 for c in self.clients if c.live.is_set() and c.failed is None)
         return {"live": live, "failed": len(self.clients) - live,
-                "connect_s": round(time.monotonic() - t0, 3), "errors": dict(self.errors)}
+                "connect_s": round(time.monotonic() - t0, 3), "errors": dict(self.errors),
+                "first_errors": self.first_errors}
 
     async def _pinger(self) -> None:
         while True:
@@ -546,11 +562,14 @@ class ClientFleet:
         got = self._all("connect", spec.connect_timeout_s + 30,
                         per_child=[{"n": k, "spec": asdict(spec)} for k in self.shares])
         errors: Counter[str] = Counter()
+        first: dict[str, str] = {}
         for g in got:
             errors.update(g["errors"])
+            first = {**g["first_errors"], **first}
         return {"clients": n, "live": sum(g["live"] for g in got),
                 "failed": sum(g["failed"] for g in got),
-                "connect_s": max(g["connect_s"] for g in got), "errors": dict(errors)}
+                "connect_s": max(g["connect_s"] for g in got), "errors": dict(errors),
+                "first_errors": first}
 
     def _active(self) -> list[dict[str, Any]]:
         return [{} for _ in self.shares]
