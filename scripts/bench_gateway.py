@@ -497,7 +497,7 @@ def run_bench(args: argparse.Namespace, procs: Children, workdir: Path) -> dict[
             if have_gateway:
                 runs += [("restart", [gateways[0]], RESUME_STREAMS),
                          ("failover", list(gateways), RESUME_STREAMS)]
-            for mode, group, streams in runs:
+            for mode, group, streams in [r for r in runs if r[0] in args.resume_modes]:
                 if group[0].name == "gateway" and "trader" not in mesh.nodes:
                     _say(f"the order path, the trader at {args.order_rate:g} orders/s")
                     mesh.start_orders()
@@ -614,6 +614,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="clients of the resume step (default 100; 0 skips it)")
     p.add_argument("--resume-kills", type=int, default=3,
                    help="SIGKILLs of the gateway in the resume step (default 3)")
+    p.add_argument("--resume-modes", default=",".join(RESUMES),
+                   help="resume runs: restart (one gateway), failover (two), raw (rawcast); "
+                        "default all")
     p.add_argument("--order-rate", type=float, default=20.0,
                    help="the trader's orders/s during the gateway's resume runs (20)")
     p.add_argument("--resume-timeout", type=float, default=30.0,
@@ -628,6 +631,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         p.error("--steps takes whole numbers, e.g. --steps 100,250")
     args.servers = [x.strip() for x in args.servers.split(",") if x.strip()]
+    args.resume_modes = [x.strip() for x in args.resume_modes.split(",") if x.strip()]
+    if set(args.resume_modes) - set(RESUMES):
+        p.error(f"--resume-modes takes {', '.join(RESUMES)}")
     if not args.steps or min(args.steps) < 1 or args.procs < 1 or args.window <= 0:
         p.error("--steps, --procs and --window must be positive")
     if set(args.servers) - set(SERVERS) or not args.servers:

@@ -1,7 +1,8 @@
-"""scripts/bench-gateway at a tiny size, and the pieces it is built from: a real run (Redis,
-the recovery node and the feed at 10,000 ticks/s, rawcast, client processes) whose JSON line
-holds the issue 12 keys, a staleness for every step and a resume time for every client of a
-killed rawcast; rawcast's batches (one encode per
+"""scripts/bench-gateway at a tiny size, and the pieces it is built from: real runs (Redis,
+the recovery node, the feed at 10,000 ticks/s and the historian; rawcast or the gateway;
+client processes) whose JSON line holds the issue 12 keys, a staleness for every step and a
+resume time for every client of a killed rawcast or gateway (with the order path trading:
+nothing missing or doubled); rawcast's batches (one encode per
 subscription set, docs/GATEWAY.md's tick item); the clients' stream checks, from tables."""
 
 from __future__ import annotations
@@ -146,3 +147,27 @@ def test_a_tiny_run_reports_staleness_frames_and_cpu_for_every_step(tmp_path: Pa
     assert out["raw_resume_not_resumed"] == 0 and out["raw_resume_ms_p99"] > 0
     assert out["resumes"]["raw"]["kills"][0]["resumed"] == 4
     assert "| 8 | raw |" in report.read_text()
+
+
+@pytest.mark.timeout(150)
+def test_a_tiny_gateway_run_resumes_every_client_with_nothing_missing_or_doubled(
+        tmp_path: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_gateway.py"), "--steps", "4",
+         "--servers", "gateway", "--procs", "1", "--warmup", "0.5", "--window", "1",
+         "--resume-clients", "3", "--resume-kills", "1", "--resume-modes", "restart",
+         "--json"], cwd=ROOT, capture_output=True, text=True, timeout=145)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    gw = out["steps"][0]["gateway"]
+    assert gw["connect_failures"] == 0 and gw["live"] == 4  # one login for the process
+    assert gw["samples"] > 0 and 0 < gw["p50_ms"] <= gw["p99_ms"]
+    assert gw["frames_per_s"] > 0 and gw["cpu_pct"] > 0 and gw["rss_mb"] > 10
+    assert out["clients_max_p99_50ms"] in (None, 4)
+    # the gateway SIGKILLed under 3 clients on bars and orders, with the trader trading:
+    # each came back, and its streams went on where they were
+    resume = out["resumes"]["restart"]
+    assert resume["kills"][0]["resumed"] == 3 and out["resume_not_resumed"] == 0
+    assert out["resume_ms_p99"] > 0
+    assert out["resume_duplicates"] == 0 and out["resume_missing"] == 0
+    assert resume["checks"]["orders"]["items"] > 0 and resume["checks"]["bars"]["items"] > 0
