@@ -5,27 +5,32 @@
     ./scripts/bench-gateway --steps 50,100 --json
     ./scripts/bench-gateway --servers raw         # the raw reference alone
 
-Everything runs on loopback: redis-server on a free port, the mesh's own recovery and feed
-nodes (``tickmesh recovery``, ``tickmesh feed`` with ``[[feeds]] rate = 10000``: EURUSD,
-GBPUSD, USDJPY, XAUUSD), and per step, one at a time and in this order:
+Everything runs on loopback: redis-server on a free port, the mesh's own recovery, feed and
+historian nodes for the whole run (``tickmesh feed`` with ``[[feeds]] rate = 10000``: EURUSD,
+GBPUSD, USDJPY, XAUUSD; the historian, whose query service a gateway reads bars from), and
+per step, one at a time and in this order:
 
 1. **raw**: ``nodes/drills/rawcast.py``, a minimal broadcast server on the gateway's library
    (aiohttp) that subscribes to the same feed with the subscriber library and every
    ``flush_ms`` (the mesh's ``[gateway] flush_ms``, 20) sends each client the batch the gateway
-   would send: the latest ``tick`` item per subscribed symbol, encoded once per subscription
-   set, no sessions, no resume, no per-client conflation;
-2. **gateway**: ``tickmesh gateway --config F --listen HOST:PORT`` on the same mesh.
+   would send (the gateway's own encoder): the latest ``tick`` item per subscribed symbol,
+   one batch text per subscription set, no sessions, no resume, no per-client conflation;
+2. **gateway**: ``tickmesh gateway --config F --listen HOST:PORT`` on the same mesh, counted
+   started once ``/healthz`` answers and its stats say every symbol is ready.
 
 Each server is started for its step and stopped after it. N clients
 (``nodes.drills.wsclients``: ``--procs`` processes, each an asyncio loop with its share of
 ``aiohttp`` ``ws_connect`` clients) log in (the gateway: ``POST /api/login`` with the bench
-user's API key; rawcast has no login), send ``hello`` and subscribe to ``ticks:{SYM}`` of the
-4 symbols. After ``--warmup`` seconds a window of ``--window`` seconds measures, per client
-and ``tick`` item received, the **staleness** of that price (receive time minus the item's
-``ft``, the feed time: docs/GATEWAY.md section 4), p50/p99 over all clients and samples
-(nearest rank, ``protocols.stats``); frames/s and bytes/s per client (and the slowest client's
-frames/s); the server's CPU (psutil user + system, 100 = one core) and RSS (now and peak);
-the other processes' CPU; connect failures.
+user's API key, once per process: the gateway takes 5 logins a second per address), send
+``hello`` and subscribe to ``ticks:{SYM}`` of the 4 symbols. After ``--warmup`` seconds a
+window of ``--window`` seconds measures, per client and ``tick`` item received, the
+**staleness** of that price (receive time minus the item's ``ft``, the feed time:
+docs/GATEWAY.md section 4), p50/p99 over all clients and samples (nearest rank,
+``protocols.stats``); frames/s and bytes/s per client (and the slowest client's frames/s);
+the server's CPU (psutil user + system, 100 = one core) and RSS (now and peak); the other
+processes' CPU (``cpu_pct_all``: the feed, the historian, each client process, and "other",
+the rest of the machine); connect failures. The clients run on the same two cores: past a
+few hundred they take a core between them, for the raw server and the gateway alike.
 
 **Resume** (``--resume-clients`` K, 0 skips it; ``--resume-kills`` SIGKILLs each): K clients
 that reconnect on their own (``hello`` with their token and the ``(epoch, seq)`` they hold per
@@ -328,7 +333,8 @@ def run_step(server: RawServer | GatewayServer, fleet: ClientFleet, mesh: Mesh, 
     cpu = CpuMeter()
     server.start()
     try:
-        cpu.pids.update({"server": server.pid, "feed": mesh.pid("feed")})
+        cpu.pids.update({"server": server.pid, "feed": mesh.pid("feed"),
+                         "historian": mesh.pid("historian")})
         cpu.pids.update({f"clients-{i}": pid for i, pid in enumerate(fleet.pids)})
         spec = FleetSpec(urls=server.urls, streams=TICK_STREAMS, login=server.login(),
                          connect_timeout_s=args.connect_timeout)
