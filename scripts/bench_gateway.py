@@ -7,7 +7,8 @@
 
 Everything runs on loopback: redis-server on a free port, the mesh's own recovery, feed and
 historian nodes for the whole run (``tickmesh feed`` with ``[[feeds]] rate = 10000``: EURUSD,
-GBPUSD, USDJPY, XAUUSD; the historian, whose query service a gateway reads bars from), and
+GBPUSD, USDJPY, XAUUSD; the historian, whose query service a gateway reads bars from, when
+the gateway is one of ``--servers``), and
 per step, one at a time and in this order:
 
 1. **raw**: ``nodes/drills/rawcast.py``, a minimal broadcast server on the gateway's library
@@ -154,12 +155,12 @@ class Mesh:
             if proc is not None:
                 stop_process(proc)
 
-    def start(self) -> None:
-        """Redis, recovery, the feed and the historian (whose query service a gateway reads
-        bars from and waits for at start): each server of each step finds them running."""
+    def start(self, historian: bool) -> None:
+        """Redis, recovery, the feed and (for a run with the gateway, whose bars come from
+        its query service) the historian: each server of each step finds them running."""
         self.redis.start()
         self.write()
-        for name in ("recovery", "feed", "historian"):
+        for name in ("recovery", "feed", "historian")[:3 if historian else 2]:
             self.start_node(name, name)
 
     ORDER_PATH = ("primary", "backup", "executor", "trader")
@@ -479,7 +480,7 @@ def run_bench(args: argparse.Namespace, procs: Children, workdir: Path) -> dict[
     steps: list[dict[str, Any]] = []
     resumes: dict[str, dict[str, Any]] = {}
     try:
-        mesh.start()
+        mesh.start(historian=have_gateway)
         fleet.start()
         raw = RawServer(procs, mesh)
         gateways = [GatewayServer(procs, mesh, workdir, i) for i in range(2)]
