@@ -46,7 +46,7 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -258,22 +258,15 @@ class _Client:
             # without decoding the frame (5 x cheaper than json.loads here; only a tick item
             # has an "ft").
             if sw.window:
-                self.frames += 1
-                self.bytes += len(data)
-                now_us = now_ns // 1000
-                sw.samples.extend([now_us - int(ft) for ft in _FT.findall(data)])
+                self._count(data, now_ns, (int(ft) for ft in _FT.findall(data)))
             self._resumed()
             return
         frame = json.loads(data)
         op = frame.get("op")
         if op == "batch":
             if sw.window:
-                self.frames += 1
-                self.bytes += len(data)
-                now_us = now_ns // 1000
-                for item in frame["items"]:
-                    if item.get("kind") == "tick":
-                        sw.samples.append(now_us - item["ft"])
+                self._count(data, now_ns, (i["ft"] for i in frame["items"]
+                                           if i.get("kind") == "tick"))
             for item in frame["items"]:
                 check = self.checks.get(item.get("stream"))
                 if check is not None:
@@ -294,6 +287,13 @@ class _Client:
             sw.errors[f"error:{frame.get('code')}"] += 1
             if frame.get("code") == "auth":
                 self.swarm.session_token = None  # expired: the next attempt logs in again
+
+    def _count(self, data: str, now_ns: int, feed_times_us: Iterable[int]) -> None:
+        """A batch in the window: its frame and bytes, and the staleness of each tick in it."""
+        self.frames += 1
+        self.bytes += len(data)
+        now_us = now_ns // 1000
+        self.swarm.samples.extend([now_us - ft for ft in feed_times_us])
 
     def _resumed(self) -> None:
         """A batch came: after a reconnect's welcome and subscribed, the chart is live again."""
