@@ -140,37 +140,31 @@ class Mesh:
         self.path.write_text(dump_toml(self.cfg))
         load_config(self.path)  # the file says what we meant, or this raises
 
-    def start_node(self, name: str, *args: str) -> None:
-        """``tickmesh ARGS --config F --stats NAME.json``, up once its first stats are written."""
-        stats = self.workdir / f"{name}.json"
-        proc = self.procs.start(name, [sys.executable, "-m", "nodes.cli", *args, "--config",
-                                       str(self.path), "--log-level", "WARNING",
-                                       "--stats", str(stats)])
-        self.nodes[name] = proc
-        self.procs.wait_file(stats, proc, name, timeout=30)
-
-    def stop_nodes(self, *names: str) -> None:
-        for name in names:
-            proc = self.nodes.pop(name, None)
-            if proc is not None:
-                stop_process(proc)
+    def start_nodes(self, *nodes: tuple[str, ...]) -> None:
+        """Each ``(NAME, ARGS...)`` as ``tickmesh ARGS --config F --stats NAME.json``, all
+        started at once; up once each has written its first stats."""
+        for name, *args in nodes:
+            stats = self.workdir / f"{name}.json"
+            self.nodes[name] = self.procs.start(name, [
+                sys.executable, "-m", "nodes.cli", *args, "--config", str(self.path),
+                "--log-level", "WARNING", "--stats", str(stats)])
+        for name, *_ in nodes:
+            self.procs.wait_file(self.workdir / f"{name}.json", self.nodes[name], name,
+                                 timeout=60)
 
     def start(self, historian: bool) -> None:
         """Redis, recovery, the feed and (for a run with the gateway, whose bars come from
         its query service) the historian: each server of each step finds them running."""
         self.redis.start()
         self.write()
-        for name in ("recovery", "feed", "historian")[:3 if historian else 2]:
-            self.start_node(name, name)
-
-    ORDER_PATH = ("primary", "backup", "executor", "trader")
+        self.start_nodes(*((name, name) for name in
+                           ("recovery", "feed", "historian")[:3 if historian else 2]))
 
     def start_orders(self) -> None:
         """The backend pair, the executor and the trader (``[orders] trader_rate``)."""
-        for name, args in (("primary", ("backend", "--role", "primary")),
-                           ("backup", ("backend", "--role", "backup")),
-                           ("executor", ("executor",)), ("trader", ("trader",))):
-            self.start_node(name, *args)
+        self.start_nodes(("primary", "backend", "--role", "primary"),
+                         ("backup", "backend", "--role", "backup"), ("executor", "executor"))
+        self.start_nodes(("trader", "trader"))  # its first orders find the pair up
 
     def pid(self, name: str) -> int:
         proc = self.nodes.get(name)
@@ -332,7 +326,9 @@ def run_step(server: RawServer | GatewayServer, fleet: ClientFleet, mesh: Mesh, 
              args: argparse.Namespace) -> dict[str, Any]:
     """One server, ``n`` clients on the tick streams: the window's figures."""
     cpu = CpuMeter()
-    server.start()
+    t0 = time.monotonic()
+    start_s = server.start()
+    ready_s = getattr(server, "ready_s", start_s)
     try:
         cpu.pids.update({"server": server.pid, "feed": mesh.pid("feed"),
                          "historian": mesh.pid("historian")})
@@ -348,13 +344,17 @@ def run_step(server: RawServer | GatewayServer, fleet: ClientFleet, mesh: Mesh, 
         rss = cpu.rss_mb()
         peak = peak_rss_mb(server.pid)
         fleet.close()
+        t_stop = time.monotonic()
     finally:
         server.stop()
+    stop_s = time.monotonic() - t_stop
     pct = CpuMeter.percent(a, b)
     return {"clients": n, "live": w.live, "connect_failures": conn["failed"],
             "connect_errors": conn["errors"], "connect_first_errors": conn["first_errors"],
-            "connect_s": conn["connect_s"],
-            "window_s": w.seconds, "staleness_ms": w.staleness_ms, "samples": w.samples,
+            "connect_s": conn["connect_s"], "start_s": round(start_s, 3),
+            "ready_s": round(ready_s, 3), "stop_s": round(stop_s, 3),
+            "step_s": round(time.monotonic() - t0, 3), "window_s": w.seconds,
+            "staleness_ms": w.staleness_ms, "samples": w.samples,
             "p50_ms": w.staleness_ms["p50"], "p99_ms": w.staleness_ms["p99"],
             "frames_per_s": w.frames_per_s, "bytes_per_s": w.bytes_per_s,
             "frames_per_s_min": w.frames_per_s_min, "cpu_pct": pct.get("server"),
@@ -495,7 +495,9 @@ def run_bench(args: argparse.Namespace, procs: Children, workdir: Path) -> dict[
                 r = step[name]
                 _say(f"  staleness p50 {fmt(r['p50_ms'], 2)} / p99 {fmt(r['p99_ms'], 2)} ms, "
                      f"{fmt(r['frames_per_s'], 1)} frames/s per client, CPU "
-                     f"{fmt(r['cpu_pct'], 0)} %, {r['connect_failures']} failed to connect")
+                     f"{fmt(r['cpu_pct'], 0)} %, {r['connect_failures']} failed to connect; "
+                     f"started in {r['start_s']:.1f} s (ready {r['ready_s']:.1f}), connected "
+                     f"in {r['connect_s']:.1f}, stopped in {r['stop_s']:.1f}")
             steps.append(step)
         if args.resume_clients > 0 and args.resume_kills > 0:
             runs: list[tuple[str, list[Server], tuple[str, ...]]] = []
