@@ -545,7 +545,7 @@ def _verdict(v: bool | None) -> str:
 
 
 HEADER = ["clients", "server", "p50 ms", "p99 ms", "max ms", "frames/s", "bytes/s",
-          "slowest frames/s", "CPU %", "RSS MiB", "failed"]
+          "slowest frames/s", "CPU %", "RSS MiB", "failed", "clients' CPU %", "rest %"]
 
 
 def step_rows(result: dict[str, Any]) -> list[list[Any]]:
@@ -558,7 +558,8 @@ def step_rows(result: dict[str, Any]) -> list[list[Any]]:
             rows.append([f"{s['clients']:,}", name, fmt(r["p50_ms"], 2), fmt(r["p99_ms"], 2),
                          fmt(r["staleness_ms"]["max"], 1), fmt(r["frames_per_s"], 1),
                          fmt(r["bytes_per_s"]), fmt(r["frames_per_s_min"], 1),
-                         fmt(r["cpu_pct"], 0), fmt(r["rss_mb"], 0), str(r["connect_failures"])])
+                         fmt(r["cpu_pct"], 0), fmt(r["rss_mb"], 0), str(r["connect_failures"]),
+                         fmt(sum(r["client_cpu_pct"]), 0), fmt(r["cpu_pct_all"].get("other"), 0)])
     return rows
 
 
@@ -579,7 +580,8 @@ def headline(result: dict[str, Any]) -> list[str]:
                    f"{fmt(s[f'{prefix}_ms_p50'], 1)} / {fmt(s[f'{prefix}_ms_p99'], 1)} ms"
                    f"{verdict}; duplicates {s[f'{prefix}_duplicates']}, missing bars "
                    f"{s[f'{prefix}_missing']}, resets {s[f'{prefix}_resets']}, not resumed "
-                   f"{s[f'{prefix}_not_resumed']}; restarts took {r['restart_s']} s")
+                   f"{s[f'{prefix}_not_resumed']}; restarted in {r['restart_s']} s (ready "
+                   f"{r['ready_s']} s)")
     return out
 
 
@@ -588,7 +590,8 @@ def render(result: dict[str, Any]) -> str:
     lines = [f"tickmesh gateway benchmark, {m['date']}: {m['nproc']} cores {m['cpu']}, load "
              f"{m['loadavg_1m']:.2f}, Python {m['python']}, aiohttp {m['aiohttp']}",
              f"feed {RATE:,.0f} ticks/s over {len(SYMBOLS)} symbols; staleness = receive "
-             "time - ft, per tick item", ""]
+             "time - ft, per tick item; CPU % of one core; rest: the machine's CPU outside "
+             "this run's processes (another load skews a step)", ""]
     rows = step_rows(result)
     widths = [max(len(str(r[i])) for r in [HEADER, *rows]) for i in range(len(HEADER))]
     for r in [HEADER, *rows]:
