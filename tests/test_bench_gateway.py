@@ -122,48 +122,51 @@ def test_rawcast_encodes_once_per_subscription_set_and_sends_the_tick_items() ->
     assert len(socks[0].sent) == 1
 
 
-@pytest.mark.timeout(90)
-def test_a_tiny_run_reports_staleness_frames_and_cpu_for_every_step(tmp_path: Path) -> None:
-    report = tmp_path / "bench-gateway.md"
-    res = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_gateway.py"), "--steps", "4,8",
-         "--servers", "raw", "--procs", "2", "--warmup", "0.5", "--window", "1",
-         "--resume-clients", "4", "--resume-kills", "1", "--json", "--report", str(report)],
-        cwd=ROOT, capture_output=True, text=True, timeout=85)
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
-    assert all(k in out for k in KEYS), sorted(set(KEYS) - set(out))
-    assert [s["clients"] for s in out["steps"]] == [4, 8]
-    for step in out["steps"]:
-        raw = step["raw"]
-        assert raw["connect_failures"] == 0 and raw["live"] == step["clients"]
-        assert raw["samples"] > 0 and 0 < raw["p50_ms"] <= raw["p99_ms"]
-        # 4 symbols at 2,500 ticks/s each: every 20 ms flush has news of each
-        assert 10 < raw["frames_per_s"] <= 60 and raw["bytes_per_s"] > 0
-        assert raw["cpu_pct"] > 0 and raw["rss_mb"] > 10
-    assert out["raw"]["p99_ms"]["8"] == out["steps"][1]["raw"]["p99_ms"]
-    assert out["p99_ms_500"] is None and out["resume_ms_p99"] is None  # no such step here
-    # rawcast SIGKILLed and restarted: every client came back to it
-    assert out["raw_resume_not_resumed"] == 0 and out["raw_resume_ms_p99"] > 0
-    assert out["resumes"]["raw"]["kills"][0]["resumed"] == 4
-    assert "| 8 | raw |" in report.read_text()
-
-
-@pytest.mark.timeout(150)
-def test_a_tiny_gateway_run_resumes_every_client_with_nothing_missing_or_doubled(
-        tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+    """One tiny run on both servers (one mesh for both: its start is most of the cost): its
+    JSON line and its markdown report."""
+    report = tmp_path_factory.mktemp("bench-gateway") / "bench-gateway.md"
     res = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench_gateway.py"), "--steps", "4",
-         "--servers", "gateway", "--procs", "1", "--warmup", "0.5", "--window", "1",
-         "--resume-clients", "3", "--resume-kills", "1", "--resume-modes", "restart",
-         "--json"], cwd=ROOT, capture_output=True, text=True, timeout=145)
+         "--servers", "raw,gateway", "--procs", "2", "--warmup", "0.5", "--window", "1",
+         "--resume-clients", "3", "--resume-kills", "1", "--resume-modes", "raw,restart",
+         "--json", "--report", str(report)],
+        cwd=ROOT, capture_output=True, text=True, timeout=170)
     assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
-    gw = out["steps"][0]["gateway"]
-    assert gw["connect_failures"] == 0 and gw["live"] == 4  # one login for the process
-    assert gw["samples"] > 0 and 0 < gw["p50_ms"] <= gw["p99_ms"]
-    assert gw["frames_per_s"] > 0 and gw["cpu_pct"] > 0 and gw["rss_mb"] > 10
+    return json.loads(res.stdout.strip().splitlines()[-1]), report.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_tiny_run_reports_staleness_frames_and_cpu_for_every_step(
+        tiny_run: tuple[dict[str, Any], str]) -> None:
+    out, report = tiny_run
+    assert all(k in out for k in KEYS), sorted(set(KEYS) - set(out))
+    assert [s["clients"] for s in out["steps"]] == [4]
+    for step in out["steps"]:
+        for name in ("raw", "gateway"):
+            r = step[name]
+            assert r["connect_failures"] == 0 and r["live"] == step["clients"], name
+            assert r["samples"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"], name
+            assert r["cpu_pct"] > 0 and r["rss_mb"] > 10 and r["bytes_per_s"] > 0, name
+        # 4 symbols at 2,500 ticks/s each: every 20 ms flush has news of each
+        assert 10 < step["raw"]["frames_per_s"] <= 60
+        assert 0 < step["gateway"]["frames_per_s"] <= 60
+    assert out["raw"]["p99_ms"]["4"] == out["steps"][0]["raw"]["p99_ms"]
     assert out["clients_max_p99_50ms"] in (None, 4)
+    assert out["p99_ms_500"] is None and out["raw_p99_ms_500"] is None  # no such step here
+    assert "| 4 | raw |" in report and "| 4 | gateway |" in report
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_every_client_resumes_after_a_kill_with_nothing_missing_or_doubled(
+        tiny_run: tuple[dict[str, Any], str]) -> None:
+    out, _ = tiny_run
+    # rawcast SIGKILLed and restarted: every client came back to it (nothing to resume)
+    assert out["raw_resume_not_resumed"] == 0 and out["raw_resume_ms_p99"] > 0
+    assert out["resumes"]["raw"]["kills"][0]["resumed"] == 3
     # the gateway SIGKILLed under 3 clients on bars and orders, with the trader trading:
     # each came back, and its streams went on where they were
     resume = out["resumes"]["restart"]
