@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from protocols.gateway.limits import TokenBucket
-from protocols.gateway.streams import BarTrail, LatestValue, OrdersTrail
+from protocols.gateway.streams import BarTrail, LatestValue
 from protocols.gateway.wire import StreamKind, StreamName, batch_frame
 
 __all__ = ["CLOSE_WAIT_S", "CONTROL_LIMIT", "FAST_WRITE_MAX", "Client", "ClientStats",
-           "Subscription"]
+           "OrderItems", "Subscription"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,11 @@ CONTROL_LIMIT = 512  # control frames waiting for one client; more: it is not re
 FAST_WRITE_MAX = 32 * 1024
 STUCK_S = 10.0  # a client whose socket stays full this long is closed (a slow consumer)
 CLOSE_WAIT_S = 1.0  # a close handshake a client does not answer in time: the socket is cut
+
+
+# The order items of some accounts above a cursor, encoded, and the position they go up to
+# (None: no longer held, a snapshot is due).
+OrderItems = Callable[[int, frozenset[str]], tuple[list[str] | None, int]]
 
 
 @dataclass(slots=True)
@@ -84,7 +89,7 @@ class Client:
         self.control.append(text)
         return True
 
-    def news(self, orders: OrdersTrail, t_ms: int) -> list[str]:
+    def news(self, orders: OrderItems, t_ms: int) -> list[str]:
         """The frames a flush sends now: control frames first, then one ``batch``."""
         frames = list(self.control)
         self.control.clear()
@@ -95,7 +100,7 @@ class Client:
             frames.append(batch_frame(t_ms, items))
         return frames
 
-    def _items(self, sub: Subscription, orders: OrdersTrail, out: list[str]) -> None:
+    def _items(self, sub: Subscription, orders: OrderItems, out: list[str]) -> None:
         kind = sub.stream.kind
         if sub.latest is not None:
             got = sub.latest.since(sub.cursor)
@@ -111,12 +116,12 @@ class Client:
                 out.extend(items)
                 sub.cursor = sub.bars.head
         elif kind is StreamKind.ORDERS:
-            found = orders.since(sub.cursor, self.accounts)
+            found, head = orders(sub.cursor, self.accounts)
             if found is None:
                 sub.cursor = -1
             else:
                 out.extend(found)
-                sub.cursor = max(sub.cursor, orders.head)
+                sub.cursor = max(sub.cursor, head)
 
     def behind(self) -> list[Subscription]:
         """Subscriptions whose cursor fell off their trail (they need a snapshot)."""

@@ -226,10 +226,19 @@ class MarketData:
                  first_live - 1)
 
     async def _wait_history(self, symbol: str, upto: int) -> None:
+        """Until the history holds ``symbol`` up to ``upto``, or :data:`SEAM_WAIT_S` passed.
+        A history that does not answer yet (a historian starting beside this gateway) is
+        asked again until then; past it, its error is raised."""
         deadline = time.monotonic() + SEAM_WAIT_S
         while True:
-            marks = await self._tick_marks()
-            if marks.get(symbol, 0) >= upto or time.monotonic() >= deadline:
+            try:
+                marks = await self._tick_marks()
+                if marks.get(symbol, 0) >= upto:
+                    return
+            except StoreError:
+                if time.monotonic() >= deadline:
+                    raise
+            if time.monotonic() >= deadline:
                 return
             await asyncio.sleep(SEAM_POLL_S)
 

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from bus.store.history_reader import HistoryReader
 from protocols.errors import AuthError, BadRequest, StoreError
 from protocols.gateway.auth import Users
 from protocols.gateway.limits import TokenBucket
-from protocols.gateway.streams import LatestValue, OrdersTrail
+from protocols.gateway.streams import LatestValue
 from protocols.gateway.wire import (
     PROTOCOL_VERSION,
     Cancel,
@@ -113,7 +114,8 @@ class Gateway:
         self.limits = options.section
         self.stats = GatewayStats()
         self.clients: set[Client] = set()
-        self.orders = OrdersTrail(options.section.retention_count)
+        # Order items as JSON, encoded once for every client (the last retention_count).
+        self._order_json: OrderedDict[int, str] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
         self._writers: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
@@ -152,7 +154,6 @@ class Gateway:
     async def start(self) -> None:
         desk = self.parts.desk
         if desk is not None:
-            self.orders.start_at(desk.position)
             self._unlisten = desk.listen(self._on_order)
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -495,9 +496,8 @@ class Gateway:
                            since: Position | None, held: Position | None) -> None:
         desk = self.parts.desk
         assert desk is not None
-        if held is not None and held.seq <= max(self.orders.head, desk.position):
-            found = self.orders.since(held.seq, c.accounts)
-            if found is not None:
+        if held is not None and held.seq <= desk.position:
+            if desk.held_since(held.seq, c.accounts) is not None:
                 sub.cursor = held.seq
                 self._ack(c, rid, sub, "recovered", False)
                 return
@@ -525,7 +525,23 @@ class Gateway:
              **snap.item()}]))
 
     def _on_order(self, seq: int, account: str, body: dict[str, Any]) -> None:
-        self.orders.add(seq, account, item("orders", self.parts.epoch, seq, "order", body))
+        self._encoded(seq, body)
+
+    def _encoded(self, seq: int, body: dict[str, Any]) -> str:
+        text = self._order_json.get(seq)
+        if text is None:
+            text = self._order_json[seq] = item("orders", self.parts.epoch, seq, "order", body)
+            while len(self._order_json) > self.limits.retention_count:
+                self._order_json.popitem(last=False)
+        return text
+
+    def _order_items(self, after: int, accounts: frozenset[str]) -> tuple[list[str] | None, int]:
+        desk = self.parts.desk
+        assert desk is not None
+        held = desk.held_since(after, accounts)
+        if held is None:
+            return None, after
+        return [self._encoded(seq, body) for seq, body in held], desk.position
 
     # -- orders ----------------------------------------------------------------------------
 
@@ -593,7 +609,7 @@ class Gateway:
                 continue
             if not c.writable(now):
                 continue
-            frames = c.news(self.orders, t_ms)
+            frames = c.news(self._order_items, t_ms)
             for sub in c.behind():
                 self._resnapshot(c, sub)
             if not frames and now - c.said > self.limits.heartbeat_ms / 1000:
@@ -606,7 +622,8 @@ class Gateway:
         if sub.stream.kind is StreamKind.BARS:
             self._bars_snapshot(c, None, sub, reset=True)
         else:
-            sub.cursor = self.orders.head  # held until the snapshot is in
+            assert self.parts.desk is not None
+            sub.cursor = self.parts.desk.position  # held until the snapshot is in
             self._request(c, self._orders_snapshot(c, None, sub, reset=True))
 
     def _spawn_writer(self, c: Client, frames: list[str]) -> None:

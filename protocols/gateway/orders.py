@@ -21,6 +21,8 @@ Rules:
   and positions computed from those fills in stream order (position, then log position) by
   the history report's average-cost rules (``protocols.history.report.SymbolReport``), so
   applying the items above ``seq`` in order gives what a client that saw every item has.
+* What a desk holds in memory, both as of its position: :class:`RecentWrites` (the last
+  writes, over a range of positions without gaps) and :class:`OpenOrders` (per account).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ __all__ = [
     "SnapshotBuilder",
     "Write",
     "ack_json",
+    "client_order_id_of",
     "decode_entry",
     "fill_json",
     "order_fields",

@@ -110,7 +110,8 @@ def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, dict[
 
 
 def test_bounded_run_delivers_on_both_paths(tmp_path: Path) -> None:
-    rc, s = finish(up(tmp_path, "--for", "5"))
+    # 8 s: nine processes start on two cores, and the historian must have written by the end.
+    rc, s = finish(up(tmp_path, "--for", "8"))
     assert rc == 0, json.dumps(s)
     assert s["received_tcp"] > 1000 and s["received_udp"] > 1000  # type: ignore[operator]
     assert s["unrecoverable"] == 0 and s["order_errors"] == 0
@@ -134,7 +135,7 @@ def test_bounded_run_delivers_on_both_paths(tmp_path: Path) -> None:
 
 def test_bounded_run_on_a_clickhouse_pair_records_every_tick_on_it(tmp_path: Path) -> None:
     """``up --clickhouse``: two local clickhouse-servers, the historian writing both."""
-    rc, s = finish(up(tmp_path, "--for", "5", "--clickhouse"), timeout=90)
+    rc, s = finish(up(tmp_path, "--for", "8", "--clickhouse"), timeout=90)
     assert rc == 0, json.dumps(s)
     assert s["history_store"] == "clickhouse" and s["history_holes"] == 0
     assert s["history_ticks"] == s["published"] and s["history_orders"] > 0
