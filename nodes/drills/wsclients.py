@@ -60,6 +60,7 @@ __all__ = [
     "ClientFleet",
     "FleetSpec",
     "StreamCheck",
+    "WindowResult",
     "bar_seconds",
     "main",
     "split",
