@@ -308,10 +308,15 @@ class LineChild:
             out: dict[str, Any] = json.loads(line)
             return out
 
-    def ask(self, cmd: str, timeout: float = 10.0, **kw: Any) -> dict[str, Any]:
-        """Send ``{"cmd": cmd, **kw}`` and return the answer."""
+    def send(self, cmd: str, **kw: Any) -> None:
+        """Send ``{"cmd": cmd, **kw}`` without waiting for the answer (several children
+        asked at once, then each answer read)."""
         assert self.proc.stdin is not None
         self.proc.stdin.write(_command(cmd, kw))
+
+    def ask(self, cmd: str, timeout: float = 10.0, **kw: Any) -> dict[str, Any]:
+        """Send ``{"cmd": cmd, **kw}`` and return the answer."""
+        self.send(cmd, **kw)
         return self.read(timeout)
 
 
