@@ -107,7 +107,7 @@ export class Connection {
     if (!urls || urls.length === 0) throw new TypeError('Connection needs at least one gateway URL');
     this.urls = [...new Set(urls.map((u) => u.replace(/\/+$/, '')))];
     this._WebSocket = WebSocket;
-    this._fetch = fetch;
+    this._fetch = (...args) => fetch(...args); // a bare window.fetch called as a method throws "Illegal invocation"
     this._storage = storage;
     this._clock = clock;
     this._random = random;
@@ -244,13 +244,13 @@ export class Connection {
     }
     this._urlIndex = this.urls.indexOf(base);
     this._write('session', { token: json.token, user: json.user, accounts: json.accounts ?? [] });
-    await this._learnGateways(base);
+    await this.learnGateways(base);
     this.start();
     return { user: json.user, accounts: json.accounts ?? [] };
   }
 
   /** Add the gateways `/api/gateways` lists to the URLs failed over between. */
-  async _learnGateways(base) {
+  async learnGateways(base) {
     try {
       const response = await this._fetch(`${base}/api/gateways`);
       if (!response.ok) return;

@@ -40,7 +40,7 @@ export class UdfClient {
   constructor({ baseUrl = '', fetch = globalThis.fetch } = {}) {
     if (typeof fetch !== 'function') throw new TypeError('UdfClient needs a fetch function');
     this.baseUrl = baseUrl.replace(/\/+$/, '');
-    this._fetch = fetch;
+    this._fetch = (...args) => fetch(...args); // a bare window.fetch called as a method throws "Illegal invocation"
   }
 
   async _get(path, params = {}, as = 'json') {
