@@ -130,6 +130,19 @@ export function createBroker(host, connection, book = new OrderBook(connection))
       return true;
     },
 
+    /** The session's accounts; TradingView's account switcher lists them. */
+    async accountsMetainfo() {
+      return (connection.session?.accounts ?? []).map((id) => ({ id, name: id }));
+    },
+
+    currentAccount() {
+      return account();
+    },
+
+    chartContextMenuActions(context, options) {
+      return host.defaultContextMenuActions ? host.defaultContextMenuActions(context, options) : Promise.resolve([]);
+    },
+
     async orders() {
       return [...book.allOrders().map(toTvOrder), ...placing.values()].map((o) => ({ ...o }));
     },

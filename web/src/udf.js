@@ -95,16 +95,18 @@ export class UdfClient {
    */
   async barsBack({ symbol, resolution, to, countBack, from = 0 }) {
     const byTime = new Map();
+    // A server that honours from/to rather than countback gets the same width of time per
+    // request, moved back with each step.
+    const span = Math.max(1, to - from);
     let before = to;
     for (let request = 0; request < MAX_WALK; request += 1) {
       const wanted = countBack - byTime.size;
-      const page = await this.history({ symbol, resolution, from, to: before, countback: wanted });
+      const page = await this.history({ symbol, resolution, from: Math.max(0, before - span), to: before, countback: wanted });
       for (const bar of page.bars) if (bar.time < to) byTime.set(bar.time, bar);
-      const oldest = page.bars.length ? page.bars[0].time : null;
       if (page.noData && page.nextTime === null) return { bars: sorted(byTime), noData: true };
       if (byTime.size >= countBack) return { bars: sorted(byTime), noData: false };
-      // Fewer than asked: the rest is older than what came, or after a gap at nextTime.
-      const next = page.noData ? page.nextTime + 1 : oldest;
+      // Fewer than asked: the rest is older than what came, or before a gap (at nextTime).
+      const next = page.noData ? page.nextTime + 1 : (page.bars.length ? page.bars[0].time : null);
       if (next === null || next >= before) return { bars: sorted(byTime), noData: byTime.size === 0 };
       before = next;
     }

@@ -71,6 +71,8 @@ function live() {
 test('the broker and the panel read one order book: the same orders, fills and positions; the host hears every change', async () => {
   const { conn, socket, host, book, broker } = live();
   assert.equal(broker.connectionStatus(), ConnectionStatus.Connected);
+  assert.deepEqual(await broker.accountsMetainfo(), [{ id: 'ACC-ALICE', name: 'ACC-ALICE' }]);
+  assert.equal(broker.currentAccount(), 'ACC-ALICE');
   assert.deepEqual(host.calls.filter(([n]) => n === 'connectionStatusUpdate').map(([, s]) => s), [ConnectionStatus.Connecting, ConnectionStatus.Connected]);
   socket.receive({ op: 'batch', t: 0, items: [{ stream: 'orders', epoch: 1, seq: 4, kind: 'snapshot',
     orders: [order({ client_order_id: 'old', order_id: 'O-0', state: 'FILLED', filled_quantity: 5 })],

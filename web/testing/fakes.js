@@ -109,11 +109,13 @@ export function syntheticBars({ start, end, step, gap = null }) {
 /**
  * Start an HTTP server on a free loopback port serving the gateway's HTTP contract:
  * /api/login (users: {name: password}), /api/gateways, /api/logout, /udf/config, /udf/symbols,
- * /udf/search, /udf/time, /udf/history (over `history`: {"SYM:RES": bars}). Resolves to
+ * /udf/search, /udf/time, /udf/history (over `history`: {"SYM:RES": bars}; `byRange`: a server
+ * that answers from/to and ignores countback, so a gap is a `no_data` with `nextTime`). Resolves to
  * `{url, requests, close()}`; `requests` lists every request's path and query.
  */
 export async function startGatewayHttp({
   users = { alice: 'pw' }, history = {}, now = 0, gateways = null, maxPerAnswer = Infinity,
+  byRange = false,
 } = {}) {
   const requests = [];
   const server = http.createServer(async (req, res) => {
@@ -155,7 +157,7 @@ export async function startGatewayHttp({
         res.writeHead(200, { 'content-type': 'text/plain' });
         return res.end(String(now));
       case '/udf/history':
-        return json(200, historyAnswer(history[`${q.symbol}:${q.resolution}`] ?? [], q, maxPerAnswer));
+        return json(200, historyAnswer(history[`${q.symbol}:${q.resolution}`] ?? [], byRange ? { ...q, countback: undefined } : q, maxPerAnswer));
       default:
         return json(404, { error: 'not_found' });
     }
