@@ -89,8 +89,8 @@ test('the broker and the panel read one order book: the same orders, fills and p
   socket.receive({ op: 'order_ack', id: place.id, client_order_id: orderId, order_id: 'O-2', state: 'ACCEPTED' });
   const written = order({ client_order_id: orderId, order_id: 'O-2', side: 'sell', type: 'market', quantity: 2, price: null, state: 'FILLED', filled_quantity: 2, avg_price: 1.2, updated_ms: 5 });
   socket.receive({ op: 'batch', t: 0, items: [
-    { stream: 'orders', epoch: 1, seq: 5, kind: 'order', ...written, fills: [{ exec_id: 'E-2', quantity: 2, price: 1.2, time_ms: 5 }] },
-    { stream: 'orders', epoch: 1, seq: 5, kind: 'order', ...written, fills: [{ exec_id: 'E-2', quantity: 2, price: 1.2, time_ms: 5 }] },
+    { stream: 'orders', epoch: 1, seq: 5, kind: 'order', order: written, fills: [{ exec_id: 'E-2', quantity: 2, price: 1.2, time_ms: 5 }] },
+    { stream: 'orders', epoch: 1, seq: 5, kind: 'order', order: written, fills: [{ exec_id: 'E-2', quantity: 2, price: 1.2, time_ms: 5 }] },
   ] });
   assert.deepEqual(host.calls.slice(1).map(([n, o]) => [n, o.id, o.status ?? o.qty]), [
     ['orderUpdate', orderId, OrderStatus.Filled],
@@ -106,7 +106,7 @@ test('the broker and the panel read one order book: the same orders, fills and p
   assert.equal(book.allPositions()[0].realized_pnl.toFixed(4), '0.2000');
 
   // Modify and cancel go out as replace and cancel of that client order id.
-  socket.receive({ op: 'batch', t: 0, items: [{ stream: 'orders', epoch: 1, seq: 6, kind: 'order', ...order({ client_order_id: 'lim', updated_ms: 6 }), fills: [] }] });
+  socket.receive({ op: 'batch', t: 0, items: [{ stream: 'orders', epoch: 1, seq: 6, kind: 'order', order: order({ client_order_id: 'lim', updated_ms: 6 }), fills: [] }] });
   await broker.modifyOrder({ id: 'lim', qty: 7, limitPrice: 1.05 });
   await broker.cancelOrder('lim');
   const [replace] = socket.framesOf('replace');

@@ -165,7 +165,7 @@ test('an order seen on the orders stream settles its queued place even when the 
   const id = conn.place({ symbol: 'EURUSD', side: 'sell', type: 'limit', quantity: 1, price: 1.2 });
   assert.equal(socket.framesOf('place')[0].order.price, 1.2);
   socket.receive({ op: 'batch', t: 0, items: [{ stream: 'orders', epoch: 1, seq: 3, kind: 'order',
-    account: 'ACC-ALICE', client_order_id: id, order_id: 'O-9', state: 'ACCEPTED', fills: [] }] });
+    order: { account: 'ACC-ALICE', client_order_id: id, order_id: 'O-9', state: 'ACCEPTED' }, fills: [] }] });
   assert.equal(conn.queue().length, 0);
   conn.stop();
 });
