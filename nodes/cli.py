@@ -7,6 +7,7 @@
     tickmesh executor                   the executor: fills routed orders (simulated EA)
     tickmesh trader [--rate N]          place market orders at N/s through the order client
     tickmesh historian                  record ticks, orders and executions into history
+    tickmesh gateway                    serve the chart page, WebSocket and UDF (docs/GATEWAY.md)
     tickmesh up [--for SECONDS] [--ha] [--clickhouse]
                                         every node under a supervisor (see scripts/up)
     tickmesh check-config FILE          validate a mesh file and print it
@@ -26,7 +27,7 @@ from pathlib import Path
 from bus.config import MeshConfig, load_config
 from nodes.common import run_node, setup_logging
 from nodes.history.cli import add_history_parser, run_history
-from protocols.errors import TickmeshError
+from protocols.errors import ConfigError, TickmeshError
 
 log = logging.getLogger("tickmesh")
 
@@ -51,6 +52,17 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--rate", type=float, help="orders per second (default: [orders] trader_rate)")
     sub.add_parser("historian", parents=[common],
                    help="record ticks, orders and executions into history ([history])")
+    gw = sub.add_parser("gateway", parents=[common],
+                        help="run a chart gateway: the page, WebSocket, UDF (docs/GATEWAY.md)")
+    where = gw.add_mutually_exclusive_group()
+    where.add_argument("--index", type=int, default=0,
+                       help="listen on [gateway] listen[INDEX] (default 0)")
+    where.add_argument("--listen", help="host:port to listen on instead")
+    gw.add_argument("--name", default="", help="the gateway's name (default gw-PORT)")
+    from nodes.gateway.users import add_parser as add_users_parser
+
+    add_users_parser(gw.add_subparsers(dest="gateway_command", required=False,
+                                       title="users file tools (no command: run the gateway)"))
     up = sub.add_parser("up", parents=[common], help="run the whole mesh under a supervisor")
     up.add_argument("--for", dest="duration", type=float, default=0.0,
                     help="stop after this many seconds and print a summary")
@@ -64,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--clickhouse", action="store_true",
                     help="history on a local ClickHouse pair (two clickhouse-server processes "
                          "on free ports, see scripts/run-clickhouse) instead of a DuckDB file")
+    up.add_argument("--gateways", type=int, default=1,
+                    help="chart gateways to run (0-N, each on [gateway] listen[i]; default 1)")
     up.add_argument("--json", action="store_true", help="print the summary as JSON")
     chk = sub.add_parser("check-config", help="validate a mesh file and print it")
     chk.add_argument("file")
@@ -144,6 +158,19 @@ def _run_historian(cfg: MeshConfig, stats: Path | None) -> int:
                     sched=cfg.sched, kind="historian", what="the historian")
 
 
+def _run_gateway(cfg: MeshConfig, index: int, listen: str | None, name: str,
+                 stats: Path | None) -> int:
+    from nodes.gateway.node import GatewayNode
+
+    if listen is None:
+        if not 0 <= index < len(cfg.gateway.listen):
+            raise ConfigError("gateway.listen", f"has no entry {index}",
+                              f"use --index 0..{len(cfg.gateway.listen) - 1} or --listen")
+        listen = cfg.gateway.listen[index]
+    return run_node(lambda stop: GatewayNode(cfg, listen, name, stats).run(stop),
+                    sched=cfg.sched, kind="gateway", what="the gateway")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(getattr(args, "log_level", "INFO"))
@@ -152,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.file)
             print(json.dumps(asdict(cfg), indent=2))
             return 0
+        if args.command == "gateway" and args.gateway_command:
+            from nodes.gateway.users import run as run_users
+
+            return run_users(args)
         cfg = load_config(args.config)
         if args.command == "feed":
             return _run_feed(cfg, args.name, args.stats)
@@ -167,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_trader(cfg, args.rate, args.stats)
         if args.command == "historian":
             return _run_historian(cfg, args.stats)
+        if args.command == "gateway":
+            return _run_gateway(cfg, args.index, args.listen, args.name, args.stats)
         if args.command == "history":
             return run_history(cfg, args)
         from nodes.supervisor import run_up

@@ -34,7 +34,7 @@ from nodes.servers.redis_ha import HAPorts, RedisHA
 from nodes.servers.redis_ha import Role as HARole
 from nodes.servers.redis_server import RedisProcess
 from protocols.backoff import Backoff
-from protocols.errors import ServerError
+from protocols.errors import ConfigError, ServerError
 
 if TYPE_CHECKING:  # clickhouse-driver is imported only by a run that starts servers
     from nodes.servers.clickhouse_server import ClickHouseProcess
@@ -68,8 +68,10 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, cfg: MeshConfig, run_dir: Path, config_file: Path) -> None:
+    def __init__(self, cfg: MeshConfig, run_dir: Path, config_file: Path,
+                 gateways: int = 0) -> None:
         self.cfg = cfg
+        self.gateways = gateways
         self.run_dir = run_dir
         self.config_file = config_file
         self.children: list[Child] = []
@@ -97,6 +99,9 @@ class Supervisor:
         for f in self.cfg.feeds:
             self.children.append(self._child(f"feed-{f.name}", "feed", "--name", f.name))
         self.children.append(self._child("monitor", "monitor"))
+        for i in range(self.gateways):
+            self.children.append(self._child(f"gateway-{i + 1}", "gateway", "--index", str(i),
+                                             "--name", f"gw-{i + 1}"))
         if orders.enabled and orders.trader_rate > 0:
             self.children.append(self._child("trader", "trader"))
 
@@ -196,7 +201,18 @@ class Supervisor:
             "restarts": {c.name: c.restarts for c in self.children if c.restarts},
             **self._order_summary(),
             **self._history_summary(),
+            **self._gateway_summary(),
         }
+
+    def _gateway_summary(self) -> dict[str, Any]:
+        stats = [c.read_stats() for c in self.children if c.name.startswith("gateway")]
+        if not stats:
+            return {}
+        return {"gateway_urls": list(self.cfg.gateway.urls[:self.gateways]),
+                "gateway_symbols_ready": min(g.get("market", {}).get("ready", 0)
+                                             for g in stats),
+                "gateway_clients": sum(g.get("clients", 0) for g in stats),
+                "gateway_seam_gap": sum(g.get("market", {}).get("seam_gap", 0) for g in stats)}
 
     def _history_summary(self) -> dict[str, Any]:
         if not self.cfg.history.enabled:
@@ -296,6 +312,22 @@ def _history_in(cfg: MeshConfig, run_dir: Path) -> MeshConfig:
                                         spool_path=inside(h.spool_path)))
 
 
+def _gateways_in(cfg: MeshConfig, run_dir: Path, count: int) -> MeshConfig:
+    """The users file lives in the run dir (a relative path); a missing one gets the demo
+    users (alice/alice, bob/bob: docs/GATEWAY.md). Raises ConfigError for too many gateways."""
+    from bus.gateway.sessions import write_demo_users
+
+    g = cfg.gateway
+    if not 0 <= count <= len(g.listen):
+        raise ConfigError("gateway.listen", f"--gateways {count} needs {count} addresses, the "
+                          f"mesh file lists {len(g.listen)}", "add addresses to listen")
+    path = g.users_file if Path(g.users_file).is_absolute() else str(run_dir /
+                                                                     Path(g.users_file).name)
+    if count:
+        write_demo_users(Path(path))
+    return replace(cfg, gateway=replace(g, users_file=path))
+
+
 def _redis_description(cfg: MeshConfig) -> str:
     if cfg.redis.sentinels:
         return (f"Redis HA via Sentinels {', '.join(cfg.redis.sentinels)} "
@@ -322,9 +354,17 @@ async def run_up(cfg: MeshConfig, args: argparse.Namespace) -> int:
         print(f"tickmesh up: {exc}", file=sys.stderr)
         return 2
     cfg = _history_in(cfg, run_dir)
+    gateways = getattr(args, "gateways", 0) if cfg.gateway.enabled else 0
+    try:
+        cfg = _gateways_in(cfg, run_dir, gateways)
+    except ConfigError as exc:
+        if redis is not None:
+            await asyncio.to_thread(redis.stop)
+        print(f"tickmesh up: {exc}", file=sys.stderr)
+        return 2
     config_file = run_dir / "mesh.toml"
     config_file.write_text(dump_toml(cfg))
-    sup = Supervisor(cfg, run_dir, config_file)
+    sup = Supervisor(cfg, run_dir, config_file, gateways)
     sup.plan()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -334,6 +374,9 @@ async def run_up(cfg: MeshConfig, args: argparse.Namespace) -> int:
     print(f"tickmesh up: {len(sup.children)} nodes, {_redis_description(cfg)}, "
           f"{_history_description(cfg)}, run dir {run_dir}"
           + (f", for {args.duration:g} s" if args.duration else ", Ctrl-C to stop"), flush=True)
+    for url in cfg.gateway.urls[:gateways]:
+        print(f"tickmesh up: chart at {url}/ (demo logins alice/alice, bob/bob; users in "
+              f"{cfg.gateway.users_file})", flush=True)
     try:
         await sup.start()
         deadline = loop.time() + args.duration if args.duration else None

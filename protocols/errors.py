@@ -27,6 +27,7 @@ builtin it resembles so callers can catch either::
     ├── ServerError(RuntimeError)          a helper server process (redis, ...) failed to run
     ├── DrillError(RuntimeError)           a drill or benchmark could not run its system
     ├── AuthError(PermissionError)         credentials or a session token were refused
+    │   └── NotYourAccount                 ... a session asked for an account its user lacks
     └── PeerConflict                       a binary-star pair is misconfigured (two primaries)
 
 Split by fault as h11 does: a ``RemoteProtocolError`` is counted and logged by the receiving node,
@@ -242,3 +243,15 @@ class AuthError(TickmeshError, PermissionError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class NotYourAccount(AuthError):
+    """A session's request names ``account``, which is not one of its user's accounts
+    (docs/GATEWAY.md, 6): the order is refused with reason :attr:`code`, the connection stays
+    open."""
+
+    code = "NOT_YOUR_ACCOUNT"
+
+    def __init__(self, account: str) -> None:
+        self.account = account
+        super().__init__(f"account {account!r} is not one of this session's accounts")

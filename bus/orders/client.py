@@ -228,6 +228,12 @@ class OrderClient:
         return tuple(not self._closed and bool(cast(int, s.getsockopt(zmq.EVENTS)) & zmq.POLLOUT)
                      for s in self._socks)
 
+    @property
+    def preferred_endpoint(self) -> str:
+        """The backend that gave the last final answer: the active one, as far as this client
+        knows (a status display's "active backend")."""
+        return self.options.endpoints[self._preferred]
+
     # -- requests --------------------------------------------------------------------------
 
     async def place(self, order: NewOrder) -> OrderAck:

@@ -49,6 +49,14 @@ def store_error(exc: Exception) -> StoreError:
     return StoreError(f"redis error: {exc}")
 
 
+async def guarded(command: Callable[[], Awaitable[T]]) -> T:
+    """``await command()``, a redis-py error raised as the tickmesh one (:func:`store_error`)."""
+    try:
+        return await command()
+    except REDIS_ERRORS as exc:
+        raise store_error(exc) from exc
+
+
 def redis_client(url: str, socket_timeout_s: float = 1.0) -> aioredis.Redis:
     """The asyncio Redis client every store uses.
 
@@ -126,5 +134,5 @@ async def ride_through(command: Callable[[], Awaitable[T]], deadline_s: float,
         await asyncio.sleep(min(backoff.compute(failures, random.random()), deadline - now))
 
 
-__all__ = ["REDIS_ERRORS", "RedisConnection", "connect_redis", "redis_client", "ride_through",
-           "store_error"]
+__all__ = ["REDIS_ERRORS", "RedisConnection", "connect_redis", "guarded", "redis_client",
+           "ride_through", "store_error"]

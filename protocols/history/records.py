@@ -12,16 +12,13 @@ from protocols.orders.codec import from_blob
 from protocols.orders.messages import ExecutionReport
 from protocols.orders.record import Order
 
-__all__ = ["append_write"]
+__all__ = ["append_write", "decode_write"]
 
 
-def append_write(orders: Columns, executions: Columns, position: int, record_blob: bytes,
-                 entry_blobs: Sequence[bytes],
-                 quote: Callable[[str], tuple[float, float]] = lambda _: (0.0, 0.0)) -> int:
-    """Append the rows of history stream entry ``position`` (the record as stored and the log
-    entries its write appended); ``quote(symbol)`` is the (bid, ask) of the order's symbol as
-    the historian last saw it ((0, 0): none). Returns the rows appended; raises
-    RemoteProtocolError (nothing appended) when a blob is not what the stream promises."""
+def decode_write(position: int, record_blob: bytes, entry_blobs: Sequence[bytes]
+                 ) -> tuple[Order, tuple[ExecutionReport, ...]]:
+    """The record and the log entries of history stream entry ``position``; raises
+    RemoteProtocolError when a blob is not what the stream promises."""
     record = from_blob(record_blob)
     if not isinstance(record, Order):
         raise RemoteProtocolError(f"history entry {position}: not an order record "
@@ -33,6 +30,17 @@ def append_write(orders: Columns, executions: Columns, position: int, record_blo
             raise RemoteProtocolError(f"history entry {position}: a log entry of another "
                                       f"order or kind ({type(msg).__name__})")
         reports.append(msg)
+    return record, tuple(reports)
+
+
+def append_write(orders: Columns, executions: Columns, position: int, record_blob: bytes,
+                 entry_blobs: Sequence[bytes],
+                 quote: Callable[[str], tuple[float, float]] = lambda _: (0.0, 0.0)) -> int:
+    """Append the rows of history stream entry ``position`` (the record as stored and the log
+    entries its write appended); ``quote(symbol)`` is the (bid, ask) of the order's symbol as
+    the historian last saw it ((0, 0): none). Returns the rows appended; raises
+    RemoteProtocolError (nothing appended) when a blob is not what the stream promises."""
+    record, reports = decode_write(position, record_blob, entry_blobs)
     o = record.order
     bid, ask = quote(o.symbol)
     orders.append((

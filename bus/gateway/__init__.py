@@ -1,0 +1,1 @@
+"""The chart gateway's glue: sessions in Redis, market data, the aiohttp server."""

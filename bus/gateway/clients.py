@@ -1,0 +1,151 @@
+"""One WebSocket client of the gateway: its subscriptions (cursors), its pending control frames,
+and how a flush writes to it without ever waiting for a slow one.
+
+A flush builds each client's ``batch`` from its cursors (``protocols.gateway.streams``): nothing
+is queued per client but control frames (acks, snapshots, errors), and those are bounded
+(:data:`CONTROL_LIMIT`; past it the client is closed as a slow consumer, counted). A client
+whose socket has bytes still unsent is written by a task of its own, and skipped by flushes
+until that write is done: its cursors stay where they are, so it gets the news later, newer and
+conflated, while every other client is written on time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from protocols.gateway.limits import TokenBucket
+from protocols.gateway.streams import BarTrail, LatestValue, OrdersTrail
+from protocols.gateway.wire import StreamKind, StreamName, batch_frame
+
+__all__ = ["CONTROL_LIMIT", "Client", "ClientStats", "Subscription"]
+
+log = logging.getLogger(__name__)
+
+CONTROL_LIMIT = 512  # control frames waiting for one client; more: it is not reading
+
+
+@dataclass(slots=True)
+class Subscription:
+    stream: StreamName
+    cursor: int
+    bars: BarTrail | None = None
+    latest: LatestValue | None = None
+
+
+@dataclass(slots=True)
+class ClientStats:
+    frames: int = 0
+    bytes: int = 0
+    slow_writes: int = 0  # writes handed to a task because the socket had bytes unsent
+    skipped: int = 0  # flushes that found the client still writing (conflated)
+    resets: int = 0
+
+
+@dataclass(slots=True, eq=False)  # eq=False: hashed by identity, kept in the gateway's set
+class Client:
+    """A connected, authenticated session."""
+
+    ws: web.WebSocketResponse
+    token: str
+    session_id: str
+    user: str
+    accounts: frozenset[str]
+    orders_bucket: TokenBucket
+    subs: dict[str, Subscription] = field(default_factory=dict)
+    control: deque[str] = field(default_factory=deque)
+    heard: float = field(default_factory=time.monotonic)
+    said: float = field(default_factory=time.monotonic)
+    writing: asyncio.Task[None] | None = None
+    requests: set[asyncio.Task[None]] = field(default_factory=set)
+    stats: ClientStats = field(default_factory=ClientStats)
+    closing: bool = False
+
+    def say(self, text: str) -> bool:
+        """Queue a control frame for the next flush; False (and the client closed) when the
+        client has let :data:`CONTROL_LIMIT` of them pile up."""
+        if len(self.control) >= CONTROL_LIMIT:
+            self.closing = True
+            return False
+        self.control.append(text)
+        return True
+
+    def news(self, orders: OrdersTrail, t_ms: int) -> list[str]:
+        """The frames a flush sends now: control frames first, then one ``batch``."""
+        frames = list(self.control)
+        self.control.clear()
+        items: list[str] = []
+        for sub in self.subs.values():
+            self._items(sub, orders, items)
+        if items:
+            frames.append(batch_frame(t_ms, items))
+        return frames
+
+    def _items(self, sub: Subscription, orders: OrdersTrail, out: list[str]) -> None:
+        kind = sub.stream.kind
+        if sub.latest is not None:
+            got = sub.latest.since(sub.cursor)
+            if got is not None:
+                out.append(got)
+                sub.cursor = sub.latest.seq
+        elif kind is StreamKind.BARS:
+            assert sub.bars is not None
+            items = sub.bars.since(sub.cursor)
+            if items is None:  # fell behind the trail: the caller resends a snapshot
+                sub.cursor = -1
+            elif items:
+                out.extend(items)
+                sub.cursor = sub.bars.head
+        elif kind is StreamKind.ORDERS:
+            found = orders.since(sub.cursor, self.accounts)
+            if found is None:
+                sub.cursor = -1
+            else:
+                out.extend(found)
+                sub.cursor = max(sub.cursor, orders.head)
+
+    def behind(self) -> list[Subscription]:
+        """Subscriptions whose cursor fell off their trail (they need a snapshot)."""
+        return [s for s in self.subs.values() if s.cursor < 0]
+
+    async def write(self, frames: list[str], spawn: Callable[[Client, list[str]], None]) -> None:
+        """Send ``frames`` now if the socket has nothing unsent (the kernel takes them at once:
+        this never waits in practice), else hand them to a task of the client's own."""
+        if not frames:
+            return
+        if self.writing is not None:
+            self.stats.skipped += 1
+            return
+        transport = self.ws._req.transport if self.ws._req is not None else None
+        if transport is None or transport.is_closing():
+            self.closing = True
+            return
+        if transport.get_write_buffer_size() == 0:
+            for text in frames:
+                await self.ws.send_str(text)
+                self._count(text)
+            return
+        self.stats.slow_writes += 1
+        spawn(self, frames)
+
+    async def write_slowly(self, frames: list[str]) -> None:
+        try:
+            for text in frames:
+                await self.ws.send_str(text)
+                self._count(text)
+        except (ConnectionError, RuntimeError) as exc:  # closed under us
+            log.debug("gateway: write to %s failed: %s", self.session_id, exc)
+            self.closing = True
+        finally:
+            self.writing = None
+
+    def _count(self, text: str) -> None:
+        self.stats.frames += 1
+        self.stats.bytes += len(text)
+        self.said = time.monotonic()

@@ -1,0 +1,1 @@
+"""The chart gateway node and its command-line tools."""
