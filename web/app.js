@@ -13,10 +13,11 @@
 //   toasts, st-backend, st-rate, st-gaps, st-history, st-gateway, st-reconnects, st-dups,
 //   st-resets, st-rtt, login, login-form, login-user, login-password, login-key,
 //   login-submit, login-error.
-// URL parameters: `lwc=dev` loads the development build of Lightweight Charts (it asserts
+// URL parameters: `gateways=URL,URL` pins the gateways failed over between; `lwc=dev` loads the development build of Lightweight Charts (it asserts
 // ordering: tests use it), `symbol`, `res`.
 // window.tickmesh exposes the page's state for tests: connection, book, bars(), checks
-// (bar updates applied, ignored, setData calls, order violations seen) and counters().
+// (bar updates applied, ignored, setData calls, order violations seen), counters() and
+// lastPlaced() (the client order id of the ticket's last order).
 
 import { Connection, AuthError, Status } from './src/connection.js';
 import { BarSeries } from './src/bars.js';
@@ -33,7 +34,9 @@ const COLORS = {
   up: '#26a69a', down: '#ef5350', upVol: 'rgba(38,166,154,0.35)', downVol: 'rgba(239,83,80,0.35)',
 };
 
-const connection = new Connection({ urls: [location.origin], client: `tickmesh-web ${navigator.userAgent.slice(0, 40)}` });
+// `?gateways=URL,URL` pins the page to those gateways (no others learnt from /api/gateways).
+const pinned = (params.get('gateways') ?? '').split(',').map((u) => u.trim()).filter(Boolean);
+const connection = new Connection({ urls: pinned.length ? pinned : [location.origin], client: `tickmesh-web ${navigator.userAgent.slice(0, 40)}` });
 const book = new OrderBook(connection);
 const udf = new UdfClient({ baseUrl: '' });
 
@@ -216,7 +219,9 @@ function onTick(item) {
 function fmt(x, precision = state.precision) {
   return typeof x === 'number' && Number.isFinite(x) ? x.toFixed(precision) : '—';
 }
-const money = (x) => (Math.abs(x) < 0.005 ? 0 : x).toFixed(2);
+const signClass = (x) => (Math.abs(x) < 10 ** -state.precision / 2 ? 'muted' : x > 0 ? 'up' : 'down');
+// PnL in price units × quantity: an FX pip on one unit needs the price's own precision.
+const money = (x) => (Math.abs(x) < 10 ** -state.precision / 2 ? 0 : x).toFixed(state.precision);
 const qtyFmt = (x) => (typeof x === 'number' ? String(+x.toFixed(6)) : '—');
 const timeFmt = (ms) => (ms ? new Date(ms).toISOString().slice(11, 23) : '—');
 function el(tag, attrs = {}, ...children) {
@@ -263,6 +268,7 @@ function placeFromTicket() {
     }
   }
   const id = connection.place(order);
+  state.lastPlaced = id;
   toast(`${order.side.toUpperCase()} ${qtyFmt(quantity)} ${order.symbol} ${order.type === 'limit' ? `@ ${order.price}` : 'MKT'} · ${connection.status === Status.LIVE ? 'sent' : 'queued'}`, 'info', id);
 }
 
@@ -290,8 +296,8 @@ function drawOrders() {
 
   const positions = book.allPositions().filter((p) => p.quantity !== 0 || p.realized_pnl !== 0);
   $('positions').replaceChildren(...positions.map((p) => el('tr', { 'data-symbol': p.symbol, 'data-account': p.account, 'data-testid': 'position-row' },
-    el('td', {}, p.symbol), el('td', { class: p.quantity > 0 ? 'up' : p.quantity < 0 ? 'down' : '' }, qtyFmt(p.quantity)),
-    el('td', {}, fmt(p.avg_price)), el('td', { class: p.realized_pnl >= 0 ? 'up' : 'down' }, money(p.realized_pnl)))));
+    el('td', {}, p.symbol), el('td', { class: signClass(p.quantity) }, qtyFmt(p.quantity)),
+    el('td', {}, fmt(p.avg_price)), el('td', { class: signClass(p.realized_pnl) }, money(p.realized_pnl)))));
   if (positions.length === 0) $('positions').append(emptyRow(4, 'flat'));
 
   const fills = book.fillsOf().reverse();
@@ -363,8 +369,8 @@ function toast(text, kind = 'info', key = null) {
 // ---- status, session ------------------------------------------------------------------------
 
 function onStatusItem(item) {
-  const s = item.kind === 'snapshot' ? (item.status ?? item) : item;
   if (item.kind !== 'status' && item.kind !== 'snapshot') return;
+  const s = item.status ?? item;
   $('st-backend').textContent = s.backend ?? 'none';
   $('st-backend').className = s.backend ? 'up' : 'down';
   $('st-rate').textContent = s.tick_rate !== undefined ? Math.round(s.tick_rate).toLocaleString('en-US') : '—';
@@ -374,7 +380,7 @@ function onStatusItem(item) {
 }
 
 function showConnection({ status, url }) {
-  const box = $('conn');
+  const box = $('conn-state');
   box.dataset.status = status;
   const where = url ? url.replace(/^https?:\/\//, '') : '';
   const name = connection.welcome?.gateway;
@@ -478,7 +484,7 @@ async function main() {
   wire();
   showSession();
   drawOrders();
-  await Promise.all([createChart(), loadSymbols(), connection.learnGateways(location.origin)]);
+  await Promise.all([createChart(), loadSymbols(), pinned.length ? null : connection.learnGateways(location.origin)]);
   watch(state.symbol, state.resolution);
   connection.start();
   window.tickmesh = {
@@ -486,6 +492,7 @@ async function main() {
     bars: () => state.series.all(),
     stream: () => barsStream(state.symbol, state.resolution),
     counters: () => ({ ...connection.counters, ...checks, seriesIgnored: state.series.ignored }),
+    lastPlaced: () => state.lastPlaced ?? null,
     ready: true,
   };
 }

@@ -77,6 +77,11 @@ const OPEN = 1; // WebSocket.OPEN
 const AUTH_CLOSE_CODE = 4001;
 const ORDER_OPS = new Set(['place', 'cancel', 'replace']);
 
+/** Streams whose newest item is all a client needs: no history to resume or reload. */
+export function isLatestValue(stream) {
+  return stream === 'status' || stream.startsWith('ticks:');
+}
+
 function wsUrl(httpUrl) {
   return `${httpUrl.replace(/\/+$/, '').replace(/^http/, 'ws')}/ws`;
 }
@@ -487,7 +492,9 @@ export class Connection {
   _onSubscribed(frame) {
     const s = this._streams.get(frame.stream);
     if (!s) return;
-    if (frame.reset) {
+    // A latest-value stream (ticks, status) has nothing to reload: its next item replaces
+    // whatever is held, so its reset is no news.
+    if (frame.reset && !isLatestValue(frame.stream)) {
       this.counters.resets += 1;
       this._deliver(s, { kind: 'reset', stream: frame.stream, epoch: frame.epoch, seq: frame.seq });
     }
