@@ -267,7 +267,13 @@ function placeFromTicket() {
       return;
     }
   }
-  const id = connection.place(order);
+  let id;
+  try {
+    id = connection.place(order);
+  } catch (err) {
+    toast(err.message, 'bad');
+    return;
+  }
   state.lastPlaced = id;
   toast(`${order.side.toUpperCase()} ${qtyFmt(quantity)} ${order.symbol} ${order.type === 'limit' ? `@ ${order.price}` : 'MKT'} · ${connection.status === Status.LIVE ? 'sent' : 'queued'}`, 'info', id);
 }
@@ -335,7 +341,7 @@ function orderRow(o) {
     el('td', { class: 'actions' },
       o.type === 'limit' ? el('button', { class: 'ghost replace', 'data-testid': `replace-${cid}`, type: 'button', onclick: () => openReplace(cid) }, '✎') : '',
       el('button', { class: 'ghost cancel', 'data-testid': `cancel-${cid}`, type: 'button', title: 'Cancel',
-        onclick: () => { connection.cancel(cid, { account: o.account }); toast(`Cancel ${o.symbol} ${qtyFmt(o.quantity)}`, 'info'); } }, '✕')));
+        onclick: () => request(() => connection.cancel(cid, { account: o.account }), `Cancel ${o.symbol} ${qtyFmt(o.quantity)}`) }, '✕')));
   if (state.replacing !== cid) return row;
   const form = el('tr', { class: 'replace-form' }, el('td', { colSpan: 6 },
     el('input', { id: 'replace-qty', 'data-testid': 'replace-qty', type: 'number', step: 'any', value: o.quantity }),
@@ -344,14 +350,23 @@ function orderRow(o) {
       const quantity = Number($('replace-qty').value);
       const price = Number($('replace-price').value);
       state.replacing = null;
-      connection.replace(cid, { quantity, price, account: o.account });
-      toast(`Replace → ${qtyFmt(quantity)} @ ${price}`, 'info');
+      request(() => connection.replace(cid, { quantity, price, account: o.account }), `Replace → ${qtyFmt(quantity)} @ ${price}`);
       drawOrders();
     } }, 'Replace'),
     el('button', { class: 'ghost', type: 'button', onclick: () => { state.replacing = null; drawOrders(); } }, 'Cancel')));
   const frag = document.createDocumentFragment();
   frag.append(row, form);
   return frag;
+}
+
+/** Queue a cancel or replace; a full queue (QueueFull) is said, not thrown. */
+function request(send, text) {
+  try {
+    send();
+    toast(text, 'info');
+  } catch (err) {
+    toast(err.message, 'bad');
+  }
 }
 
 function openReplace(cid) {

@@ -59,6 +59,16 @@ export class MemoryStorage {
   }
 }
 
+/** The order queue is full: the request was refused, never dropped (`queued`, `limit`). */
+export class QueueFull extends Error {
+  constructor(queued, limit) {
+    super(`${queued} order requests are waiting for a gateway (at most ${limit}): not queued`);
+    this.name = 'QueueFull';
+    this.queued = queued;
+    this.limit = limit;
+  }
+}
+
 export class AuthError extends Error {
   constructor(message, status = 401) {
     super(message);
@@ -95,7 +105,8 @@ export class Connection {
    * `urls`: the gateways' base URLs (http://host:port), tried in turn. Injected for node and
    * tests: `WebSocket` (a class like the browser's), `fetch`, `storage` (Web Storage),
    * `clock` ({now, setTimeout, clearTimeout}), `random`. `connectTimeoutMs`: how long an
-   * attempt may take to reach `welcome`.
+   * attempt may take to reach `welcome`; `maxQueued`: order requests kept at most (past it
+   * `place`, `cancel` and `replace` throw QueueFull).
    */
   constructor({
     urls,
@@ -106,6 +117,7 @@ export class Connection {
     random = Math.random,
     backoff = BACKOFF,
     connectTimeoutMs = 5000,
+    maxQueued = 1000,
     client = 'tickmesh-web',
     storagePrefix = 'tickmesh.',
   } = {}) {
@@ -118,6 +130,7 @@ export class Connection {
     this._random = random;
     this._backoff = backoff;
     this._connectTimeoutMs = connectTimeoutMs;
+    this._maxQueued = maxQueued;
     this._client = client;
     this._prefix = storagePrefix;
 
@@ -621,6 +634,7 @@ export class Connection {
 
   _enqueue(request) {
     const queue = this._loadQueue();
+    if (queue.length >= this._maxQueued) throw new QueueFull(queue.length, this._maxQueued);
     queue.push({ ...request, state: 'queued', attempts: 0, created_ms: this._clock.now() });
     this._saveQueue(queue);
     this._flushQueue();

@@ -16,6 +16,8 @@ import { BarSeries } from './bars.js';
 import { UdfClient } from './udf.js';
 
 export const RESOLUTIONS = Object.freeze(['1S', '1', '5', '15', '60', '1D']);
+// Bars a getBars call returns when the library gives no countBack (versions before it had one).
+const DEFAULT_COUNT_BACK = 300;
 
 const defer = (fn) => setTimeout(fn, 0);
 
@@ -172,7 +174,7 @@ export function createDatafeed(connection, { baseUrl = '', fetch = globalThis.fe
       // (the last of /udf/history) is in range; countBack wins over `from` at the gateway.
       const { from, to, countBack } = periodParams;
       const symbol = symbolInfo.ticker ?? symbolInfo.name;
-      http.barsBack({ symbol, resolution, from, to, countBack: Math.max(1, countBack ?? 1) }).then(
+      http.barsBack({ symbol, resolution, from, to, countBack: Math.max(1, countBack ?? DEFAULT_COUNT_BACK) }).then(
         ({ bars, noData }) => {
           const tvBars = bars.map(toTvBar);
           defer(() => onResult(tvBars, { noData }));

@@ -1,6 +1,6 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { BACKOFF, Connection, MemoryStorage, Status, backoffDelay, AuthError } from '../src/connection.js';
+import { BACKOFF, Connection, MemoryStorage, QueueFull, Status, backoffDelay, AuthError } from '../src/connection.js';
 import { FakeClock, fakeSocketClass, startGatewayHttp, welcome } from '../testing/fakes.js';
 
 const A = 'http://127.0.0.1:1';
@@ -258,4 +258,14 @@ test('login over HTTP keeps the session in storage, learns the gateways and conn
   assert.equal(conn.session, null);
   assert.equal(conn.status, Status.OFFLINE);
   assert.ok(server.requests.some((r) => r.path === '/api/logout'));
+});
+
+test('the order queue is bounded: past it a request is refused with the counts, none is dropped', () => {
+  const storage = new MemoryStorage();
+  storage.setItem('tickmesh.session', JSON.stringify({ token: 'tok', user: 'alice', accounts: ['ACC-ALICE'] }));
+  const conn = new Connection({ urls: [A], WebSocket: fakeSocketClass(), storage, clock: new FakeClock(), maxQueued: 2 });
+  conn.place({ symbol: 'EURUSD', side: 'buy', type: 'market', quantity: 1 });
+  conn.cancel('x');
+  assert.throws(() => conn.replace('x', { quantity: 1, price: 1 }), (err) => err instanceof QueueFull && err.queued === 2 && err.limit === 2);
+  assert.equal(conn.queue().length, 2);
 });
