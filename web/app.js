@@ -11,7 +11,7 @@
 //   open-count, queued > tr[data-cid] (queued-row), queued-count, positions > tr[data-symbol]
 //   (position-row), fills > tr[data-exec] (fill-row), fill-count, done-orders > tr[data-cid],
 //   toasts, st-backend, st-rate, st-gaps, st-history, st-gateway, st-reconnects, st-dups,
-//   st-resets, st-rtt, login, login-form, login-user, login-password, login-key,
+//   st-resets, st-outage, st-rtt, login, login-form, login-user, login-password, login-key,
 //   login-submit, login-error.
 // URL parameters: `gateways=URL,URL` pins the gateways failed over between; `lwc=dev` loads the development build of Lightweight Charts (it asserts
 // ordering: tests use it), `symbol`, `res`.
@@ -184,7 +184,7 @@ function watch(symbol, resolution) {
   checks.lastTime = null;
   candles.setData([]);
   volume.setData([]);
-  chart.applyOptions({ timeScale: { secondsVisible: resolution === '1S' } });
+  chart.applyOptions({ timeScale: { secondsVisible: resolution === '1S', timeVisible: resolution !== '1D' } });
   const info = state.symbols.find((s) => s.symbol === symbol);
   state.precision = info?.precision ?? 5;
   candles.applyOptions({ priceFormat: { type: 'price', precision: state.precision, minMove: 10 ** -state.precision } });
@@ -409,6 +409,7 @@ function showCounters() {
   $('st-dups').textContent = c.duplicates;
   $('st-resets').textContent = c.resets;
   $('st-rtt').textContent = connection.rttMs === null ? '—' : `${connection.rttMs} ms`;
+  $('st-outage').textContent = c.lastOutageMs === null ? '—' : `${Math.round(c.lastOutageMs)} ms`;
 }
 
 function showSession() {

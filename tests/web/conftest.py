@@ -57,6 +57,7 @@ class OwnGateway:
         self.mesh = mesh
         self.url = f"http://127.0.0.1:{free_port()}"
         config = mesh.run_dir / "mesh.toml"  # up's own, with the users file it made
+        self.stats = workdir / "gw.json"
         self.node = Node("gw-own", [sys.executable, "-m", "nodes.cli", "gateway", "--config",
                                     str(config), "--listen", self.url.removeprefix("http://"),
                                     "--name", "gw-own", "--stats", str(workdir / "gw.json")],

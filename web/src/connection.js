@@ -164,7 +164,9 @@ export class Connection {
       items: 0, // items handed to handlers
       failovers: 0, // moves to another gateway URL
       queued: this._loadQueue().length, // order requests not yet acknowledged
+      lastOutageMs: null, // a live connection lost → live again (on any gateway), the last time
     };
+    this._lostAt = null;
   }
 
   // ---- events -----------------------------------------------------------------------------
@@ -313,6 +315,7 @@ export class Connection {
   /** Close the socket and stop reconnecting. */
   stop() {
     this._running = false;
+    this._lostAt = null;
     this._clearTimers();
     this._dropSocket(1000, 'client stopped');
     this._setStatus(Status.OFFLINE);
@@ -399,6 +402,7 @@ export class Connection {
   /** This attempt failed or a live connection dropped: next URL, after a backoff. */
   _failed() {
     const wasLive = Boolean(this.welcome);
+    if (wasLive) this._lostAt = this._clock.now();
     this._clearTimers();
     this._dropSocket(1000, 'reconnecting');
     if (!this._running) return;
@@ -490,6 +494,8 @@ export class Connection {
     if (this._connectTimer !== null) this._clock.clearTimeout(this._connectTimer);
     this._connectTimer = null;
     if (this._everLive) this.counters.reconnects += 1;
+    if (this._lostAt !== null) this.counters.lastOutageMs = this._clock.now() - this._lostAt;
+    this._lostAt = null;
     this._everLive = true;
     this._failures = 0;
     this.welcome = frame;

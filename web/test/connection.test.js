@@ -71,9 +71,11 @@ test('hello carries the token; a dropped connection moves to the next gateway an
   assert.equal(second.url, 'ws://127.0.0.1:2/ws', 'the next gateway');
   second.open();
   assert.deepEqual(second.sent[0].streams, { 'bars:EURUSD:1': [7, 105], orders: [7, 12] });
+  clock.advance(40);
   second.receive(welcome({ gateway: 'gw-b' }));
   assert.equal(second.framesOf('subscribe').length, 0, 'resumed through hello, not subscribed anew');
   assert.equal(conn.counters.reconnects, 1);
+  assert.equal(conn.counters.lastOutageMs, backoffDelay(1, BACKOFF, () => 0.5) + 40);
   assert.deepEqual(statuses, [
     `connecting ${A}`, `live ${A}`, `reconnecting ${B}`, `connecting ${B}`, `live ${B}`,
   ]);
