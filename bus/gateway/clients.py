@@ -21,14 +21,25 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from protocols.gateway.limits import TokenBucket
-from protocols.gateway.streams import BarTrail, LatestValue, OrdersTrail
+from protocols.gateway.streams import BarTrail, LatestValue
 from protocols.gateway.wire import StreamKind, StreamName, batch_frame
 
-__all__ = ["CONTROL_LIMIT", "Client", "ClientStats", "Subscription"]
+__all__ = ["CLOSE_WAIT_S", "CONTROL_LIMIT", "FAST_WRITE_MAX", "Client", "ClientStats",
+           "OrderItems", "Subscription"]
 
 log = logging.getLogger(__name__)
 
 CONTROL_LIMIT = 512  # control frames waiting for one client; more: it is not reading
+# A write this small to a socket with nothing unsent never waits: the transport pauses (and
+# aiohttp's send waits for it) only past its 64 KiB high-water mark.
+FAST_WRITE_MAX = 32 * 1024
+STUCK_S = 10.0  # a client whose socket stays full this long is closed (a slow consumer)
+CLOSE_WAIT_S = 1.0  # a close handshake a client does not answer in time: the socket is cut
+
+
+# The order items of some accounts above a cursor, encoded, and the position they go up to
+# (None: no longer held, a snapshot is due).
+OrderItems = Callable[[int, frozenset[str]], tuple[list[str] | None, int]]
 
 
 @dataclass(slots=True)
@@ -44,7 +55,7 @@ class ClientStats:
     frames: int = 0
     bytes: int = 0
     slow_writes: int = 0  # writes handed to a task because the socket had bytes unsent
-    skipped: int = 0  # flushes that found the client still writing (conflated)
+    skipped: int = 0  # flushes that found its socket full (its news conflated)
     resets: int = 0
 
 
@@ -66,6 +77,8 @@ class Client:
     requests: set[asyncio.Task[None]] = field(default_factory=set)
     stats: ClientStats = field(default_factory=ClientStats)
     closing: bool = False
+    stuck_since: float = 0.0  # when its socket was first found full (0: it is not)
+    close_code: int = 1008  # policy violation: slow, silent, or a fatal error
 
     def say(self, text: str) -> bool:
         """Queue a control frame for the next flush; False (and the client closed) when the
@@ -76,7 +89,7 @@ class Client:
         self.control.append(text)
         return True
 
-    def news(self, orders: OrdersTrail, t_ms: int) -> list[str]:
+    def news(self, orders: OrderItems, t_ms: int) -> list[str]:
         """The frames a flush sends now: control frames first, then one ``batch``."""
         frames = list(self.control)
         self.control.clear()
@@ -87,7 +100,7 @@ class Client:
             frames.append(batch_frame(t_ms, items))
         return frames
 
-    def _items(self, sub: Subscription, orders: OrdersTrail, out: list[str]) -> None:
+    def _items(self, sub: Subscription, orders: OrderItems, out: list[str]) -> None:
         kind = sub.stream.kind
         if sub.latest is not None:
             got = sub.latest.since(sub.cursor)
@@ -103,30 +116,44 @@ class Client:
                 out.extend(items)
                 sub.cursor = sub.bars.head
         elif kind is StreamKind.ORDERS:
-            found = orders.since(sub.cursor, self.accounts)
+            found, head = orders(sub.cursor, self.accounts)
             if found is None:
                 sub.cursor = -1
             else:
                 out.extend(found)
-                sub.cursor = max(sub.cursor, orders.head)
+                sub.cursor = max(sub.cursor, head)
 
     def behind(self) -> list[Subscription]:
         """Subscriptions whose cursor fell off their trail (they need a snapshot)."""
         return [s for s in self.subs.values() if s.cursor < 0]
 
-    async def write(self, frames: list[str], spawn: Callable[[Client, list[str]], None]) -> None:
-        """Send ``frames`` now if the socket has nothing unsent (the kernel takes them at once:
-        this never waits in practice), else hand them to a task of the client's own."""
-        if not frames:
-            return
-        if self.writing is not None:
-            self.stats.skipped += 1
-            return
+    def writable(self, now: float) -> bool:
+        """True if a flush may write to this client now, without ever waiting for it.
+
+        The socket's unsent bytes decide: up to :data:`FAST_WRITE_MAX` of them it is written
+        (the transport cannot pause below its 64 KiB high-water mark, so a send returns at
+        once); past it, or while a large write is in flight, it is not written this flush:
+        its cursors stay, so it gets the news later, newer and conflated. One that stays so
+        for :data:`STUCK_S` is closed. What a client costs is bounded by that buffer and one
+        flush's frames."""
         transport = self.ws._req.transport if self.ws._req is not None else None
         if transport is None or transport.is_closing():
             self.closing = True
-            return
-        if transport.get_write_buffer_size() == 0:
+            return False
+        if self.writing is None and transport.get_write_buffer_size() <= FAST_WRITE_MAX:
+            self.stuck_since = 0.0
+            return True
+        self.stats.skipped += 1
+        if self.stuck_since == 0.0:
+            self.stuck_since = now
+        elif now - self.stuck_since > STUCK_S:
+            self.closing = True
+        return False
+
+    async def write(self, frames: list[str], spawn: Callable[[Client, list[str]], None]) -> None:
+        """Send ``frames`` (the client was :meth:`writable`): small ones at once, a large one
+        (a snapshot) by a task of the client's own."""
+        if sum(map(len, frames)) <= FAST_WRITE_MAX:
             for text in frames:
                 await self.ws.send_str(text)
                 self._count(text)
@@ -144,6 +171,26 @@ class Client:
             self.closing = True
         finally:
             self.writing = None
+
+    def end(self, code: int) -> None:
+        """Close the connection at the next flush, with ``code``, after its control frames."""
+        self.closing = True
+        self.close_code = code
+
+    async def close(self, code: int, why: str) -> None:
+        """Send the control frames still queued (a fatal error says why), then close with
+        ``code``; a client that does not take them within :data:`CLOSE_WAIT_S` (it stopped
+        reading) has its socket cut instead."""
+        self.closing = True
+        try:
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                while self.control and not self.ws.closed:
+                    await self.ws.send_str(self.control.popleft())
+                await self.ws.close(code=code, message=why.encode()[:120])
+        except TimeoutError:
+            transport = self.ws._req.transport if self.ws._req is not None else None
+            if transport is not None:
+                transport.abort()
 
     def _count(self, text: str) -> None:
         self.stats.frames += 1

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from bus.aio import cancel_and_wait
 from bus.history.bars import resumed_builder
@@ -92,6 +93,8 @@ class MarketData:
                 self.trails[s, res] = BarTrail(partial(bar_item, name, epoch), retention_count,
                                                self._keep_ns)
         self._ready = {s: asyncio.Event() for s in self.symbols}
+        self._marks: asyncio.Future[dict[str, int]] | None = None
+        self._marks_at = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -113,7 +116,7 @@ class MarketData:
     async def wait_ready(self, symbol: str) -> None:
         await self._ready[symbol].wait()
 
-    def subscriber_stats(self) -> dict[str, object]:
+    def subscriber_stats(self) -> dict[str, Any]:
         return self._sub.stats() if self._sub is not None else {}
 
     def forming(self, symbol: str, res_s: int) -> Bar | None:
@@ -223,13 +226,22 @@ class MarketData:
                  first_live - 1)
 
     async def _wait_history(self, symbol: str, upto: int) -> None:
-        assert self._reader is not None
         deadline = time.monotonic() + SEAM_WAIT_S
         while True:
-            marks = await self._reader.watermarks(Table.TICKS)
+            marks = await self._tick_marks()
             if marks.get(symbol, 0) >= upto or time.monotonic() >= deadline:
                 return
             await asyncio.sleep(SEAM_POLL_S)
+
+    async def _tick_marks(self) -> dict[str, int]:
+        """The history's tick watermarks, one query shared by every symbol waiting at once
+        (the historian answers them on the loop it writes with: ask it little)."""
+        stale = time.monotonic() - self._marks_at >= SEAM_POLL_S
+        if self._marks is None or (self._marks.done() and stale):
+            assert self._reader is not None
+            self._marks_at = time.monotonic()
+            self._marks = asyncio.ensure_future(self._reader.watermarks(Table.TICKS))
+        return await asyncio.shield(self._marks)
 
     async def _seed_bars(self, symbol: str, builder: BarBuilder) -> dict[int, list[Bar]]:
         """The closed bars of every resolution the trails start with (those the builder has

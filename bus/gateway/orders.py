@@ -321,6 +321,17 @@ class OrderDesk:
 
     # -- resume ----------------------------------------------------------------------------
 
+    def held_since(self, after: int, accounts: Collection[str]
+                   ) -> list[tuple[int, dict[str, Any]]] | None:
+        """The items of ``accounts`` above ``after`` from the writes the desk holds, without
+        I/O (what a gateway's flush sends); None when it does not hold them all (then
+        :meth:`missed` reads Redis)."""
+        if after >= self._position:
+            return []
+        if not self._recent.covers(after):
+            return None
+        return [(w.position, item) for w, item in self._recent.since(after, frozenset(accounts))]
+
     async def missed(self, accounts: Sequence[str], after: int
                      ) -> list[tuple[int, dict[str, Any]]] | None:
         """The items of ``accounts`` at positions (after, :attr:`position`], in order, once
@@ -337,10 +348,11 @@ class OrderDesk:
         if self._position - after > self.resume_limit:
             self._refuse("more than %d entries back", self.resume_limit, after)
             return None
-        mine = frozenset(accounts)
-        if after >= self._position or self._recent.covers(after):
+        held = self.held_since(after, accounts)
+        if held is not None:
             self._counts["resumed"] += 1
-            return [(w.position, item) for w, item in self._recent.since(after, mine)]
+            return held
+        mine = frozenset(accounts)
         first = await self.store.history_first()
         if first == 0 or after < first - 1:
             self._refuse("below the stream's first entry %d", first, after)

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from bus.aio import cancel_and_wait
 from bus.config import GatewaySection
-from bus.gateway.clients import Client, Subscription
+from bus.gateway.clients import CLOSE_WAIT_S, Client, Subscription
 from bus.gateway.market import MarketData
 from bus.gateway.orders import OrderDesk
 from bus.gateway.sessions import SessionStore
@@ -35,7 +36,7 @@ from bus.store.history_reader import HistoryReader
 from protocols.errors import AuthError, BadRequest, StoreError
 from protocols.gateway.auth import Users
 from protocols.gateway.limits import TokenBucket
-from protocols.gateway.streams import LatestValue, OrdersTrail
+from protocols.gateway.streams import LatestValue
 from protocols.gateway.wire import (
     PROTOCOL_VERSION,
     Cancel,
@@ -59,6 +60,8 @@ __all__ = ["WEB_ROOT", "Gateway", "GatewayOptions", "GatewayParts"]
 log = logging.getLogger(__name__)
 
 WEB_ROOT = Path(__file__).resolve().parents[2] / "web"
+WEB_FOLDERS = ("src", "vendor")
+WEB_FILES = ("app.js", "style.css")
 HELLO_TIMEOUT_S = 10.0
 REQUESTS_PER_CLIENT = 64  # order requests and snapshots in service for one client at once
 STATUS_EVERY_S = 1.0
@@ -111,7 +114,8 @@ class Gateway:
         self.limits = options.section
         self.stats = GatewayStats()
         self.clients: set[Client] = set()
-        self.orders = OrdersTrail(options.section.retention_count)
+        # Order items as JSON, encoded once for every client (the last retention_count).
+        self._order_json: OrderedDict[int, str] = OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
         self._writers: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
@@ -127,8 +131,7 @@ class Gateway:
         app = web.Application(client_max_size=self.limits.max_message_bytes)
         r = app.router
         r.add_get("/", self._index)
-        if self.options.web_root.is_dir():
-            r.add_static("/web/", self.options.web_root, follow_symlinks=False)
+        self._static(r)
         r.add_post("/api/login", self._login)
         r.add_post("/api/logout", self._logout)
         r.add_get("/api/gateways", self._gateways)
@@ -137,10 +140,20 @@ class Gateway:
         udf_routes(r, self)
         return app
 
+    def _static(self, r: web.UrlDispatcher) -> None:
+        """The page's files: its modules and the vendored chart library, nothing else of
+        web/ (its tests, node_modules and package files are not the page's)."""
+        root = self.options.web_root
+        for sub in WEB_FOLDERS:
+            if (root / sub).is_dir():
+                r.add_static(f"/web/{sub}/", root / sub, follow_symlinks=False)
+        for name in WEB_FILES:
+            if (root / name).is_file():
+                r.add_get(f"/web/{name}", _file(root / name))
+
     async def start(self) -> None:
         desk = self.parts.desk
         if desk is not None:
-            self.orders.start_at(desk.position)
             self._unlisten = desk.listen(self._on_order)
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -156,10 +169,12 @@ class Gateway:
         await cancel_and_wait(self._tasks, what="gateway")
         if self._unlisten is not None:
             self._unlisten()
-        for c in list(self.clients):
-            await cancel_and_wait(list(c.requests), what="gateway requests")
-            await c.ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway stopping")
         await cancel_and_wait(list(self._writers), what="gateway writers")
+        clients = list(self.clients)
+        for c in clients:
+            await cancel_and_wait(list(c.requests), what="gateway requests")
+        await asyncio.gather(*(c.close(WSCloseCode.GOING_AWAY, "gateway stopping")
+                               for c in clients))
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -245,7 +260,7 @@ class Gateway:
         except StoreError as exc:
             raise _http_error(web.HTTPServiceUnavailable, "unavailable", str(exc)) from None
         for c in [c for c in self.clients if c.token == token]:
-            c.closing = True
+            c.end(CLOSE_AUTH)
         return web.json_response({"ok": True})
 
     # -- WebSocket -------------------------------------------------------------------------
@@ -277,7 +292,7 @@ class Gateway:
             self.clients.discard(client)
             await cancel_and_wait(list(client.requests), what="gateway client requests")
             if not ws.closed:
-                await ws.close()
+                await client.close(client.close_code, "closing")
         return ws
 
     async def _greet(self, ws: web.WebSocketResponse) -> Client | None:
@@ -297,6 +312,8 @@ class Gateway:
             if not isinstance(hello, Hello):
                 raise BadRequest("bad_hello", "the first frame must be hello", True)
             session = await self.parts.sessions.resume(hello.token)
+            if self.parts.users.get(session.user) is None:  # removed from the users file
+                raise AuthError(f"user {session.user!r} is no longer in the users file")
         except BadRequest as exc:
             await self._fatal(ws, exc)
             return None
@@ -331,10 +348,11 @@ class Gateway:
     async def _fatal(self, ws: web.WebSocketResponse, exc: BadRequest,
                      code: int = WSCloseCode.POLICY_VIOLATION) -> None:
         self.stats.refused += 1
-        if not ws.closed:
-            await ws.send_str(frame("error", id=None, code=exc.code, message=exc.reason,
-                                    fatal=True))
-            await ws.close(code=code, message=exc.code.encode())
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            async with asyncio.timeout(CLOSE_WAIT_S):  # one that does not read is cut
+                await ws.send_str(frame("error", id=None, code=exc.code, message=exc.reason,
+                                        fatal=True))
+                await ws.close(code=code, message=exc.code.encode())
 
     async def _serve(self, c: Client) -> None:
         async for msg in c.ws:
@@ -358,7 +376,8 @@ class Gateway:
             self.stats.bad_frames += 1
             self._error(c, None, exc)
             if exc.fatal:
-                c.closing = True
+                c.end(WSCloseCode.MESSAGE_TOO_BIG if exc.code == "too_big"
+                      else WSCloseCode.POLICY_VIOLATION)
             return
         self._request(c, self.parts.sessions.touch(c.token, time.monotonic()))
         match msg:
@@ -396,6 +415,10 @@ class Gateway:
             self._error(c, None, exc)
         except StoreError as exc:
             log.info("gateway: %s: store unavailable: %s", c.session_id, exc)
+        except AuthError:  # the session ended (expired, logged out): log in again
+            c.say(frame("error", id=None, code="auth", message="the session ended: log in "
+                        "again", fatal=True))
+            c.end(CLOSE_AUTH)
         except Exception:  # a bug: logged, the connection and the gateway carry on
             log.exception("gateway: request of %s failed", c.session_id)
 
@@ -473,9 +496,8 @@ class Gateway:
                            since: Position | None, held: Position | None) -> None:
         desk = self.parts.desk
         assert desk is not None
-        if held is not None and held.seq <= max(self.orders.head, desk.position):
-            found = self.orders.since(held.seq, c.accounts)
-            if found is not None:
+        if held is not None and held.seq <= desk.position:
+            if desk.held_since(held.seq, c.accounts) is not None:
                 sub.cursor = held.seq
                 self._ack(c, rid, sub, "recovered", False)
                 return
@@ -500,10 +522,26 @@ class Gateway:
         self._ack(c, rid, sub, "snapshot", reset)
         c.say(frame("batch", t=_now_ms(), items=[
             {"stream": "orders", "epoch": self.parts.epoch, "seq": snap.seq, "kind": "snapshot",
-             "orders": snap.orders, "fills": snap.fills, "positions": snap.positions}]))
+             **snap.item()}]))
 
     def _on_order(self, seq: int, account: str, body: dict[str, Any]) -> None:
-        self.orders.add(seq, account, item("orders", self.parts.epoch, seq, "order", body))
+        self._encoded(seq, body)
+
+    def _encoded(self, seq: int, body: dict[str, Any]) -> str:
+        text = self._order_json.get(seq)
+        if text is None:
+            text = self._order_json[seq] = item("orders", self.parts.epoch, seq, "order", body)
+            while len(self._order_json) > self.limits.retention_count:
+                self._order_json.popitem(last=False)
+        return text
+
+    def _order_items(self, after: int, accounts: frozenset[str]) -> tuple[list[str] | None, int]:
+        desk = self.parts.desk
+        assert desk is not None
+        held = desk.held_since(after, accounts)
+        if held is None:
+            return None, after
+        return [self._encoded(seq, body) for seq, body in held], desk.position
 
     # -- orders ----------------------------------------------------------------------------
 
@@ -567,21 +605,25 @@ class Gateway:
         silent = 3 * self.limits.heartbeat_ms / 1000
         for c in list(self.clients):
             if c.closing or now - c.heard > silent:
-                await self._drop(c, "slow or silent" if c.closing else "silent")
+                self._drop(c, "closing" if c.closing else "silent")
                 continue
-            frames = c.news(self.orders, t_ms)
+            if not c.writable(now):
+                continue
+            frames = c.news(self._order_items, t_ms)
             for sub in c.behind():
                 self._resnapshot(c, sub)
             if not frames and now - c.said > self.limits.heartbeat_ms / 1000:
                 frames = [frame("heartbeat", t=t_ms)]
-            await c.write(frames, self._spawn_writer)
+            if frames:
+                await c.write(frames, self._spawn_writer)
 
     def _resnapshot(self, c: Client, sub: Subscription) -> None:
         """A client fell behind a trail: it gets a fresh snapshot instead of a backlog."""
         if sub.stream.kind is StreamKind.BARS:
             self._bars_snapshot(c, None, sub, reset=True)
         else:
-            sub.cursor = self.orders.head  # held until the snapshot is in
+            assert self.parts.desk is not None
+            sub.cursor = self.parts.desk.position  # held until the snapshot is in
             self._request(c, self._orders_snapshot(c, None, sub, reset=True))
 
     def _spawn_writer(self, c: Client, frames: list[str]) -> None:
@@ -590,11 +632,16 @@ class Gateway:
         self._writers.add(task)
         task.add_done_callback(self._writers.discard)
 
-    async def _drop(self, c: Client, why: str) -> None:
+    def _drop(self, c: Client, why: str) -> None:
+        """Close a slow or silent client, off the flush (its close may take a second)."""
         self.clients.discard(c)
         self.stats.slow_closed += 1
         log.info("gateway: closing %s (%s): %s", c.session_id, c.user, why)
-        await c.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=why.encode()[:120])
+        if c.writing is not None:
+            c.writing.cancel()
+        task = asyncio.create_task(c.close(c.close_code, why))
+        self._writers.add(task)
+        task.add_done_callback(self._writers.discard)
 
     # -- status ----------------------------------------------------------------------------
 
@@ -610,7 +657,9 @@ class Gateway:
         return {"gateway": self.options.name,
                 "backend": desk.client.preferred_endpoint if desk is not None else None,
                 "tick_rate": round(market.tick_rate(time.monotonic()), 1),
-                "gaps_filled": sub.get("filled", 0), "lost": sub.get("lost", 0),
+                "gaps": sub.get("gaps", 0),
+                "gaps_filled": sub.get("filled_by_path", 0) + sub.get("filled_by_recovery", 0),
+                "lost": sub.get("lost", 0),
                 "history_store": self.options.history_store,
                 "clients": len(self.clients), "epoch": self.parts.epoch}
 
@@ -620,6 +669,12 @@ class Gateway:
         body = self.status()
         self._status_value.set(seq, lambda: item("status", self.parts.epoch, seq, "status",
                                                  {"status": body}))
+
+
+def _file(path: Path) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def serve(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+    return serve
 
 
 def _now_ms() -> int:

@@ -12,8 +12,8 @@ Rules (docs/GATEWAY.md, sections 4 and 5):
 * :class:`BarTrail` keeps the closed bars of one bars stream (at most ``count``, none closed
   longer ago than ``keep_ns``) and the forming bar; an item is a bar's latest state, ``seq``
   its last tick's sequence number. Evicting a bar raises the floor to its ``last_seq``.
-* :class:`OrdersTrail` keeps the latest order writes (seq = the order store's history-stream
-  position) with the account each belongs to; a cursor is served the items of its accounts.
+* Order writes are held by the gateway's order desk (``protocols.gateway.orders.RecentWrites``,
+  seq = the order store's history-stream position); a cursor is served its accounts' items.
 * :class:`LatestValue` is a stream whose item replaces the previous one (ticks, status).
 * Items are JSON fragments encoded once (:mod:`protocols.gateway.wire`), shared by every client.
 """
@@ -21,12 +21,11 @@ Rules (docs/GATEWAY.md, sections 4 and 5):
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from protocols.history.bars import Bar
 
-__all__ = ["BarTrail", "LatestValue", "OrdersTrail"]
+__all__ = ["BarTrail", "LatestValue"]
 
 
 class BarTrail:
@@ -106,49 +105,6 @@ class BarTrail:
         while self._closed and (len(self._closed) > self._count
                                 or self._closed[0][0] < now_ns - self._keep_ns):
             self.floor = max(self.floor, self._closed.popleft()[1].last_seq)
-
-
-@dataclass(slots=True)
-class _Write:
-    seq: int
-    account: str
-    item: str
-
-
-class OrdersTrail:
-    """The latest order writes, each with its account."""
-
-    def __init__(self, count: int) -> None:
-        self._count = count
-        self._writes: deque[_Write] = deque()
-        self.floor = 0  # every write whose seq is above it is held
-        self.head = 0
-
-    def start_at(self, position: int) -> None:
-        """The trail begins after ``position`` (what the store held when the tail began)."""
-        self._writes.clear()
-        self.floor = self.head = position
-
-    def add(self, seq: int, account: str, item: str) -> None:
-        if seq <= self.head:
-            return  # the tail re-read a write it has (a reconnect to Redis): once only
-        self._writes.append(_Write(seq, account, item))
-        self.head = seq
-        while len(self._writes) > self._count:
-            self.floor = self._writes.popleft().seq
-
-    def since(self, seq: int, accounts: Collection[str]) -> list[str] | None:
-        """The items of ``accounts`` above ``seq``; None if the trail no longer holds them."""
-        if seq < self.floor:
-            return None
-        out: list[str] = []
-        for w in reversed(self._writes):
-            if w.seq <= seq:
-                break
-            if w.account in accounts:
-                out.append(w.item)
-        out.reverse()
-        return out
 
 
 class LatestValue:

@@ -14,6 +14,7 @@ import pytest
 
 from bus.config import (
     FeedSection,
+    GatewaySection,
     HistorySection,
     MeshConfig,
     OrdersSection,
@@ -46,6 +47,7 @@ def write_mesh(tmp_path: Path, feeds: int = 1) -> Path:
                                 for name in ("clients", "peers", "updates", "executor",
                                              "replicas")}),
         history=HistorySection(query_bind=f"tcp://127.0.0.1:{free_port()}"),
+        gateway=GatewaySection(listen=(f"127.0.0.1:{free_port()}",)),
     ).validate()
     path = tmp_path / "mesh.toml"
     path.write_text(dump_toml(cfg))
@@ -116,7 +118,10 @@ def test_bounded_run_delivers_on_both_paths(tmp_path: Path) -> None:
     assert s["orders_filled"] > 20 and s["orders_timed_out"] == 0  # type: ignore[operator]
     assert s["executions"] >= s["orders_filled"]  # type: ignore[operator]
     assert set(pids(tmp_path)) == {"recovery-recovery", "backend-primary", "backend-backup",
-                                   "executor", "feed-sim", "monitor", "trader", "historian"}
+                                   "executor", "feed-sim", "monitor", "trader", "historian",
+                                   "gateway-1"}
+    # One chart gateway by default, at the mesh file's first address.
+    assert len(s["gateway_urls"]) == 1  # type: ignore[arg-type]
     # The historian recorded the run on the embedded DuckDB store: every tick the monitor
     # got (it records the TCP path, the monitor counts the first copy of either path), and
     # the orders with their fills.
@@ -160,7 +165,8 @@ def test_dead_feed_is_restarted_and_nothing_is_lost(tmp_path: Path) -> None:
 def test_interrupt_stops_every_node(tmp_path: Path) -> None:
     proc = up(tmp_path)
     try:
-        wait_until_sync(lambda: len(pids(tmp_path)) == 8, 20, "eight nodes (the historian too)")
+        wait_until_sync(lambda: len(pids(tmp_path)) == 9, 20,
+                        "nine nodes (the historian and the gateway too)")
         # On both paths: the run's exit status says whether both delivered (a TCP subscriber
         # joins later than the UDP one, and on a loaded machine that can take a while).
         wait_until_sync(lambda: min(monitor_delivered(tmp_path, "tcp"),

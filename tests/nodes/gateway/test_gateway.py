@@ -160,8 +160,12 @@ def test_bad_input_gets_a_clear_error_and_the_connection_stays_open(mesh: UpMesh
                                                      "x1", "symbol": SYMBOL, "side": "buy",
                                                      "type": "market", "quantity": 1})
             assert reject["op"] == "order_reject" and reject["reason"] == "NOT_YOUR_ACCOUNT"
-            pong = await c.request("subscribe", stream="status")
-            assert pong["op"] == "subscribed"
+            status = await c.request("subscribe", stream="status")
+            assert status["op"] == "subscribed"
+            await c.first(lambda f: "status" in c.items)
+            s = c.items["status"][-1]["status"]
+            assert s["backend"] in mesh.cfg.orders.clients and s["history_store"] == "duckdb"
+            assert s["tick_rate"] > 0 and s["gaps_filled"] >= 0
             assert not c.closed.is_set()
 
     run(main())

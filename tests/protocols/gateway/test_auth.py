@@ -37,7 +37,7 @@ def pw(password: str) -> str:
 # --- passwords --------------------------------------------------------------------------------
 
 
-@settings(max_examples=30)
+@settings(max_examples=30, deadline=None)  # scrypt: slow on a loaded machine
 @given(password=st.text(max_size=40), other=st.text(max_size=40))
 def test_hash_verify_round_trip(password: str, other: str) -> None:
     stored = pw(password)
@@ -185,7 +185,7 @@ _ids = st.text(st.characters(blacklist_categories=("Cs",)).filter(
     lambda c: c >= " " and c != "\x7f"), min_size=1, max_size=16)
 
 
-@settings(max_examples=50)
+@settings(max_examples=50, deadline=None)  # scrypt: slow on a loaded machine
 @given(name=_ids, accounts=st.lists(_ids, min_size=1, max_size=3, unique=True),
        with_password=st.booleans())
 def test_any_valid_user_survives_the_users_file(name: str, accounts: list[str],

@@ -7,7 +7,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols.gateway.streams import BarTrail, LatestValue, OrdersTrail
+from protocols.gateway.streams import BarTrail, LatestValue
 from protocols.gateway.wire import bar_item
 from protocols.history.bars import Bar, BarBuilder
 
@@ -115,23 +115,6 @@ def test_following_a_builder_by_cursor_rebuilds_its_bars(steps: list[tuple[int, 
         held[it["time"]] = it
     closed = [json.loads(i) for i in t.snapshot(10_000)]
     assert [h["close"] for _, h in sorted(held.items())] == [c["close"] for c in closed]
-
-
-def test_orders_trail_serves_a_cursor_its_accounts_only() -> None:
-    t = OrdersTrail(count=3)
-    t.start_at(10)
-    assert t.since(9, {"A"}) is None
-    assert t.since(10, {"A"}) == []
-    for seq, acct in ((11, "A"), (12, "B"), (13, "A")):
-        t.add(seq, acct, f"{acct}{seq}")
-    t.add(12, "B", "again")  # a re-read write: ignored
-    assert t.since(10, {"A"}) == ["A11", "A13"]
-    assert t.since(11, {"A", "B"}) == ["B12", "A13"]
-    t.add(14, "B", "B14")  # count 3: write 11 goes
-    assert t.floor == 11
-    assert t.since(10, {"A"}) is None
-    assert t.since(11, {"A"}) == ["A13"]
-    assert t.head == 14
 
 
 def test_latest_value_sends_only_news_and_encodes_lazily() -> None:
