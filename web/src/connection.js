@@ -86,6 +86,11 @@ const SYSTEM_CLOCK = Object.freeze({
 const OPEN = 1; // WebSocket.OPEN
 const AUTH_CLOSE_CODE = 4001;
 const ORDER_OPS = new Set(['place', 'cancel', 'replace']);
+// Order requests unanswered on one connection at most: the gateway serves 64 of a connection's
+// requests at once and answers `busy` past that; the rest of the queue waits for answers.
+const MAX_IN_FLIGHT = 32;
+// `error` codes for an order request that a resend of the same request may get through.
+const RETRYABLE_ERRORS = new Set(['busy', 'RATE_LIMITED', 'unavailable']);
 
 /** Streams whose newest item is all a client needs: no history to resume or reload. */
 export function isLatestValue(stream) {
@@ -482,6 +487,13 @@ export class Connection {
           this._authLost(frame.message ?? 'session expired');
           return;
         }
+        if (this._inflight.has(frame.id)) {
+          // An order request the gateway would not take: the same as its reject.
+          this._onReject({
+            id: frame.id, client_order_id: this._inflight.get(frame.id), reason: frame.code,
+            message: frame.message, retryable: RETRYABLE_ERRORS.has(frame.code),
+          });
+        }
         this._emit('error', frame);
         if (frame.fatal) this._failed();
         break;
@@ -689,6 +701,7 @@ export class Connection {
     const now = this._clock.now();
     let changed = false;
     for (const request of queue) {
+      if (this._inflight.size >= MAX_IN_FLIGHT) break;
       if (!ORDER_OPS.has(request.op) || waiting.has(request.client_order_id)) continue;
       if (request.retry_at && request.retry_at > now) continue;
       const id = this._nextId();
@@ -700,6 +713,7 @@ export class Connection {
       changed = true;
     }
     if (changed) this._saveQueue(queue);
+    this._armResend();
   }
 
   _removeRequest(clientOrderId) {
@@ -716,6 +730,7 @@ export class Connection {
     const request = this._removeRequest(frame.client_order_id);
     // An ack for a request already settled (its order seen on the stream first) says nothing new.
     if (request || event === 'order_reject') this._emit(event, { ...frame, request });
+    this._flushQueue(); // room for one more in flight
   }
 
   _onReject(frame) {
@@ -732,19 +747,22 @@ export class Connection {
       request.reason = frame.reason;
       request.retry_at = this._clock.now() + backoffDelay(request.attempts ?? 1, this._backoff, this._random);
       this._saveQueue(queue);
-      this._armResend(request.retry_at);
     }
     this._emit('order_retry', { ...frame });
+    this._flushQueue(); // its slot in flight is free for the others meanwhile
   }
 
-  _armResend(at) {
-    if (this._resendTimer !== null) return;
+  /** A timer for the earliest retry still in the future; past-due ones go out with the next
+   * flush that has room (an answer, a welcome), never by a timer that would spin. */
+  _armResend() {
+    if (this._resendTimer !== null || !this.welcome) return;
+    const now = this._clock.now();
+    const future = this._loadQueue().map((r) => r.retry_at).filter((at) => at && at > now);
+    if (future.length === 0) return;
     this._resendTimer = this._clock.setTimeout(() => {
       this._resendTimer = null;
       this._flushQueue();
-      const next = this._loadQueue().map((r) => r.retry_at).filter(Boolean);
-      if (next.length) this._armResend(Math.min(...next));
-    }, Math.max(0, at - this._clock.now()));
+    }, Math.min(...future) - now);
   }
 
   /** An order write on the stream shows its place went through, even if the ack was lost. */

@@ -271,3 +271,30 @@ test('the order queue is bounded: past it a request is refused with the counts, 
   assert.throws(() => conn.replace('x', { quantity: 1, price: 1 }), (err) => err instanceof QueueFull && err.queued === 2 && err.limit === 2);
   assert.equal(conn.queue().length, 2);
 });
+
+test('at most 32 order requests in flight per connection; an error frame for one is its reject', () => {
+  const { conn, FakeSocket, clock } = setup();
+  conn.start();
+  const socket = goLive(FakeSocket);
+  const ids = [];
+  for (let i = 0; i < 40; i += 1) ids.push(conn.place({ symbol: 'EURUSD', side: 'buy', type: 'market', quantity: 1 }));
+  let places = socket.framesOf('place');
+  assert.equal(places.length, 32, 'the rest wait for answers');
+  socket.receive({ op: 'order_ack', id: places[0].id, client_order_id: ids[0], order_id: 'O-0', state: 'ACCEPTED' });
+  places = socket.framesOf('place');
+  assert.equal(places.length, 33, 'an answer makes room for the next');
+  assert.equal(places[32].order.client_order_id, ids[32]);
+  const rejects = [];
+  conn.on('order_reject', (r) => rejects.push([r.client_order_id, r.reason]));
+  socket.receive({ op: 'error', id: places[1].id, code: 'bad_request', message: 'quantity', fatal: false });
+  socket.receive({ op: 'error', id: places[2].id, code: 'busy', message: 'too many', fatal: false });
+  assert.deepEqual(rejects, [[ids[1], 'bad_request']]);
+  assert.equal(conn.queue().find((r) => r.client_order_id === ids[2]).state, 'retrying');
+  const sentOf = (cid) => socket.framesOf('place').filter((f) => f.order.client_order_id === cid).length;
+  clock.advance(BACKOFF.maxMs);
+  assert.equal(sentOf(ids[2]), 1, 'due again, but 32 are in flight: it waits for a slot');
+  socket.receive({ op: 'order_ack', id: places[3].id, client_order_id: ids[3], order_id: 'O-3', state: 'ACCEPTED' });
+  assert.equal(sentOf(ids[2]), 2, 'sent again at the next free slot, same id');
+  conn.stop();
+  assert.equal(clock.pending(), 0);
+});
