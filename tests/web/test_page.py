@@ -277,3 +277,26 @@ def test_a_second_user_sees_none_of_the_first_users_orders(mesh: UpMesh, chart: 
     assert accounts == {"ACC-BOB"}
     assert bob.rows("done-orders", mine) == 0 and bob.rows("fills", mine) == 0
     assert alice.rows("done-orders", theirs) == 0
+
+
+def test_a_limit_order_is_replaced_and_cancelled_from_the_panel(mesh: UpMesh, chart: Any) -> None:
+    page = chart().open(mesh.urls[1])
+    bid = float(page.page.text_content("#bid") or "nan")
+    page.page.click("#side-buy")
+    page.page.click("#type-limit")
+    page.page.fill("#qty", "3")
+    page.page.fill("#price", f"{bid * 0.98:.5f}")  # far below the market: it rests
+    page.page.click("#place")
+    cid: str = page.js("window.tickmesh.lastPlaced()")
+    page.wait(f"document.querySelectorAll('#open-orders tr[data-cid=\"{cid}\"]').length === 1")
+    page.page.click(f"[data-testid='replace-{cid}']")
+    page.page.fill("#replace-qty", "5")
+    page.page.fill("#replace-price", f"{bid * 0.97:.5f}")
+    page.page.click("#replace-ok")
+    page.wait(f"window.tickmesh.book.allOrders().some(o => o.client_order_id === "
+              f"{json.dumps(cid)} && o.quantity === 5)")
+    page.page.click(f"[data-testid='cancel-{cid}']")
+    page.wait_state(cid, "CANCELLED")
+    assert page.rows("open-orders", cid) == 0 and page.rows("done-orders", cid) == 1
+    assert panel_view(page, [cid]) == store_view(mesh, "ACC-ALICE", [cid]) == {
+        cid: ("CANCELLED", 0, 0)}
