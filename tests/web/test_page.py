@@ -281,6 +281,7 @@ def test_a_second_user_sees_none_of_the_first_users_orders(mesh: UpMesh, chart: 
 
 def test_a_limit_order_is_replaced_and_cancelled_from_the_panel(mesh: UpMesh, chart: Any) -> None:
     page = chart().open(mesh.urls[1])
+    page.wait("!isNaN(parseFloat(document.querySelector('#bid').textContent))")  # a tick came
     bid = float(page.page.text_content("#bid") or "nan")
     page.page.click("#side-buy")
     page.page.click("#type-limit")
