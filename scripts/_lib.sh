@@ -6,6 +6,8 @@
 #   ensure_apt PKG…  install missing Debian packages (as root) or say how to (otherwise)
 #   ensure_venv      create $tm_root/.venv and install the project into it when needed;
 #                    sets PY to the venv's python
+#   ensure_web       install web/'s npm packages when needed (npm ci) and vendor Lightweight
+#                    Charts into web/vendor/ (nothing third-party is committed)
 #
 # Callers run with `set -euo pipefail`, so everything here must be safe under it.
 
@@ -94,4 +96,24 @@ ensure_venv() {
         "$PY" -m pip install -q -e "${tm_root}[test]"
         printf '%s\n' "$want" >"$stamp"
     fi
+}
+
+# web/node_modules is refreshed when missing or older than web/package-lock.json; the two
+# Lightweight Charts builds the page loads are copied to web/vendor/ every time (cheap), so a
+# vendor folder from another version never outlives an npm ci.
+ensure_web() {
+    local web="$tm_root/web"
+    local dist="$web/node_modules/lightweight-charts/dist"
+    if ! command -v npm >/dev/null 2>&1; then
+        _tm_err "npm not found: install Node.js 20 or newer (Debian: apt-get install -y nodejs npm)"
+        exit 1
+    fi
+    if [[ ! -d "$web/node_modules" || "$web/package-lock.json" -nt "$web/node_modules" ]]; then
+        echo "tickmesh: installing the web client's npm packages into $web/node_modules" >&2
+        (cd "$web" && npm ci --no-audit --no-fund --loglevel=error)
+        touch "$web/node_modules"
+    fi
+    mkdir -p "$web/vendor"
+    cp "$dist/lightweight-charts.standalone.production.js" \
+        "$dist/lightweight-charts.standalone.development.js" "$web/vendor/"
 }
