@@ -30,6 +30,7 @@ _tm_pkg_binary() {
         redis-server) echo redis-server ;;
         redis-sentinel) echo redis-sentinel ;;
         clickhouse-server) echo clickhouse-server ;;
+        nodejs) echo node ;;
         *) echo "$1" ;;
     esac
 }
@@ -104,10 +105,7 @@ ensure_venv() {
 ensure_web() {
     local web="$tm_root/web"
     local dist="$web/node_modules/lightweight-charts/dist"
-    if ! command -v npm >/dev/null 2>&1; then
-        _tm_err "npm not found: install Node.js 20 or newer (Debian: apt-get install -y nodejs npm)"
-        exit 1
-    fi
+    ensure_apt nodejs npm  # node and npm: on PATH already on these machines (node 20)
     if [[ ! -d "$web/node_modules" || "$web/package-lock.json" -nt "$web/node_modules" ]]; then
         echo "tickmesh: installing the web client's npm packages into $web/node_modules" >&2
         (cd "$web" && npm ci --no-audit --no-fund --loglevel=error)

@@ -38,7 +38,7 @@ const COLORS = {
 const pinned = (params.get('gateways') ?? '').split(',').map((u) => u.trim()).filter(Boolean);
 const connection = new Connection({ urls: pinned.length ? pinned : [location.origin], client: `tickmesh-web ${navigator.userAgent.slice(0, 40)}` });
 const book = new OrderBook(connection);
-const udf = new UdfClient({ baseUrl: '' });
+const udf = new UdfClient({ baseUrl: () => connection.url ?? '' });  // follows a failover
 
 const state = {
   symbol: params.get('symbol') || null,

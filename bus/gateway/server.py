@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 WEB_ROOT = Path(__file__).resolve().parents[2] / "web"
 WEB_FOLDERS = ("src", "vendor")
 WEB_FILES = ("app.js", "style.css")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 HELLO_TIMEOUT_S = 10.0
 REQUESTS_PER_CLIENT = 64  # order requests and snapshots in service for one client at once
 STATUS_EVERY_S = 1.0
@@ -128,7 +129,8 @@ class Gateway:
     # -- lifecycle -------------------------------------------------------------------------
 
     def _app(self) -> web.Application:
-        app = web.Application(client_max_size=self.limits.max_message_bytes)
+        app = web.Application(client_max_size=self.limits.max_message_bytes,
+                              middlewares=[self._cors])
         r = app.router
         r.add_get("/", self._index)
         self._static(r)
@@ -270,8 +272,28 @@ class Gateway:
         if origin is None:  # not a browser (a bench client, a script): no CSRF to fear
             return True
         allowed = self.limits.origins or self.limits.urls
-        own = f"http://{request.host}"
-        return origin in allowed or origin == own
+        return origin in allowed or origin == f"http://{request.host}"
+
+    @web.middleware
+    async def _cors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """``/api/*`` for the pages of the mesh's other gateways (a page that failed over
+        logs in again at the gateway it is on): CORS for the allowed origins only."""
+        origin = request.headers.get("Origin")
+        if not request.path.startswith("/api/") or origin is None \
+                or not self._origin_ok(request):
+            return await handler(request)
+        headers = {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
+                   "Access-Control-Allow-Headers": "Content-Type",
+                   "Access-Control-Allow-Methods": "GET, POST"}
+        if request.method == "OPTIONS":  # the preflight of a JSON POST
+            return web.Response(status=204, headers=headers)
+        try:
+            resp = await handler(request)
+        except web.HTTPException as exc:
+            exc.headers.update(headers)
+            raise
+        resp.headers.update(headers)
+        return resp
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
         if not self._origin_ok(request):

@@ -36,10 +36,12 @@ export function udfToBars(json) {
 const MAX_WALK = 20;
 
 export class UdfClient {
-  /** `baseUrl`: the gateway's URL ('' for the page's own origin); `fetch` as the browser's. */
+  /** `baseUrl`: the gateway's URL ('' for the page's own origin), or a function giving it at
+   * each request (the gateway a Connection is on: UDF answers any origin, so history keeps
+   * loading after a failover); `fetch` as the browser's. */
   constructor({ baseUrl = '', fetch = globalThis.fetch } = {}) {
     if (typeof fetch !== 'function') throw new TypeError('UdfClient needs a fetch function');
-    this.baseUrl = baseUrl.replace(/\/+$/, '');
+    this._base = typeof baseUrl === 'function' ? baseUrl : () => baseUrl;
     this._fetch = (...args) => fetch(...args); // a bare window.fetch called as a method throws "Illegal invocation"
   }
 
@@ -47,7 +49,7 @@ export class UdfClient {
     const query = new URLSearchParams();
     for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null) query.set(k, String(v));
     const qs = query.toString();
-    const url = `${this.baseUrl}/udf/${path}${qs ? `?${qs}` : ''}`;
+    const url = `${(this._base() ?? '').replace(/\/+$/, '')}/udf/${path}${qs ? `?${qs}` : ''}`;
     let response;
     try {
       response = await this._fetch(url, { headers: { accept: 'application/json' } });

@@ -31,5 +31,11 @@ test('UDF answers and errors', async (t) => {
   await assert.rejects(udf.symbol('NOPE'), UdfError);
   assert.equal((await udf.config()).supports_time, true);
   await assert.rejects(new UdfClient({ baseUrl: 'http://127.0.0.1:9' }).config(), /unreachable/);
+  // A function: the gateway is looked up at each request (the page follows its connection).
+  let base = 'http://127.0.0.1:9';
+  const moving = new UdfClient({ baseUrl: () => base });
+  await assert.rejects(moving.config(), /unreachable/);
+  base = server.url;
+  assert.ok((await moving.config()).supported_resolutions);
   assert.deepEqual(udfToBars({ s: 'ok', t: [120, 60], o: [1, 2], h: [1, 2], l: [1, 2], c: [1, 2], v: [5, 6] }).map((b) => [b.time, b.volume]), [[60, 6], [120, 5]]);
 });

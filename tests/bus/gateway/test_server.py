@@ -256,3 +256,23 @@ def test_udf_history_has_the_forming_bar_and_says_no_data_before_the_first(
                     assert abs(int(await r.text()) - time.time()) < 5
 
     asyncio.run(main())
+
+
+def test_api_answers_cors_to_the_other_gateways_pages_only(redis_server: RedisProcess) -> None:
+    async def main() -> None:
+        async with gateway(redis_server) as (gw, _):
+            gw.limits = replace(gw.limits, listen=("127.0.0.1:1", "127.0.0.1:2"))
+            url = f"http://127.0.0.1:{gw.options.port}/api/login"
+            async with aiohttp.ClientSession() as http:
+                async with http.options(url, headers={"Origin": "http://127.0.0.1:2"}) as r:
+                    assert r.status == 204
+                    assert r.headers["Access-Control-Allow-Origin"] == "http://127.0.0.1:2"
+                async with http.post(url, json={"user": "alice", "password": "no"},
+                                     headers={"Origin": "http://127.0.0.1:2"}) as r:
+                    assert r.status == 401
+                    assert r.headers["Access-Control-Allow-Origin"] == "http://127.0.0.1:2"
+                async with http.post(url, json={"user": "alice", "password": "alice"},
+                                     headers={"Origin": "http://evil.example"}) as r:
+                    assert "Access-Control-Allow-Origin" not in r.headers
+
+    asyncio.run(main())
