@@ -70,7 +70,6 @@ class _Symbol:
     resumed_at: int = 0  # the last tick the builder resumed with (from history and Redis)
     seeded: set[int] = field(default_factory=set)  # resolutions whose trail has the store's
     seeding: dict[int, asyncio.Task[None]] = field(default_factory=dict)
-    seeder: asyncio.Task[None] | None = None
     flushed_ticks: int = 0
     ticks: int = 0
 
@@ -113,9 +112,7 @@ class MarketData:
         self._task = asyncio.create_task(self._run(), name="gateway-market")
 
     async def close(self) -> None:
-        tasks = [t for t in (self._task, *(st.resuming for st in self._state.values()),
-                             *(st.seeder for st in self._state.values()),
-                             *(t for st in self._state.values() for t in st.seeding.values()))
+        tasks = [t for t in (self._task, *(st.resuming for st in self._state.values()))
                  if t is not None]
         await cancel_and_wait(tasks, what="gateway market data")
         if self._sub is not None:
@@ -234,8 +231,6 @@ class MarketData:
         self.refresh()
         self.stats.ready += 1
         self._ready[symbol].set()
-        if self._reader is not None:  # the store's older bars, now that the symbol is served
-            st.seeder = asyncio.create_task(self._seed_all(symbol), name=f"gateway-seed-{symbol}")
         log.info("gateway: %s ready at seq %d: history to %d, %d ticks from the tick store, "
                  "seam gap %d", symbol, builder.last_seq, from_history, len(between), gap)
 
@@ -287,9 +282,8 @@ class MarketData:
     async def seed(self, symbol: str, res_s: int) -> None:
         """Give the trail of ``bars:{symbol}:{res}`` the store's bars from before the resume
         point (the retention window's worth), once: what a client that resumes a position
-        from before this gateway started needs. Read after the symbol is ready (in the
-        background) or at the stream's first subscription, whichever comes first: a starting
-        gateway asks the history only what it must to be ready."""
+        from before this gateway started needs. Read at the stream's first subscription, not
+        at start: a starting gateway asks the history only what it must to be ready."""
         st = self._state[symbol]
         if (res_s in st.seeded or self._reader is None or st.resumed_at <= 0
                 or not self.ready(symbol)):
@@ -299,12 +293,6 @@ class MarketData:
             task = st.seeding[res_s] = asyncio.ensure_future(self._seed(symbol, res_s))
             task.add_done_callback(lambda _: st.seeding.pop(res_s, None))
         await asyncio.shield(task)
-
-    async def _seed_all(self, symbol: str) -> None:
-        """Every trail of ``symbol``, finest first, one query at a time: done before a client
-        of another gateway fails over here, so that its resume does not wait for them."""
-        for res in RES_SECONDS:
-            await self.seed(symbol, res)
 
     async def _seed(self, symbol: str, res_s: int) -> None:
         assert self._reader is not None
