@@ -67,9 +67,6 @@ class _Symbol:
     pending: deque[Tick] = field(default_factory=deque)
     resuming: asyncio.Task[None] | None = None
     dirty: bool = False
-    resumed_at: int = 0  # the last tick the builder resumed with (from history and Redis)
-    seeded: set[int] = field(default_factory=set)  # resolutions whose trail has the store's
-    seeding: dict[int, asyncio.Task[None]] = field(default_factory=dict)
     flushed_ticks: int = 0
     ticks: int = 0
 
@@ -205,21 +202,24 @@ class MarketData:
     async def _resume(self, symbol: str, first_live: int) -> None:
         st = self._state[symbol]
         builder = BarBuilder(symbol)
+        closed: dict[int, list[Bar]] = {}
         if self._reader is not None:
             try:
                 held = min(await self._history_holds(symbol), first_live - 1)
                 builder = await resumed_builder(self._reader, symbol, upto=held)
+                closed = await self._seed_bars(symbol, builder)
             except StoreError as exc:  # the history is away: live bars only, counted
                 self.stats.history_errors += 1
                 log.warning("gateway: %s bars start from live ticks only: %s", symbol, exc)
         from_history = max(builder.last_seq, 0)  # a new builder's last_seq is -1
         between = await self._checkpointed(symbol, from_history + 1, first_live - 1)
         now = self._clock()
-        # Every bar closed after the resume point is the builder's (the trails take it as it
-        # closes); those before it are the store's, read when a client first asks (seed).
-        st.resumed_at = from_history or (between[0].seq if between else first_live) - 1
         for res in RES_SECONDS:
-            self.trails[symbol, res].seed([], st.resumed_at, now)
+            bars = closed.get(res, [])
+            floor = bars[0].first_seq - 1 if len(bars) >= self._seed_count(res) else 0
+            if not bars and from_history == 0:
+                floor = (between[0].seq if between else first_live) - 1  # nothing before
+            self.trails[symbol, res].seed(bars, floor, now)
         st.builder = builder
         for t in between:
             self._apply(t, st, now)
@@ -279,36 +279,17 @@ class MarketData:
             self._marks = asyncio.ensure_future(self._reader.watermarks(Table.TICKS))
         return await asyncio.shield(self._marks)
 
-    async def seed(self, symbol: str, res_s: int) -> None:
-        """Give the trail of ``bars:{symbol}:{res}`` the store's bars from before the resume
-        point (the retention window's worth), once: what a client that resumes a position
-        from before this gateway started needs. Read at the stream's first subscription, not
-        at start: a starting gateway asks the history only what it must to be ready."""
-        st = self._state[symbol]
-        if (res_s in st.seeded or self._reader is None or st.resumed_at <= 0
-                or not self.ready(symbol)):
-            return
-        task = st.seeding.get(res_s)
-        if task is None:
-            task = st.seeding[res_s] = asyncio.ensure_future(self._seed(symbol, res_s))
-            task.add_done_callback(lambda _: st.seeding.pop(res_s, None))
-        await asyncio.shield(task)
-
-    async def _seed(self, symbol: str, res_s: int) -> None:
+    async def _seed_bars(self, symbol: str, builder: BarBuilder) -> dict[int, list[Bar]]:
+        """The closed bars of every resolution the trails start with (those the builder has
+        not folded into a forming bar: the store's bars up to its resume point)."""
         assert self._reader is not None
-        st = self._state[symbol]
-        count = self._seed_count(res_s)
-        try:
-            cols = await self._reader.bars(symbol, res_s, 0, END_OF_TIME, countback=count)
-        except StoreError as exc:  # a resume from before the start then gets a snapshot
-            self.stats.history_errors += 1
-            log.warning("gateway: %s %d s bars before the start not read: %s", symbol, res_s,
-                        exc)
-            return
-        bars = [b for b in bars_from_columns(cols) if b.last_seq <= st.resumed_at]
-        floor = bars[0].first_seq - 1 if len(bars) >= count else 0
-        self.trails[symbol, res_s].prepend(bars, floor, self._clock())
-        st.seeded.add(res_s)
+        out: dict[int, list[Bar]] = {}
+        for res in RES_SECONDS:
+            forming = builder.forming(res)
+            end = forming.start_ns if forming is not None else END_OF_TIME
+            cols = await self._reader.bars(symbol, res, 0, end, countback=self._seed_count(res))
+            out[res] = [b for b in bars_from_columns(cols) if b.last_seq <= builder.last_seq]
+        return out
 
     def _seed_count(self, res_s: int) -> int:
         """Closed bars a trail starts with: those the retention window can ask for (a client

@@ -473,7 +473,6 @@ class Gateway:
                 self._open_latest(c, rid, sub, since, held)
             case StreamKind.BARS:
                 await market.wait_ready(stream.symbol)
-                await market.seed(stream.symbol, stream.res_s)
                 sub.bars = market.trails[stream.symbol, stream.res_s]
                 self._open_bars(c, rid, sub, since, held)
             case StreamKind.ORDERS:

@@ -55,16 +55,6 @@ class BarTrail:
             self._closed.append((now_ns, bar, self._encode(bar, True)))
         self._trim(now_ns)
 
-    def prepend(self, older: list[Bar], floor: int, now_ns: int) -> None:
-        """Add the store's bars from before the trail began (``older``, in time order, every
-        bar above ``floor`` up to the trail's first), keeping what it holds since."""
-        first = self._closed[0][1].start_ns if self._closed else None
-        items = [(now_ns, b, self._encode(b, True)) for b in older
-                 if first is None or b.start_ns < first]
-        self._closed.extendleft(reversed(items))
-        self.floor = min(self.floor, floor)
-        self._trim(now_ns)
-
     def on_closed(self, bar: Bar, now_ns: int) -> None:
         if self._forming is not None and self._forming.start_ns == bar.start_ns:
             self._forming, self._forming_item = None, None

@@ -127,13 +127,3 @@ def test_latest_value_sends_only_news_and_encodes_lazily() -> None:
     assert v.since(0) == "five" and v.since(3) == "five"
     assert v.since(5) is None
     assert made == [5]
-
-
-def test_prepending_the_store_bars_lowers_the_floor_and_keeps_the_live_ones() -> None:
-    t = _trail()
-    t.seed([], 30, 0)  # a gateway resumed at seq 30: nothing held before it yet
-    t.on_closed(_bar(3, 31, 40), 0)
-    assert t.since(20) is None  # a client from before the start: not yet servable
-    t.prepend([_bar(1, 11, 20), _bar(2, 21, 30), _bar(3, 31, 40)], 10, 0)
-    assert _seqs(t.since(20)) == [30, 40]  # the store's copy of bar 3 is not taken twice
-    assert t.floor == 10
