@@ -4,9 +4,10 @@ and how a flush writes to it without ever waiting for a slow one.
 A flush builds each client's ``batch`` from its cursors (``protocols.gateway.streams``): nothing
 is queued per client but control frames (acks, snapshots, errors), and those are bounded
 (:data:`CONTROL_LIMIT`; past it the client is closed as a slow consumer, counted). A client
-whose socket has bytes still unsent is written by a task of its own, and skipped by flushes
-until that write is done: its cursors stay where they are, so it gets the news later, newer and
-conflated, while every other client is written on time.
+whose socket has more than :data:`FAST_WRITE_MAX` unsent, or a large write (a snapshot) still in
+flight by a task of its own, is skipped by flushes (:meth:`Client.writable`): its cursors stay
+where they are, so it gets the news later, newer and conflated, while every other client is
+written on time; one that stays so for :data:`STUCK_S` is closed.
 """
 
 from __future__ import annotations
