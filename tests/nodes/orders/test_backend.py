@@ -1079,9 +1079,11 @@ def test_memory_follows_the_open_orders(redis_server: RedisProcess) -> None:
             cancel = await p.request(Role.PRIMARY, CancelOrder("a0", "x0", "m0"))
             assert isinstance(cancel, OrderReject)
             assert cancel.reason is RejectReason.NOT_CANCELLABLE  # filled already
-            await wait_until(lambda: len(primary.service) == 0, 2, "records dropped")
-            assert len(primary.orders) == 0 and primary.service.in_service() == 0
-            assert len(primary._account_locks) == 0
+            # The records go once each write of the order's end is in the store (written
+            # behind): wait for all of it, not for the first part to go.
+            await wait_until(lambda: len(primary.service) == 0 and len(primary.orders) == 0
+                             and primary.service.in_service() == 0
+                             and len(primary._account_locks) == 0, 5, "records dropped")
             assert primary.collect()["records"] == 0
     run(main())
 
