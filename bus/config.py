@@ -359,8 +359,8 @@ class GatewaySection:
     ``listen`` has one ``host:port`` per gateway (``up --gateways N`` runs the first N; the page
     learns all of them to fail over). Sessions live in Redis for ``session_ttl_s``; a reconnect
     within ``retention_s`` (bounded by ``retention_count`` items per stream) gets exactly what
-    it missed. ``flush_ms`` is the batching interval of a client's frames; ``client_queue``
-    bounds a slow client's backlog per stream (past it: a snapshot). ``origins`` lists the
+    it missed. ``flush_ms`` is the batching interval of a client's frames; a client more than
+    ``retention_count`` items behind on a stream gets a snapshot of it. ``origins`` lists the
     ``Origin`` values a WebSocket upgrade may carry (empty: the gateways' own URLs).
     """
 
@@ -376,7 +376,6 @@ class GatewaySection:
     max_subscriptions: int = 64
     orders_per_s: float = 20.0
     connections_per_user: int = 8
-    client_queue: int = 1000
     countback: int = 300  # bars in a snapshot of a bars stream
     origins: tuple[str, ...] = ()
 
@@ -391,7 +390,7 @@ class GatewaySection:
                           ("retention_count", "e.g. 10000"), ("flush_ms", "e.g. 20"),
                           ("heartbeat_ms", "e.g. 5000"), ("max_message_bytes", "e.g. 65536"),
                           ("max_subscriptions", "e.g. 64"), ("orders_per_s", "e.g. 20"),
-                          ("connections_per_user", "e.g. 8"), ("client_queue", "e.g. 1000"),
+                          ("connections_per_user", "e.g. 8"),
                           ("countback", "e.g. 300")):
             _positive(f"{key}.{name}", getattr(self, name), fix)
         if not self.users_file:

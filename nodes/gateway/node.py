@@ -94,7 +94,7 @@ class GatewayNode:
                 stack.push_async_callback(client.close)
                 store = RedisOrderStore.from_config(cfg)
                 stack.push_async_callback(store.close)
-                desk = OrderDesk(store, client, reader)
+                desk = OrderDesk(store, client, reader, resume_limit=g.retention_count)
                 await desk.start()
                 stack.push_async_callback(desk.close)
             gw = Gateway(GatewayParts(users, sessions, market, desk, reader, epoch),
