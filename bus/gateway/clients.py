@@ -75,6 +75,7 @@ class Client:
     accounts: frozenset[str]
     orders_bucket: TokenBucket
     subs: dict[str, Subscription] = field(default_factory=dict)
+    opening: set[str] = field(default_factory=set)  # subscribes in service (a snapshot read)
     control: deque[str] = field(default_factory=deque)
     heard: float = field(default_factory=time.monotonic)
     touched: float = 0.0  # when its session's TTL renewal was last asked for

@@ -411,6 +411,8 @@ class Gateway:
             case Subscribe(rid, stream, since):
                 self._request(c, self._subscribe(c, rid, stream, since))
             case Unsubscribe(rid, stream):
+                with contextlib.suppress(BadRequest):  # an unknown name: nothing to drop
+                    stream = parse_stream(stream, self.symbols).name
                 c.subs.pop(stream, None)
                 c.say(frame("unsubscribed", id=rid, stream=stream))
             case Place() | Cancel() | Replace():
@@ -453,7 +455,9 @@ class Gateway:
                          since: Position | None) -> None:
         try:
             stream = parse_stream(name, self.symbols)
-            if name not in c.subs and len(c.subs) >= self.limits.max_subscriptions:
+            # Counted with those still being opened (a burst of subscribes must not pass it).
+            opening = c.subs.keys() | c.opening
+            if stream.name not in opening and len(opening) >= self.limits.max_subscriptions:
                 raise BadRequest("too_many_subscriptions", f"at most "
                                  f"{self.limits.max_subscriptions} streams per connection")
             if stream.kind is StreamKind.ORDERS and self.parts.desk is None:
@@ -463,6 +467,16 @@ class Gateway:
             return
         held = since if since is not None and since.epoch == self.parts.epoch else None
         sub = Subscription(stream, 0)
+        c.opening.add(stream.name)
+        try:
+            await self._open(c, rid, sub, since, held)
+        finally:
+            c.opening.discard(stream.name)
+        c.subs[stream.name] = sub  # by its canonical name, the one its items carry
+
+    async def _open(self, c: Client, rid: int | None, sub: Subscription,
+                    since: Position | None, held: Position | None) -> None:
+        stream = sub.stream
         market = self.parts.market
         match stream.kind:
             case StreamKind.TICKS:
@@ -477,7 +491,6 @@ class Gateway:
                 self._open_bars(c, rid, sub, since, held)
             case StreamKind.ORDERS:
                 await self._open_orders(c, rid, sub, since, held)
-        c.subs[name] = sub
 
     def _ack(self, c: Client, rid: int | None, sub: Subscription, mode: str,
              reset: bool) -> None:

@@ -19,13 +19,13 @@ from nodes.drills.procs import Node
 from tests.support import scaled
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # ended with tests/web: Playwright's loop must not outlive it
 def playwright() -> Iterator[Playwright]:
     with sync_playwright() as p:
         yield p
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # ended with tests/web: Playwright's loop must not outlive it
 def browser(playwright: Playwright) -> Iterator[Browser]:
     executable = shutil.which("chromium")
     assert executable, "Debian's chromium is missing: apt-get install -y chromium"
@@ -39,7 +39,7 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
         browser.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # ended with tests/web: Playwright's loop must not outlive it
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpMesh]:
     """The whole mesh with gateway-1 and gateway-2 (the supervisor restarts a killed one)."""
     run_dir = tmp_path_factory.mktemp("web-mesh")
