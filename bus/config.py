@@ -51,6 +51,9 @@ from protocols.orders.service import MAX_IN_SERVICE, MAX_QUEUE_MS
 from protocols.ticks.messages import check_stream
 
 SourceKind = Literal["simulator", "replay", "ea"]
+ExecutionKind = Literal["simulated", "ea"]
+TerminalKind = Literal["sim", "mt5"]
+QuoteSource = Literal["simulator", "replay"]
 SlowMode = Literal["drop", "conflate"]
 
 
@@ -270,8 +273,28 @@ class OrdersSection:
     # a request is answered BUSY at once. 1,000 ms by default, a safety net: about 10 for the
     # 20 ms round trip under overload (protocols.orders.service.MAX_QUEUE_MS: why).
     max_queue_ms: float = MAX_QUEUE_MS
+    # "simulated": the executor fills against the last tick itself; "ea": it forwards every
+    # order to the EA instance holding the account's lease (docs/PROTOCOL.md section 18) and
+    # logs what the terminal did. (``executor`` above names the executor's endpoints.)
+    execution: ExecutionKind = "simulated"
+    ea_bind: str = "tcp://127.0.0.1:7450"  # the executor's ROUTER the EA instances connect to
+    ea_heartbeat_ms: float = 20.0  # an instance pings this often; each answer renews its lease
+    ea_lease_ms: float = 100.0  # a lease runs this long from the ping it answers
+    # After a lease ran out the executor waits this much more before another instance may
+    # send: the longest an order_send begun under the old lease may take to be in the
+    # terminal's record (raise it for a real terminal far from its trade server).
+    ea_guard_ms: float = 20.0
+    # An order held because no instance holds its account's lease is rejected this long after
+    # it was routed (reason NO_EXECUTOR, retryable); one held by a reconciling instance waits.
+    ea_hold_ms: float = 10_000.0
 
     def validate(self, key: str) -> None:
+        _check_endpoint(f"{key}.ea_bind", self.ea_bind)
+        if not 0 < self.ea_heartbeat_ms < self.ea_lease_ms:
+            raise ConfigError(f"{key}.ea_lease_ms", "must exceed ea_heartbeat_ms > 0",
+                              "several heartbeats, e.g. ea_heartbeat_ms = 20, ea_lease_ms = 100")
+        _non_negative(f"{key}.ea_guard_ms", self.ea_guard_ms, "e.g. ea_guard_ms = 20")
+        _positive(f"{key}.ea_hold_ms", self.ea_hold_ms, "e.g. ea_hold_ms = 10000")
         for name in ("clients", "peers", "updates", "executor", "replicas"):
             eps = getattr(self, name)
             if len(eps) != 2:
@@ -407,8 +430,94 @@ class GatewaySection:
         return tuple(f"http://{hp}" for hp in self.listen)
 
 
+@dataclass(frozen=True, slots=True)
+class EaSection:
+    """One EA instance (``[[ea]]``): the Python process beside a MetaTrader 5 terminal that
+    pushes its ticks to a feed and executes the executor's orders there (docs/PROTOCOL.md
+    sections 9 and 18). Two instances naming the same accounts are an active and a standby."""
+
+    name: str = "ea-1"
+    accounts: tuple[str, ...] = ()  # tickmesh accounts it trades; (): every account
+    trades: bool = True  # take orders (false: a tick-only instance)
+    feed: str = ""  # the feed (source = "ea") it pushes ticks to; "": no ticks
+    symbols: tuple[str, ...] = ()  # ticks of these; (): the feed's symbols
+    terminal: TerminalKind = "sim"  # "mt5": the MetaTrader5 package (Windows only)
+    sim_endpoint: str = "tcp://127.0.0.1:7460"  # sim: the simulated terminal's endpoint
+    terminal_path: str = ""  # mt5: terminal64.exe ("": the package finds it)
+    login: int = 0  # mt5: the account to log in to (0: the terminal's current one)
+    server: str = ""  # mt5: the trade server of ``login``
+    poll_ms: float = 2.0  # ticks are read from the terminal this often
+    backfill_ms: float = 2000.0  # after a start, ticks are read from this far back
+    history_window_s: float = 86_400.0  # reconciliation reads the terminal's history this far
+    send_retries: int = 2  # a requote (or another transient retcode) is sent again this often
+
+    def validate(self, key: str) -> None:
+        try:
+            check_stream(self.name)
+        except ValueError as exc:
+            raise ConfigError(f"{key}.name", str(exc)) from None
+        for i, a in enumerate(self.accounts):
+            if not a or a == "*":
+                raise ConfigError(f"{key}.accounts[{i}]", f"{a!r} is not an account",
+                                  "list accounts, or leave accounts out for every account")
+        _check_endpoint(f"{key}.sim_endpoint", self.sim_endpoint)
+        _positive(f"{key}.poll_ms", self.poll_ms, "e.g. poll_ms = 2")
+        _non_negative(f"{key}.backfill_ms", self.backfill_ms, "e.g. backfill_ms = 2000")
+        _positive(f"{key}.history_window_s", self.history_window_s, "e.g. 86400")
+        _non_negative(f"{key}.send_retries", self.send_retries, "e.g. send_retries = 2")
+        if not self.trades and not self.feed:
+            raise ConfigError(f"{key}.feed", "an instance that takes no orders must feed ticks",
+                              'name its feed, e.g. feed = "sim", or set trades = true')
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalSection:
+    """The simulated MetaTrader 5 terminal (``[terminal]``, ``tickmesh sim-terminal``): a
+    process of its own that quotes ``symbols`` and keeps an account's orders, positions and
+    deals on disk, for tests, demos and ``./scripts/up`` (docs/PROTOCOL.md section 19)."""
+
+    enabled: bool = False
+    bind: str = "tcp://127.0.0.1:7460"
+    symbols: tuple[str, ...] = ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD")
+    quotes: QuoteSource = "simulator"
+    rate: float = 1000.0  # simulator: ticks per second over all symbols
+    seed: int = 0
+    file: str = ""  # replay: CSV path (docs/PROTOCOL.md section 9's columns)
+    speed: float = 1.0
+    loop: bool = True
+    data_dir: str = "terminal"  # its journal (orders, deals) lives here, kept across restarts
+    tick_history: int = 200_000  # ticks kept per symbol for copy_ticks_from
+    partial_lots: float = 0.0  # a deal is at most this many lots, the rest follows (0: whole)
+    requote_rate: float = 0.0  # a market order is answered REQUOTE this often (0..1)
+    reject_rate: float = 0.0  # a request is answered REJECT this often (0..1)
+    max_deviation: float = 0.0  # price moves a market order takes before a requote (0: any)
+
+    def validate(self, key: str) -> None:
+        _check_endpoint(f"{key}.bind", self.bind)
+        if not self.symbols:
+            raise ConfigError(f"{key}.symbols", "is empty", 'e.g. symbols = ["EURUSD"]')
+        for i, s in enumerate(self.symbols):
+            try:
+                check_stream(s)
+            except ValueError as exc:
+                raise ConfigError(f"{key}.symbols[{i}]", str(exc)) from None
+        _positive(f"{key}.rate", self.rate, "ticks per second, e.g. rate = 1000")
+        _non_negative(f"{key}.speed", self.speed, "1.0 = recorded pace, 0 = max")
+        if self.quotes == "replay" and not self.file:
+            raise ConfigError(f"{key}.file", 'is required for quotes = "replay"',
+                              'file = "ticks.csv"')
+        _positive(f"{key}.tick_history", self.tick_history, "e.g. tick_history = 200000")
+        _non_negative(f"{key}.partial_lots", self.partial_lots, "lots per deal, 0: whole")
+        for name in ("requote_rate", "reject_rate"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ConfigError(f"{key}.{name}", f"must be in 0..1, got {value!r}",
+                                  "a fraction of requests, e.g. 0.01")
+        _non_negative(f"{key}.max_deviation", self.max_deviation, "a price distance, 0: any")
+
+
 NodeKind = Literal["feed", "recovery", "subscriber", "monitor", "backend", "executor", "trader",
-                   "historian", "gateway"]
+                   "historian", "gateway", "ea", "terminal"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,6 +554,8 @@ class MeshConfig:
     sched: SchedSection = field(default_factory=SchedSection)
     history: HistorySection = field(default_factory=HistorySection)
     gateway: GatewaySection = field(default_factory=GatewaySection)
+    ea: tuple[EaSection, ...] = ()
+    terminal: TerminalSection = field(default_factory=TerminalSection)
 
     def validate(self) -> MeshConfig:
         self.redis.validate("redis")
@@ -468,7 +579,45 @@ class MeshConfig:
         self.sched.validate("sched")
         self.history.validate("history")
         self.gateway.validate("gateway")
+        self.terminal.validate("terminal")
+        self._validate_ea()
         return self
+
+    def _validate_ea(self) -> None:
+        feeds = {f.name: f for f in self.feeds}
+        names: set[str] = set()
+        for i, e in enumerate(self.ea):
+            key = f"ea[{i}]"
+            e.validate(key)
+            if e.name in names:
+                raise ConfigError(f"{key}.name", f"{e.name!r} is used twice",
+                                  "name each instance")
+            names.add(e.name)
+            if e.feed:
+                feed = feeds.get(e.feed)
+                if feed is None or feed.source != "ea":
+                    raise ConfigError(f"{key}.feed", f"{e.feed!r} is not a feed with "
+                                      'source = "ea"', f"feeds: {sorted(feeds)}")
+                extra = set(e.symbols) - set(feed.symbols)
+                if extra:
+                    raise ConfigError(f"{key}.symbols", f"{sorted(extra)} are not symbols of "
+                                      f"feed {e.feed!r}", "list some of the feed's symbols")
+        if self.orders.execution == "ea" and not any(e.trades for e in self.ea):
+            raise ConfigError("orders.execution", '"ea" needs an [[ea]] instance that trades',
+                              'add [[ea]] name = "ea-1", or execution = "simulated"')
+
+    def ea_instance(self, name: str) -> EaSection:
+        for e in self.ea:
+            if e.name == name:
+                return e
+        raise ConfigError("ea", f"no EA instance named {name!r}",
+                          f"choose one of {[e.name for e in self.ea]}")
+
+    def ea_symbols(self, e: EaSection) -> tuple[str, ...]:
+        """The symbols instance ``e`` pushes ticks of (none without a feed)."""
+        if not e.feed:
+            return ()
+        return e.symbols or self.feed(e.feed).symbols
 
     def feed(self, name: str) -> FeedSection:
         for f in self.feeds:
@@ -545,7 +694,8 @@ _SECTIONS: dict[str, tuple[type[Any], bool]] = {
     "feeds": (FeedSection, True), "recovery": (RecoverySection, True),
     "subscriber": (SubscriberSection, False), "orders": (OrdersSection, False),
     "sched": (SchedSection, False), "history": (HistorySection, False),
-    "gateway": (GatewaySection, False),
+    "gateway": (GatewaySection, False), "ea": (EaSection, True),
+    "terminal": (TerminalSection, False),
 }
 
 
@@ -596,6 +746,7 @@ def with_overrides(cfg: MeshConfig, **sections: Any) -> MeshConfig:
 
 
 __all__ = [
+    "EaSection",
     "FeedSection",
     "MeshConfig",
     "MeshSection",
@@ -603,6 +754,7 @@ __all__ = [
     "RecoverySection",
     "RedisSection",
     "SubscriberSection",
+    "TerminalSection",
     "default_config",
     "dump_toml",
     "load_config",

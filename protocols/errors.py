@@ -25,6 +25,8 @@ builtin it resembles so callers can catch either::
     │   ├── OrderTimeout(TimeoutError)     ... no backend answered before the deadline
     │   └── OrderClientClosed(ConnectionError) ... the client closed while it was pending
     ├── ServerError(RuntimeError)          a helper server process (redis, ...) failed to run
+    ├── TerminalError(ConnectionError)     a MetaTrader 5 terminal (real or simulated) did not
+    │                                      serve a call (its retcodes are answers, not errors)
     ├── DrillError(RuntimeError)           a drill or benchmark could not run its system
     ├── AuthError(PermissionError)         credentials or a session token were refused
     │   └── NotYourAccount                 ... a session asked for an account its user lacks
@@ -195,6 +197,17 @@ class OrderClientClosed(OrderError, ConnectionError):
 
 class ServerError(TickmeshError, RuntimeError):
     """A server process that tickmesh manages (redis-server, ...) failed to start or run."""
+
+
+class TerminalError(TickmeshError, ConnectionError):
+    """A MetaTrader 5 terminal (the real one through the ``MetaTrader5`` package, or the
+    simulated one) did not serve a call: not attached, gone, or no answer in time. A trade
+    request it refuses is an answer (``order_send``'s retcode), not this."""
+
+    def __init__(self, call: str, problem: str) -> None:
+        self.call = call
+        self.problem = problem
+        super().__init__(f"terminal call {call}: {problem}")
 
 
 class DrillError(TickmeshError, RuntimeError):

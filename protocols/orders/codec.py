@@ -108,7 +108,7 @@ def encode_order(msg: OrderMessage) -> list[bytes]:
                  "last_quantity": msg.last_quantity, "last_price": msg.last_price,
                  "avg_price": msg.avg_price, "epoch": msg.epoch, "exec_id": msg.exec_id,
                  "transact_ns": msg.transact_ns, "seq": msg.seq, "quantity": msg.quantity,
-                 "price": msg.price})]
+                 "price": msg.price, **({"reason": msg.reason} if msg.reason else {})})]
         case CancelRequest(order_id, epoch, sent_ns):
             return [_header(OrderKind.CANCEL_REQUEST), _pack(
                 {"order_id": order_id, "epoch": epoch, "sent_ns": sent_ns})]
@@ -203,7 +203,8 @@ def _decode(kind: OrderKind, d: dict[str, Any]) -> OrderMessage:
                 _enum(d, "side", Side), _enum(d, "state", OrderState),
                 _num(d, "filled_quantity"), _num(d, "last_quantity"), _num(d, "last_price"),
                 _num(d, "avg_price"), d["epoch"], d["exec_id"], d["transact_ns"],
-                d.get("seq", 0), _num(d, "quantity", 0.0), _num(d, "price", None))
+                d.get("seq", 0), _num(d, "quantity", 0.0), _num(d, "price", None),
+                d.get("reason", 0))
         case OrderKind.CANCEL_REQUEST:
             return CancelRequest(d["order_id"], d["epoch"], d["sent_ns"])
         case OrderKind.REPLACE_REQUEST:

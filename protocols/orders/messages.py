@@ -84,6 +84,9 @@ class RejectReason(IntEnum):
     MALFORMED = 14
     EXECUTOR_UNAVAILABLE = 15  # a replace got no answer from the executor in time: resend it
     BUSY = 16  # the active backend is at its admission bound: resend after ``retry_after_ms``
+    # An executor report's reasons (ExecutionReport.reason, REJECTED or CANCELLED):
+    NO_EXECUTOR = 17  # no EA instance took the order within [orders] ea_hold_ms: send anew
+    VENUE_REJECTED = 18  # the terminal (MT5) refused it; the executor's log says the retcode
 
     @property
     def retryable(self) -> bool:
@@ -93,7 +96,7 @@ class RejectReason(IntEnum):
 
 _RETRYABLE = frozenset({RejectReason.NOT_ACTIVE, RejectReason.STORE_UNAVAILABLE,
                         RejectReason.FENCED, RejectReason.EXECUTOR_UNAVAILABLE,
-                        RejectReason.BUSY})
+                        RejectReason.BUSY, RejectReason.NO_EXECUTOR})
 
 MAX_RETRY_AFTER_MS = 60_000  # a back-off hint beyond a minute is a bug, not a hint
 
@@ -275,6 +278,9 @@ class ExecutionReport:
     describe this fill (both 0 for a report that is not a fill). ``exec_id`` is unique per
     report. ``transact_ns`` is when it happened by the producer's clock (0: unknown).
 
+    ``reason`` (0: none) says why a REJECTED or CANCELLED entry of the executor's was taken
+    when the executor knows (:class:`RejectReason`: NO_EXECUTOR, VENUE_REJECTED).
+
     ``seq`` is the report's position in the executor's log of the order (1, 2, ...): the
     executor decides an order's fate by appending to that log, and the backend applies the
     entries in order (see :meth:`Order.position`). 0 for reports the backend makes itself
@@ -301,10 +307,13 @@ class ExecutionReport:
     seq: int = 0
     quantity: float = 0.0
     price: float | None = None
+    reason: int = 0
 
     def __post_init__(self) -> None:
         check_id("order_id", self.order_id)
         check_id("client_order_id", self.client_order_id)
+        if self.reason and self.reason not in RejectReason.__members__.values():
+            raise InvalidOrder("reason", f"must be 0 or a RejectReason, got {self.reason!r}")
         check_id("account", self.account)
         check_id("symbol", self.symbol)
         check_enum("side", self.side, Side)

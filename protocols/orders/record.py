@@ -209,13 +209,15 @@ class Order:
 
     def status_report(self, state: OrderState, *, exec_id: str, epoch: int,
                       transact_ns: int = 0, client_order_id: str | None = None,
-                      seq: int = 0) -> ExecutionReport:
+                      seq: int = 0, reason: int = 0) -> ExecutionReport:
         """A report (not a fill) moving this order to ``state``: ACCEPTED, ROUTED, REJECTED,
-        CANCELLED or EXPIRED. ``client_order_id`` defaults to the order's own."""
+        CANCELLED or EXPIRED. ``client_order_id`` defaults to the order's own; ``reason`` is
+        a RejectReason the executor knows (0: none)."""
         o = self.order
         return ExecutionReport(self.order_id, client_order_id or o.client_order_id, o.account,
                                o.symbol, o.side, state, self.filled_quantity, 0.0, 0.0,
-                               self.avg_price, epoch, exec_id, transact_ns, seq)
+                               self.avg_price, epoch, exec_id, transact_ns, seq,
+                               reason=reason)
 
     def replace_report(self, quantity: float, price: float | None, *, exec_id: str, epoch: int,
                        transact_ns: int = 0, client_order_id: str | None = None,

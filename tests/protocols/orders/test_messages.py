@@ -73,7 +73,7 @@ def test_idempotency_across_keys_is_a_local_error(other: NewOrder) -> None:
 # --- reject reasons --------------------------------------------------------------------------
 
 RETRYABLE = {RejectReason.NOT_ACTIVE, RejectReason.STORE_UNAVAILABLE, RejectReason.FENCED,
-             RejectReason.EXECUTOR_UNAVAILABLE, RejectReason.BUSY}
+             RejectReason.EXECUTOR_UNAVAILABLE, RejectReason.BUSY, RejectReason.NO_EXECUTOR}
 
 
 @pytest.mark.parametrize("reason", list(RejectReason), ids=[r.name for r in RejectReason])
