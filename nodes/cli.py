@@ -63,6 +63,14 @@ def _parser() -> argparse.ArgumentParser:
 
     add_users_parser(gw.add_subparsers(dest="gateway_command", required=False,
                                        title="users file tools (no command: run the gateway)"))
+    ea = sub.add_parser("ea", parents=[common],
+                        help="run an EA instance beside a MetaTrader 5 terminal")
+    ea.add_argument("--name", help="the [[ea]] entry (default: the first)")
+    ea.add_argument("--spare", action="store_true",
+                    help="start warm and wait: run once a line arrives on stdin (the "
+                         "supervisor's pre-started replacement)")
+    sub.add_parser("sim-terminal", parents=[common],
+                   help="run the simulated MetaTrader 5 terminal of [terminal]")
     up = sub.add_parser("up", parents=[common], help="run the whole mesh under a supervisor")
     up.add_argument("--for", dest="duration", type=float, default=0.0,
                     help="stop after this many seconds and print a summary")
@@ -202,6 +210,14 @@ def main(argv: list[str] | None = None) -> int:
             return _run_gateway(cfg, args.index, args.listen, args.name, args.stats)
         if args.command == "history":
             return run_history(cfg, args)
+        if args.command == "ea":
+            from nodes.ea.node import run_ea
+
+            return run_ea(cfg, args.name, args.stats, spare=args.spare)
+        if args.command == "sim-terminal":
+            from nodes.ea.simterm import run_terminal
+
+            return run_terminal(cfg, args.stats)
         from nodes.supervisor import run_up
 
         return asyncio.run(run_up(cfg, args))
