@@ -58,6 +58,8 @@ __all__ = [
     "BACKEND_EXECUTOR",
     "BACKEND_UPDATES",
     "EA_BRIDGE",
+    "EA_TICKS",
+    "EA_TRADE",
     "EXECUTOR",
     "FEED_PUB",
     "FEED_SUB",
@@ -321,3 +323,10 @@ async def recv_batch(sock: zmq.asyncio.Socket, limit: int) -> list[list[bytes]]:
     batch = [await sock.recv_multipart()]
     await drain_queued(sock, batch, limit)
     return batch
+
+# The EA instance (nodes.ea): ticks to its feed's EA bridge (section 9: never block the
+# terminal side; a large queue rides out a feed restart), trades with the executor's ROUTER
+# (section 18; FACTS of 256 orders with their deals fit in a megabyte).
+EA_TICKS = SocketSpec("ea ticks", zmq.PUSH, HANDSHAKE_BYTES, sndhwm=100_000)
+EA_TRADE = SocketSpec("ea trade", zmq.DEALER, EA_FRAME_BYTES, reconnect_ivl_ms=10,
+                      reconnect_ivl_max_ms=200)
