@@ -347,7 +347,7 @@ class TradeSide:
             if not self.holder.may_send(msg.key, msg.epoch, time.monotonic()):
                 self._refuse(msg.order_id, msg.epoch, RefusedWhy.NOT_ACTIVE)
                 return
-            self.index.sending(msg.order_id, request.magic)
+            self.index.sending(msg.order_id, request.magic, msg.price)
             self.stats.sent += 1
             try:
                 result = await self.call(self._price_and_send, request)

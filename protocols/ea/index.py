@@ -119,10 +119,11 @@ class TagIndex:
     def seen(self, order_id: str) -> bool:
         return order_id in self.orders
 
-    def sending(self, order_id: str, magic: int) -> None:
-        """About to call ``order_send`` for ``order_id``: it counts as seen from now on."""
+    def sending(self, order_id: str, magic: int, price: float = 0.0) -> None:
+        """About to call ``order_send`` for ``order_id`` (a pending order at ``price``): it
+        counts as seen from now on."""
         self.magics[magic] = order_id
-        self.orders.setdefault(order_id, Tagged(order_id))
+        self.orders.setdefault(order_id, Tagged(order_id)).price = price
 
     def sent(self, order_id: str, result: OrderSendResult, *, time_msc: int,
              final_reject: bool) -> None:
