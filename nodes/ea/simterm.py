@@ -7,9 +7,9 @@ that died is in the record before a new instance's first read, because that read
 after it.
 
 * **Quotes** come from ``nodes.ticks.sources``' Simulator or Replay. Each tick is stamped with
-  the terminal's clock (``time_msc``, like a live terminal stamping what the server sends;
-  not strictly increasing, MT5's is not either) and kept in a per-symbol ring of
-  ``tick_history`` ticks.
+  the terminal's clock (``time_msc``, like a live terminal stamping what the server sends: a
+  replay file's own times are not kept; never decreasing, but not strictly increasing, as
+  MT5's is not) and kept in a per-symbol ring of ``tick_history`` ticks.
 * **Trading** (:class:`SimBook`): market orders fill at ask (buy) or bid (sell); pending
   limit orders rest and fill at their price when a tick makes them marketable; with
   ``partial_lots`` every deal is at most that many lots and the rest fills on later ticks.
@@ -48,7 +48,7 @@ from bus.config import MeshConfig, TerminalSection
 from bus.logutil import RateLimitedLog
 from bus.sockets import TERMINAL_REPLY_BYTES, TERMINAL_SERVER, open_socket
 from nodes.common import run_node, stats_writer, supervise_tasks, write_json_atomic
-from nodes.ticks.sources import Replay, Simulator, Source
+from nodes.ticks.sources import RawTick, Replay, Simulator, Source
 from protocols.ea.mt5 import (
     Action,
     DealEntry,
@@ -622,6 +622,7 @@ class TerminalNode:
         self.book = SimBook(self.section, self.journal)
         self.requests: Counter[str] = Counter()
         self.bad = 0
+        self._clock = 0
         self._bad_log = RateLimitedLog(log, "terminal: bad request")
         # One thread owns the book: requests and tick batches reach it in the order queued.
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="simterm-book")
@@ -642,7 +643,7 @@ class TerminalNode:
         kind = REQUEST_KINDS[type(req)]
         self.requests[kind.name] += 1
         try:
-            out = encode_sim(Reply(req.id, kind, self.book.handle(req, now_msc())))
+            out = encode_sim(Reply(req.id, kind, self.book.handle(req, self._now())))
         except Refusal as exc:
             return encode_sim(ErrorReply(req.id, str(exc)))
         if len(out[1]) > TERMINAL_REPLY_BYTES:
@@ -664,13 +665,24 @@ class TerminalNode:
             reply = await self._on_worker(self.answer, msg[1:])
             await self.sock.send_multipart([msg[0], *reply])
 
+    def _now(self) -> int:
+        # The terminal's clock never steps back (an NTP step of the wall clock would, and a
+        # reader of "ticks from t on" would miss some): read on the book's thread only.
+        self._clock = max(self._clock, now_msc())
+        return self._clock
+
+    def take_ticks(self, batch: list[RawTick]) -> None:
+        """A batch of the quote source, stamped with the terminal's clock (on the book's
+        thread)."""
+        now = self._now()
+        self.book.on_ticks((s, Tick(now, bid, ask, last, vol)) for s, bid, ask, last, vol, _
+                           in batch)
+
     async def quotes(self) -> None:
         source = make_quotes(self.section)
         try:
             async for batch in source.batches():
-                now = now_msc()
-                ticks = [(s, Tick(now, bid, ask, last, vol)) for s, bid, ask, last, vol, _ in batch]
-                await self._on_worker(self.book.on_ticks, ticks)
+                await self._on_worker(self.take_ticks, batch)
         finally:
             source.close()
 
