@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -49,6 +49,9 @@ from protocols.ea.simwire import (
     encode_sim,
 )
 from protocols.errors import RemoteProtocolError, TerminalError
+
+if TYPE_CHECKING:
+    from bus.ea.terminal import Terminal
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +167,10 @@ class SimTerminal:
     def history_deals_get(self, from_msc: int, to_msc: int) -> list[TradeDeal]:
         return list(self._call("history_deals_get",
                                lambda i: HistoryDealsGet(i, max(0, from_msc), max(0, to_msc))))
+
+
+if TYPE_CHECKING:
+    _check: Terminal = SimTerminal("")  # mypy: the class keeps the Terminal protocol
 
 
 __all__ = ["SimTerminal"]
