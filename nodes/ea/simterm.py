@@ -95,6 +95,9 @@ log = logging.getLogger(__name__)
 # unbounded; a simulated one that runs for weeks must not be.
 HISTORY_CAP = 1_000_000
 JOURNAL_NAME = "journal.msgpack"
+# The journal is compacted at start once it holds more than twice the live records and this
+# many more (a restart should not rewrite a small file for a few superseded entries).
+COMPACT_SLACK = 10_000
 _EPS = 1e-9  # volumes are rounded to 8 decimals; below this a volume is nothing
 
 
@@ -305,7 +308,7 @@ class SimBook:
                     from exc
         live = len(self.history_orders) + len(self.active) + len(self.history_deals) + \
             len(self.positions) + 1
-        if self.journal.records > 2 * live + 10_000:
+        if self.journal.records > 2 * live + COMPACT_SLACK:
             log.info("terminal journal: compacting %d entries to %d", self.journal.records,
                      live)
             self.journal.rewrite(self._snapshot())
@@ -685,6 +688,10 @@ class TerminalNode:
                 await self._on_worker(self.take_ticks, batch)
         finally:
             source.close()
+        # A replay without loop has ended: the terminal serves on, its last quotes standing
+        # (a market closed), until it is stopped.
+        log.info("terminal: the quote source has ended; serving on without new ticks")
+        await asyncio.Future()
 
     async def run(self, stop: asyncio.Event) -> int:
         try:
