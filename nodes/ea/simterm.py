@@ -560,7 +560,16 @@ class SimBook:
     # --- reads ---------------------------------------------------------------------------
 
     def orders_get(self) -> tuple[TradeOrder, ...]:
-        return tuple(self.active[t] for t in sorted(self.active))
+        # By ticket without a sort: an order enters ``active`` when it is made (pending) or
+        # at once after its first deal (a market order's rest), before any later ticket, and
+        # a dict keeps its keys in the order they first came.
+        return tuple(self.active.values())
+
+    def latest_msc(self) -> int:
+        """The time of the newest change on record (0: none), where the clock resumes."""
+        return max((self.history_orders[-1].time_done_msc if self.history_orders else 0),
+                   (self.history_deals[-1].time_msc if self.history_deals else 0),
+                   max((o.time_setup_msc for o in self.active.values()), default=0))
 
     def positions_get(self) -> tuple[TradePosition, ...]:
         return tuple(sorted(self.positions.values(), key=lambda p: p.ticket))
@@ -702,6 +711,10 @@ class TerminalNode:
     async def run(self, stop: asyncio.Event) -> int:
         try:
             await self._on_worker(self.book.load)
+            # The clock resumes at the newest time on record, so that the history stays in
+            # time order (the reads search it by time) even if the wall clock stepped back
+            # while the terminal was down.
+            self._clock = self.book.latest_msc()
             log.info("terminal serving on %s (journal %s)", self.endpoint, self.journal.path)
             tasks = [asyncio.create_task(self.serve(), name="serve"),
                      asyncio.create_task(self.quotes(), name="quotes")]
