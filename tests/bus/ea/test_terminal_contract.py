@@ -102,7 +102,8 @@ def under(request: pytest.FixtureRequest) -> Iterator[Under]:
         term = Mt5Terminal(os.environ.get("TICKMESH_MT5_PATH", ""))
         symbol = os.environ.get("TICKMESH_MT5_SYMBOL", "EURUSD")
     else:
-        term = sim_client(request.getfixturevalue("shared_terminal"))
+        proc: TerminalProcess = request.getfixturevalue("shared_terminal")
+        term = SimTerminal(proc.endpoint, timeout_s=scaled(2.0))
         symbol = SYMBOLS[0]
     term.initialize()
     try:
