@@ -8,6 +8,9 @@ ZeroMQ guide: a call without an answer within ``timeout_s`` raises
 reply never wedges the client and nothing queued on the old socket is delivered later. Every
 call carries a new request id; a reply for another id (a stray) is dropped.
 
+``copy_ticks_from`` asks for at most ``protocols.ea.simwire.MAX_TICKS`` (100,000) ticks at
+once, as the terminal serves no more: page by time for more.
+
 Not thread-safe, by design: the EA calls its terminal from one worker thread of its own (the
 real package is not thread-safe either). Use one instance per thread.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -32,6 +35,7 @@ from protocols.ea.mt5 import (
 )
 from protocols.ea.simwire import (
     MAX_TICKS,
+    REQUEST_KINDS,
     CopyTicksFrom,
     ErrorReply,
     HistoryDealsGet,
@@ -49,6 +53,9 @@ from protocols.ea.simwire import (
     encode_sim,
 )
 from protocols.errors import RemoteProtocolError, TerminalError
+
+if TYPE_CHECKING:
+    from bus.ea.terminal import Terminal
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +119,9 @@ class SimTerminal:
                 continue
             if isinstance(reply, ErrorReply):
                 raise TerminalError(call, reply.message)
+            if reply.of is not REQUEST_KINDS[type(req)]:
+                self._renew()
+                raise TerminalError(call, f"a REPLY of {reply.of.name} came to {call}")
             return reply.result
 
     # --- the Terminal protocol ----------------------------------------------------------
@@ -164,6 +174,10 @@ class SimTerminal:
     def history_deals_get(self, from_msc: int, to_msc: int) -> list[TradeDeal]:
         return list(self._call("history_deals_get",
                                lambda i: HistoryDealsGet(i, max(0, from_msc), max(0, to_msc))))
+
+
+if TYPE_CHECKING:
+    _check: Terminal = SimTerminal("")  # mypy: the class keeps the Terminal protocol
 
 
 __all__ = ["SimTerminal"]
