@@ -192,8 +192,8 @@ async def pair(redis: RedisProcess, *, roles: tuple[Role, ...] = (Role.PRIMARY, 
                clock: FakeClock | None = None, children: NodeProcesses | None = None,
                child_primary: bool = False, child_executor: bool = False,
                primary_store: OrderStore | None = None, max_in_service: int | None = None,
-               max_queue_ms: float | None = None, replicate: bool = True
-               ) -> AsyncIterator[Pair]:
+               max_queue_ms: float | None = None, replicate: bool = True,
+               orders: dict[str, Any] | None = None) -> AsyncIterator[Pair]:
     """The backend pair (and an executor: a fake one, or the real one with
     ``real_executor``), in this process except the nodes a test kills: with
     ``child_primary`` the primary and with ``child_executor`` the (real) executor run as
@@ -201,7 +201,8 @@ async def pair(redis: RedisProcess, *, roles: tuple[Role, ...] = (Role.PRIMARY, 
     ages the in-process backends' quote caches; ``primary_store`` is the in-process
     primary's order store (a wrapper), ``max_in_service`` and ``max_queue_ms`` its admission
     bounds; ``replicate=False``: acknowledged once in Redis, as without a passive node (the
-    tests that hold Redis's writes to hold the acknowledgement)."""
+    tests that hold Redis's writes to hold the acknowledgement); ``orders``: more [orders]
+    settings (e.g. the executor's bridge mode)."""
     # A short store deadline: tests of a store outage want the reject, not a 5 s ride.
     cfg = MeshConfig(mesh=MeshSection(key_prefix="bk"),
                      redis=RedisSection(url=redis.url, deadline_ms=deadline_ms))
@@ -209,7 +210,7 @@ async def pair(redis: RedisProcess, *, roles: tuple[Role, ...] = (Role.PRIMARY, 
         cfg = replace(cfg, orders=replace(cfg.orders, max_in_service=max_in_service))
     if max_queue_ms is not None:
         cfg = replace(cfg, orders=replace(cfg.orders, max_queue_ms=max_queue_ms))
-    cfg = replace(cfg, orders=replace(cfg.orders, replicate=replicate))
+    cfg = replace(cfg, orders=replace(cfg.orders, replicate=replicate, **(orders or {})))
     await seed_tick(cfg)
     # In-process nodes bind port 0 and the endpoints are read back (bound_endpoints), except
     # those that must be known before their binder exists: the heartbeat endpoint of the
