@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 256  # messages read per wake-up
 MAX_EVENTS = 4096  # facts and refusals waiting for the executor
+SCAN_TICKS = 5  # held orders are looked at every this many heartbeats (and after a refusal)
 _AGAIN = frozenset({RefusedWhy.NOT_ACTIVE, RefusedWhy.SYNCING, RefusedWhy.TERMINAL_DOWN})
 
 
@@ -147,6 +148,11 @@ class EaDesk:
         self._jobs: dict[str, _Job] = {}
         self._held: dict[str, None] = {}  # order ids to send (insertion order: oldest first)
         self._claims: dict[str, Claim] = {}  # claims whose epoch is not durable yet
+        # Held orders are looked at every tick only after a refusal, a failed send or lost
+        # facts; else every SCAN_TICKS ticks (the hold deadline's resolution): thousands held
+        # while no instance is connected cost no CPU per heartbeat.
+        self._retry = False
+        self._next_scan = 0.0
         self._bad = RateLimitedLog(log, "ea desk: malformed message")
         self._unsent = RateLimitedLog(log, "ea desk: not sent")
         self._grant_log = RateLimitedLog(log, "ea desk: epoch not made durable")
@@ -226,7 +232,7 @@ class EaDesk:
         job = self._jobs.get(order_id)
         if job is not None:
             job.again = True
-            self._held[order_id] = None
+            self._hold(order_id, retry=True)
 
     def forget(self, order_id: str) -> None:
         """The order is finished (or handed back): nothing more goes to a terminal for it."""
@@ -240,14 +246,14 @@ class EaDesk:
         key = job.key or self.leases.key_for(job.account)
         holder = None if key is None else self.leases.holder(key)
         if key is None or holder is None or not holder.synced:
-            self._held[order_id] = None
+            self._hold(order_id, retry=False)  # its key's SYNCED sends it
             return
         if holder.epoch == job.epoch and not job.again:
             self._held.pop(order_id, None)
             return
         msg = _with(job.execute, key=key, epoch=holder.epoch)
         if not self._send(holder.instance, msg):
-            self._held[order_id] = None
+            self._hold(order_id, retry=True)
             return
         self.stats.sent += 1
         job.key, job.epoch, job.again = key, holder.epoch, False
@@ -260,13 +266,19 @@ class EaDesk:
             self._send(holder.instance, Modify(key, holder.epoch, order_id, job.replace.price))
             self.stats.modifies += 1
 
+    def _hold(self, order_id: str, *, retry: bool) -> None:
+        """Hold the order; ``retry``: try it again at the next tick (else at its key's SYNCED
+        or the next periodic scan)."""
+        self._held[order_id] = None
+        self._retry = self._retry or retry
+
     def _send_to_holder(self, job: _Job, msg: Cancel | Modify) -> None:
         holder = self.leases.holder(job.key)
         if holder is not None and holder.synced and holder.epoch == job.epoch:
             self._send(holder.instance, msg)
         else:  # the holder changed: the order goes again to the next one, with this after it
             job.epoch = 0
-            self._held[msg.order_id] = None
+            self._hold(msg.order_id, retry=True)
 
     def _send(self, instance: str, msg: EaMessage) -> bool:
         try:
@@ -340,14 +352,14 @@ class EaDesk:
         if msg.why in _AGAIN:
             if job.epoch == msg.epoch:
                 job.epoch = 0
-            self._held[msg.order_id] = None
+            self._hold(msg.order_id, retry=True)
         elif msg.why is RefusedWhy.UNKNOWN_SYMBOL and not job.sends:
             self.forget(msg.order_id)
             try:
                 self.events.put_nowait(UnknownSymbol(msg.order_id))
             except asyncio.QueueFull:  # held again: the next holder refuses it again
                 self._jobs[msg.order_id] = job
-                self._held[msg.order_id] = None
+                self._hold(msg.order_id, retry=True)
 
     def _resend(self, key: str) -> None:
         """The key's holder synced: every order of the key goes to it (those sent under an
@@ -379,6 +391,15 @@ class EaDesk:
             granted = self.leases.grant(claim, epoch, self._clock())
             if granted:
                 log.info("ea desk: %s holds %s under epoch %d", claim.instance, key, granted)
+        if self._retry or now >= self._next_scan:
+            self._retry = False
+            self._next_scan = now + SCAN_TICKS * self.cfg.ea_heartbeat_ms / 1000
+            self._scan(now)
+        self._gauges()
+
+    def _scan(self, now: float) -> None:
+        """Send the held orders a synced holder can take; hand back those past the hold
+        deadline that no EXECUTE reached."""
         expired: list[str] = []
         deadline = now - self._hold_s
         for order_id in list(self._held):
@@ -397,7 +418,6 @@ class EaDesk:
             for order_id in expired:
                 self.forget(order_id)
             self.stats.expired += len(expired)
-        self._gauges()
 
     def _gauges(self) -> None:
         s = self.stats
