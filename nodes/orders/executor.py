@@ -1,4 +1,5 @@
-"""The executor node: the EA's trade side, simulated against the last tick of the tick store.
+"""The executor node: the EA's trade side, simulated against the last tick of the tick store,
+or (bridge mode) forwarded to the EA instances and logged from their terminals' facts.
 
 Rules (the "Execute" flow of docs/ORDERS.md):
 
@@ -53,6 +54,18 @@ Rules (the "Execute" flow of docs/ORDERS.md):
 * A frame that does not decode, or a message the executor does not take, is counted as
   malformed and logged rate-limited; a request for an order the store does not know is counted
   as unknown. The node keeps serving either way.
+* **Bridge mode** (``[orders] execution = "ea"``, docs/PROTOCOL.md section 18): the terminals
+  of the EA instances decide, not the quotes. A new or re-driven order goes to the
+  :class:`~bus.ea.desk.EaDesk` (sent to its account's synced lease holder, or held), and no
+  poller simulates fills. A cancel goes to the terminal as CANCEL (the CANCELLED entry then has
+  no venue reason); a replace that changes only the price as MODIFY; one that changes the
+  quantity is refused BAD_QUANTITY (MT5 cannot change a pending order's volume). An order no
+  terminal has (held, every EXECUTE refused) is cancelled or replaced here. The terminals'
+  FACTS become entries through ``protocols.ea.reconcile``, proposed in the same rounds under
+  the same lock as every decision (the pair's compare-and-set stays the only place one becomes
+  final); an order not in memory is read from the store, and facts for one the store does not
+  know are counted. A held order that no EXECUTE reached by ``[orders] ea_hold_ms`` is REJECTED
+  NO_EXECUTOR. Simulated mode is unchanged.
 """
 
 from __future__ import annotations

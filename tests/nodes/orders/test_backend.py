@@ -73,6 +73,7 @@ class Pair:
     ctx: zmq.asyncio.Context
     executed: list[Order] = field(default_factory=list)
     executor: ExecutorNode | None = None
+    executor_stop: asyncio.Event | None = None  # stops the in-process executor (a restart)
     procs: dict[str, Node] = field(default_factory=dict)  # nodes run as children, by name
     on_exit: list[Callable[[], None]] = field(default_factory=list)  # before the nodes stop
 
@@ -266,6 +267,7 @@ async def pair(redis: RedisProcess, *, roles: tuple[Role, ...] = (Role.PRIMARY, 
     executors: list[asyncio.Task[Any]] = []
     if real_executor and not child_executor:
         p.executor = ExecutorNode(cfg, name="executor", backends=exec_ends, fill_lots=fill_lots)
+        p.executor_stop = ex_stop
         executors.append(asyncio.create_task(p.executor.run(ex_stop)))
     elif not real_executor:
         executors.append(asyncio.create_task(fake_executor(ctx, list(exec_ends), p.executed)))

@@ -16,6 +16,7 @@ import zmq.asyncio
 
 from bus.orders.client import OrderClient
 from bus.store.orders import RedisOrderStore
+from nodes.orders.executor import ExecutorNode
 from nodes.servers.redis_server import RedisProcess
 from protocols.ea.messages import (
     Bye,
@@ -349,4 +350,44 @@ def test_a_standby_takes_over_after_the_active_one_stops_pinging(
                     assert b.log[0] == ("synced", 2) and ("execute", after.order_id) in b.log
                     assert ("execute", after.order_id) not in a.log
                     assert p.executor.collect()["ea"]["takeovers"] == 1
+    run(main())
+
+
+def test_a_restarted_executor_takes_a_new_epoch_and_converges(
+        redis_server: RedisProcess) -> None:
+    """The executor restarts while a resting order trades at the terminal: the new process
+    knows no instance (its empty LEASE asks for a HELLO), grants the key under the next epoch
+    from Redis (never the old one), and the holder's reconciliation and the backend's
+    re-drive bring the order's log up to the terminal's record, each order sent once."""
+    async def main() -> None:
+        async with ea_pair(redis_server) as (p, endpoint), peer(p, endpoint) as ea, \
+                OrderClient(both_backends(p)) as client:
+            first, stop_first = p.executor, p.executor_stop
+            assert first is not None and stop_first is not None
+            await synced(ea)
+            rest = await client.place(order("x1", qty=1.0, price=1.07))
+            await wait_until(lambda: rest.order_id in ea.terminal, 2, "at the terminal")
+            done = await client.place(order("x2"))
+            await stored(p, done.order_id, OrderState.FILLED)
+            stop_first.set()
+            await wait_until(lambda: first.ctx.closed, 5, "the first executor stopped")
+            ea.deal(rest.order_id, 1.0, 1.07, done=True, report=False)
+            cfg = dataclasses.replace(p.cfg, orders=dataclasses.replace(p.cfg.orders,
+                                                                        ea_bind=endpoint))
+            second = ExecutorNode(cfg, name="executor", backends=(
+                p.ends[Role.PRIMARY].executor, p.ends[Role.BACKUP].executor))
+            stop = asyncio.Event()
+            task = asyncio.create_task(second.run(stop))
+            store = RedisOrderStore(p.cfg.redis.url, "bk")
+            try:
+                _, xlog = await stored(p, rest.order_id, OrderState.FILLED)
+                assert [e.last_quantity for e in xlog] == [1.0]
+                assert ea.epochs == {"*": 2}
+                assert await store.redis.get("bk:ea:epoch:*") == b"2"
+                assert sorted(ea.sends) == sorted([rest.order_id, done.order_id])
+                assert second.stats.fills == 1 and second.stats.ea_unknown == 0
+            finally:
+                stop.set()
+                await task
+                await store.close()
     run(main())
