@@ -78,6 +78,7 @@ EXPECTED: dict[str, dict[str, int]] = {name: LIBZMQ | row for name, row in {
     "HISTORY_QUERY_CLIENT": dict(TYPE=zmq.DEALER, IMMEDIATE=1, RECONNECT_IVL=50,
                                  RECONNECT_IVL_MAX=1000, MAXMSGSIZE=16 * MiB),
     "EA_BRIDGE": dict(TYPE=zmq.PULL, RCVHWM=100_000, MAXMSGSIZE=MiB),
+    "EA_DESK": dict(TYPE=zmq.ROUTER, MAXMSGSIZE=MiB),
     "ORDER_CLIENT": dict(TYPE=zmq.DEALER, IMMEDIATE=1, RECONNECT_IVL=10, RECONNECT_IVL_MAX=200,
                          MAXMSGSIZE=64 * KiB),
     "BACKEND_CLIENTS": dict(TYPE=zmq.ROUTER, MAXMSGSIZE=64 * KiB),
@@ -94,7 +95,7 @@ EXPECTED: dict[str, dict[str, int]] = {name: LIBZMQ | row for name, row in {
 # ROUTER_HANDOVER and ROUTER_MANDATORY are write-only: checked by behaviour below.
 ROUTERS = {"RECOVERY_SERVER": (False, False), "BACKEND_CLIENTS": (True, False),
            "BACKEND_EXECUTOR": (True, True), "REPLICA_SERVER": (False, False),
-           "HISTORY_QUERY_SERVER": (False, False)}
+           "HISTORY_QUERY_SERVER": (False, False), "EA_DESK": (True, True)}
 
 
 @pytest.fixture
