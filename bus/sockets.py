@@ -34,6 +34,11 @@ limit is the largest frame the role's protocol allows, rounded up (docs/PROTOCOL
   ``MAX_MARKS`` (10,000) groups of 64 bytes, is about 740 KB; the others are under 200 bytes.
 * ``HISTORY_REPLY_BYTES`` 16 MiB: the historian splits an answer into COLUMNS parts of at most
   this many bytes each (``protocols.history.query.encode_columns``).
+* ``TERMINAL_REQUEST_BYTES`` 64 KiB: the largest request to the simulated terminal, an
+  ORDER_SEND (a symbol, a 31-character comment, a dozen numbers), is under 200 bytes.
+* ``TERMINAL_REPLY_BYTES`` 64 MiB: a day's history of 200 orders/s is 17 million orders; the
+  terminal answers ERROR rather than send a reply above this (ask for a narrower range), and
+  ``copy_ticks_from``'s 100,000 ticks are 4.6 MB.
 
 **Security.** :func:`open_socket` is the one place that configures a socket before it binds
 or connects; the security issue adds CURVE there, once for every role (the marked line).
@@ -58,6 +63,8 @@ __all__ = [
     "BACKEND_EXECUTOR",
     "BACKEND_UPDATES",
     "EA_BRIDGE",
+    "EA_TICKS",
+    "EA_TRADE",
     "EXECUTOR",
     "FEED_PUB",
     "FEED_SUB",
@@ -70,6 +77,8 @@ __all__ = [
     "RECOVERY_SERVER",
     "REPLICA_CLIENT",
     "REPLICA_SERVER",
+    "TERMINAL_CLIENT",
+    "TERMINAL_SERVER",
     "Sender",
     "SocketSpec",
     "drain_queued",
@@ -96,6 +105,8 @@ EA_FRAME_BYTES = 1 * MiB
 HEARTBEAT_BYTES = HANDSHAKE_BYTES
 HISTORY_REQUEST_BYTES = 1 * MiB
 HISTORY_REPLY_BYTES = 16 * MiB
+TERMINAL_REQUEST_BYTES = 64 * KiB
+TERMINAL_REPLY_BYTES = 64 * MiB
 # A reset batch of the pair's replication carries up to MAX_BACKLOG records of a few hundred
 # bytes each.
 REPLICA_BATCH_BYTES = 16 * MiB
@@ -214,6 +225,12 @@ PEER_SUB = SocketSpec("peer sub", zmq.SUB, HEARTBEAT_BYTES)
 REPLICA_SERVER = SocketSpec("replica", zmq.ROUTER, REPLICA_BATCH_BYTES)
 REPLICA_CLIENT = SocketSpec("replica client", zmq.DEALER, HEARTBEAT_BYTES, immediate=True,
                             reconnect_ivl_ms=10, reconnect_ivl_max_ms=200)
+# The simulated MT5 terminal (nodes.ea.simterm): the EA's DEALER to its ROUTER. A reply to a
+# client gone is dropped. Not IMMEDIATE: the client renews its socket after every timeout
+# (lazy pirate), and a request on a fresh socket must wait for the connection, not fail.
+TERMINAL_SERVER = SocketSpec("terminal", zmq.ROUTER, TERMINAL_REQUEST_BYTES)
+TERMINAL_CLIENT = SocketSpec("terminal client", zmq.DEALER, TERMINAL_REPLY_BYTES,
+                             reconnect_ivl_ms=10, reconnect_ivl_max_ms=200)
 
 
 # libzmq's send of one frame, below pyzmq's Python layers (``zmq.Socket.send_multipart`` checks
@@ -321,3 +338,10 @@ async def recv_batch(sock: zmq.asyncio.Socket, limit: int) -> list[list[bytes]]:
     batch = [await sock.recv_multipart()]
     await drain_queued(sock, batch, limit)
     return batch
+
+# The EA instance (nodes.ea): ticks to its feed's EA bridge (section 9: never block the
+# terminal side; a large queue rides out a feed restart), trades with the executor's ROUTER
+# (section 18; FACTS of 256 orders with their deals fit in a megabyte).
+EA_TICKS = SocketSpec("ea ticks", zmq.PUSH, HANDSHAKE_BYTES, sndhwm=100_000)
+EA_TRADE = SocketSpec("ea trade", zmq.DEALER, EA_FRAME_BYTES, reconnect_ivl_ms=10,
+                      reconnect_ivl_max_ms=200)
