@@ -49,6 +49,10 @@ def test_orders_fill_once_through_the_ea_and_its_terminal(redis_server: RedisPro
                 await client.start()
                 store = RedisOrderStore(p.cfg.redis.url, "bk")
                 ids: list[str] = []
+
+                async def filled() -> bool:
+                    got = await asyncio.gather(*(store.get(o) for o in ids))
+                    return all(o is not None and o.state is OrderState.FILLED for o in got)
                 try:
                     for round_ in range(2):  # the second on a new instance
                         node = EaNode(ea_cfg, ea_cfg.ea[0])
@@ -56,12 +60,7 @@ def test_orders_fill_once_through_the_ea_and_its_terminal(redis_server: RedisPro
                         task = asyncio.create_task(node.run(stop))
                         acks = await asyncio.gather(*(client.place(order(f"e2e-{round_}-{i}"))
                                                       for i in range(20)))
-                        ids += [a.order_id for a in acks]
-
-                        async def filled() -> bool:
-                            got = await asyncio.gather(*(store.get(o) for o in ids))
-                            return all(o is not None and o.state is OrderState.FILLED
-                                       for o in got)
+                        ids.extend(a.order_id for a in acks)
                         await wait_until(filled, scaled(20), "every order FILLED")
                         stop.set()
                         assert await task == 0
