@@ -448,7 +448,8 @@ class EaSection:
     server: str = ""  # mt5: the trade server of ``login``
     poll_ms: float = 2.0  # ticks are read from the terminal this often
     backfill_ms: float = 2000.0  # after a start, ticks are read from this far back
-    history_window_s: float = 86_400.0  # reconciliation reads the terminal's history this far
+    sync_window_s: float = 30.0  # a new holder reads this much of the terminal's history
+    history_window_s: float = 86_400.0  # an old order's check reads back at most this far
     send_retries: int = 2  # a requote (or another transient retcode) is sent again this often
 
     def validate(self, key: str) -> None:
@@ -463,6 +464,7 @@ class EaSection:
         _check_endpoint(f"{key}.sim_endpoint", self.sim_endpoint)
         _positive(f"{key}.poll_ms", self.poll_ms, "e.g. poll_ms = 2")
         _non_negative(f"{key}.backfill_ms", self.backfill_ms, "e.g. backfill_ms = 2000")
+        _positive(f"{key}.sync_window_s", self.sync_window_s, "e.g. sync_window_s = 30")
         _positive(f"{key}.history_window_s", self.history_window_s, "e.g. 86400")
         _non_negative(f"{key}.send_retries", self.send_retries, "e.g. send_retries = 2")
         if not self.trades and not self.feed:

@@ -63,6 +63,9 @@ __all__ = [
     "BACKEND_EXECUTOR",
     "BACKEND_UPDATES",
     "EA_BRIDGE",
+    "EA_DESK",
+    "EA_TICKS",
+    "EA_TRADE",
     "EXECUTOR",
     "FEED_PUB",
     "FEED_SUB",
@@ -201,6 +204,10 @@ HISTORY_QUERY_CLIENT = SocketSpec("history query client", zmq.DEALER, HISTORY_RE
                                   immediate=True, reconnect_ivl_ms=50,
                                   reconnect_ivl_max_ms=1000)
 EA_BRIDGE = SocketSpec("ea bridge", zmq.PULL, EA_FRAME_BYTES, rcvhwm=100_000)
+# The executor's EA trade socket (bus.ea.desk): instances keep their routing id (their name)
+# across restarts, so a restarted one takes the route over; mandatory, a send to an instance
+# not connected raises and the order is held instead of vanishing.
+EA_DESK = SocketSpec("ea desk", zmq.ROUTER, EA_FRAME_BYTES, handover=True, mandatory=True)
 
 # Orders. Clients and executors keep their routing id across reconnects and restarts: the
 # backend's ROUTERs hand the route to the newest connection instead of refusing it.
@@ -336,3 +343,10 @@ async def recv_batch(sock: zmq.asyncio.Socket, limit: int) -> list[list[bytes]]:
     batch = [await sock.recv_multipart()]
     await drain_queued(sock, batch, limit)
     return batch
+
+# The EA instance (nodes.ea): ticks to its feed's EA bridge (section 9: never block the
+# terminal side; a large queue rides out a feed restart), trades with the executor's ROUTER
+# (section 18; FACTS of 256 orders with their deals fit in a megabyte).
+EA_TICKS = SocketSpec("ea ticks", zmq.PUSH, HANDSHAKE_BYTES, sndhwm=100_000)
+EA_TRADE = SocketSpec("ea trade", zmq.DEALER, EA_FRAME_BYTES, reconnect_ivl_ms=10,
+                      reconnect_ivl_max_ms=200)

@@ -37,6 +37,7 @@ from bus.config import (
     RecoverySection,
     RedisSection,
     SubscriberSection,
+    TerminalSection,
     dump_toml,
 )
 from nodes.drills.ports import free_port, tcp_endpoint, udp_address
@@ -60,11 +61,13 @@ def free_mesh_config(run_dir: Path, *, rate: float = 1000.0, trader_rate: float 
         mesh=MeshSection(name=prefix, key_prefix=prefix),
         redis=RedisSection(url=f"redis://127.0.0.1:{free_port()}/0"),
         feeds=(FeedSection(name="sim", symbols=symbols, rate=rate, pub=tcp_endpoint(),
-                           udp_targets=(udp,)),),
+                           udp_targets=(udp,), pull=tcp_endpoint()),),
         recovery=(RecoverySection(bind=tcp_endpoint()),),
         subscriber=SubscriberSection(udp_bind=udp),
         orders=OrdersSection(trader_rate=trader_rate, clients=eps(), peers=eps(),
-                             updates=eps(), executor=eps(), replicas=eps()),
+                             updates=eps(), executor=eps(), replicas=eps(),
+                             ea_bind=tcp_endpoint()),
+        terminal=TerminalSection(bind=tcp_endpoint(), data_dir=str(run_dir / "terminal")),
         history=HistorySection(duckdb_path=str(run_dir / "history.duckdb"),
                                spool_path=str(run_dir / "history-spool.duckdb"),
                                query_bind=tcp_endpoint()),

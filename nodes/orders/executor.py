@@ -1,4 +1,5 @@
-"""The executor node: the EA's trade side, simulated against the last tick of the tick store.
+"""The executor node: the EA's trade side, simulated against the last tick of the tick store,
+or (bridge mode) forwarded to the EA instances and logged from their terminals' facts.
 
 Rules (the "Execute" flow of docs/ORDERS.md):
 
@@ -53,6 +54,18 @@ Rules (the "Execute" flow of docs/ORDERS.md):
 * A frame that does not decode, or a message the executor does not take, is counted as
   malformed and logged rate-limited; a request for an order the store does not know is counted
   as unknown. The node keeps serving either way.
+* **Bridge mode** (``[orders] execution = "ea"``, docs/PROTOCOL.md section 18): the terminals
+  of the EA instances decide, not the quotes. A new or re-driven order goes to the
+  :class:`~bus.ea.desk.EaDesk` (sent to its account's synced lease holder, or held), and no
+  poller simulates fills. A cancel goes to the terminal as CANCEL (the CANCELLED entry then has
+  no venue reason); a replace that changes only the price as MODIFY; one that changes the
+  quantity is refused BAD_QUANTITY (MT5 cannot change a pending order's volume). An order no
+  terminal has (held, every EXECUTE refused) is cancelled or replaced here. The terminals'
+  FACTS become entries through ``protocols.ea.reconcile``, proposed in the same rounds under
+  the same lock as every decision (the pair's compare-and-set stays the only place one becomes
+  final); an order not in memory is read from the store, and facts for one the store does not
+  know are counted. A held order that no EXECUTE reached by ``[orders] ea_hold_ms`` is REJECTED
+  NO_EXECUTOR. Simulated mode is unchanged.
 """
 
 from __future__ import annotations
@@ -71,15 +84,18 @@ import zmq
 import zmq.asyncio
 
 from bus.config import MeshConfig
+from bus.ea.desk import EaDesk, Expired, UnknownSymbol
 from bus.logutil import RateLimitedLog
 from bus.sockets import EXECUTOR, Sender, open_socket, recv_batch
 from bus.store.orders import OrderStore, RedisOrderStore
 from bus.store.ticks import QuoteCache, RedisTickStore, TickStore
 from nodes.common import stats_writer, supervise_tasks, write_json_atomic
+from protocols.ea.messages import Facts, OrderFacts
+from protocols.ea.reconcile import entries_from_facts, overfill
 from protocols.errors import InvalidOrder, OrderStateError, RemoteProtocolError, StoreError
 from protocols.orders.codec import decode_order, encode_order
-from protocols.orders.execution import LATER, Batch, exec_id, over_capacity
-from protocols.orders.fields import check_id
+from protocols.orders.execution import LATER, Batch, Later, exec_id, over_capacity
+from protocols.orders.fields import above, check_id, same
 from protocols.orders.lifecycle import OrderState
 from protocols.orders.messages import (
     CancelRequest,
@@ -91,7 +107,7 @@ from protocols.orders.messages import (
     ReplaceRefused,
     ReplaceRequest,
 )
-from protocols.orders.record import Order
+from protocols.orders.record import Order, amend_reason, amend_text
 from protocols.orders.risk import Quote, usable_quote
 
 log = logging.getLogger(__name__)
@@ -134,6 +150,14 @@ class ExecutorStats:
     unknown: int = 0  # requests for an order the store does not know
     store_errors: int = 0  # an order left unanswered: its backend re-drives it
     unsent: int = 0  # a message the socket would not take (backend gone): it re-drives
+    # Bridge mode ([orders] execution = "ea"; docs/PROTOCOL.md section 18):
+    ea_sent: int = 0  # EXECUTE sent to an EA instance (again after a takeover included)
+    ea_facts: int = 0  # order facts from the terminals taken
+    ea_held: int = 0  # orders waiting for a synced EA instance (a gauge)
+    ea_no_executor: int = 0  # orders rejected NO_EXECUTOR: no instance took them in time
+    ea_unknown: int = 0  # facts for orders the store does not know (nothing appended)
+    ea_overfill: int = 0  # facts with deals beyond what the order's log can take
+    venue_rejects: dict[str, int] = field(default_factory=dict)  # terminal refusals by retcode
 
 
 @dataclass(slots=True)
@@ -234,6 +258,14 @@ class ExecutorNode:
         self._bad = RateLimitedLog(log, f"executor {name}: malformed message")
         self._store_log = RateLimitedLog(log, f"executor {name}: store error")
         self._ignored = RateLimitedLog(log, f"executor {name}: message not taken")
+        self._ea_log = RateLimitedLog(log, f"executor {name}: EA facts")
+        # Bridge mode: the EA instances execute; the executor logs what their terminals did.
+        self.desk: EaDesk | None = None
+        self._last_socket = 0  # the backend that sent last: where a store-read view proposes
+        self._epochs: dict[str, int] = {}  # lease epochs, when the store is not Redis
+        if cfg.orders.execution == "ea":
+            self.desk = EaDesk(cfg.orders, self.ctx, epochs=self._next_epoch,
+                               max_orders=max_resting)
 
     # --- handling ----------------------------------------------------------------------------
 
@@ -255,6 +287,7 @@ class ExecutorNode:
     async def serve(self, msgs: Sequence[Order | ExecutorRequest], socket: int) -> None:
         """Decide the orders and requests of one batch and propose the decisions to their
         backends at once (:meth:`_record`)."""
+        self._last_socket = socket
         work = await self._resolve(msgs, socket)
         try:
             await self._work(work)
@@ -321,6 +354,8 @@ class ExecutorNode:
                         await self._replay(view, msg.exec_seq)
                     except StoreError as exc:
                         self._unanswered(oid, exc)
+                    if self.desk is not None and not view.order.terminal:
+                        self.desk.submit(view.order)  # idempotent at the EA: it converges
                 else:
                     self.stats.ignored += 1
                     self._ignored.warning("order %s is %s", oid, msg.state.name)
@@ -371,10 +406,17 @@ class ExecutorNode:
         with the log folded in (None: the store does not know the order, or it was never
         routed: nothing for the executor to decide)."""
         if view is None:
-            record = await self.store.get(msg.order_id)
-            if record is None or record.state.unrouted:
-                return None
-            view = _Order(record, socket, first=record.exec_seq + 1)
+            return await self._load(msg.order_id, socket)
+        await self._read_log(view)
+        return view
+
+    async def _load(self, order_id: str, socket: int) -> _Order | None:
+        """The backend's record of the order from the store with its log folded in (None:
+        the store does not know it, or it was never routed)."""
+        record = await self.store.get(order_id)
+        if record is None or record.state.unrouted:
+            return None
+        view = _Order(record, socket, first=record.exec_seq + 1)
         await self._read_log(view)
         return view
 
@@ -391,7 +433,8 @@ class ExecutorNode:
         the next round, against the log as it is then. A working order the market does not
         allow a decision rests (a new one only while fewer than ``max_resting`` do)."""
         symbols = sorted({w.view.order.order.symbol for w in work if w.request is None})
-        quotes = {symbol: await self._quote(symbol) for symbol in symbols}
+        quotes = {} if self.desk is not None else {
+            symbol: await self._quote(symbol) for symbol in symbols}
         # No log read for a new order about to rest: the record the active backend routed is
         # at the log's last position (the pair decides the log), and a decision taken since
         # by another decider comes back as the answer to the next proposal.
@@ -406,6 +449,15 @@ class ExecutorNode:
                 if w.request is None:
                     if view.order.terminal:
                         continue
+                    if self.desk is not None:  # the terminal decides, not the quotes
+                        if view.order.order_id not in self.desk and self.desk.full:
+                            log.warning("executor %s: %d orders at the EA already: order %s "
+                                        "rejected", self.name, len(self.desk),
+                                        view.order.order_id)
+                            steps.append((w, batch.reject(view.order)))
+                        else:
+                            self.desk.submit(view.order)
+                        continue
                     entry = batch.decide(view.order, quotes[view.order.order.symbol])
                     if (entry is None and w.new and over_capacity(view.order, resting,
                                                                   self.max_resting)):
@@ -418,7 +470,14 @@ class ExecutorNode:
                     if entry is not None:
                         steps.append((w, entry))
                     continue
-                got = batch.answer(view.order, w.request)
+                got: ExecutionReport | ReplaceRefused | Later | None
+                if self.desk is not None and not batch.order(view.order).terminal:
+                    ea = self._ea_answer(batch, view.order, w.request)
+                    if ea is None:
+                        continue  # sent to the terminal: its facts answer it
+                    got = ea
+                else:
+                    got = batch.answer(view.order, w.request)
                 if isinstance(got, ExecutionReport):
                     steps.append((w, got))
                 elif got == LATER:
@@ -631,6 +690,132 @@ class ExecutorNode:
                     out[entry.stream] = quote
         return out
 
+    # --- bridge mode ---------------------------------------------------------------------------
+
+    def _ea_answer(self, batch: Batch, order: Order, request: ExecutorRequest
+                   ) -> ExecutionReport | ReplaceRefused | Later | None:
+        """A request for a working order in bridge mode: None when it went to the terminal
+        (its facts answer it), else what ``Batch.answer`` gives: the entry for an order no
+        terminal has (the executor decides it itself), or a refusal."""
+        assert self.desk is not None
+        current = batch.order(order)
+        if order.order_id not in self.desk:  # e.g. read from the store after a restart
+            self.desk.submit(current)
+        if isinstance(request, CancelRequest):
+            return None if self.desk.cancel(order.order_id) else batch.answer(order, request)
+        reason = amend_reason(current, request.quantity, request.price)
+        if reason is not None:
+            return ReplaceRefused(order.order_id, reason, amend_text(reason))
+        if not same(request.quantity, current.quantity):
+            return ReplaceRefused(order.order_id, RejectReason.BAD_QUANTITY,
+                                  "MT5 cannot change a pending order's volume: cancel it and "
+                                  "place a new order")
+        if request.price is None or same(request.price, current.price or 0.0):
+            return batch.answer(order, request)  # nothing changes at the terminal
+        return None if self.desk.modify(request) else batch.answer(order, request)
+
+    async def _next_epoch(self, key: str) -> int:
+        """The next lease epoch of ``key``, durable before it is granted (``INCR
+        {prefix}:ea:epoch:{key}``): a restarted executor never grants one twice."""
+        store = self.store
+        if isinstance(store, RedisOrderStore):
+            return int(await store.redis.incr(f"{store.prefix}:ea:epoch:{key}"))
+        self._epochs[key] = self._epochs.get(key, 0) + 1  # a test's store: this process only
+        return self._epochs[key]
+
+    async def _ea_events(self) -> None:
+        """Task: the desk's facts and hand-backs, a batch at a time, decided under the same
+        lock and proposed through the same rounds as every other decision."""
+        assert self.desk is not None
+        events = self.desk.events
+        while True:
+            batch = [await events.get()]
+            while not events.empty() and len(batch) < BATCH:
+                batch.append(events.get_nowait())
+            async with self._deciding:
+                try:
+                    await self._ea_serve(batch)
+                except StoreError as exc:
+                    self.stats.store_errors += 1
+                    self._store_log.warning("EA facts not logged (asked again): %s", exc)
+                    for event in batch:
+                        for oid in _event_orders(event):
+                            self.desk.ask_again(oid)
+
+    async def _ea_serve(self, events: Sequence[Facts | Expired | UnknownSymbol]) -> None:
+        """Turn facts into log entries (``protocols.ea.reconcile``) and hand-backs into
+        rejects, and propose them (:meth:`_record`)."""
+        assert self.desk is not None
+        facts: dict[str, OrderFacts] = {}
+        finals: dict[str, RejectReason] = {}
+        for event in events:
+            if isinstance(event, Facts):
+                self.stats.ea_facts += len(event.orders)
+                for f in event.orders:
+                    was = facts.get(f.order_id)  # the whole picture: the fullest one wins
+                    if was is None or not above(was.filled, f.filled):
+                        facts[f.order_id] = f
+            elif isinstance(event, Expired):
+                finals.update(dict.fromkeys(event.order_ids, RejectReason.NO_EXECUTOR))
+            else:
+                finals[event.order_id] = RejectReason.VENUE_REJECTED
+        views = await self._views([*facts, *finals])
+        now_ns = time.time_ns()
+        steps: list[tuple[_Order, ExecutionReport]] = []
+        for oid, f in facts.items():
+            view = views.get(oid)
+            if view is None:
+                self.stats.ea_unknown += 1
+                self.desk.stats.unknown += 1
+                self._ea_log.warning("facts for order %s, which the store does not know", oid)
+                continue
+            if overfill(view.order, f):
+                self.stats.ea_overfill += 1
+                self._ea_log.warning("order %s: the terminal dealt %.8g lots, the log takes "
+                                     "%.8g", oid, f.filled, view.order.quantity)
+            cancel_asked, replace = self.desk.asked(oid)
+            entries, refused = entries_from_facts(view.order, f, now_ns,
+                                                  cancel_asked=cancel_asked, replace=replace)
+            if refused is not None:
+                self.desk.replace_done(oid)
+                self.stats.amends_refused += 1
+                await self._send(view.socket, refused)
+            if any(e.reason == RejectReason.VENUE_REJECTED for e in entries):
+                code = str(f.retcode)
+                self.stats.venue_rejects[code] = self.stats.venue_rejects.get(code, 0) + 1
+            steps += [(view, e) for e in entries]
+        for oid, reason in finals.items():
+            view = views.get(oid)
+            if view is None or view.order.terminal or oid in facts:
+                continue
+            if reason is RejectReason.NO_EXECUTOR:
+                self.stats.ea_no_executor += 1
+            seq = view.order.exec_seq + 1
+            state = (OrderState.REJECTED if view.order.state is OrderState.ROUTED
+                     else OrderState.CANCELLED)
+            steps.append((view, view.order.status_report(
+                state, exec_id=exec_id(oid, seq), epoch=view.order.epoch, transact_ns=now_ns,
+                seq=seq, reason=reason)))
+        outcomes = await self._record(steps)
+        for (_, entry), decided in zip(steps, outcomes, strict=True):
+            if not decided and entry.order_id in facts:
+                self.desk.ask_again(entry.order_id)  # its facts again, against the log then
+            elif decided and entry.is_replace:
+                self.desk.replace_done(entry.order_id)
+        for view in views.values():
+            self._settle(view)
+            if view.order.terminal:
+                self.desk.forget(view.order.order_id)
+
+    async def _views(self, order_ids: Sequence[str]) -> dict[str, _Order]:
+        """The views of ``order_ids``: from memory, else read from the store (all at once;
+        an order the store does not know is left out)."""
+        views = {oid: v for oid in order_ids if (v := self._known(oid)) is not None}
+        missing = [oid for oid in order_ids if oid not in views]
+        loaded = await asyncio.gather(*(self._load(oid, self._last_socket) for oid in missing))
+        views.update({oid: v for oid, v in zip(missing, loaded, strict=True) if v is not None})
+        return views
+
     async def check_resting(self) -> None:
         """Take the next decision for every working order the latest ticks allow, all
         recorded in one store round trip (per ``BATCH`` orders)."""
@@ -699,7 +884,14 @@ class ExecutorNode:
                  for i, endpoint in enumerate(self.backends)]
         tasks += [asyncio.create_task(self._worker(i), name=f"worker {endpoint}")
                   for i, endpoint in enumerate(self.backends)]
-        tasks.append(asyncio.create_task(self._poller(), name="working"))
+        if self.desk is None:
+            tasks.append(asyncio.create_task(self._poller(), name="working"))
+        else:  # the terminals fill; nothing here simulates
+            log.info("executor %s: bridge mode, EA instances connect to %s", self.name,
+                     self.desk.endpoint)
+            tasks += [asyncio.create_task(self.desk.reader(), name="ea reader"),
+                      asyncio.create_task(self.desk.timer(), name="ea leases"),
+                      asyncio.create_task(self._ea_events(), name="ea facts")]
         if self.stats_path is not None:
             tasks.append(asyncio.create_task(stats_writer(self.stats_path, 0.5, self.collect),
                                              name="stats"))
@@ -708,6 +900,8 @@ class ExecutorNode:
         finally:
             for sock in self.socks:
                 sock.close(linger=0)
+            if self.desk is not None:
+                self.desk.close()
             for owned in self._owned:
                 await owned.close()
             if self.stats_path is not None:
@@ -715,7 +909,17 @@ class ExecutorNode:
             self.ctx.term()
 
     def collect(self) -> dict[str, Any]:
-        return {"node": "executor", "name": self.name, **asdict(self.stats)}
+        if self.desk is None:
+            return {"node": "executor", "name": self.name, **asdict(self.stats)}
+        ea = self.desk.collect()
+        self.stats.ea_sent, self.stats.ea_held = ea["sent"], ea["held"]
+        return {"node": "executor", "name": self.name, **asdict(self.stats), "ea": ea}
+
+
+def _event_orders(event: Facts | Expired | UnknownSymbol) -> list[str]:
+    if isinstance(event, Facts):
+        return [f.order_id for f in event.orders]
+    return list(event.order_ids) if isinstance(event, Expired) else [event.order_id]
 
 
 __all__ = ["ExecutorNode", "ExecutorStats"]

@@ -39,6 +39,7 @@ import zmq.asyncio
 from bus.logutil import RateLimitedLog
 from bus.sockets import EA_BRIDGE, open_socket
 from protocols.errors import ConfigError, InvalidTick
+from protocols.ticks.merge import SourceMerge
 from protocols.ticks.messages import check_price, check_row, check_time
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,15 @@ class SourceStats:
     accepted: int = 0
     rejected: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0  # EA bridge: copies of a tick another producer delivered first
+    late: int = 0  # EA bridge: ticks older than what the stream has published
 
     def as_dict(self) -> dict[str, Any]:
         # Not dataclasses.asdict: it rebuilds a Counter from its (key, count) pairs, counting
         # the pairs, and the tuple keys then broke the feed's JSON stats file.
         return {"accepted": self.accepted, "rejected": self.rejected,
-                "reasons": dict(self.reasons)}
+                "reasons": dict(self.reasons), "duplicates": self.duplicates,
+                "late": self.late}
 
 
 class Source(Protocol):
@@ -274,11 +278,14 @@ class Replay:
 
 
 class EaBridge:
-    """A ZeroMQ PULL socket that an MT5 Expert Advisor (or any producer) pushes ticks to."""
+    """A ZeroMQ PULL socket that MT5 Expert Advisors (or any producers) push ticks to. Several
+    producers may quote the same symbols: each tick is published once, first copy wins
+    (:class:`~protocols.ticks.merge.SourceMerge`)."""
 
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, symbols: Iterable[str]) -> None:
         self._v = _Validator(symbols, "ea bridge")
         self.stats = self._v.stats
+        self._merge = SourceMerge()
         self._sock = open_socket(ctx, EA_BRIDGE, bind=endpoint)
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
@@ -300,12 +307,19 @@ class EaBridge:
         items = doc if isinstance(doc, list) else [doc]
         out: list[RawTick] = []
         now = time.time_ns()
+        merge = self._merge
         for item in items:
             try:
-                out.append(self._tick(item, now))
+                tick = self._tick(item, now)
             except InvalidTick as exc:
                 self._v.reject(exc)
+                continue
+            # A tick stamped on arrival (no source time) has nothing to compare.
+            timed = "time_ns" in item or "time_msc" in item
+            if not timed or merge.admit(tick[0], tick[5], tick[1:5]):
+                out.append(tick)
         self.stats.accepted += len(out)
+        self.stats.duplicates, self.stats.late = merge.duplicates, merge.late
         return out
 
     def _tick(self, item: Any, now: int) -> RawTick:

@@ -137,6 +137,9 @@ class Execute:
     buy: bool
     quantity: float  # the order's total
     price: float  # the limit; 0 for a market order
+    # No later than the order was first routed (ms since the epoch; 0: unknown): the EA reads
+    # the terminal's history back to it before it decides the order was never sent.
+    routed_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +223,7 @@ def encode_ea(msg: EaMessage) -> list[bytes]:
             kind, body = EaKind.EXECUTE, {"key": msg.key, "epoch": msg.epoch,
                                           "order_id": msg.order_id, "symbol": msg.symbol,
                                           "buy": msg.buy, "quantity": msg.quantity,
-                                          "price": msg.price}
+                                          "price": msg.price, "routed_ms": msg.routed_ms}
         case Cancel():
             kind, body = EaKind.CANCEL, {"key": msg.key, "epoch": msg.epoch,
                                          "order_id": msg.order_id}
@@ -334,7 +337,7 @@ def _decode(kind: EaKind, d: dict[str, Any]) -> EaMessage:
         case EaKind.EXECUTE:
             return Execute(_str(d, "key"), _int(d, "epoch"), _str(d, "order_id"),
                            _str(d, "symbol"), _bool(d, "buy"), _num(d, "quantity"),
-                           _num(d, "price"))
+                           _num(d, "price"), _int(d, "routed_ms") if "routed_ms" in d else 0)
         case EaKind.CANCEL:
             return Cancel(_str(d, "key"), _int(d, "epoch"), _str(d, "order_id"))
         case EaKind.MODIFY:

@@ -73,6 +73,7 @@ class Pair:
     ctx: zmq.asyncio.Context
     executed: list[Order] = field(default_factory=list)
     executor: ExecutorNode | None = None
+    executor_stop: asyncio.Event | None = None  # stops the in-process executor (a restart)
     procs: dict[str, Node] = field(default_factory=dict)  # nodes run as children, by name
     on_exit: list[Callable[[], None]] = field(default_factory=list)  # before the nodes stop
 
@@ -192,8 +193,8 @@ async def pair(redis: RedisProcess, *, roles: tuple[Role, ...] = (Role.PRIMARY, 
                clock: FakeClock | None = None, children: NodeProcesses | None = None,
                child_primary: bool = False, child_executor: bool = False,
                primary_store: OrderStore | None = None, max_in_service: int | None = None,
-               max_queue_ms: float | None = None, replicate: bool = True
-               ) -> AsyncIterator[Pair]:
+               max_queue_ms: float | None = None, replicate: bool = True,
+               orders: dict[str, Any] | None = None) -> AsyncIterator[Pair]:
     """The backend pair (and an executor: a fake one, or the real one with
     ``real_executor``), in this process except the nodes a test kills: with
     ``child_primary`` the primary and with ``child_executor`` the (real) executor run as
@@ -201,7 +202,8 @@ async def pair(redis: RedisProcess, *, roles: tuple[Role, ...] = (Role.PRIMARY, 
     ages the in-process backends' quote caches; ``primary_store`` is the in-process
     primary's order store (a wrapper), ``max_in_service`` and ``max_queue_ms`` its admission
     bounds; ``replicate=False``: acknowledged once in Redis, as without a passive node (the
-    tests that hold Redis's writes to hold the acknowledgement)."""
+    tests that hold Redis's writes to hold the acknowledgement); ``orders``: more [orders]
+    settings (e.g. the executor's bridge mode)."""
     # A short store deadline: tests of a store outage want the reject, not a 5 s ride.
     cfg = MeshConfig(mesh=MeshSection(key_prefix="bk"),
                      redis=RedisSection(url=redis.url, deadline_ms=deadline_ms))
@@ -209,7 +211,7 @@ async def pair(redis: RedisProcess, *, roles: tuple[Role, ...] = (Role.PRIMARY, 
         cfg = replace(cfg, orders=replace(cfg.orders, max_in_service=max_in_service))
     if max_queue_ms is not None:
         cfg = replace(cfg, orders=replace(cfg.orders, max_queue_ms=max_queue_ms))
-    cfg = replace(cfg, orders=replace(cfg.orders, replicate=replicate))
+    cfg = replace(cfg, orders=replace(cfg.orders, replicate=replicate, **(orders or {})))
     await seed_tick(cfg)
     # In-process nodes bind port 0 and the endpoints are read back (bound_endpoints), except
     # those that must be known before their binder exists: the heartbeat endpoint of the
@@ -265,6 +267,7 @@ async def pair(redis: RedisProcess, *, roles: tuple[Role, ...] = (Role.PRIMARY, 
     executors: list[asyncio.Task[Any]] = []
     if real_executor and not child_executor:
         p.executor = ExecutorNode(cfg, name="executor", backends=exec_ends, fill_lots=fill_lots)
+        p.executor_stop = ex_stop
         executors.append(asyncio.create_task(p.executor.run(ex_stop)))
     elif not real_executor:
         executors.append(asyncio.create_task(fake_executor(ctx, list(exec_ends), p.executed)))

@@ -65,11 +65,11 @@ def test_json_map(bridge: EaBridge) -> None:
 ])
 def test_batch_array(bridge: EaBridge, encode: Any) -> None:
     batch = [tick_map(), tick_map(symbol="GBPUSD", bid=1.27, ask=1.2702, time_msc=5),
-             tick_map(bid=1.0843, ask=1.0844, time_msc=6)]
+             tick_map(bid=1.0843, ask=1.0844, time_msc=1_732_450_000_124)]
     out = bridge.parse([encode(batch)])
     assert [t[0] for t in out] == ["EURUSD", "GBPUSD", "EURUSD"]
     assert out[1] == ("GBPUSD", 1.27, 1.2702, 1.08415, 2.0, 5_000_000)
-    assert out[2][5] == 6_000_000
+    assert out[2][5] == 1_732_450_000_124_000_000
     assert (bridge.stats.accepted, bridge.stats.rejected) == (3, 0)
 
 
@@ -233,13 +233,29 @@ def test_a_bad_tick_in_a_batch_does_not_spoil_the_rest(bridge: EaBridge) -> None
 
 
 def test_stats_accumulate_over_messages(bridge: EaBridge) -> None:
-    for _ in range(3):
-        bridge.parse([msgpack.packb(tick_map())])
+    for i in range(3):
+        bridge.parse([msgpack.packb(tick_map(time_msc=1_000 + i))])
     for _ in range(2):
         bridge.parse([msgpack.packb(tick_map(symbol="USDCHF"))])
     bridge.parse([b"\xc1"])
     assert (bridge.stats.accepted, bridge.stats.rejected) == (3, 3)
     assert bridge.stats.reasons == {"unknown symbol": 2, "undecodable message": 1}
+
+
+def test_two_producers_publish_each_tick_once(bridge: EaBridge) -> None:
+    """Two EA instances quoting one broker: first copy wins, one stream (PROTOCOL.md 9)."""
+    ticks = [tick_map(bid=1.08 + i / 1e4, ask=1.0801 + i / 1e4, time_msc=1_000 + i)
+             for i in range(10)]
+    out: list[RawTick] = []
+    out += bridge.parse([msgpack.packb(ticks[:6])])  # the active instance
+    out += bridge.parse([msgpack.packb(ticks[:4])])  # the standby, behind it: all copies
+    out += bridge.parse([msgpack.packb(ticks[4:])])  # the standby alone: the active died
+    assert [t[5] // 1_000_000 for t in out] == list(range(1_000, 1_010))
+    # 1000-1003 are behind the newest (1005) and 1004 too; 1005 is a copy of the newest.
+    assert (bridge.stats.duplicates, bridge.stats.late) == (1, 5)
+    assert bridge.stats.as_dict()["late"] == 5
+    untimed = tick_map(time_msc=...)
+    assert len(bridge.parse([msgpack.packb([untimed, untimed])])) == 2  # stamped on arrival
 
 
 def test_bridge_receives_from_a_push_socket() -> None:
