@@ -268,12 +268,19 @@ def test_the_eas_facts_become_the_orders_log(redis_server: RedisProcess) -> None
                 await client.replace(ReplaceOrder("acc", "q-l3", "l3", 3.0, 1.06))
             assert refused.value.reason is RejectReason.BAD_QUANTITY
             assert "volume" in refused.value.reject.message
+            # A deal the log cannot take (no price): counted, the executor serves on.
+            odd = await client.place(order("l4", price=1.07))
+            await wait_until(lambda: odd.order_id in ea.terminal, 2, "at the terminal")
+            ea.deal(odd.order_id, 0.5, 0.0)
+            await wait_until(lambda: stats.ea_bad_facts == 1, 2, "bad facts counted")
             # Facts for an order the store does not know: counted, nothing appended.
             ea.terminal["nope"] = OrderFacts("nope", FactStatus.FILLED, 1, 0.0, 0,
                                              (Deal(1, 1.0, ASK, 1),))
             ea.facts("nope")
             await wait_until(lambda: stats.ea_unknown == 1, 2, "an unknown order counted")
-            assert len(ea.sends) == len(set(ea.sends)) == 5  # each order sent once
+            assert len(ea.sends) == len(set(ea.sends)) == 6  # each order sent once
+            record, _ = await stored(p, odd.order_id)
+            assert record.state is OrderState.ROUTED
             assert stats.fills == 3 and stats.ea_overfill == 0
     run(main())
 
