@@ -346,15 +346,22 @@ def test_a_standby_takes_over_after_the_active_one_stops_pinging(
                 async with peer(p, endpoint, "ea-b", terminal=terminal) as b:
                     first = await client.place(order("t1"))
                     await stored(p, first.order_id, OrderState.FILLED)
+                    resting = await client.place(order("t0", price=1.07))
+                    await wait_until(lambda: resting.order_id in terminal, 2, "at the terminal")
                     await asyncio.sleep(scaled(0.05))  # b pings a while as a standby
-                    assert a.sends == [first.order_id] and b.log == [] and not b.epochs
+                    assert a.sends == [first.order_id, resting.order_id]
+                    assert b.log == [] and not b.epochs
                     a.pinging = False  # silent: its lease runs out, then the guard
                     await synced(b)
                     assert b.epochs == {"*": 2}
                     after = await client.place(order("t2"))
                     await stored(p, after.order_id, OrderState.FILLED)
-                    assert b.sends == [after.order_id] and a.sends == [first.order_id]
-                    assert b.log[0] == ("synced", 2) and ("execute", after.order_id) in b.log
+                    assert b.sends == [after.order_id]  # the resting one is at the terminal
+                    assert a.sends == [first.order_id, resting.order_id]
+                    # Nothing before SYNCED; then the open order again, and the new one.
+                    assert b.log[0] == ("synced", 2)
+                    assert {("execute", resting.order_id), ("execute", after.order_id)} <= \
+                        set(b.log)
                     assert ("execute", after.order_id) not in a.log
                     assert p.executor.collect()["ea"]["takeovers"] == 1
     run(main())
