@@ -1,4 +1,5 @@
-"""The one contract of tickmesh's state machines: binary star, stream arbiter, order lifecycle.
+"""The one contract of tickmesh's state machines: binary star, stream arbiter, order lifecycle,
+EA lease key.
 
 Each machine turns a raw input into an *event* (guards such as "the peer has expired" are part
 of the event) and looks ``(state, event)`` up in its :class:`Machine`. Every pair is exactly one
@@ -123,10 +124,11 @@ def new_history() -> deque[tuple[Any, Any, Any]]:
 def machines() -> tuple[Machine[Any, Any], ...]:
     """Every state machine of tickmesh, in the order docs/MACHINES.md shows them."""
     # Imported here: the machines' modules import this one for Machine.
+    from protocols.ea import lease
     from protocols.orders import binary_star, lifecycle
     from protocols.ticks import arbitration
 
-    return binary_star.MACHINE, arbitration.MACHINE, lifecycle.MACHINE
+    return binary_star.MACHINE, arbitration.MACHINE, lifecycle.MACHINE, lease.MACHINE
 
 
 __all__ = ["HISTORY_SIZE", "Kind", "Machine", "machines", "new_history"]

@@ -157,6 +157,7 @@ class ExecutorStats:
     ea_no_executor: int = 0  # orders rejected NO_EXECUTOR: no instance took them in time
     ea_unknown: int = 0  # facts for orders the store does not know (nothing appended)
     ea_overfill: int = 0  # facts with deals beyond what the order's log can take
+    ea_bad_facts: int = 0  # facts that make no valid entry (a deal without a price...)
     venue_rejects: dict[str, int] = field(default_factory=dict)  # terminal refusals by retcode
 
 
@@ -774,8 +775,14 @@ class ExecutorNode:
                 self._ea_log.warning("order %s: the terminal dealt %.8g lots, the log takes "
                                      "%.8g", oid, f.filled, view.order.quantity)
             cancel_asked, replace = self.desk.asked(oid)
-            entries, refused = entries_from_facts(view.order, f, now_ns,
-                                                  cancel_asked=cancel_asked, replace=replace)
+            try:
+                entries, refused = entries_from_facts(view.order, f, now_ns,
+                                                      cancel_asked=cancel_asked,
+                                                      replace=replace)
+            except (InvalidOrder, OrderStateError) as exc:  # e.g. a deal at price 0
+                self.stats.ea_bad_facts += 1
+                self._ea_log.warning("order %s: facts the log cannot take: %s", oid, exc)
+                continue
             if refused is not None:
                 self.desk.replace_done(oid)
                 self.stats.amends_refused += 1

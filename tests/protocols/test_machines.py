@@ -21,10 +21,12 @@ def pair_id(m: Machine[Enum, Enum], s: Enum, e: Enum) -> str:
 
 
 def test_the_machines() -> None:
-    assert [m.name for m in MACHINES] == ["binary star", "stream arbiter", "order"]
+    assert [m.name for m in MACHINES] == ["binary star", "stream arbiter", "order",
+                                          "EA lease key"]
     assert [m.module for m in MACHINES] == ["protocols.orders.binary_star",
                                             "protocols.ticks.arbitration",
-                                            "protocols.orders.lifecycle"]
+                                            "protocols.orders.lifecycle",
+                                            "protocols.ea.lease"]
 
 
 @pytest.mark.parametrize(("m", "state", "event"), PAIRS, ids=[pair_id(*p) for p in PAIRS])

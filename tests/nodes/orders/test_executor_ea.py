@@ -268,12 +268,19 @@ def test_the_eas_facts_become_the_orders_log(redis_server: RedisProcess) -> None
                 await client.replace(ReplaceOrder("acc", "q-l3", "l3", 3.0, 1.06))
             assert refused.value.reason is RejectReason.BAD_QUANTITY
             assert "volume" in refused.value.reject.message
+            # A deal the log cannot take (no price): counted, the executor serves on.
+            odd = await client.place(order("l4", price=1.07))
+            await wait_until(lambda: odd.order_id in ea.terminal, 2, "at the terminal")
+            ea.deal(odd.order_id, 0.5, 0.0)
+            await wait_until(lambda: stats.ea_bad_facts == 1, 2, "bad facts counted")
             # Facts for an order the store does not know: counted, nothing appended.
             ea.terminal["nope"] = OrderFacts("nope", FactStatus.FILLED, 1, 0.0, 0,
                                              (Deal(1, 1.0, ASK, 1),))
             ea.facts("nope")
             await wait_until(lambda: stats.ea_unknown == 1, 2, "an unknown order counted")
-            assert len(ea.sends) == len(set(ea.sends)) == 5  # each order sent once
+            assert len(ea.sends) == len(set(ea.sends)) == 6  # each order sent once
+            record, _ = await stored(p, odd.order_id)
+            assert record.state is OrderState.ROUTED
             assert stats.fills == 3 and stats.ea_overfill == 0
     run(main())
 
@@ -339,15 +346,22 @@ def test_a_standby_takes_over_after_the_active_one_stops_pinging(
                 async with peer(p, endpoint, "ea-b", terminal=terminal) as b:
                     first = await client.place(order("t1"))
                     await stored(p, first.order_id, OrderState.FILLED)
+                    resting = await client.place(order("t0", price=1.07))
+                    await wait_until(lambda: resting.order_id in terminal, 2, "at the terminal")
                     await asyncio.sleep(scaled(0.05))  # b pings a while as a standby
-                    assert a.sends == [first.order_id] and b.log == [] and not b.epochs
+                    assert a.sends == [first.order_id, resting.order_id]
+                    assert b.log == [] and not b.epochs
                     a.pinging = False  # silent: its lease runs out, then the guard
                     await synced(b)
                     assert b.epochs == {"*": 2}
                     after = await client.place(order("t2"))
                     await stored(p, after.order_id, OrderState.FILLED)
-                    assert b.sends == [after.order_id] and a.sends == [first.order_id]
-                    assert b.log[0] == ("synced", 2) and ("execute", after.order_id) in b.log
+                    assert b.sends == [after.order_id]  # the resting one is at the terminal
+                    assert a.sends == [first.order_id, resting.order_id]
+                    # Nothing before SYNCED; then the open order again, and the new one.
+                    assert b.log[0] == ("synced", 2)
+                    assert {("execute", resting.order_id), ("execute", after.order_id)} <= \
+                        set(b.log)
                     assert ("execute", after.order_id) not in a.log
                     assert p.executor.collect()["ea"]["takeovers"] == 1
     run(main())
