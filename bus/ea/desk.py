@@ -176,8 +176,11 @@ class EaDesk:
         if job is None:
             o = order.order
             price = order.price if o.type is OrderType.LIMIT and order.price else 0.0
+            # The client's send time bounds when the order can first have reached a terminal
+            # (the EA reads its history back to it, less a second: PROTOCOL.md 18.4).
+            routed_ms = min(o.sent_ns, order.updated_ns) // 1_000_000
             job = _Job(Execute("", 0, order.order_id, o.symbol, o.side is Side.BUY,
-                               order.quantity, price), o.account, self._clock(),
+                               order.quantity, price, routed_ms), o.account, self._clock(),
                        filled=order.state is not OrderState.ROUTED)
             self._jobs[order.order_id] = job
         job.again = True

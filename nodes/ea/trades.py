@@ -217,6 +217,9 @@ class TradeSide:
     def _on_lease(self, lease: Lease) -> None:
         now = time.monotonic()
         self._last_lease = now
+        if not lease.grants:  # the executor does not know us (it restarted): HELLO again
+            self._hello()
+            return
         gained, lost = self.holder.on_lease(lease, now)
         for key in lost:
             log.warning("ea %s: %s is another instance's now", self.name, key)
