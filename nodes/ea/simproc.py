@@ -13,8 +13,10 @@ writes after replaying its journal and binding its ROUTER.
 
 from __future__ import annotations
 
+import atexit
 import sys
 import time
+import weakref
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +28,16 @@ from nodes.servers.redis_server import free_port
 from protocols.errors import DrillError
 
 START_TIMEOUT_S = 15.0
+
+# Every terminal started here, stopped when Python exits as a last resort (the children run in
+# their own sessions: a test run that dies without its teardown would leave them serving).
+_started: weakref.WeakSet[TerminalProcess] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for proc in list(_started):
+        proc.stop()
 
 
 class TerminalProcess:
@@ -42,6 +54,7 @@ class TerminalProcess:
                                 str(self.config_path), "--stats",
                                 str(workdir / f"{name}.stats.json")],
                          workdir / f"{name}.stats.json", workdir / f"{name}.log")
+        _started.add(self)
 
     @property
     def endpoint(self) -> str:

@@ -79,6 +79,9 @@ EXPECTED: dict[str, dict[str, int]] = {name: LIBZMQ | row for name, row in {
                                  RECONNECT_IVL_MAX=1000, MAXMSGSIZE=16 * MiB),
     "EA_BRIDGE": dict(TYPE=zmq.PULL, RCVHWM=100_000, MAXMSGSIZE=MiB),
     "EA_DESK": dict(TYPE=zmq.ROUTER, MAXMSGSIZE=MiB),
+    "EA_TICKS": dict(TYPE=zmq.PUSH, SNDHWM=100_000, MAXMSGSIZE=KiB),
+    "EA_TRADE": dict(TYPE=zmq.DEALER, RECONNECT_IVL=10, RECONNECT_IVL_MAX=200,
+                     MAXMSGSIZE=MiB),
     "ORDER_CLIENT": dict(TYPE=zmq.DEALER, IMMEDIATE=1, RECONNECT_IVL=10, RECONNECT_IVL_MAX=200,
                          MAXMSGSIZE=64 * KiB),
     "BACKEND_CLIENTS": dict(TYPE=zmq.ROUTER, MAXMSGSIZE=64 * KiB),
@@ -91,11 +94,15 @@ EXPECTED: dict[str, dict[str, int]] = {name: LIBZMQ | row for name, row in {
     "REPLICA_SERVER": dict(TYPE=zmq.ROUTER, MAXMSGSIZE=16 * MiB),
     "REPLICA_CLIENT": dict(TYPE=zmq.DEALER, IMMEDIATE=1, RECONNECT_IVL=10,
                            RECONNECT_IVL_MAX=200, MAXMSGSIZE=KiB),
+    "TERMINAL_SERVER": dict(TYPE=zmq.ROUTER, MAXMSGSIZE=64 * KiB),
+    "TERMINAL_CLIENT": dict(TYPE=zmq.DEALER, RECONNECT_IVL=10, RECONNECT_IVL_MAX=200,
+                            MAXMSGSIZE=64 * MiB),
 }.items()}
 # ROUTER_HANDOVER and ROUTER_MANDATORY are write-only: checked by behaviour below.
 ROUTERS = {"RECOVERY_SERVER": (False, False), "BACKEND_CLIENTS": (True, False),
            "BACKEND_EXECUTOR": (True, True), "REPLICA_SERVER": (False, False),
-           "HISTORY_QUERY_SERVER": (False, False), "EA_DESK": (True, True)}
+           "HISTORY_QUERY_SERVER": (False, False), "EA_DESK": (True, True),
+           "TERMINAL_SERVER": (False, False)}
 
 
 @pytest.fixture

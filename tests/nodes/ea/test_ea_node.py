@@ -24,10 +24,11 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from bus.config import MeshConfig, dump_toml, parse_config
+from bus.config import MeshConfig, TerminalSection, dump_toml, parse_config
 from bus.ea.simclient import SimTerminal
 from nodes.drills.ports import tcp_endpoint
 from nodes.ea.node import EaNode
+from nodes.ea.simproc import TerminalProcess, start_terminal
 from protocols.ea.messages import (
     Cancel,
     EaMessage,
@@ -47,19 +48,16 @@ from protocols.ea.messages import (
     encode_ea,
 )
 from protocols.ea.mt5 import magic_of
-from tests.support import scaled, wait_until, wait_until_sync
+from tests.support import scaled, wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.timeout(60)
 
 
-def mesh(tmp: Path, **ea: object) -> MeshConfig:
-    terminal = tcp_endpoint()
+def mesh(terminal: str, **ea: object) -> MeshConfig:
     return parse_config({
         "feeds": [{"name": "sim", "source": "ea", "pull": tcp_endpoint(), "pub": tcp_endpoint(),
                    "udp_targets": []}],
-        "terminal": {"enabled": True, "bind": terminal, "data_dir": str(tmp / "terminal"),
-                     "rate": 400, "symbols": ["EURUSD", "GBPUSD"]},
         "ea": [{"name": "ea-1", "feed": "sim", "sim_endpoint": terminal, "poll_ms": 2, **ea}],
         "orders": {"execution": "ea", "ea_bind": tcp_endpoint(), "ea_lease_ms": 150,
                    "ea_heartbeat_ms": 20},
@@ -68,21 +66,16 @@ def mesh(tmp: Path, **ea: object) -> MeshConfig:
 
 @dataclass
 class Terminal:
+    """A simulated terminal process, the mesh file of an EA on it, and a client of its own."""
+
+    proc: TerminalProcess
     cfg: MeshConfig
     file: Path
-    proc: subprocess.Popen[bytes]
     client: SimTerminal = field(init=False)
 
     def __post_init__(self) -> None:
-        self.client = SimTerminal(self.cfg.terminal.bind)
-
-        def up() -> bool:
-            try:
-                self.client.initialize()
-                return True
-            except Exception:
-                return False
-        wait_until_sync(up, scaled(15), "the simulated terminal to answer")
+        self.client = SimTerminal(self.proc.endpoint)
+        self.client.initialize()
 
     def tagged(self, order_id: str) -> list[int]:
         """Tickets of the terminal orders tagged with ``order_id`` (active and finished)."""
@@ -93,18 +86,16 @@ class Terminal:
 
 @pytest.fixture
 def terminal(tmp_path: Path) -> Iterator[Terminal]:
-    cfg = mesh(tmp_path)
-    file = tmp_path / "mesh.toml"
-    file.write_text(dump_toml(cfg))
-    log = (tmp_path / "terminal.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "nodes.cli", "sim-terminal", "--config",
-                             str(file)], cwd=ROOT, stdout=log, stderr=log)
-    try:
-        yield Terminal(cfg, file, proc)
-    finally:
-        proc.kill()
-        proc.wait()
-        log.close()
+    with start_terminal(TerminalSection(symbols=("EURUSD", "GBPUSD"), rate=400.0),
+                        tmp_path / "terminal") as proc:
+        cfg = mesh(proc.endpoint)
+        file = tmp_path / "mesh.toml"
+        file.write_text(dump_toml(cfg))
+        term = Terminal(proc, cfg, file)
+        try:
+            yield term
+        finally:
+            term.client.shutdown()
 
 
 class Executor:

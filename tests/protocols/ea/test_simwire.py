@@ -3,10 +3,13 @@ with a reason that names the problem."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocols.ea.mt5 import (
     Action,
@@ -164,3 +167,23 @@ def test_malformed_frames_raise_naming_the_problem(frames: list[bytes], reason: 
 def test_the_id_of_a_malformed_request_is_read_when_it_can_be(frames: list[bytes],
                                                                expected: int) -> None:
     assert request_id_of(frames) == expected
+
+
+_scalars = (st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats()
+            | st.text(max_size=6))
+_arrays = st.lists(_scalars, max_size=12)  # as long as a record, so field checks are reached
+_values = _scalars | _arrays | st.lists(_arrays, max_size=3) | st.dictionaries(
+    st.text(max_size=4), _scalars, max_size=2)
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from([*SimKind, 0, 200]), body=st.dictionaries(
+    st.sampled_from(["id", "of", "result", "symbol", "from_msc", "to_msc", "count", "request",
+                     "message"]), _values, max_size=5))
+def test_any_body_decodes_or_raises_remote_protocol_error(kind: int, body: dict[str, Any]
+                                                          ) -> None:
+    # The terminal answers whatever arrives; any other exception would end its serve task.
+    frames = frames_of(kind, body)
+    with contextlib.suppress(RemoteProtocolError):
+        decode_sim(frames)
+    assert isinstance(request_id_of(frames), int)
