@@ -86,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
                          "on free ports, see scripts/run-clickhouse) instead of a DuckDB file")
     up.add_argument("--gateways", type=int, default=1,
                     help="chart gateways to run (0-N, each on [gateway] listen[i]; default 1)")
+    up.add_argument("--no-ea", action="store_true",
+                    help="no EA path: the first feed simulates its ticks and the executor "
+                         "its fills (default: the EA on the simulated terminal does both)")
+    up.add_argument("--ea-standby", action="store_true",
+                    help="a second EA instance (ea-2) on the same feed and accounts, standing "
+                         "by to take over the trading")
     up.add_argument("--json", action="store_true", help="print the summary as JSON")
     chk = sub.add_parser("check-config", help="validate a mesh file and print it")
     chk.add_argument("file")

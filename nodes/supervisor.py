@@ -7,6 +7,10 @@ children in order: the trader and the EAs first, then the feeds, so subscribers 
 session). A node that dies is restarted at once, then with back-off if it keeps dying. A status
 line shows what flows; with ``--for SECONDS`` the run ends by itself and prints a summary.
 
+Unless ``--no-ea``, the EA path runs too: the simulated MetaTrader 5 terminal, one EA instance
+per ``[[ea]]`` entry (``ea-1`` on the first feed when the mesh file has none; ``--ea-standby``
+adds ``ea-2``), the first feed fed by the EA and the executor in bridge mode.
+
 Warm restart. A Python process spends 130-250 ms importing before it runs, more than the EA's
 restart budget (200 ms). So an EA child is *warm*: beside the running process the supervisor
 keeps a spare, the same command with ``--spare``, which has imported everything and parsed its
@@ -64,10 +68,11 @@ SPARE_DELAY_S = 0.2
 TERMINAL_READY_S = 10.0  # the EA instances start once the terminal listens, or after this
 EXIT_HISTORY = 64  # exit codes and restart times kept per child (a supervisor runs for weeks)
 # Counters of a dead process (its last stats file) kept in the run's totals, by node role:
-# paths into its stats JSON.
+# paths into its stats JSON. Not an EA's "deals": a restarted EA counts again the deals it
+# re-reads from the terminal's history while it reconciles.
 CARRIED: dict[str, tuple[tuple[str, ...], ...]] = {
     "feed": (("publisher", "ticks"),),
-    "ea": (("pushed",), ("sent",), ("deals",)),
+    "ea": (("pushed",), ("sent",)),
 }
 
 
@@ -183,6 +188,9 @@ class Supervisor:
         self.children: list[Child] = []
         self.stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        # Set once the simulated terminal listens (or was given up on): the EA instances
+        # start after it, the other nodes do not wait.
+        self._terminal_up = asyncio.Event()
         self._spare_tasks: list[asyncio.Task[None]] = []
 
     def _child(self, name: str, role: str, *extra: str, warm: bool = False) -> Child:
@@ -239,6 +247,8 @@ class Supervisor:
         """Run ``child`` until stopping; restart it whenever it dies (a warm child: its spare
         takes over)."""
         failures = 0
+        if child.role == "ea":
+            await self._terminal_up.wait()
         await self._spawn(child)
         while True:
             assert child.proc is not None
@@ -335,7 +345,13 @@ class Supervisor:
             if c.name.startswith("recovery"):
                 await asyncio.sleep(0.05)  # serve before the feeds' first subscribers ask
             if c.role == "sim-terminal":
-                await _listening(self.cfg.terminal.bind, TERMINAL_READY_S)
+                self._tasks.append(asyncio.create_task(self._wait_terminal(), name="terminal-up"))
+        if not any(c.role == "sim-terminal" for c in self.children):
+            self._terminal_up.set()
+
+    async def _wait_terminal(self) -> None:
+        await _listening(self.cfg.terminal.bind, TERMINAL_READY_S)
+        self._terminal_up.set()
 
     async def stop(self) -> None:
         """Stop the trader and the EAs first, then the feeds (end of session reaches
@@ -410,10 +426,11 @@ class Supervisor:
         eas = [c for c in self.children if c.role == "ea"]
         terminal = next((c.read_stats() for c in self.children if c.role == "sim-terminal"), {})
         times = [c.restart_ms_max for c in eas if c.restart_ms_max is not None]
-        return {"ea_ticks": sum(c.total("pushed") for c in eas),
-                "ea_orders_sent": sum(c.total("sent") for c in eas),
+        return {"ea_ticks": sum(c.total("pushed") for c in eas),  # pushed to the feed
+                "ea_orders_sent": sum(c.total("sent") for c in eas),  # order_send calls
+                # deals of tickmesh orders the running EA processes saw at the terminal
                 "ea_deals": sum(c.total("deals") for c in eas),
-                "terminal_deals": _counter(terminal, ("deals",)),
+                "terminal_deals": _counter(terminal, ("deals",)),  # the terminal's own count
                 "ea_restarts": sum(c.restarts for c in eas),
                 "ea_cold_restarts": sum(c.cold_restarts for c in eas),
                 # ms from a death seen to the spare told to take over (None: no restart)
@@ -578,6 +595,13 @@ def with_ea(cfg: MeshConfig, run_dir: Path, standby: bool = False) -> MeshConfig
                    terminal=replace(terminal, data_dir=data_dir)).validate()
 
 
+def _ea_description(cfg: MeshConfig, ea: bool) -> str:
+    if not ea:
+        return "no EA"
+    where = {"sim": "the simulated terminal", "mt5": "MetaTrader 5"}
+    return "EA " + ", ".join(f"{e.name} on {where[e.terminal]}" for e in cfg.ea)
+
+
 def _redis_description(cfg: MeshConfig) -> str:
     if cfg.redis.sentinels:
         return (f"Redis HA via Sentinels {', '.join(cfg.redis.sentinels)} "
@@ -605,8 +629,11 @@ async def run_up(cfg: MeshConfig, args: argparse.Namespace) -> int:
         return 2
     cfg = _history_in(cfg, run_dir)
     gateways = getattr(args, "gateways", 0) if cfg.gateway.enabled else 0
+    ea = not getattr(args, "no_ea", False)
     try:
         cfg = _gateways_in(cfg, run_dir, gateways)
+        if ea:
+            cfg = with_ea(cfg, run_dir, standby=getattr(args, "ea_standby", False))
     except ConfigError as exc:
         if redis is not None:
             await asyncio.to_thread(redis.stop)
@@ -614,7 +641,7 @@ async def run_up(cfg: MeshConfig, args: argparse.Namespace) -> int:
         return 2
     config_file = run_dir / "mesh.toml"
     config_file.write_text(dump_toml(cfg))
-    sup = Supervisor(cfg, run_dir, config_file, gateways)
+    sup = Supervisor(cfg, run_dir, config_file, gateways, ea=ea)
     sup.plan()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -622,7 +649,7 @@ async def run_up(cfg: MeshConfig, args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     tty = sys.stdout.isatty()
     print(f"tickmesh up: {len(sup.children)} nodes, {_redis_description(cfg)}, "
-          f"{_history_description(cfg)}, run dir {run_dir}"
+          f"{_history_description(cfg)}, {_ea_description(cfg, ea)}, run dir {run_dir}"
           + (f", for {args.duration:g} s" if args.duration else ", Ctrl-C to stop"), flush=True)
     for url in cfg.gateway.urls[:gateways]:
         print(f"tickmesh up: chart at {url}/ (demo logins alice/alice, bob/bob; users in "
@@ -659,6 +686,12 @@ async def run_up(cfg: MeshConfig, args: argparse.Namespace) -> int:
         ok = ok and summary["orders_filled"] > 0 and summary["orders_timed_out"] == 0
     if cfg.history.enabled:
         ok = ok and summary["history_rows"] > 0
+    if ea:
+        # The EA path carried the run: its ticks reached the feed, and the trader's orders
+        # were executed by the terminal through it.
+        ok = ok and summary["ea_ticks"] > 0
+        if cfg.orders.enabled and cfg.orders.trader_rate > 0:
+            ok = ok and summary["ea_orders_sent"] > 0 and summary["terminal_deals"] > 0
     if not ok:
         print("tickmesh up: the run was not clean (see the summary and "
               f"{run_dir / 'logs'})", file=sys.stderr)

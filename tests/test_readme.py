@@ -80,10 +80,15 @@ def test_readme_mesh_file_is_valid() -> None:
 
     from bus.config import parse_config
 
-    mesh, ha, history = (parse_config(tomllib.loads(block))
-                         for block in re.findall(r"```toml\n(.*?)```", README.read_text(), re.S))
+    ea, mesh, ha, history = (parse_config(tomllib.loads(block)) for block in
+                             re.findall(r"```toml\n(.*?)```", README.read_text(), re.S))
     assert (mesh.orders.fill_lots, mesh.orders.amend_timeout_ms) == (2.0, 500.0)
     assert history.history.store == "clickhouse" and len(history.history.clickhouse) == 2
     assert [f.name for f in mesh.feeds] == ["sim", "mt5"]
     assert mesh.sched.priority_for("feed") == 40 and mesh.sched.cpus == (1,)
     assert len(ha.redis.sentinels) == 3 and ha.redis.orders_role().master == "tickmesh-rtss"
+    # The EA's service set-up: a real terminal, its path, account and server.
+    (instance,) = ea.ea
+    assert ea.orders.execution == "ea" and instance.feed == "mt5"
+    assert instance.terminal == "mt5" and instance.terminal_path.endswith("terminal64.exe")
+    assert instance.login > 0 and instance.server

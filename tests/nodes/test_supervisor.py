@@ -21,6 +21,7 @@ from bus.config import (
     RecoverySection,
     RedisSection,
     SubscriberSection,
+    TerminalSection,
     dump_toml,
 )
 from nodes.servers.redis_server import free_port
@@ -39,13 +40,17 @@ def write_mesh(tmp_path: Path, feeds: int = 1) -> Path:
         redis=RedisSection(url=f"redis://127.0.0.1:{free_port()}/0"),
         feeds=tuple(FeedSection(name=f"sim{i}" if i else "sim", symbols=symbols[i],
                                 pub=f"tcp://127.0.0.1:{free_port()}", udp_targets=(udp,),
-                                rate=2000, heartbeat_ms=100) for i in range(feeds)),
+                                pull=f"tcp://127.0.0.1:{free_port()}", rate=2000,
+                                heartbeat_ms=100) for i in range(feeds)),
         recovery=(RecoverySection(bind=f"tcp://127.0.0.1:{free_port()}"),),
         subscriber=SubscriberSection(udp_bind=udp),
         orders=OrdersSection(**{name: (f"tcp://127.0.0.1:{free_port()}",
                                        f"tcp://127.0.0.1:{free_port()}")
                                 for name in ("clients", "peers", "updates", "executor",
-                                             "replicas")}),
+                                             "replicas")},
+                            ea_bind=f"tcp://127.0.0.1:{free_port()}"),
+        # up puts the first feed on the EA path, its terminal listening here (--no-ea: not)
+        terminal=TerminalSection(bind=f"tcp://127.0.0.1:{free_port()}"),
         history=HistorySection(query_bind=f"tcp://127.0.0.1:{free_port()}"),
         gateway=GatewaySection(listen=(f"127.0.0.1:{free_port()}",)),
     ).validate()
@@ -120,7 +125,14 @@ def test_bounded_run_delivers_on_both_paths(tmp_path: Path) -> None:
     assert s["executions"] >= s["orders_filled"]  # type: ignore[operator]
     assert set(pids(tmp_path)) == {"recovery-recovery", "backend-primary", "backend-backup",
                                    "executor", "feed-sim", "monitor", "trader", "historian",
-                                   "gateway-1"}
+                                   "gateway-1", "terminal", "ea-1", "ea-1.spare"}
+    # On the EA path by default: the feed published what the EA pushed from the simulated
+    # terminal, and the trader's orders were sent to the terminal and filled there (its own
+    # deal count, not tickmesh's logs).
+    assert s["ea_ticks"] >= s["published"] > 1000  # type: ignore[operator]
+    assert s["ea_orders_sent"] >= s["orders_filled"]  # type: ignore[operator]
+    assert s["terminal_deals"] >= s["orders_filled"]  # type: ignore[operator]
+    assert s["ea_restarts"] == 0 and s["ea_restart_ms_max"] is None
     # One chart gateway by default, at the mesh file's first address.
     assert len(s["gateway_urls"]) == 1  # type: ignore[arg-type]
     # The historian recorded the run on the embedded DuckDB store: every tick the monitor
@@ -166,8 +178,9 @@ def test_dead_feed_is_restarted_and_nothing_is_lost(tmp_path: Path) -> None:
 def test_interrupt_stops_every_node(tmp_path: Path) -> None:
     proc = up(tmp_path)
     try:
-        wait_until_sync(lambda: len(pids(tmp_path)) == 9, 20,
-                        "nine nodes (the historian and the gateway too)")
+        wait_until_sync(lambda: len(pids(tmp_path)) == 12, 20,
+                        "twelve processes (the historian, the gateway, the terminal, the EA "
+                        "and its spare too)")
         # On both paths: the run's exit status says whether both delivered (a TCP subscriber
         # joins later than the UDP one, and on a loaded machine that can take a while).
         wait_until_sync(lambda: min(monitor_delivered(tmp_path, "tcp"),
@@ -183,13 +196,67 @@ def test_interrupt_stops_every_node(tmp_path: Path) -> None:
 
 
 def test_two_feeds_each_with_its_own_symbols(tmp_path: Path) -> None:
-    rc, s = finish(up(tmp_path, "--for", "5", feeds=2))
+    """Also the mesh without the EA path (``--no-ea``): both feeds simulate their ticks."""
+    rc, s = finish(up(tmp_path, "--for", "5", "--no-ea", feeds=2))
     assert rc == 0, json.dumps(s)
+    assert "ea_ticks" not in s and not {"terminal", "ea-1"} & set(pids(tmp_path))
     monitor = json.loads((tmp_path / "run" / "stats" / "monitor.json").read_text())
     assert set(monitor["per_symbol"]) == {"EURUSD", "GBPUSD", "USDJPY", "XAUUSD", "US500",
                                           "BTCUSD"}
     assert min(monitor["per_symbol"].values()) > 500
     assert monitor["lost"] == 0 and monitor["order_errors"] == 0
+
+
+def ea_stats(tmp_path: Path, name: str = "ea-1") -> dict[str, int]:
+    try:
+        data: dict[str, int] = json.loads((tmp_path / "run" / "stats" / f"{name}.json")
+                                          .read_text())
+        return data
+    except (OSError, ValueError):
+        return {}
+
+
+def trader_filled(tmp_path: Path) -> int:
+    try:
+        return int(json.loads((tmp_path / "run" / "stats" / "trader.json").read_text())["filled"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_killed_ea_is_taken_over_by_its_warm_spare(tmp_path: Path) -> None:
+    """SIGKILL the running EA under ``up --ea-standby``: its spare (started warm, waiting on
+    stdin) becomes ea-1 at once, a new spare follows, ticks and fills go on, the run is
+    clean."""
+    proc = up(tmp_path, "--ea-standby")  # until SIGINT: the kill is not raced by a deadline
+    try:
+        wait_until_sync(lambda: {"ea-1.spare", "ea-2"} <= set(pids(tmp_path)), 20,
+                        "ea-1's spare and the standby ea-2")
+        wait_until_sync(lambda: ea_stats(tmp_path).get("pushed", 0) > 0
+                        and trader_filled(tmp_path) > 10, 20, "ticks and fills through ea-1")
+        first, spare = pids(tmp_path)["ea-1"], pids(tmp_path)["ea-1.spare"]
+        started = ea_stats(tmp_path)["started_ns"]
+        os.kill(first, signal.SIGKILL)
+        wait_until_sync(lambda: pids(tmp_path).get("ea-1") == spare, 5,
+                        "the spare to take over as ea-1")
+        # The spare runs: it writes ea-1's stats file, pushes ticks, and a new spare is up.
+        wait_until_sync(lambda: ea_stats(tmp_path).get("started_ns", started) != started
+                        and ea_stats(tmp_path).get("pushed", 0) > 0, 10,
+                        "ticks from the new ea-1")
+        wait_until_sync(lambda: pids(tmp_path).get("ea-1.spare", spare) not in (spare, first),
+                        10, "the next spare")
+        before = trader_filled(tmp_path)
+        wait_until_sync(lambda: trader_filled(tmp_path) > before + 20, 20,
+                        "orders filled after the kill")
+        proc.send_signal(signal.SIGINT)
+        rc, s = finish(proc, 30)
+    finally:
+        stop_all(proc, tmp_path)
+    assert rc == 0, json.dumps(s)
+    assert s["restarts"] == {"ea-1": 1}
+    assert s["ea_restarts"] == 1 and s["ea_cold_restarts"] == 0
+    assert isinstance(s["ea_restart_ms_max"], float)
+    assert s["unrecoverable"] == 0 and s["orders_timed_out"] == 0
+    assert all(not alive(p) for p in pids(tmp_path).values())
 
 
 def test_killed_active_backend_is_restarted_and_orders_keep_flowing(tmp_path: Path) -> None:

@@ -181,3 +181,40 @@ def test_up_keeps_the_ea_entries_of_the_mesh_file(tmp_path: Path) -> None:
     # The terminal listens where the entries look for it, and quotes the feed's symbols.
     assert cfg.terminal.bind == mine.sim_endpoint and cfg.terminal.symbols == feeds[0].symbols
     assert cfg.terminal.data_dir == "/var/tm/terminal"
+
+
+def test_stop_order_trader_eas_feeds_rest_terminal_last(tmp_path: Path) -> None:
+    """Stopped one by one, each waited for: the trader (no new orders), the EA and its spare,
+    the feed, the rest, the historian, the terminal last (the EAs were attached to it)."""
+    script = tmp_path / "stand_in.py"
+    script.write_text(STAND_IN.replace("stop = []", "stop = []\n" + textwrap.dedent('''
+        def stopped(*_):
+            stop.append(1)
+            with open(os.path.join(marks, "order"), "a") as f:
+                f.write(os.path.basename(stats)[:-5] + "\\n")
+        ''')).replace("lambda *_: stop.append(1)", "stopped"))
+    run_dir = tmp_path / "run"
+    base = default_config()
+    # Not a TCP endpoint: the EA does not wait for the stand-in terminal to listen.
+    cfg = replace(base, terminal=replace(base.terminal, bind=f"ipc://{tmp_path}/terminal"))
+    sup = Supervisor(cfg, run_dir, tmp_path / "mesh.toml")
+    for name, role in (("terminal", "sim-terminal"), ("historian", "historian"),
+                       ("ea-1", "ea"), ("feed-sim", "feed"), ("monitor", "monitor"),
+                       ("trader", "trader")):
+        stats = run_dir / "stats" / f"{name}.json"
+        sup.children.append(Child(name, [sys.executable, str(script), "--stats", str(stats)],
+                                  stats, run_dir / "logs" / f"{name}.log", role=role,
+                                  warm=role == "ea"))
+    ea = sup.children[2]
+
+    async def scenario() -> None:
+        await sup.start()
+        try:
+            await wait_until(lambda: ready(ea) and all(c.read_stats() for c in sup.children),
+                             10, "every node running and the EA's spare waiting")
+        finally:
+            await sup.stop()
+
+    asyncio.run(scenario())
+    order = (run_dir / "stats" / "order").read_text().split()
+    assert order == ["trader", "ea-1", "feed-sim", "monitor", "historian", "terminal"]
