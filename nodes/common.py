@@ -39,9 +39,17 @@ def run_node(main: Callable[[asyncio.Event], Awaitable[int]], *,
     async def runner() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+        except (NotImplementedError, AttributeError):
+            # Windows (an EA beside its terminal): no loop signal handlers and no SIGUSR1;
+            # Ctrl-C and a service stop arrive as SIGINT / SIGBREAK in the main thread.
+            for name in ("SIGINT", "SIGBREAK", "SIGTERM"):
+                if hasattr(signal, name):
+                    signal.signal(getattr(signal, name),
+                                  lambda *_: loop.call_soon_threadsafe(stop.set))
         return await main(stop)
 
     if sched is not None and kind is not None:

@@ -93,7 +93,6 @@ class TradeStats:
     taken: int = 0  # ... that the terminal took (DONE, DONE_PARTIAL, PLACED)
     retcodes: Counter[str] = field(default_factory=Counter)
     unknown_retcodes: int = 0
-    deals: int = 0  # deals seen at the terminal for tickmesh orders
     facts: int = 0  # order facts reported
     refused: Counter[str] = field(default_factory=Counter)
     reconciliations: int = 0
@@ -291,8 +290,7 @@ class TradeSide:
         for o in t.orders_get():
             self.index.on_order(o, active=True)
         for d in t.history_deals_get(from_msc, to_msc + OVERLAP_MS):
-            if self.index.on_deal(d) is not None:
-                self.stats.deals += 1
+            self.index.on_deal(d)
         self.index.covered(from_msc)
         t.positions_get()  # read as the terminal's state; positions follow from the deals
 
@@ -464,7 +462,6 @@ class TradeSide:
         for d in t.history_deals_get(self._deal_from_msc - OVERLAP_MS, now + OVERLAP_MS):
             oid = self.index.on_deal(d)
             if oid is not None:
-                self.stats.deals += 1
                 changed.add(oid)
         self._deal_from_msc = now
         gone = [w for w in self.index.working() if w.ticket and w.ticket not in active]
@@ -500,11 +497,11 @@ class TradeSide:
         except FileNotFoundError:
             return False
         log.warning("ea %s: fault point %s: killing myself", self.name, point)
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))  # (Windows: TERM)
         return True  # pragma: no cover - not reached
 
     def collect(self) -> dict[str, Any]:
-        return {**self.stats.as_dict(), "holding": self.holder.held,
+        return {**self.stats.as_dict(), "deals": self.index.deals, "holding": self.holder.held,
                 "orders_known": len(self.index.orders), "foreign": self.index.foreign,
                 "unknown_deals": self.index.unknown_deals, "twice": len(self.index.twice),
                 "working": self._working}

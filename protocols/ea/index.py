@@ -65,6 +65,7 @@ class TagIndex:
         self.foreign = 0  # terminal orders and deals not tickmesh's (left alone)
         self.unknown_deals = 0  # tagged deals of an order the terminal record lacks
         self.twice: set[str] = set()  # ids with two terminal orders (must stay empty)
+        self.deals = 0  # deals of tickmesh orders taken in (from reads and from sends)
 
     # --- reading the terminal -----------------------------------------------------------------
 
@@ -112,6 +113,7 @@ class TagIndex:
         if not t.ticket:
             self.unknown_deals += 1  # a deal of an order the index has no terminal order of
         t.deals[d.ticket] = Deal(d.ticket, d.volume, d.price, d.time_msc)
+        self.deals += 1
         return oid
 
     # --- the instance's own sends -------------------------------------------------------------
@@ -134,8 +136,9 @@ class TagIndex:
         if result.order:
             t.ticket = result.order
             self._by_ticket[result.order] = order_id
-        if result.deal and result.volume > 0:
+        if result.deal and result.volume > 0 and result.deal not in t.deals:
             t.deals[result.deal] = Deal(result.deal, result.volume, result.price, time_msc)
+            self.deals += 1
         if result.retcode == Retcode.DONE and result.deal:
             t.status = FactStatus.FILLED  # a market order executed in full
         elif result.retcode in (Retcode.DONE, Retcode.DONE_PARTIAL, Retcode.PLACED):

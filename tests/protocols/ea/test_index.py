@@ -42,6 +42,7 @@ def test_reconciled_orders_and_deals_give_facts() -> None:
     assert idx.facts("O1").status is FactStatus.WORKING
     assert idx.facts("O2").deals == (Deal(100, 2.0, 1.1, 2_000),)
     assert idx.facts("O2").status is FactStatus.FILLED
+    assert idx.deals == 1  # the second read of the same deal is not counted again
     assert idx.seen("O1") and idx.seen("O2") and not idx.seen("O3")
 
 
