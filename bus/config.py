@@ -448,7 +448,7 @@ class EaSection:
     server: str = ""  # mt5: the trade server of ``login``
     poll_ms: float = 2.0  # ticks are read from the terminal this often
     backfill_ms: float = 2000.0  # after a start, ticks are read from this far back
-    sync_window_s: float = 30.0  # a new holder reads this much of the terminal's history
+    sync_window_s: float = 5.0  # a new holder reads this much of the terminal's history
     history_window_s: float = 86_400.0  # an old order's check reads back at most this far
     send_retries: int = 2  # a requote (or another transient retcode) is sent again this often
 

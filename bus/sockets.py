@@ -204,6 +204,12 @@ HISTORY_QUERY_CLIENT = SocketSpec("history query client", zmq.DEALER, HISTORY_RE
                                   immediate=True, reconnect_ivl_ms=50,
                                   reconnect_ivl_max_ms=1000)
 EA_BRIDGE = SocketSpec("ea bridge", zmq.PULL, EA_FRAME_BYTES, rcvhwm=100_000)
+# The EA instance (nodes.ea): ticks to its feed's EA bridge (section 9: never block the
+# terminal side; a large queue rides out a feed restart), trades with the executor's ROUTER
+# (section 18; FACTS of 256 orders with their deals fit in a megabyte).
+EA_TICKS = SocketSpec("ea ticks", zmq.PUSH, HANDSHAKE_BYTES, sndhwm=100_000)
+EA_TRADE = SocketSpec("ea trade", zmq.DEALER, EA_FRAME_BYTES, reconnect_ivl_ms=10,
+                      reconnect_ivl_max_ms=200)
 # The executor's EA trade socket (bus.ea.desk): instances keep their routing id (their name)
 # across restarts, so a restarted one takes the route over; mandatory, a send to an instance
 # not connected raises and the order is held instead of vanishing.
@@ -343,10 +349,3 @@ async def recv_batch(sock: zmq.asyncio.Socket, limit: int) -> list[list[bytes]]:
     batch = [await sock.recv_multipart()]
     await drain_queued(sock, batch, limit)
     return batch
-
-# The EA instance (nodes.ea): ticks to its feed's EA bridge (section 9: never block the
-# terminal side; a large queue rides out a feed restart), trades with the executor's ROUTER
-# (section 18; FACTS of 256 orders with their deals fit in a megabyte).
-EA_TICKS = SocketSpec("ea ticks", zmq.PUSH, HANDSHAKE_BYTES, sndhwm=100_000)
-EA_TRADE = SocketSpec("ea trade", zmq.DEALER, EA_FRAME_BYTES, reconnect_ivl_ms=10,
-                      reconnect_ivl_max_ms=200)

@@ -319,6 +319,7 @@ async def run_phase(args: argparse.Namespace, run_dir: Path, standby: bool) -> d
             await wait_final(load, store, args.drain_timeout)
             counted = await count_orders(load, redis, store, drain_timeout=1.0, prefix=PREFIX)
             finals = await final_states(load, store)
+            logged = await logged_fills(cfg, load)
         finally:
             await redis.aclose()
             await store.close()
@@ -329,7 +330,7 @@ async def run_phase(args: argparse.Namespace, run_dir: Path, standby: bool) -> d
                                        started_ms + 1000, ended_ms - 1000)
         stats = {n: ea_stats(run_dir, n) for n in names}
     return summarize_phase(standby, kills, tap, load, counted, finals, record, made, stats,
-                           await logged_fills(cfg, load))
+                           logged)
 
 
 async def wait_final(load: Load, store: RedisOrderStore, timeout: float) -> None:
@@ -417,7 +418,7 @@ def summarize_phase(standby: bool, kills: list[dict[str, Any]], tap: TickTap, lo
 
 def pct(values: list[float | None], q: float) -> float | None:
     got = [v for v in values if v is not None]
-    return round1(percentile(got, q)) if got else None
+    return round1(percentile(got, q / 100)) if got else None
 
 
 def summarize(args: argparse.Namespace, phases: list[dict[str, Any]],

@@ -41,7 +41,7 @@ import zmq.asyncio
 
 from bus.config import OrdersSection
 from bus.logutil import RateLimitedLog
-from bus.sockets import EA_DESK, Sender, open_socket, recv_batch
+from bus.sockets import EA_DESK, Sender, drain_queued, open_socket, recv_batch
 from protocols.ea.lease import Claim, Leases
 from protocols.ea.messages import (
     Bye,
@@ -121,10 +121,20 @@ class _Job:
     filled: bool  # it has fills: it is at a terminal, never expired
     key: str = ""  # the key it went out under ("": never sent; it follows its account)
     epoch: int = 0  # the epoch of its last EXECUTE (0: to be sent)
-    sends: set[int] = field(default_factory=set)  # epochs of EXECUTEs not refused
+    # EXECUTEs sent and not refused. A refusal answers one EXECUTE, never an earlier one:
+    # an order one EXECUTE got to the terminal stays counted however often later ones are
+    # refused (a lapsed lease, a reconciling instance), so it is never rejected NO_EXECUTOR.
+    unanswered: int = 0
+    reached: bool = False  # facts came for it, or a refusal said the terminal may have it
     cancel: bool = False  # the executor asked for a cancel
     replace: ReplaceRequest | None = None  # the replace a MODIFY was sent for
     again: bool = False  # send EXECUTE even under the same epoch (its facts were lost)
+
+    @property
+    def at_terminal(self) -> bool:
+        """Whether a terminal may have the order (then it is never expired nor cancelled
+        here: only the terminal's facts decide it)."""
+        return self.filled or self.reached or self.unanswered > 0
 
 
 class EaDesk:
@@ -193,7 +203,7 @@ class EaDesk:
         job = self._jobs.get(order_id)
         if job is None:
             return False
-        if not job.sends and not job.filled:
+        if not job.at_terminal:
             self.forget(order_id)
             return False
         job.cancel = True
@@ -210,7 +220,7 @@ class EaDesk:
         job = self._jobs.get(request.order_id)
         if job is None or request.price is None:
             return False
-        if not job.sends and not job.filled:
+        if not job.at_terminal:
             job.execute = _with(job.execute, price=request.price)
             return False
         job.replace = request
@@ -260,7 +270,7 @@ class EaDesk:
             return
         self.stats.sent += 1
         job.key, job.epoch, job.again = key, holder.epoch, False
-        job.sends.add(holder.epoch)
+        job.unanswered += 1
         self._held.pop(order_id, None)
         if job.cancel:
             self._send(holder.instance, Cancel(key, holder.epoch, order_id))
@@ -337,6 +347,7 @@ class EaDesk:
             job = self._jobs.get(f.order_id)
             if job is not None:
                 job.again = False
+                job.reached = True
         try:
             self.events.put_nowait(msg)
         except asyncio.QueueFull:
@@ -350,13 +361,14 @@ class EaDesk:
         job = self._jobs.get(msg.order_id)
         if job is None:
             return
-        if msg.why in _AGAIN or msg.why is RefusedWhy.UNKNOWN_SYMBOL:
-            job.sends.discard(msg.epoch)  # that EXECUTE made nothing at the terminal
+        job.unanswered = max(0, job.unanswered - 1)  # that EXECUTE made nothing
+        if msg.why is RefusedWhy.TERMINAL_DOWN:
+            job.reached = True  # a send without an answer: the terminal may have it
         if msg.why in _AGAIN:
             if job.epoch == msg.epoch:
                 job.epoch = 0
             self._hold(msg.order_id, retry=True)
-        elif msg.why is RefusedWhy.UNKNOWN_SYMBOL and not job.sends:
+        elif msg.why is RefusedWhy.UNKNOWN_SYMBOL and not job.at_terminal:
             self.forget(msg.order_id)
             try:
                 self.events.put_nowait(UnknownSymbol(msg.order_id))
@@ -380,6 +392,11 @@ class EaDesk:
     async def tick(self) -> None:
         """Expire leases, grant claimed keys (their epochs made durable first), send what a
         synced holder can take, and hand back held orders past their deadline."""
+        # What waits in the socket first: after a stall of this loop the pings that came
+        # meanwhile are there, and a holder that pinged must not lose its key for our stall.
+        queued: list[list[bytes]] = []
+        await drain_queued(self.sock, queued, 4 * BATCH)
+        self._take(queued)
         now = self._clock()
         for claim in self.leases.tick(now):
             self._claims[claim.key] = claim
@@ -409,7 +426,7 @@ class EaDesk:
             job = self._jobs.get(order_id)
             if job is None:
                 del self._held[order_id]
-            elif not job.sends and not job.filled and job.seen <= deadline:
+            elif not job.at_terminal and job.seen <= deadline:
                 expired.append(order_id)
             else:
                 self._dispatch(order_id, job)
@@ -436,10 +453,13 @@ class EaDesk:
     async def reader(self) -> None:
         """Task: every message from the instances."""
         while True:
-            for frames in await recv_batch(self.sock, BATCH):
-                if len(frames) < 2:
-                    self._malformed("a message of %d frames", len(frames))
-                    continue
+            self._take(await recv_batch(self.sock, BATCH))
+
+    def _take(self, batch: list[list[bytes]]) -> None:
+        for frames in batch:
+            if len(frames) < 2:
+                self._malformed("a message of %d frames", len(frames))
+            else:
                 self.handle(frames)
 
     async def timer(self) -> None:

@@ -36,6 +36,10 @@ class LeaseHolder:
         self.guard_s = guard_s
         self._sent: OrderedDict[int, float] = OrderedDict()  # ping n -> when it was sent
         self._held: dict[str, _Held] = {}
+        # The epoch each key was last reconciled under: a lease that lapsed on this clock and
+        # comes back under the *same* epoch had no other holder in between (the executor
+        # moves an epoch on at every change of holder), so it needs no new reconciliation.
+        self._synced: dict[str, int] = {}
         self._n = 0
 
     def ping(self, now: float) -> int:
@@ -64,8 +68,10 @@ class LeaseHolder:
                     lost.append(grant.key)
                 continue
             if held is None or grant.epoch > held.epoch:
-                self._held[grant.key] = _Held(grant.epoch, until)
-                gained.append((grant.key, grant.epoch))
+                again = self._synced.get(grant.key) == grant.epoch
+                self._held[grant.key] = _Held(grant.epoch, until, synced=again)
+                if not again:
+                    gained.append((grant.key, grant.epoch))
             elif grant.epoch == held.epoch:
                 held.until = max(held.until, until)
         return gained, lost
@@ -74,6 +80,7 @@ class LeaseHolder:
         held = self._held.get(key)
         if held is not None and held.epoch == epoch:
             held.synced = True
+            self._synced[key] = epoch
 
     def epoch(self, key: str) -> int:
         """The epoch the instance holds ``key`` under (0: it does not)."""

@@ -60,3 +60,14 @@ def test_expire() -> None:
     h = LeaseHolder(("*",), guard_s=0.0)
     h.on_lease(lease(h.ping(0.0), ("*", 1, True)), now=0.0)
     assert h.expire(0.099) == [] and h.expire(0.1) == ["*"] and h.held == {}
+
+
+def test_a_lapsed_lease_back_under_the_same_epoch_needs_no_new_reconciliation() -> None:
+    h = LeaseHolder(("*",), guard_s=0.0)
+    h.on_lease(lease(h.ping(0.0), ("*", 4, True)), now=0.0)
+    h.synced("*", 4)
+    assert h.expire(0.2) == ["*"]  # this process stalled: its lease ran out
+    assert h.on_lease(lease(h.ping(0.3), ("*", 4, True)), now=0.3) == ([], [])
+    assert h.may_send("*", 4, 0.31)  # no other holder came between: serving at once
+    gained, _ = h.on_lease(lease(h.ping(0.35), ("*", 5, True)), now=0.35)
+    assert gained == [("*", 5)] and not h.may_send("*", 5, 0.36)  # another epoch: reconcile
