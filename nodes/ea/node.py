@@ -38,7 +38,13 @@ import zmq.asyncio
 from bus.config import EaSection, MeshConfig
 from bus.ea.terminal import Terminal, open_terminal
 from bus.sockets import EA_TICKS, Sender, open_socket
-from nodes.common import run_node, stats_writer, supervise_tasks, write_json_atomic
+from nodes.common import (
+    freeze_heap,
+    run_node,
+    stats_writer,
+    supervise_tasks,
+    write_json_atomic,
+)
 from nodes.ea.ticks import TickReader, now_msc
 from nodes.ea.trades import TradeSide
 from protocols.errors import ConfigError, TerminalError
@@ -164,6 +170,7 @@ def run_ea(cfg: MeshConfig, name: str | None, stats: Path | None, *, spare: bool
                        else "bus.ea.simclient"):
             with contextlib.suppress(ImportError):  # reported when the node really starts
                 importlib.import_module(module)
+        freeze_heap()  # the start's collection done now, not after the take-over line
         if not sys.stdin.readline():
             return 0  # the supervisor stopped without needing this spare
     return run_node(lambda stop: EaNode(cfg, section, stats_path=stats).run(stop),

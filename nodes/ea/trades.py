@@ -262,8 +262,9 @@ class TradeSide:
         started = time.monotonic()
         to_msc = _now_msc()
         from_msc = to_msc - int(self.section.sync_window_s * 1000)
-        await self.call(self._read_history, from_msc, to_msc)
-        ids = sorted(self.index.orders)
+        # What the window holds is reported (older orders were reported by whoever held the
+        # key then; an EXECUTE for one reads it back on demand).
+        ids = sorted(await self.call(self._read_history, from_msc, to_msc))
         for i in range(0, len(ids), FACTS_PER_MESSAGE):
             if i and self._fault("reconcile"):
                 return
@@ -281,18 +282,24 @@ class TradeSide:
         log.info("ea %s: %s reconciled under epoch %d: %d orders in %.0f ms (%d foreign)",
                  self.name, key, epoch, len(ids), elapsed, self.index.foreign)
 
-    def _read_history(self, from_msc: int, to_msc: int) -> None:
+    def _read_history(self, from_msc: int, to_msc: int) -> set[str]:
         """(terminal thread) Read orders and deals of ``from_msc .. to_msc`` into the index,
-        active orders too; the index then covers from ``from_msc``."""
-        t = self.terminal
+        active orders too; the index then covers from ``from_msc``. The tickmesh order ids
+        the read found."""
+        t, index = self.terminal, self.index
+        found: set[str] = set()
         for o in t.history_orders_get(from_msc, to_msc):
-            self.index.on_order(o, active=False)
+            index.on_order(o, active=False)
+            found.add(index.id_of(o.ticket, o.magic, o.comment) or "")
         for o in t.orders_get():
-            self.index.on_order(o, active=True)
+            index.on_order(o, active=True)
+            found.add(index.id_of(o.ticket, o.magic, o.comment) or "")
         for d in t.history_deals_get(from_msc, to_msc + OVERLAP_MS):
-            self.index.on_deal(d)
-        self.index.covered(from_msc)
+            found.add(index.on_deal(d) or index.id_of(d.order, d.magic, d.comment) or "")
+        index.covered(from_msc)
         t.positions_get()  # read as the terminal's state; positions follow from the deals
+        found.discard("")
+        return found
 
     # --- orders ----------------------------------------------------------------------------
 

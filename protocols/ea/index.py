@@ -81,7 +81,7 @@ class TagIndex:
 
     def on_order(self, o: TradeOrder, *, active: bool) -> str | None:
         """Take a terminal order (active: in ``orders_get``); the id changed, or None."""
-        oid = self._id_of(o.ticket, o.magic, o.comment)
+        oid = self.id_of(o.ticket, o.magic, o.comment)
         if oid is None:
             self.foreign += 1
             return None
@@ -103,7 +103,7 @@ class TagIndex:
         """Take a terminal deal; the order id it changed, or None (known, or not ours)."""
         if d.type not in (DealType.BUY, DealType.SELL):
             return None  # a balance or credit entry: not a trade
-        oid = self._by_ticket.get(d.order) or self._id_of(d.order, d.magic, d.comment)
+        oid = self._by_ticket.get(d.order) or self.id_of(d.order, d.magic, d.comment)
         if oid is None:
             self.foreign += 1
             return None
@@ -167,7 +167,8 @@ class TagIndex:
 
     # --- internals -------------------------------------------------------------------------
 
-    def _id_of(self, ticket: int, magic: int, comment: str) -> str | None:
+    def id_of(self, ticket: int, magic: int, comment: str) -> str | None:
+        """The tickmesh order id of a terminal order (or a deal's order), None if foreign."""
         return self._by_ticket.get(ticket) or order_id_of(magic, comment, self.magics)
 
     def _tagged(self, oid: str) -> Tagged:
