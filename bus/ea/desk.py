@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 256  # messages read per wake-up
 MAX_EVENTS = 4096  # facts and refusals waiting for the executor
-SCAN_TICKS = 5  # held orders are looked at every this many heartbeats (and after a refusal)
+SCAN_TICKS = 5  # held orders are looked at every this many heartbeats (and after a failed send)
 _AGAIN = frozenset({RefusedWhy.NOT_ACTIVE, RefusedWhy.SYNCING, RefusedWhy.TERMINAL_DOWN})
 
 
@@ -367,7 +367,11 @@ class EaDesk:
         if msg.why in _AGAIN:
             if job.epoch == msg.epoch:
                 job.epoch = 0
-            self._hold(msg.order_id, retry=True)
+            # Not at the next tick: an instance that refuses (its lease lapsed, it reconciles)
+            # refuses the next one too, and thousands of held orders sent every heartbeat were
+            # a storm that starved both loops of their pings (the drill saw leases flap). The
+            # key's SYNCED, or the periodic scan, sends it again.
+            self._hold(msg.order_id, retry=False)
         elif msg.why is RefusedWhy.UNKNOWN_SYMBOL and not job.at_terminal:
             self.forget(msg.order_id)
             try:

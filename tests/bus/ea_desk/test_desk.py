@@ -14,7 +14,7 @@ import zmq
 import zmq.asyncio
 
 from bus.config import OrdersSection
-from bus.ea.desk import EaDesk, Expired, UnknownSymbol
+from bus.ea.desk import SCAN_TICKS, EaDesk, Expired, UnknownSymbol
 from protocols.ea.messages import (
     Cancel,
     EaMessage,
@@ -156,6 +156,10 @@ def test_refusals_put_the_order_back_and_it_goes_again() -> None:
         assert isinstance(await ea.recv(), Execute)
         for why in (RefusedWhy.TERMINAL_DOWN, RefusedWhy.SYNCING):
             await ea.send(Refused("ea-1", "o1", 1, why))
+            await ea.ping()
+            await r.desk.tick()
+            assert await ea.nothing()  # not at every heartbeat: a refuser refuses again
+            r.clock.advance(SCAN_TICKS * CFG.ea_heartbeat_ms / 1000)  # the periodic scan
             await ea.ping()
             await r.desk.tick()
             assert isinstance(await ea.recv(), Execute)
