@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
@@ -40,6 +41,7 @@ from bus.config import EaSection, MeshConfig
 from bus.ea.terminal import Terminal
 from bus.logutil import RateLimitedLog
 from bus.sockets import EA_TRADE, Sender, open_socket
+from nodes.ea.beat import LeaseBeat
 from protocols.ea.holder import LeaseHolder
 from protocols.ea.index import TagIndex
 from protocols.ea.messages import (
@@ -51,10 +53,8 @@ from protocols.ea.messages import (
     Facts,
     FactStatus,
     Hello,
-    Lease,
     Modify,
     OrderFacts,
-    Ping,
     Refused,
     RefusedWhy,
     Synced,
@@ -83,7 +83,6 @@ FACTS_PER_MESSAGE = 256
 MAX_INBOX = 20_000  # requests waiting for the terminal; beyond, refused (the executor resends)
 DOUBT_S = 2.0  # an unanswered send is settled as "not taken" only this long after
 WATCH_S = 0.005  # working orders are checked this often for deals and status changes
-REHELLO_S = 0.5  # no LEASE this long: the executor may not know us (restarted): HELLO again
 OVERLAP_MS = 1_000  # deal reads overlap the previous one by this much (clock granularity)
 
 
@@ -136,8 +135,10 @@ class TradeSide:
         self.index = TagIndex()
         self.stats = TradeStats()
         self.symbols: frozenset[str] = frozenset()
-        self.sock = open_socket(ctx, EA_TRADE, connect=(orders.ea_bind.replace("*", "127.0.0.1"),),
+        self._endpoint = orders.ea_bind.replace("*", "127.0.0.1")
+        self.sock = open_socket(ctx, EA_TRADE, connect=(self._endpoint,),
                                 routing_id=self.name.encode())
+        self.beat: LeaseBeat | None = None  # the pings' thread, from start()
         self.out = Sender(self.sock)
         self._inbox: deque[Work] = deque()
         self._ready = asyncio.Event()
@@ -145,7 +146,6 @@ class TradeSide:
         # the tag index from the terminal thread, and they must not interleave.
         self._busy = asyncio.Lock()
         self._working = 0  # orders working at the terminal (for stats; read off the loop)
-        self._last_lease = 0.0
         self._doubt: dict[str, float] = {}  # order id -> when its send went unanswered
         self._deal_from_msc = 0
         faults = os.environ.get("TICKMESH_EA_FAULTS")
@@ -157,7 +157,7 @@ class TradeSide:
     # --- tasks -----------------------------------------------------------------------------
 
     def tasks(self) -> list[asyncio.Task[None]]:
-        return [asyncio.create_task(self._pinger(), name="ea pings"),
+        return [asyncio.create_task(self._alive(), name="ea progress"),
                 asyncio.create_task(self._reader(), name="ea reader"),
                 asyncio.create_task(self._worker(), name="ea orders"),
                 asyncio.create_task(self._watcher(), name="ea working orders")]
@@ -166,9 +166,16 @@ class TradeSide:
         self.symbols = frozenset(await self.call(self.terminal.symbols))
         self._deal_from_msc = _now_msc() - int(self.section.sync_window_s * 1000)
         self._hello()
+        self.beat = LeaseBeat(self._endpoint, self.name, self.incarnation, self.holder,
+                              heartbeat_s=self.heartbeat_s,
+                              stall_budget_s=self.cfg.orders.stall_budget_ms / 1000,
+                              on_change=self._on_lease, loop=asyncio.get_running_loop())
+        self.beat.start()
 
     def close(self) -> None:
         """A clean stop: BYE hands the leases over at once."""
+        if self.beat is not None:
+            self.beat.stop()
         self._send(Bye(self.name, self.incarnation))
         self.sock.close(linger=100)
 
@@ -180,15 +187,11 @@ class TradeSide:
         with contextlib.suppress(zmq.Again):
             self.out.send(encode_ea(msg))
 
-    async def _pinger(self) -> None:
+    async def _alive(self) -> None:
+        """Tell the pings' thread the loop makes progress (a stuck loop loses its lease)."""
         while True:
-            now = time.monotonic()
-            if now - self._last_lease > REHELLO_S:
-                self._hello()
-                self._last_lease = now
-            for key in self.holder.expire(now):
-                log.warning("ea %s: lease on %s ran out", self.name, key)
-            self._send(Ping(self.name, self.incarnation, self.holder.ping(now)))
+            if self.beat is not None:
+                self.beat.progress()
             await asyncio.sleep(self.heartbeat_s)
 
     async def _reader(self) -> None:
@@ -200,9 +203,7 @@ class TradeSide:
                 self.stats.malformed += 1
                 self._bad.warning("%s", exc)
                 continue
-            if isinstance(msg, Lease):
-                self._on_lease(msg)
-            elif isinstance(msg, (Execute, Cancel, Modify)):
+            if isinstance(msg, (Execute, Cancel, Modify)):
                 if len(self._inbox) >= MAX_INBOX:
                     self.stats.dropped += 1
                     self._refuse(msg.order_id, msg.epoch, RefusedWhy.TERMINAL_DOWN)
@@ -213,15 +214,13 @@ class TradeSide:
                 self.stats.malformed += 1
                 self._bad.warning("%s is not for an EA instance", type(msg).__name__)
 
-    def _on_lease(self, lease: Lease) -> None:
-        now = time.monotonic()
-        self._last_lease = now
-        if not lease.grants:  # the executor does not know us (it restarted): HELLO again
+    def _on_lease(self, gained: list[tuple[str, int]], lost: list[str], hello: bool) -> None:
+        """(the loop) What the pings' thread saw: keys gained (reconcile them first), lost,
+        or the executor asking for a HELLO."""
+        if hello:
             self._hello()
-            return
-        gained, lost = self.holder.on_lease(lease, now)
         for key in lost:
-            log.warning("ea %s: %s is another instance's now", self.name, key)
+            log.warning("ea %s: %s is not ours now", self.name, key)
         for key, epoch in gained:
             log.info("ea %s: active for %s under epoch %d: reconciling", self.name, key, epoch)
             self._inbox.appendleft(_Reconcile(key, epoch))
@@ -257,7 +256,7 @@ class TradeSide:
     # --- reconciliation --------------------------------------------------------------------
 
     async def _reconcile(self, key: str, epoch: int) -> None:
-        if self.holder.epoch(key) != epoch:
+        if self._epoch(key) != epoch:
             return  # lost again before it started
         started = time.monotonic()
         to_msc = _now_msc()
@@ -272,7 +271,8 @@ class TradeSide:
             self._report(chunk, key, epoch, sync=True)
         if self._fault("reconcile"):
             return
-        self.holder.synced(key, epoch)
+        with self._lock:
+            self.holder.synced(key, epoch)
         self._send(Synced(self.name, key, epoch, len(ids), self.index.foreign))
         elapsed = (time.monotonic() - started) * 1000
         self.stats.reconciliations += 1
@@ -322,11 +322,25 @@ class TradeSide:
         await self._send_new(msg)
 
     def _not_ready(self, key: str, epoch: int) -> RefusedWhy | None:
-        if self.holder.epoch(key) != epoch:
-            return RefusedWhy.NOT_ACTIVE
-        if not self.holder.is_synced(key, epoch):
-            return RefusedWhy.SYNCING
+        with self._lock:
+            if self.holder.epoch(key) != epoch:
+                return RefusedWhy.NOT_ACTIVE
+            if not self.holder.is_synced(key, epoch):
+                return RefusedWhy.SYNCING
         return None
+
+    def _epoch(self, key: str) -> int:
+        with self._lock:
+            return self.holder.epoch(key)
+
+    def _may_send(self, key: str, epoch: int) -> bool:
+        """The fence, checked right before every ``order_send``."""
+        with self._lock:
+            return self.holder.may_send(key, epoch, time.monotonic())
+
+    @property
+    def _lock(self) -> threading.Lock | contextlib.nullcontext[None]:
+        return self.beat.lock if self.beat is not None else contextlib.nullcontext()
 
     async def _extend(self, routed_ms: int) -> None:
         """Read the terminal's history back to before ``routed_ms`` (0: the whole window)."""
@@ -352,7 +366,7 @@ class TradeSide:
         request = self._request(msg)
         result: OrderSendResult | None = None
         for attempt in range(self.section.send_retries + 1):
-            if not self.holder.may_send(msg.key, msg.epoch, time.monotonic()):
+            if not self._may_send(msg.key, msg.epoch):
                 self._refuse(msg.order_id, msg.epoch, RefusedWhy.NOT_ACTIVE)
                 return
             self.index.sending(msg.order_id, request.magic, msg.price)
@@ -417,7 +431,7 @@ class TradeSide:
         if tagged.status is not FactStatus.WORKING or not tagged.ticket:
             self._report_one(msg.order_id, msg.key, msg.epoch)  # finished: its facts say so
             return
-        if not self.holder.may_send(msg.key, msg.epoch, time.monotonic()):
+        if not self._may_send(msg.key, msg.epoch):
             self._refuse(msg.order_id, msg.epoch, RefusedWhy.NOT_ACTIVE)
             return
         request = (TradeRequest(Action.REMOVE, "", order=tagged.ticket, magic=magic_of(
@@ -456,9 +470,10 @@ class TradeSide:
                     continue
                 self._working = len(self.index.working())
             if changed:
-                key = next(iter(self.holder.held), self.keys[0])
+                with self._lock:
+                    key = next(iter(self.holder.held), self.keys[0])
                 self._report(tuple(self.index.facts(o) for o in sorted(changed)), key,
-                             self.holder.epoch(key))
+                             self._epoch(key))
 
     def _read_working(self) -> set[str]:
         """(terminal thread) The ids whose record changed: new deals, orders finished."""
@@ -508,7 +523,11 @@ class TradeSide:
         return True  # pragma: no cover - not reached
 
     def collect(self) -> dict[str, Any]:
-        return {**self.stats.as_dict(), "deals": self.index.deals, "holding": self.holder.held,
+        with self._lock:
+            holding = self.holder.held
+        beat = self.beat
+        return {**self.stats.as_dict(), "deals": self.index.deals, "holding": holding,
+                "pings": beat.pings if beat else 0, "pings_skipped": beat.skipped if beat else 0,
                 "orders_known": len(self.index.orders), "foreign": self.index.foreign,
                 "unknown_deals": self.index.unknown_deals, "twice": len(self.index.twice),
                 "working": self._working}
