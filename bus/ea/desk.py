@@ -69,6 +69,8 @@ log = logging.getLogger(__name__)
 BATCH = 256  # messages read per wake-up
 MAX_EVENTS = 4096  # facts and refusals waiting for the executor
 SCAN_TICKS = 5  # held orders are looked at every this many heartbeats (and after a failed send)
+BACKOFF_S = 0.02  # an order refused (or not sendable) n times in a row waits 20 ms * 2^(n-1)
+MAX_BACKOFF_S = 1.0
 _AGAIN = frozenset({RefusedWhy.NOT_ACTIVE, RefusedWhy.SYNCING, RefusedWhy.TERMINAL_DOWN})
 
 
@@ -129,6 +131,8 @@ class _Job:
     cancel: bool = False  # the executor asked for a cancel
     replace: ReplaceRequest | None = None  # the replace a MODIFY was sent for
     again: bool = False  # send EXECUTE even under the same epoch (its facts were lost)
+    refusals: int = 0  # refused (or unsent) in a row: the next try backs off
+    not_before: float = 0.0  # the periodic scan sends it again from then on
 
     @property
     def at_terminal(self) -> bool:
@@ -266,6 +270,7 @@ class EaDesk:
             return
         msg = _with(job.execute, key=key, epoch=holder.epoch)
         if not self._send(holder.instance, msg):
+            self._back_off(job)
             self._hold(order_id, retry=True)
             return
         self.stats.sent += 1
@@ -278,6 +283,13 @@ class EaDesk:
         elif job.replace is not None and job.replace.price is not None:
             self._send(holder.instance, Modify(key, holder.epoch, order_id, job.replace.price))
             self.stats.modifies += 1
+
+    def _back_off(self, job: _Job) -> None:
+        """The order's next try waits 20 ms, 40, ... up to a second: a holder that refuses
+        (its lease lapsed, a busy loop) or is not connected gets no storm of resends."""
+        job.refusals += 1
+        job.not_before = self._clock() + min(MAX_BACKOFF_S,
+                                             BACKOFF_S * 2 ** min(job.refusals - 1, 10))
 
     def _hold(self, order_id: str, *, retry: bool) -> None:
         """Hold the order; ``retry``: try it again at the next tick (else at its key's SYNCED
@@ -348,6 +360,7 @@ class EaDesk:
             if job is not None:
                 job.again = False
                 job.reached = True
+                job.refusals = 0
         try:
             self.events.put_nowait(msg)
         except asyncio.QueueFull:
@@ -367,6 +380,7 @@ class EaDesk:
         if msg.why in _AGAIN:
             if job.epoch == msg.epoch:
                 job.epoch = 0
+            self._back_off(job)
             # Not at the next tick: an instance that refuses (its lease lapsed, it reconciles)
             # refuses the next one too, and thousands of held orders sent every heartbeat were
             # a storm that starved both loops of their pings (the drill saw leases flap). The
@@ -385,6 +399,7 @@ class EaDesk:
         older epoch again)."""
         for order_id, job in list(self._jobs.items()):
             if (job.key or self.leases.key_for(job.account)) == key:
+                job.refusals, job.not_before = 0, 0.0  # a new holder: no back-off
                 self._dispatch(order_id, job)
 
     def _malformed(self, fmt: str, *args: object) -> None:
@@ -432,7 +447,7 @@ class EaDesk:
                 del self._held[order_id]
             elif not job.at_terminal and job.seen <= deadline:
                 expired.append(order_id)
-            else:
+            elif job.not_before <= now:
                 self._dispatch(order_id, job)
         if expired:
             try:

@@ -84,6 +84,7 @@ MAX_INBOX = 20_000  # requests waiting for the terminal; beyond, refused (the ex
 DOUBT_S = 2.0  # an unanswered send is settled as "not taken" only this long after
 WATCH_S = 0.005  # working orders are checked this often for deals and status changes
 OVERLAP_MS = 1_000  # deal reads overlap the previous one by this much (clock granularity)
+LAPSE_POLL_S = 0.002  # a lapsed lease is looked at this often while an order waits for it
 
 
 @dataclass(slots=True)
@@ -131,6 +132,7 @@ class TradeSide:
         self.incarnation = os.urandom(8).hex()
         orders = cfg.orders
         self.heartbeat_s = orders.ea_heartbeat_ms / 1000
+        self.lease_s = orders.ea_lease_ms / 1000
         self.holder = LeaseHolder(self.keys, orders.ea_guard_ms / 1000)
         self.index = TagIndex()
         self.stats = TradeStats()
@@ -304,7 +306,7 @@ class TradeSide:
     # --- orders ----------------------------------------------------------------------------
 
     async def _execute(self, msg: Execute) -> None:
-        why = self._not_ready(msg.key, msg.epoch)
+        why = await self._not_ready(msg.key, msg.epoch)
         if why is not None:
             self._refuse(msg.order_id, msg.epoch, why)
             return
@@ -321,13 +323,22 @@ class TradeSide:
             return
         await self._send_new(msg)
 
-    def _not_ready(self, key: str, epoch: int) -> RefusedWhy | None:
-        with self._lock:
-            if self.holder.epoch(key) != epoch:
+    async def _not_ready(self, key: str, epoch: int) -> RefusedWhy | None:
+        """Why an order for ``key`` under ``epoch`` cannot be served now (None: it can). A
+        lease that lapsed under that same epoch (a late answer) is waited for, one lease at
+        most: refusing would send the order round again, and under load refusals of every
+        order at each lapse were what kept the loops too busy to renew in time."""
+        deadline = time.monotonic() + self.lease_s
+        while True:
+            with self._lock:
+                if self.holder.is_synced(key, epoch):
+                    return None
+                if self.holder.epoch(key) == epoch:
+                    return RefusedWhy.SYNCING
+                lapsed = self.holder.lapsed(key, epoch)
+            if not lapsed or time.monotonic() >= deadline:
                 return RefusedWhy.NOT_ACTIVE
-            if not self.holder.is_synced(key, epoch):
-                return RefusedWhy.SYNCING
-        return None
+            await asyncio.sleep(LAPSE_POLL_S)
 
     def _epoch(self, key: str) -> int:
         with self._lock:
@@ -421,7 +432,7 @@ class TradeSide:
         return code
 
     async def _amend(self, msg: Cancel | Modify) -> None:
-        why = self._not_ready(msg.key, msg.epoch)
+        why = await self._not_ready(msg.key, msg.epoch)
         if why is None and not self.index.seen(msg.order_id):
             why = RefusedWhy.UNKNOWN_ORDER
         if why is not None:

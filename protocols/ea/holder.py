@@ -82,6 +82,11 @@ class LeaseHolder:
             held.synced = True
             self._synced[key] = epoch
 
+    def lapsed(self, key: str, epoch: int) -> bool:
+        """Whether ``key`` was reconciled under ``epoch`` and its lease ran out on this clock
+        (it may come back under the same epoch at the next answer)."""
+        return key not in self._held and self._synced.get(key) == epoch
+
     def epoch(self, key: str) -> int:
         """The epoch the instance holds ``key`` under (0: it does not)."""
         held = self._held.get(key)

@@ -71,3 +71,15 @@ def test_a_lapsed_lease_back_under_the_same_epoch_needs_no_new_reconciliation() 
     assert h.may_send("*", 4, 0.31)  # no other holder came between: serving at once
     gained, _ = h.on_lease(lease(h.ping(0.35), ("*", 5, True)), now=0.35)
     assert gained == [("*", 5)] and not h.may_send("*", 5, 0.36)  # another epoch: reconcile
+
+
+def test_lapsed() -> None:
+    h = LeaseHolder(("*",), guard_s=0.0)
+    h.on_lease(lease(h.ping(0.0), ("*", 4, True)), now=0.0)
+    assert not h.lapsed("*", 4)  # held: not lapsed
+    h.expire(0.2)
+    assert not h.lapsed("*", 4)  # never reconciled under 4: nothing to wait for
+    h.on_lease(lease(h.ping(0.3), ("*", 4, True)), now=0.3)
+    h.synced("*", 4)
+    h.expire(0.5)
+    assert h.lapsed("*", 4) and not h.lapsed("*", 5)
