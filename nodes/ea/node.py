@@ -35,6 +35,7 @@ import msgpack
 import zmq
 import zmq.asyncio
 
+from bus.aio import watchdog_from_env
 from bus.config import EaSection, MeshConfig
 from bus.ea.terminal import Terminal, open_terminal
 from bus.sockets import EA_TICKS, Sender, open_socket
@@ -133,6 +134,9 @@ class EaNode:
             if self.stats_path is not None:
                 tasks.append(asyncio.create_task(
                     stats_writer(self.stats_path, 0.5, self.collect), name="stats"))
+            watchdog = watchdog_from_env(f"ea {self.name}")
+            if watchdog is not None:
+                tasks.append(asyncio.create_task(watchdog.run(), name="watchdog"))
             return await supervise_tasks(f"ea {self.name}", stop, tasks)
         finally:
             if self.trades is not None:

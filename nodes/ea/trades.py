@@ -84,6 +84,7 @@ MAX_INBOX = 20_000  # requests waiting for the terminal; beyond, refused (the ex
 DOUBT_S = 2.0  # an unanswered send is settled as "not taken" only this long after
 WATCH_S = 0.005  # working orders are checked this often for deals and status changes
 OVERLAP_MS = 1_000  # deal reads overlap the previous one by this much (clock granularity)
+YIELD_EVERY = 32  # requests served between two looks at the rest of the loop
 LAPSE_POLL_S = 0.002  # a lapsed lease is looked at this often while an order waits for it
 
 
@@ -143,6 +144,7 @@ class TradeSide:
         self.beat: LeaseBeat | None = None  # the pings' thread, from start()
         self.out = Sender(self.sock)
         self._inbox: deque[Work] = deque()
+        self._pending: dict[tuple[str, int], list[OrderFacts]] = {}  # answers to flush
         self._ready = asyncio.Event()
         # One reconciliation, request or working-order check at a time: each reads and changes
         # the tag index from the terminal thread, and they must not interleave.
@@ -229,10 +231,17 @@ class TradeSide:
             self._ready.set()
 
     async def _worker(self) -> None:
+        served = 0
         while True:
             await self._ready.wait()
             while self._inbox:
                 item = self._inbox.popleft()
+                served += 1
+                if served % YIELD_EVERY == 0:
+                    # An EXECUTE of an order the terminal has is answered without a terminal
+                    # call: thousands after a takeover held the loop for 100+ ms at a time.
+                    self._flush()
+                    await asyncio.sleep(0)
                 try:
                     async with self._busy:
                         await self._serve(item)
@@ -245,6 +254,7 @@ class TradeSide:
                         self._inbox.appendleft(item)
                     else:
                         self._refuse(item.order_id, item.epoch, RefusedWhy.TERMINAL_DOWN)
+            self._flush()
             self._ready.clear()
 
     async def _serve(self, item: Work) -> None:
@@ -509,7 +519,16 @@ class TradeSide:
     # --- reports ---------------------------------------------------------------------------
 
     def _report_one(self, order_id: str, key: str, epoch: int) -> None:
-        self._report((self.index.facts(order_id),), key, epoch)
+        """An answer to one request: joins the facts sent together at the next flush."""
+        pending = self._pending.setdefault((key, epoch), [])
+        pending.append(self.index.facts(order_id))
+        if len(pending) >= FACTS_PER_MESSAGE:
+            self._flush()
+
+    def _flush(self) -> None:
+        for (key, epoch), facts in self._pending.items():
+            self._report(tuple(facts), key, epoch)
+        self._pending.clear()
 
     def _report(self, facts: tuple[OrderFacts, ...], key: str, epoch: int, *,
                 sync: bool = False) -> None:
