@@ -446,9 +446,9 @@ class EaSection:
     terminal_path: str = ""  # mt5: terminal64.exe ("": the package finds it)
     login: int = 0  # mt5: the account to log in to (0: the terminal's current one)
     server: str = ""  # mt5: the trade server of ``login``
-    poll_ms: float = 2.0  # ticks are read from the terminal this often
-    backfill_ms: float = 1000.0  # after a start, ticks are read from this far back
-    sync_window_s: float = 5.0  # a new holder reads this much of the terminal's history
+    poll_ms: float = 5.0  # ticks are read from the terminal this often
+    backfill_ms: float = 3000.0  # after a start, ticks are read from this far back
+    sync_window_s: float = 2.0  # a new holder reads this much of the terminal's history
     history_window_s: float = 86_400.0  # an old order's check reads back at most this far
     send_retries: int = 2  # a requote (or another transient retcode) is sent again this often
 

@@ -405,7 +405,8 @@ def summarize_phase(standby: bool, kills: list[dict[str, Any]], tap: TickTap, lo
         if abs(logged.get(r.order_id, 0.0) - volume) > 1e-9:
             mismatch += 1
     published = set(tap.ticks)
-    ticks_lost = len(made - published)
+    missing = sorted(made - published, key=lambda t: t[1])
+    ticks_lost = len(missing)
     return {"standby": standby, "per_kill": kills, "kills": len(kills),
             "sent": counted["sent"], "acked": counted["acked"],
             "rejected": counted["rejected"], "timed_out": counted["timed_out"],
@@ -413,6 +414,7 @@ def summarize_phase(standby: bool, kills: list[dict[str, Any]], tap: TickTap, lo
             "executed": executed, "lost": lost, "duplicated": duplicated,
             "rejected_after_ack": rejected_after_ack, "log_mismatch": mismatch,
             "lost_ids": lost_ids[:20], "ticks_made": len(made), "ticks_lost": ticks_lost,
+            "ticks_lost_sample": [[s, ms] for s, ms, _b, _a in missing[:20]],
             "ticks_published": len(published), "ea_stats": stats}
 
 
@@ -478,6 +480,7 @@ def markdown(s: dict[str, Any], command: str) -> str:
             [[k["n"], k["killed"], k["mode"], dash(k["ticks_back_ms"]),
               dash(k["order_back_ms"])] for k in p["per_kill"]])
         lines += ["", f"Reject reasons: {json.dumps(p['reject_reasons'])}",
+                  f"Ticks lost (first 20, symbol and ms): {json.dumps(p['ticks_lost_sample'])}",
                   f"Lost (first 20): {json.dumps(p['lost_ids'])}",
                   f"EA stats: `{json.dumps(p['ea_stats'])}`", ""]
     return "\n".join(lines)
