@@ -447,7 +447,8 @@ class EaSection:
     login: int = 0  # mt5: the account to log in to (0: the terminal's current one)
     server: str = ""  # mt5: the trade server of ``login``
     poll_ms: float = 5.0  # ticks are read from the terminal this often
-    backfill_ms: float = 3000.0  # after a start, ticks are read from this far back
+    backfill_ms: float = 3000.0  # after a start, ticks are read from this far back at most
+    state_dir: str = ""  # the tick cursors are kept here: a restart reads from them ("": no)
     sync_window_s: float = 2.0  # a new holder reads this much of the terminal's history
     history_window_s: float = 86_400.0  # an old order's check reads back at most this far
     send_retries: int = 2  # a requote (or another transient retcode) is sent again this often

@@ -575,7 +575,8 @@ def with_ea(cfg: MeshConfig, run_dir: Path, standby: bool = False) -> MeshConfig
     if not instances:
         feeds = (replace(feeds[0], source="ea"), *feeds[1:])
         instances = (EaSection(name="ea-1", feed=feeds[0].name,
-                               sim_endpoint=cfg.terminal.bind),)
+                               sim_endpoint=cfg.terminal.bind,
+                               state_dir=str(run_dir / "ea")),)
     if standby and not any(e.name == "ea-2" for e in instances):
         instances = (*instances, replace(instances[0], name="ea-2"))
     terminal = cfg.terminal

@@ -135,12 +135,11 @@ async def wait_ready(mesh: UpMesh, names: list[str]) -> None:
 
 
 def holder(run_dir: Path, names: list[str]) -> str | None:
-    """The instance whose stats say it holds the account lease, reconciled."""
-    for name in names:
-        s = ea_stats(run_dir, name)
-        if s.get("holding") and s.get("synced_at_ns", 0) > 0:
-            return name
-    return None
+    """The instance whose stats say it holds the account lease, reconciled: of two that say
+    so (a dead process's last stats file), the one that reconciled last."""
+    holding = [(s.get("synced_at_ns", 0), name) for name in names
+               if (s := ea_stats(run_dir, name)).get("holding") and s.get("synced_at_ns", 0)]
+    return max(holding)[1] if holding else None
 
 
 # --- the tick tap ------------------------------------------------------------------------------
@@ -451,6 +450,11 @@ def summarize(args: argparse.Namespace, phases: list[dict[str, Any]],
     for key in ("sent", "acked", "executed", "lost", "duplicated", "rejected_after_ack",
                 "log_mismatch", "timed_out", "rejected"):
         out[key] = sum(p[key] for p in phases)
+    for mode in ("kill", "after_send", "reconcile"):
+        out[f"takeover_ms_p99_{mode}"] = pct([k["order_back_ms"] for p in stand
+                                              for k in p["per_kill"] if k["mode"] == mode], 99)
+        out[f"restart_ms_p99_{mode}"] = pct([k["ticks_back_ms"] for p in plain
+                                             for k in p["per_kill"] if k["mode"] == mode], 99)
     out["ticks_lost"] = sum(p["ticks_lost"] for p in phases)
     out["ticks_lost_standby"] = sum(p["ticks_lost"] for p in stand)
     out["ticks_made"] = sum(p["ticks_made"] for p in phases)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import logging
 import sys
 import time
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RECONNECT_S = 0.05  # the terminal away: attach again this often
+CURSOR_SAVE_S = 0.1  # the tick cursors are saved this often (a restart reads from there)
 
 
 class EaNode:
@@ -97,9 +99,30 @@ class EaNode:
                 log.warning("ea %s: %s; trying again", self.name, exc)
                 await asyncio.sleep(RECONNECT_S)
 
+    @property
+    def cursor_path(self) -> Path | None:
+        state = self.section.state_dir
+        return Path(state) / f"{self.name}.ticks.json" if state else None
+
+    def _saved(self) -> dict[str, int]:
+        path = self.cursor_path
+        try:
+            data = json.loads(path.read_text()) if path is not None else {}
+        except (OSError, ValueError):
+            return {}  # none yet, or torn: the whole backfill window is read
+        return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, int)}
+
+    async def _save_cursors(self) -> None:
+        """Task: the tick cursors on disk every ``CURSOR_SAVE_S`` (for the next start)."""
+        assert self.reader is not None and self.cursor_path is not None
+        self.cursor_path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            await asyncio.sleep(CURSOR_SAVE_S)
+            await asyncio.to_thread(write_json_atomic, self.cursor_path, self.reader.cursors())
+
     async def _pump(self) -> None:
         assert self.reader is not None and self.push is not None
-        await self.call(self.reader.start, now_msc())
+        await self.call(self.reader.start, now_msc(), self._saved())
         period = self.section.poll_ms / 1000
         while True:
             try:
@@ -128,6 +151,8 @@ class EaNode:
             await self._attach()
             if self.reader is not None:
                 tasks.append(asyncio.create_task(self._pump(), name="ea ticks"))
+                if self.cursor_path is not None:
+                    tasks.append(asyncio.create_task(self._save_cursors(), name="ea cursors"))
             if self.trades is not None:
                 await self.trades.start()
                 tasks += self.trades.tasks()

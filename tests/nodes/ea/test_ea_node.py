@@ -159,8 +159,11 @@ async def stop_node(task: asyncio.Task[int], stop: asyncio.Event) -> int:
     return await task
 
 
-def test_ticks_reach_the_feed_and_a_restart_loses_none(terminal: Terminal) -> None:
-    cfg = replace(terminal.cfg, ea=(replace(terminal.cfg.ea[0], trades=False),))
+def test_ticks_reach_the_feed_and_a_restart_loses_none(terminal: Terminal,
+                                                        tmp_path: Path) -> None:
+    # The restart reads from the cursor the first process saved (state_dir).
+    cfg = replace(terminal.cfg, ea=(replace(terminal.cfg.ea[0], trades=False,
+                                            state_dir=str(tmp_path / "state")),))
 
     async def main() -> list[dict[str, Any]]:
         ctx = zmq.asyncio.Context()
@@ -176,6 +179,7 @@ def test_ticks_reach_the_feed_and_a_restart_loses_none(terminal: Terminal) -> No
                 node = EaNode(cfg, cfg.ea[0])
                 task, stop = await run_node(node)
                 await asyncio.wait_for(read(len(got) + 200), scaled(10))
+                await asyncio.sleep(0.25)  # a cursor saved (every 0.1 s)
                 assert await stop_node(task, stop) == 0
                 await asyncio.sleep(0.3)  # downtime: ticks the terminal makes meanwhile
             return got

@@ -51,3 +51,14 @@ def test_the_cursor_millisecond_is_read_again_without_duplicates() -> None:
 def test_bad_tick_reasons() -> None:
     assert bad_tick(Tick(1, 1.0, 1.0)) is None  # a locked quote is a quote
     assert bad_tick(Tick(1, -1.0, 1.0)) == "zero quote"
+
+
+def test_a_saved_cursor_shortens_the_backfill_but_never_lengthens_it() -> None:
+    term = Ticks()
+    term.ticks["EURUSD"] += [Tick(t, 1.0, 1.1 + t / 1e6) for t in range(0, 10_000, 100)]
+    reader = TickReader(term, ("EURUSD",), backfill_ms=3_000, name="t")  # type: ignore
+    reader.start(10_000, {"EURUSD": 9_000})
+    assert reader.read()[0]["time_msc"] == 8_500  # the saved cursor less the margin
+    reader.start(10_000, {"EURUSD": 1_000, "OTHER": 5})
+    assert reader.read()[0]["time_msc"] == 7_000  # the backfill cap wins over an old cursor
+    assert reader.cursors() == {"EURUSD": 9_900}
