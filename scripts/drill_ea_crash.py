@@ -213,10 +213,20 @@ async def kill_once(mesh: UpMesh, names: list[str], n: int, faults: Path) -> dic
         killed_ns = await wait_dead(pid, 10.0)
     else:
         if mode == "reconcile":
-            (faults / f"{name}.reconcile").touch()
+            # Whoever reconciles next dies half way: the standby taking over, or (alone) the
+            # restarted instance itself.
+            others = [x for x in names if x != name]
+            (faults / f"{(others or [name])[0]}.reconcile").touch()
         killed_ns = time.time_ns()
         os.kill(pid, 9)
     return {"n": n, "killed": name, "mode": mode, "killed_ns": killed_ns}
+
+
+def disarm(faults: Path) -> None:
+    """A fault point that did not fire by the time the mesh settled must not fire at a later
+    kill (it would make that one a double fault)."""
+    for marker in faults.glob("*.*"):
+        marker.unlink(missing_ok=True)
 
 
 async def wait_settled(mesh: UpMesh, names: list[str], timeout: float = 20.0) -> None:
@@ -306,6 +316,7 @@ async def run_phase(args: argparse.Namespace, run_dir: Path, standby: bool) -> d
                 kills.append(await kill_once(mesh, names, n, faults))
                 await asyncio.sleep(args.interval)
                 await wait_settled(mesh, names)
+                disarm(faults)
             await asyncio.sleep(SETTLE_S)
         finally:
             load.stop.set()
