@@ -54,7 +54,6 @@ import datetime
 import json
 import re
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -72,8 +71,8 @@ from nodes.drills.orders import (
     seed_tick,
 )
 from nodes.drills.ports import tcp_endpoint
-from nodes.drills.procs import Node, unwind_on_sigterm
-from nodes.drills.report import aligned, conclude, dash, markdown_table, round1
+from nodes.drills.procs import Node
+from nodes.drills.report import aligned, dash, markdown_table, round1, run_drill_main
 from protocols.errors import DrillError
 from protocols.stats import percentile
 
@@ -442,24 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.kills < 1 or args.rate <= 0 or args.clients < 1 or args.interval <= 0:
         p.error("--kills, --rate, --clients and --interval must be positive")
-    run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="tickmesh-drill-"))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    report = args.report or run_dir / "drill-backend-crash.md"
-    command = "./scripts/drill-backend-crash " + " ".join(argv if argv is not None
-                                                         else sys.argv[1:])
-    unwind_on_sigterm()
-    try:
-        summary = asyncio.run(run_drill(args, run_dir))
-    except (DrillError, OSError) as exc:
-        print(f"drill-backend-crash: {exc} (logs in {run_dir})", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"drill-backend-crash: interrupted (logs in {run_dir})", file=sys.stderr)
-        return 2
-    return conclude(summary, ok=passed(summary), run_dir=run_dir, report=report,
-                    markdown=lambda s: markdown(s, command.strip()), human=human,
-                    as_json=args.json)
-
+    return run_drill_main("drill-backend-crash", argv, args.run_dir,
+                          lambda run_dir: run_drill(args, run_dir), passed, markdown, human,
+                          report=args.report, as_json=args.json)
 
 if __name__ == "__main__":
     sys.exit(main())

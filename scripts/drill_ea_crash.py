@@ -63,7 +63,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import replace
@@ -80,13 +79,12 @@ from bus.orders.client import OrderClient, OrderClientOptions
 from bus.store.orders import RedisOrderStore
 from nodes.drills.mesh import UpMesh, free_mesh_config
 from nodes.drills.orders import Load, client_load, close_load, count_orders
-from nodes.drills.procs import unwind_on_sigterm
 from nodes.drills.report import (
     aligned,
-    conclude,
     dash,
     markdown_table,
     round1,
+    run_drill_main,
 )
 from nodes.supervisor import with_ea
 from protocols.ea.mt5 import OrderStateMt5, magic_of
@@ -552,23 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.kills < 1 or args.rate <= 0 or args.clients < 1 or args.interval <= 0:
         p.error("--kills, --rate, --clients and --interval must be positive")
-    run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="tickmesh-ea-drill-"))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    report = args.report or run_dir / "drill-ea-crash.md"
-    command = "./scripts/drill-ea-crash " + " ".join(argv if argv is not None else sys.argv[1:])
-    unwind_on_sigterm()
-    try:
-        summary = asyncio.run(run_drill(args, run_dir))
-    except (DrillError, OSError) as exc:
-        print(f"drill-ea-crash: {exc} (logs in {run_dir})", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"drill-ea-crash: interrupted (logs in {run_dir})", file=sys.stderr)
-        return 2
-    return conclude(summary, ok=passed(summary), run_dir=run_dir, report=report,
-                    markdown=lambda s: markdown(s, command.strip()), human=human,
-                    as_json=args.json)
-
+    return run_drill_main("drill-ea-crash", argv, args.run_dir,
+                          lambda run_dir: run_drill(args, run_dir), passed, markdown, human,
+                          report=args.report, as_json=args.json)
 
 if __name__ == "__main__":
     sys.exit(main())

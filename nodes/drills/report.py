@@ -9,6 +9,7 @@ one JSON object, strict (a figure that could not be measured is ``null``, never 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import datetime
 import json
@@ -17,9 +18,10 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +141,32 @@ def conclude(summary: Summary, *, ok: bool, run_dir: Path, report: Path,
     if as_json:
         print(json_line(summary))
     return 0 if ok else 1
+
+
+def run_drill_main(name: str, argv: list[str] | None, run_dir: Path | None,
+                   run: Callable[[Path], Coroutine[Any, Any, Summary]],
+                   passed: Callable[[Summary], bool],
+                   markdown: Callable[[Summary, str], str], human: Callable[[Summary], str],
+                   *, report: Path | None, as_json: bool) -> int:
+    """The main of a drill after its arguments: the run dir (a temp dir by default), the run,
+    the exit status (2: the drill itself could not run, its error said with where the logs
+    are), and :func:`conclude` with the command line in the report."""
+    run_dir = run_dir or Path(tempfile.mkdtemp(prefix=f"tickmesh-{name}-"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    command = f"./scripts/{name} " + " ".join(argv if argv is not None else sys.argv[1:])
+    unwind_on_sigterm()
+    try:
+        summary = asyncio.run(run(run_dir))
+    except (DrillError, OSError) as exc:
+        print(f"{name}: {exc} (logs in {run_dir})", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted (logs in {run_dir})", file=sys.stderr)
+        return 2
+    return conclude(summary, ok=passed(summary), run_dir=run_dir,
+                    report=report or run_dir / f"{name}.md",
+                    markdown=lambda s: markdown(s, command.strip()), human=human,
+                    as_json=as_json)
 
 
 def drive(args: argparse.Namespace, prefix: str,

@@ -9,12 +9,13 @@ count (what was really sent to the "broker").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,6 @@ from protocols.ea.messages import (
     Facts,
     FactStatus,
     Grant,
-    Hello,
     Lease,
     Modify,
     OrderFacts,
@@ -149,6 +149,20 @@ def execute(order_id: str, *, price: float = 0.0, quantity: float = 1.0, epoch: 
                    routed_ms or time.time_ns() // 1_000_000)
 
 
+@contextlib.asynccontextmanager
+async def trading(terminal: Terminal) -> AsyncIterator[tuple[Executor, EaNode]]:
+    """A trade-only EA node on ``terminal`` and the scripted executor, once reconciled."""
+    ex = Executor(terminal.cfg)
+    node = EaNode(terminal.cfg, replace(terminal.cfg.ea[0], feed="", trades=True))
+    task, stop = await run_node(node)
+    try:
+        await ex.expect(Synced)
+        yield ex, node
+    finally:
+        assert await stop_node(task, stop) == 0
+        await ex.close()
+
+
 async def run_node(node: EaNode) -> tuple[asyncio.Task[int], asyncio.Event]:
     stop = asyncio.Event()
     return asyncio.create_task(node.run(stop)), stop
@@ -199,14 +213,7 @@ def test_ticks_reach_the_feed_and_a_restart_loses_none(terminal: Terminal,
 
 def test_an_order_is_sent_once_however_often_it_is_asked(terminal: Terminal) -> None:
     async def main() -> None:
-        ex = Executor(terminal.cfg)
-        node = EaNode(terminal.cfg, replace(terminal.cfg.ea[0], feed="", trades=True))
-        task, stop = await run_node(node)
-        try:
-            hello = await ex.expect(Hello)
-            assert isinstance(hello, Hello) and hello.keys == ("*",)
-            synced = await ex.expect(Synced)
-            assert isinstance(synced, Synced) and synced.epoch == 1
+        async with trading(terminal) as (ex, node):
             for _ in range(3):
                 await ex.send(execute("O1.aa.1"))
                 await ex.expect(Facts)
@@ -214,9 +221,6 @@ def test_an_order_is_sent_once_however_often_it_is_asked(terminal: Terminal) -> 
             assert facts.status is FactStatus.FILLED and facts.filled == 1.0
             assert len(facts.deals) == 1
             assert node.trades is not None and node.trades.stats.sent == 1
-        finally:
-            assert await stop_node(task, stop) == 0
-            await ex.close()
         assert len(terminal.tagged("O1.aa.1")) == 1
 
     asyncio.run(main())
@@ -224,11 +228,7 @@ def test_an_order_is_sent_once_however_often_it_is_asked(terminal: Terminal) -> 
 
 def test_limit_order_rests_is_modified_and_cancelled(terminal: Terminal) -> None:
     async def main() -> None:
-        ex = Executor(terminal.cfg)
-        node = EaNode(terminal.cfg, replace(terminal.cfg.ea[0], feed="", trades=True))
-        task, stop = await run_node(node)
-        try:
-            await ex.expect(Synced)
+        async with trading(terminal) as (ex, _node):
             await ex.send(execute("O1.aa.2", price=0.5))  # far below the market: rests
             await ex.expect(Facts)
             working = ex.facts["O1.aa.2"]
@@ -244,20 +244,13 @@ def test_limit_order_rests_is_modified_and_cancelled(terminal: Terminal) -> None
             await ex.send(Cancel("*", 1, "O1.never"))
             refused = await ex.expect(Refused)
             assert isinstance(refused, Refused) and refused.why is RefusedWhy.UNKNOWN_ORDER
-        finally:
-            await stop_node(task, stop)
-            await ex.close()
 
     asyncio.run(main())
 
 
 def test_no_order_send_without_a_lease(terminal: Terminal) -> None:
     async def main() -> None:
-        ex = Executor(terminal.cfg)
-        node = EaNode(terminal.cfg, replace(terminal.cfg.ea[0], feed="", trades=True))
-        task, stop = await run_node(node)
-        try:
-            await ex.expect(Synced)
+        async with trading(terminal) as (ex, node):
             ex.grant = None  # the executor goes silent: the lease runs out
             await wait_until(lambda: node.trades is not None and not node.trades.holder.held,
                              scaled(5), "the lease to run out")
@@ -267,9 +260,6 @@ def test_no_order_send_without_a_lease(terminal: Terminal) -> None:
             ex.grant = ("*", 2, False)  # another instance holds it now
             await ex.send(execute("O1.aa.3", epoch=2))
             assert (await ex.expect(Refused)).why is RefusedWhy.NOT_ACTIVE  # type: ignore
-        finally:
-            await stop_node(task, stop)
-            await ex.close()
         assert terminal.tagged("O1.aa.3") == []
 
     asyncio.run(main())
