@@ -390,7 +390,7 @@ class TradeSide:
             if not self._may_send(msg.key, msg.epoch):
                 self._refuse(msg.order_id, msg.epoch, RefusedWhy.NOT_ACTIVE)
                 return
-            self.index.sending(msg.order_id, request.magic, msg.price)
+            self.index.sending(msg.order_id, request.magic, msg.price, _now_msc())
             self.stats.sent += 1
             try:
                 result = await self.call(self._price_and_send, request)
@@ -459,13 +459,18 @@ class TradeSide:
             msg.order_id), comment=comment_of(msg.order_id)) if isinstance(msg, Cancel)
             else TradeRequest(Action.MODIFY, "", price=msg.price, order=tagged.ticket,
                               magic=magic_of(msg.order_id), comment=comment_of(msg.order_id)))
-        result = await self.call(self._amend_and_read, request, tagged.setup_msc)
+        result = await self.call(self._amend_and_read, request, self._since(tagged.setup_msc))
         self.stats.retcodes[retcode_name(result.retcode)] += 1
         facts = self.index.facts(msg.order_id)
         if isinstance(msg, Modify) and result.retcode != Retcode.DONE:
             facts = OrderFacts(facts.order_id, FactStatus.MODIFY_REFUSED, facts.ticket,
                                facts.price, result.retcode, facts.deals)
         self._report((facts,), msg.key, msg.epoch)
+
+    def _since(self, setup_msc: int) -> int:
+        """Where a read of an order's record starts: its setup time, or (unknown) the window
+        a reconciliation reads; never the whole history."""
+        return setup_msc or _now_msc() - int(self.section.sync_window_s * 1000)
 
     def _amend_and_read(self, request: TradeRequest, setup_msc: int) -> OrderSendResult:
         """(terminal thread) Send a REMOVE or MODIFY, then read the order's record back: its
@@ -509,7 +514,7 @@ class TradeSide:
         self._deal_from_msc = now
         gone = [w for w in self.index.working() if w.ticket and w.ticket not in active]
         if gone:
-            since = min(w.setup_msc for w in gone) - OVERLAP_MS
+            since = self._since(min(w.setup_msc for w in gone)) - OVERLAP_MS
             for o in t.history_orders_get(max(0, since), now + OVERLAP_MS):
                 oid = self.index.on_order(o, active=False)
                 if oid is not None:

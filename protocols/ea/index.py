@@ -121,11 +121,13 @@ class TagIndex:
     def seen(self, order_id: str) -> bool:
         return order_id in self.orders
 
-    def sending(self, order_id: str, magic: int, price: float = 0.0) -> None:
-        """About to call ``order_send`` for ``order_id`` (a pending order at ``price``): it
-        counts as seen from now on."""
+    def sending(self, order_id: str, magic: int, price: float = 0.0, at_msc: int = 0) -> None:
+        """About to call ``order_send`` for ``order_id`` (a pending order at ``price``, at
+        ``at_msc``: reads of its record later start about there): it counts as seen from now
+        on."""
         self.magics[magic] = order_id
-        self.orders.setdefault(order_id, Tagged(order_id)).price = price
+        t = self.orders.setdefault(order_id, Tagged(order_id))
+        t.price, t.setup_msc = price, t.setup_msc or at_msc
 
     def sent(self, order_id: str, result: OrderSendResult, *, time_msc: int,
              final_reject: bool) -> None:
