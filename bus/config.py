@@ -463,7 +463,7 @@ class EaSection:
                 raise ConfigError(f"{key}.accounts[{i}]", f"{a!r} is not an account",
                                   "list accounts, or leave accounts out for every account")
         _check_endpoint(f"{key}.sim_endpoint", self.sim_endpoint)
-        _positive(f"{key}.poll_ms", self.poll_ms, "e.g. poll_ms = 2")
+        _positive(f"{key}.poll_ms", self.poll_ms, "e.g. poll_ms = 5")
         _non_negative(f"{key}.backfill_ms", self.backfill_ms, "e.g. backfill_ms = 2000")
         _positive(f"{key}.sync_window_s", self.sync_window_s, "e.g. sync_window_s = 30")
         _positive(f"{key}.history_window_s", self.history_window_s, "e.g. 86400")
