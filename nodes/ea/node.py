@@ -39,6 +39,7 @@ import zmq.asyncio
 from bus.aio import watchdog_from_env
 from bus.config import EaSection, MeshConfig
 from bus.ea.terminal import Terminal, open_terminal
+from bus.logutil import RateLimitedLog
 from bus.sockets import EA_TICKS, Sender, open_socket
 from nodes.common import (
     freeze_heap,
@@ -84,20 +85,26 @@ class EaNode:
         self.push_dropped = 0
         self.first_push_ns = 0
         self.terminal_errors = 0
+        self._away = RateLimitedLog(log, f"ea {self.name}: terminal away")
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a terminal call on the terminal's thread."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def _attach(self) -> None:
-        while True:
+    async def _attach(self, stop: asyncio.Event) -> bool:
+        """Attach to the terminal, again every ``RECONNECT_S`` while it is away; False if the
+        node was stopped first."""
+        while not stop.is_set():
             try:
                 await self.call(self.terminal.initialize)
-                return
+                return True
             except TerminalError as exc:
                 self.terminal_errors += 1
-                log.warning("ea %s: %s; trying again", self.name, exc)
-                await asyncio.sleep(RECONNECT_S)
+                self._away.warning("%s; trying again", exc)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RECONNECT_S):
+                        await stop.wait()
+        return False
 
     @property
     def cursor_path(self) -> Path | None:
@@ -148,7 +155,8 @@ class EaNode:
                  self.section.trades)
         tasks: list[asyncio.Task[None]] = []
         try:
-            await self._attach()
+            if not await self._attach(stop):
+                return 0
             if self.reader is not None:
                 tasks.append(asyncio.create_task(self._pump(), name="ea ticks"))
                 if self.cursor_path is not None:

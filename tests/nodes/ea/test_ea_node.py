@@ -301,3 +301,18 @@ def test_killed_after_order_send_the_restart_reports_it_and_never_resends(
         assert len(terminal.tagged("O1.aa.4")) == 1
 
     asyncio.run(main())
+
+
+def test_a_node_waiting_for_its_terminal_stops_cleanly(tmp_path: Path) -> None:
+    """No terminal at the endpoint: the node keeps trying to attach, counts it, and a stop
+    ends it at once with 0 (a service manager stopping it must not hang)."""
+    cfg = mesh(tcp_endpoint())
+
+    async def main() -> tuple[int, int]:
+        node = EaNode(cfg, replace(cfg.ea[0], feed=""))
+        task, stop = await run_node(node)
+        await wait_until(lambda: node.terminal_errors >= 1, scaled(10), "an attach failure")
+        return await stop_node(task, stop), node.terminal_errors
+
+    rc, errors = asyncio.run(main())
+    assert rc == 0 and errors >= 1
