@@ -28,6 +28,15 @@ Example (all keys optional; these are the defaults)::
     [subscriber]
     udp_bind = "127.0.0.1:7200"
 
+    [[ea]]                                  # an EA instance (docs/PROTOCOL.md 18); none by default
+    name = "ea-1"
+    feed = "sim"                            # a feed with source = "ea": it pushes its ticks there
+    terminal = "sim"                        # sim | mt5 (Windows: terminal_path, login, server)
+
+    [terminal]                              # the simulated MT5 terminal (tests, demos, up)
+    enabled = false
+    bind = "tcp://127.0.0.1:7460"
+
     [sched]
     realtime_priority = 0                   # 1-99: SCHED_FIFO for the kinds below (needs root)
     realtime = ["feed", "subscriber"]
