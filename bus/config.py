@@ -28,10 +28,11 @@ Example (all keys optional; these are the defaults)::
     [subscriber]
     udp_bind = "127.0.0.1:7200"
 
-    [[ea]]                                  # an EA instance (docs/PROTOCOL.md 18); none by default
-    name = "ea-1"
-    feed = "sim"                            # a feed with source = "ea": it pushes its ticks there
-    terminal = "sim"                        # sim | mt5 (Windows: terminal_path, login, server)
+    # EA instances (docs/PROTOCOL.md 18) are none by default; one looks like this:
+    # [[ea]]
+    # name = "ea-1"
+    # feed = "sim"                          # a feed with source = "ea": it pushes its ticks there
+    # terminal = "sim"                      # sim | mt5 (Windows: terminal_path, login, server)
 
     [terminal]                              # the simulated MT5 terminal (tests, demos, up)
     enabled = false
