@@ -13,12 +13,13 @@ Rules:
   holder is *held*. Held orders go out at the next tick that finds a synced holder (at once at
   its SYNCED), and every order sent under an older epoch goes again to the new holder after
   its SYNCED (EXECUTE is idempotent at the EA: a terminal that has the order answers with its
-  facts). A REFUSED NOT_ACTIVE, SYNCING or TERMINAL_DOWN made nothing at the terminal: the
-  order is held again.
-* An order that no EXECUTE reached (every one was refused, or none was sent) and that has no
-  fill is handed back as expired ``[orders] ea_hold_ms`` after the executor first saw it: the
-  executor rejects it NO_EXECUTOR. One sent and not refused is never expired: the terminal may
-  have it, and only its facts may finish it.
+  facts). A REFUSED NOT_ACTIVE, SYNCING or TERMINAL_DOWN puts the order back on hold; it goes
+  again at the key's next SYNCED or a periodic scan, backing off 20 ms, 40, ... up to 1 s.
+* A refusal answers one EXECUTE, never an earlier one. An order that may be at a terminal
+  (an EXECUTE not refused, facts for it, a TERMINAL_DOWN, a fill) is never expired: only the
+  terminal's facts may finish it. One that no EXECUTE reached and with no fill is handed back
+  as expired ``[orders] ea_hold_ms`` after the executor first saw it: the executor rejects it
+  NO_EXECUTOR.
 * FACTS go to the executor through :attr:`EaDesk.events` (bounded). When it is full the facts
   are dropped, counted, and their orders asked again (EXECUTE) at the next tick: facts are the
   terminal's whole picture, so asking again loses nothing.
@@ -225,7 +226,7 @@ class EaDesk:
         if job is None or request.price is None:
             return False
         if not job.at_terminal:
-            job.execute = _with(job.execute, price=request.price)
+            job.execute = replace(job.execute, price=request.price)
             return False
         job.replace = request
         if job.epoch:
@@ -268,7 +269,7 @@ class EaDesk:
         if holder.epoch == job.epoch and not job.again:
             self._held.pop(order_id, None)
             return
-        msg = _with(job.execute, key=key, epoch=holder.epoch)
+        msg = replace(job.execute, key=key, epoch=holder.epoch)
         if not self._send(holder.instance, msg):
             self._back_off(job)
             self._hold(order_id, retry=True)
@@ -494,10 +495,6 @@ class EaDesk:
     def collect(self) -> dict[str, Any]:
         self._gauges()
         return asdict(self.stats)
-
-
-def _with(msg: Execute, **changes: Any) -> Execute:
-    return replace(msg, **changes)
 
 
 __all__ = ["DeskEvent", "DeskStats", "EaDesk", "Expired", "UnknownSymbol"]

@@ -20,6 +20,7 @@ must keep is ``tests/bus/ea/test_terminal_contract.py``.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Protocol
 
 from protocols.ea.mt5 import (
@@ -70,6 +71,11 @@ class Terminal(Protocol):
         """The account's deals made between the two times (inclusive)."""
 
 
+def now_msc() -> int:
+    """Now in the terminal's unit of time: milliseconds since the epoch (``time_msc``)."""
+    return time.time_ns() // 1_000_000
+
+
 def open_terminal(section: EaSection) -> Terminal:
     """The terminal an ``[[ea]]`` entry names: ``terminal = "sim"`` reaches the simulated
     terminal at ``sim_endpoint``; ``"mt5"`` the real one at ``terminal_path`` (Windows)."""
@@ -81,4 +87,4 @@ def open_terminal(section: EaSection) -> Terminal:
     return SimTerminal(section.sim_endpoint)
 
 
-__all__ = ["Terminal", "open_terminal"]
+__all__ = ["Terminal", "now_msc", "open_terminal"]

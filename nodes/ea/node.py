@@ -38,7 +38,7 @@ import zmq.asyncio
 
 from bus.aio import watchdog_from_env
 from bus.config import EaSection, MeshConfig
-from bus.ea.terminal import Terminal, open_terminal
+from bus.ea.terminal import Terminal, now_msc, open_terminal
 from bus.logutil import RateLimitedLog
 from bus.sockets import EA_TICKS, Sender, open_socket
 from nodes.common import (
@@ -48,7 +48,7 @@ from nodes.common import (
     supervise_tasks,
     write_json_atomic,
 )
-from nodes.ea.ticks import TickReader, now_msc
+from nodes.ea.ticks import TickReader
 from nodes.ea.trades import TradeSide
 from protocols.errors import ConfigError, TerminalError
 
@@ -178,7 +178,7 @@ class EaNode:
                 self._push_sock.close(linger=0)
             if self.stats_path is not None:
                 write_json_atomic(self.stats_path, self.collect())
-            await asyncio.get_running_loop().run_in_executor(self._pool, self.terminal.shutdown)
+            await self.call(self.terminal.shutdown)
             self._pool.shutdown(wait=True)
             self.ctx.term()
 

@@ -30,7 +30,6 @@ import asyncio
 import logging
 import os
 import random
-import time
 from array import array
 from bisect import bisect_left
 from collections import Counter
@@ -45,6 +44,7 @@ import zmq
 import zmq.asyncio
 
 from bus.config import MeshConfig, TerminalSection
+from bus.ea.terminal import now_msc
 from bus.logutil import RateLimitedLog
 from bus.sockets import TERMINAL_REPLY_BYTES, TERMINAL_SERVER, open_socket
 from nodes.common import run_node, stats_writer, supervise_tasks, write_json_atomic
@@ -99,10 +99,6 @@ JOURNAL_NAME = "journal.msgpack"
 # many more (a restart should not rewrite a small file for a few superseded entries).
 COMPACT_SLACK = 10_000
 _EPS = 1e-9  # volumes are rounded to 8 decimals; below this a volume is nothing
-
-
-def now_msc() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Refusal(Exception):

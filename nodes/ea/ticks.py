@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,8 +108,4 @@ class TickReader:
         return out
 
 
-def now_msc() -> int:
-    return time.time_ns() // 1_000_000
-
-
-__all__ = ["TickReader", "bad_tick", "now_msc"]
+__all__ = ["TickReader", "bad_tick"]

@@ -30,15 +30,15 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import zmq
 import zmq.asyncio
 
 from bus.config import EaSection, MeshConfig
-from bus.ea.terminal import Terminal
+from bus.ea.terminal import Terminal, now_msc
 from bus.logutil import RateLimitedLog
 from bus.sockets import EA_TRADE, Sender, open_socket
 from nodes.ea.beat import LeaseBeat
@@ -76,7 +76,6 @@ from protocols.errors import RemoteProtocolError, TerminalError
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 Call = Callable[..., Awaitable[Any]]
 
 FACTS_PER_MESSAGE = 256
@@ -168,7 +167,7 @@ class TradeSide:
 
     async def start(self) -> None:
         self.symbols = frozenset(await self.call(self.terminal.symbols))
-        self._deal_from_msc = _now_msc() - int(self.section.sync_window_s * 1000)
+        self._deal_from_msc = now_msc() - int(self.section.sync_window_s * 1000)
         self._hello()
         self.beat = LeaseBeat(self._endpoint, self.name, self.incarnation, self.holder,
                               heartbeat_s=self.heartbeat_s,
@@ -271,7 +270,7 @@ class TradeSide:
         if self._epoch(key) != epoch:
             return  # lost again before it started
         started = time.monotonic()
-        to_msc = _now_msc()
+        to_msc = now_msc()
         from_msc = to_msc - int(self.section.sync_window_s * 1000)
         # What the window holds is reported (older orders were reported by whoever held the
         # key then; an EXECUTE for one reads it back on demand).
@@ -365,8 +364,8 @@ class TradeSide:
 
     async def _extend(self, routed_ms: int) -> None:
         """Read the terminal's history back to before ``routed_ms`` (0: the whole window)."""
-        covers = self.index.covers_from_msc or _now_msc()
-        oldest = _now_msc() - int(self.section.history_window_s * 1000)
+        covers = self.index.covers_from_msc or now_msc()
+        oldest = now_msc() - int(self.section.history_window_s * 1000)
         from_msc = max(oldest, routed_ms - 1000) if routed_ms else oldest
         if from_msc < covers:
             self.stats.history_reads += 1
@@ -378,7 +377,7 @@ class TradeSide:
         to send), False while it is still in doubt."""
         if time.monotonic() - self._doubt[order_id] < DOUBT_S:
             return False
-        await self.call(self._read_history, _now_msc() - int(DOUBT_S * 2000) - 1000, _now_msc())
+        await self.call(self._read_history, now_msc() - int(DOUBT_S * 2000) - 1000, now_msc())
         self.index.settle(order_id)
         del self._doubt[order_id]
         return True
@@ -390,7 +389,7 @@ class TradeSide:
             if not self._may_send(msg.key, msg.epoch):
                 self._refuse(msg.order_id, msg.epoch, RefusedWhy.NOT_ACTIVE)
                 return
-            self.index.sending(msg.order_id, request.magic, msg.price, _now_msc())
+            self.index.sending(msg.order_id, request.magic, msg.price, now_msc())
             self.stats.sent += 1
             try:
                 result = await self.call(self._price_and_send, request)
@@ -402,7 +401,7 @@ class TradeSide:
             code = self._retcode(result)
             last = attempt == self.section.send_retries
             transient = code is not None and code.transient and not last
-            self.index.sent(msg.order_id, result, time_msc=_now_msc(),
+            self.index.sent(msg.order_id, result, time_msc=now_msc(),
                             final_reject=not transient)
             if not transient:
                 break
@@ -422,10 +421,7 @@ class TradeSide:
         if request.action is Action.DEAL:
             tick = self.terminal.symbol_info_tick(request.symbol)
             if tick is not None:
-                price = tick.ask if request.type.buy else tick.bid
-                request = TradeRequest(request.action, request.symbol, request.volume,
-                                       request.type, price, request.deviation,
-                                       request.type_filling, request.magic, request.comment)
+                request = replace(request, price=tick.ask if request.type.buy else tick.bid)
         return self.terminal.order_send(request)
 
     def _retcode(self, result: OrderSendResult) -> Retcode | None:
@@ -470,13 +466,13 @@ class TradeSide:
     def _since(self, setup_msc: int) -> int:
         """Where a read of an order's record starts: its setup time, or (unknown) the window
         a reconciliation reads; never the whole history."""
-        return setup_msc or _now_msc() - int(self.section.sync_window_s * 1000)
+        return setup_msc or now_msc() - int(self.section.sync_window_s * 1000)
 
     def _amend_and_read(self, request: TradeRequest, setup_msc: int) -> OrderSendResult:
         """(terminal thread) Send a REMOVE or MODIFY, then read the order's record back: its
         deals up to now go with the answer, so a CANCELLED never precedes a fill."""
         result = self.terminal.order_send(request)
-        self._read_history(max(0, setup_msc - OVERLAP_MS), _now_msc())
+        self._read_history(max(0, setup_msc - OVERLAP_MS), now_msc())
         return result
 
     # --- working orders -------------------------------------------------------------------------
@@ -504,7 +500,7 @@ class TradeSide:
     def _read_working(self) -> set[str]:
         """(terminal thread) The ids whose record changed: new deals, orders finished."""
         t = self.terminal
-        now = _now_msc()
+        now = now_msc()
         changed: set[str] = set()
         active = {o.ticket for o in t.orders_get()}
         for d in t.history_deals_get(self._deal_from_msc - OVERLAP_MS, now + OVERLAP_MS):
@@ -566,10 +562,6 @@ class TradeSide:
                 "orders_known": len(self.index.orders), "foreign": self.index.foreign,
                 "unknown_deals": self.index.unknown_deals, "twice": len(self.index.twice),
                 "working": self._working}
-
-
-def _now_msc() -> int:
-    return time.time_ns() // 1_000_000
 
 
 __all__ = ["TradeSide", "TradeStats"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -22,7 +21,7 @@ import pytest
 
 from bus.ea.mt5 import Mt5Terminal
 from bus.ea.simclient import SimTerminal
-from bus.ea.terminal import Terminal
+from bus.ea.terminal import Terminal, now_msc
 from nodes.ea.simproc import TerminalProcess
 from protocols.ea.mt5 import (
     Action,
@@ -55,10 +54,6 @@ class Under:
     term: Terminal
     symbol: str
     sim: bool
-
-
-def now_msc() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def new_id(what: str) -> str:
