@@ -65,6 +65,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -239,28 +240,33 @@ async def wait_settled(mesh: UpMesh, names: list[str], timeout: float = 20.0) ->
 
 # --- the terminal's record ----------------------------------------------------------------
 
-def terminal_record(endpoint: str) -> tuple[dict[int, list[Any]], dict[int, list[Any]]]:
-    """The terminal's orders and deals, by magic number."""
+@contextlib.contextmanager
+def attached(endpoint: str) -> Iterator[SimTerminal]:
+    """A client of the terminal at ``endpoint``, attached for the ``with`` block."""
     term = SimTerminal(endpoint, timeout_s=10.0)
     term.initialize()
     try:
-        orders: dict[int, list[Any]] = defaultdict(list)
-        deals: dict[int, list[Any]] = defaultdict(list)
-        for o in term.orders_get() + term.history_orders_get(0, 2**62):
-            orders[o.magic].append(o)
-        for d in term.history_deals_get(0, 2**62):
-            deals[d.magic].append(d)
-        return orders, deals
+        yield term
     finally:
         term.shutdown()
 
 
+def terminal_record(endpoint: str) -> tuple[dict[int, list[Any]], dict[int, list[Any]]]:
+    """The terminal's orders and deals, by magic number."""
+    orders: dict[int, list[Any]] = defaultdict(list)
+    deals: dict[int, list[Any]] = defaultdict(list)
+    with attached(endpoint) as term:
+        for o in term.orders_get() + term.history_orders_get(0, 2**62):
+            orders[o.magic].append(o)
+        for d in term.history_deals_get(0, 2**62):
+            deals[d.magic].append(d)
+    return orders, deals
+
+
 def terminal_ticks(endpoint: str, symbols: tuple[str, ...], from_ms: int, to_ms: int
                    ) -> set[tuple[str, int, float, float]]:
-    term = SimTerminal(endpoint, timeout_s=10.0)
-    term.initialize()
-    try:
-        out: set[tuple[str, int, float, float]] = set()
+    out: set[tuple[str, int, float, float]] = set()
+    with attached(endpoint) as term:
         for s in symbols:
             cursor = from_ms
             while True:
@@ -269,9 +275,7 @@ def terminal_ticks(endpoint: str, symbols: tuple[str, ...], from_ms: int, to_ms:
                 if len(got) < 50_000 - 10:
                     break
                 cursor = got[-1].time_msc
-        return out
-    finally:
-        term.shutdown()
+    return out
 
 
 def cold_start_ms(runs: int = 5) -> list[float]:
@@ -326,8 +330,6 @@ async def run_phase(args: argparse.Namespace, run_dir: Path, standby: bool) -> d
         try:
             await wait_final(load, store, args.drain_timeout)
             counted = await count_orders(load, redis, store, drain_timeout=1.0, prefix=PREFIX)
-            finals = await final_states(load, store)
-            logged = await logged_fills(cfg, load)
         finally:
             await redis.aclose()
             await store.close()
@@ -337,8 +339,7 @@ async def run_phase(args: argparse.Namespace, run_dir: Path, standby: bool) -> d
         made = await asyncio.to_thread(terminal_ticks, cfg.terminal.bind, cfg.feeds[0].symbols,
                                        started_ms + 1000, ended_ms - 1000)
         stats = {n: ea_stats(run_dir, n) for n in names}
-    return summarize_phase(standby, kills, tap, load, counted, finals, record, made, stats,
-                           logged)
+    return summarize_phase(standby, kills, tap, load, counted, record, made, stats)
 
 
 async def wait_final(load: Load, store: RedisOrderStore, timeout: float) -> None:
@@ -354,39 +355,13 @@ async def wait_final(load: Load, store: RedisOrderStore, timeout: float) -> None
         await asyncio.sleep(0.05)
 
 
-async def final_states(load: Load, store: RedisOrderStore) -> dict[str, str]:
-    out: dict[str, str] = {}
-    acked = [r.order_id for r in load.acked()]
-    for i in range(0, len(acked), 200):
-        chunk = acked[i:i + 200]
-        for oid, order in zip(chunk, await asyncio.gather(*(store.get(o) for o in chunk)),
-                              strict=True):
-            out[oid] = order.state.name if order is not None else "MISSING"
-    return out
-
-
-async def logged_fills(cfg: MeshConfig, load: Load) -> dict[str, float]:
-    """Lots filled per acknowledged order by tickmesh's execution log."""
-    store = RedisOrderStore(cfg.redis.url, PREFIX)
-    try:
-        out: dict[str, float] = {}
-        acked = [r.order_id for r in load.acked()]
-        for i in range(0, len(acked), 200):
-            chunk = acked[i:i + 200]
-            for oid, entries in zip(chunk, await asyncio.gather(
-                    *(store.executions(o) for o in chunk)), strict=True):
-                out[oid] = sum(e.last_quantity for e in entries if e.is_fill)
-        return out
-    finally:
-        await store.close()
-
-
 def summarize_phase(standby: bool, kills: list[dict[str, Any]], tap: TickTap, load: Load,
-                    counted: dict[str, Any], finals: dict[str, str],
+                    counted: dict[str, Any],
                     record: tuple[dict[int, list[Any]], dict[int, list[Any]]],
-                    made: set[tuple[str, int, float, float]], stats: dict[str, Any],
-                    logged: dict[str, float]) -> dict[str, Any]:
+                    made: set[tuple[str, int, float, float]], stats: dict[str, Any]
+                    ) -> dict[str, Any]:
     orders, deals = record
+    finals, logged = counted["states"], counted["logged_lots"]
     all_deal_ms = sorted(d.time_msc for ds in deals.values() for d in ds)
     for k in kills:
         t = k["killed_ns"]

@@ -296,4 +296,7 @@ async def count_orders(load: Load, redis: Any, store: OrderStore, *, drain_timeo
         "acked_by_state": dict(Counter(r.ack_state for r in acked)),
         "lost_by_stored_state": dict(Counter(stored(r.order_id)[0] for r in lost)),
         "lost_detail": lost_detail, "acked_not_filled_ids": not_filled[:20],
+        # Per order, for a drill that compares them with another record (not for reports):
+        # the stored state, and the lots its execution log filled.
+        "states": {oid: stored(oid)[0] for oid in orders}, "logged_lots": lots,
     }
