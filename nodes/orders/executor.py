@@ -94,7 +94,7 @@ from protocols.ea.messages import Facts, OrderFacts
 from protocols.ea.reconcile import entries_from_facts, overfill
 from protocols.errors import InvalidOrder, OrderStateError, RemoteProtocolError, StoreError
 from protocols.orders.codec import decode_order, encode_order
-from protocols.orders.execution import LATER, Batch, Later, exec_id, over_capacity
+from protocols.orders.execution import LATER, Batch, Later, end_entry, exec_id, over_capacity
 from protocols.orders.fields import above, check_id, same
 from protocols.orders.lifecycle import OrderState
 from protocols.orders.messages import (
@@ -797,12 +797,7 @@ class ExecutorNode:
                 continue
             if reason is RejectReason.NO_EXECUTOR:
                 self.stats.ea_no_executor += 1
-            seq = view.order.exec_seq + 1
-            state = (OrderState.REJECTED if view.order.state is OrderState.ROUTED
-                     else OrderState.CANCELLED)
-            steps.append((view, view.order.status_report(
-                state, exec_id=exec_id(oid, seq), epoch=view.order.epoch, transact_ns=now_ns,
-                seq=seq, reason=reason)))
+            steps.append((view, end_entry(view.order, now_ns, reason)))
         outcomes = await self._record(steps)
         for (_, entry), decided in zip(steps, outcomes, strict=True):
             if not decided and entry.order_id in facts:

@@ -27,7 +27,7 @@ Rules:
 from __future__ import annotations
 
 from protocols.ea.messages import FactStatus, OrderFacts
-from protocols.orders.execution import exec_id
+from protocols.orders.execution import exec_id, status_entry
 from protocols.orders.fields import above, same
 from protocols.orders.lifecycle import OrderState
 from protocols.orders.messages import ExecutionReport, RejectReason, ReplaceRefused, ReplaceRequest
@@ -80,10 +80,7 @@ def entries_from_facts(order: Order, facts: OrderFacts, now_ns: int, *, cancel_a
         final = _final_status(current, facts.status, cancel_asked)
         if final is not None:
             state, reason = final
-            n = seq()
-            add(current.status_report(state, exec_id=exec_id(order.order_id, n),
-                                      epoch=current.epoch, transact_ns=now_ns, seq=n,
-                                      reason=reason))
+            add(status_entry(current, state, now_ns, reason))
 
     refused: ReplaceRefused | None = None
     if replace is not None and not replaced:

@@ -87,18 +87,30 @@ def over_capacity(order: Order, resting: int, max_resting: int) -> bool:
     return order.state is OrderState.ROUTED and resting >= max_resting
 
 
-def reject_entry(order: Order, now_ns: int) -> ExecutionReport:
+def status_entry(order: Order, state: OrderState, now_ns: int, reason: int = 0
+                 ) -> ExecutionReport:
+    """The log entry at ``order``'s next position moving it to ``state`` (a RejectReason
+    ``reason`` when the executor knows why, 0: none)."""
+    seq = order.exec_seq + 1
+    return order.status_report(state, exec_id=exec_id(order.order_id, seq), epoch=order.epoch,
+                               transact_ns=now_ns, seq=seq, reason=reason)
+
+
+def reject_entry(order: Order, now_ns: int, reason: int = 0) -> ExecutionReport:
     """The log entry refusing the routed ``order`` (no fill yet: REJECTED needs ROUTED)."""
-    seq = order.exec_seq + 1
-    return order.status_report(OrderState.REJECTED, exec_id=exec_id(order.order_id, seq),
-                               epoch=order.epoch, transact_ns=now_ns, seq=seq)
+    return status_entry(order, OrderState.REJECTED, now_ns, reason)
 
 
-def cancel_entry(order: Order, now_ns: int) -> ExecutionReport:
+def cancel_entry(order: Order, now_ns: int, reason: int = 0) -> ExecutionReport:
     """The log entry cancelling the working ``order``."""
-    seq = order.exec_seq + 1
-    return order.status_report(OrderState.CANCELLED, exec_id=exec_id(order.order_id, seq),
-                               epoch=order.epoch, transact_ns=now_ns, seq=seq)
+    return status_entry(order, OrderState.CANCELLED, now_ns, reason)
+
+
+def end_entry(order: Order, now_ns: int, reason: int) -> ExecutionReport:
+    """The log entry ending the working ``order`` for ``reason``: REJECTED while nothing is
+    filled (the lifecycle has no reject after a fill), CANCELLED after."""
+    state = OrderState.REJECTED if order.state is OrderState.ROUTED else OrderState.CANCELLED
+    return status_entry(order, state, now_ns, reason)
 
 
 def replace_entry(order: Order, request: ReplaceRequest, now_ns: int
@@ -186,9 +198,11 @@ __all__ = [
     "answer",
     "cancel_entry",
     "decide",
+    "end_entry",
     "exec_id",
     "marketable",
     "over_capacity",
     "reject_entry",
     "replace_entry",
+    "status_entry",
 ]
